@@ -1,0 +1,180 @@
+"""One typed settings object, read from environment variables and an optional assistant.toml.
+
+Every field maps to one environment variable (``ASSISTANT_<FIELD>`` unless ``env`` says otherwise);
+the README's configuration table is generated from the same declarations (``settings_table``).
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class SettingsError(ValueError):
+    """A bad configuration value; the message names the variable and what it accepts."""
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "assistant"
+
+
+def _env(name: str) -> dict[str, Any]:
+    return {"env": name}
+
+
+Role = Literal["router", "answer", "agent", "summary"]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Model endpoint. The SDK reads OPENAI_API_KEY / OPENAI_BASE_URL itself; we keep them to decide
+    # whether the embedded local model must start.
+    openai_api_key: str | None = Field(None, description="API key for the model endpoint (read by the OpenAI SDK).", json_schema_extra=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, description="Base URL of any OpenAI-compatible endpoint (read by the OpenAI SDK).", json_schema_extra=_env("OPENAI_BASE_URL"))
+    model: str = Field("gpt-4o-mini", description="Model name for every role unless a role override is set.")
+    router_model: str | None = Field(None, description="Model that routes messages (quick answer / job / follow-up).")
+    answer_model: str | None = Field(None, description="Model for quick answers.")
+    agent_model: str | None = Field(None, description="Model that drives coding jobs.")
+    summary_model: str | None = Field(None, description="Model for compaction summaries of long jobs.")
+    tool_protocol: Literal["auto", "native", "text"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, or auto (native, falling back to text when the endpoint rejects tools).")
+    model_timeout_s: float = Field(120.0, gt=0, description="Timeout of one model request, in seconds.")
+    model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts and dropped connections.")
+    context_window: int = Field(128_000, ge=2048, description="Model context window in tokens; long jobs are compacted before they reach it.")
+
+    # Embedded local model (used when neither OPENAI_API_KEY nor OPENAI_BASE_URL is set).
+    local_model: Path | None = Field(None, description="Path of a GGUF file for the embedded model server (default: the bundled Gemma 3 270M).")
+    local_ctx: int = Field(8192, ge=512, description="Context size of the embedded model server.")
+    local_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded model server (default: all cores).")
+
+    # Storage.
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Where the database, workspaces, logs and caches live.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/assistant.db (WAL). postgresql://user:pw@host/db works too.")
+
+    # Sandbox.
+    sandbox_backend: Literal["auto", "docker", "local"] = Field("auto", description="docker, local (bubblewrap) or auto (docker when an engine answers, else local).")
+    sandbox_image: str = Field("assistant-sandbox:latest", description="Image for job containers; `assistant sandbox build` makes the default one.")
+    sandbox_memory_mb: int = Field(4096, ge=128, description="Memory limit per job container, MiB.")
+    sandbox_cpus: float = Field(2.0, gt=0, description="CPU limit per job container.")
+    sandbox_pids: int = Field(512, ge=16, description="Process limit per job container.")
+    sandbox_ca_bundle: str | None = Field(None, description="CA bundle copied into the sandbox image at build (default: the file SSL_CERT_FILE names); empty string turns it off.")
+    setup_cache: bool = Field(True, description="Commit the container after a successful setup and reuse it for the same repo, commit and setup.")
+    setup_cache_size: int = Field(8, ge=1, description="How many setup-cache images to keep (least recently used are evicted).")
+    maintenance_command: str | None = Field(None, description="Command run on a setup-cache hit before the network is cut.")
+    allow_setup_failure: bool = Field(False, description="Go on to the agent when a setup command fails (the agent is told what failed).")
+
+    # Jobs.
+    max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")
+    job_max_steps: int = Field(60, ge=1, description="Model turns per job before it is stopped.")
+    job_max_seconds: int = Field(3600, ge=10, description="Wall-clock budget per job, seconds.")
+    job_max_tokens: int = Field(3_000_000, ge=1000, description="Tokens (prompt + completion) per job.")
+    command_timeout_s: int = Field(300, ge=1, description="Default timeout of one agent shell command, seconds.")
+
+    # Conversation.
+    answer_token_budget: int = Field(400_000, ge=1000, description="Tokens quick answers may spend per conversation.")
+    default_repo: str | None = Field(None, description="Repository (path or git URL) a new conversation starts with.")
+    default_ref: str | None = Field(None, description="Git ref a new conversation starts with.")
+
+    # Web app.
+    host: str = Field("127.0.0.1", description="Address `assistant serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `assistant serve` binds.")
+    users: str | None = Field(None, description="Password logins as `name:password,name2:password2`; default one user `admin` with a password generated into <data_dir>/admin-password.")
+    header_auth: str | None = Field(None, description="Trust this request header (set by a reverse proxy) as the user name.")
+
+    @field_validator("users")
+    @classmethod
+    def _users_well_formed(cls, value: str | None) -> str | None:
+        if value:
+            for pair in value.split(","):
+                name, sep, password = pair.strip().partition(":")
+                if not sep or not name or not password:
+                    raise ValueError("expected name:password pairs separated by commas")
+        return value
+
+    # ------------------------------------------------------------------ derived values
+    def model_for(self, role: Role) -> str:
+        return getattr(self, f"{role}_model") or self.model
+
+    @property
+    def uses_local_model(self) -> bool:
+        return not self.openai_api_key and not self.openai_base_url
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'assistant.db'}"
+
+    def user_passwords(self) -> dict[str, str]:
+        if not self.users:
+            return {}
+        return dict(p.strip().split(":", 1) for p in self.users.split(","))
+
+
+def env_name(field: str) -> str:
+    extra = Settings.model_fields[field].json_schema_extra or {}
+    return extra.get("env") or f"ASSISTANT_{field.upper()}"  # type: ignore[union-attr]
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _coerce_env(field: str, raw: str) -> Any:
+    annotation = str(Settings.model_fields[field].annotation)
+    if annotation == "<class 'bool'>":
+        if raw.strip().lower() not in _BOOL_WORDS:
+            raise SettingsError(f"{env_name(field)}={raw!r}: expected true or false")
+        return _BOOL_WORDS[raw.strip().lower()]
+    if raw == "" and "None" in annotation:
+        return None if field != "sandbox_ca_bundle" else ""
+    return raw
+
+
+def load_settings(environ: dict[str, str] | None = None, toml_path: Path | None = None) -> Settings:
+    """Settings from (lowest first) defaults, assistant.toml, environment variables."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    toml_file = toml_path or Path(environ.get("ASSISTANT_CONFIG", "assistant.toml"))
+    if toml_file.is_file():
+        try:
+            data = tomllib.loads(toml_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{toml_file}: not valid TOML ({exc})") from exc
+        for key, value in data.items():
+            if key not in Settings.model_fields:
+                raise SettingsError(f"{toml_file}: unknown setting {key!r}")
+            values[key] = value
+    for field in Settings.model_fields:
+        name = env_name(field)
+        if name in environ:
+            values[field] = _coerce_env(field, environ[name])
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            given = values.get(field)
+            accepted = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{env_name(field) if field in Settings.model_fields else field}={given!r}: {accepted}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    env: str
+    default: str
+    description: str
+
+
+def settings_table() -> list[SettingDoc]:
+    rows = []
+    for field, info in Settings.model_fields.items():
+        default = "" if info.default_factory else ("" if info.default is None else str(info.default))
+        if field == "data_dir":
+            default = "~/.local/share/assistant"
+        rows.append(SettingDoc(env_name(field), default, info.description or ""))
+    return rows

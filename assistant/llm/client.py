@@ -1,0 +1,227 @@
+"""The one place that talks to the model: the official openai SDK over Chat Completions.
+
+Retries with exponential backoff on 429, 5xx, timeouts and dropped connections (the SDK's own retry
+loop, told how many times by settings); every failure that is left surfaces as a ModelError whose
+message says what went wrong and what to do. Token usage is recorded per job and per thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+
+from ..config import Settings
+from .tokens import count_message_tokens, count_tokens
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(RuntimeError):
+    """A model request that failed for good; the message is meant for the user."""
+
+
+class ModelUnavailable(ModelError):
+    pass
+
+
+class ModelGarbage(ModelError):
+    pass
+
+
+class ToolsUnsupported(ModelError):
+    pass
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+    def as_message_part(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class Completion:
+    content: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+
+    def as_message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": self.content or ""}
+        if self.tool_calls:
+            msg["tool_calls"] = [c.as_message_part() for c in self.tool_calls]
+        return msg
+
+
+UsageSink = Callable[[str, str, int, int, "str | None", "str | None"], None]
+
+
+def _tools_rejected(exc: openai.BadRequestError) -> bool:
+    text = str(exc).lower()
+    return "tool" in text or "function" in text
+
+
+class ModelClient:
+    def __init__(self, settings: Settings, *, base_url: str | None = None, api_key: str | None = None,
+                 usage_sink: UsageSink | None = None):
+        self.settings = settings
+        self.base_url = base_url or settings.openai_base_url or "https://api.openai.com/v1"
+        self._sdk = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or settings.openai_api_key or "not-needed",
+            timeout=settings.model_timeout_s,
+            max_retries=settings.model_max_retries,
+        )
+        self._usage_sink = usage_sink
+
+    # ------------------------------------------------------------------ helpers
+    def model_for(self, role: str) -> str:
+        return self.settings.model_for(role)  # type: ignore[arg-type]
+
+    def _record(self, role: str, model: str, prompt: int, completion: int, job_id: str | None,
+                thread_id: str | None) -> None:
+        if self._usage_sink:
+            try:
+                self._usage_sink(role, model, prompt, completion, job_id, thread_id)
+            except Exception:  # usage accounting must never fail a request
+                log.exception("recording token usage failed")
+
+    def _translate(self, exc: Exception) -> ModelError:
+        where = self.base_url
+        if isinstance(exc, openai.APITimeoutError):
+            return ModelUnavailable(f"the model endpoint at {where} did not answer within {self.settings.model_timeout_s:.0f} s "
+                                    f"(after {self.settings.model_max_retries} retries); try again, or raise ASSISTANT_MODEL_TIMEOUT_S")
+        if isinstance(exc, openai.APIConnectionError):
+            return ModelUnavailable(f"cannot reach the model endpoint at {where} ({exc.__cause__ or exc}); "
+                                    "check OPENAI_BASE_URL and that the server runs (`assistant doctor` checks it)")
+        if isinstance(exc, openai.AuthenticationError):
+            return ModelError(f"the model endpoint at {where} refused the API key (401); set OPENAI_API_KEY")
+        if isinstance(exc, openai.NotFoundError):
+            return ModelError(f"the model endpoint at {where} answered 404: {exc.message}; check ASSISTANT_MODEL and OPENAI_BASE_URL")
+        if isinstance(exc, openai.RateLimitError):
+            return ModelUnavailable(f"the model endpoint at {where} is rate limiting (429) and kept doing so through "
+                                    f"{self.settings.model_max_retries} retries; wait and retry")
+        if isinstance(exc, openai.APIStatusError):
+            return ModelError(f"the model endpoint at {where} answered {exc.status_code}: {exc.message}")
+        if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, ValueError, KeyError, TypeError)):
+            return ModelGarbage(f"the model endpoint at {where} answered something that is not an OpenAI chat "
+                                f"completion ({type(exc).__name__}: {str(exc)[:200]}); is OPENAI_BASE_URL an OpenAI-compatible /v1 URL?")
+        return ModelError(f"model request failed: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ requests
+    def complete(self, role: str, messages: list[dict[str, Any]], *, tools: list[dict] | None = None,
+                 job_id: str | None = None, thread_id: str | None = None,
+                 response_format: dict | None = None, temperature: float | None = None,
+                 max_tokens: int | None = None, model: str | None = None) -> Completion:
+        model = model or self.model_for(role)
+        kwargs: dict[str, Any] = {"model": model, "messages": messages}
+        if tools:
+            kwargs["tools"] = tools
+        if response_format:
+            kwargs["response_format"] = response_format
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        try:
+            resp = self._sdk.chat.completions.create(**kwargs)
+        except openai.BadRequestError as exc:
+            if tools and _tools_rejected(exc):
+                raise ToolsUnsupported(f"the model endpoint rejected function tools: {exc.message}") from exc
+            raise self._translate(exc) from exc
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        return self._parse(resp, role, model, messages, job_id, thread_id)
+
+    def _parse(self, resp: Any, role: str, model: str, messages: list[dict], job_id: str | None,
+               thread_id: str | None) -> Completion:
+        try:
+            choice = resp.choices[0]
+            msg = choice.message
+            calls = [ToolCall(id=c.id or f"call_{i}", name=c.function.name, arguments=c.function.arguments or "{}")
+                     for i, c in enumerate(msg.tool_calls or [])]
+            content = msg.content
+        except Exception as exc:
+            raise self._translate(exc if isinstance(exc, (ValueError, KeyError, TypeError)) else ValueError(repr(resp)[:200])) from exc
+        if content is None and not calls:
+            raise ModelGarbage(f"the model endpoint at {self.base_url} answered an empty message (finish_reason="
+                               f"{choice.finish_reason!r}); retry, or try another model")
+        usage = getattr(resp, "usage", None)
+        prompt = getattr(usage, "prompt_tokens", None) or count_message_tokens(messages, model)
+        completion = getattr(usage, "completion_tokens", None) or count_tokens(
+            (content or "") + "".join(c.arguments for c in calls), model)
+        self._record(role, model, prompt, completion, job_id, thread_id)
+        return Completion(content=content, tool_calls=calls, finish_reason=choice.finish_reason,
+                          prompt_tokens=prompt, completion_tokens=completion, model=getattr(resp, "model", model) or model)
+
+    def stream(self, role: str, messages: list[dict[str, Any]], *, job_id: str | None = None,
+               thread_id: str | None = None, model: str | None = None,
+               max_tokens: int | None = None) -> Iterator[str]:
+        """Yield text deltas as they arrive; records usage when the stream ends."""
+        model = model or self.model_for(role)
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
+                                  "stream_options": {"include_usage": True}}
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        try:
+            stream = self._sdk.chat.completions.create(**kwargs)
+        except openai.BadRequestError as exc:
+            if "stream_options" not in str(exc):
+                raise self._translate(exc) from exc
+            kwargs.pop("stream_options")  # some servers do not know include_usage
+            try:
+                stream = self._sdk.chat.completions.create(**kwargs)
+            except Exception as exc2:
+                raise self._translate(exc2) from exc2
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        text: list[str] = []
+        usage = None
+        try:
+            for chunk in stream:
+                if getattr(chunk, "usage", None):
+                    usage = chunk.usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    delta = getattr(choice.delta, "content", None)
+                    if delta:
+                        text.append(delta)
+                        yield delta
+        except ModelError:
+            raise
+        except (httpx.HTTPError, openai.APIError) as exc:
+            raise ModelUnavailable(f"the model endpoint at {self.base_url} dropped the stream ({exc}); retry") from exc
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        finally:
+            full = "".join(text)
+            prompt = getattr(usage, "prompt_tokens", None) or count_message_tokens(messages, model)
+            completion = getattr(usage, "completion_tokens", None) or count_tokens(full, model)
+            self._record(role, model, prompt, completion, job_id, thread_id)
+
+    def list_models(self) -> list[str]:
+        try:
+            return [m.id for m in self._sdk.models.list()]
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+
+def backoff_delays(retries: int, base: float = 0.5, cap: float = 8.0) -> Iterator[float]:
+    """Jittered exponential delays, for retry loops above a single request (a whole agent step)."""
+    for attempt in range(retries):
+        yield min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2)
+
+
+def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 8.0) -> None:
+    time.sleep(min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2))

@@ -1,0 +1,165 @@
+"""SQLModel tables: users, threads, messages (Chainlit steps), jobs, job events, log chunks, artifacts, usage."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Meta(SQLModel, table=True):
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class User(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    identifier: str = Field(index=True, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Thread(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    user_id: Optional[str] = Field(default=None, index=True, foreign_key="user.id")
+    name: Optional[str] = None
+    repo: Optional[str] = None
+    ref: Optional[str] = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Message(SQLModel, table=True):
+    """A Chainlit step: user and assistant messages, tool steps, job cards."""
+    id: str = Field(default_factory=new_id, primary_key=True)
+    thread_id: str = Field(index=True, foreign_key="thread.id")
+    parent_id: Optional[str] = None
+    name: str = ""
+    type: str = "assistant_message"
+    input: Optional[str] = Field(default=None, sa_column=Column(Text))
+    output: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    start: Optional[datetime] = None
+    end: Optional[datetime] = None
+    is_error: bool = False
+    language: Optional[str] = None
+    show_input: Optional[str] = None
+    job_id: Optional[str] = Field(default=None, index=True)
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Element(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    thread_id: Optional[str] = Field(default=None, index=True)
+    for_id: Optional[str] = None
+    type: str = "text"
+    name: str = ""
+    display: str = "inline"
+    mime: Optional[str] = None
+    url: Optional[str] = None
+    content: Optional[str] = Field(default=None, sa_column=Column(Text))
+    language: Optional[str] = None
+    props: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Feedback(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    for_id: str = Field(index=True)
+    thread_id: Optional[str] = None
+    value: int = 0
+    comment: Optional[str] = None
+
+
+class Job(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    thread_id: Optional[str] = Field(default=None, index=True)
+    user_id: Optional[str] = Field(default=None, index=True)
+    number: int = 0                      # 1, 2, … within its thread ("job 2")
+    title: str = ""
+    task: str = Field(sa_column=Column(Text))
+    repo: str = ""
+    ref: Optional[str] = None
+    setup: Optional[list[str]] = Field(default=None, sa_column=Column(JSON))
+    parent_job_id: Optional[str] = None  # follow-up jobs start from this job's result
+    group_id: Optional[str] = Field(default=None, index=True)  # best-of-N attempts share one
+    attempt: int = 1
+    attempts: int = 1
+    state: str = Field(default="queued", index=True)
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    queued_at: Optional[datetime] = None
+    preparing_at: Optional[datetime] = None
+    setting_up_at: Optional[datetime] = None
+    running_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    backend: Optional[str] = None
+    base_commit: Optional[str] = None
+    setup_network: Optional[str] = None
+    agent_network: Optional[str] = None
+    cache_hit: bool = False
+    summary: Optional[str] = Field(default=None, sa_column=Column(Text))
+    citations: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    outcome: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # tests run/passed, diff size, rank
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: Optional[str] = None
+
+
+class JobEvent(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True)
+    seq: int
+    kind: str
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class LogChunk(SQLModel, table=True):
+    """One command's output, citable as 【<id>†Lx-Ly】."""
+    id: str = Field(primary_key=True, max_length=6)
+    job_id: Optional[str] = Field(default=None, index=True)
+    phase: str = "agent"                 # setup | agent
+    command: str = Field(sa_column=Column(Text))
+    exit_code: Optional[int] = None
+    timed_out: bool = False
+    duration_s: float = 0.0
+    text: str = Field(default="", sa_column=Column(Text))
+    line_count: int = 0
+    truncated: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Artifact(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True)
+    kind: str                            # diff | patch | summary | files
+    content: str = Field(default="", sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TokenUsage(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: Optional[str] = Field(default=None, index=True)
+    thread_id: Optional[str] = Field(default=None, index=True)
+    role: str = ""
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,345 @@
+"""The one gateway to storage. Every method opens its own short session, so it is safe from any thread."""
+from __future__ import annotations
+
+import secrets
+import threading
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from ..jobs.states import ACTIVE, INTERRUPTED, check_transition
+from .db import init_schema, make_engine
+from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Thread,
+                     TokenUsage, User, utcnow)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Store:
+    def __init__(self, url_or_engine: str | Engine):
+        self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        self.schema_version = init_schema(self.engine)
+        self._seq_lock = threading.Lock()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ users
+    def get_or_create_user(self, identifier: str, meta: dict | None = None) -> User:
+        with self.session() as s:
+            user = s.exec(select(User).where(User.identifier == identifier)).first()
+            if user:
+                return user
+            user = User(identifier=identifier, meta=meta or {})
+            s.add(user)
+            try:
+                s.commit()
+            except IntegrityError:  # created concurrently by another request
+                s.rollback()
+                return s.exec(select(User).where(User.identifier == identifier)).one()
+            return user
+
+    def get_user(self, identifier: str) -> User | None:
+        with self.session() as s:
+            return s.exec(select(User).where(User.identifier == identifier)).first()
+
+    # ------------------------------------------------------------------ threads
+    def create_thread(self, *, user_id: str | None, thread_id: str | None = None, name: str | None = None,
+                      repo: str | None = None, ref: str | None = None) -> Thread:
+        thread = Thread(id=thread_id or str(uuid.uuid4()), user_id=user_id, name=name, repo=repo, ref=ref)
+        with self.session() as s:
+            s.add(thread)
+            s.commit()
+        return thread
+
+    def get_thread(self, thread_id: str) -> Thread | None:
+        with self.session() as s:
+            return s.get(Thread, thread_id)
+
+    def update_thread(self, thread_id: str, **fields: Any) -> Thread:
+        with self.session() as s:
+            thread = s.get(Thread, thread_id)
+            if thread is None:
+                raise NotFound(f"no thread {thread_id}")
+            for key, value in fields.items():
+                setattr(thread, key, value)
+            thread.updated_at = utcnow()
+            s.add(thread)
+            s.commit()
+            return thread
+
+    def list_threads(self, user_id: str | None, *, search: str | None = None, limit: int = 50,
+                     before: datetime | None = None) -> list[Thread]:
+        with self.session() as s:
+            q = select(Thread).where(Thread.user_id == user_id)
+            if search:
+                q = q.where(col(Thread.name).ilike(f"%{search}%"))
+            if before is not None:
+                q = q.where(Thread.updated_at < before)
+            return list(s.exec(q.order_by(col(Thread.updated_at).desc()).limit(limit)))
+
+    def delete_thread(self, thread_id: str) -> None:
+        with self.session() as s:
+            for model in (Message, Element):
+                for row in s.exec(select(model).where(model.thread_id == thread_id)):
+                    s.delete(row)
+            thread = s.get(Thread, thread_id)
+            if thread:
+                s.delete(thread)
+            s.commit()
+
+    # ------------------------------------------------------------------ messages (Chainlit steps)
+    def upsert_message(self, message_id: str, thread_id: str, **fields: Any) -> Message:
+        with self.session() as s:
+            msg = s.get(Message, message_id)
+            if msg is None:
+                msg = Message(id=message_id, thread_id=thread_id)
+            for key, value in fields.items():
+                if value is not None or key in ("output",):
+                    setattr(msg, key, value)
+            s.add(msg)
+            thread = s.get(Thread, thread_id)
+            if thread:
+                thread.updated_at = utcnow()
+                s.add(thread)
+            s.commit()
+            return msg
+
+    def get_message(self, message_id: str) -> Message | None:
+        with self.session() as s:
+            return s.get(Message, message_id)
+
+    def list_messages(self, thread_id: str) -> list[Message]:
+        with self.session() as s:
+            q = select(Message).where(Message.thread_id == thread_id).order_by(col(Message.created_at))
+            return list(s.exec(q))
+
+    def delete_message(self, message_id: str) -> None:
+        with self.session() as s:
+            msg = s.get(Message, message_id)
+            if msg:
+                s.delete(msg)
+                s.commit()
+
+    # ------------------------------------------------------------------ elements and feedback
+    def upsert_element(self, element: Element) -> None:
+        with self.session() as s:
+            s.merge(element)
+            s.commit()
+
+    def get_element(self, element_id: str) -> Element | None:
+        with self.session() as s:
+            return s.get(Element, element_id)
+
+    def list_elements(self, thread_id: str) -> list[Element]:
+        with self.session() as s:
+            return list(s.exec(select(Element).where(Element.thread_id == thread_id)))
+
+    def delete_element(self, element_id: str) -> None:
+        with self.session() as s:
+            row = s.get(Element, element_id)
+            if row:
+                s.delete(row)
+                s.commit()
+
+    def upsert_feedback(self, feedback: Feedback) -> str:
+        with self.session() as s:
+            s.merge(feedback)
+            s.commit()
+        return feedback.id
+
+    def delete_feedback(self, feedback_id: str) -> bool:
+        with self.session() as s:
+            row = s.get(Feedback, feedback_id)
+            if row is None:
+                return False
+            s.delete(row)
+            s.commit()
+            return True
+
+    def feedback_for(self, step_ids: Iterable[str]) -> dict[str, Feedback]:
+        ids = list(step_ids)
+        if not ids:
+            return {}
+        with self.session() as s:
+            return {f.for_id: f for f in s.exec(select(Feedback).where(col(Feedback.for_id).in_(ids)))}
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(self, *, task: str, repo: str, thread_id: str | None = None, **fields: Any) -> Job:
+        with self._seq_lock, self.session() as s:
+            number = 1
+            if thread_id:
+                number = (s.exec(select(func.max(Job.number)).where(Job.thread_id == thread_id)).one() or 0) + 1
+            job = Job(id=fields.pop("id", None) or secrets.token_hex(4), task=task, repo=repo, thread_id=thread_id,
+                      number=number, queued_at=utcnow(), **fields)
+            s.add(job)
+            s.commit()
+            return job
+
+    def get_job(self, job_id: str) -> Job:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            return job
+
+    def find_job(self, ref: str) -> Job:
+        """A job by full id or unique id prefix."""
+        with self.session() as s:
+            job = s.get(Job, ref)
+            if job:
+                return job
+            matches = list(s.exec(select(Job).where(col(Job.id).startswith(ref)).limit(2)))
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"no job {ref!r}" if not matches else f"{ref!r} names several jobs; give more of the id")
+
+    def list_jobs(self, *, thread_id: str | None = None, user_id: str | None = None,
+                  states: Iterable[str] | None = None, group_id: str | None = None, limit: int = 200) -> list[Job]:
+        with self.session() as s:
+            q = select(Job)
+            if thread_id is not None:
+                q = q.where(Job.thread_id == thread_id)
+            if user_id is not None:
+                q = q.where(Job.user_id == user_id)
+            if group_id is not None:
+                q = q.where(Job.group_id == group_id)
+            if states is not None:
+                q = q.where(col(Job.state).in_(list(states)))
+            return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
+
+    def update_job(self, job_id: str, **fields: Any) -> Job:
+        if "state" in fields:
+            raise ValueError("change a job's state with transition()")
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            for key, value in fields.items():
+                setattr(job, key, value)
+            s.add(job)
+            s.commit()
+            return job
+
+    def add_job_tokens(self, job_id: str, prompt: int, completion: int, steps: int = 0) -> None:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job:
+                job.prompt_tokens += prompt
+                job.completion_tokens += completion
+                job.steps += steps
+                s.add(job)
+                s.commit()
+
+    def transition(self, job_id: str, state: str, reason: str | None = None) -> Job:
+        """Move a job along the state machine; an illegal move raises IllegalTransition and changes nothing."""
+        with self._seq_lock, self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            check_transition(job_id, job.state, state)
+            job.state = state
+            now = utcnow()
+            stamp = f"{state}_at"
+            if hasattr(job, stamp):
+                setattr(job, stamp, now)
+            if state in ("succeeded", "failed", "cancelled", "interrupted"):
+                job.finished_at = now
+            if reason is not None:
+                job.reason = reason
+            s.add(job)
+            s.commit()
+            return job
+
+    def interrupt_orphaned_jobs(self, reason: str = "the server stopped while this job was active; retry it") -> list[str]:
+        """At start-up: whatever was active belonged to a process that is gone."""
+        ids = [j.id for j in self.list_jobs(states=ACTIVE, limit=100_000)]
+        for job_id in ids:
+            self.transition(job_id, INTERRUPTED, reason)
+        return ids
+
+    # ------------------------------------------------------------------ events
+    def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> JobEvent:
+        with self._seq_lock, self.session() as s:
+            last = s.exec(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)).one()
+            ev = JobEvent(job_id=job_id, seq=(last or 0) + 1, kind=kind, data=data or {})
+            s.add(ev)
+            s.commit()
+            return ev
+
+    def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
+        with self.session() as s:
+            q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+            return list(s.exec(q.order_by(col(JobEvent.seq))))
+
+    # ------------------------------------------------------------------ log chunks
+    def add_chunk(self, *, job_id: str | None, command: str, text: str, exit_code: int | None,
+                  phase: str = "agent", duration_s: float = 0.0, truncated: bool = False,
+                  timed_out: bool = False) -> LogChunk:
+        lines = text.splitlines()
+        for _ in range(20):
+            chunk = LogChunk(id=secrets.token_hex(3), job_id=job_id, phase=phase, command=command,
+                             exit_code=exit_code, timed_out=timed_out, duration_s=duration_s, text=text,
+                             line_count=len(lines), truncated=truncated)
+            with self.session() as s:
+                s.add(chunk)
+                try:
+                    s.commit()
+                    return chunk
+                except IntegrityError:  # 6 hex digits collide now and then
+                    s.rollback()
+        raise RuntimeError("could not allocate a log chunk id")
+
+    def get_chunk(self, chunk_id: str) -> LogChunk | None:
+        with self.session() as s:
+            return s.get(LogChunk, chunk_id)
+
+    def list_chunks(self, job_id: str) -> list[LogChunk]:
+        with self.session() as s:
+            q = select(LogChunk).where(LogChunk.job_id == job_id).order_by(col(LogChunk.created_at))
+            return list(s.exec(q))
+
+    # ------------------------------------------------------------------ artifacts
+    def put_artifact(self, job_id: str, kind: str, content: str) -> None:
+        with self.session() as s:
+            row = s.exec(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind)).first()
+            row = row or Artifact(job_id=job_id, kind=kind)
+            row.content = content
+            row.created_at = utcnow()
+            s.add(row)
+            s.commit()
+
+    def get_artifact(self, job_id: str, kind: str) -> str | None:
+        with self.session() as s:
+            row = s.exec(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind)).first()
+            return row.content if row else None
+
+    # ------------------------------------------------------------------ token usage
+    def record_usage(self, *, role: str, model: str, prompt_tokens: int, completion_tokens: int,
+                     job_id: str | None = None, thread_id: str | None = None) -> None:
+        with self.session() as s:
+            s.add(TokenUsage(job_id=job_id, thread_id=thread_id, role=role, model=model,
+                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+            s.commit()
+
+    def usage_totals(self, *, job_id: str | None = None, thread_id: str | None = None) -> tuple[int, int]:
+        with self.session() as s:
+            q = select(func.coalesce(func.sum(TokenUsage.prompt_tokens), 0),
+                       func.coalesce(func.sum(TokenUsage.completion_tokens), 0))
+            if job_id is not None:
+                q = q.where(TokenUsage.job_id == job_id)
+            if thread_id is not None:
+                q = q.where(TokenUsage.thread_id == thread_id)
+            prompt, completion = s.exec(q).one()
+            return int(prompt), int(completion)
