@@ -1,0 +1,228 @@
+"""The Chainlit data layer on a real SQLite store: round trips, paging, and ownership through every method."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from chainlit.types import Feedback, Pagination, ThreadFilter
+from chainlit.user import User
+
+from assistant.web import viewer
+from assistant.web.datalayer import NotOwner, StoreDataLayer
+
+
+def as_viewer(identifier: str | None):
+    return viewer._request_viewer.set(identifier)
+
+
+@pytest.fixture
+def layer(store):
+    return StoreDataLayer(store)
+
+
+def step(thread_id: str, text: str, *, kind: str = "assistant_message", created: str | None = None, **extra):
+    return {"id": str(uuid.uuid4()), "threadId": thread_id, "name": "Assistant", "type": kind, "output": text,
+            "createdAt": created or "2025-01-01T10:00:00.000Z", "metadata": extra.pop("metadata", {}), **extra}
+
+
+async def new_thread(layer: StoreDataLayer, owner: str, name: str = "a thread") -> str:
+    user = await layer.create_user(User(identifier=owner))
+    thread_id = str(uuid.uuid4())
+    token = as_viewer(owner)
+    try:
+        await layer.update_thread(thread_id, name=name, user_id=user.id)
+    finally:
+        viewer._request_viewer.reset(token)
+    return thread_id
+
+
+async def test_users_are_created_once_and_found_by_identifier(layer):
+    first = await layer.create_user(User(identifier="ada", display_name="Ada L."))
+    again = await layer.create_user(User(identifier="ada"))
+    found = await layer.get_user("ada")
+    assert first.id == again.id == found.id
+    assert found.display_name == "Ada L."
+    assert await layer.get_user("nobody") is None
+
+
+async def test_steps_round_trip_in_order_with_extras(layer):
+    thread_id = await new_thread(layer, "ada")
+    token = as_viewer("ada")
+    try:
+        question = step(thread_id, "", kind="user_message", created="2025-01-01T10:00:00.000Z", input="hi",
+                        command="ask")
+        answer = step(thread_id, "hello 【F:a.py†L1-L2】", created="2025-01-01T10:00:01.000Z",
+                      metadata={"k": 1}, showInput=False, defaultOpen=True)
+        await layer.create_step(answer)
+        await layer.create_step(question)
+        await layer.update_step({**answer, "output": "hello again", "isError": True})
+        thread = await layer.get_thread(thread_id)
+    finally:
+        viewer._request_viewer.reset(token)
+    assert [s["id"] for s in thread["steps"]] == [question["id"], answer["id"]]
+    got = thread["steps"][1]
+    assert got["output"] == "hello again" and got["isError"] is True
+    assert got["metadata"] == {"k": 1} and got["showInput"] is False and got["defaultOpen"] is True
+    assert thread["steps"][0]["command"] == "ask"
+    assert thread["userIdentifier"] == "ada" and thread["name"] == "a thread"
+
+
+async def test_a_step_for_an_unknown_thread_creates_it_for_the_writer(layer, store):
+    await layer.create_user(User(identifier="ada"))
+    thread_id = str(uuid.uuid4())
+    token = as_viewer("ada")
+    try:
+        await layer.create_step(step(thread_id, "first"))
+    finally:
+        viewer._request_viewer.reset(token)
+    assert await layer.get_thread_author(thread_id) == "ada"
+
+
+async def test_second_user_sees_nothing_through_any_method(layer, store):
+    thread_id = await new_thread(layer, "ada", name="secret plans")
+    bob = await layer.create_user(User(identifier="bob"))
+    ada = await layer.get_user("ada")
+    token = as_viewer("ada")
+    try:
+        msg = step(thread_id, "private")
+        await layer.create_step(msg)
+        feedback_id = await layer.upsert_feedback(Feedback(forId=msg["id"], value=1, threadId=thread_id))
+        from chainlit.element import Text
+        element = Text(name="notes", content="private notes", thread_id=thread_id, for_id=msg["id"])
+        await layer.create_element(element)
+    finally:
+        viewer._request_viewer.reset(token)
+
+    token = as_viewer("bob")
+    try:
+        assert await layer.get_thread(thread_id) is None
+        assert await layer.get_element(thread_id, element.id) is None
+        listed = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=ada.id))
+        assert listed.data == []
+        own = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=bob.id))
+        assert own.data == []
+        with pytest.raises(NotOwner):
+            await layer.create_step(step(thread_id, "injected"))
+        with pytest.raises(NotOwner):
+            await layer.update_step({**msg, "output": "overwritten"})
+        with pytest.raises(NotOwner):
+            await layer.delete_step(msg["id"])
+        with pytest.raises(NotOwner):
+            await layer.update_thread(thread_id, name="mine now")
+        with pytest.raises(NotOwner):
+            await layer.upsert_feedback(Feedback(forId=msg["id"], value=0, threadId=thread_id))
+        with pytest.raises(NotOwner):
+            await layer.delete_feedback(feedback_id)
+        with pytest.raises(NotOwner):
+            await layer.delete_element(element.id, thread_id)
+        with pytest.raises(NotOwner):
+            await layer.delete_thread(thread_id)
+    finally:
+        viewer._request_viewer.reset(token)
+
+    token = as_viewer(viewer.ANONYMOUS)
+    try:
+        assert await layer.get_thread(thread_id) is None
+    finally:
+        viewer._request_viewer.reset(token)
+
+    token = as_viewer("ada")
+    try:
+        thread = await layer.get_thread(thread_id)
+        assert thread["name"] == "secret plans"
+        assert [s["output"] for s in thread["steps"]] == ["private"]
+        assert thread["steps"][0]["feedback"]["value"] == 1
+        got = await layer.get_element(thread_id, element.id)
+        assert got["props"]["content"] == "private notes"
+    finally:
+        viewer._request_viewer.reset(token)
+
+
+async def test_element_is_only_found_under_its_own_thread(layer):
+    first = await new_thread(layer, "ada")
+    second = await new_thread(layer, "ada")
+    from chainlit.element import Text
+    element = Text(name="n", content="c", thread_id=first)
+    token = as_viewer("ada")
+    try:
+        await layer.create_step(step(first, "x"))
+        await layer.create_element(element)
+        assert await layer.get_element(second, element.id) is None
+        assert (await layer.get_element(first, element.id))["name"] == "n"
+    finally:
+        viewer._request_viewer.reset(token)
+
+
+async def test_list_threads_pages_newest_first_and_searches(layer, store):
+    ids = []
+    for i in range(5):
+        thread_id = await new_thread(layer, "ada", name=f"thread {i}")
+        ids.append(thread_id)
+    ada = await layer.get_user("ada")
+    token = as_viewer("ada")
+    try:
+        page1 = await layer.list_threads(Pagination(first=2), ThreadFilter(userId=ada.id))
+        page2 = await layer.list_threads(Pagination(first=2, cursor=page1.pageInfo.endCursor),
+                                         ThreadFilter(userId=ada.id))
+        page3 = await layer.list_threads(Pagination(first=2, cursor=page2.pageInfo.endCursor),
+                                         ThreadFilter(userId=ada.id))
+        found = await layer.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id, search="read 3"))
+    finally:
+        viewer._request_viewer.reset(token)
+    seen = [t["id"] for t in page1.data + page2.data + page3.data]
+    assert seen == list(reversed(ids))
+    assert page1.pageInfo.hasNextPage and page2.pageInfo.hasNextPage and not page3.pageInfo.hasNextPage
+    assert [t["name"] for t in found.data] == ["thread 3"]
+
+
+async def test_job_cards_are_rendered_from_the_job_at_read_time(store):
+    rendered = {}
+    layer = StoreDataLayer(store, render_job_card=lambda job_id: rendered.get(job_id))
+    thread_id = await new_thread(layer, "ada")
+    token = as_viewer("ada")
+    try:
+        card = step(thread_id, "job 1 · queued", metadata={"job_id": "abcd1234"})
+        plain = step(thread_id, "just text", created="2025-01-01T10:00:05.000Z")
+        await layer.create_step(card)
+        await layer.create_step(plain)
+        rendered["abcd1234"] = "job 1 · succeeded"
+        thread = await layer.get_thread(thread_id)
+    finally:
+        viewer._request_viewer.reset(token)
+    assert [s["output"] for s in thread["steps"]] == ["job 1 · succeeded", "just text"]
+    assert store.get_message(card["id"]).job_id == "abcd1234"
+
+
+async def test_internal_calls_without_a_viewer_are_trusted(layer):
+    thread_id = await new_thread(layer, "ada")
+    await layer.create_step(step(thread_id, "from a background job"))
+    thread = await layer.get_thread(thread_id)
+    assert [s["output"] for s in thread["steps"]] == ["from a background job"]
+
+
+async def test_thread_metadata_merges_and_owner_cannot_be_reassigned(layer):
+    thread_id = await new_thread(layer, "ada")
+    bob = await layer.create_user(User(identifier="bob"))
+    token = as_viewer("ada")
+    try:
+        await layer.update_thread(thread_id, metadata={"a": 1})
+        await layer.update_thread(thread_id, metadata={"b": 2}, user_id=bob.id, tags=["x"])
+        thread = await layer.get_thread(thread_id)
+    finally:
+        viewer._request_viewer.reset(token)
+    assert thread["metadata"] == {"a": 1, "b": 2}
+    assert thread["tags"] == ["x"]
+    assert thread["userIdentifier"] == "ada"
+
+
+def test_tokens_identify_their_user_and_forgeries_nobody(monkeypatch):
+    from chainlit.auth.jwt import create_jwt
+
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", "s" * 40)
+    token = create_jwt(User(identifier="ada"))
+    assert viewer.identify_token(token) == "ada"
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", "t" * 40)
+    assert viewer.identify_token(token) == viewer.ANONYMOUS
+    assert viewer.identify_token(None) == viewer.ANONYMOUS
+    scope = {"type": "http", "headers": [(b"cookie", b"x=1; access_token_0=ab; access_token_1=cd")]}
+    assert viewer._token_from_scope(scope) == "abcd"
