@@ -1,0 +1,5 @@
+def load(path, mode='r'):
+    return open(path, mode)
+
+def save(path):
+    return open(path, 'x')

@@ -1,0 +1,6 @@
+SETTINGS = {
+    'first': 0,
+    'a': 1,
+}
+
+OTHER = 2

@@ -1,0 +1,5 @@
+SETTINGS = {
+    'a': 1,
+}
+
+OTHER = 2
