@@ -1,0 +1,123 @@
+"""The contracts of the sandbox: configuration, results, the Sandbox protocol, errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+DEFAULT_IMAGE = "assistant-sandbox:latest"
+AGENT_UID = 1000
+AGENT_GID = 1000
+AGENT_HOME = "/home/agent"
+WORKSPACE = "/workspace"
+# Prepended to PATH for every command so a venv created by setup wins without any shell state.
+AGENT_VENV = f"{AGENT_HOME}/.venv"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+AGENT_PATH = f"{AGENT_VENV}/bin:{AGENT_HOME}/.local/bin:{SYSTEM_PATH}"
+
+OutputCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    data_dir: Path
+    backend: str = "auto"  # "docker" | "local" | "auto" (docker if an engine answers, else local)
+    image: str = DEFAULT_IMAGE
+    memory_mb: int = 4096
+    cpus: float = 2.0
+    pids_limit: int = 512
+    job_wall_clock_s: int = 3600
+    output_cap_bytes: int = 1_000_000
+    ca_bundle: str | None = None  # None = SSL_CERT_FILE or the system bundle; "" = do not copy
+    cache_enabled: bool = True
+    cache_max_entries: int = 8
+    maintenance_command: str | None = None
+    allow_setup_failure: bool = False
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return Path(self.data_dir) / "workspaces"
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data_dir) / "cache"
+
+    @property
+    def homes_dir(self) -> Path:
+        return Path(self.data_dir) / "homes"
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None
+    output: str
+    duration_s: float
+    timed_out: bool = False
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    backend: str
+    workspace: Path
+
+    def exec(
+        self,
+        command: str,
+        timeout_s: float = 120.0,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult: ...
+
+    def network_interfaces(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class PrepareRequest:
+    job_id: str
+    repo: str
+    ref: str | None = None
+    setup: list[str] | None = None  # None = the repo's .assistant/setup.sh, else detection; [] = no setup
+
+
+@dataclass
+class PreparedSandbox:
+    sandbox: Sandbox
+    base_commit: str
+    setup_commands: list[str]
+    setup_results: list[ExecResult]
+    cache_hit: bool
+    setup_network: str
+    agent_network: str
+    failed_setup: tuple[str, ExecResult] | None = None  # set only when allow_setup_failure let a failure pass
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class SandboxError(Exception):
+    """A failure a user can act on: the message says what happened and what to do."""
+
+
+class RepoError(SandboxError):
+    """The repository could not be cloned or the ref does not exist."""
+
+
+class SetupFailed(SandboxError):
+    def __init__(self, command: str, result: ExecResult):
+        self.command = command
+        self.result = result
+        if result.timed_out:
+            what = f"timed out after {result.duration_s:.0f} s"
+        else:
+            what = f"exited with code {result.exit_code}"
+        super().__init__(
+            f"setup command {command!r} {what}. Fix the command (or the repo's .assistant/setup.sh), "
+            "or allow the job to continue despite a failing setup."
+        )

@@ -1,0 +1,161 @@
+"""Host side of the command server protocol (see cmdserver.py), independent of the transport."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import threading
+import time
+from collections import deque
+from typing import Protocol
+
+from .base import ExecResult, OutputCallback, SandboxError
+
+# How long past a command's own timeout the host waits for the server before calling it dead.
+SERVER_GRACE_S = 15.0
+
+
+class Transport(Protocol):
+    def read(self) -> bytes:
+        """The next bytes of the server's stdout; b"" once it is gone."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_SERVER_GONE = object()
+
+
+class CommandChannel:
+    """Sends requests tagged with ids and routes replies, so concurrent exec calls are safe."""
+
+    def __init__(self, transport: Transport, describe_failure=lambda: ""):
+        self._transport = transport
+        self._describe_failure = describe_failure
+        self._ids = itertools.count(1)
+        self._pending: dict[str, queue.SimpleQueue] = {}
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self.gone_reason: str | None = None
+        self.stray_lines: deque[str] = deque(maxlen=50)
+        self._reader = threading.Thread(target=self._read_loop, name="cmdchannel-reader", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        buffer = b""
+        try:
+            while True:
+                data = self._transport.read()
+                if not data:
+                    break
+                buffer += data
+                if b"\n" not in data:
+                    continue
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._dispatch(line)
+        except Exception as exc:  # a broken transport must still release every waiting caller
+            self.gone_reason = f"{type(exc).__name__}: {exc}"
+        with self._pending_lock:
+            self._closed = True
+            waiting = list(self._pending.values())
+        for replies in waiting:
+            replies.put(_SERVER_GONE)
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            self.stray_lines.append(line.decode("utf-8", "replace"))
+            return
+        replies = self._pending.get(str(message.get("id")))
+        if replies is not None:
+            replies.put(message)
+
+    def _send(self, message: dict) -> tuple[str, queue.SimpleQueue]:
+        request_id = str(next(self._ids))
+        message["id"] = request_id
+        replies: queue.SimpleQueue = queue.SimpleQueue()
+        with self._pending_lock:
+            if self._closed:
+                raise SandboxError(self._gone_message())
+            self._pending[request_id] = replies
+        data = (json.dumps(message) + "\n").encode()
+        try:
+            with self._write_lock:
+                self._transport.write(data)
+        except OSError as exc:
+            self._forget(request_id)
+            raise SandboxError(f"the sandbox stopped accepting commands ({exc}). {self._describe_failure()}") from exc
+        return request_id, replies
+
+    def _forget(self, request_id: str) -> None:
+        with self._pending_lock:
+            self._pending.pop(request_id, None)
+
+    def _gone_message(self) -> str:
+        detail = self._describe_failure()
+        reason = f" ({self.gone_reason})" if self.gone_reason else ""
+        return f"the sandbox's command server is gone{reason}. {detail}".strip()
+
+    def _next(self, replies: queue.SimpleQueue, deadline: float):
+        try:
+            message = replies.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise SandboxError("the sandbox's command server did not answer in time; the sandbox is stuck") from None
+        if message is _SERVER_GONE:
+            raise SandboxError(self._gone_message())
+        return message
+
+    def ping(self, timeout_s: float = 10.0) -> dict:
+        request_id, replies = self._send({"op": "ping"})
+        try:
+            return self._next(replies, time.monotonic() + timeout_s)
+        finally:
+            self._forget(request_id)
+
+    def exec(
+        self,
+        command: str,
+        timeout_s: float,
+        workdir: str | None,
+        env: dict[str, str] | None,
+        on_output: OutputCallback | None,
+        cap_bytes: int,
+    ) -> ExecResult:
+        started = time.monotonic()
+        request = {"op": "exec", "cmd": command, "cwd": workdir, "env": env or {}, "timeout": timeout_s, "cap": cap_bytes}
+        request_id, replies = self._send(request)
+        deadline = started + timeout_s + SERVER_GRACE_S
+        pieces: list[str] = []
+        try:
+            while True:
+                message = self._next(replies, deadline)
+                if "out" in message:
+                    pieces.append(message["out"])
+                    if on_output is not None:
+                        on_output(message["out"])
+                    continue
+                if message.get("done"):
+                    break
+        finally:
+            self._forget(request_id)
+        error = message.get("error")
+        if error and error != "cancelled":
+            pieces.append(f"\n[sandbox: {error}]\n")
+        return ExecResult(
+            exit_code=message.get("exit"),
+            output="".join(pieces),
+            duration_s=time.monotonic() - started,
+            timed_out=bool(message.get("timed_out")),
+            truncated=bool(message.get("truncated")),
+        )
+
+    def close(self) -> None:
+        try:
+            self._transport.close()
+        except OSError:
+            pass

@@ -1,0 +1,191 @@
+"""The docker backend: one hardened container per job, driven through the command server."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+from .base import (
+    AGENT_GID, AGENT_HOME, AGENT_PATH, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
+)
+from .channel import CommandChannel
+from .engine import JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, docker_client, owner_tag
+from .interfaces import parse_proc_net_dev
+from .transports import DockerAttachTransport
+
+SERVER_PATH = "/opt/assistant/cmdserver.py"
+SERVER_SOURCE = Path(__file__).with_name("cmdserver.py")
+OFFLINE = "none (verified: lo only)"
+
+
+def _server_archive() -> bytes:
+    """cmdserver.py plus an agent home, so any image with python3 can host a sandbox."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory, uid in (("opt", 0), ("opt/assistant", 0), (AGENT_HOME.lstrip("/"), AGENT_UID)):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            info.uid = uid
+            info.gid = AGENT_GID if uid else 0
+            tar.addfile(info)
+        source = SERVER_SOURCE.read_bytes()
+        info = tarfile.TarInfo(SERVER_PATH.lstrip("/"))
+        info.size = len(source)
+        info.mode = 0o755
+        tar.addfile(info, io.BytesIO(source))
+    return buffer.getvalue()
+
+
+class DockerSandbox:
+    backend = "docker"
+
+    def __init__(self, container, channel: CommandChannel, workspace: Path, config: SandboxConfig):
+        self.container = container
+        self.workspace = workspace
+        self._channel = channel
+        self._config = config
+        self._deadline = time.monotonic() + config.job_wall_clock_s
+        self._expired = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._wall_clock = threading.Timer(config.job_wall_clock_s, self._expire)
+        self._wall_clock.daemon = True
+        self._wall_clock.start()
+
+    @classmethod
+    def start(cls, *, job_id: str, workspace: Path, config: SandboxConfig, image: str, network: bool) -> "DockerSandbox":
+        import docker
+
+        client = docker_client()
+        cpus = min(float(config.cpus), float(os.cpu_count() or 1))
+        try:
+            container = client.containers.create(
+                image,
+                command=["python3", SERVER_PATH],
+                name=f"assistant-{_safe(job_id)}-{secrets.token_hex(3)}",
+                user=f"{AGENT_UID}:{AGENT_GID}",
+                working_dir=WORKSPACE,
+                environment={"HOME": AGENT_HOME, "PATH": AGENT_PATH, "LANG": "C.UTF-8", "USER": "agent"},
+                stdin_open=True,
+                tty=False,
+                detach=True,
+                hostname="sandbox",
+                labels={MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag()},
+                mounts=[docker.types.Mount(target=WORKSPACE, source=str(workspace.resolve()), type="bind")],
+                network_mode="bridge" if network else "none",
+                mem_limit=f"{config.memory_mb}m",
+                memswap_limit=f"{config.memory_mb}m",
+                nano_cpus=int(cpus * 1e9),
+                pids_limit=config.pids_limit,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                privileged=False,
+                init=True,
+            )
+        except docker.errors.ImageNotFound:
+            raise SandboxError(f"the sandbox image {image} does not exist: run `assistant sandbox build`") from None
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"docker could not create the sandbox container: {exc.explanation or exc}") from exc
+        try:
+            container.put_archive("/", _server_archive())
+            raw = client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            transport = DockerAttachTransport(getattr(raw, "_sock", raw))
+            container.start()
+            channel = CommandChannel(transport, describe_failure=lambda: _describe_exit(container, transport, image))
+            sandbox = cls(container, channel, workspace, config)
+        except Exception:
+            _remove(container)
+            raise
+        try:
+            channel.ping(timeout_s=30)
+        except SandboxError:
+            sandbox.close()
+            raise
+        return sandbox
+
+    def exec(
+        self,
+        command: str,
+        timeout_s: float = 120.0,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        remaining = self._deadline - time.monotonic()
+        if self._expired or remaining <= 0:
+            raise SandboxError(
+                f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
+            )
+        return self._channel.exec(
+            command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes
+        )
+
+    def network_interfaces(self) -> list[str]:
+        result = self.exec("cat /proc/net/dev", timeout_s=10)
+        if result.exit_code != 0:
+            raise SandboxError(f"could not list the sandbox's network interfaces: {result.output.strip()}")
+        return parse_proc_net_dev(result.output)
+
+    def go_offline(self) -> str:
+        """Disconnect every network, then prove from inside that only loopback is left."""
+        client = docker_client()
+        self.container.reload()
+        settings = self.container.attrs.get("HostConfig", {})
+        if settings.get("NetworkMode") != "none":
+            for name in list(self.container.attrs["NetworkSettings"].get("Networks") or {}):
+                client.networks.get(name).disconnect(self.container, force=True)
+        interfaces = self.network_interfaces()
+        if interfaces != ["lo"]:
+            raise SandboxError(f"the sandbox still has network interfaces {interfaces} after the cut; refusing to go on")
+        return OFFLINE
+
+    def commit(self, repository: str, tag: str, labels: dict[str, str]) -> str:
+        image = self.container.commit(repository=repository, tag=tag, changes=[f'LABEL {k}="{v}"' for k, v in labels.items()])
+        return image.id
+
+    def _expire(self) -> None:
+        self._expired = True
+        self.close()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._wall_clock.cancel()
+        self._channel.close()
+        _remove(self.container)
+
+
+def _safe(job_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in job_id)[:40] or "job"
+
+
+def _remove(container) -> None:
+    try:
+        container.remove(force=True)
+    except Exception:
+        pass  # already gone
+
+
+def _describe_exit(container, transport: DockerAttachTransport, image: str) -> str:
+    try:
+        container.reload()
+        state = container.attrs.get("State", {})
+    except Exception:
+        return "The sandbox container no longer exists."
+    if state.get("Running"):
+        return ""
+    stderr = "\n".join(transport.stderr_tail)
+    hint = ""
+    if "python3" in stderr and ("not found" in stderr or "no such file" in stderr.lower()):
+        hint = f" The image {image} needs python3 for the command server."
+    if state.get("OOMKilled"):
+        hint += " It ran out of memory (raise memory_mb)."
+    return f"The container exited with code {state.get('ExitCode')}.{hint} {stderr[-600:]}".strip()

@@ -1,0 +1,137 @@
+"""Finding the Docker engine, choosing a backend, and removing containers a crashed server left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from .base import SandboxConfig, SandboxError
+
+MANAGED_LABEL = "assistant.managed"
+JOB_LABEL = "assistant.job"
+OWNER_LABEL = "assistant.owner"  # "<boot id>:<pid>" of the server process that created the container
+
+ENSURE_DOCKER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ensure-docker.sh"
+
+_client = None
+_client_lock = threading.Lock()
+
+
+def docker_client():
+    """A shared client; raises SandboxError with what to do when no engine answers."""
+    global _client
+    with _client_lock:
+        if _client is not None:
+            return _client
+        try:
+            import docker
+        except ImportError as exc:
+            raise SandboxError("the docker Python package is not installed: pip install docker") from exc
+        try:
+            client = docker.from_env(timeout=120)
+            client.ping()
+        except Exception as exc:
+            raise SandboxError(
+                f"no Docker engine answers ({_short(exc)}). Start one with scripts/ensure-docker.sh "
+                "(or `sudo dockerd &`), or use the local backend (bubblewrap)."
+            ) from exc
+        _client = client
+        return client
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def docker_status() -> tuple[bool, str]:
+    try:
+        client = docker_client()
+        version = client.version()
+    except SandboxError as exc:
+        return False, str(exc)
+    except Exception as exc:
+        return False, f"the Docker engine did not answer: {_short(exc)}"
+    return True, f"engine {version.get('Version', '?')} at {client.api.base_url}"
+
+
+def ensure_docker() -> None:
+    """Start an engine with the project's script when none answers (installs docker.io if needed)."""
+    if docker_status()[0]:
+        return
+    if not ENSURE_DOCKER_SCRIPT.exists() or not shutil.which("bash"):
+        raise SandboxError("no Docker engine answers; start dockerd (scripts/ensure-docker.sh does it)")
+    completed = subprocess.run(["bash", str(ENSURE_DOCKER_SCRIPT)], capture_output=True, text=True, timeout=600)
+    if completed.returncode != 0:
+        raise SandboxError(f"could not start a Docker engine: {completed.stderr.strip()[-500:]}")
+    global _client
+    with _client_lock:
+        _client = None
+    if not docker_status()[0]:
+        raise SandboxError("dockerd was started but does not answer; see /var/log/dockerd.log")
+
+
+def bwrap_status() -> tuple[bool, str]:
+    path = shutil.which("bwrap")
+    if not path:
+        return False, "bubblewrap is not installed: apt-get install bubblewrap"
+    return True, f"bubblewrap at {path}"
+
+
+def resolve_backend(config: SandboxConfig) -> tuple[str, str]:
+    if config.backend == "docker":
+        return "docker", docker_status()[1]
+    if config.backend == "local":
+        return "local", bwrap_status()[1]
+    if config.backend != "auto":
+        raise SandboxError(f"unknown sandbox backend {config.backend!r}: use docker, local or auto")
+    ok, detail = docker_status()
+    if ok:
+        return "docker", detail
+    return "local", f"no docker engine: {detail}"
+
+
+def owner_tag() -> str:
+    return f"{_boot_id()}:{os.getpid()}"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def _owner_alive(owner: str | None) -> bool:
+    if not owner or ":" not in owner:
+        return False
+    boot, _, pid = owner.rpartition(":")
+    if boot != _boot_id() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans() -> int:
+    """Remove managed containers whose server process is gone; returns how many were removed."""
+    if not docker_status()[0]:
+        return 0
+    client = docker_client()
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"}):
+        if _owner_alive(container.labels.get(OWNER_LABEL)):
+            continue
+        try:
+            container.remove(force=True)
+            removed += 1
+        except Exception:
+            pass  # already being removed by someone else
+    return removed

@@ -1,0 +1,212 @@
+"""The local backend: bubblewrap namespaces instead of a container, for machines without a Docker engine.
+
+The command server runs inside one bwrap per phase: one that shares the host's network
+for setup, then a fresh one with `--unshare-net` for the agent. Background processes
+therefore live on between commands as they do in a container, and a timeout or the
+end of the job takes the whole pid namespace down with it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .base import (
+    AGENT_GID, AGENT_HOME, AGENT_PATH, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
+)
+from .channel import CommandChannel
+from .image import host_ca_bundle
+from .interfaces import parse_proc_net_dev
+from .repo import own_for_sandbox
+from .transports import ProcessTransport
+
+SERVER_SOURCE = Path(__file__).with_name("cmdserver.py")
+SERVER_PATH = "/opt/assistant/cmdserver.py"
+CA_PATH = "/opt/assistant/ca-bundle.crt"
+OFFLINE = "none (verified: lo only; bubblewrap --unshare-net)"
+# Only what programs need from the host's /etc; secrets, package-manager and user config stay out.
+ETC_ENTRIES = (
+    "alternatives", "ssl", "ca-certificates", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf",
+    "hosts", "resolv.conf", "host.conf", "gai.conf", "localtime", "timezone", "mime.types", "protocols",
+    "services", "python3", "python3.11", "bash.bashrc", "profile", "inputrc", "terminfo", "debian_version",
+    "os-release", "magic", "manpath.config",
+)
+TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+class LocalSandbox:
+    backend = "local"
+
+    def __init__(self, *, job_id: str, workspace: Path, home: Path, config: SandboxConfig):
+        self.workspace = workspace
+        self.home = home
+        self._job_id = job_id
+        self._config = config
+        self._process: subprocess.Popen | None = None
+        self._channel: CommandChannel | None = None
+        self._deadline = time.monotonic() + config.job_wall_clock_s
+        self._expired = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._etc = config.homes_dir / f".{job_id}-etc"
+        self._wall_clock = threading.Timer(config.job_wall_clock_s, self._expire)
+        self._wall_clock.daemon = True
+
+    @classmethod
+    def start(cls, *, job_id: str, workspace: Path, config: SandboxConfig, network: bool) -> "LocalSandbox":
+        if not shutil.which("bwrap"):
+            raise SandboxError("the local backend needs bubblewrap: apt-get install bubblewrap (or start a Docker engine)")
+        home = config.homes_dir / job_id
+        home.mkdir(parents=True, exist_ok=True)
+        own_for_sandbox(home)
+        sandbox = cls(job_id=job_id, workspace=workspace, home=home, config=config)
+        sandbox._write_identity()
+        sandbox._launch(network)
+        sandbox._wall_clock.start()
+        return sandbox
+
+    def _write_identity(self) -> None:
+        self._etc.mkdir(parents=True, exist_ok=True)
+        (self._etc / "passwd").write_text(
+            f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{AGENT_UID}:{AGENT_GID}:agent:{AGENT_HOME}:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        )
+        (self._etc / "group").write_text(f"root:x:0:\nagent:x:{AGENT_GID}:\nnogroup:x:65534:\n")
+        (self._etc / "hostname").write_text("sandbox\n")
+
+    def _bwrap_argv(self, network: bool) -> list[str]:
+        argv = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--unshare-user",
+                "--uid", str(AGENT_UID), "--gid", str(AGENT_GID), "--hostname", "sandbox"]
+        if network:
+            argv.append("--share-net")
+        argv += ["--ro-bind", "/usr", "/usr"]
+        for name in TOP_LEVEL:
+            host = Path("/") / name
+            if host.is_symlink():
+                argv += ["--symlink", os.readlink(host), f"/{name}"]
+            elif host.is_dir():
+                argv += ["--ro-bind", str(host), f"/{name}"]
+        for name in ETC_ENTRIES:
+            if (Path("/etc") / name).exists():
+                argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        for name in ("passwd", "group", "hostname"):
+            argv += ["--ro-bind", str(self._etc / name), f"/etc/{name}"]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+                 "--bind", str(self.workspace.resolve()), WORKSPACE,
+                 "--bind", str(self.home.resolve()), AGENT_HOME,
+                 "--ro-bind", str(SERVER_SOURCE), SERVER_PATH,
+                 "--chdir", WORKSPACE, "--clearenv"]
+        env = {"HOME": AGENT_HOME, "PATH": AGENT_PATH, "LANG": "C.UTF-8", "USER": "agent",
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+        bundle = host_ca_bundle(self._config.ca_bundle)
+        if bundle is not None:
+            argv += ["--ro-bind", str(bundle.resolve()), CA_PATH]
+            env.update({var: CA_PATH for var in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")})
+        for key, value in env.items():
+            argv += ["--setenv", key, value]
+        argv += ["--", "/usr/bin/python3", SERVER_PATH]
+        return argv
+
+    def _launch(self, network: bool) -> None:
+        limits = _limits(self._config)
+        as_agent = {"user": AGENT_UID, "group": AGENT_GID, "extra_groups": []} if os.geteuid() == 0 else {}
+        try:
+            process = subprocess.Popen(
+                self._bwrap_argv(network), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                preexec_fn=limits, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, **as_agent,
+            )
+        except OSError as exc:
+            raise SandboxError(f"could not start bubblewrap: {exc}") from exc
+        self._process = process
+        self._channel = CommandChannel(ProcessTransport(process), describe_failure=self._describe_exit)
+        try:
+            self._channel.ping(timeout_s=15)
+        except SandboxError:
+            self.close()
+            raise
+
+    def _describe_exit(self) -> str:
+        process = self._process
+        if process is None or process.poll() is None:
+            return ""
+        stderr = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
+        return f"bubblewrap exited with code {process.returncode}: {stderr.strip()[-600:]}"
+
+    def exec(
+        self,
+        command: str,
+        timeout_s: float = 120.0,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        remaining = self._deadline - time.monotonic()
+        if self._expired or remaining <= 0:
+            raise SandboxError(
+                f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
+            )
+        if self._channel is None:
+            raise SandboxError("the sandbox is closed")
+        return self._channel.exec(
+            command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes
+        )
+
+    def network_interfaces(self) -> list[str]:
+        result = self.exec("cat /proc/net/dev", timeout_s=10)
+        if result.exit_code != 0:
+            raise SandboxError(f"could not list the sandbox's network interfaces: {result.output.strip()}")
+        return parse_proc_net_dev(result.output)
+
+    def go_offline(self) -> str:
+        """Replace the setup namespace by one without network, then prove only loopback is left."""
+        self._stop_server()
+        self._launch(network=False)
+        interfaces = self.network_interfaces()
+        if interfaces != ["lo"]:
+            raise SandboxError(f"the sandbox still has network interfaces {interfaces} after the cut; refusing to go on")
+        return OFFLINE
+
+    def _stop_server(self) -> None:
+        channel, process = self._channel, self._process
+        self._channel, self._process = None, None
+        if channel is not None:
+            channel.close()  # the server kills what it runs when its stdin closes
+        if process is not None:
+            try:
+                process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream:
+                    stream.close()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._wall_clock.cancel()
+        self._stop_server()
+        shutil.rmtree(self._etc, ignore_errors=True)
+
+
+def _limits(config: SandboxConfig):
+    memory = config.memory_mb * 1024 * 1024
+    processes = config.pids_limit
+
+    def apply() -> None:
+        # RLIMIT_AS is the closest per-process stand-in for a memory cgroup; NPROC counts the sandbox user.
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+
+    return apply
