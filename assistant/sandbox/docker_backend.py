@@ -119,11 +119,20 @@ class DockerSandbox:
     ) -> ExecResult:
         remaining = self._deadline - time.monotonic()
         if self._expired or remaining <= 0:
-            raise SandboxError(
-                f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
-            )
-        return self._channel.exec(
-            command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes
+            raise self._wall_clock_error()
+        channel = self._channel
+        if channel is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            return channel.exec(command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes)
+        except SandboxError:
+            if self._expired:
+                raise self._wall_clock_error() from None
+            raise
+
+    def _wall_clock_error(self) -> SandboxError:
+        return SandboxError(
+            f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
         )
 
     def network_interfaces(self) -> list[str]:

@@ -64,6 +64,8 @@ class LocalSandbox:
         home = config.homes_dir / job_id
         home.mkdir(parents=True, exist_ok=True)
         own_for_sandbox(home)
+        if os.geteuid() == 0:
+            _require_reachable_by_agent([workspace, home, SERVER_SOURCE.parent])
         sandbox = cls(job_id=job_id, workspace=workspace, home=home, config=config)
         sandbox._write_identity()
         sandbox._launch(network)
@@ -132,7 +134,11 @@ class LocalSandbox:
 
     def _describe_exit(self) -> str:
         process = self._process
-        if process is None or process.poll() is None:
+        if process is None:
+            return ""
+        try:
+            process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
             return ""
         stderr = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
         return f"bubblewrap exited with code {process.returncode}: {stderr.strip()[-600:]}"
@@ -147,13 +153,20 @@ class LocalSandbox:
     ) -> ExecResult:
         remaining = self._deadline - time.monotonic()
         if self._expired or remaining <= 0:
-            raise SandboxError(
-                f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
-            )
-        if self._channel is None:
+            raise self._wall_clock_error()
+        channel = self._channel
+        if channel is None:
             raise SandboxError("the sandbox is closed")
-        return self._channel.exec(
-            command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes
+        try:
+            return channel.exec(command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes)
+        except SandboxError:
+            if self._expired:
+                raise self._wall_clock_error() from None
+            raise
+
+    def _wall_clock_error(self) -> SandboxError:
+        return SandboxError(
+            f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
         )
 
     def network_interfaces(self) -> list[str]:
@@ -198,6 +211,20 @@ class LocalSandbox:
         self._wall_clock.cancel()
         self._stop_server()
         shutil.rmtree(self._etc, ignore_errors=True)
+
+
+def _require_reachable_by_agent(paths: list[Path]) -> None:
+    """bubblewrap runs as the sandbox user and resolves bind sources with its permissions."""
+    for path in paths:
+        for ancestor in [*reversed(path.resolve().parents), path.resolve()]:
+            info = ancestor.stat()
+            if info.st_uid == AGENT_UID or info.st_mode & 0o001:
+                continue
+            raise SandboxError(
+                f"the local backend runs as uid {AGENT_UID}, which cannot enter {ancestor} (mode "
+                f"{info.st_mode & 0o777:o}); put the data directory somewhere it can reach "
+                f"(ASSISTANT_DATA_DIR=/var/lib/assistant, say) or `chmod o+x {ancestor}`"
+            )
 
 
 def _limits(config: SandboxConfig):
