@@ -54,3 +54,32 @@ def _no_proxy_for_loopback():
     # The SDK must reach loopback servers directly even when a proxy is configured.
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     yield
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A real Docker engine with the sandbox image; the README's test command starts one."""
+    from assistant.sandbox import DEFAULT_IMAGE, SandboxConfig, build_image, docker_status, image_status
+    ok, detail = docker_status()
+    if not ok:
+        pytest.fail(f"these tests need a Docker engine ({detail}); run ./test.sh, which starts one")
+    if not image_status(DEFAULT_IMAGE)[0]:
+        build_image(SandboxConfig(data_dir=Path("/tmp")), on_log=lambda _l: None)
+    return detail
+
+
+@pytest.fixture
+def assistant_for(settings_for):
+    """A whole Assistant (store, model client, job manager, conversation) on the scripted model."""
+    from assistant.core import Assistant
+    made = []
+
+    def make(server, **overrides):
+        overrides.setdefault("ASSISTANT_SANDBOX_BACKEND", "docker")
+        a = Assistant(settings_for(server, **overrides))
+        a.start(sweep=False)
+        made.append(a)
+        return a
+    yield make
+    for a in made:
+        a.close()

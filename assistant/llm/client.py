@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,14 +168,28 @@ class ModelClient:
                thread_id: str | None = None, model: str | None = None,
                max_tokens: int | None = None) -> Iterator[str]:
         """Yield text deltas as they arrive; records usage when the stream ends."""
+        for kind, value in self.stream_turn(role, messages, job_id=job_id, thread_id=thread_id, model=model,
+                                            max_tokens=max_tokens):
+            if kind == "text":
+                yield value
+
+    def stream_turn(self, role: str, messages: list[dict[str, Any]], *, tools: list[dict] | None = None,
+                    job_id: str | None = None, thread_id: str | None = None, model: str | None = None,
+                    max_tokens: int | None = None) -> Iterator[tuple[str, Any]]:
+        """One streamed model turn: ("text", delta) as text arrives, then ("completion", Completion)
+        with the whole text and any tool calls (assembled from their deltas)."""
         model = model or self.model_for(role)
         kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                                   "stream_options": {"include_usage": True}}
+        if tools:
+            kwargs["tools"] = tools
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
         try:
             stream = self._sdk.chat.completions.create(**kwargs)
         except openai.BadRequestError as exc:
+            if tools and _tools_rejected(exc):
+                raise ToolsUnsupported(f"the model endpoint rejected function tools: {exc.message}") from exc
             if "stream_options" not in str(exc):
                 raise self._translate(exc) from exc
             kwargs.pop("stream_options")  # some servers do not know include_usage
@@ -188,16 +200,25 @@ class ModelClient:
         except Exception as exc:
             raise self._translate(exc) from exc
         text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        finish = None
         usage = None
         try:
             for chunk in stream:
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage
                 for choice in getattr(chunk, "choices", None) or []:
+                    finish = choice.finish_reason or finish
                     delta = getattr(choice.delta, "content", None)
                     if delta:
                         text.append(delta)
-                        yield delta
+                        yield "text", delta
+                    for tc in getattr(choice.delta, "tool_calls", None) or []:
+                        slot = calls.setdefault(tc.index or 0, {"id": "", "name": "", "arguments": ""})
+                        slot["id"] = tc.id or slot["id"]
+                        if tc.function is not None:
+                            slot["name"] += tc.function.name or ""
+                            slot["arguments"] += tc.function.arguments or ""
         except ModelError:
             raise
         except (httpx.HTTPError, openai.APIError) as exc:
@@ -209,6 +230,10 @@ class ModelClient:
             prompt = getattr(usage, "prompt_tokens", None) or count_message_tokens(messages, model)
             completion = getattr(usage, "completion_tokens", None) or count_tokens(full, model)
             self._record(role, model, prompt, completion, job_id, thread_id)
+        tool_calls = [ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
+                      for i, c in sorted(calls.items())]
+        yield "completion", Completion(content="".join(text), tool_calls=tool_calls, finish_reason=finish,
+                                       prompt_tokens=prompt, completion_tokens=completion, model=model)
 
     def list_models(self) -> list[str]:
         try:
@@ -216,12 +241,3 @@ class ModelClient:
         except Exception as exc:
             raise self._translate(exc) from exc
 
-
-def backoff_delays(retries: int, base: float = 0.5, cap: float = 8.0) -> Iterator[float]:
-    """Jittered exponential delays, for retry loops above a single request (a whole agent step)."""
-    for attempt in range(retries):
-        yield min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2)
-
-
-def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 8.0) -> None:
-    time.sleep(min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2))

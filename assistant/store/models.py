@@ -119,6 +119,7 @@ class Job(SQLModel, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: Optional[str] = None
+    runner: Optional[str] = None         # "host:pid" of the process that runs it; a dead runner's jobs are interrupted
 
 
 class JobEvent(SQLModel, table=True):

@@ -1,7 +1,9 @@
 """The one gateway to storage. Every method opens its own short session, so it is safe from any thread."""
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import threading
 import uuid
 from collections.abc import Iterable
@@ -21,6 +23,25 @@ from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Messa
 
 class NotFound(LookupError):
     pass
+
+
+def this_runner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def runner_alive(runner: str | None) -> bool:
+    if not runner or runner == this_runner():
+        return False
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's process cannot be checked; treat its jobs as orphaned
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Store:
@@ -182,7 +203,7 @@ class Store:
             if thread_id:
                 number = (s.exec(select(func.max(Job.number)).where(Job.thread_id == thread_id)).one() or 0) + 1
             job = Job(id=fields.pop("id", None) or secrets.token_hex(4), task=task, repo=repo, thread_id=thread_id,
-                      number=number, queued_at=utcnow(), **fields)
+                      number=number, queued_at=utcnow(), runner=fields.pop("runner", None) or this_runner(), **fields)
             s.add(job)
             s.commit()
             return job
@@ -263,8 +284,9 @@ class Store:
             return job
 
     def interrupt_orphaned_jobs(self, reason: str = "the server stopped while this job was active; retry it") -> list[str]:
-        """At start-up: whatever was active belonged to a process that is gone."""
-        ids = [j.id for j in self.list_jobs(states=ACTIVE, limit=100_000)]
+        """At start-up: active jobs whose runner process is gone (or unknown) are interrupted.
+        Jobs of a live process on this host (a server beside a CLI run) are left alone."""
+        ids = [j.id for j in self.list_jobs(states=ACTIVE, limit=100_000) if not runner_alive(j.runner)]
         for job_id in ids:
             self.transition(job_id, INTERRUPTED, reason)
         return ids

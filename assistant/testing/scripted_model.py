@@ -231,3 +231,13 @@ class ScriptedModelServer:
 
 def server_model(server: ScriptedModelServer, request: dict) -> str:
     return request.get("model") or server.model
+
+
+def by_turn(*steps: ReplyLike) -> Callable[[dict], Reply]:
+    """A stateless script for one conversation: the reply is chosen by how many assistant turns the
+    request already holds, so parallel conversations (best-of-N attempts) each get the whole script."""
+    def reply(request: dict) -> Reply:
+        turn = sum(1 for m in request.get("messages", []) if m.get("role") == "assistant")
+        step = steps[min(turn, len(steps) - 1)]
+        return step(request) if callable(step) else step
+    return reply

@@ -1,0 +1,126 @@
+"""Citations: 【F:path†L10-L20】 for file lines, 【3fa9c1†L4-L9】 for lines of a logged command output.
+
+Every citation is checked against the stored chunk or the file before it is shown; one that does not
+resolve keeps valid=False and a reason, and renderers never present it as true.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CITATION_RE = re.compile(r"【(?:F:(?P<path>[^†】]+)|(?P<chunk>[0-9a-f]{6}))†L(?P<start>\d+)(?:-L?(?P<end>\d+))?】")
+
+
+@dataclass
+class Citation:
+    text: str
+    kind: str            # "file" | "chunk"
+    target: str          # path or chunk id
+    start: int
+    end: int
+    valid: bool = False
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_citations(text: str) -> list[Citation]:
+    out = []
+    for m in CITATION_RE.finditer(text or ""):
+        start = int(m["start"])
+        end = int(m["end"] or start)
+        if m["path"]:
+            out.append(Citation(m[0], "file", m["path"].strip(), start, end))
+        else:
+            out.append(Citation(m[0], "chunk", m["chunk"], start, end))
+    return out
+
+
+def _check_range(c: Citation, line_count: int, what: str) -> None:
+    if c.start < 1 or c.end < c.start:
+        c.valid, c.reason = False, f"bad line range L{c.start}-L{c.end}"
+    elif c.end > line_count:
+        c.valid, c.reason = False, f"{what} has {line_count} lines; L{c.start}-L{c.end} is past its end"
+    else:
+        c.valid, c.reason = True, ""
+
+
+def safe_file(roots: Iterable[Path], rel: str) -> Path | None:
+    """The file a citation names, only if it stays inside one of the roots (no .., absolute paths, symlink escapes)."""
+    rel = rel.strip().removeprefix("./")
+    if not rel or rel.startswith("/") or any(part == ".." for part in Path(rel).parts):
+        return None
+    for root in roots:
+        root = Path(root).resolve()
+        candidate = (root / rel).resolve()
+        if candidate.is_relative_to(root) and candidate.is_file():
+            return candidate
+    return None
+
+
+ChunkLookup = Callable[[str], "tuple[int, str] | None"]   # chunk id -> (line_count, owner job id) or None
+
+
+def check_citations(text: str, *, file_roots: Iterable[Path] = (), chunk_lookup: ChunkLookup | None = None,
+                    file_lines: Callable[[str], int | None] | None = None) -> list[Citation]:
+    """Resolve each citation. ``file_lines`` (path -> line count) takes precedence over reading roots."""
+    roots = list(file_roots)
+    checked = []
+    for c in find_citations(text):
+        if c.kind == "file":
+            count = file_lines(c.target) if file_lines else None
+            if count is None:
+                path = safe_file(roots, c.target)
+                if path is not None:
+                    count = len(path.read_text(errors="replace").splitlines())
+            if count is None:
+                c.valid, c.reason = False, f"no file {c.target} in the workspace"
+            else:
+                _check_range(c, count, c.target)
+        else:
+            found = chunk_lookup(c.target) if chunk_lookup else None
+            if found is None:
+                c.valid, c.reason = False, f"no logged output {c.target}"
+            else:
+                _check_range(c, found[0], f"output {c.target}")
+        checked.append(c)
+    return checked
+
+
+def render_markdown(text: str, citations: list[dict] | list[Citation], link: Callable[[dict], str]) -> str:
+    """Citations become links to the cited lines; invalid ones are struck through and labelled unverified."""
+    by_text: dict[str, dict] = {}
+    for c in citations:
+        d = c.as_dict() if isinstance(c, Citation) else c
+        by_text.setdefault(d["text"], d)
+
+    def sub(m: re.Match) -> str:
+        d = by_text.get(m[0])
+        if d is None:
+            return f"~~{m[0]}~~ *(unchecked)*"
+        label = _label(d)
+        if d.get("valid"):
+            return f"[{label}]({link(d)})"
+        return f"~~{label}~~ *(unverified: {d.get('reason') or 'does not resolve'})*"
+    return CITATION_RE.sub(sub, text or "")
+
+
+def render_plain(text: str, citations: list[dict]) -> str:
+    """For terminals: [path:L10-20 ✓] or [3fa9c1:L4-9 ✗ reason]."""
+    by_text = {c["text"]: c for c in citations}
+
+    def sub(m: re.Match) -> str:
+        d = by_text.get(m[0])
+        if d is None:
+            return f"[{m[0]} unchecked]"
+        mark = "✓" if d["valid"] else f"✗ {d['reason']}"
+        return f"[{_label(d)} {mark}]"
+    return CITATION_RE.sub(sub, text or "")
+
+
+def _label(d: dict) -> str:
+    lines = f"L{d['start']}" + (f"-{d['end']}" if d["end"] != d["start"] else "")
+    return f"{d['target']}:{lines}" if d["kind"] == "file" else f"log {d['target']}:{lines}"

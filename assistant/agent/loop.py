@@ -1,0 +1,221 @@
+"""The agent: send the conversation and the tools to the model, run the calls it makes, repeat; the
+job ends when the model answers without a tool call, and that answer is the summary.
+
+Kept small on purpose (mini-swe-agent's spirit): one class over a model client and a ToolEnv. The
+safety nets live here because they are about the conversation: budgets, compaction, repeated failing
+calls, malformed calls, and the text protocol for endpoints without native tools.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..llm import textproto
+from ..llm.client import Completion, ModelClient, ModelError, ToolsUnsupported
+from ..llm.tokens import count_message_tokens
+from ..prompts import load_prompt, render_prompt
+from .tools import TOOL_SPECS, ToolEnv, parse_arguments
+
+REPEAT_LIMIT = 3          # the same failing call this many times in a row stops the job
+COMPACT_AT = 0.75         # share of the context window that triggers compaction
+KEEP_RECENT = 6           # messages never compacted
+
+
+@dataclass
+class AgentBudgets:
+    max_steps: int = 60
+    max_seconds: float = 3600
+    max_tokens: int = 3_000_000
+    context_window: int = 128_000
+
+
+@dataclass
+class AgentResult:
+    status: str                      # "succeeded" | "failed" | "cancelled"
+    summary: str
+    reason: str = ""
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tests: list[dict] = field(default_factory=list)   # {"command", "exit_code", "chunk_id"} of test runs
+
+
+class Cancelled(Exception):
+    pass
+
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class Agent:
+    def __init__(self, model: ModelClient, env: ToolEnv, *, budgets: AgentBudgets, protocol: str = "auto",
+                 job_id: str | None = None, on_event: EventSink | None = None,
+                 cancel: threading.Event | None = None):
+        self.model = model
+        self.env = env
+        self.budgets = budgets
+        self.protocol = "native" if protocol == "auto" else protocol
+        self.auto_protocol = protocol == "auto"
+        self.job_id = job_id
+        self.on_event = on_event or (lambda _k, _d: None)
+        self.cancel = cancel or threading.Event()
+        self.messages: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ entry point
+    def run(self, task: str, *, context: str = "", instructions: str = "") -> AgentResult:
+        system = load_prompt("agent_system.md")
+        if instructions:
+            system += "\n\nInstructions from the repository (AGENTS.md), to follow:\n" + instructions
+        self.messages = [{"role": "system", "content": system},
+                         {"role": "user", "content": render_prompt("agent_task.md", task=task, context=context).strip()}]
+        if self.protocol == "text":
+            self._switch_to_text()
+        started = time.monotonic()
+        result = AgentResult(status="failed", summary="")
+        last_failures: list[str] = []
+        for step in range(1, self.budgets.max_steps + 1):
+            result.steps = step
+            stop = self._over_budget(started, result)
+            if stop:
+                result.reason = stop
+                return result
+            if self.cancel.is_set():
+                return self._cancelled(result)
+            self._compact_if_needed()
+            try:
+                completion = self._ask()
+            except ModelError as exc:
+                result.reason = f"model error: {exc}"
+                return result
+            result.prompt_tokens += completion.prompt_tokens
+            result.completion_tokens += completion.completion_tokens
+            calls, protocol_error = self._calls_of(completion)
+            if completion.content and (calls or protocol_error):
+                self.on_event("message", {"text": completion.content, "step": step})
+            if protocol_error is not None:
+                self.messages.append({"role": "assistant", "content": completion.content or ""})
+                self.messages.append({"role": "user", "content": protocol_error})
+                continue
+            if not calls:
+                result.status, result.summary = "succeeded", (completion.content or "").strip()
+                if not result.summary:
+                    result.status, result.reason = "failed", "the model ended with an empty summary"
+                return result
+            self.messages.append(self._assistant_message(completion, calls))
+            for call_id, name, raw_args in calls:
+                if self.cancel.is_set():
+                    return self._cancelled(result)
+                try:
+                    outcome_text, key, failed = self._run_call(step, name, raw_args, result)
+                except Exception as exc:  # the sandbox itself broke (container died, or the job was cancelled)
+                    if self.cancel.is_set():
+                        return self._cancelled(result)
+                    result.reason = f"the sandbox failed while running {name}: {type(exc).__name__}: {exc}"
+                    return result
+                self._append_result(call_id, name, outcome_text)
+                last_failures = last_failures + [key] if failed else []
+                if len(last_failures) >= REPEAT_LIMIT and len(set(last_failures[-REPEAT_LIMIT:])) == 1:
+                    result.reason = (f"stopped: the agent repeated the same failing call {REPEAT_LIMIT} times in a row "
+                                     f"({key[:200]})")
+                    return result
+        result.reason = f"step budget exhausted ({self.budgets.max_steps} model turns; ASSISTANT_JOB_MAX_STEPS)"
+        return result
+
+    # ------------------------------------------------------------------ model turns
+    def _ask(self) -> Completion:
+        tools = TOOL_SPECS if self.protocol == "native" else None
+        try:
+            return self.model.complete("agent", self.messages, tools=tools, job_id=self.job_id)
+        except ToolsUnsupported:
+            if not self.auto_protocol:
+                raise
+            self.on_event("message", {"text": "The endpoint rejects native tool calls; switching to the text protocol."})
+            self._switch_to_text()
+            return self.model.complete("agent", self.messages, job_id=self.job_id)
+
+    def _switch_to_text(self) -> None:
+        self.protocol = "text"
+        self.messages[0] = {**self.messages[0],
+                            "content": self.messages[0]["content"] + "\n\n" + textproto.render_tool_instructions(TOOL_SPECS)}
+
+    def _calls_of(self, completion: Completion) -> tuple[list[tuple[str, str, str]], str | None]:
+        if self.protocol == "native":
+            return [(c.id, c.name, c.arguments) for c in completion.tool_calls], None
+        try:
+            parsed = textproto.parse_tool_calls(completion.content or "", TOOL_SPECS)
+        except textproto.TextProtocolError as exc:
+            return [], exc.reminder
+        return [(f"text_{i}", p.name, json.dumps(p.arguments)) for i, p in enumerate(parsed)], None
+
+    def _assistant_message(self, completion: Completion, calls: list[tuple[str, str, str]]) -> dict[str, Any]:
+        if self.protocol == "native":
+            return completion.as_message()
+        return {"role": "assistant", "content": completion.content or ""}
+
+    def _append_result(self, call_id: str, name: str, text: str) -> None:
+        if self.protocol == "native":
+            self.messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+        else:
+            call = textproto.ParsedCall(name=name, arguments={}, raw="")
+            self.messages.append({"role": "user", "content": textproto.render_tool_result(call, text)})
+
+    # ------------------------------------------------------------------ tools
+    def _run_call(self, step: int, name: str, raw_args: str, result: AgentResult) -> tuple[str, str, bool]:
+        key = f"{name} {raw_args}"
+        try:
+            args = parse_arguments(raw_args)
+            if name not in ("shell", "apply_patch"):
+                raise ValueError(f"there is no tool {name!r}; the tools are shell and apply_patch")
+            self.on_event("tool_start", {"step": step, "tool": name, "arguments": args})
+            outcome = self.env.run(name, args)
+        except (ValueError, TypeError) as exc:
+            text = f"error: malformed call to {name}: {exc}. Fix the call and try again."
+            self.on_event("step", {"step": step, "tool": name, "title": f"malformed {name} call", "ok": False})
+            return text, key, True
+        if outcome.is_test:
+            result.tests.append({"command": args.get("command", ""), "exit_code": outcome.exit_code,
+                                 "chunk_id": outcome.chunk_id})
+        self.on_event("step", {"step": step, "tool": name, "title": outcome.title, "chunk_id": outcome.chunk_id,
+                               "exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 3),
+                               "ok": outcome.ok, "is_test": outcome.is_test})
+        return outcome.text, key, not outcome.ok
+
+    # ------------------------------------------------------------------ safety nets
+    def _over_budget(self, started: float, result: AgentResult) -> str | None:
+        elapsed = time.monotonic() - started
+        if elapsed > self.budgets.max_seconds:
+            return f"time budget exhausted ({self.budgets.max_seconds:.0f} s; ASSISTANT_JOB_MAX_SECONDS)"
+        used = result.prompt_tokens + result.completion_tokens
+        if used > self.budgets.max_tokens:
+            return f"token budget exhausted ({used} of {self.budgets.max_tokens} tokens; ASSISTANT_JOB_MAX_TOKENS)"
+        return None
+
+    def _cancelled(self, result: AgentResult) -> AgentResult:
+        result.status, result.reason = "cancelled", "cancelled by the user"
+        return result
+
+    def _compact_if_needed(self) -> None:
+        """Near the context window, older tool results shrink to a one-line digest that keeps the chunk id,
+        so the job goes on and the model can still cite or re-read them."""
+        limit = int(self.budgets.context_window * COMPACT_AT)
+        if count_message_tokens(self.messages, self.model.model_for("agent")) <= limit:
+            return
+        compacted = 0
+        for msg in self.messages[2:-KEEP_RECENT]:
+            content = msg.get("content") or ""
+            if msg.get("role") in ("tool", "user") and len(content) > 400 and not content.startswith("[compacted"):
+                first = content.splitlines()[0][:300]
+                msg["content"] = f"[compacted to save context; the full output is stored] {first}"
+                compacted += 1
+            elif msg.get("role") == "assistant" and msg.get("tool_calls"):
+                for call in msg["tool_calls"]:
+                    args = call["function"]["arguments"]
+                    if len(args) > 2000:
+                        call["function"]["arguments"] = json.dumps({"patch": "[compacted: a patch that was applied]"})
+                        compacted += 1
+        if compacted:
+            self.on_event("message", {"text": f"Compacted {compacted} older tool results to stay within the context window."})

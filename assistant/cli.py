@@ -1,0 +1,303 @@
+"""The `assistant` command: every subcommand maps to one function over the same core as the web app."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import Settings, SettingsError, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- serve
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    env["CHAINLIT_APP_ROOT"] = str(REPO_ROOT)
+    host = args.host or settings.host
+    port = str(args.port or settings.port)
+    chainlit = shutil.which("chainlit", path=str(Path(sys.executable).parent)) or shutil.which("chainlit")
+    if not chainlit:
+        _err("chainlit is not installed in this environment; run ./run.sh")
+        return 2
+    _err(f"assistant: serving on http://{host}:{port} (data in {settings.data_dir})")
+    cmd = [chainlit, "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless", "--host", host, "--port", port]
+    return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+def _assistant(settings: Settings):
+    from .core import Assistant
+    a = Assistant(settings)
+    a.start()
+    return a
+
+
+def _progress_printer(job_ids: set[str]):
+    """Live progress of the given jobs on stderr."""
+    def on_update(update) -> None:
+        if update.job_id not in job_ids:
+            return
+        tag = f"[{update.job_id}]"
+        d = update.data
+        if update.kind == "state":
+            _err(f"{tag} {d['state']}" + (f": {d['reason']}" if d.get("reason") else ""))
+        elif update.kind == "setup_command":
+            _err(f"{tag} setup $ {d['command']}  → exit {d['exit_code']} in {d['duration_s']:.1f} s (chunk {d['chunk_id']})")
+        elif update.kind == "step":
+            extra = f" → exit {d['exit_code']}" if d.get("exit_code") is not None else ""
+            _err(f"{tag} step {d['step']}: {d['title'][:160]}{extra}" + (f" (chunk {d['chunk_id']})" if d.get("chunk_id") else ""))
+        elif update.kind == "message":
+            _err(f"{tag} note: {d['text'][:300]}")
+        elif update.kind == "group_ranked" and d.get("recommended"):
+            _err(f"{tag} recommended attempt: {d['recommended']}")
+    return on_update
+
+
+def _job_json(assistant, job) -> dict:
+    return {
+        "job_id": job.id, "number": job.number, "status": job.state, "reason": job.reason, "title": job.title,
+        "summary": job.summary or "", "diff": assistant.store.get_artifact(job.id, "diff") or "",
+        "patch": assistant.store.get_artifact(job.id, "patch") or "",
+        "citations": job.citations or [], "setup_network": job.setup_network, "agent_network": job.agent_network,
+        "backend": job.backend, "cache_hit": job.cache_hit, "base_commit": job.base_commit, "steps": job.steps,
+        "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
+        "attempt": job.attempt, "attempts": job.attempts, "group_id": job.group_id, "outcome": job.outcome or {},
+    }
+
+
+def _print_job_result(assistant, job) -> None:
+    from .agent.citations import render_plain
+    print(f"job {job.id}: {job.state}" + (f" ({job.reason})" if job.reason else ""))
+    if job.summary:
+        print("\n" + render_plain(job.summary, job.citations or []))
+    diff = assistant.store.get_artifact(job.id, "diff")
+    if diff:
+        print("\n" + diff)
+
+
+def _wait_all(assistant, jobs) -> list:
+    return [assistant.jobs.wait(j.id) for j in jobs]
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from .jobs.manager import JobRequest
+    assistant = _assistant(settings)
+    try:
+        repo = args.repo if "://" in args.repo else str(Path(args.repo).expanduser().resolve())
+        jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
+                                                setup=args.setup if args.setup else None, attempts=args.attempts))
+        unsubscribe = assistant.jobs.subscribe(_progress_printer({j.id for j in jobs}))
+        try:
+            done = _wait_all(assistant, jobs)
+        except KeyboardInterrupt:
+            for j in jobs:
+                assistant.jobs.cancel(j.id)
+            done = _wait_all(assistant, jobs)
+        unsubscribe()
+        ranked = sorted(done, key=lambda j: (j.outcome or {}).get("rank", j.attempt))
+        best = ranked[0]
+        if args.json:
+            out = _job_json(assistant, best)
+            if len(done) > 1:
+                out["attempts_results"] = [_job_json(assistant, j) for j in ranked]
+                out["recommended"] = next((j.id for j in ranked if (j.outcome or {}).get("recommended")), None)
+            print(json.dumps(out, indent=2, default=str))
+        else:
+            for j in ranked:
+                if len(done) > 1:
+                    rec = " (recommended)" if (j.outcome or {}).get("recommended") else ""
+                    print(f"=== attempt {j.attempt} of {j.attempts}, rank {(j.outcome or {}).get('rank')}{rec}")
+                _print_job_result(assistant, j)
+        return 0 if best.state == "succeeded" else 1
+    finally:
+        assistant.close()
+
+
+def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
+    from .agent.citations import render_plain
+    assistant = _assistant(settings)
+    try:
+        repo = args.repo if "://" in args.repo else str(Path(args.repo).expanduser().resolve())
+        user = assistant.store.get_or_create_user("cli")
+        thread = assistant.store.create_thread(user_id=user.id, name=args.question[:60], repo=repo, ref=args.ref)
+        route = assistant.conversation.route(thread.id, args.question)
+        _err(f"routed: {route.kind} ({route.reason})")
+        if route.is_job:
+            jobs = assistant.conversation.delegate(thread.id, user.id, args.question, route)
+            unsubscribe = assistant.jobs.subscribe(_progress_printer({j.id for j in jobs}))
+            done = _wait_all(assistant, jobs)
+            unsubscribe()
+            for j in done:
+                _print_job_result(assistant, j)
+            return 0 if all(j.state == "succeeded" for j in done) else 1
+        for event in assistant.conversation.answer(thread.id, args.question, route):
+            if event.kind == "token":
+                print(event.text, end="", flush=True)
+            elif event.kind == "tool":
+                _err(f"  ({event.text} {json.dumps(event.data.get('arguments'))[:120]})")
+            elif event.kind == "error":
+                _err(f"error: {event.text}")
+                return 1
+            elif event.kind == "done":
+                cites = event.data["citations"]
+                print()
+                if cites:
+                    print("\ncitations: " + "; ".join(render_plain(c["text"], cites) for c in cites))
+        return 0
+    finally:
+        assistant.close()
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from .store import NotFound, Store
+    store = Store(settings.resolved_database_url)
+    try:
+        if args.action == "list":
+            rows = store.list_jobs(limit=10_000)[-args.limit:]
+            if not rows:
+                print("no jobs yet")
+            for j in rows:
+                print(f"{j.id}  {j.state:<11} {j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
+            return 0
+        if not args.id:
+            _err(f"assistant jobs {args.action} needs a job id (see `assistant jobs list`)")
+            return 2
+        try:
+            job = store.find_job(args.id)
+        except NotFound as exc:
+            _err(str(exc))
+            return 1
+        if args.action == "show":
+            from .agent.citations import render_plain
+            for key in ("id", "state", "reason", "title", "repo", "ref", "backend", "base_commit", "setup_network",
+                        "agent_network", "cache_hit", "steps", "prompt_tokens", "completion_tokens", "created_at",
+                        "running_at", "finished_at"):
+                print(f"{key:>18}: {getattr(job, key)}")
+            print(f"{'task':>18}: {job.task}")
+            if job.summary:
+                print("\n" + render_plain(job.summary, job.citations or []))
+            return 0
+        if args.action == "logs":
+            chunks = store.list_chunks(job.id)
+            if args.chunk:
+                chunk = next((c for c in chunks if c.id == args.chunk), None)
+                if chunk is None:
+                    _err(f"job {job.id} has no chunk {args.chunk}")
+                    return 1
+                print(f"$ {chunk.command}   (exit {chunk.exit_code}, {chunk.duration_s:.2f} s)")
+                for i, line in enumerate(chunk.text.splitlines(), 1):
+                    print(f"{i:>5} | {line}")
+                return 0
+            for c in chunks:
+                print(f"{c.id}  {c.phase:<5} exit {str(c.exit_code):>4}  {c.line_count:>5} lines  $ {c.command[:100]}")
+            return 0
+        if args.action == "diff":
+            print(store.get_artifact(job.id, "patch" if args.patch else "diff") or "(no diff)")
+            return 0
+        if args.action == "cancel":
+            from .jobs.states import CANCELLED, TERMINAL
+            if job.state in TERMINAL:
+                print(f"job {job.id} already ended: {job.state}")
+                return 1
+            store.transition(job.id, CANCELLED, "cancelled from the command line")
+            print(f"job {job.id} cancelled")
+            return 0
+        return 2
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------- doctor
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+    checks = run_checks(settings)
+    ok_all = True
+    for check in checks:
+        mark = "ok " if check.ok else ("-- " if not check.required else "NO ")
+        print(f"[{mark}] {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            print(f"       fix: {check.fix}")
+        ok_all = ok_all and (check.ok or not check.required)
+    return 0 if ok_all else 1
+
+
+def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
+    from .jobs.manager import sandbox_config
+    from .sandbox import SandboxError, build_image
+    try:
+        name = build_image(sandbox_config(settings), on_log=lambda line: _err(line), force=args.force)
+    except SandboxError as exc:
+        _err(f"error: {exc}")
+        return 1
+    print(name)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="assistant", description="A chat-first coding assistant that delegates.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the web app")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("run", help="run one job and print its summary and diff")
+    r.add_argument("--repo", required=True, help="local path or git URL")
+    r.add_argument("--ref")
+    r.add_argument("--setup", action="append", default=[], help="setup command (repeatable); runs with network")
+    r.add_argument("--attempts", type=int, default=1, help="independent attempts, ranked (best of N)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("task")
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("ask", help="route a message like the chat does and print the answer or the job's result")
+    a.add_argument("--repo", required=True)
+    a.add_argument("--ref")
+    a.add_argument("question")
+    a.set_defaults(func=cmd_ask)
+
+    j = sub.add_parser("jobs", help="list, show, logs, diff, cancel")
+    j.add_argument("action", choices=["list", "show", "logs", "diff", "cancel"])
+    j.add_argument("id", nargs="?")
+    j.add_argument("--chunk", help="with logs: print one chunk's numbered lines")
+    j.add_argument("--patch", action="store_true", help="with diff: the git-apply-able patch")
+    j.add_argument("--limit", type=int, default=50)
+    j.set_defaults(func=cmd_jobs)
+
+    d = sub.add_parser("doctor", help="what is ready, and the command that fixes what is not")
+    d.set_defaults(func=cmd_doctor)
+
+    sb = sub.add_parser("sandbox", help="sandbox image")
+    sbs = sb.add_subparsers(dest="sandbox_command", required=True)
+    b = sbs.add_parser("build", help="build the default sandbox image from Debian packages")
+    b.add_argument("--force", action="store_true")
+    b.set_defaults(func=cmd_sandbox_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _err(f"assistant: {exc}")
+        return 2
+    import logging
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

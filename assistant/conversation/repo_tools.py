@@ -1,0 +1,113 @@
+"""Read-only tools for quick answers, run on the host checkout: list, search, read. They never write."""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ..agent.citations import safe_file
+
+SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache", "dist", "build",
+             ".tox", ".eggs"}
+MAX_READ_LINES = 400
+MAX_LIST = 400
+MAX_MATCHES = 80
+
+READ_TOOLS = [
+    {"type": "function", "function": {
+        "name": "list_files", "description": "List files of the repository under a directory (recursive, relative paths).",
+        "parameters": {"type": "object", "properties": {
+            "path": {"type": "string", "description": "Directory relative to the repository root; default the root."},
+            "pattern": {"type": "string", "description": "Optional glob on the file name, e.g. *.py"}},
+            "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "search", "description": "Search the repository for a regular expression; returns path:line: text.",
+        "parameters": {"type": "object", "properties": {
+            "pattern": {"type": "string"}, "path": {"type": "string", "description": "Directory to search in."}},
+            "required": ["pattern"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "read_file", "description": "Read lines of a file, numbered (cite them as 【F:path†Lx-Ly】).",
+        "parameters": {"type": "object", "properties": {
+            "path": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"}},
+            "required": ["path"], "additionalProperties": False}}},
+]
+
+
+class ReadOnlyRepo:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def _dir(self, rel: str | None) -> Path:
+        rel = (rel or "").strip().strip("/") or "."
+        target = (self.root / rel).resolve()
+        if not target.is_relative_to(self.root) or not target.is_dir():
+            raise ValueError(f"no directory {rel!r} in the repository")
+        return target
+
+    def run(self, name: str, args: dict[str, Any]) -> str:
+        try:
+            if name == "list_files":
+                return self.list_files(args.get("path"), args.get("pattern"))
+            if name == "search":
+                return self.search(str(args["pattern"]), args.get("path"))
+            if name == "read_file":
+                return self.read_file(str(args["path"]), args.get("start"), args.get("end"))
+            return f"error: no tool {name!r}"
+        except (ValueError, KeyError, re.error) as exc:
+            return f"error: {exc}"
+
+    def list_files(self, path: str | None = None, pattern: str | None = None) -> str:
+        base = self._dir(path)
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            for f in sorted(filenames):
+                if pattern and not fnmatch.fnmatch(f, pattern):
+                    continue
+                out.append((Path(dirpath) / f).relative_to(self.root).as_posix())
+                if len(out) >= MAX_LIST:
+                    return "\n".join(out) + f"\n… (stopped at {MAX_LIST} files; narrow the path)"
+        return "\n".join(out) or "(no files)"
+
+    def search(self, pattern: str, path: str | None = None) -> str:
+        base = self._dir(path)
+        re.compile(pattern)
+        if shutil.which("rg"):
+            proc = subprocess.run(["rg", "--line-number", "--no-heading", "--color=never", "--max-count=20",
+                                   "--max-columns=300", "-e", pattern, "."], cwd=base, capture_output=True, text=True,
+                                  timeout=30)
+            lines = [ln.removeprefix("./") for ln in proc.stdout.splitlines()]
+            if base != self.root:
+                prefix = base.relative_to(self.root).as_posix() + "/"
+                lines = [prefix + ln for ln in lines]
+        else:
+            rx = re.compile(pattern)
+            lines = []
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+                for f in filenames:
+                    p = Path(dirpath) / f
+                    try:
+                        for i, line in enumerate(p.read_text(errors="strict").splitlines(), 1):
+                            if rx.search(line):
+                                lines.append(f"{p.relative_to(self.root).as_posix()}:{i}:{line[:300]}")
+                    except (UnicodeDecodeError, OSError):
+                        continue
+        if len(lines) > MAX_MATCHES:
+            return "\n".join(lines[:MAX_MATCHES]) + f"\n… {len(lines) - MAX_MATCHES} more matches"
+        return "\n".join(lines) or "(no matches)"
+
+    def read_file(self, path: str, start: int | None = None, end: int | None = None) -> str:
+        target = safe_file([self.root], path)
+        if target is None:
+            raise ValueError(f"no file {path!r} in the repository")
+        lines = target.read_text(errors="replace").splitlines()
+        first = max(1, int(start or 1))
+        last = min(len(lines), int(end or first + MAX_READ_LINES - 1), first + MAX_READ_LINES - 1)
+        body = "\n".join(f"{i:>5} | {lines[i - 1]}" for i in range(first, last + 1))
+        more = f"\n… file has {len(lines)} lines; read on with start={last + 1}" if last < len(lines) else ""
+        return f"{path} (lines {first}-{last} of {len(lines)})\n{body}{more}"

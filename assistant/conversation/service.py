@@ -1,0 +1,193 @@
+"""The conversation core: route a message, stream a grounded quick answer, or delegate to a job.
+
+No Chainlit here: the web app, the CLI's `ask` and the tests all drive this class.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..agent.citations import check_citations, render_markdown
+from ..agent.tools import parse_arguments
+from ..config import Settings
+from ..jobs.manager import JobManager, JobRequest
+from ..llm.client import ModelClient, ModelError
+from ..llm.tokens import count_message_tokens
+from ..prompts import render_prompt
+from ..store import Job, Store
+from .checkout import CheckoutError, checkout_for
+from .repo_tools import READ_TOOLS, ReadOnlyRepo
+from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, route_message
+
+MAX_ANSWER_TURNS = 8
+HISTORY_MESSAGES = 12
+READ_LOG_TOOL = {"type": "function", "function": {
+    "name": "read_log", "description": "Read numbered lines of a logged command output of the job (by chunk id).",
+    "parameters": {"type": "object", "properties": {
+        "chunk": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"}},
+        "required": ["chunk"], "additionalProperties": False}}}
+
+
+@dataclass
+class AnswerEvent:
+    kind: str                      # token | tool | done | error
+    text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Conversation:
+    def __init__(self, settings: Settings, store: Store, model: ModelClient, jobs: JobManager):
+        self.settings = settings
+        self.store = store
+        self.model = model
+        self.jobs = jobs
+
+    # ------------------------------------------------------------------ routing
+    def thread_jobs(self, thread_id: str) -> list[Job]:
+        return self.store.list_jobs(thread_id=thread_id)
+
+    def route(self, thread_id: str, text: str, command: str | None = None) -> Route:
+        return route_message(text, self.thread_jobs(thread_id), self.model, command=command, thread_id=thread_id)
+
+    # ------------------------------------------------------------------ delegation
+    def delegate(self, thread_id: str, user_id: str | None, text: str, route: Route | None = None,
+                 attempts: int = 1) -> list[Job]:
+        thread = self.store.get_thread(thread_id)
+        repo = (thread.repo if thread else None) or self.settings.default_repo
+        if not repo:
+            raise CheckoutError("this conversation has no repository yet: set one in the chat settings "
+                                "(a local path or a git URL)")
+        parent = route.job_id if route and route.kind == FOLLOWUP_JOB else None
+        ref = (thread.ref if thread else None) or self.settings.default_ref
+        return self.jobs.submit(JobRequest(task=text, repo=repo, ref=ref, attempts=attempts, thread_id=thread_id,
+                                           user_id=user_id, parent_job_id=parent))
+
+    # ------------------------------------------------------------------ quick answers
+    def answer(self, thread_id: str, text: str, route: Route | None = None,
+               history: list[dict[str, str]] | None = None) -> Iterator[AnswerEvent]:
+        """Stream a grounded answer. Synchronous: the web app runs it in a worker thread."""
+        route = route or Route(ANSWER)
+        thread = self.store.get_thread(thread_id)
+        repo = (thread.repo if thread else None) or self.settings.default_repo or ""
+        ref = (thread.ref if thread else None) or self.settings.default_ref
+        try:
+            root = checkout_for(repo, ref, self.settings.data_dir)
+        except CheckoutError as exc:
+            yield AnswerEvent("error", str(exc))
+            return
+        spent = sum(self.store.usage_totals(thread_id=thread_id))
+        if spent >= self.settings.answer_token_budget:
+            yield AnswerEvent("error", f"this conversation has used its quick-answer budget ({spent} of "
+                                       f"{self.settings.answer_token_budget} tokens; ASSISTANT_ANSWER_TOKEN_BUDGET). "
+                                       "Start a new conversation or raise the budget.")
+            return
+        job = self.store.get_job(route.job_id) if route.kind == FOLLOWUP_ANSWER and route.job_id else None
+        repo_view = ReadOnlyRepo(root)
+        tools = list(READ_TOOLS) + ([READ_LOG_TOOL] if job else [])
+        system = render_prompt("answer_system.md", repo=repo, followup=self._followup_context(job) if job else "")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+        messages += self._trimmed_history(history or [])
+        messages.append({"role": "user", "content": text})
+        final = ""
+        for _turn in range(MAX_ANSWER_TURNS):
+            completion = None
+            try:
+                for kind, value in self.model.stream_turn("answer", messages, tools=tools, thread_id=thread_id):
+                    if kind == "text":
+                        yield AnswerEvent("token", value)
+                    else:
+                        completion = value
+            except ModelError as exc:
+                yield AnswerEvent("error", str(exc))
+                return
+            assert completion is not None
+            if not completion.tool_calls:
+                final = completion.content or ""
+                break
+            messages.append(completion.as_message())
+            for call in completion.tool_calls:
+                try:
+                    args = parse_arguments(call.arguments)
+                    output = self._run_read_tool(repo_view, job, call.name, args)
+                except ValueError as exc:
+                    args, output = {}, f"error: {exc}"
+                yield AnswerEvent("tool", call.name, {"arguments": args, "output": output[:2000]})
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
+        else:
+            final = final or "(I ran out of lookup turns before answering; ask a narrower question.)"
+        citations = self._check(final, root, job)
+        yield AnswerEvent("done", final, {"citations": [c.as_dict() for c in citations],
+                                          "job_id": job.id if job else None, "repo_root": str(root)})
+
+    def _run_read_tool(self, repo_view: ReadOnlyRepo, job: Job | None, name: str, args: dict) -> str:
+        if name == "read_log":
+            chunk = self.store.get_chunk(str(args.get("chunk", "")))
+            if chunk is None or job is None or chunk.job_id not in self._job_lineage(job):
+                return f"error: no logged output {args.get('chunk')!r} in this job"
+            lines = chunk.text.splitlines()
+            first = max(1, int(args.get("start") or 1))
+            last = min(len(lines), int(args.get("end") or first + 199))
+            body = "\n".join(f"{i:>5} | {lines[i - 1]}" for i in range(first, last + 1))
+            return f"chunk {chunk.id}: $ {chunk.command} (exit {chunk.exit_code}; lines {first}-{last} of {len(lines)})\n{body}"
+        return repo_view.run(name, args)
+
+    def _job_lineage(self, job: Job) -> set[str]:
+        ids = {job.id}
+        parent = job.parent_job_id
+        while parent and parent not in ids:
+            ids.add(parent)
+            parent = self.store.get_job(parent).parent_job_id
+        return ids
+
+    def _followup_context(self, job: Job) -> str:
+        diff = self.store.get_artifact(job.id, "diff") or "(no diff)"
+        if len(diff) > 12_000:
+            diff = diff[:12_000] + "\n… (diff shortened)"
+        commands = "\n".join(f"- {c.id} (exit {c.exit_code}): {c.command[:160]}" for c in self.store.list_chunks(job.id)) or "(none)"
+        return render_prompt("followup_context.md", number=str(job.number), title=job.title, state=job.state,
+                             task=job.task, summary=job.summary or "(no summary)", diff=diff, commands=commands)
+
+    def _trimmed_history(self, history: list[dict[str, str]]) -> list[dict[str, str]]:
+        recent = history[-HISTORY_MESSAGES:]
+        budget = self.settings.context_window // 4
+        while recent and count_message_tokens(recent, self.model.model_for("answer")) > budget:
+            recent = recent[1:]
+        return recent
+
+    def _check(self, text: str, root: Path, job: Job | None):
+        cited_files: dict[str, str] = {}
+        lineage: set[str] = set()
+        if job is not None:
+            lineage = self._job_lineage(job)
+            cited_files = json.loads(self.store.get_artifact(job.id, "cited_files") or "{}")
+        roots = [root]
+        if job is not None:
+            workspace = Path(self.jobs.sandbox_config.workspaces_dir) / job.id
+            if workspace.is_dir():
+                roots.insert(0, workspace)
+
+        def chunk_lookup(chunk_id: str):
+            chunk = self.store.get_chunk(chunk_id)
+            if chunk is None or chunk.job_id not in lineage:
+                return None
+            return chunk.line_count, chunk.job_id
+
+        def file_lines(path: str):
+            if path in cited_files:
+                return len(cited_files[path].splitlines())
+            return None
+        return check_citations(text, file_roots=roots, chunk_lookup=chunk_lookup, file_lines=file_lines)
+
+    @staticmethod
+    def render_citations(text: str, citations: list[dict], link_base: str) -> str:
+        """Markdown with each checked citation as a link to the cited lines."""
+        def link(c: dict) -> str:
+            target = f"F:{c['target']}" if c["kind"] == "file" else c["target"]
+            return f"{link_base}/{target}?L={c['start']}-{c['end']}"
+        return render_markdown(text, citations, link)
+
+
+__all__ = ["Conversation", "AnswerEvent", "Route", "ANSWER", "JOB", "FOLLOWUP_ANSWER", "FOLLOWUP_JOB"]

