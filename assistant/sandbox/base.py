@@ -15,6 +15,13 @@ WORKSPACE = "/workspace"
 AGENT_VENV = f"{AGENT_HOME}/.venv"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_PATH = f"{AGENT_VENV}/bin:{AGENT_HOME}/.local/bin:{SYSTEM_PATH}"
+# The environment of every sandbox command; an identity lets the agent commit in its workspace.
+AGENT_ENV = {
+    "HOME": AGENT_HOME, "PATH": AGENT_PATH, "LANG": "C.UTF-8", "USER": "agent",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+    "GIT_AUTHOR_NAME": "assistant agent", "GIT_AUTHOR_EMAIL": "agent@sandbox.invalid",
+    "GIT_COMMITTER_NAME": "assistant agent", "GIT_COMMITTER_EMAIL": "agent@sandbox.invalid",
+}
 
 OutputCallback = Callable[[str], None]
 

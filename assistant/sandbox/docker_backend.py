@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .base import (
-    AGENT_GID, AGENT_HOME, AGENT_PATH, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
+    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
 )
 from .channel import CommandChannel
 from .engine import JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, docker_client, owner_tag
@@ -71,7 +71,7 @@ class DockerSandbox:
                 name=f"assistant-{_safe(job_id)}-{secrets.token_hex(3)}",
                 user=f"{AGENT_UID}:{AGENT_GID}",
                 working_dir=WORKSPACE,
-                environment={"HOME": AGENT_HOME, "PATH": AGENT_PATH, "LANG": "C.UTF-8", "USER": "agent"},
+                environment=AGENT_ENV,
                 stdin_open=True,
                 tty=False,
                 detach=True,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .base import (
-    AGENT_GID, AGENT_HOME, AGENT_PATH, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
+    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
 )
 from .channel import CommandChannel
 from .image import host_ca_bundle
@@ -103,8 +103,7 @@ class LocalSandbox:
                  "--bind", str(self.home.resolve()), AGENT_HOME,
                  "--ro-bind", str(SERVER_SOURCE), SERVER_PATH,
                  "--chdir", WORKSPACE, "--clearenv"]
-        env = {"HOME": AGENT_HOME, "PATH": AGENT_PATH, "LANG": "C.UTF-8", "USER": "agent",
-               "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+        env = dict(AGENT_ENV)
         bundle = host_ca_bundle(self._config.ca_bundle)
         if bundle is not None:
             argv += ["--ro-bind", str(bundle.resolve()), CA_PATH]
