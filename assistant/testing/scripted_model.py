@@ -52,6 +52,11 @@ class Rule:
     name: str = ""
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # clients that hang up mid-stream are normal here
+        pass
+
+
 def system_text(request: dict) -> str:
     return "\n".join(m.get("content") or "" for m in request.get("messages", []) if m.get("role") == "system")
 
@@ -190,7 +195,7 @@ class ScriptedModelServer:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="scripted-model", daemon=True)
         self._thread.start()
