@@ -20,6 +20,7 @@ from chainlit.context import ChainlitContextException, context
 from chainlit.data.utils import queue_until_user_message as _chainlit_queue
 from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, ThreadDict, ThreadFilter
 from chainlit.user import PersistedUser, User
+from sqlalchemy.exc import IntegrityError
 
 from ..store import models
 from ..store.store import Store
@@ -101,10 +102,19 @@ class StoreDataLayer(BaseDataLayer):
             if viewer == ANONYMOUS:
                 raise NotOwner("not logged in")
             owner = self.store.get_or_create_user(viewer) if viewer else None
-            self.store.create_thread(user_id=owner.id if owner else None, thread_id=thread_id)
-            return
+            if self._create_thread(thread_id, owner.id if owner else None):
+                return
+            thread = self.store.get_thread(thread_id)
         if not self._may_see(thread, viewer):
             raise NotOwner(f"thread {thread_id} belongs to someone else")
+
+    def _create_thread(self, thread_id: str, owner_id: str | None) -> bool:
+        """False when another request created it first (the first message races the thread's own write)."""
+        try:
+            self.store.create_thread(user_id=owner_id, thread_id=thread_id)
+            return True
+        except IntegrityError:
+            return False
 
     # ------------------------------------------------------------------ users
     @staticmethod
@@ -390,8 +400,10 @@ class StoreDataLayer(BaseDataLayer):
                     owner_id = self.store.get_or_create_user(viewer).id
                 elif viewer == ANONYMOUS:
                     raise NotOwner("not logged in")
-                self.store.create_thread(user_id=owner_id, thread_id=thread_id)
+                created = self._create_thread(thread_id, owner_id)
                 thread = self.store.get_thread(thread_id)
+                if not created and not self._may_see(thread, viewer):
+                    raise NotOwner(f"thread {thread_id} belongs to someone else")
             elif not self._may_see(thread, viewer):
                 raise NotOwner(f"thread {thread_id} belongs to someone else")
             fields: dict[str, Any] = {}

@@ -1,0 +1,71 @@
+"""A job's patch brought home: applied to the working copy, or committed on a new branch.
+
+The branch is built with a scratch index (read-tree, apply --cached, commit-tree) so the user's
+working copy, index and checked-out branch are never touched by it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+class GitOpError(RuntimeError):
+    pass
+
+
+def _git(repo: Path, *args: str, input: str | None = None, env: dict | None = None) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], input=input, text=True, capture_output=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+    if proc.returncode != 0:
+        raise GitOpError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip()[:500]}")
+    return proc.stdout
+
+
+def local_repo(repo: str | None) -> Path | None:
+    """The repository as a local git working copy, or None for a URL or a plain directory."""
+    if not repo:
+        return None
+    path = Path(repo).expanduser()
+    if not path.is_dir():
+        return None
+    try:
+        return Path(_git(path, "rev-parse", "--show-toplevel").strip())
+    except GitOpError:
+        return None
+
+
+def apply_to_working_copy(repo: Path, patch: str) -> str:
+    """Apply the patch to the working copy; checks first, so a patch that does not fit changes nothing."""
+    _git(repo, "apply", "--check", "--whitespace=nowarn", "-", input=patch)
+    _git(repo, "apply", "--whitespace=nowarn", "-", input=patch)
+    return _git(repo, "diff", "--stat").strip()
+
+
+def branch_name_for(number: int, title: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40].strip("-") or "change"
+    return f"assistant/job-{number}-{slug}"
+
+
+def create_branch(repo: Path, patch: str, *, base_commit: str, branch: str, message: str) -> str:
+    """A new branch at base_commit plus one commit holding the patch; returns the commit id."""
+    if _git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
+        raise GitOpError(f"branch {branch} already exists")
+    with tempfile.TemporaryDirectory(prefix="assistant-branch-") as scratch:
+        env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        _git(repo, "read-tree", base_commit, env=env)
+        _git(repo, "apply", "--cached", "--whitespace=nowarn", "-", input=patch, env=env)
+        tree = _git(repo, "write-tree", env=env).strip()
+        identity = {"GIT_AUTHOR_NAME": "assistant", "GIT_AUTHOR_EMAIL": "assistant@localhost",
+                    "GIT_COMMITTER_NAME": "assistant", "GIT_COMMITTER_EMAIL": "assistant@localhost"}
+        has_identity = _git_ok(repo, "config", "user.email")
+        commit = _git(repo, "commit-tree", tree, "-p", base_commit, "-m", message,
+                      env=env if has_identity else {**env, **identity}).strip()
+    _git(repo, "update-ref", f"refs/heads/{branch}", commit, "0" * 40)
+    return commit
+
+
+def _git_ok(repo: Path, *args: str) -> bool:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True).returncode == 0

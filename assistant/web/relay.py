@@ -1,0 +1,136 @@
+"""Job updates to whichever browser sessions have the job's thread open right now.
+
+Jobs are keyed by thread, not by socket session: one process-wide subscriber hears every update
+(on worker threads), hops onto the event loop, and re-renders the job's card in each live session of
+its thread. With no session open nothing is lost: the card is rendered from the store on resume.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+from ..jobs import states
+from ..store import Store
+from .cards import render_job_card
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL_S = 0.5
+TAIL_LINES = 40
+_NAMESPACE = uuid.UUID("6b0f3c52-2f7e-4d2a-9a57-3d0f1c7e9b11")
+
+
+def card_message_id(job_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"card:{job_id}"))
+
+
+def action_id(job_id: str, name: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"action:{job_id}:{name}"))
+
+
+def sessions_of(thread_id: str | None) -> list:
+    from chainlit.session import ws_sessions_id
+
+    if not thread_id:
+        return []
+    return [s for s in list(ws_sessions_id.values()) if s.thread_id == thread_id]
+
+
+class JobRelay:
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop,
+                 actions_for: Callable[[object], list]):
+        self.store = store
+        self.loop = loop
+        self.actions_for = actions_for  # job row -> [cl.Action]
+        self._tails: dict[str, deque] = {}
+        self._last_refresh: dict[str, float] = {}
+        self._pending: set[str] = set()
+        self._sent_actions: dict[tuple[str, str], dict[str, object]] = {}
+        self._on_new_job: list[Callable[[str], None]] = []
+
+    # ------------------------------------------------------------------ from worker threads
+    def on_update(self, update) -> None:
+        if update.kind == "output":
+            tail = self._tails.setdefault(update.job_id, deque(maxlen=TAIL_LINES))
+            for line in (update.data.get("text") or "").splitlines():
+                tail.append(line[:300])
+        elif update.kind in ("step", "setup_command") or (update.kind == "state" and update.data.get("state") == states.RUNNING):
+            self._tails.pop(update.job_id, None)  # the next command's output starts a fresh tail
+        urgent = update.kind != "output"
+        self.loop.call_soon_threadsafe(self._schedule, update.job_id, update.thread_id, urgent)
+
+    def tail(self, job_id: str) -> str | None:
+        lines = self._tails.get(job_id)
+        return "\n".join(lines) if lines else None
+
+    # ------------------------------------------------------------------ on the loop
+    def _schedule(self, job_id: str, thread_id: str | None, urgent: bool) -> None:
+        if job_id in self._pending:
+            return
+        wait = 0.0 if urgent else max(0.0, REFRESH_INTERVAL_S - (time.monotonic() - self._last_refresh.get(job_id, 0)))
+        self._pending.add(job_id)
+        self.loop.call_later(wait, lambda: asyncio.ensure_future(self._refresh(job_id, thread_id)))
+
+    async def _refresh(self, job_id: str, thread_id: str | None) -> None:
+        self._pending.discard(job_id)
+        self._last_refresh[job_id] = time.monotonic()
+        try:
+            job = await asyncio.to_thread(self.store.get_job, job_id)
+            content = await asyncio.to_thread(render_job_card, self.store, job_id, self.tail(job_id))
+        except LookupError:
+            return
+        if job.state in states.TERMINAL:
+            self._tails.pop(job_id, None)
+            await asyncio.to_thread(self._persist_card, job_id, thread_id, content)
+        for session in sessions_of(thread_id or job.thread_id):
+            asyncio.ensure_future(self.show_card(session, job, content))
+
+    def _persist_card(self, job_id: str, thread_id: str | None, content: str) -> None:
+        """Keep the stored card text current too, for readers other than our data layer."""
+        message_id = card_message_id(job_id)
+        if thread_id and self.store.get_message(message_id) is not None:
+            self.store.upsert_message(message_id, thread_id, output=content)
+
+    async def show_card(self, session, job, content: str | None = None) -> None:
+        """Create or update a job's card in one session, with the buttons that fit its state."""
+        import chainlit as cl
+        from chainlit.context import init_ws_context
+
+        try:
+            init_ws_context(session)
+            if content is None:
+                content = await asyncio.to_thread(render_job_card, self.store, job.id, self.tail(job.id))
+            message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
+                                 metadata={"job_id": job.id})
+            await message.update()
+            await self._sync_actions(session, job, message.id)
+        except Exception:  # a session that went away mid-update; the store has the truth
+            log.debug("could not update the card of %s in session %s", job.id, session.id, exc_info=True)
+
+    async def _sync_actions(self, session, job, for_id: str) -> None:
+        from chainlit.context import context
+
+        wanted = {a.name: a for a in self.actions_for(job)}
+        key = (session.id, job.id)
+        sent = self._sent_actions.get(key, {})
+        for name, action in sent.items():
+            if name not in wanted or wanted[name].label != action.label:
+                await context.emitter.emit("remove_action", action.to_dict())
+        fresh = {}
+        for name, action in wanted.items():
+            previous = sent.get(name)
+            if previous is not None and previous.label == action.label:
+                fresh[name] = previous
+                continue
+            action.id = action_id(job.id, name)
+            await action.send(for_id=for_id)
+            fresh[name] = action
+        self._sent_actions[key] = fresh
+
+    def forget_session(self, session_id: str) -> None:
+        for key in [k for k in self._sent_actions if k[0] == session_id]:
+            del self._sent_actions[key]

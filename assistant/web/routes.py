@@ -1,0 +1,155 @@
+"""HTTP routes beside Chainlit's: cited lines of a job's logs or files, and a job's patch as a download.
+
+Each checks that the logged-in user owns the thread the job belongs to.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+
+from ..store import Job, Store
+from .viewer import identify_token
+
+CONTEXT_LINES = 5
+
+
+def _viewer(request: Request) -> str:
+    from chainlit.auth.cookie import get_token_from_cookies
+
+    token = get_token_from_cookies(dict(request.cookies))
+    auth = request.headers.get("authorization", "")
+    if not token and auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    viewer = identify_token(token)
+    if not viewer:
+        raise HTTPException(status_code=401, detail="log in first")
+    return viewer
+
+
+def _owned_thread(store: Store, thread_id: str | None, viewer: str):
+    thread = store.get_thread(thread_id) if thread_id else None
+    owner = None
+    if thread is not None and thread.user_id:
+        with store.session() as s:
+            from ..store.models import User
+            user = s.get(User, thread.user_id)
+            owner = user.identifier if user else None
+    if thread is None or owner != viewer:
+        raise HTTPException(status_code=404, detail="not found")  # the same answer as for a missing one
+    return thread
+
+
+def _owned_job(store: Store, job_id: str, viewer: str) -> Job:
+    try:
+        job = store.get_job(job_id)
+    except LookupError:
+        raise HTTPException(status_code=404, detail="not found") from None
+    _owned_thread(store, job.thread_id, viewer)
+    return job
+
+
+def _line_range(spec: str | None, line_count: int) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)(?:-L?(\d+))?", (spec or "1").strip().removeprefix("L"))
+    if not match:
+        raise HTTPException(status_code=400, detail="L must look like 10-20")
+    start = int(match.group(1))
+    end = int(match.group(2) or start)
+    return max(1, start), min(max(end, start), max(line_count, 1))
+
+
+def _page(title: str, subtitle: str, text: str, start: int, end: int) -> HTMLResponse:
+    lines = text.splitlines() or [""]
+    first = max(1, start - CONTEXT_LINES)
+    last = min(len(lines), end + CONTEXT_LINES)
+    rows = []
+    for number in range(first, last + 1):
+        cited = start <= number <= end
+        rows.append(f'<tr class="{"cited" if cited else ""}" id="L{number}"><td class="n">{number}</td>'
+                    f"<td><pre>{html.escape(lines[number - 1])}</pre></td></tr>")
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5rem;background:#111;color:#ddd}}
+h1{{font-size:1.1rem}} .sub{{color:#999;font-size:.9rem;margin-bottom:1rem}}
+table{{border-collapse:collapse;width:100%}} td{{padding:0 .5rem;vertical-align:top}}
+td.n{{color:#777;text-align:right;user-select:none;width:3rem}} pre{{margin:0;white-space:pre-wrap;font-size:.85rem}}
+tr.cited{{background:#3a3413}} tr.cited td.n{{color:#fc6}}</style></head>
+<body><h1>{html.escape(title)}</h1><div class="sub">{html.escape(subtitle)}</div>
+<table>{''.join(rows)}</table></body></html>"""
+    return HTMLResponse(body)
+
+
+def _ancestors(store: Store, job: Job) -> set[str]:
+    seen = {job.id}
+    parent = job.parent_job_id
+    while parent and parent not in seen:
+        seen.add(parent)
+        try:
+            parent = store.get_job(parent).parent_job_id
+        except LookupError:
+            break
+    return seen
+
+
+def make_router(store_of) -> APIRouter:
+    """store_of: a callable returning the Store, so the router can exist before the Assistant starts."""
+    router = APIRouter()
+
+    @router.get("/cite/{job_id}/{target:path}")
+    async def cited_lines(job_id: str, target: str, request: Request, L: str | None = None):
+        store: Store = store_of()
+        job = _owned_job(store, job_id, _viewer(request))
+        if target.startswith("F:"):
+            path = target[2:]
+            files = json.loads(store.get_artifact(job.id, "cited_files") or "{}")
+            if path not in files:
+                raise HTTPException(status_code=404, detail="this file was not cited by the job")
+            text = files[path]
+            start, end = _line_range(L, len(text.splitlines()))
+            return _page(f"{path} L{start}-{end}", f"job {job.number} · {job.title} · final workspace", text, start, end)
+        chunk = store.get_chunk(target)
+        if chunk is None or chunk.job_id not in _ancestors(store, job):
+            raise HTTPException(status_code=404, detail="no such log in this job")
+        start, end = _line_range(L, chunk.line_count)
+        exit_text = f"exit {chunk.exit_code}" if chunk.exit_code is not None else "no exit code"
+        return _page(f"$ {chunk.command}", f"log {chunk.id} · {chunk.phase} · {exit_text} · {chunk.duration_s:.1f} s"
+                     f"{' · truncated' if chunk.truncated else ''}", chunk.text, start, end)
+
+    @router.get("/cite-thread/{thread_id}/{path:path}")
+    async def cited_repo_lines(thread_id: str, path: str, request: Request, L: str | None = None):
+        """File citations of quick answers point into the conversation's local checkout."""
+        store: Store = store_of()
+        thread = _owned_thread(store, thread_id, _viewer(request))
+        root = Path(thread.repo or "").expanduser()
+        if not thread.repo or not root.is_dir():
+            raise HTTPException(status_code=404, detail="this conversation's repository is not a local directory")
+        candidate = (root / path.removeprefix("F:")).resolve()
+        if not candidate.is_relative_to(root.resolve()) or not candidate.is_file():
+            raise HTTPException(status_code=404, detail="no such file in the repository")
+        text = candidate.read_text(errors="replace")
+        start, end = _line_range(L, len(text.splitlines()))
+        return _page(f"{path.removeprefix('F:')} L{start}-{end}", f"{thread.repo}", text, start, end)
+
+    @router.get("/jobs/{job_id}/patch")
+    async def download_patch(job_id: str, request: Request):
+        store: Store = store_of()
+        job = _owned_job(store, job_id, _viewer(request))
+        patch = store.get_artifact(job.id, "patch")
+        if not patch:
+            raise HTTPException(status_code=404, detail="this job has no patch")
+        return Response(patch, media_type="text/x-diff",
+                        headers={"Content-Disposition": f'attachment; filename="job-{job.number}-{job.id}.patch"'})
+
+    return router
+
+
+def install_routes(app, router: APIRouter) -> None:
+    """Chainlit ends its routes with a catch-all that serves the UI; ours must come before it."""
+    app.include_router(router)
+    ours = [r for r in app.router.routes if getattr(r, "endpoint", None) in {x.endpoint for x in router.routes}]
+    rest = [r for r in app.router.routes if r not in ours]
+    catch_all = next((i for i, r in enumerate(rest) if getattr(r, "path", "") == "/{full_path:path}"), len(rest))
+    app.router.routes[:] = rest[:catch_all] + ours + rest[catch_all:]

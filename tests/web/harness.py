@@ -1,0 +1,92 @@
+"""The web app as a real subprocess on a loopback port, and a small git repository for it to work on."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+USERS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
+SCREENSHOTS = REPO_ROOT / "tests" / "artifacts" / "screenshots"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_repo(path: Path) -> Path:
+    """A tiny Python project with a function, a test and a history of one commit."""
+    path.mkdir(parents=True)
+    (path / "calc.py").write_text(
+        '"""A tiny calculator."""\n\n\ndef add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n')
+    (path / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
+    (path / "README.md").write_text("# calc\n\nA tiny calculator used by the web tests.\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "calc"]):
+        subprocess.run(["git", *args], cwd=path, check=True, env=env)
+    return path
+
+
+class AppProcess:
+    """`chainlit run assistant/app.py` as `assistant serve` runs it, against a scripted model."""
+
+    def __init__(self, data_dir: Path, model_url: str, repo: Path, log_path: Path, **extra_env: str):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {**os.environ, "CHAINLIT_APP_ROOT": str(REPO_ROOT), "ASSISTANT_DATA_DIR": str(data_dir),
+                    "OPENAI_BASE_URL": model_url, "OPENAI_API_KEY": "test-key", "ASSISTANT_MODEL": "scripted-model",
+                    "ASSISTANT_MODEL_MAX_RETRIES": "1", "ASSISTANT_MODEL_TIMEOUT_S": "30",
+                    "ASSISTANT_USERS": ",".join(f"{u}:{p}" for u, p in USERS.items()),
+                    "ASSISTANT_DEFAULT_REPO": str(repo), "ASSISTANT_CONFIG": str(data_dir / "none.toml"),
+                    "ASSISTANT_SANDBOX_BACKEND": "docker", "PYTHONPATH": str(REPO_ROOT),
+                    "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", **extra_env}
+        self.env.pop("CHAINLIT_AUTH_SECRET", None)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> "AppProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chainlit", "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"the app did not answer on {self.url}; see {self.log_path}")
+
+    def kill(self) -> None:
+        """Die like a crashed server: no shutdown hooks run."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
