@@ -1,7 +1,7 @@
 """A small JSON Schema subset check for tool arguments and constrained model replies.
 
-The subset is what function-tool specs use in practice (type, properties, required,
-additionalProperties, enum, items, minimum/maximum). Anything else in a schema is
+The subset is what function-tool specs and our reply schemas use (type, properties,
+required, additionalProperties, enum, const, anyOf/oneOf, items, minimum/maximum). Anything else in a schema is
 ignored rather than rejected, so a richer schema never makes a valid reply fail.
 """
 
@@ -28,12 +28,17 @@ def schema_violations(value: Any, schema: dict, where: str = "$", closed_objects
     were false, which catches a model's misspelt argument names.
     """
     problems: list[str] = []
+    branches = schema.get("anyOf") or schema.get("oneOf")
+    if branches:
+        problems.extend(_union_violations(value, branches, where, closed_objects))
     expected = schema.get("type")
     if expected is not None:
         allowed = expected if isinstance(expected, list) else [expected]
         known = [t for t in allowed if t in _TYPE_CHECKS]
         if known and not any(_TYPE_CHECKS[t](value) for t in known):
             return [f"{where} should be {' or '.join(known)}, got {_json_type(value)}"]
+    if "const" in schema and value != schema["const"]:
+        problems.append(f"{where} should be {schema['const']!r}, got {value!r}")
     if "enum" in schema and value not in schema["enum"]:
         problems.append(f"{where} should be one of {schema['enum']!r}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -47,6 +52,15 @@ def schema_violations(value: Any, schema: dict, where: str = "$", closed_objects
         for index, item in enumerate(value):
             problems.extend(schema_violations(item, schema["items"], f"{where}[{index}]", closed_objects))
     return problems
+
+
+def _union_violations(value: Any, branches: list[dict], where: str, closed_objects: bool) -> list[str]:
+    attempts = [schema_violations(value, branch, where, closed_objects) for branch in branches]
+    if any(not problems for problems in attempts):
+        return []
+    # The branch that came closest says most about what the value meant to be.
+    closest = min(attempts, key=len)
+    return [f"{where} fits none of the {len(branches)} allowed shapes; closest: " + "; ".join(closest)]
 
 
 def _object_violations(value: dict, schema: dict, where: str, closed_objects: bool) -> list[str]:

@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from string import Template
 
 from assistant.llm.jsonshape import schema_violations
-
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+from assistant.prompts import render_prompt
 
 PATCH_TOOL = "apply_patch"
 PATCH_BEGIN = "*** Begin Patch"
@@ -60,13 +57,17 @@ class _FencedBlock:
 
 def render_tool_instructions(tools: list[dict]) -> str:
     """The system-prompt section that teaches the protocol and lists `tools`."""
-    sections = [_render_tool(_function_spec(tool)) for tool in tools]
-    return Template(_load_prompt("text_tools.md")).substitute(tools="\n\n".join(sections)).strip() + "\n"
+    return render_prompt("text_tools.md", tools=render_tool_list(tools)).strip() + "\n"
+
+
+def render_tool_list(tools: list[dict]) -> str:
+    """Each tool's name, description and arguments, as Markdown for a prompt."""
+    return "\n\n".join(_render_tool(function_spec(tool)) for tool in tools)
 
 
 def render_tool_result(call: ParsedCall, output: str) -> str:
     """The message that carries a tool's output back to the model."""
-    return Template(_load_prompt("text_tool_result.md")).substitute(name=call.name, output=output).strip() + "\n"
+    return render_prompt("text_tool_result.md", tool=call.name, output=output).strip() + "\n"
 
 
 def parse_tool_calls(text: str, tools: list[dict]) -> list[ParsedCall]:
@@ -75,7 +76,7 @@ def parse_tool_calls(text: str, tools: list[dict]) -> list[ParsedCall]:
     Raises TextProtocolError when any attempted call is malformed, so that no part of
     a half-understood reply runs.
     """
-    specs = {spec["name"]: spec for spec in map(_function_spec, tools)}
+    specs = {spec["name"]: spec for spec in map(function_spec, tools)}
     calls: list[ParsedCall] = []
     for block in _fenced_blocks(text):
         tool_match = _TOOL_INFO.match(block.info)
@@ -173,7 +174,8 @@ def _closing_line(lines: list[str], start: int, fence: str, raw_patch: bool) -> 
     return None
 
 
-def _function_spec(tool: dict) -> dict:
+def function_spec(tool: dict) -> dict:
+    """The function part of an OpenAI tool spec; bare function specs pass through."""
     if tool.get("type") == "function" and isinstance(tool.get("function"), dict):
         return tool["function"]
     if "name" in tool:
@@ -203,9 +205,6 @@ def _render_tool(spec: dict) -> str:
 
 def _error(problem: str, specs: dict[str, dict]) -> TextProtocolError:
     names = ", ".join(specs) or "none"
-    reminder = Template(_load_prompt("text_tools_reminder.md")).substitute(problem=problem, tool_names=names)
+    reminder = render_prompt("text_tools_reminder.md", tool_names=names, problem=problem)
     return TextProtocolError(problem, reminder.strip() + "\n")
 
-
-def _load_prompt(name: str) -> str:
-    return (PROMPTS_DIR / name).read_text(encoding="utf-8")

@@ -41,3 +41,27 @@ def test_closed_objects_reject_unlisted_fields_only_when_asked():
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     assert schema_violations({"a": "x", "b": 1}, schema) == []
     assert schema_violations({"a": "x", "b": 1}, schema, closed_objects=True) == ["$ has an unknown field 'b' (known: 'a')"]
+
+
+ACTION = {
+    "anyOf": [
+        {"type": "object", "properties": {"tool": {"const": "shell"}, "arguments": {"type": "object", "required": ["command"]}}, "required": ["tool", "arguments"]},
+        {"type": "object", "properties": {"final_answer": {"type": "string"}}, "required": ["final_answer"]},
+    ]
+}
+
+
+def test_any_of_accepts_a_value_that_fits_one_branch():
+    assert schema_violations({"tool": "shell", "arguments": {"command": "ls"}}, ACTION) == []
+    assert schema_violations({"final_answer": "done"}, ACTION) == []
+
+
+def test_any_of_reports_the_closest_branch():
+    [problem] = schema_violations({"tool": "shell", "arguments": {}}, ACTION)
+    assert problem == "$ fits none of the 2 allowed shapes; closest: $.arguments is missing the required field 'command'"
+    assert schema_violations({"tool": "rm"}, ACTION)[0].startswith("$ fits none of the 2 allowed shapes")
+
+
+def test_const():
+    assert schema_violations("shell", {"const": "shell"}) == []
+    assert schema_violations("rm", {"const": "shell"}) == ["$ should be 'shell', got 'rm'"]

