@@ -32,7 +32,9 @@ def run_checks(settings: Settings) -> list[Check]:
                         "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
     try:
         backend, reason = resolve_backend(sandbox_config(settings))
-        checks.append(Check("sandbox backend", True, f"{backend} ({reason})"))
+        usable = engine_ok if backend == "docker" else bool(bwrap)
+        checks.append(Check("sandbox backend", usable, f"{backend} ({reason})",
+                            "./run.sh, or ASSISTANT_SANDBOX_BACKEND=auto to fall back to bubblewrap"))
     except Exception as exc:
         checks.append(Check("sandbox backend", False, str(exc), "./run.sh"))
 

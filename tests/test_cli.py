@@ -1,0 +1,99 @@
+"""The `assistant` command as a user runs it: a real subprocess, the scripted model over HTTP, a real engine."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
+from tests.fixtures.repos import FIX_PATCH, make_calc_repo
+
+AGENT = "You are a careful software engineer"
+TEST_CMD = "python3 -m unittest -v 2>&1"
+
+
+def cli(args, env, timeout=240):
+    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def cli_env(tmp_path, scripted_model):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSISTANT_", "OPENAI_"))}
+    env.update(ASSISTANT_DATA_DIR=str(tmp_path / "data"), OPENAI_BASE_URL=scripted_model.base_url,
+               OPENAI_API_KEY="k", ASSISTANT_MODEL="scripted-model", ASSISTANT_SANDBOX_BACKEND="docker",
+               ASSISTANT_CONFIG=str(tmp_path / "none.toml"), NO_PROXY="127.0.0.1,localhost")
+    return env
+
+
+@pytest.mark.docker
+def test_run_json_then_jobs_commands(tmp_path, docker_engine, scripted_model, cli_env):
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("shell", command=TEST_CMD), Reply.call("apply_patch", patch=FIX_PATCH),
+        Reply.call("shell", command=TEST_CMD),
+        lambda r: Reply.text(f"Sign fixed 【F:calc.py†L1-L2】; tests pass 【{chunk_ids(r)[2]}†L1-L3】."))],
+        repeat_last=True)
+    proc = cli(["run", "--repo", str(repo), "--json", "Fix the failing test"], cli_env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("job_id", "status", "summary", "diff", "citations", "setup_network", "agent_network"):
+        assert key in out
+    assert out["status"] == "succeeded" and all(c["valid"] for c in out["citations"])
+    assert "lo" in out["agent_network"]
+    assert "running" in proc.stderr and "step 2: apply_patch" in proc.stderr   # live progress on stderr
+
+    job_id = out["job_id"]
+    listing = cli(["jobs", "list"], cli_env)
+    assert job_id in listing.stdout and "succeeded" in listing.stdout
+    show = cli(["jobs", "show", job_id[:5]], cli_env)
+    assert "calc.py:L1-2 ✓" in show.stdout
+    logs = cli(["jobs", "logs", job_id], cli_env)
+    assert "apply_patch" in logs.stdout
+    chunk = out["citations"][1]["target"]
+    one = cli(["jobs", "logs", job_id, "--chunk", chunk], cli_env)
+    assert "    1 | test_add" in one.stdout
+    diff = cli(["jobs", "diff", job_id], cli_env)
+    assert "+    return a + b" in diff.stdout
+    cancel = cli(["jobs", "cancel", job_id], cli_env)
+    assert cancel.returncode == 1 and "already ended" in cancel.stdout
+
+
+@pytest.mark.docker
+def test_run_exits_non_zero_when_the_job_fails(tmp_path, docker_engine, scripted_model, cli_env):
+    repo = make_calc_repo(tmp_path / "calc")
+    proc = cli(["run", "--repo", str(repo), "--setup", "exit 7", "Fix it"], cli_env)
+    assert proc.returncode == 1
+    assert "failed" in proc.stdout and "exit" in proc.stdout
+
+
+def test_bad_setting_fails_at_start_naming_the_variable(cli_env):
+    proc = cli(["jobs", "list"], {**cli_env, "ASSISTANT_MAX_CONCURRENT_JOBS": "many"})
+    assert proc.returncode == 2 and "ASSISTANT_MAX_CONCURRENT_JOBS='many'" in proc.stderr
+
+
+def test_doctor_without_a_docker_engine(cli_env, tmp_path):
+    env = {**cli_env, "DOCKER_HOST": f"unix://{tmp_path}/no-such-docker.sock", "ASSISTANT_SANDBOX_BACKEND": "auto"}
+    proc = cli(["doctor"], env)
+    assert "[NO ] docker engine" in proc.stdout or "[-- ] docker engine" in proc.stdout
+    assert "fix: ./run.sh" in proc.stdout
+    assert "sandbox backend: local" in proc.stdout           # it says which backend it falls back to
+    assert "[ok ] model endpoint" in proc.stdout and "[ok ] database" in proc.stdout
+    assert proc.returncode == 0                               # usable: jobs run on bubblewrap
+    forced = cli(["doctor"], {**env, "ASSISTANT_SANDBOX_BACKEND": "docker"})
+    assert forced.returncode == 1 and "[NO ] sandbox backend: docker" in forced.stdout
+
+
+@pytest.mark.docker
+def test_doctor_with_a_docker_engine(cli_env, docker_engine):
+    proc = cli(["doctor"], cli_env)
+    assert proc.returncode == 0, proc.stdout
+    assert "[ok ] docker engine" in proc.stdout and "[ok ] sandbox image" in proc.stdout
+    assert "sandbox backend: docker" in proc.stdout
+
+
+def test_doctor_says_when_the_model_endpoint_is_down(cli_env):
+    proc = cli(["doctor"], {**cli_env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert proc.returncode == 1
+    assert "[NO ] model endpoint" in proc.stdout and "OPENAI_BASE_URL" in proc.stdout
