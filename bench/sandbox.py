@@ -1,0 +1,258 @@
+"""Sandbox benchmark: our sandbox side by side with the peer way (the docker CLI, as mini-swe-agent drives it).
+
+    python bench/sandbox.py [--runs 7] [--exec-n 100] [--no-local]
+
+Measures, in one run:
+  cold start   request -> a ready shell in /workspace with a small repo copied in, no setup
+  warm start   a job whose setup installs a package: from the setup cache vs running the setup
+  exec         per-command cost of `true`
+Prints a table and writes bench/results/sandbox.json (medians, ratios, targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from assistant.sandbox import PrepareRequest, SandboxConfig, build_image, prepare  # noqa: E402
+from assistant.sandbox.cache import SetupCache  # noqa: E402
+from assistant.sandbox.engine import docker_client, ensure_docker  # noqa: E402
+from assistant.sandbox.repo import clone_into  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sandbox.json"
+SETUP = ["python3 -m venv /home/agent/.venv", "pip install --no-cache-dir six"]
+GIT = ["git", "-c", "user.email=bench@example.invalid", "-c", "user.name=bench"]
+
+
+def small_repo(root: Path) -> Path:
+    repo = root / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "README.md").write_text("# bench\n")
+    for index in range(20):
+        (repo / "src" / f"module_{index}.py").write_text(f"def f{index}():\n    return {index}\n" * 20)
+    subprocess.run([*GIT, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "bench"], cwd=repo, check=True)
+    return repo
+
+
+class CliPeer:
+    """The peer way: `docker run -d`, then one `docker exec` subprocess per command."""
+
+    def __init__(self, image: str, workspace: Path, network: str):
+        self.name = f"bench-peer-{os.getpid()}-{time.monotonic_ns()}"
+        subprocess.run(["docker", "run", "-d", "--rm", "--name", self.name, "--network", network,
+                        "-u", "1000:1000", "-v", f"{workspace}:/workspace", "-w", "/workspace",
+                        image, "sleep", "infinity"], check=True, capture_output=True)
+
+    def exec(self, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "exec", "-w", "/workspace", self.name, "bash", "-c", command],
+                              capture_output=True, text=True)
+
+    def close(self) -> None:
+        subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def bench_cold(config: SandboxConfig, repo: Path, runs: int, scratch: Path) -> dict:
+    ours, peer = [], []
+    for run in range(runs):
+        holder = {}
+
+        def our_start() -> None:
+            prepared = prepare(PrepareRequest(job_id=f"cold-{run}", repo=str(repo), setup=[]), config)
+            assert prepared.sandbox.exec("pwd").output == "/workspace\n"
+            holder["sandbox"] = prepared.sandbox
+
+        ours.append(timed(our_start))
+        holder["sandbox"].close()
+
+        def peer_start() -> None:
+            workspace = scratch / f"peer-cold-{run}"
+            clone_into(str(repo), None, workspace)
+            holder["peer"] = CliPeer(config.image, workspace, "none")
+            assert holder["peer"].exec("pwd").stdout == "/workspace\n"
+
+        peer.append(timed(peer_start))
+        holder["peer"].close()
+    return {"ours_s": ours, "peer_s": peer}
+
+
+def bench_warm(config: SandboxConfig, repo: Path, runs: int, scratch: Path) -> dict:
+    cached = SandboxConfig(**{**config.__dict__, "cache_enabled": True})
+    uncached = SandboxConfig(**{**config.__dict__, "cache_enabled": False})
+    setup_runs, warm_runs, peer_runs = [], [], []
+    cache = SetupCache(cached)
+    cache.clear()
+    try:
+        prime = prepare(PrepareRequest(job_id="warm-prime", repo=str(repo), setup=SETUP), cached)
+        prime.sandbox.close()
+        for run in range(runs):
+            prepared = None
+
+            def with_setup() -> None:
+                nonlocal prepared
+                prepared = prepare(PrepareRequest(job_id=f"setup-{run}", repo=str(repo), setup=SETUP), uncached)
+                assert prepared.sandbox.exec("python -c 'import six'").exit_code == 0
+
+            setup_runs.append(timed(with_setup))
+            prepared.sandbox.close()
+
+            def from_cache() -> None:
+                nonlocal prepared
+                prepared = prepare(PrepareRequest(job_id=f"warm-{run}", repo=str(repo), setup=SETUP), cached)
+                assert prepared.cache_hit
+                assert prepared.sandbox.exec("python -c 'import six'").exit_code == 0
+
+            warm_runs.append(timed(from_cache))
+            prepared.sandbox.close()
+
+            peer = None
+
+            def peer_setup() -> None:
+                nonlocal peer
+                workspace = scratch / f"peer-setup-{run}"
+                clone_into(str(repo), None, workspace)
+                peer = CliPeer(config.image, workspace, "bridge")
+                for command in SETUP:
+                    assert peer.exec(command).returncode == 0
+                subprocess.run(["docker", "network", "disconnect", "bridge", peer.name], check=True)
+
+            peer_runs.append(timed(peer_setup))
+            peer.close()
+    finally:
+        cache.clear()
+    return {"ours_setup_s": setup_runs, "ours_warm_s": warm_runs, "peer_setup_s": peer_runs}
+
+
+def bench_exec(config: SandboxConfig, repo: Path, count: int, scratch: Path) -> dict:
+    prepared = prepare(PrepareRequest(job_id="exec", repo=str(repo), setup=[]), config)
+    try:
+        ours = [timed(lambda: prepared.sandbox.exec("true")) for _ in range(count)]
+    finally:
+        prepared.sandbox.close()
+    workspace = scratch / "peer-exec"
+    clone_into(str(repo), None, workspace)
+    peer = CliPeer(config.image, workspace, "none")
+    try:
+        cli = [timed(lambda: peer.exec("true")) for _ in range(count)]
+        container = docker_client().containers.get(peer.name)
+        sdk = [timed(lambda: container.exec_run(["bash", "-c", "true"], workdir="/workspace"))
+               for _ in range(count)]
+    finally:
+        peer.close()
+    return {"ours_s": ours, "peer_cli_s": cli, "peer_sdk_exec_run_s": sdk}
+
+
+def bench_local(base: SandboxConfig, repo: Path, runs: int, count: int) -> dict:
+    config = SandboxConfig(**{**base.__dict__, "backend": "local"})
+    starts, sandbox = [], None
+    for run in range(runs):
+        def start() -> None:
+            nonlocal sandbox
+            sandbox = prepare(PrepareRequest(job_id=f"local-{run}", repo=str(repo), setup=[]), config).sandbox
+            assert sandbox.exec("pwd").output == "/workspace\n"
+
+        starts.append(timed(start))
+        if run < runs - 1:
+            sandbox.close()
+    try:
+        execs = [timed(lambda: sandbox.exec("true")) for _ in range(count)]
+    finally:
+        sandbox.close()
+    return {"cold_s": starts, "exec_s": execs}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--exec-n", type=int, default=100)
+    parser.add_argument("--no-local", action="store_true", help="skip the bubblewrap backend's figures")
+    args = parser.parse_args()
+
+    ensure_docker()
+    scratch = Path(tempfile.mkdtemp(prefix="sandbox-bench-", dir="/tmp"))
+    os.chmod(scratch, 0o711)
+    config = SandboxConfig(data_dir=scratch / "data", backend="docker", cache_enabled=False)
+    build_image(config, on_log=lambda line: print(line, file=sys.stderr))
+    try:
+        repo = small_repo(scratch)
+        print("cold start ...", file=sys.stderr)
+        cold = bench_cold(config, repo, args.runs, scratch)
+        print("warm start vs setup ...", file=sys.stderr)
+        warm = bench_warm(config, repo, max(3, args.runs // 2), scratch)
+        print("exec overhead ...", file=sys.stderr)
+        execs = bench_exec(config, repo, args.exec_n, scratch)
+        local = None if args.no_local else bench_local(config, repo, args.runs, args.exec_n)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    summary = {
+        "cold_start_s": {"ours": median(cold["ours_s"]), "peer_cli": median(cold["peer_s"])},
+        "warm_start_s": {"ours_from_cache": median(warm["ours_warm_s"]), "ours_running_setup": median(warm["ours_setup_s"]),
+                         "peer_cli_running_setup": median(warm["peer_setup_s"])},
+        "exec_true_ms": {"ours": median(execs["ours_s"]) * 1000, "peer_cli": median(execs["peer_cli_s"]) * 1000,
+                         "peer_sdk_exec_run": median(execs["peer_sdk_exec_run_s"]) * 1000},
+    }
+    summary["ratios"] = {
+        "warm_speedup_vs_setup": summary["warm_start_s"]["ours_running_setup"] / summary["warm_start_s"]["ours_from_cache"],
+        "exec_ours_over_cli": summary["exec_true_ms"]["ours"] / summary["exec_true_ms"]["peer_cli"],
+        "cold_ours_over_cli": summary["cold_start_s"]["ours"] / summary["cold_start_s"]["peer_cli"],
+    }
+    targets = {
+        "cold_start_at_most_0.6_s": summary["cold_start_s"]["ours"] <= 0.6,
+        "warm_at_least_10x_faster_than_setup": summary["ratios"]["warm_speedup_vs_setup"] >= 10,
+        "exec_at_most_half_the_cli": summary["ratios"]["exec_ours_over_cli"] <= 0.5,
+    }
+    if local:
+        summary["local_backend"] = {"cold_start_s": median(local["cold_s"]), "exec_true_ms": median(local["exec_s"]) * 1000}
+
+    rows = [
+        ("cold start (s, median)", f"{summary['cold_start_s']['ours']:.3f}", f"{summary['cold_start_s']['peer_cli']:.3f}",
+         "<= 0.6 s", targets["cold_start_at_most_0.6_s"]),
+        ("warm start from cache (s)", f"{summary['warm_start_s']['ours_from_cache']:.3f}", "n/a (no cache)", "", None),
+        ("start running setup (s)", f"{summary['warm_start_s']['ours_running_setup']:.3f}",
+         f"{summary['warm_start_s']['peer_cli_running_setup']:.3f}", "", None),
+        ("warm speed-up vs setup", f"{summary['ratios']['warm_speedup_vs_setup']:.1f}x", "", ">= 10x",
+         targets["warm_at_least_10x_faster_than_setup"]),
+        ("exec `true` (ms, median)", f"{summary['exec_true_ms']['ours']:.2f}", f"{summary['exec_true_ms']['peer_cli']:.2f}",
+         "<= half the CLI", targets["exec_at_most_half_the_cli"]),
+        ("  SDK exec_run (ms)", "", f"{summary['exec_true_ms']['peer_sdk_exec_run']:.2f}", "", None),
+    ]
+    if local:
+        rows += [("local backend cold start (s)", f"{summary['local_backend']['cold_start_s']:.3f}", "", "", None),
+                 ("local backend exec `true` (ms)", f"{summary['local_backend']['exec_true_ms']:.2f}", "", "", None)]
+    print(f"{'measure':34} {'ours':>10} {'docker CLI':>14}  {'target':16} met")
+    for name, ours, peer, target, met in rows:
+        mark = "" if met is None else ("yes" if met else "NO")
+        print(f"{name:34} {ours:>10} {peer:>14}  {target:16} {mark}")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"summary": summary, "targets_met": targets, "raw": {
+        "cold": cold, "warm": warm, "exec": execs, "local": local}, "runs": args.runs, "exec_n": args.exec_n,
+        "setup_commands": SETUP}, indent=1))
+    print(f"wrote {RESULTS}")
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
