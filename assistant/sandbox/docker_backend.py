@@ -53,7 +53,7 @@ def _built_here(client, image: str) -> bool:
         labels = client.images.get(image).labels or {}
     except Exception:
         return False
-    return IMAGE_LABEL in labels
+    return labels.get(IMAGE_LABEL) == "1"
 
 
 class DockerSandbox:

@@ -97,3 +97,27 @@ def test_head_and_tail_counts_what_it_elides():
     elided = shown.split("[... ")[1].split(" lines")[0]
     assert int(elided) == 1000 - shown.count("\n") + 1
     assert head_and_tail("short\n", 400) == "short\n"
+
+
+@pytest.mark.docker
+def test_a_user_named_image_without_an_agent_home_works(docker_image, tmp_path, small_repo):
+    from assistant.sandbox import PrepareRequest, prepare
+
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {docker_image}\nUSER root\nRUN rm -rf /home/agent\nLABEL assistant.sandbox-image=\"0\"\n"
+    )
+    tag = "assistant-test-foreign-image:latest"
+    docker_client().images.build(path=str(context), tag=tag, rm=True)
+    data_dir = tmp_path / "data"
+    try:
+        config = SandboxConfig(data_dir=data_dir, backend="docker", image=tag, cache_enabled=False)
+        prepared = prepare(PrepareRequest(job_id="foreign", repo=str(small_repo), setup=[]), config)
+        try:
+            result = prepared.sandbox.exec("id -u; echo $HOME; touch ~/written && echo home-writable")
+            assert result.output == "1000\n/home/agent\nhome-writable\n"
+        finally:
+            prepared.sandbox.close()
+    finally:
+        docker_client().images.remove(tag, force=True)
