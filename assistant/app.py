@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -239,14 +240,17 @@ async def on_settings_update(values: dict):
 @cl.on_message
 async def on_message(message: cl.Message):
     tid = thread_id()
-    text = message.content.strip()
-    if message.command == "jobs":
+    text, command = message.content.strip(), message.command
+    typed = re.match(r"^/(ask|code|jobs)\b\s*", text)
+    if typed and not command:  # the command typed out rather than picked from the menu
+        command, text = typed.group(1), text[typed.end():]
+    if command == "jobs":
         await list_jobs()
         return
     if not text:
         return
     await asyncio.to_thread(ensure_thread)
-    route = await asyncio.to_thread(core.conversation.route, tid, text, message.command)
+    route = await asyncio.to_thread(core.conversation.route, tid, text, command)
     if route.is_job:
         await delegate(text, route)
     else:

@@ -146,10 +146,18 @@ def make_router(store_of) -> APIRouter:
     return router
 
 
+def _serves_catch_all(route) -> bool:
+    if getattr(route, "path", None) == "/{full_path:path}":
+        return True
+    inner = getattr(route, "original_router", None) or getattr(route, "router", None)
+    return any(_serves_catch_all(r) for r in getattr(inner, "routes", []) or [])
+
+
 def install_routes(app, router: APIRouter) -> None:
     """Chainlit ends its routes with a catch-all that serves the UI; ours must come before it."""
+    before = list(app.router.routes)
     app.include_router(router)
-    ours = [r for r in app.router.routes if getattr(r, "endpoint", None) in {x.endpoint for x in router.routes}]
-    rest = [r for r in app.router.routes if r not in ours]
-    catch_all = next((i for i, r in enumerate(rest) if getattr(r, "path", "") == "/{full_path:path}"), len(rest))
-    app.router.routes[:] = rest[:catch_all] + ours + rest[catch_all:]
+    ours = [r for r in app.router.routes if not any(r is b for b in before)]
+    rest = before
+    position = next((i for i, r in enumerate(rest) if _serves_catch_all(r)), len(rest))
+    app.router.routes[:] = rest[:position] + ours + rest[position:]

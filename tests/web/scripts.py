@@ -89,7 +89,7 @@ def agent(request: dict) -> Reply:
                 Reply.call("apply_patch", patch=DIV_PATCH)]
     elif "test" in task:
         plan = [Reply.call("apply_patch", patch=TEST_PATCH),
-                Reply.call("shell", command="python3 -c 'from calc import mul; assert mul(3, 4) == 12; print(\"ok\")'")]
+                Reply.call("shell", command="sleep 3; python3 -c 'from calc import mul; assert mul(3, 4) == 12; print(\"ok\")'")]
     else:
         plan = [Reply.call("shell", command="for i in 1 2 3; do echo probing $i; sleep 1; done; python3 -c 'import calc; print(calc.add(2, 3))'"),
                 Reply.call("apply_patch", patch=MUL_PATCH)]

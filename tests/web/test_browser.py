@@ -1,0 +1,274 @@
+"""The chat app in headless Chromium against the real app process, a scripted model and the Docker sandbox.
+
+The stages run in order on one server and share its state, like one user's afternoon: a quick answer,
+a job, a follow-up, two jobs at once, a reload, a crash and restart, and a second user who sees none of it.
+Screenshots of each stage go to tests/artifacts/screenshots/.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant.store import Store
+from assistant.testing.scripted_model import ScriptedModelServer
+
+from . import scripts
+from .harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, USERS, AppProcess, make_repo
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+pytestmark = [pytest.mark.browser, pytest.mark.docker, pytest.mark.timeout(900)]
+
+
+def _docker_ready() -> str | None:
+    try:
+        from assistant.sandbox import docker_status, image_status
+        ok, detail = docker_status()
+        if not ok:
+            return f"no Docker engine: {detail}"
+        ok, detail = image_status("assistant-sandbox:latest")
+        if not ok:
+            return f"the sandbox image is not ready: {detail}"
+    except Exception as exc:
+        return f"sandbox unavailable: {exc}"
+    if not Path(CHROMIUM).exists():
+        return "no Chromium at /usr/bin/chromium"
+    return None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    reason = _docker_ready()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("web")
+    repo = make_repo(root / "repo")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    model = scripts.install(ScriptedModelServer().start())
+    app = AppProcess(root / "data", model.base_url, repo, root / "app.log").start()
+    pw = playwright.sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    state = {"root": root, "repo": repo, "model": model, "app": app, "browser": browser}
+    yield state
+    for closer in (browser.close, pw.stop, app.stop, model.stop):
+        try:
+            closer()
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="module")
+def alice(world):
+    context = world["browser"].new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    login(page, world["app"].url, "alice")
+    yield page
+    context.close()
+
+
+# ---------------------------------------------------------------------- helpers
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
+
+
+def login(page, url: str, user: str) -> None:
+    page.goto(url + "/login")
+    page.fill("input[name=email]", user)
+    page.fill("input[name=password]", USERS[user])
+    page.click("button[type=submit]")
+    page.wait_for_selector("#chat-input", timeout=30_000)
+    page.wait_for_selector("text=Repository:", timeout=30_000)
+
+
+def send(page, text: str) -> None:
+    page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
+    page.fill("#chat-input", text)
+    page.keyboard.press("Enter")
+
+
+def card(page, number: int):
+    return page.locator(".step", has=page.locator(f"h3:has-text('Job {number} ·')")).last
+
+
+def wait_card_state(page, number: int, state: str, timeout: float = 120) -> None:
+    card(page, number).locator(f"text={state}").first.wait_for(timeout=timeout * 1000)
+
+
+def db(world) -> Store:
+    return Store(f"sqlite:///{world['root'] / 'data' / 'assistant.db'}")
+
+
+def alice_thread(world) -> str:
+    store = db(world)
+    try:
+        user = store.get_user("alice")
+        threads = store.list_threads(user.id)
+        assert threads, "alice has no thread"
+        return threads[0].id
+    finally:
+        store.close()
+
+
+def open_thread(page, title: str) -> None:
+    page.locator("#thread-history").get_by_text(title, exact=False).first.click()
+    page.wait_for_timeout(500)
+
+
+# ---------------------------------------------------------------------- stages
+def test_quick_question_streams_an_answer_with_a_valid_citation(world, alice):
+    shot(alice, "01-logged-in")
+    send(alice, "Where is add defined?")
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # sample the message while it streams
+        texts = alice.locator(".step[data-step-type='assistant_message']").all_inner_texts()
+        seen.append(texts[-1] if texts else "")
+        if "Answered directly" in seen[-1]:
+            break
+        alice.wait_for_timeout(60)
+    partial = [t for t in seen if "add" in t and "returns the sum" not in t]
+    assert partial, f"never saw a partial answer while streaming: {seen[-3:]}"
+    assert "returns the sum of its two arguments" in seen[-1]
+    link = alice.locator("a", has_text="calc.py #L4-5").last
+    link.wait_for()
+    shot(alice, "02-quick-answer")
+    href = link.get_attribute("href")
+    assert href and "/cite-thread/" in href
+    response = alice.request.get(world["app"].url + href)
+    assert response.status == 200
+    body = response.text()
+    assert "def add(a, b):" in body and 'class="cited"' in body
+
+
+def test_delegated_job_shows_progress_then_summary_and_diff(world, alice):
+    send(alice, "Add a mul function to calc.py")
+    card(alice, 1).wait_for(timeout=30_000)
+    wait_card_state(alice, 1, "running", timeout=90)
+    card(alice, 1).locator("text=probing").first.wait_for(timeout=30_000)  # the live tail of the command
+    shot(alice, "03-job-running")
+    wait_card_state(alice, 1, "succeeded", timeout=120)
+    job_card = card(alice, 1)
+    job_card.locator("text=+def mul(a, b):").first.wait_for(timeout=10_000)
+    shot(alice, "04-job-diff")
+    text = job_card.inner_text()
+    assert "step 2: apply_patch" in text and "Summary" in text
+    assert "Apply to working copy" in alice.inner_text("body")
+    log_link = job_card.locator("a", has_text=re.compile(r"log [0-9a-f]{6} #L1")).first
+    href = log_link.get_attribute("href")
+    response = alice.request.get(world["app"].url + href)
+    assert response.status == 200 and "5" in response.text()
+    file_link = job_card.locator("a", has_text="calc.py #L12-13").first
+    page = alice.request.get(world["app"].url + file_link.get_attribute("href")).text()
+    assert "def mul(a, b):" in page
+    patch = alice.request.get(world["app"].url + job_card.locator("a", has_text="Download the patch").get_attribute("href"))
+    assert patch.status == 200 and "+def mul(a, b):" in patch.text()
+
+
+def test_follow_up_question_is_answered_from_the_job(world, alice):
+    send(alice, "Why did you add mul in the last job?")
+    alice.locator("text=Because the task asked for multiplication").first.wait_for(timeout=30_000)
+    alice.locator("text=Answered directly").last.wait_for(timeout=30_000)
+    shot(alice, "05-follow-up")
+    requests = [r for r in world["model"].requests
+                if scripts.ANSWERER in "\n".join(m.get("content") or "" for m in r["messages"] if m["role"] == "system")
+                and "Why did you" in str(r["messages"])]
+    assert requests, "the follow-up never reached the answerer"
+    system = "\n".join(m.get("content") or "" for m in requests[-1]["messages"] if m["role"] == "system")
+    assert "Added `mul`" in system or "mul" in system  # the job's summary is in the answer's context
+
+
+def test_two_jobs_run_at_once(world, alice):
+    send(alice, "Also add a test for mul")
+    card(alice, 2).wait_for(timeout=30_000)
+    send(alice, "Add division support in a new module")
+    card(alice, 3).wait_for(timeout=30_000)
+    alice.wait_for_timeout(2500)
+    shot(alice, "06-two-jobs")
+    wait_card_state(alice, 2, "succeeded", timeout=180)
+    wait_card_state(alice, 3, "succeeded", timeout=180)
+    shot(alice, "07-two-jobs-done")
+    store = db(world)
+    try:
+        jobs = {j.number: j for j in store.list_jobs(thread_id=alice_thread(world))}
+    finally:
+        store.close()
+    assert jobs[2].parent_job_id == jobs[1].id  # "also ..." built on job 1's result
+    assert jobs[2].running_at < jobs[3].finished_at and jobs[3].running_at < jobs[2].finished_at, "they did not overlap"
+    assert "test_mul.py" in card(alice, 2).inner_text()
+
+
+def test_reload_shows_the_history(world, alice):
+    alice.reload()
+    alice.wait_for_selector("#chat-input", timeout=30_000)
+    open_thread(alice, "Where is add defined?")
+    card(alice, 3).wait_for(timeout=30_000)
+    body = alice.inner_text("body")
+    for expected in ("Where is add defined?", "returns the sum", "Job 1 ·", "Job 2 ·", "Job 3 ·",
+                     "Because the task asked", "+def mul(a, b):"):
+        assert expected in body, expected
+    assert "Retry" in body  # buttons are recreated on resume
+    shot(alice, "08-reloaded")
+
+
+def test_restart_keeps_finished_jobs_and_interrupts_a_killed_one(world, alice):
+    send(alice, "Slowly count ticks for a while")
+    card(alice, 4).wait_for(timeout=30_000)
+    wait_card_state(alice, 4, "running", timeout=90)
+    card(alice, 4).locator("text=tick").first.wait_for(timeout=30_000)
+    shot(alice, "09-before-crash")
+    world["app"].kill()
+    world["app"].start()
+    alice.goto(world["app"].url)
+    alice.wait_for_selector("#chat-input", timeout=30_000)
+    open_thread(alice, "Where is add defined?")
+    wait_card_state(alice, 4, "interrupted", timeout=30)
+    wait_card_state(alice, 1, "succeeded", timeout=10)
+    card(alice, 1).locator("text=+def mul(a, b):").first.wait_for(timeout=10_000)
+    shot(alice, "10-after-restart")
+    assert "retry" in card(alice, 4).inner_text().lower()
+    store = db(world)
+    try:
+        jobs = {j.number: j for j in store.list_jobs(thread_id=alice_thread(world))}
+    finally:
+        store.close()
+    assert jobs[4].state == "interrupted" and all(jobs[n].state == "succeeded" for n in (1, 2, 3))
+
+
+def test_second_user_sees_none_of_it(world):
+    thread_id = alice_thread(world)
+    store = db(world)
+    try:
+        job = store.list_jobs(thread_id=thread_id)[0]
+    finally:
+        store.close()
+    context = world["browser"].new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        login(page, world["app"].url, "bob")
+        page.wait_for_timeout(1500)
+        body = page.inner_text("body")
+        assert "Where is add defined?" not in body and "Job 1" not in body
+        send(page, "/jobs")
+        page.wait_for_timeout(300)
+        shot(page, "11a-command-picked")
+        if not page.locator("text=No jobs yet.").count():
+            page.keyboard.type("all")
+            page.keyboard.press("Enter")
+        page.locator("text=No jobs yet.").first.wait_for(timeout=30_000)
+        shot(page, "11-second-user")
+        base = world["app"].url
+        assert page.request.get(f"{base}/project/thread/{thread_id}").status in (401, 404)
+        threads = page.request.post(f"{base}/project/threads", data={"pagination": {"first": 20}, "filter": {}})
+        assert threads.status == 200 and thread_id not in threads.text()
+        assert page.request.get(f"{base}/jobs/{job.id}/patch").status == 404
+        assert page.request.get(f"{base}/cite/{job.id}/F:calc.py?L=1-2").status == 404
+        assert page.request.get(f"{base}/cite-thread/{thread_id}/F:calc.py?L=1-2").status == 404
+        page.goto(f"{base}/thread/{thread_id}")
+        page.wait_for_timeout(2000)
+        assert "Where is add defined?" not in page.inner_text("body")
+        shot(page, "12-second-user-direct-link")
+    finally:
+        context.close()
