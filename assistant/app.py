@@ -64,7 +64,7 @@ def job_actions(job) -> list[cl.Action]:
 @cl.data_layer
 def _data_layer():
     return StoreDataLayer(store, render_job_card=lambda job_id: render_job_card(
-        store, job_id, relay.tail(job_id) if relay else None))
+        store, job_id, relay.tail(job_id) if relay else None, relay.current(job_id) if relay else None))
 
 
 @cl.on_app_startup

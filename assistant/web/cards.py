@@ -138,7 +138,7 @@ def _plain(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
 
 
-def render_job_card(store: Store, job_id: str, tail: str | None = None) -> str | None:
+def render_job_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None) -> str | None:
     try:
         job = store.get_job(job_id)
     except LookupError:
@@ -161,6 +161,8 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None) -> str |
     steps = _step_lines(job, events)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))
+    if job.state in states.ACTIVE and current:
+        out.append(f"▸ now: {_inline_code(current)}")
     if job.state in states.ACTIVE and tail:
         tail_lines = tail.rstrip().splitlines()[-12:]
         out.append("Live output:\n\n" + _fence("\n".join(tail_lines), "text"))

@@ -47,6 +47,7 @@ class JobRelay:
         self.loop = loop
         self.actions_for = actions_for  # job row -> [cl.Action]
         self._tails: dict[str, deque] = {}
+        self._current: dict[str, str] = {}  # job id -> the tool call under way (not stored: it is about now)
         self._last_refresh: dict[str, float] = {}
         self._pending: set[str] = set()
         self._sent_actions: dict[tuple[str, str], dict[str, object]] = {}
@@ -54,6 +55,12 @@ class JobRelay:
 
     # ------------------------------------------------------------------ from worker threads
     def on_update(self, update) -> None:
+        if update.kind == "tool_start":
+            args = update.data.get("arguments") or {}
+            what = args.get("command") or ("a patch" if update.data.get("tool") == "apply_patch" else "")
+            self._current[update.job_id] = f"step {update.data.get('step', '?')}: {update.data.get('tool', '')} {what}".strip()
+        elif update.kind in ("step", "finished"):
+            self._current.pop(update.job_id, None)
         if update.kind == "output":
             tail = self._tails.setdefault(update.job_id, deque(maxlen=TAIL_LINES))
             for line in (update.data.get("text") or "").splitlines():
@@ -66,6 +73,9 @@ class JobRelay:
     def tail(self, job_id: str) -> str | None:
         lines = self._tails.get(job_id)
         return "\n".join(lines) if lines else None
+
+    def current(self, job_id: str) -> str | None:
+        return self._current.get(job_id)
 
     # ------------------------------------------------------------------ on the loop
     def _schedule(self, job_id: str, thread_id: str | None, urgent: bool) -> None:
@@ -80,7 +90,8 @@ class JobRelay:
         self._last_refresh[job_id] = time.monotonic()
         try:
             job = await asyncio.to_thread(self.store.get_job, job_id)
-            content = await asyncio.to_thread(render_job_card, self.store, job_id, self.tail(job_id))
+            content = await asyncio.to_thread(render_job_card, self.store, job_id, self.tail(job_id),
+                                            self.current(job_id))
         except LookupError:
             return
         if job.state in states.TERMINAL:
@@ -103,7 +114,8 @@ class JobRelay:
         try:
             init_ws_context(session)
             if content is None:
-                content = await asyncio.to_thread(render_job_card, self.store, job.id, self.tail(job.id))
+                content = await asyncio.to_thread(render_job_card, self.store, job.id, self.tail(job.id),
+                                                    self.current(job.id))
             message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                                  metadata={"job_id": job.id})
             await message.update()

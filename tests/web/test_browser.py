@@ -185,7 +185,9 @@ def test_two_jobs_run_at_once(world, alice):
     card(alice, 2).wait_for(timeout=30_000)
     send(alice, "Add division support in a new module")
     card(alice, 3).wait_for(timeout=30_000)
-    alice.wait_for_timeout(2500)
+    card(alice, 2).locator("text=running").first.wait_for(timeout=60_000)
+    card(alice, 3).locator("text=running").first.wait_for(timeout=60_000)
+    card(alice, 2).scroll_into_view_if_needed()
     shot(alice, "06-two-jobs")
     wait_card_state(alice, 2, "succeeded", timeout=180)
     wait_card_state(alice, 3, "succeeded", timeout=180)
@@ -209,7 +211,7 @@ def test_reload_shows_the_history(world, alice):
     for expected in ("Where is add defined?", "returns the sum", "Job 1 ·", "Job 2 ·", "Job 3 ·",
                      "Because the task asked", "+def mul(a, b):"):
         assert expected in body, expected
-    assert "Retry" in body  # buttons are recreated on resume
+    card(alice, 1).get_by_role("button", name="Create branch").wait_for(timeout=15_000)  # recreated on resume
     shot(alice, "08-reloaded")
 
 
@@ -227,8 +229,8 @@ def test_restart_keeps_finished_jobs_and_interrupts_a_killed_one(world, alice):
     wait_card_state(alice, 4, "interrupted", timeout=30)
     wait_card_state(alice, 1, "succeeded", timeout=10)
     card(alice, 1).locator("text=+def mul(a, b):").first.wait_for(timeout=10_000)
+    card(alice, 4).get_by_role("button", name="Retry").wait_for(timeout=15_000)  # buttons come back on resume
     shot(alice, "10-after-restart")
-    assert "retry" in card(alice, 4).inner_text().lower()
     store = db(world)
     try:
         jobs = {j.number: j for j in store.list_jobs(thread_id=alice_thread(world))}
