@@ -59,8 +59,9 @@ def _built_here(client, image: str) -> bool:
 class DockerSandbox:
     backend = "docker"
 
-    def __init__(self, container, channel: CommandChannel, workspace: Path, config: SandboxConfig):
+    def __init__(self, container, channel: CommandChannel, workspace: Path, config: SandboxConfig, network: bool):
         self.container = container
+        self._online = network
         self.workspace = workspace
         self._channel = channel
         self._config = config
@@ -79,18 +80,8 @@ class DockerSandbox:
         client = docker_client()
         cpus = min(float(config.cpus), float(os.cpu_count() or 1))
         try:
-            container = client.containers.create(
-                image,
-                command=["python3", "-c", BOOTSTRAP],
-                name=f"assistant-{_safe(job_id)}-{secrets.token_hex(3)}",
-                user=f"{AGENT_UID}:{AGENT_GID}",
-                working_dir=WORKSPACE,
-                environment=AGENT_ENV,
-                stdin_open=True,
-                tty=False,
-                detach=True,
-                hostname="sandbox",
-                labels={MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag()},
+            # The low-level calls skip the inspect that containers.create() makes after creating.
+            host_config = client.api.create_host_config(
                 mounts=[docker.types.Mount(target=WORKSPACE, source=str(workspace.resolve()), type="bind")],
                 network_mode="bridge" if network else "none",
                 mem_limit=f"{config.memory_mb}m",
@@ -102,6 +93,21 @@ class DockerSandbox:
                 privileged=False,
                 init=True,
             )
+            created = client.api.create_container(
+                image,
+                command=["python3", "-c", BOOTSTRAP],
+                name=f"assistant-{_safe(job_id)}-{secrets.token_hex(3)}",
+                user=f"{AGENT_UID}:{AGENT_GID}",
+                working_dir=WORKSPACE,
+                environment=AGENT_ENV,
+                stdin_open=True,
+                tty=False,
+                detach=True,
+                hostname="sandbox",
+                labels={MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag()},
+                host_config=host_config,
+            )
+            container = client.containers.prepare_model({"Id": created["Id"]})
         except docker.errors.ImageNotFound:
             raise SandboxError(f"the sandbox image {image} does not exist: run `assistant sandbox build`") from None
         except docker.errors.APIError as exc:
@@ -115,7 +121,7 @@ class DockerSandbox:
             source = SERVER_SOURCE.read_bytes()
             transport.write(b"%d\n" % len(source) + source)
             channel = CommandChannel(transport, describe_failure=lambda: _describe_exit(container, transport, image))
-            sandbox = cls(container, channel, workspace, config)
+            sandbox = cls(container, channel, workspace, config, network)
         except Exception:
             _remove(container)
             raise
@@ -160,12 +166,12 @@ class DockerSandbox:
 
     def go_offline(self) -> str:
         """Disconnect every network, then prove from inside that only loopback is left."""
-        client = docker_client()
-        self.container.reload()
-        settings = self.container.attrs.get("HostConfig", {})
-        if settings.get("NetworkMode") != "none":
+        if self._online:
+            client = docker_client()
+            self.container.reload()
             for name in list(self.container.attrs["NetworkSettings"].get("Networks") or {}):
                 client.networks.get(name).disconnect(self.container, force=True)
+            self._online = False
         interfaces = self.network_interfaces()
         if interfaces != ["lo"]:
             raise SandboxError(f"the sandbox still has network interfaces {interfaces} after the cut; refusing to go on")
