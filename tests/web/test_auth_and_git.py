@@ -1,0 +1,95 @@
+"""Login rules and the git actions on a finished job's patch, against real files and a real repository."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from assistant.web import gitops
+from assistant.web.auth import ADMIN, PasswordBook, ensure_auth_secret, header_user
+from assistant.web.cards import split_diff
+
+from .harness import make_repo
+
+PATCH = """diff --git a/calc.py b/calc.py
+--- a/calc.py
++++ b/calc.py
+@@ -7,3 +7,7 @@ def add(a, b):
+ 
+ def sub(a, b):
+     return a - b
++
++
++def mul(a, b):
++    return a * b
+"""
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_generated_admin_password_is_kept_across_starts(settings_for, data_dir):
+    first = PasswordBook(settings_for())
+    again = PasswordBook(settings_for())
+    password = (data_dir / "admin-password").read_text().strip()
+    assert first.generated_admin and not again.generated_admin
+    assert first.check(ADMIN, password) and again.check(ADMIN, password)
+    assert not first.check(ADMIN, password + "x") and not first.check("root", password)
+    assert oct((data_dir / "admin-password").stat().st_mode & 0o777) == "0o600"
+
+
+def test_configured_users_replace_the_admin(settings_for, data_dir):
+    book = PasswordBook(settings_for(ASSISTANT_USERS="ada:pw1,bob:pw2"))
+    assert book.check("ada", "pw1") and book.check("bob", "pw2") and not book.check("ada", "pw2")
+    assert not book.check(ADMIN, "") and not (data_dir / "admin-password").exists()
+
+
+def test_auth_secret_is_generated_once_and_respected_when_set(settings_for):
+    env: dict[str, str] = {}
+    secret = ensure_auth_secret(settings_for(), env)
+    assert env["CHAINLIT_AUTH_SECRET"] == secret and len(secret) >= 32
+    assert ensure_auth_secret(settings_for(), {}) == secret
+    assert ensure_auth_secret(settings_for(), {"CHAINLIT_AUTH_SECRET": "given"}) == "given"
+
+
+def test_header_auth_only_trusts_the_named_header(settings_for):
+    settings = settings_for(ASSISTANT_HEADER_AUTH="X-Forwarded-User")
+    assert header_user(settings, {"X-Forwarded-User": "ada"}) == "ada"
+    assert header_user(settings, {"X-Other": "ada"}) is None
+    assert header_user(settings_for(), {"X-Forwarded-User": "ada"}) is None
+
+
+def test_apply_to_working_copy_and_refuse_a_patch_that_does_not_fit(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    stat = gitops.apply_to_working_copy(gitops.local_repo(str(repo)), PATCH)
+    assert "calc.py" in stat and "def mul" in (repo / "calc.py").read_text()
+    before = (repo / "calc.py").read_text()
+    with pytest.raises(gitops.GitOpError):
+        gitops.apply_to_working_copy(repo, PATCH)  # already applied: the check refuses, nothing changes
+    assert (repo / "calc.py").read_text() == before
+
+
+def test_create_branch_commits_the_patch_without_touching_the_working_copy(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    branch = gitops.branch_name_for(1, "Add a mul function!")
+    commit = gitops.create_branch(repo, PATCH, base_commit=base, branch=branch, message="Add mul")
+    assert branch == "assistant/job-1-add-a-mul-function"
+    assert git(repo, "rev-parse", branch).strip() == commit
+    assert "def mul" in git(repo, "show", f"{branch}:calc.py")
+    assert "def mul" not in (repo / "calc.py").read_text()
+    assert git(repo, "status", "--porcelain") == "" and git(repo, "branch", "--show-current").strip() == "main"
+    with pytest.raises(gitops.GitOpError):
+        gitops.create_branch(repo, PATCH, base_commit=base, branch=branch, message="again")
+
+
+def test_local_repo_is_none_for_urls_and_plain_directories(tmp_path):
+    assert gitops.local_repo("https://example.invalid/x.git") is None
+    assert gitops.local_repo(str(tmp_path)) is None
+
+
+def test_split_diff_gives_one_section_per_file():
+    two = PATCH + "diff --git a/new.py b/new.py\nnew file mode 100644\n--- /dev/null\n+++ b/new.py\n@@ -0,0 +1 @@\n+x = 1\n"
+    assert [path for path, _ in split_diff(two)] == ["calc.py", "new.py"]
+    assert split_diff(two)[1][1].endswith("+x = 1")
