@@ -62,7 +62,8 @@ class LocalSandbox:
         if not shutil.which("bwrap"):
             raise SandboxError("the local backend needs bubblewrap: apt-get install bubblewrap (or start a Docker engine)")
         home = config.homes_dir / job_id
-        home.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(home, ignore_errors=True)  # a retried job starts from a clean home, as a container would
+        home.mkdir(parents=True)
         own_for_sandbox(home)
         if os.geteuid() == 0:
             _require_reachable_by_agent([workspace, home, SERVER_SOURCE.parent])
