@@ -7,6 +7,7 @@ Screenshots of each stage go to tests/artifacts/screenshots/.
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -84,9 +85,19 @@ def login(page, url: str, user: str) -> None:
 
 
 def send(page, text: str) -> None:
+    """Type and submit once the previous message's handler has finished (the composer ignores Enter until then)."""
     page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
+    page.wait_for_selector("#stop-button", state="detached", timeout=60_000)
+    users = page.locator(".step[data-step-type='user_message']")
+    before = users.count()
     page.fill("#chat-input", text)
     page.keyboard.press("Enter")
+    if text.startswith("/"):
+        return  # a command is picked from the menu first; the caller completes it
+    deadline = time.monotonic() + 30
+    while users.count() == before and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert users.count() > before, f"the message {text!r} was not sent"
 
 
 def card(page, number: int):
@@ -239,6 +250,20 @@ def test_restart_keeps_finished_jobs_and_interrupts_a_killed_one(world, alice):
     assert jobs[4].state == "interrupted" and all(jobs[n].state == "succeeded" for n in (1, 2, 3))
 
 
+def test_branch_retry_and_cancel_buttons(world, alice):
+    card(alice, 1).get_by_role("button", name="Create branch").click()
+    alice.locator("text=Created branch").first.wait_for(timeout=30_000)
+    branches = subprocess.run(["git", "-C", str(world["repo"]), "branch", "--list", "assistant/*"],
+                              capture_output=True, text=True, check=True).stdout
+    assert "assistant/job-1-" in branches
+    card(alice, 4).get_by_role("button", name="Retry").click()
+    card(alice, 5).wait_for(timeout=30_000)
+    wait_card_state(alice, 5, "running", timeout=90)
+    card(alice, 5).get_by_role("button", name="Cancel").click()
+    wait_card_state(alice, 5, "cancelled", timeout=60)
+    shot(alice, "11-branch-retry-cancel")
+
+
 def test_second_user_sees_none_of_it(world):
     thread_id = alice_thread(world)
     store = db(world)
@@ -255,12 +280,12 @@ def test_second_user_sees_none_of_it(world):
         assert "Where is add defined?" not in body and "Job 1" not in body
         send(page, "/jobs")
         page.wait_for_timeout(300)
-        shot(page, "11a-command-picked")
+        shot(page, "12a-command-picked")
         if not page.locator("text=No jobs yet.").count():
             page.keyboard.type("all")
             page.keyboard.press("Enter")
         page.locator("text=No jobs yet.").first.wait_for(timeout=30_000)
-        shot(page, "11-second-user")
+        shot(page, "12-second-user")
         base = world["app"].url
         assert page.request.get(f"{base}/project/thread/{thread_id}").status in (401, 404)
         threads = page.request.post(f"{base}/project/threads", data={"pagination": {"first": 20}, "filter": {}})
@@ -271,6 +296,6 @@ def test_second_user_sees_none_of_it(world):
         page.goto(f"{base}/thread/{thread_id}")
         page.wait_for_timeout(2000)
         assert "Where is add defined?" not in page.inner_text("body")
-        shot(page, "12-second-user-direct-link")
+        shot(page, "13-second-user-direct-link")
     finally:
         context.close()
