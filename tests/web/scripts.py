@@ -69,7 +69,6 @@ def route(request: dict) -> Reply:
 
 
 def answer(request: dict) -> Reply:
-    system = "\n".join(m.get("content") or "" for m in request["messages"] if m.get("role") == "system")
     if _tool_results(request) == 0:
         return Reply.call("read_file", path="calc.py")
     if "why" in _last_user(request).lower():
