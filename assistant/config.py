@@ -19,6 +19,9 @@ class SettingsError(ValueError):
 
 
 def _default_data_dir() -> Path:
+    # As root, not under /root (mode 700): the bubblewrap sandbox runs as uid 1000 and must reach workspaces.
+    if os.geteuid() == 0:
+        return Path("/var/lib/assistant")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "assistant"
 
@@ -176,6 +179,6 @@ def settings_table() -> list[SettingDoc]:
     for field, info in Settings.model_fields.items():
         default = "" if info.default_factory else ("" if info.default is None else str(info.default))
         if field == "data_dir":
-            default = "~/.local/share/assistant"
+            default = "/var/lib/assistant as root, else ~/.local/share/assistant"
         rows.append(SettingDoc(env_name(field), default, info.description or ""))
     return rows

@@ -31,7 +31,8 @@ fi
 
 if ! pgrep -x dockerd >/dev/null 2>&1; then
     log "starting dockerd (log: /var/log/dockerd.log)"
-    nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+    # setsid: the engine must outlive the shell, test run or process group that happened to start it
+    setsid nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
 fi
 
 for _ in $(seq 1 60); do

@@ -53,8 +53,17 @@ TEST_HINTS = ("pytest", "unittest", "npm test", "npm run test", "yarn test", "go
               "make check", "tox", "nox", "jest", "vitest", "mvn test", "gradle test", "ctest", "rspec")
 
 
+MAX_LINE_CHARS = 2000
+
+
+def _clip(line: str) -> str:
+    if len(line) <= MAX_LINE_CHARS:
+        return line
+    return line[:MAX_LINE_CHARS] + f" … ({len(line) - MAX_LINE_CHARS} more characters on this line)"
+
+
 def number_lines(text: str, head: int = HEAD_LINES, tail: int = TAIL_LINES) -> str:
-    lines = text.splitlines()
+    lines = [_clip(line) for line in text.splitlines()]
     width = len(str(len(lines))) if lines else 1
     fmt = lambda i: f"{i + 1:>{width}} | {lines[i]}"  # noqa: E731
     if len(lines) <= head + tail:

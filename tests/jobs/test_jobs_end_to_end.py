@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -32,10 +36,21 @@ def run_job(assistant, repo, **kw):
     return assistant.jobs.wait(job.id, timeout=180)
 
 
-def test_job_reproduces_fixes_and_cites(tmp_path, docker_engine, scripted_model, assistant_for):
+@pytest.fixture
+def reachable_data_dir():
+    """The bubblewrap backend runs commands as uid 1000, which must be able to enter the data dir."""
+    path = Path(tempfile.mkdtemp(prefix="assistant-job-test-", dir="/tmp"))
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["docker", "local"])
+def test_job_reproduces_fixes_and_cites(tmp_path, docker_engine, scripted_model, assistant_for, backend,
+                                        reachable_data_dir):
     repo = make_calc_repo(tmp_path / "calc")
     scripted_model.when_system_contains(AGENT, [fixing_script()], repeat_last=True)
-    assistant = assistant_for(scripted_model)
+    assistant = assistant_for(scripted_model, ASSISTANT_SANDBOX_BACKEND=backend, ASSISTANT_DATA_DIR=reachable_data_dir)
     job = run_job(assistant, repo)
 
     assert job.state == "succeeded", job.reason
@@ -53,7 +68,7 @@ def test_job_reproduces_fixes_and_cites(tmp_path, docker_engine, scripted_model,
     subprocess.run(["git", "apply", "--check", "-"], input=patch_text, text=True, cwd=repo, check=True)
     # The network was cut before the agent's first step, and it says so.
     assert job.setup_network and "lo" in job.agent_network
-    assert job.backend == "docker"
+    assert job.backend == backend
     # AGENTS.md reached the agent's instructions; the test runs counted as tests.
     system = next(r for r in scripted_model.requests if AGENT in r["messages"][0]["content"])["messages"][0]["content"]
     assert "python3 -m unittest -v" in system
