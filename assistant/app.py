@@ -206,7 +206,7 @@ async def on_chat_resume(thread_dict):
         await asyncio.sleep(0.5)
         for job in await asyncio.to_thread(store.list_jobs, thread_id=thread_dict["id"]):
             if relay:
-                await relay.show_card(session, job)
+                await relay.refresh_in(session, job.id)
 
     asyncio.ensure_future(refresh_cards())
 
@@ -272,8 +272,7 @@ async def delegate(text: str, route: Route, attempts: int | None = None) -> None
                           actions=[])
         await card.send()
         if relay:
-            current = await asyncio.to_thread(store.get_job, job.id)
-            await relay.show_card(context.session, current)
+            await relay.refresh(job.id, tid)
 
 
 async def answer(text: str, route: Route, user_message_id: str) -> None:

@@ -50,6 +50,7 @@ class JobRelay:
         self._current: dict[str, str] = {}  # job id -> the tool call under way (not stored: it is about now)
         self._last_refresh: dict[str, float] = {}
         self._pending: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
         self._sent_actions: dict[tuple[str, str], dict[str, object]] = {}
         self._on_new_job: list[Callable[[str], None]] = []
 
@@ -86,6 +87,11 @@ class JobRelay:
         self.loop.call_later(wait, lambda: asyncio.ensure_future(self._refresh(job_id, thread_id)))
 
     async def _refresh(self, job_id: str, thread_id: str | None) -> None:
+        # One refresh per job at a time: an older render finishing after a newer one would leave a stale card.
+        async with self._locks.setdefault(job_id, asyncio.Lock()):
+            await self._refresh_now(job_id, thread_id)
+
+    async def _refresh_now(self, job_id: str, thread_id: str | None) -> None:
         self._pending.discard(job_id)
         self._last_refresh[job_id] = time.monotonic()
         try:
@@ -98,7 +104,19 @@ class JobRelay:
             self._tails.pop(job_id, None)
             await asyncio.to_thread(self._persist_card, job_id, thread_id, content)
         for session in sessions_of(thread_id or job.thread_id):
-            asyncio.ensure_future(self.show_card(session, job, content))
+            await self.show_card(session, job, content)
+        if job.state in states.TERMINAL:
+            self._locks.pop(job_id, None)
+
+    async def refresh(self, job_id: str, thread_id: str | None) -> None:
+        """Re-render a job's card in every live session of its thread now."""
+        await self._refresh(job_id, thread_id)
+
+    async def refresh_in(self, session, job_id: str) -> None:
+        """Re-render a job's card in one session (a reopened thread), in turn with the job's other refreshes."""
+        async with self._locks.setdefault(job_id, asyncio.Lock()):
+            job = await asyncio.to_thread(self.store.get_job, job_id)
+            await self.show_card(session, job)
 
     def _persist_card(self, job_id: str, thread_id: str | None, content: str) -> None:
         """Keep the stored card text current too, for readers other than our data layer."""
