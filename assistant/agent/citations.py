@@ -90,8 +90,13 @@ def check_citations(text: str, *, file_roots: Iterable[Path] = (), chunk_lookup:
     return checked
 
 
+def _markdown_inert(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
+
+
 def render_markdown(text: str, citations: list[dict] | list[Citation], link: Callable[[dict], str]) -> str:
-    """Citations become links to the cited lines; invalid ones are struck through and labelled unverified."""
+    """Citations become links to the cited lines; invalid or unchecked ones are struck through and
+    labelled unverified, never linked. Labels read "calc.py #L4-5": chat UIs take ":L4" for a directive."""
     by_text: dict[str, dict] = {}
     for c in citations:
         d = c.as_dict() if isinstance(c, Citation) else c
@@ -99,12 +104,13 @@ def render_markdown(text: str, citations: list[dict] | list[Citation], link: Cal
 
     def sub(m: re.Match) -> str:
         d = by_text.get(m[0])
-        if d is None:
-            return f"~~{m[0]}~~ *(unchecked)*"
-        label = _label(d)
-        if d.get("valid"):
+        start, end = int(m["start"]), int(m["end"] or m["start"])
+        name = m["path"].strip() if m["path"] else f"log {m['chunk']}"
+        label = _markdown_inert(f"{name} #L{start}" + (f"-{end}" if end != start else ""))
+        if d is not None and d.get("valid"):
             return f"[{label}]({link(d)})"
-        return f"~~{label}~~ *(unverified: {d.get('reason') or 'does not resolve'})*"
+        reason = (d or {}).get("reason") or "not checked"
+        return f"~~{label}~~ *(unverified: {_markdown_inert(reason)})*"
     return CITATION_RE.sub(sub, text or "")
 
 

@@ -122,6 +122,12 @@ class Store:
 
     # ------------------------------------------------------------------ messages (Chainlit steps)
     def upsert_message(self, message_id: str, thread_id: str, **fields: Any) -> Message:
+        try:
+            return self._upsert_message(message_id, thread_id, fields)
+        except IntegrityError:  # a concurrent write created the row between our read and insert
+            return self._upsert_message(message_id, thread_id, fields)
+
+    def _upsert_message(self, message_id: str, thread_id: str, fields: dict[str, Any]) -> Message:
         with self.session() as s:
             msg = s.get(Message, message_id)
             if msg is None:

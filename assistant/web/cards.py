@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import quote
 
+from ..agent.citations import CITATION_RE, render_markdown
 from ..jobs import states
 from ..store import Job, Store
 
@@ -19,7 +20,6 @@ STATE_BADGES = {
     states.CANCELLED: "■ cancelled", states.INTERRUPTED: "⚠ interrupted",
 }
 
-CITATION_RE = re.compile(r"【(?:F:(?P<path>[^†】]+)|(?P<chunk>[0-9a-f]{6}))†L(?P<start>\d+)(?:-L?(?P<end>\d+))?】")
 MAX_STEPS_SHOWN = 12
 MAX_DIFF_LINES_PER_FILE = 400
 
@@ -48,26 +48,11 @@ def job_links(job_id: str) -> Callable[[str, str, int, int], str]:
 
 
 def link_citations(text: str, citations: list[dict], url_for: Callable[[str, str, int, int], str]) -> str:
-    """Checked citations become links to the cited lines; unchecked or failed ones are marked, never linked.
-
-    Labels avoid "name:L10" because the chat UI's Markdown reads ":L10" as a directive and drops it.
-    """
-    verdicts = {c.get("text"): c for c in citations or []}
-
-    def replace(match: re.Match) -> str:
-        start = int(match["start"])
-        end = int(match["end"] or start)
-        kind = "file" if match["path"] else "chunk"
-        target = f"F:{match['path'].strip()}" if match["path"] else match["chunk"]
-        name = match["path"].strip() if match["path"] else f"log {match['chunk']}"
-        label = f"{name} #L{start}" + (f"-{end}" if end != start else "")
-        verdict = verdicts.get(match[0])
-        if verdict and verdict.get("valid"):
-            return f"[{_plain(label)}]({url_for(kind, target, start, end)})"
-        reason = (verdict or {}).get("reason") or "not checked"
-        return f"~~{_plain(label)}~~ *(unverified: {_plain(reason)})*"
-
-    return CITATION_RE.sub(replace, text or "")
+    """Checked citations as links to the web app's cite routes (the rendering itself is the core's)."""
+    def link(c: dict) -> str:
+        target = f"F:{c['target']}" if c["kind"] == "file" else c["target"]
+        return url_for(c["kind"], target, c["start"], c["end"])
+    return render_markdown(text, citations or [], link)
 
 
 def _duration(job: Job) -> str:

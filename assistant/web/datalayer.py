@@ -249,10 +249,7 @@ class StoreDataLayer(BaseDataLayer):
         if existing is not None and existing.thread_id != thread_id:
             raise NotOwner("a step id of another thread")
         fields = self._message_fields(step)
-        try:
-            self.store.upsert_message(step["id"], thread_id, **fields)
-        except IntegrityError:  # a concurrent write created the row between our read and insert
-            self.store.upsert_message(step["id"], thread_id, **fields)
+        self.store.upsert_message(step["id"], thread_id, **fields)
 
     @queue_until_user_message()
     async def create_step(self, step_dict: "StepDict"):

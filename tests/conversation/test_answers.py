@@ -28,7 +28,7 @@ def test_streamed_answer_with_checked_citations(tmp_path, scripted_model, assist
     assert "    2 |     return a - b" in tools[1].data["output"]
     assert [(c["valid"], c["start"]) for c in done.data["citations"]] == [(True, 1), (False, 40)]
     md = a.conversation.render_citations(done.text, done.data["citations"], "/cite/t")
-    assert "[calc.py:L1-2](/cite/t/F:calc.py?L=1-2)" in md and "unverified" in md
+    assert "[calc.py \\#L1-2](/cite/t/F:calc.py?L=1-2)" in md and "unverified" in md
     assert a.store.usage_totals(thread_id=thread.id)[0] > 0
     assert (repo / "calc.py").read_text().count("a - b") == 1        # read-only
 
