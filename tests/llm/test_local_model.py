@@ -162,6 +162,24 @@ def test_next_action_is_always_a_well_formed_call_or_answer(client, server):
             assert action_from_json(json.loads(action.raw), TOOLS) == action
 
 
+def test_agent_conversation_with_system_tool_calls_and_results(client, server):
+    # Gemma has no system or tool role; our chat template must still take a whole agent turn.
+    messages = [
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": "Run the tests."},
+        {
+            "role": "assistant",
+            "content": "",  # llama-cpp-python refuses null content, which OpenAI allows
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "shell", "arguments": '{"command": "pytest -q"}'}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "3 passed in 0.01s"},
+        {"role": "assistant", "content": '{"tool": "shell", "arguments": {"command": "git status"}}'},
+        {"role": "user", "content": [{"type": "text", "text": "On branch main, nothing to commit."}]},
+    ]
+    action = next_action(client, server.model_name, messages, TOOLS, temperature=0, max_tokens=300)
+    assert isinstance(action, (ParsedCall, FinalAnswer))
+
+
 def test_killed_server_is_restarted_on_the_same_url(tmp_path):
     restartable = LocalModelServer(LocalModelConfig(model_path=None, data_dir=tmp_path))
     try:
