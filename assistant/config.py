@@ -45,7 +45,7 @@ class Settings(BaseModel):
     answer_model: str | None = Field(None, description="Model for quick answers.")
     agent_model: str | None = Field(None, description="Model that drives coding jobs.")
     summary_model: str | None = Field(None, description="Model for compaction summaries of long jobs.")
-    tool_protocol: Literal["auto", "native", "text"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, or auto (native, falling back to text when the endpoint rejects tools).")
+    tool_protocol: Literal["auto", "native", "text", "grammar"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, grammar (JSON-schema-constrained actions, for llama.cpp servers), or auto (native, falling back to text when the endpoint rejects tools; grammar with the embedded model).")
     model_timeout_s: float = Field(120.0, gt=0, description="Timeout of one model request, in seconds.")
     model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts and dropped connections.")
     context_window: int = Field(128_000, ge=2048, description="Model context window in tokens; long jobs are compacted before they reach it.")
@@ -53,7 +53,7 @@ class Settings(BaseModel):
     # Embedded local model (used when neither OPENAI_API_KEY nor OPENAI_BASE_URL is set).
     local_model: Path | None = Field(None, description="Path of a GGUF file for the embedded model server (default: the bundled Gemma 3 270M).")
     local_ctx: int = Field(8192, ge=512, description="Context size of the embedded model server.")
-    local_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded model server (default: all cores).")
+    local_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded model server (default: all cores but one).")
 
     # Storage.
     data_dir: Path = Field(default_factory=_default_data_dir, description="Where the database, workspaces, logs and caches live.")
@@ -79,6 +79,7 @@ class Settings(BaseModel):
     command_timeout_s: int = Field(300, ge=1, description="Default timeout of one agent shell command, seconds.")
 
     # Conversation.
+    answer_max_tokens: int = Field(2048, ge=16, description="Longest quick answer, in tokens (400 with the embedded model).")
     answer_token_budget: int = Field(400_000, ge=1000, description="Tokens quick answers may spend per conversation.")
     default_repo: str | None = Field(None, description="Repository (path or git URL) a new conversation starts with.")
     default_ref: str | None = Field(None, description="Git ref a new conversation starts with.")

@@ -22,20 +22,23 @@ TINY_MODEL_NOTICE = ("Running on the bundled Gemma 3 270M, a tiny demonstration 
 
 class Assistant:
     def __init__(self, settings: Settings, store: Store | None = None):
-        self.settings = settings
         self.store = store or Store(settings.resolved_database_url)
         self.local_server = None
         base_url = None
-        model_settings = settings
         if settings.uses_local_model:
             from .llm.local import LocalModelConfig, LocalModelServer
             self.local_server = LocalModelServer(LocalModelConfig(
                 model_path=settings.local_model, data_dir=settings.data_dir, n_ctx=settings.local_ctx,
                 n_threads=settings.local_threads))
             base_url = "http://127.0.0.1:0/v1"  # replaced by start(); requests before it fail clearly
-            model_settings = settings.model_copy(update={"model": self.local_server.model_name,
-                                                         "context_window": settings.local_ctx})
-        self.model = ModelClient(model_settings, base_url=base_url, usage_sink=self._record_usage)
+            # llama.cpp's server accepts native tools and ignores them; grammar-constrained actions hold.
+            protocol = "grammar" if settings.tool_protocol == "auto" else settings.tool_protocol
+            settings = settings.model_copy(update={
+                "model": self.local_server.model_name, "router_model": None, "answer_model": None,
+                "agent_model": None, "summary_model": None, "context_window": settings.local_ctx,
+                "tool_protocol": protocol, "answer_max_tokens": min(settings.answer_max_tokens, 400)})
+        self.settings = settings
+        self.model = ModelClient(settings, base_url=base_url, usage_sink=self._record_usage)
         self.jobs = JobManager(settings, self.store, self.model)
         self.conversation = Conversation(settings, self.store, self.model, self.jobs)
         self._started = False
@@ -61,7 +64,8 @@ class Assistant:
                 log.info("no orphan sweep: %s", exc)
         if self.local_server is not None:
             base_url = self.local_server.start()
-            self.model = ModelClient(self.model.settings, base_url=base_url, usage_sink=self._record_usage)
+            self.model = ModelClient(self.settings, base_url=base_url, api_key=self.local_server.api_key,
+                                     usage_sink=self._record_usage, ensure_server=self.local_server.ensure_running)
             self.jobs.model = self.model
             self.conversation.model = self.model
         self._started = True

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..llm import textproto
-from ..llm.client import Completion, ModelClient, ModelError, ToolsUnsupported
+from ..llm.client import Completion, ModelClient, ModelError, ToolCall, ToolsUnsupported
+from ..llm.constrained import ModelOutputError
 from ..llm.tokens import count_message_tokens
 from ..prompts import load_prompt, render_prompt
 from .tools import TOOL_SPECS, ToolEnv, parse_arguments
@@ -23,6 +24,7 @@ from .tools import TOOL_SPECS, ToolEnv, parse_arguments
 REPEAT_LIMIT = 3          # the same failing call this many times in a row stops the job
 COMPACT_AT = 0.75         # share of the context window that triggers compaction
 KEEP_RECENT = 6           # messages never compacted
+INVALID_ACTION = "invalid_action"
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Agent:
         self.model = model
         self.env = env
         self.budgets = budgets
-        self.protocol = "native" if protocol == "auto" else protocol
+        self.protocol = "native" if protocol == "auto" else protocol  # native | text | grammar
         self.auto_protocol = protocol == "auto"
         self.job_id = job_id
         self.on_event = on_event or (lambda _k, _d: None)
@@ -127,6 +129,12 @@ class Agent:
 
     # ------------------------------------------------------------------ model turns
     def _ask(self) -> Completion:
+        if self.protocol == "grammar":
+            try:
+                return self.model.next_action("agent", self.messages, TOOL_SPECS, job_id=self.job_id)
+            except ModelOutputError as exc:
+                return Completion(content=exc.raw or "", finish_reason=INVALID_ACTION,
+                                  tool_calls=[ToolCall("invalid", "", exc.problem)])
         tools = TOOL_SPECS if self.protocol == "native" else None
         try:
             return self.model.complete("agent", self.messages, tools=tools, job_id=self.job_id)
@@ -143,7 +151,10 @@ class Agent:
                             "content": self.messages[0]["content"] + "\n\n" + textproto.render_tool_instructions(TOOL_SPECS)}
 
     def _calls_of(self, completion: Completion) -> tuple[list[tuple[str, str, str]], str | None]:
-        if self.protocol == "native":
+        if completion.finish_reason == INVALID_ACTION:
+            return [], (f"Your reply was not a well-formed action ({completion.tool_calls[0].arguments}). "
+                        "Reply with one JSON action: a tool call or your final answer.")
+        if self.protocol in ("native", "grammar"):
             return [(c.id, c.name, c.arguments) for c in completion.tool_calls], None
         try:
             parsed = textproto.parse_tool_calls(completion.content or "", TOOL_SPECS)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from ..llm.client import ModelClient, ModelError
+from ..llm.constrained import ModelOutputError
 from ..prompts import render_prompt
 from ..store import Job
 
@@ -85,8 +86,13 @@ def _parse_decision(content: str) -> dict:
     return data
 
 
+ROUTE_SCHEMA = {"type": "object", "properties": {
+    "route": {"type": "string", "enum": ["answer", "job"]}, "followup": {"type": "boolean"},
+    "job": {"type": "string"}, "reason": {"type": "string"}}, "required": ["route", "followup", "reason"]}
+
+
 def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, command: str | None = None,
-                  thread_id: str | None = None) -> Route:
+                  thread_id: str | None = None, constrained: bool = False) -> Route:
     if command in ("ask", "code"):
         target = resolve_job_reference(text, jobs)
         kind = {("ask", False): ANSWER, ("ask", True): FOLLOWUP_ANSWER,
@@ -96,12 +102,16 @@ def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, comm
     if quick is not None or model is None:
         return quick or Route(ANSWER, None, "no router model; answering", "fallback")
     listing = "\n".join(f"- job {j.number}: {j.title} ({j.state})" for j in jobs) or "(none)"
+    messages = [{"role": "system", "content": render_prompt("router.md", jobs=listing)},
+                {"role": "user", "content": text}]
     try:
-        reply = model.complete("router", [{"role": "system", "content": render_prompt("router.md", jobs=listing)},
-                                          {"role": "user", "content": text}],
-                               thread_id=thread_id, temperature=0, max_tokens=120)
-        data = _parse_decision(reply.content or "")
-    except (ModelError, ValueError, json.JSONDecodeError) as exc:
+        if constrained:  # small local models: a JSON-schema grammar keeps the reply well formed
+            data = _parse_decision(json.dumps(model.constrained_json("router", messages, ROUTE_SCHEMA,
+                                                                     thread_id=thread_id)))
+        else:
+            reply = model.complete("router", messages, thread_id=thread_id, temperature=0, max_tokens=120)
+            data = _parse_decision(reply.content or "")
+    except (ModelError, ModelOutputError, ValueError, json.JSONDecodeError) as exc:
         return Route(ANSWER, None, f"the router could not decide ({str(exc)[:120]}); answering", "fallback")
     target = None
     if data.get("followup") and jobs:

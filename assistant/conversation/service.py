@@ -50,7 +50,8 @@ class Conversation:
         return self.store.list_jobs(thread_id=thread_id)
 
     def route(self, thread_id: str, text: str, command: str | None = None) -> Route:
-        return route_message(text, self.thread_jobs(thread_id), self.model, command=command, thread_id=thread_id)
+        return route_message(text, self.thread_jobs(thread_id), self.model, command=command, thread_id=thread_id,
+                             constrained=self.settings.tool_protocol == "grammar")
 
     # ------------------------------------------------------------------ delegation
     def delegate(self, thread_id: str, user_id: str | None, text: str, route: Route | None = None,
@@ -95,7 +96,8 @@ class Conversation:
         for _turn in range(MAX_ANSWER_TURNS):
             completion = None
             try:
-                for kind, value in self.model.stream_turn("answer", messages, tools=tools, thread_id=thread_id):
+                for kind, value in self.model.stream_turn("answer", messages, tools=tools, thread_id=thread_id,
+                                                          max_tokens=self.settings.answer_max_tokens):
                     if kind == "text":
                         yield AnswerEvent("token", value)
                     else:

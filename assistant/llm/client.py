@@ -73,8 +73,9 @@ def _tools_rejected(exc: openai.BadRequestError) -> bool:
 
 class ModelClient:
     def __init__(self, settings: Settings, *, base_url: str | None = None, api_key: str | None = None,
-                 usage_sink: UsageSink | None = None):
+                 usage_sink: UsageSink | None = None, ensure_server: Callable[[], object] | None = None):
         self.settings = settings
+        self._ensure_server = ensure_server or (lambda: None)  # restarts the embedded model if it died
         self.base_url = base_url or settings.openai_base_url or "https://api.openai.com/v1"
         self._sdk = openai.OpenAI(
             base_url=self.base_url,
@@ -123,6 +124,7 @@ class ModelClient:
                  job_id: str | None = None, thread_id: str | None = None,
                  response_format: dict | None = None, temperature: float | None = None,
                  max_tokens: int | None = None, model: str | None = None) -> Completion:
+        self._ensure_server()
         model = model or self.model_for(role)
         kwargs: dict[str, Any] = {"model": model, "messages": messages}
         if tools:
@@ -178,6 +180,7 @@ class ModelClient:
                     max_tokens: int | None = None) -> Iterator[tuple[str, Any]]:
         """One streamed model turn: ("text", delta) as text arrives, then ("completion", Completion)
         with the whole text and any tool calls (assembled from their deltas)."""
+        self._ensure_server()
         model = model or self.model_for(role)
         kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                                   "stream_options": {"include_usage": True}}
@@ -234,6 +237,39 @@ class ModelClient:
                       for i, c in sorted(calls.items())]
         yield "completion", Completion(content="".join(text), tool_calls=tool_calls, finish_reason=finish,
                                        prompt_tokens=prompt, completion_tokens=completion, model=model)
+
+    def next_action(self, role: str, messages: list[dict[str, Any]], tools: list[dict], *,
+                    job_id: str | None = None, thread_id: str | None = None) -> Completion:
+        """One grammar-constrained step for models that ignore native tools: a tool call or a final answer.
+        Raises constrained.ModelOutputError when the model gives no well-formed action."""
+        from .constrained import FinalAnswer, next_action
+        self._ensure_server()
+        model = self.model_for(role)
+        try:
+            action = next_action(self._sdk, model, messages, tools)
+        except (openai.APIError, httpx.HTTPError) as exc:
+            raise self._translate(exc) from exc
+        raw = action.text if isinstance(action, FinalAnswer) else action.raw
+        prompt, completion = count_message_tokens(messages, model), count_tokens(raw, model)
+        self._record(role, model, prompt, completion, job_id, thread_id)
+        if isinstance(action, FinalAnswer):
+            return Completion(content=action.text, prompt_tokens=prompt, completion_tokens=completion, model=model)
+        call = ToolCall(id=f"action_{len(messages)}", name=action.name, arguments=json.dumps(action.arguments))
+        return Completion(content=raw, tool_calls=[call], finish_reason="tool_calls", prompt_tokens=prompt,
+                          completion_tokens=completion, model=model)
+
+    def constrained_json(self, role: str, messages: list[dict[str, Any]], schema: dict, *,
+                         thread_id: str | None = None, max_tokens: int = 200) -> dict:
+        from .constrained import constrained_json
+        self._ensure_server()
+        model = self.model_for(role)
+        try:
+            value = constrained_json(self._sdk, model, messages, schema, max_tokens=max_tokens)
+        except (openai.APIError, httpx.HTTPError) as exc:
+            raise self._translate(exc) from exc
+        self._record(role, model, count_message_tokens(messages, model), count_tokens(json.dumps(value), model),
+                     None, thread_id)
+        return value
 
     def list_models(self) -> list[str]:
         try:
