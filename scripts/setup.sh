@@ -28,16 +28,20 @@ if [ "$MODE" = test ] || { [ -z "${OPENAI_API_KEY:-}" ] && [ -z "${OPENAI_BASE_U
     extras="${extras:+$extras,}local"
 fi
 [ -x .venv/bin/python ] || { say "creating .venv"; python3 -m venv .venv; }
-stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
-if [ ! -f "$stamp" ]; then
+# One stamp per extra, keyed by pyproject.toml: ./run.sh after ./test.sh installs nothing again.
+key=$(sha256sum pyproject.toml | cut -c1-16)
+missing_extras=()
+for extra in base ${extras//,/ }; do
+    [ -f ".venv/.installed-$key-$extra" ] || missing_extras+=("$extra")
+done
+if [ "${#missing_extras[@]}" -gt 0 ]; then
     say "installing the assistant${extras:+ with [$extras]} into .venv (the first time compiles llama.cpp: ~5 min)"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     if ! .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" >.venv/pip-install.log 2>&1; then
         grep -v "^WARNING: Location" .venv/pip-install.log | tail -n 30 >&2
         say "the package install failed (full log: .venv/pip-install.log)"; exit 1
     fi
-    rm -f .venv/.installed-*
-    touch "$stamp"
+    for extra in base ${extras//,/ }; do touch ".venv/.installed-$key-$extra"; done
 fi
 
 # 3. A Docker engine and the sandbox image; without an engine jobs use the bubblewrap backend.
