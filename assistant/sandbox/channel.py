@@ -11,6 +11,7 @@ from collections import deque
 from typing import Protocol
 
 from .base import ExecResult, OutputCallback, SandboxError
+from .interfaces import parse_proc_net_dev
 
 # How long past a command's own timeout the host waits for the server before calling it dead.
 SERVER_GRACE_S = 15.0
@@ -159,3 +160,40 @@ class CommandChannel:
             self._transport.close()
         except OSError:
             pass
+
+
+class ChannelSandbox:
+    """What both backends share once their command server is up: exec under the job's wall clock, and
+    the interface listing that proves the network cut. Subclasses set _channel, _config, _deadline, _expired."""
+
+    def exec(
+        self,
+        command: str,
+        timeout_s: float = 120.0,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        remaining = self._deadline - time.monotonic()
+        if self._expired or remaining <= 0:
+            raise self._wall_clock_error()
+        channel = self._channel
+        if channel is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            return channel.exec(command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes)
+        except SandboxError:
+            if self._expired:
+                raise self._wall_clock_error() from None
+            raise
+
+    def _wall_clock_error(self) -> SandboxError:
+        return SandboxError(
+            f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
+        )
+
+    def network_interfaces(self) -> list[str]:
+        result = self.exec("cat /proc/net/dev", timeout_s=10)
+        if result.exit_code != 0:
+            raise SandboxError(f"could not list the sandbox's network interfaces: {result.output.strip()}")
+        return parse_proc_net_dev(result.output)

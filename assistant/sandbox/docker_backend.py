@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 from .base import (
-    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
+    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, SandboxConfig, SandboxError,
 )
-from .channel import CommandChannel
+from .channel import ChannelSandbox, CommandChannel
 from .image import IMAGE_LABEL
 from .engine import JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, docker_client, owner_tag
-from .interfaces import parse_proc_net_dev
 from .transports import DockerAttachTransport
 
 SERVER_SOURCE = Path(__file__).with_name("cmdserver.py")
@@ -56,7 +55,7 @@ def _built_here(client, image: str) -> bool:
     return labels.get(IMAGE_LABEL) == "1"
 
 
-class DockerSandbox:
+class DockerSandbox(ChannelSandbox):
     backend = "docker"
 
     def __init__(self, container, channel: CommandChannel, workspace: Path, config: SandboxConfig, network: bool):
@@ -132,37 +131,6 @@ class DockerSandbox:
             raise
         return sandbox
 
-    def exec(
-        self,
-        command: str,
-        timeout_s: float = 120.0,
-        workdir: str | None = None,
-        env: dict[str, str] | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> ExecResult:
-        remaining = self._deadline - time.monotonic()
-        if self._expired or remaining <= 0:
-            raise self._wall_clock_error()
-        channel = self._channel
-        if channel is None:
-            raise SandboxError("the sandbox is closed")
-        try:
-            return channel.exec(command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes)
-        except SandboxError:
-            if self._expired:
-                raise self._wall_clock_error() from None
-            raise
-
-    def _wall_clock_error(self) -> SandboxError:
-        return SandboxError(
-            f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
-        )
-
-    def network_interfaces(self) -> list[str]:
-        result = self.exec("cat /proc/net/dev", timeout_s=10)
-        if result.exit_code != 0:
-            raise SandboxError(f"could not list the sandbox's network interfaces: {result.output.strip()}")
-        return parse_proc_net_dev(result.output)
 
     def go_offline(self) -> str:
         """Disconnect every network, then prove from inside that only loopback is left."""

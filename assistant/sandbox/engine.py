@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
 from pathlib import Path
 
 from .base import SandboxConfig, SandboxError
+from ..procs import process_tag, tag_alive
 
 MANAGED_LABEL = "assistant.managed"
 JOB_LABEL = "assistant.job"
@@ -95,29 +95,7 @@ def resolve_backend(config: SandboxConfig) -> tuple[str, str]:
 
 
 def owner_tag() -> str:
-    return f"{_boot_id()}:{os.getpid()}"
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown-boot"
-
-
-def _owner_alive(owner: str | None) -> bool:
-    if not owner or ":" not in owner:
-        return False
-    boot, _, pid = owner.rpartition(":")
-    if boot != _boot_id() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_tag()
 
 
 def sweep_orphans() -> int:
@@ -127,7 +105,7 @@ def sweep_orphans() -> int:
     client = docker_client()
     removed = 0
     for container in client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"}):
-        if _owner_alive(container.labels.get(OWNER_LABEL)):
+        if tag_alive(container.labels.get(OWNER_LABEL)):
             continue
         try:
             container.remove(force=True)

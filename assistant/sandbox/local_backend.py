@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 from .base import (
-    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
+    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, SandboxConfig, SandboxError,
 )
-from .channel import CommandChannel
+from .channel import ChannelSandbox, CommandChannel
 from .image import host_ca_bundle
-from .interfaces import parse_proc_net_dev
 from .repo import own_for_sandbox
 from .transports import ProcessTransport
 
@@ -39,7 +38,7 @@ ETC_ENTRIES = (
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
-class LocalSandbox:
+class LocalSandbox(ChannelSandbox):
     backend = "local"
 
     def __init__(self, *, job_id: str, workspace: Path, home: Path, config: SandboxConfig):
@@ -143,37 +142,6 @@ class LocalSandbox:
         stderr = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
         return f"bubblewrap exited with code {process.returncode}: {stderr.strip()[-600:]}"
 
-    def exec(
-        self,
-        command: str,
-        timeout_s: float = 120.0,
-        workdir: str | None = None,
-        env: dict[str, str] | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> ExecResult:
-        remaining = self._deadline - time.monotonic()
-        if self._expired or remaining <= 0:
-            raise self._wall_clock_error()
-        channel = self._channel
-        if channel is None:
-            raise SandboxError("the sandbox is closed")
-        try:
-            return channel.exec(command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes)
-        except SandboxError:
-            if self._expired:
-                raise self._wall_clock_error() from None
-            raise
-
-    def _wall_clock_error(self) -> SandboxError:
-        return SandboxError(
-            f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
-        )
-
-    def network_interfaces(self) -> list[str]:
-        result = self.exec("cat /proc/net/dev", timeout_s=10)
-        if result.exit_code != 0:
-            raise SandboxError(f"could not list the sandbox's network interfaces: {result.output.strip()}")
-        return parse_proc_net_dev(result.output)
 
     def go_offline(self) -> str:
         """Replace the setup namespace by one without network, then prove only loopback is left."""

@@ -1,9 +1,7 @@
 """The one gateway to storage. Every method opens its own short session, so it is safe from any thread."""
 from __future__ import annotations
 
-import os
 import secrets
-import socket
 import threading
 import uuid
 from collections.abc import Iterable
@@ -16,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ..jobs.states import ACTIVE, INTERRUPTED, check_transition
+from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
 from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Thread,
                      TokenUsage, User, utcnow)
@@ -26,22 +25,12 @@ class NotFound(LookupError):
 
 
 def this_runner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return process_tag()
 
 
 def runner_alive(runner: str | None) -> bool:
-    if not runner or runner == this_runner():
-        return False
-    host, _, pid = runner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another host's process cannot be checked; treat its jobs as orphaned
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A job tagged with this very process belongs to an earlier Store of it, never to live work."""
+    return bool(runner) and runner != this_runner() and tag_alive(runner)
 
 
 class Store:
