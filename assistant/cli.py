@@ -84,6 +84,11 @@ def _print_job_result(assistant, job) -> None:
         print("\n" + diff)
 
 
+def _repo_arg(repo: str) -> str:
+    from .conversation.checkout import is_url
+    return repo if is_url(repo) else str(Path(repo).expanduser().resolve())
+
+
 def _wait_all(assistant, jobs) -> list:
     return [assistant.jobs.wait(j.id) for j in jobs]
 
@@ -92,7 +97,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from .jobs.manager import JobRequest
     assistant = _assistant(settings)
     try:
-        repo = args.repo if "://" in args.repo else str(Path(args.repo).expanduser().resolve())
+        repo = _repo_arg(args.repo)
         jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
                                                 setup=args.setup if args.setup else None, attempts=args.attempts))
         unsubscribe = assistant.jobs.subscribe(_progress_printer({j.id for j in jobs}))
@@ -126,7 +131,7 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
     from .agent.citations import render_plain
     assistant = _assistant(settings)
     try:
-        repo = args.repo if "://" in args.repo else str(Path(args.repo).expanduser().resolve())
+        repo = _repo_arg(args.repo)
         user = assistant.store.get_or_create_user("cli")
         thread = assistant.store.create_thread(user_id=user.id, name=args.question[:60], repo=repo, ref=args.ref)
         route = assistant.conversation.route(thread.id, args.question)

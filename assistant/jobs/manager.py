@@ -77,6 +77,7 @@ class JobManager:
         self._sandboxes: dict[str, Any] = {}
         self._subscribers: list[Subscriber] = []
         self._closed = threading.Event()
+        self._stopping = False
         threading.Thread(target=self._watch_external_cancels, name="job-cancel-watch", daemon=True).start()
 
     # ------------------------------------------------------------------ public API
@@ -145,6 +146,7 @@ class JobManager:
 
     def shutdown(self, cancel_running: bool = True) -> None:
         self._closed.set()
+        self._stopping = True
         if cancel_running:
             for job_id in list(self._cancel):
                 try:
@@ -186,6 +188,8 @@ class JobManager:
         current = self.store.get_job(job.id)
         if current.state in states.TERMINAL:
             return
+        if state == states.CANCELLED and self._stopping:  # nobody cancelled it: the server is going away
+            state, reason = states.INTERRUPTED, "the server shut down while this job was active; retry it"
         job = self._transition(current, state, reason)
         if job.group_id:
             self._rank_group_if_complete(job.group_id)

@@ -238,3 +238,21 @@ def test_follow_up_job_starts_from_the_previous_result(tmp_path, docker_engine, 
     assert "follows job 1" in task_msg
     git(repo, "status")  # the user's repository was never touched
     assert "return a - b" in (repo / "calc.py").read_text()
+
+
+def test_shutdown_marks_running_jobs_interrupted_not_cancelled(tmp_path, docker_engine, scripted_model, settings_for):
+    from assistant.core import Assistant
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [Reply.call("shell", command="sleep 60")], repeat_last=True)
+    a = Assistant(settings_for(scripted_model, ASSISTANT_SANDBOX_BACKEND="docker"))
+    a.start(sweep=False)
+    job = a.jobs.submit(JobRequest(task="wait", repo=str(repo), setup=[]))[0]
+    import time
+    deadline = time.time() + 60
+    while a.store.get_job(job.id).state != "running" and time.time() < deadline:
+        time.sleep(0.1)
+    store = a.store
+    a.jobs.shutdown()
+    final = store.get_job(job.id)
+    assert final.state == "interrupted" and "server shut down" in final.reason
+    store.close()
