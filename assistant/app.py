@@ -25,9 +25,9 @@ from assistant.core import load_assistant  # noqa: E402
 from assistant.jobs import states  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import PasswordBook, ensure_auth_secret, header_user  # noqa: E402
-from assistant.web.cards import STATE_BADGES, cite_url, link_citations, render_job_card  # noqa: E402
+from assistant.web.cards import STATE_BADGES, cite_url, link_citations  # noqa: E402
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
-from assistant.web.relay import JobRelay, card_message_id  # noqa: E402
+from assistant.web.relay import JobRelay, card_message_id, web_card  # noqa: E402
 from assistant.web.routes import install_routes, make_router  # noqa: E402
 from assistant.web.viewer import ViewerMiddleware  # noqa: E402
 
@@ -63,7 +63,7 @@ def job_actions(job) -> list[cl.Action]:
 # ---------------------------------------------------------------------- wiring
 @cl.data_layer
 def _data_layer():
-    return StoreDataLayer(store, render_job_card=lambda job_id: render_job_card(
+    return StoreDataLayer(store, render_job_card=lambda job_id: web_card(
         store, job_id, relay.tail(job_id) if relay else None, relay.current(job_id) if relay else None))
 
 
@@ -266,7 +266,7 @@ async def delegate(text: str, route: Route, attempts: int | None = None) -> None
         await cl.Message(content=f"⚠ Could not start the job: {exc}", author="Jobs").send()
         return
     for job in jobs:
-        content = await asyncio.to_thread(render_job_card, store, job.id, None)
+        content = await asyncio.to_thread(web_card, store, job.id)
         card = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                           metadata={"job_id": job.id, "route": route.kind, "route_reason": route.reason},
                           actions=[])

@@ -22,6 +22,11 @@ STATE_BADGES = {
 
 MAX_STEPS_SHOWN = 12
 MAX_DIFF_LINES_PER_FILE = 400
+MAX_DIFF_LINE_CHARS = 500
+MAX_DIFF_FILES = 150
+# A file starts expanded when it is this small and the card's expanded lines stay within the budget.
+OPEN_MAX_LINES_PER_FILE = 40
+OPEN_LINES_BUDGET = 120
 
 
 def cite_url(job_id: str, target: str, start: int, end: int) -> str:
@@ -106,16 +111,100 @@ def split_diff(diff: str) -> list[tuple[str, str]]:
     return [(path, "\n".join(body)) for path, body in files]
 
 
+_C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+
+
+def _git_path(text: str, side: str) -> str | None:
+    """A path as git prints it: maybe C-quoted (non-ASCII as octal bytes), with an a/ or b/ prefix, or /dev/null."""
+    text = text.rstrip("\t")
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        raw, body, i = bytearray(), text[1:-1], 0
+        while i < len(body):
+            if body[i] == "\\" and i + 1 < len(body):
+                octal = re.match(r"[0-7]{3}", body[i + 1:])
+                if octal:
+                    raw.append(int(octal.group(0), 8))
+                    i += 4
+                    continue
+                raw.append(_C_ESCAPES.get(body[i + 1], ord(body[i + 1])))
+                i += 2
+                continue
+            raw.extend(body[i].encode())
+            i += 1
+        text = raw.decode("utf-8", "replace")
+    if text == "/dev/null":
+        return None
+    return text[2:] if text.startswith(side + "/") else text
+
+
+def _file_view(path_from_header: str, body: str) -> dict:
+    """One file of a diff as plain data for the DiffView element: no markup, only text and counts."""
+    header, lines, in_hunks = [], [], False
+    for line in body.splitlines()[1:]:
+        if not in_hunks and line.startswith("@@"):
+            in_hunks = True
+        (lines if in_hunks else header).append(line)
+    status, path, old_path, binary = "modified", None, None, False
+    for line in header:
+        if line.startswith("new file mode"):
+            status = "added"
+        elif line.startswith("deleted file mode"):
+            status = "deleted"
+        elif line.startswith(("rename from ", "copy from ")):
+            status = "renamed" if line.startswith("rename") else "copied"
+            old_path = _git_path(line.split(" ", 2)[2], "a")
+        elif line.startswith(("rename to ", "copy to ")):
+            path = _git_path(line.split(" ", 2)[2], "b")
+        elif line.startswith("+++ "):
+            path = _git_path(line[4:], "b") or path
+        elif line.startswith("--- ") and path is None:
+            path = _git_path(line[4:], "a")
+        elif line.startswith("Binary files ") or line.startswith("GIT binary patch"):
+            binary = True
+            match = re.match(r"Binary files (.*) and (.*) differ$", line)
+            if match and path is None:
+                path = _git_path(match.group(2), "b") or _git_path(match.group(1), "a")
+        elif line.startswith("old mode") and status == "modified" and not lines:
+            status = "mode changed"
+    added = sum(1 for ln in lines if ln.startswith("+"))
+    removed = sum(1 for ln in lines if ln.startswith("-"))
+    shown = [ln if len(ln) <= MAX_DIFF_LINE_CHARS else ln[:MAX_DIFF_LINE_CHARS] + "…"
+             for ln in lines[:MAX_DIFF_LINES_PER_FILE]]
+    return {"path": path or _git_path(path_from_header, "b") or path_from_header, "old_path": old_path,
+            "status": status, "binary": binary, "added": added, "removed": removed, "lines": shown,
+            "hidden_lines": len(lines) - len(shown), "open": False}
+
+
+def diff_view_props(diff: str) -> dict:
+    """Props of the DiffView element: files in diff order; small files start expanded until a budget of lines is spent."""
+    views = [_file_view(path, body) for path, body in split_diff(diff)]
+    files = views[:MAX_DIFF_FILES]
+    budget = OPEN_LINES_BUDGET
+    for view in files:
+        size = len(view["lines"])
+        if size <= OPEN_MAX_LINES_PER_FILE and size <= budget:
+            view["open"] = True
+            budget -= size
+    return {"files": files, "hidden_files": len(views) - len(files),
+            "added": sum(f["added"] for f in views), "removed": sum(f["removed"] for f in views)}
+
+
 def _diff_section(diff: str) -> str:
     parts = []
     for path, body in split_diff(diff):
-        added = sum(1 for ln in body.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
-        removed = sum(1 for ln in body.splitlines() if ln.startswith("-") and not ln.startswith("---"))
+        view = _file_view(path, body)
         lines = body.splitlines()
         if len(lines) > MAX_DIFF_LINES_PER_FILE:
             body = "\n".join(lines[:MAX_DIFF_LINES_PER_FILE]) + f"\n… {len(lines) - MAX_DIFF_LINES_PER_FILE} more lines (download the patch)"
-        parts.append(f"**`{path}`** (+{added} −{removed})\n\n{_fence(body, 'diff')}")
+        parts.append(f"**`{view['path']}`** (+{view['added']} −{view['removed']})\n\n{_fence(body, 'diff')}")
     return "\n\n".join(parts)
+
+
+def _diff_summary(diff: str) -> str:
+    """The line above the DiffView element: how much changed, in words."""
+    props = diff_view_props(diff)
+    count = len(props["files"]) + props["hidden_files"]
+    return f"{count} file{'s' if count != 1 else ''} changed · +{props['added']} −{props['removed']}"
 
 
 def _plain(text: str) -> str:
@@ -123,7 +212,9 @@ def _plain(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
 
 
-def render_job_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None) -> str | None:
+def render_job_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None,
+                    diff_inline: bool = True) -> str | None:
+    """The card's Markdown; with ``diff_inline`` false the per-file diff is left to the DiffView element."""
     try:
         job = store.get_job(job_id)
     except LookupError:
@@ -161,11 +252,25 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         out.append(f"Rank {outcome['rank']} of {job.attempts}{pick}")
     diff = store.get_artifact(job.id, "diff")
     if job.state in states.TERMINAL and diff is not None:
-        section = _diff_section(diff)
-        out.append("#### Diff\n\n" + (section or "*No changes.*"))
-        if section and store.get_artifact(job.id, "patch"):
-            out.append(f"[Download the patch](/jobs/{job.id}/patch)")
+        if not split_diff(diff):  # no change, or a note that the diff could not be computed
+            out.append("#### Diff\n\n" + (_fence(diff, "text") if diff.strip() else "*No changes.*"))
+        else:
+            out.append("#### Diff\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
+            if store.get_artifact(job.id, "patch"):
+                out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
+
+
+def job_diff_view(store: Store, job_id: str) -> dict | None:
+    """Props for a finished job's DiffView element, or None while it runs or when it changed nothing."""
+    try:
+        job = store.get_job(job_id)
+    except LookupError:
+        return None
+    diff = store.get_artifact(job_id, "diff") if job.state in states.TERMINAL else None
+    if not diff or not split_diff(diff):
+        return None
+    return diff_view_props(diff)
 
 
 def _reason_citations(store: Store, job: Job) -> list[dict]:

@@ -7,6 +7,8 @@ its thread. With no session open nothing is lost: the card is rendered from the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -14,18 +16,33 @@ from collections import deque
 from collections.abc import Callable
 
 from ..jobs import states
-from ..store import Store
-from .cards import render_job_card
+from ..store import Store, models
+from .cards import job_diff_view, render_job_card
 
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_S = 0.5
+DIFF_ELEMENT = "DiffView"  # public/elements/DiffView.jsx
 TAIL_LINES = 40
 _NAMESPACE = uuid.UUID("6b0f3c52-2f7e-4d2a-9a57-3d0f1c7e9b11")
 
 
 def card_message_id(job_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"card:{job_id}"))
+
+
+def diff_element_id(job_id: str) -> str:
+    """One id per job's diff: a re-sent element replaces the one the browser has instead of adding another."""
+    return str(uuid.uuid5(_NAMESPACE, f"diff:{job_id}"))
+
+
+def _digest(props: dict) -> str:
+    return hashlib.sha256(json.dumps(props, sort_keys=True).encode()).hexdigest()
+
+
+def web_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None) -> str | None:
+    """The card as the web app shows it: the diff itself is the DiffView element under the text."""
+    return render_job_card(store, job_id, tail, current, diff_inline=False)
 
 
 def action_id(job_id: str, name: str) -> str:
@@ -52,6 +69,7 @@ class JobRelay:
         self._pending: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._sent_actions: dict[tuple[str, str], dict[str, object]] = {}
+        self._sent_diffs: dict[tuple[str, str], str] = {}  # (session, job) -> digest of the props it has
         self._on_new_job: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------ from worker threads
@@ -96,15 +114,17 @@ class JobRelay:
         self._last_refresh[job_id] = time.monotonic()
         try:
             job = await asyncio.to_thread(self.store.get_job, job_id)
-            content = await asyncio.to_thread(render_job_card, self.store, job_id, self.tail(job_id),
-                                            self.current(job_id))
+            content = await asyncio.to_thread(web_card, self.store, job_id, self.tail(job_id), self.current(job_id))
         except LookupError:
             return
+        diff_props = None
         if job.state in states.TERMINAL:
             self._tails.pop(job_id, None)
-            await asyncio.to_thread(self._persist_card, job_id, thread_id, content)
+            await asyncio.to_thread(self._persist_card, job_id, thread_id)
+            diff_props = await asyncio.to_thread(job_diff_view, self.store, job_id)
+            await asyncio.to_thread(self._persist_diff, job, diff_props)
         for session in sessions_of(thread_id or job.thread_id):
-            await self.show_card(session, job, content)
+            await self.show_card(session, job, content, diff_props)
         if job.state in states.TERMINAL:
             self._locks.pop(job_id, None)
 
@@ -116,30 +136,61 @@ class JobRelay:
         """Re-render a job's card in one session (a reopened thread), in turn with the job's other refreshes."""
         async with self._locks.setdefault(job_id, asyncio.Lock()):
             job = await asyncio.to_thread(self.store.get_job, job_id)
-            await self.show_card(session, job)
+            diff_props = await asyncio.to_thread(job_diff_view, self.store, job_id)
+            if await asyncio.to_thread(self._persist_diff, job, diff_props):
+                # The resumed thread already carried this element from the store; sending it again would
+                # re-mount it and fold back whatever the user has opened since.
+                self._sent_diffs[(session.id, job_id)] = _digest(diff_props)
+            await self.show_card(session, job, diff_props=diff_props)
 
-    def _persist_card(self, job_id: str, thread_id: str | None, content: str) -> None:
-        """Keep the stored card text current too, for readers other than our data layer."""
+    def _persist_card(self, job_id: str, thread_id: str | None) -> None:
+        """Keep the stored card text current too, for readers other than our data layer (diff included)."""
         message_id = card_message_id(job_id)
         if thread_id and self.store.get_message(message_id) is not None:
-            self.store.upsert_message(message_id, thread_id, output=content)
+            self.store.upsert_message(message_id, thread_id, output=render_job_card(self.store, job_id) or "")
 
-    async def show_card(self, session, job, content: str | None = None) -> None:
-        """Create or update a job's card in one session, with the buttons that fit its state."""
+    def _persist_diff(self, job, props: dict | None) -> bool:
+        """Store the DiffView element of a finished job's card, so a resumed thread shows it; True if it was already there."""
+        if props is None or not job.thread_id:
+            return False
+        element_id = diff_element_id(job.id)
+        existing = self.store.get_element(element_id)
+        if existing is not None and existing.props == props:
+            return True
+        self.store.upsert_element(models.Element(
+            id=element_id, thread_id=job.thread_id, for_id=card_message_id(job.id), type="custom",
+            name=DIFF_ELEMENT, display="inline", mime="application/json", props=props))
+        return False
+
+    async def show_card(self, session, job, content: str | None = None, diff_props: dict | None = None) -> None:
+        """Create or update a job's card in one session, with its diff and the buttons that fit its state."""
         import chainlit as cl
         from chainlit.context import init_ws_context
 
         try:
             init_ws_context(session)
             if content is None:
-                content = await asyncio.to_thread(render_job_card, self.store, job.id, self.tail(job.id),
-                                                    self.current(job.id))
+                content = await asyncio.to_thread(web_card, self.store, job.id, self.tail(job.id), self.current(job.id))
             message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                                  metadata={"job_id": job.id})
             await message.update()
+            if diff_props is not None:
+                await self._sync_diff(session, job, message.id, diff_props)
             await self._sync_actions(session, job, message.id)
         except Exception:  # a session that went away mid-update; the store has the truth
             log.debug("could not update the card of %s in session %s", job.id, session.id, exc_info=True)
+
+    async def _sync_diff(self, session, job, for_id: str, props: dict) -> None:
+        import chainlit as cl
+
+        key, digest = (session.id, job.id), _digest(props)
+        if self._sent_diffs.get(key) == digest:
+            return
+        element = cl.CustomElement(id=diff_element_id(job.id), name=DIFF_ELEMENT, props=props, display="inline",
+                                   for_id=for_id)
+        # The row is the relay's to write (see _persist_diff): it must exist even when no browser is open.
+        await element.send(for_id=for_id, persist=False)
+        self._sent_diffs[key] = digest
 
     async def _sync_actions(self, session, job, for_id: str) -> None:
         from chainlit.context import context
@@ -164,3 +215,5 @@ class JobRelay:
     def forget_session(self, session_id: str) -> None:
         for key in [k for k in self._sent_actions if k[0] == session_id]:
             del self._sent_actions[key]
+        for key in [k for k in self._sent_diffs if k[0] == session_id]:
+            del self._sent_diffs[key]

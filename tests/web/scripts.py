@@ -24,11 +24,11 @@ MUL_PATCH = """*** Begin Patch
 +    return a * b
 *** End Patch"""
 
-DIV_PATCH = """*** Begin Patch
-*** Add File: div.py
-+def div(a, b):
-+    return a / b
-*** End Patch"""
+SQUARES_LINES = 450  # more than a card shows of one file, so the DiffView truncates it and starts it folded
+
+DIV_PATCH = ("*** Begin Patch\n*** Add File: div.py\n+def div(a, b):\n+    return a / b\n"
+             "*** Add File: squares.py\n" + "".join(f"+SQUARE_{i} = {i * i}\n" for i in range(SQUARES_LINES))
+             + "*** End Patch")
 
 TEST_PATCH = """*** Begin Patch
 *** Add File: test_mul.py
@@ -84,7 +84,7 @@ def agent(request: dict) -> Reply:
     if "slowly" in task:  # holds the job in `running` until the server dies or it is cancelled
         plan = [Reply.call("shell", command="for i in $(seq 1 300); do echo tick $i; sleep 1; done")]
     elif "division" in task:
-        plan = [Reply.call("shell", command="sleep 4; echo checked division"),
+        plan = [Reply.call("shell", command="sleep 4; printf '\\000\\001binary' > blob.bin; echo checked division"),
                 Reply.call("apply_patch", patch=DIV_PATCH)]
     elif "test" in task:
         plan = [Reply.call("apply_patch", patch=TEST_PATCH),

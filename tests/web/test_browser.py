@@ -123,6 +123,53 @@ def alice_thread(world) -> str:
         store.close()
 
 
+def diff_view(page, number: int):
+    return card(page, number).locator("[data-testid=diff-view]")
+
+
+def diff_file(page, number: int, path: str):
+    return diff_view(page, number).locator(f"[data-testid=diff-file][data-path='{path}']")
+
+
+def diff_files(page, number: int) -> dict[str, tuple[str, str]]:
+    """path -> (status, open) of every file section in a card's DiffView."""
+    files = diff_view(page, number).locator("[data-testid=diff-file]")
+    return {files.nth(i).get_attribute("data-path"): (files.nth(i).locator("[data-testid=diff-status]").inner_text(),
+                                                       files.nth(i).get_attribute("data-open"))
+            for i in range(files.count())}
+
+
+def assert_one_diff_view_per_finished_card(page, numbers) -> None:
+    for number in numbers:
+        assert diff_view(page, number).count() == 1, f"job {number} shows {diff_view(page, number).count()} diff views"
+    assert page.locator("[data-testid=diff-view]").count() == len(numbers)
+
+
+def toggle_squares_file(page, name: str) -> None:
+    """The big file starts folded, opens on a click with coloured lines and a truncation note, and folds again.
+
+    Its 451 diff lines (a hunk header and 450 additions) exceed the 400 a card shows of one file.
+    """
+    squares = diff_file(page, 3, "squares.py")
+    assert squares.get_attribute("data-open") == "false"
+    assert squares.locator("[data-testid=diff-body]").count() == 0
+    squares.locator("button[aria-expanded]").click()
+    squares.locator("[data-testid=diff-truncated]").wait_for(timeout=5_000)
+    assert squares.get_attribute("data-open") == "true"
+    assert "51 more lines not shown" in squares.locator("[data-testid=diff-truncated]").inner_text()
+    added = squares.locator("[data-kind=add]")
+    assert added.count() == 399 and added.first.inner_text() == "+SQUARE_0 = 0"
+    assert "46, 160, 67" in added.first.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert squares.locator("[data-kind=hunk]").first.inner_text().startswith("@@")
+    squares.scroll_into_view_if_needed()
+    shot(page, name)
+    squares.locator("[data-testid=diff-truncated]").scroll_into_view_if_needed()
+    shot(page, name + "-end")
+    squares.locator("button[aria-expanded]").click()
+    squares.locator("[data-testid=diff-body]").wait_for(state="detached", timeout=5_000)
+    assert squares.get_attribute("data-open") == "false"
+
+
 def open_thread(page, title: str) -> None:
     page.locator("#thread-history").get_by_text(title, exact=False).first.click()
     page.wait_for_timeout(500)
@@ -166,6 +213,13 @@ def test_delegated_job_shows_progress_then_summary_and_diff(world, alice):
     shot(alice, "04-job-diff")
     text = job_card.inner_text()
     assert "step 2: apply_patch" in text and "Summary" in text
+    assert "1 file changed · +4 −0" in text
+    assert diff_files(alice, 1) == {"calc.py": ("modified", "true")}
+    assert job_card.locator("code.language-diff").count() == 0, "the Markdown diff is shown as well as the DiffView"
+    assert "diff --git" not in text
+    added_lines = diff_file(alice, 1, "calc.py").locator("[data-kind=add]")
+    assert added_lines.count() == 4
+    assert_one_diff_view_per_finished_card(alice, [1])
     assert "Apply to working copy" in alice.inner_text("body")
     log_link = job_card.locator("a", has_text=re.compile(r"log [0-9a-f]{6} #L1")).first
     href = log_link.get_attribute("href")
@@ -213,6 +267,33 @@ def test_two_jobs_run_at_once(world, alice):
     assert "test_mul.py" in card(alice, 2).inner_text()
 
 
+def test_diff_view_folds_each_file(world, alice):
+    assert_one_diff_view_per_finished_card(alice, [1, 2, 3])
+    # Job 2 started from job 1's result, so its diff against the base commit holds job 1's change too.
+    assert diff_files(alice, 2) == {"calc.py": ("modified", "true"), "test_mul.py": ("added", "true")}
+    assert diff_files(alice, 3) == {"blob.bin": ("binary", "true"), "div.py": ("added", "true"),
+                                    "squares.py": ("added", "false")}
+    assert "+450 −0" in diff_file(alice, 3, "squares.py").locator("[data-testid=diff-counts]").inner_text()
+    assert "Binary file" in diff_file(alice, 3, "blob.bin").inner_text()
+    assert diff_file(alice, 3, "blob.bin").locator("[data-testid=diff-counts]").count() == 0
+    diff_view(alice, 3).scroll_into_view_if_needed()
+    shot(alice, "07b-diff-folded")
+    toggle_squares_file(alice, "07c-diff-unfolded")
+    div = diff_file(alice, 3, "div.py")
+    div.locator("button[aria-expanded]").click()
+    assert div.get_attribute("data-open") == "false"
+    div.locator("button[aria-expanded]").click()
+    assert div.get_attribute("data-open") == "true"
+    store = db(world)
+    try:
+        elements = store.list_elements(alice_thread(world))
+    finally:
+        store.close()
+    diff_elements = [e for e in elements if e.name == "DiffView"]
+    assert len(diff_elements) == 3, [(e.id, e.for_id) for e in diff_elements]  # one per finished card, however often it re-rendered
+    assert all(set(e.props) == {"files", "hidden_files", "added", "removed"} for e in diff_elements)
+
+
 def test_reload_shows_the_history(world, alice):
     alice.reload()
     alice.wait_for_selector("#chat-input", timeout=30_000)
@@ -223,7 +304,13 @@ def test_reload_shows_the_history(world, alice):
                      "Because the task asked", "+def mul(a, b):"):
         assert expected in body, expected
     card(alice, 1).get_by_role("button", name="Create branch").wait_for(timeout=15_000)  # recreated on resume
+    diff_file(alice, 3, "squares.py").wait_for(timeout=15_000)
+    alice.wait_for_timeout(1500)  # past the resume's card refresh, which must not add a second element
+    assert_one_diff_view_per_finished_card(alice, [1, 2, 3])
+    assert diff_files(alice, 3) == {"blob.bin": ("binary", "true"), "div.py": ("added", "true"),
+                                    "squares.py": ("added", "false")}
     shot(alice, "08-reloaded")
+    toggle_squares_file(alice, "08b-reloaded-diff-unfolded")
 
 
 def test_restart_keeps_finished_jobs_and_interrupts_a_killed_one(world, alice):
@@ -241,7 +328,12 @@ def test_restart_keeps_finished_jobs_and_interrupts_a_killed_one(world, alice):
     wait_card_state(alice, 1, "succeeded", timeout=10)
     card(alice, 1).locator("text=+def mul(a, b):").first.wait_for(timeout=10_000)
     card(alice, 4).get_by_role("button", name="Retry").wait_for(timeout=15_000)  # buttons come back on resume
+    diff_file(alice, 3, "squares.py").wait_for(timeout=15_000)
+    alice.wait_for_timeout(1500)
+    assert_one_diff_view_per_finished_card(alice, [1, 2, 3])  # the interrupted job 4 changed nothing
+    assert diff_files(alice, 1) == {"calc.py": ("modified", "true")}
     shot(alice, "10-after-restart")
+    toggle_squares_file(alice, "10b-after-restart-diff-unfolded")
     store = db(world)
     try:
         jobs = {j.number: j for j in store.list_jobs(thread_id=alice_thread(world))}
