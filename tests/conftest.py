@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,16 @@ def settings_for(data_dir):
             env[key] = str(value)
         return load_settings(env)
     return make
+
+
+@pytest.fixture
+def reachable_data_dir():
+    """A data dir the sandbox user (uid 1000) can enter: pytest's tmp_path is private to root, and the
+    bubblewrap backend runs commands as that user."""
+    path = Path(tempfile.mkdtemp(prefix="assistant-test-", dir="/tmp"))
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

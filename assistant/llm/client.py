@@ -120,6 +120,18 @@ class ModelClient:
         return ModelError(f"model request failed: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ requests
+    def _create(self, kwargs: dict[str, Any]) -> Any:
+        try:
+            return self._sdk.chat.completions.create(**kwargs)
+        except openai.BadRequestError as exc:
+            if kwargs.get("tools") and _tools_rejected(exc):
+                raise ToolsUnsupported(f"the model endpoint rejected function tools: {exc.message}") from exc
+            if "stream_options" in kwargs and "stream_options" in str(exc):  # a server without include_usage
+                return self._create({k: v for k, v in kwargs.items() if k != "stream_options"})
+            raise self._translate(exc) from exc
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
     def complete(self, role: str, messages: list[dict[str, Any]], *, tools: list[dict] | None = None,
                  job_id: str | None = None, thread_id: str | None = None,
                  response_format: dict | None = None, temperature: float | None = None,
@@ -135,14 +147,7 @@ class ModelClient:
             kwargs["temperature"] = temperature
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
-        try:
-            resp = self._sdk.chat.completions.create(**kwargs)
-        except openai.BadRequestError as exc:
-            if tools and _tools_rejected(exc):
-                raise ToolsUnsupported(f"the model endpoint rejected function tools: {exc.message}") from exc
-            raise self._translate(exc) from exc
-        except Exception as exc:
-            raise self._translate(exc) from exc
+        resp = self._create(kwargs)
         return self._parse(resp, role, model, messages, job_id, thread_id)
 
     def _parse(self, resp: Any, role: str, model: str, messages: list[dict], job_id: str | None,
@@ -188,20 +193,7 @@ class ModelClient:
             kwargs["tools"] = tools
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
-        try:
-            stream = self._sdk.chat.completions.create(**kwargs)
-        except openai.BadRequestError as exc:
-            if tools and _tools_rejected(exc):
-                raise ToolsUnsupported(f"the model endpoint rejected function tools: {exc.message}") from exc
-            if "stream_options" not in str(exc):
-                raise self._translate(exc) from exc
-            kwargs.pop("stream_options")  # some servers do not know include_usage
-            try:
-                stream = self._sdk.chat.completions.create(**kwargs)
-            except Exception as exc2:
-                raise self._translate(exc2) from exc2
-        except Exception as exc:
-            raise self._translate(exc) from exc
+        stream = self._create(kwargs)
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish = None

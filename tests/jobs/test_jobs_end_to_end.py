@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -34,15 +30,6 @@ def fixing_script(summary=None):
 def run_job(assistant, repo, **kw):
     job = assistant.jobs.submit(JobRequest(task="Fix the failing test", repo=str(repo), setup=[], **kw))[0]
     return assistant.jobs.wait(job.id, timeout=180)
-
-
-@pytest.fixture
-def reachable_data_dir():
-    """The bubblewrap backend runs commands as uid 1000, which must be able to enter the data dir."""
-    path = Path(tempfile.mkdtemp(prefix="assistant-job-test-", dir="/tmp"))
-    os.chmod(path, 0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("backend", ["docker", "local"])

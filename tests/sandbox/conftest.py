@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,18 +61,9 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def sandbox_data_dir():
-    """A data dir the sandbox user can reach (pytest's tmp_path is private to root, which bwrap cannot enter)."""
-    path = Path(tempfile.mkdtemp(prefix="assistant-sandbox-test-", dir="/tmp"))
-    os.chmod(path, 0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def config_for(sandbox_data_dir, backend):
+def config_for(reachable_data_dir, backend):
     def make(**overrides) -> SandboxConfig:
-        values = {"data_dir": sandbox_data_dir, "backend": backend, "cache_enabled": False}
+        values = {"data_dir": reachable_data_dir, "backend": backend, "cache_enabled": False}
         values.update(overrides)
         return SandboxConfig(**values)
     return make

@@ -19,8 +19,8 @@ SETUP = [
 
 
 @pytest.fixture
-def cached_config(sandbox_data_dir, docker_image):
-    config = SandboxConfig(data_dir=sandbox_data_dir, backend="docker", cache_enabled=True, cache_max_entries=2)
+def cached_config(reachable_data_dir, docker_image):
+    config = SandboxConfig(data_dir=reachable_data_dir, backend="docker", cache_enabled=True, cache_max_entries=2)
     yield config
     SetupCache(config).clear()
 
@@ -54,8 +54,8 @@ def test_other_commit_or_commands_miss(cached_config, tmp_path):
     assert not run_job(cached_config, repo, "c")[0].cache_hit
 
 
-def test_maintenance_command_runs_on_a_hit_with_network_then_goes_offline(sandbox_data_dir, docker_image, tmp_path):
-    config = SandboxConfig(data_dir=sandbox_data_dir, backend="docker", cache_enabled=True,
+def test_maintenance_command_runs_on_a_hit_with_network_then_goes_offline(reachable_data_dir, docker_image, tmp_path):
+    config = SandboxConfig(data_dir=reachable_data_dir, backend="docker", cache_enabled=True,
                            maintenance_command="cat /proc/net/dev > ~/maint-net")
     try:
         repo = make_repo(tmp_path / "repo", {"main.py": "print(1)\n"})
