@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 import json
 import queue
 import threading
@@ -162,9 +163,27 @@ class CommandChannel:
             pass
 
 
-class ChannelSandbox:
+class ChannelSandbox(ABC):
     """What both backends share once their command server is up: exec under the job's wall clock, and
-    the interface listing that proves the network cut. Subclasses set _channel, _config, _deadline, _expired."""
+    the interface listing that proves the network cut, and closing once (by the user or by the wall clock).
+    Subclasses set _channel, _config, _deadline, _expired, _closed, _close_lock, _wall_clock and implement
+    _teardown."""
+
+    def _expire(self) -> None:
+        self._expired = True
+        self.close()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._wall_clock.cancel()
+        self._teardown()
+
+    @abstractmethod
+    def _teardown(self) -> None:
+        """Free what the backend holds (container, bubblewrap process); called exactly once."""
 
     def exec(
         self,

@@ -149,16 +149,7 @@ class DockerSandbox(ChannelSandbox):
         image = self.container.commit(repository=repository, tag=tag, changes=[f'LABEL {k}="{v}"' for k, v in labels.items()])
         return image.id
 
-    def _expire(self) -> None:
-        self._expired = True
-        self.close()
-
-    def close(self) -> None:
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._wall_clock.cancel()
+    def _teardown(self) -> None:
         self._channel.close()
         _remove(self.container)
 

@@ -51,7 +51,7 @@ class LocalSandbox(ChannelSandbox):
         self._deadline = time.monotonic() + config.job_wall_clock_s
         self._expired = False
         self._closed = False
-        self._lock = threading.Lock()
+        self._close_lock = threading.Lock()
         self._etc = config.homes_dir / f".{job_id}-etc"
         self._wall_clock = threading.Timer(config.job_wall_clock_s, self._expire)
         self._wall_clock.daemon = True
@@ -167,16 +167,7 @@ class LocalSandbox(ChannelSandbox):
                 if stream:
                     stream.close()
 
-    def _expire(self) -> None:
-        self._expired = True
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._wall_clock.cancel()
+    def _teardown(self) -> None:
         self._stop_server()
         shutil.rmtree(self._etc, ignore_errors=True)
 

@@ -176,6 +176,15 @@ def open_thread(page, title: str) -> None:
 
 
 # ---------------------------------------------------------------------- stages
+
+def alice_jobs(world) -> dict:
+    """Alice's jobs in her thread, by number, read straight from the store."""
+    store = db(world)
+    try:
+        return {j.number: j for j in store.list_jobs(thread_id=alice_thread(world))}
+    finally:
+        store.close()
+
 def test_quick_question_streams_an_answer_with_a_valid_citation(world, alice):
     shot(alice, "01-logged-in")
     send(alice, "Where is add defined?")
@@ -257,11 +266,7 @@ def test_two_jobs_run_at_once(world, alice):
     wait_card_state(alice, 2, "succeeded", timeout=180)
     wait_card_state(alice, 3, "succeeded", timeout=180)
     shot(alice, "07-two-jobs-done")
-    store = db(world)
-    try:
-        jobs = {j.number: j for j in store.list_jobs(thread_id=alice_thread(world))}
-    finally:
-        store.close()
+    jobs = alice_jobs(world)
     assert jobs[2].parent_job_id == jobs[1].id  # "also ..." built on job 1's result
     assert jobs[2].running_at < jobs[3].finished_at and jobs[3].running_at < jobs[2].finished_at, "they did not overlap"
     assert "test_mul.py" in card(alice, 2).inner_text()
@@ -334,11 +339,7 @@ def test_restart_keeps_finished_jobs_and_interrupts_a_killed_one(world, alice):
     assert diff_files(alice, 1) == {"calc.py": ("modified", "true")}
     shot(alice, "10-after-restart")
     toggle_squares_file(alice, "10b-after-restart-diff-unfolded")
-    store = db(world)
-    try:
-        jobs = {j.number: j for j in store.list_jobs(thread_id=alice_thread(world))}
-    finally:
-        store.close()
+    jobs = alice_jobs(world)
     assert jobs[4].state == "interrupted" and all(jobs[n].state == "succeeded" for n in (1, 2, 3))
 
 
