@@ -70,6 +70,10 @@ class Settings(BaseModel):
     setup_cache_size: int = Field(8, ge=1, description="How many setup-cache images to keep (least recently used are evicted).")
     maintenance_command: str | None = Field(None, description="Command run on a setup-cache hit before the network is cut.")
     allow_setup_failure: bool = Field(False, description="Go on to the agent when a setup command fails (the agent is told what failed).")
+    setup_secrets: str | None = Field(None, description="Secrets for setup commands only, comma-separated: `NAME` (taken from the server's environment) or `NAME=@/path/to/file`. Gone from every process before the agent's first step; masked in stored setup output.")
+    sandbox_fallback: Literal["auto", "allow", "forbid"] = Field("auto", description="Whether ASSISTANT_SANDBOX_BACKEND=auto may run a job on bubblewrap (weaker limits) when no Docker engine answers; the job card says so when it does. auto: allow with one user, forbid when more than one can log in.")
+    diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
+    diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
 
     # Jobs.
     max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")
@@ -112,6 +116,42 @@ class Settings(BaseModel):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'assistant.db'}"
+
+    @property
+    def several_users(self) -> bool:
+        """More than one person can log in: several password users, or a proxy that names the user."""
+        return bool(self.header_auth) or len(self.user_passwords()) > 1
+
+    @property
+    def allow_weaker_fallback(self) -> bool:
+        return self.sandbox_fallback == "allow" or (self.sandbox_fallback == "auto" and not self.several_users)
+
+    def setup_secret_values(self, environ: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+        """(name, value) of each setup secret; a missing variable or unreadable file is a SettingsError."""
+        environ = os.environ if environ is None else environ
+        pairs = []
+        for item in (self.setup_secrets or "").replace("\n", ",").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, source = item.partition("=")
+            name = name.strip()
+            if not name.isidentifier():
+                raise SettingsError(f"ASSISTANT_SETUP_SECRETS: {name!r} is not a variable name")
+            if sep and source.startswith("@"):
+                try:
+                    value = Path(source[1:]).expanduser().read_text().strip()
+                except OSError as exc:
+                    raise SettingsError(f"ASSISTANT_SETUP_SECRETS: cannot read {source[1:]} for {name} ({exc.strerror})") from None
+            elif sep:
+                raise SettingsError(f"ASSISTANT_SETUP_SECRETS: write {name} (from the environment) or {name}=@FILE, "
+                                    "never the value itself")
+            elif name in environ:
+                value = environ[name]
+            else:
+                raise SettingsError(f"ASSISTANT_SETUP_SECRETS names {name}, which is not set in the environment")
+            pairs.append((name, value))
+        return tuple(pairs)
 
     def user_passwords(self) -> dict[str, str]:
         if not self.users:

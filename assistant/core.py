@@ -73,7 +73,8 @@ class Assistant:
     def describe(self) -> dict:
         from .sandbox import resolve_backend
         try:
-            backend, reason = resolve_backend(self.jobs.sandbox_config)
+            choice = resolve_backend(self.jobs.sandbox_config)
+            backend, reason = choice.backend, choice.fallback or choice.detail
         except Exception as exc:
             backend, reason = "unavailable", str(exc)
         local = self.local_server is not None

@@ -31,12 +31,12 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(Check("bubblewrap (local fallback)", bool(bwrap), bwrap or "not installed",
                         "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
     try:
-        backend, reason = resolve_backend(sandbox_config(settings))
-        usable = engine_ok if backend == "docker" else bool(bwrap)
-        checks.append(Check("sandbox backend", usable, f"{backend} ({reason})",
+        choice = resolve_backend(sandbox_config(settings))
+        usable = engine_ok if choice.backend == "docker" else bool(bwrap)
+        checks.append(Check("sandbox backend", usable, f"{choice.backend} ({choice.fallback or choice.detail})",
                             "./run.sh, or ASSISTANT_SANDBOX_BACKEND=auto to fall back to bubblewrap"))
     except Exception as exc:
-        checks.append(Check("sandbox backend", False, str(exc), "./run.sh"))
+        checks.append(Check("sandbox backend", False, f"{settings.sandbox_backend} ({exc})", "./run.sh"))
 
     checks.append(_model_check(settings))
     checks.append(_database_check(settings))

@@ -11,12 +11,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..sandbox.base import ExecResult, Sandbox
 from ..store import Store
-from .apply_patch import PatchError, apply_patch
 
 SHELL_SPEC = {"type": "function", "function": {
     "name": "shell",
@@ -103,7 +101,7 @@ class ToolOutcome:
 
 
 class ToolEnv:
-    """Runs tool calls for one job: shell in its sandbox, apply_patch on its workspace; stores every output."""
+    """Runs tool calls for one job, both inside its sandbox; stores every output."""
 
     def __init__(self, sandbox: Sandbox, store: Store, job_id: str, *, command_timeout_s: int,
                  on_output: Callable[[str], None] | None = None, test_commands: tuple[str, ...] = ()):
@@ -113,8 +111,6 @@ class ToolEnv:
         self.command_timeout_s = command_timeout_s
         self.on_output = on_output
         self.test_commands = test_commands
-        st = Path(sandbox.workspace).stat()
-        self._owner = (st.st_uid, st.st_gid)
 
     def run(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
         if name == "shell":
@@ -144,12 +140,14 @@ class ToolEnv:
             raise ValueError("`patch` must be a string")
         started = time.monotonic()
         patch = WORKSPACE_PREFIX.sub(r"\1", patch)
-        try:
-            result = apply_patch(patch, Path(self.sandbox.workspace), owner=self._owner)
-            text, ok, code = "Patch applied.\n" + result.summary(), True, 0
-            title = "apply_patch: " + ", ".join(result.summary().splitlines())[:200]
-        except PatchError as exc:
-            text, ok, code = f"Patch refused: {exc}", False, 1
+        # The patch engine runs inside the sandbox as the sandbox user: a path check made here and a write made
+        # later would race the agent's background processes (and follow their symlinks) on the host.
+        reply = self.sandbox.call("apply_patch", patch=patch)
+        if reply["ok"]:
+            text, ok, code = "Patch applied.\n" + reply["summary"], True, 0
+            title = "apply_patch: " + ", ".join(reply["summary"].splitlines())[:200]
+        else:
+            text, ok, code = f"Patch refused: {reply['error']}", False, 1
             title = "apply_patch refused"
         duration = time.monotonic() - started
         chunk = self.store.add_chunk(job_id=self.job_id, command="apply_patch", text=text, exit_code=code,
