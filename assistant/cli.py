@@ -57,6 +57,8 @@ def _progress_printer(job_ids: set[str]):
             _err(f"{tag} step {d['step']}: {d['title'][:160]}{extra}" + (f" (chunk {d['chunk_id']})" if d.get("chunk_id") else ""))
         elif update.kind == "message":
             _err(f"{tag} note: {d['text'][:300]}")
+        elif update.kind == "notice":
+            _err(f"{tag} {'warning' if d.get('level') == 'warning' else 'notice'}: {d['text'][:500]}")
         elif update.kind == "group_ranked" and d.get("recommended"):
             _err(f"{tag} recommended attempt: {d['recommended']}")
     return on_update
@@ -71,6 +73,7 @@ def _job_json(assistant, job) -> dict:
         "backend": job.backend, "cache_hit": job.cache_hit, "base_commit": job.base_commit, "steps": job.steps,
         "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
         "attempt": job.attempt, "attempts": job.attempts, "group_id": job.group_id, "outcome": job.outcome or {},
+        "notices": [e.data.get("text") for e in assistant.store.list_events(job.id) if e.kind == "notice"],
     }
 
 
@@ -166,6 +169,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from .store import NotFound, Store
     store = Store(settings.resolved_database_url)
     try:
+        # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is.
+        store.interrupt_orphaned_jobs("the process running this job died; retry it")
         if args.action == "list":
             rows = store.list_jobs(limit=10_000)[-args.limit:]
             if not rows:
