@@ -222,6 +222,13 @@ class EgressPolicy:
     def allows_host(self, host: str) -> bool:
         return self.allowlist and any(domain.matches(host) for domain in self.domains)
 
+    def permits(self, host: str, method: str, port: int | None) -> bool:
+        """Whether the rules let this request through (a name may still be refused for leading to a
+        private address, which only the proxy can tell)."""
+        if not self.allows_host(host):
+            return False
+        return port in self.tls_ports if method == "CONNECT" else self.methods.permits(method)
+
     def why_blocked(self, host: str, method: str, port: int | None) -> str:
         """The rule a refused request broke, in words a user can act on."""
         if not self.allowlist:

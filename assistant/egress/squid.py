@@ -89,10 +89,12 @@ class ProxyRequest:
 
 
 def parse_access_log(text: str, policy: EgressPolicy) -> list[ProxyRequest]:
-    """Records from the log LOG_FORMAT writes. Skipped: lines that do not parse (a torn last line) and
-    connections that closed before sending a request (method "-", such as a reachability probe)."""
+    """Records from the log LOG_FORMAT writes. Skipped: a last line squid is still writing (no newline
+    yet), lines that do not parse, and connections closed before sending a request (method "-", such
+    as a reachability probe)."""
     records = []
-    for line in text.splitlines():
+    lines = text.split("\n")[:-1]  # the part after the last newline is unfinished or empty
+    for line in lines:
         fields = line.split(" ", 4)
         if len(fields) != 5 or fields[3] == "-":
             continue
