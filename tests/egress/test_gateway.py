@@ -184,3 +184,10 @@ def test_the_proxy_image_is_built_once_and_reused(proxy_image):
     assert ensure_proxy_image(proxy_image, on_log=lambda line: pytest.fail(f"rebuilt: {line}")) == proxy_image
     after = client.images.get(proxy_image)
     assert after.id == before.id and after.labels[RECIPE_LABEL] == RECIPE
+
+
+def test_the_cli_entry_point_reuses_the_image(proxy_image, capsys, monkeypatch, tmp_path):
+    from assistant.cli import main
+    monkeypatch.setenv("ASSISTANT_CONFIG", str(tmp_path / "none.toml"))
+    assert main(["egress", "build"]) == 0
+    assert capsys.readouterr().out.strip() == proxy_image
