@@ -255,17 +255,19 @@ def resolve_policy(*layers: EgressSpec | None, backend: str = "docker",
     """Later layers override earlier ones field by field (settings, then repository, then job request).
 
     Presets are resolved here, from this machine's package clients, so a changed pip or npm setting
-    applies to the next job. `backend` is the sandbox backend that will run the job."""
+    applies to the next job. `backend` is the resolved sandbox backend ("docker" or "local") of the job."""
     present = [layer for layer in layers if layer is not None]
     mode_layer = _last(present, "mode")
     mode: Mode = mode_layer.mode if mode_layer else "off"  # type: ignore[assignment]
     if mode == "off":
         return EgressPolicy()
-    if backend != "docker":
+    if backend == "local":
         raise EgressPolicyError(
-            f"{mode_layer.source} asks for agent internet `allowlist`, but the {backend} (bubblewrap) backend "
+            f"{mode_layer.source} asks for agent internet `allowlist`, but the local (bubblewrap) backend "
             "supports only `off`: it has no network to filter. Use the docker backend "
             "(ASSISTANT_SANDBOX_BACKEND=docker) or set agent internet to off.")
+    if backend != "docker":
+        raise ValueError(f"resolve the sandbox backend before the policy (docker or local, not {backend!r})")
     domains_layer, presets_layer = _last(present, "domains"), _last(present, "presets")
     methods_layer, private_layer = _last(present, "methods"), _last(present, "private_addresses")
     allowed = [AllowedDomain(pattern, domains_layer.source) for pattern in (domains_layer.domains if domains_layer else ())]
