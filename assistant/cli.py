@@ -252,6 +252,18 @@ def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_egress_build(settings: Settings, args: argparse.Namespace) -> int:
+    from .egress.image import ensure_proxy_image
+    from .sandbox import SandboxError
+    try:
+        name = ensure_proxy_image(settings.egress_image, settings.sandbox_image, on_log=_err, force=args.force)
+    except SandboxError as exc:
+        _err(f"error: {exc}")
+        return 1
+    print(name)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="assistant", description="A chat-first coding assistant that delegates.")
@@ -293,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sbs.add_parser("build", help="build the default sandbox image from Debian packages")
     b.add_argument("--force", action="store_true")
     b.set_defaults(func=cmd_sandbox_build)
+
+    eg = sub.add_parser("egress", help="the agent-phase egress proxy")
+    egs = eg.add_subparsers(dest="egress_command", required=True)
+    eb = egs.add_parser("build", help="build the egress proxy image (Debian's squid on the sandbox image)")
+    eb.add_argument("--force", action="store_true")
+    eb.set_defaults(func=cmd_egress_build)
     return p
 
 

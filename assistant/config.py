@@ -75,6 +75,14 @@ class Settings(BaseModel):
     diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
     diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
 
+    # Agent-phase internet (assistant/egress); a repository's .assistant/config.toml and a job request override it.
+    agent_internet: Literal["off", "allowlist"] = Field("off", description="Internet in the agent phase: off (none), or allowlist (only the allowed domains, through a filtering proxy; Docker backend only).")
+    agent_internet_domains: str | None = Field(None, description="With allowlist: comma-separated host names the agent may reach; `*.example.org` is example.org and every name under it.")
+    agent_internet_presets: str | None = Field(None, description="With allowlist: comma-separated presets whose hosts are read from this machine's package clients at job start: python-packages (pip), npm-packages (npm), debian-packages (apt), package-registries (all three).")
+    agent_internet_methods: str = Field("read-only", description="With allowlist: HTTP methods allowed, read-only (GET, HEAD, OPTIONS), all, or a comma-separated list. Per request for plain HTTP; HTTPS is a tunnel the proxy does not open, so there the rule is per host only.")
+    agent_internet_private_addresses: bool = Field(False, description="With allowlist: let allowed names resolve to private, loopback or link-local addresses (a package mirror on your LAN). Off, so no name can lead the agent to this machine or a cloud metadata service.")
+    egress_image: str = Field("assistant-egress:latest", description="Image of the per-job egress proxy (Debian's squid); `assistant egress build` makes it.")
+
     # Jobs.
     max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")
     job_max_steps: int = Field(60, ge=1, description="Model turns per job before it is stopped.")
@@ -103,6 +111,18 @@ class Settings(BaseModel):
                 name, sep, password = pair.strip().partition(":")
                 if not sep or not name or not password:
                     raise ValueError("expected name:password pairs separated by commas")
+        return value
+
+    @field_validator("agent_internet_domains", "agent_internet_presets", "agent_internet_methods")
+    @classmethod
+    def _agent_internet_well_formed(cls, value: str | None, info) -> str | None:
+        from .egress.policy import EgressPolicyError, parse_domains, parse_methods, parse_presets
+        parse = {"agent_internet_domains": parse_domains, "agent_internet_presets": parse_presets,
+                 "agent_internet_methods": parse_methods}[info.field_name]
+        try:
+            parse(value, "")
+        except EgressPolicyError as exc:
+            raise ValueError(str(exc).removeprefix(": ")) from None
         return value
 
     # ------------------------------------------------------------------ derived values

@@ -27,6 +27,10 @@ def run_checks(settings: Settings) -> list[Check]:
     if engine_ok:
         img_ok, img_detail = image_status(settings.sandbox_image)
         checks.append(Check("sandbox image", img_ok, img_detail, "assistant sandbox build"))
+        from .egress import proxy_image_status
+        proxy_ok, proxy_detail = proxy_image_status(settings.egress_image)
+        checks.append(Check("agent-internet proxy image", proxy_ok, proxy_detail, "assistant egress build",
+                            required=settings.agent_internet == "allowlist"))
     bwrap = shutil.which("bwrap")
     checks.append(Check("bubblewrap (local fallback)", bool(bwrap), bwrap or "not installed",
                         "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
