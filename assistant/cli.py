@@ -74,6 +74,8 @@ def _job_json(assistant, job) -> dict:
         "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
         "attempt": job.attempt, "attempts": job.attempts, "group_id": job.group_id, "outcome": job.outcome or {},
         "notices": [e.data.get("text") for e in assistant.store.list_events(job.id) if e.kind == "notice"],
+        "blocked_requests": [{"command": c.command, "chunk_id": c.id, "lines": c.text.splitlines()}
+                             for c in assistant.store.list_chunks(job.id) if c.command.startswith("egress proxy:")],
     }
 
 
@@ -96,13 +98,30 @@ def _wait_all(assistant, jobs) -> list:
     return [assistant.jobs.wait(j.id) for j in jobs]
 
 
+def _agent_internet_arg(args: argparse.Namespace) -> dict | str | None:
+    """The job request's agent-internet layer from the flags (None: the settings and the repository decide)."""
+    if args.no_internet:
+        return "off"
+    if not (args.allow_domain or args.allow_preset or args.allow_methods):
+        return None
+    table: dict = {"mode": "allowlist"}
+    if args.allow_domain:
+        table["domains"] = args.allow_domain
+    if args.allow_preset:
+        table["presets"] = args.allow_preset
+    if args.allow_methods:
+        table["methods"] = args.allow_methods
+    return table
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from .jobs.manager import JobRequest
     assistant = _assistant(settings)
     try:
         repo = _repo_arg(args.repo)
         jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
-                                                setup=args.setup if args.setup else None, attempts=args.attempts))
+                                                setup=args.setup if args.setup else None, attempts=args.attempts,
+                                                agent_internet=_agent_internet_arg(args)))
         unsubscribe = assistant.jobs.subscribe(_progress_printer({j.id for j in jobs}))
         try:
             done = _wait_all(assistant, jobs)
@@ -278,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repo", required=True, help="local path or git URL")
     r.add_argument("--ref")
     r.add_argument("--setup", action="append", default=[], help="setup command (repeatable); runs with network")
+    r.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
+                   help="agent internet by allowlist for this job: a domain it may reach (repeatable; *.example.org)")
+    r.add_argument("--allow-preset", action="append", default=[], metavar="PRESET",
+                   help="agent internet by allowlist: python-packages, npm-packages, debian-packages, package-registries")
+    r.add_argument("--allow-methods", metavar="METHODS", help="with an allowlist: read-only (default), all, or GET,POST,...")
+    r.add_argument("--no-internet", action="store_true", help="agent internet off for this job, whatever the settings say")
     r.add_argument("--attempts", type=int, default=1, help="independent attempts, ranked (best of N)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("task")

@@ -17,6 +17,7 @@ log() { printf 'ensure-docker%s: %s\n' "${NAME:+ ($NAME)}" "$*" >&2; }
 if [ -z "$NAME" ]; then
     HOST="unix:///var/run/docker.sock"
     PIDFILE="/var/run/docker.pid"
+    EXEC_ROOT="/var/run/docker"
     LOG="/var/log/dockerd.log"
     ARGS=()
 else
@@ -24,18 +25,19 @@ else
     RUN="/run/assistant-engines"
     HOST="unix://$RUN/$NAME.sock"
     PIDFILE="$RUN/$NAME.pid"
+    EXEC_ROOT="$RUN/$NAME-exec"
     LOG="/var/log/dockerd-$NAME.log"
     BRIDGE="br-${NAME:0:12}"
-    ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$RUN/$NAME-exec"
+    ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$EXEC_ROOT"
           --pidfile "$PIDFILE" --bridge "$BRIDGE" --iptables=false --ip-masq=false)
 fi
 
 engine_answers() { docker -H "$HOST" info >/dev/null 2>&1; }
 
-# The daemon of PIDFILE is alive: the process exists and is not a zombie.
-daemon_alive() {
+# The process a pid file names is alive: it exists and is not a zombie.
+pid_alive() {
     local pid state
-    pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
+    pid=$(cat "$1" 2>/dev/null) || return 1
     [ -n "$pid" ] || return 1
     state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
     case "$state" in Z*|"") return 1 ;; esac
@@ -63,12 +65,14 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-if daemon_alive; then
+if pid_alive "$PIDFILE"; then
     log "dockerd (pid $(cat "$PIDFILE")) is running but does not answer yet; waiting"
 else
     # A killed daemon leaves its pid file (and, unreaped, a zombie that still matches pgrep): dockerd would
-    # refuse to start over it.
+    # refuse to start over it. Its containerd dies with it, likewise unreaped, and the new dockerd would wait
+    # for that "still running" containerd until it times out.
     rm -f "$PIDFILE"
+    pid_alive "$EXEC_ROOT/containerd/containerd.pid" || rm -f "$EXEC_ROOT/containerd/containerd.pid"
     if [ -n "$NAME" ]; then
         mkdir -p "$RUN" "/var/lib/assistant-engines/$NAME"
         if ! ip link show "$BRIDGE" >/dev/null 2>&1; then

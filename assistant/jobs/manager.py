@@ -21,6 +21,7 @@ from ..agent.citations import check_citations, find_citations
 from ..agent.loop import Agent, AgentBudgets, AgentResult
 from ..agent.tools import ToolEnv
 from ..config import Settings
+from ..egress import spec_from_settings
 from ..llm.client import ModelClient
 from ..sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, prepare
 from ..sandbox.diff import workspace_diff
@@ -41,6 +42,7 @@ class JobRequest:
     user_id: str | None = None
     parent_job_id: str | None = None
     title: str | None = None
+    agent_internet: dict | str | None = None  # this job's agent-internet layer over the settings and the repo's
 
 
 @dataclass
@@ -63,7 +65,8 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
         maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
         allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
-        diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6), diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6))
+        diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6), diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
+        egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
 
 
 class JobManager:
@@ -95,6 +98,8 @@ class JobManager:
                 task=req.task, repo=req.repo, ref=req.ref, setup=req.setup, thread_id=req.thread_id,
                 user_id=req.user_id, parent_job_id=req.parent_job_id, title=title, group_id=group,
                 attempt=attempt, attempts=attempts, model=self.model.model_for("agent"))
+            if req.agent_internet is not None:  # kept with the job, so a retry asks for the same
+                self.store.put_artifact(job.id, "agent_internet", json.dumps(req.agent_internet))
             with self._lock:
                 self._cancel[job.id] = threading.Event()
                 self._finished[job.id] = threading.Event()
@@ -126,9 +131,11 @@ class JobManager:
 
     def retry(self, job_id: str) -> list[Job]:
         job = self.store.get_job(job_id)
+        internet = self.store.get_artifact(job.id, "agent_internet")
         return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=1,
                                       thread_id=job.thread_id, user_id=job.user_id,
-                                      parent_job_id=job.parent_job_id, title=job.title))
+                                      parent_job_id=job.parent_job_id, title=job.title,
+                                      agent_internet=json.loads(internet) if internet else None))
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         with self._lock:
@@ -247,7 +254,9 @@ class JobManager:
             self._emit(job, "output", {"text": text}, persist=False)
 
         try:
-            prepared = prepare(PrepareRequest(job_id=job.id, repo=job.repo, ref=job.ref, setup=job.setup),
+            internet = self.store.get_artifact(job.id, "agent_internet")
+            prepared = prepare(PrepareRequest(job_id=job.id, repo=job.repo, ref=job.ref, setup=job.setup,
+                                              agent_internet=json.loads(internet) if internet else None),
                                self.sandbox_config, on_state=on_state, on_command=on_command, on_output=on_output)
         except SetupFailed as exc:
             chunks = [c for c in self.store.list_chunks(job.id) if c.phase == "setup"]
@@ -327,6 +336,9 @@ class JobManager:
             log.warning("diff of %s failed: %s", job.id, exc)
             files = []
             self.store.put_artifact(job.id, "diff", f"(the diff could not be computed: {exc})")
+        blocked = self._report_blocked(job, prepared)
+        if blocked:
+            result.summary = f"{result.summary}\n\n{blocked}".strip()
         citations = self._check_citations(job, result.summary, prepared.sandbox)
         diff_lines = sum(1 for line in (self.store.get_artifact(job.id, "diff") or "").splitlines()
                          if line[:1] in "+-" and not line.startswith(("+++", "---")))
@@ -346,6 +358,27 @@ class JobManager:
             self._finish(job, states.SUCCEEDED, note)
         else:
             self._finish(job, states.FAILED, result.reason)
+
+    def _report_blocked(self, job: Job, prepared) -> str:
+        """Every request the egress proxy refused, for the summary and the card: what, where it is logged, and how
+        to allow it. "" when nothing was blocked (or the job had no internet at all)."""
+        egress = getattr(prepared.sandbox, "egress", None)
+        if egress is None:
+            return ""
+        from ..egress.report import blocked_summary
+
+        try:
+            blocked = egress.blocked_requests()
+        except Exception as exc:
+            log.warning("reading the egress log of %s failed: %s", job.id, exc)
+            return ""
+        if not blocked:
+            return ""
+        logged = [c for c in self.store.list_chunks(job.id) if c.command.startswith("egress proxy:")]
+        where = " ".join(f"【{c.id}†L1-L{max(c.line_count, 1)}】" for c in logged)
+        text = blocked_summary(blocked, prepared.egress_policy)
+        self._emit(job, "notice", {"level": "warning", "text": text})
+        return f"**Blocked by the egress proxy** {where}\n\n{text}"
 
     def _check_citations(self, job: Job, summary: str, sandbox):
         allowed_jobs = {job.id}

@@ -46,8 +46,9 @@ def _built_here(client, image: str) -> bool:
 class DockerSandbox(ChannelSandbox):
     backend = "docker"
 
-    def __init__(self, container, channel: CommandChannel, config: SandboxConfig, network: bool):
+    def __init__(self, container, channel: CommandChannel, config: SandboxConfig, network: bool, job_id: str = ""):
         self.container = container
+        self._job_id = job_id
         self._online = network
         self._channel = channel
         self._config = config
@@ -111,7 +112,7 @@ class DockerSandbox(ChannelSandbox):
             container.start()
             transport.write(payload())
             channel = CommandChannel(transport, describe_failure=lambda: _describe_exit(container, transport, image))
-            sandbox = cls(container, channel, config, network)
+            sandbox = cls(container, channel, config, network, job_id)
         except Exception:
             _remove(container)
             raise
@@ -136,6 +137,23 @@ class DockerSandbox(ChannelSandbox):
             raise SandboxError(f"the sandbox still has network interfaces {interfaces} after the cut; refusing to go on")
         return OFFLINE
 
+    def confine_to_proxy(self, policy, config: SandboxConfig) -> str:
+        """Agent internet by allowlist: the container leaves every network for the job's internal one, whose only
+        way out is its own filtering proxy; proven from inside before the agent's first step."""
+        from ..egress import EgressGateway
+
+        handle = EgressGateway(config.egress_image, config.image).start(policy, self._job_id)
+        try:
+            handle.attach(self.container)
+            self._online = False
+            self._extra_env = handle.proxy_env()
+            handle.verify(lambda command: self.exec(command, timeout_s=60).output)
+        except BaseException:
+            handle.close()
+            raise
+        self.egress = handle
+        return f"the job's egress proxy only — {policy.describe()}"
+
     def commit(self, repository: str, tag: str, labels: dict[str, str]) -> str:
         image = self.container.commit(repository=repository, tag=tag, changes=[f'LABEL {k}="{v}"' for k, v in labels.items()])
         return image.id
@@ -143,6 +161,8 @@ class DockerSandbox(ChannelSandbox):
     def _teardown(self) -> None:
         self._channel.close()
         _remove(self.container)
+        if self.egress is not None:
+            self.egress.close()  # the proxy and the job's network; its records stay readable
 
 
 def _safe(job_id: str) -> str:

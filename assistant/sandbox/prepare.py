@@ -4,6 +4,7 @@ restored from the setup cache), what setup changed recorded, setup's processes g
 from __future__ import annotations
 
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -15,6 +16,7 @@ from .setup_commands import setup_commands
 
 SETUP_COMMAND_TIMEOUT_S = 1800.0
 BUNDLE_PATH = "/tmp/assistant-repo.bundle"
+REPO_CONFIG = ".assistant/config.toml"
 _start_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-start")
 
 
@@ -36,6 +38,7 @@ def prepare(
     on_state("preparing")
     source = prepare_source(req.repo, req.ref, config.data_dir)
     commands = setup_commands(source, req.setup)
+    policy = _egress_policy(req, config, source, choice.backend)  # a bad policy fails before anything starts
     timings["source_s"] = time.monotonic() - clock
 
     cache, key, entry = None, None, None
@@ -82,7 +85,7 @@ def prepare(
         clock = time.monotonic()
         if results or config.setup_secrets:
             sandbox.reap()  # what setup left running keeps its environment (and any secret) otherwise
-        agent_network = sandbox.go_offline()
+        agent_network = (sandbox.confine_to_proxy(policy, config) if policy.allowlist else sandbox.go_offline())
         timings["offline_s"] = time.monotonic() - clock
     except BaseException:
         if sandbox is not None:
@@ -101,7 +104,24 @@ def prepare(
         setup_changes=setup_changes,
         backend=choice.backend,
         backend_fallback=choice.fallback,
+        egress_policy=policy,
     )
+
+
+def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSource, backend: str):
+    """Agent-phase internet: the settings, then the repository's .assistant/config.toml (read from the mirror,
+    as committed), then the job request; off unless one of them asks for an allowlist."""
+    from ..egress import EgressPolicyError, resolve_policy, spec_from_repo_config, spec_from_request
+
+    text = source.read(REPO_CONFIG)
+    try:
+        repo_layer = spec_from_repo_config(tomllib.loads(text) if text else None)
+        return resolve_policy(config.egress_settings, repo_layer, spec_from_request(req.agent_internet),
+                              backend=backend)
+    except tomllib.TOMLDecodeError as exc:
+        raise SandboxError(f"the repository's {REPO_CONFIG} is not valid TOML ({exc}); fix it or remove it") from None
+    except EgressPolicyError as exc:
+        raise SandboxError(str(exc)) from None
 
 
 def _start_with_repo(backend: str, job_id: str, config: SandboxConfig, source: RepoSource, network: bool):
