@@ -25,13 +25,14 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from assistant.config import load_settings  # noqa: E402
 from assistant.conversation.route_classifier import WEIGHTS_PATH, RouteClassifier  # noqa: E402
-from assistant.conversation.router import route_message  # noqa: E402
+from assistant.conversation.router import Route, route_message  # noqa: E402
 from assistant.llm.client import ModelClient  # noqa: E402
 from assistant.testing.scripted_model import Reply, ScriptedModelServer  # noqa: E402
 from bench.routing_set import SET_PATH, Item, load_set  # noqa: E402
@@ -41,29 +42,31 @@ ROUTER_PROMPT_MARKER = "You route messages"
 SPLITS = ("tune", "heldout")
 
 
-def outcome(item: Item, route) -> str:
+def routed_job_number(item: Item, route: Route) -> int | None:
+    return next((j["number"] for j in item.jobs if f"j{j['number']}" == route.job_id), None)
+
+
+def outcome(item: Item, route: Route, rules_only: bool) -> str:
     """right | wrong | open (the rules left it to the model or classifier)."""
-    if route.decided_by == "fallback" and route.reason.startswith("no router model"):
+    if rules_only and route.decided_by == "fallback":
         return "open"
-    number = next((j["number"] for j in item.jobs if f"j{j['number']}" == route.job_id), None)
-    return "right" if route.kind == item.route and number == item.job else "wrong"
+    return "right" if (route.kind, routed_job_number(item, route)) == (item.route, item.job) else "wrong"
 
 
-def run_mode(items: list[Item], route_one) -> dict:
+def run_mode(items: list[Item], route_one: Callable[[Item], Route], rules_only: bool = False) -> dict:
     counts: dict[str, dict[str, Counter]] = {s: defaultdict(Counter) for s in SPLITS}
     wrong, seconds, deciders = [], [], Counter()
     for item in items:
         started = time.perf_counter()
         route = route_one(item)
         seconds.append(time.perf_counter() - started)
-        result = outcome(item, route)
+        result = outcome(item, route, rules_only)
         deciders[route.decided_by] += 1
         counts[item.split][item.cls][result] += 1
         counts[item.split]["(all)"][result] += 1
         if result == "wrong":
-            number = next((j["number"] for j in item.jobs if f"j{j['number']}" == route.job_id), None)
             wrong.append({"id": item.id, "split": item.split, "class": item.cls, "text": item.text,
-                          "expected": [item.route, item.job], "got": [route.kind, number],
+                          "expected": [item.route, item.job], "got": [route.kind, routed_job_number(item, route)],
                           "decided_by": route.decided_by, "reason": route.reason})
     return {"counts": {s: {c: dict(n) for c, n in sorted(by_class.items())} for s, by_class in counts.items()},
             "accuracy": {s: _accuracy(counts[s]["(all)"]) for s in SPLITS},
@@ -76,7 +79,17 @@ def _accuracy(c: Counter) -> float:
     return c["right"] / total if total else float("nan")
 
 
-def scripted_oracle(items: list[Item]):
+def router(*, classifier: RouteClassifier | None = None, model: ModelClient | None = None,
+           prepare: Callable[[Item], None] | None = None, constrained: bool = False) -> Callable[[Item], Route]:
+    def route_one(item: Item) -> Route:
+        if prepare is not None:
+            prepare(item)
+        return route_message(item.text, item.job_records(), model, repo=item.repo, classifier=classifier,
+                             constrained=constrained)
+    return route_one
+
+
+def scripted_oracle():
     server = ScriptedModelServer().start()
 
     def prepare(item: Item) -> None:
@@ -129,34 +142,26 @@ def main() -> int:
     classifier = RouteClassifier.load()
     load_ms = (time.perf_counter() - started) * 1000
 
-    modes: dict[str, dict] = {}
-    modes["rules"] = {"description": "first-pass rules alone",
-                      **run_mode(items, lambda i: route_message(i.text, i.job_records(), None, repo=i.repo))}
-    modes["classifier"] = {"description": "rules + shipped classifier (the embedded-model default)",
-                           **run_mode(items, lambda i: route_message(i.text, i.job_records(), None, repo=i.repo,
-                                                                     classifier=classifier))}
     settings = load_settings()
-    closers = []
     if settings.uses_local_model:
-        client, prepare, server, endpoint = scripted_oracle(items)
-        closers.append(server.stop)
+        client, prepare, server, endpoint = scripted_oracle()
+        closers = [server.stop]
     else:
-        client, prepare, endpoint = ModelClient(settings), (lambda _i: None), settings.openai_base_url or "OpenAI"
-    constrained = settings.tool_protocol == "grammar"
-
-    def with_model(item: Item):
-        prepare(item)
-        return route_message(item.text, item.job_records(), client, repo=item.repo, classifier=classifier,
-                             constrained=constrained)
+        client, prepare, endpoint, closers = ModelClient(settings), None, settings.openai_base_url or "OpenAI", []
+    modes: dict[str, dict] = {}
     try:
+        modes["rules"] = {"description": "first-pass rules alone", **run_mode(items, router(), rules_only=True)}
+        modes["classifier"] = {"description": "rules + shipped classifier (the embedded-model default)",
+                               **run_mode(items, router(classifier=classifier))}
         modes["model"] = {"description": f"rules + router model {client.model_for('router')} at {endpoint}; "
-                                         "classifier when its reply is unreadable", **run_mode(items, with_model)}
+                                         "classifier when its reply is unreadable",
+                          **run_mode(items, router(classifier=classifier, model=client, prepare=prepare,
+                                                   constrained=settings.tool_protocol == "grammar"))}
         if args.embedded:
             local_client, local_server = embedded_model()
             closers.append(local_server.stop)
             modes["embedded"] = {"description": "rules + the bundled Gemma 3 270M as router model (no classifier)",
-                                 **run_mode(items, lambda i: route_message(i.text, i.job_records(), local_client,
-                                                                           repo=i.repo, constrained=True))}
+                                 **run_mode(items, router(model=local_client, constrained=True))}
     finally:
         for close in closers:
             close()

@@ -100,10 +100,8 @@ def features(text: str, jobs: list[Job]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Guess:
-    work: bool
-    followup: bool
-    p_work: float
-    p_followup: float | None
+    work: bool       # asks for changes (a job), not an answer
+    followup: bool   # about one of the conversation's jobs
 
 
 class RouteClassifier:
@@ -132,12 +130,11 @@ class RouteClassifier:
 
     def predict(self, text: str, jobs: list[Job]) -> Guess:
         feats = features(text, jobs)
-        p_work = self.probability("work", feats)
+        work = self.probability("work", feats) >= 0.5
         if not jobs:
-            return Guess(p_work >= 0.5, False, p_work, None)
-        p_followup = self.probability("followup", feats)
+            return Guess(work, False)
         named = feats.get("ctx:ref_explicit") == 1.0  # "job 2", "the last one": about that job, whatever the words
-        return Guess(p_work >= 0.5, named or p_followup >= 0.5, p_work, p_followup)
+        return Guess(work, named or self.probability("followup", feats) >= 0.5)
 
 
 @functools.lru_cache(maxsize=1)

@@ -100,36 +100,37 @@ def _route_from(text: str, jobs: list[Job], repo: str | None, *, work: bool, fol
 
 # ---------------------------------------------------------------------- first-pass rules
 def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
+    """Once a conversation has jobs, whether a message is about one of them takes judgement ("Add a test for
+    the 429 response" follows a rate-limiting job): the rules then decide only messages that name a job."""
     body = " ".join(text.split())
     if not body or signals.PASTED_LOG.search(text):
         return None  # whether a pasted log asks for a fix or an explanation needs judgement
     if signals.SMALL_TALK.match(body):
         return Route(ANSWER, None, "small talk")
     ref = find_job_reference(body, jobs)
-    explicit = ref is not None and ref.explicit
-    new_topic = not jobs or (ref is None and not signals.points_back(body))
+    named = ref if ref is not None and ref.explicit else None
     if _asks(body):
-        if jobs and (explicit or signals.ABOUT_DONE_WORK.search(body)):
+        if jobs and (named or signals.ABOUT_DONE_WORK.search(body)):
             return _route_from(body, jobs, repo, work=False, followup=True, reason="asks about a job",
                                decided_by="rules")
-        if new_topic and not signals.WORK_VERB_BASE.search(body):
+        if not jobs and not signals.WORK_VERB_BASE.search(body):
             return Route(ANSWER, None, "asks a question")
         return None
     if signals.READ_ONLY.search(body):
-        if explicit:
+        if named:
             return _route_from(body, jobs, repo, work=False, followup=True, reason="asks about a job, no changes",
                                decided_by="rules")
-        return Route(ANSWER, None, "asks for no changes") if new_topic else None
-    if new_topic and signals.LATER_ORDER.search(body):
+        return None if jobs else Route(ANSWER, None, "asks for no changes")
+    if not jobs and signals.LATER_ORDER.search(body):
         return Route(JOB, None, "asks a question, then for a change")
     if _orders(body):
-        if new_topic:
+        if not jobs:
             return Route(JOB, None, "asks for a change")
-        if explicit:
-            return _followup_job(ref, repo, "asks for a change", "rules")
-    elif explicit and signals.ORDER_CLAUSE.search(body) and not signals.QUESTION_START.match(body) \
+        if named:
+            return _followup_job(named, repo, "asks for a change", "rules")
+    elif named and signals.ORDER_CLAUSE.search(body) and not signals.QUESTION_START.match(body) \
             and ("?" not in body or (signals.one_question(body) and signals.POLITE_CLAUSE.search(body))):
-        return _followup_job(ref, repo, "asks for a change", "rules")
+        return _followup_job(named, repo, "asks for a change", "rules")
     return None
 
 
@@ -189,7 +190,7 @@ def _ask_model(text: str, jobs: list[Job], model: ModelClient, repo: str | None,
 
 def _classify(text: str, jobs: list[Job], repo: str | None, classifier: RouteClassifier, note: str = "") -> Route:
     guess = classifier.predict(text, jobs)
-    what = ("a follow-up " if guess.followup else "") + ("job" if guess.work else "question")
+    what = ("a follow-up " if guess.followup else "a ") + ("job" if guess.work else "question")
     return _route_from(text, jobs, repo, work=guess.work, followup=guess.followup, reason=f"reads as {what}{note}",
                        decided_by="classifier")
 

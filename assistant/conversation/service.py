@@ -48,6 +48,7 @@ class Conversation:
         self.store = store
         self.model = model
         self.jobs = jobs
+        self.classifier = shipped_classifier()  # read once per process; a broken install fails here, at start
 
     # ------------------------------------------------------------------ routing
     def thread_jobs(self, thread_id: str) -> list[Job]:
@@ -59,7 +60,7 @@ class Conversation:
         model = None if self.settings.uses_local_model else self.model
         return route_message(text, self.thread_jobs(thread_id), model, command=command, thread_id=thread_id,
                              constrained=self.settings.tool_protocol == "grammar", repo=self._thread_repo(thread_id),
-                             classifier=shipped_classifier())
+                             classifier=self.classifier)
 
     def _thread_repo(self, thread_id: str) -> str | None:
         thread = self.store.get_thread(thread_id)
