@@ -38,7 +38,7 @@ READ_ORDER = re.compile(r"^(?:please\s+)?(?:explain|describe|summari[sz]e|show\s
                         re.I)
 # An order in a later sentence: "Where is X built? Move it into …", "… file? Afterwards, document that …"
 LATER_ORDER = re.compile(rf"[.?!]\s+(?:(?:please|then|afterwards|and|also|now)[,\s]+)*(?:{_VERBS})\b", re.I)
-# Words that point back at earlier work: a message without any of them (and naming no job) is new.
+# Words that point back at earlier work: evidence (for the classifier) that a message follows up a job.
 _POINTS_BACK = re.compile(r"\b(?:it|its|it's|that|this|those|them|these|same|also|too|again|now|still|you|your|"
                          r"instead|did|didn't|was|were|has|have|had|went|ran|been|anymore|as\s+well)\b", re.I)
 # Questions that propose work: "why not cache it?", "how about adding …?", "should we split …?"
