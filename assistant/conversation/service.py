@@ -55,8 +55,9 @@ class Conversation:
         return self.store.list_jobs(thread_id=thread_id)
 
     def route(self, thread_id: str, text: str, command: str | None = None) -> Route:
-        # The embedded demonstration model routes no better than a coin toss; the shipped classifier
-        # decides what the rules leave open. A real model decides it, the classifier standing by.
+        # The embedded demonstration model routes no better than a coin toss, so with it the shipped
+        # classifier decides what the rules leave open; a real model decides that itself, the classifier
+        # standing by for a reply it cannot read.
         model = None if self.settings.uses_local_model else self.model
         return route_message(text, self.thread_jobs(thread_id), model, command=command, thread_id=thread_id,
                              constrained=self.settings.tool_protocol == "grammar", repo=self._thread_repo(thread_id),
