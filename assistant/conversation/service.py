@@ -5,6 +5,7 @@ No Chainlit here: the web app, the CLI's `ask` and the tests all drive this clas
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,13 @@ from ..jobs.manager import JobManager, JobRequest
 from ..llm.client import ModelClient, ModelError
 from ..llm.tokens import count_message_tokens
 from ..prompts import render_prompt
-from ..store import Job, Store
+from ..store import Job, NotFound, Store
 from .checkout import CheckoutError, checkout_for
 from .repo_tools import READ_TOOLS, ReadOnlyRepo
-from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, route_message
+from .route_classifier import shipped_classifier
+from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message
+
+log = logging.getLogger(__name__)
 
 MAX_ANSWER_TURNS = 8
 HISTORY_MESSAGES = 12
@@ -44,14 +48,24 @@ class Conversation:
         self.store = store
         self.model = model
         self.jobs = jobs
+        self.classifier = shipped_classifier()  # read once per process; a broken install fails here, at start
 
     # ------------------------------------------------------------------ routing
     def thread_jobs(self, thread_id: str) -> list[Job]:
         return self.store.list_jobs(thread_id=thread_id)
 
     def route(self, thread_id: str, text: str, command: str | None = None) -> Route:
-        return route_message(text, self.thread_jobs(thread_id), self.model, command=command, thread_id=thread_id,
-                             constrained=self.settings.tool_protocol == "grammar")
+        # The embedded demonstration model routes no better than a coin toss, so with it the shipped
+        # classifier decides what the rules leave open; a real model decides that itself, the classifier
+        # standing by for a reply it cannot read.
+        model = None if self.settings.uses_local_model else self.model
+        return route_message(text, self.thread_jobs(thread_id), model, command=command, thread_id=thread_id,
+                             constrained=self.settings.tool_protocol == "grammar", repo=self._thread_repo(thread_id),
+                             classifier=self.classifier)
+
+    def _thread_repo(self, thread_id: str) -> str | None:
+        thread = self.store.get_thread(thread_id)
+        return (thread.repo if thread else None) or self.settings.default_repo
 
     # ------------------------------------------------------------------ delegation
     def delegate(self, thread_id: str, user_id: str | None, text: str, route: Route | None = None,
@@ -61,10 +75,27 @@ class Conversation:
         if not repo:
             raise CheckoutError("this conversation has no repository yet: set one in the chat settings "
                                 "(a local path or a git URL)")
-        parent = route.job_id if route and route.kind == FOLLOWUP_JOB else None
+        parent = self._parent_for(route, thread_id, repo)
         ref = (thread.ref if thread else None) or self.settings.default_ref
         return self.jobs.submit(JobRequest(task=text, repo=repo, ref=ref, attempts=attempts, thread_id=thread_id,
                                            user_id=user_id, parent_job_id=parent))
+
+    def _parent_for(self, route: Route | None, thread_id: str, repo: str) -> str | None:
+        """The job a follow-up job starts from: a job of this conversation that is worth building on
+        (same repository, a result to start from; see continuation_refusal), else none."""
+        if route is None or route.kind != FOLLOWUP_JOB or not route.job_id:
+            return None
+        try:
+            parent = self.store.get_job(route.job_id)
+        except NotFound:
+            return None
+        if parent.thread_id != thread_id:
+            return None
+        refusal = continuation_refusal(parent, repo, route.reference)
+        if refusal:
+            log.info("a new job, not building on %s", refusal)
+            return None
+        return parent.id
 
     # ------------------------------------------------------------------ quick answers
     def answer(self, thread_id: str, text: str, route: Route | None = None,
