@@ -330,8 +330,10 @@ class JobManager:
                                   file_cap=config.diff_file_cap_bytes, patch_cap=config.diff_patch_cap_bytes)
             self.store.put_artifact(job.id, "diff", diff.display)
             self.store.put_artifact(job.id, "patch", diff.patch)
-            files = [list(f) for f in diff.files]
+            files = [list(f) for f in diff.files[:MAX_LISTED_FILES]]
             notes = diff.notes()
+            if len(diff.files) > MAX_LISTED_FILES:  # the patch holds them all; records and cards need not
+                notes.append(f"{len(diff.files):,} files changed; the first {MAX_LISTED_FILES:,} are listed")
         except Exception as exc:  # a dead container must not cost the summary
             log.warning("diff of %s failed: %s", job.id, exc)
             files = []
@@ -421,6 +423,7 @@ class JobManager:
 
 
 CITED_FILE_MAX_BYTES = 2_000_000
+MAX_LISTED_FILES = 1000
 
 
 def _read_in_sandbox(sandbox, paths) -> dict[str, str | None]:
