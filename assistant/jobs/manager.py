@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..access import RepoPolicy
 from ..agent.agents_md import commands_in, discover_agents_md
 from ..agent.citations import check_citations
 from ..agent.loop import Agent, AgentBudgets, AgentResult
@@ -84,6 +85,7 @@ class JobManager:
     def submit(self, req: JobRequest) -> list[Job]:
         if not req.task.strip():
             raise ValueError("a job needs a task")
+        RepoPolicy.from_settings(self.settings).check(req.repo)  # RepoNotAllowed says why and what to do
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
@@ -122,9 +124,9 @@ class JobManager:
                 log.exception("closing the sandbox of %s", job_id)
         return True
 
-    def retry(self, job_id: str) -> list[Job]:
+    def retry(self, job_id: str, attempts: int = 1) -> list[Job]:
         job = self.store.get_job(job_id)
-        return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=1,
+        return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=attempts,
                                       thread_id=job.thread_id, user_id=job.user_id,
                                       parent_job_id=job.parent_job_id, title=job.title))
 
