@@ -216,9 +216,9 @@ def answer_links(tid: str, job_id: str | None, job_files: set[str]):
     return url_for
 
 
-def routed_text(route: Route, answerable: bool) -> str:
-    text = f"Started as a job — {route.reason or 'asks for a change'}, decided {DECIDED_BY.get(route.decided_by, '')}."
-    return text + (" Answer instead turns it into a quick answer until the agent starts." if answerable else "")
+def routed_text(route: Route) -> str:
+    return (f"Started as a job ({route.reason or 'asks for a change'}; decided {DECIDED_BY.get(route.decided_by, '')})"
+            " — it runs in a sandbox.")
 
 
 # ---------------------------------------------------------------------- lifecycle
@@ -317,7 +317,7 @@ async def delegate(text: str, route: Route, attempts: int | None = None) -> None
     except Exception as exc:
         await notice(f"⚠ Could not start the job: {plain(str(exc))}", author="Jobs")
         return
-    await show_new_jobs(jobs, route, routed_text(route, answerable=route.decided_by != "command"))
+    await show_new_jobs(jobs, route, routed_text(route))
 
 
 async def show_new_jobs(jobs, route: Route, routed: str) -> None:
@@ -361,11 +361,10 @@ async def answer(text: str, route: Route, user_message_id: str | None) -> None:
     while (event := await queue.get()) is not None:
         if isinstance(event, Exception):
             problems.append(f"⚠ {plain(str(event))}")
-        elif event.kind == "about":
+        elif event.kind == "about":  # shown with the first token, so the lookups stay above the reply
             about = f"**About job {event.data['number']}** · {plain(event.data.get('title') or '')}\n\n"
-            await reply.stream_token(about)
         elif event.kind == "token":
-            await reply.stream_token(event.text)
+            await reply.stream_token(event.text if reply.content else about + event.text)
         elif event.kind == "tool":
             async with cl.Step(name=event.text, type="tool") as step:
                 step.input = event.data.get("arguments")
@@ -380,8 +379,8 @@ async def answer(text: str, route: Route, user_message_id: str | None) -> None:
     body = link_citations(final_text, citations, answer_links(tid, job_id, job_files)) if final_text \
         else reply.content.removeprefix(about)
     via = DECIDED_BY.get(route.decided_by, "")
-    footer = (f"*Answered directly ({plain(route.reason or 'a question')}; decided {via}). "
-              "For a job instead: **Run as a job**, or start the message with /code.*")
+    footer = (f"*Answered directly ({plain(route.reason or 'a question')}; decided {via}) — "
+              "for a job, use **Run as a job** or /code.*")
     reply.content = "\n\n".join(part for part in (about + body, *problems, footer) if part.strip())
     reply.metadata["answer_text"] = final_text
     reply.actions = [cl.Action(name="run_as_job", payload={"text": text, "job_id": job_id},
@@ -399,7 +398,7 @@ async def list_jobs() -> None:
     rows = ["| # | job | state |", "|---|---|---|"]
     for job in jobs[-30:]:
         elsewhere = "" if job.thread_id == tid else " *(another conversation)*"
-        rows.append(f"| {job.number} | {plain((job.title or job.task)[:60])}{elsewhere} | "
+        rows.append(f"| {job.number} | {plain(job.title or job.task[:80])}{elsewhere} | "
                     f"{STATE_BADGES.get(job.state, job.state)} |")
     await notice("\n".join(rows), author="Jobs")
 

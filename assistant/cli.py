@@ -157,7 +157,9 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
                 _print_job_result(assistant, j)
             return 0 if all(j.state == "succeeded" for j in done) else 1
         for event in assistant.conversation.answer(thread.id, args.question, route):
-            if event.kind == "token":
+            if event.kind == "about":
+                _err(event.text)
+            elif event.kind == "token":
                 print(event.text, end="", flush=True)
             elif event.kind == "tool":
                 _err(f"  ({event.text} {json.dumps(event.data.get('arguments'))[:120]})")

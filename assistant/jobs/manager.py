@@ -117,6 +117,8 @@ class JobManager:
         event.set()
         if job.state == states.QUEUED:
             self._finish(job, states.CANCELLED, "cancelled by the user before it started")
+        elif sandbox is None:  # still preparing: say so now; the worker stops when preparation returns
+            self._finish(job, states.CANCELLED, "cancelled by the user before the agent started")
         elif sandbox is not None:
             try:  # kills whatever command is running; the worker then sees the cancel flag
                 sandbox.close()

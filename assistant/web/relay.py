@@ -78,8 +78,9 @@ class JobRelay:
     def on_update(self, update) -> None:
         if update.kind == "tool_start":
             args = update.data.get("arguments") or {}
-            what = args.get("command") or ("a patch" if update.data.get("tool") == "apply_patch" else "")
-            self._current[update.job_id] = f"step {update.data.get('step', '?')}: {update.data.get('tool', '')} {what}".strip()
+            tool = update.data.get("tool", "")
+            what = f"$ {args['command']}" if args.get("command") else ("apply_patch" if tool == "apply_patch" else tool)
+            self._current[update.job_id] = f"step {update.data.get('step', '?')}: {what}"
         elif update.kind in ("step", "finished"):
             self._current.pop(update.job_id, None)
         if update.kind == "output":
