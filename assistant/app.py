@@ -216,9 +216,14 @@ def answer_links(tid: str, job_id: str | None, job_files: set[str]):
     return url_for
 
 
+def how_routed(route: Route, default_reason: str) -> str:
+    """"asks for a change; decided by the first-pass rules", or just "/code chosen" when the user decided."""
+    reason = route.reason or default_reason
+    return reason if route.decided_by == "command" else f"{reason}; decided {DECIDED_BY.get(route.decided_by, '')}"
+
+
 def routed_text(route: Route) -> str:
-    return (f"Started as a job ({route.reason or 'asks for a change'}; decided {DECIDED_BY.get(route.decided_by, '')})"
-            " — it runs in a sandbox.")
+    return f"Started as a job ({how_routed(route, 'asks for a change')}) — it runs in a sandbox."
 
 
 # ---------------------------------------------------------------------- lifecycle
@@ -250,6 +255,10 @@ async def on_chat_resume(thread_dict):
         for job in await asyncio.to_thread(store.list_jobs, thread_id=thread_dict["id"]):
             if relay:
                 await relay.refresh_in(session, job.id)
+        for message in await asyncio.to_thread(store.list_messages, thread_dict["id"]):  # buttons are not stored
+            metadata = (message.meta or {}).get("metadata") or {}
+            if metadata.get("kind") == ANSWER_KIND and metadata.get("question"):
+                await run_as_job_action(metadata["question"], metadata.get("about_job")).send(for_id=message.id)
 
     asyncio.ensure_future(refresh_cards())
 
@@ -378,14 +387,18 @@ async def answer(text: str, route: Route, user_message_id: str | None) -> None:
     await producer
     body = link_citations(final_text, citations, answer_links(tid, job_id, job_files)) if final_text \
         else reply.content.removeprefix(about)
-    via = DECIDED_BY.get(route.decided_by, "")
-    footer = (f"*Answered directly ({plain(route.reason or 'a question')}; decided {via}) — "
+    footer = (f"*Answered directly ({plain(how_routed(route, 'a question'))}) — "
               "for a job, use **Run as a job** or /code.*")
     reply.content = "\n\n".join(part for part in (about + body, *problems, footer) if part.strip())
-    reply.metadata["answer_text"] = final_text
-    reply.actions = [cl.Action(name="run_as_job", payload={"text": text, "job_id": job_id},
-                               label="Run as a job", icon="hammer")]
+    # Not "job_id": the data layer takes a message with one for that job's card.
+    reply.metadata.update(answer_text=final_text, question=text, about_job=job_id)
+    reply.actions = [run_as_job_action(text, job_id)]
     await reply.send()
+
+
+def run_as_job_action(question: str, job_id: str | None) -> cl.Action:
+    return cl.Action(name="run_as_job", payload={"text": question, "job_id": job_id}, label="Run as a job",
+                     icon="hammer")
 
 
 async def list_jobs() -> None:

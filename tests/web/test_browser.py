@@ -368,6 +368,8 @@ def test_reload_shows_the_history(world, alice):
                      "Because the task asked", "+def mul(a, b):"):
         assert expected in body, expected
     card(alice, 1).get_by_role("button", name="Create branch").wait_for(timeout=15_000)  # recreated on resume
+    answers(alice).filter(has_text="returns the sum").first.get_by_role("button", name="Run as a job").wait_for(
+        timeout=15_000)
     diff_file(alice, 3, "squares.py").wait_for(timeout=15_000)
     alice.wait_for_timeout(1500)  # past the resume's card refresh, which must not add a second element
     assert_one_diff_view_per_finished_card(alice, [1, 2, 3])
