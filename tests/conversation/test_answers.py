@@ -2,6 +2,10 @@
 import json
 import uuid
 
+import pytest
+
+from assistant.access import RepoNotAllowed, RepoPolicy
+from assistant.conversation.checkout import CheckoutError, check_repository
 from assistant.conversation.router import FOLLOWUP_ANSWER, Route
 from assistant.testing.scripted_model import Reply, by_turn
 from tests.fixtures.repos import make_calc_repo
@@ -151,3 +155,18 @@ def test_answers_refuse_a_repository_outside_the_roots(tmp_path, scripted_model,
     _e, _t, done = collect(a.conversation.answer(thread.id, "what is this?"))
     assert done.kind == "error" and "outside the directories" in done.text
     assert not any(scripted_model.requests)  # the model was never asked, so it read nothing
+
+
+def test_the_settings_check_says_what_is_wrong_with_a_repository(tmp_path, settings_for):
+    policy = RepoPolicy.from_settings(settings_for())
+    repo = make_calc_repo(tmp_path / "calc")
+    assert check_repository(str(repo), policy) == str(repo)
+    assert check_repository(f"file://{repo}", policy) == f"file://{repo}"  # a git URL that answers
+    (tmp_path / "plain.txt").write_text("not a directory\n")
+    for bad, reason in ((str(tmp_path / "missing"), "does not exist or is not a directory"),
+                        (str(tmp_path / "plain.txt"), "does not exist or is not a directory"),
+                        ("http://127.0.0.1:9/org/missing.git", "cannot reach http://127.0.0.1:9/org/missing.git: "
+                                                              "unable to access"),
+                        (f"file://{tmp_path / 'missing'}", "missing does not appear to be a git repository")):
+        with pytest.raises((CheckoutError, RepoNotAllowed), match=reason):
+            check_repository(bad, policy)
