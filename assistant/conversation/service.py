@@ -148,8 +148,8 @@ class Conversation:
                 continue
             if m.type == "user_message" and step.get("command") != "jobs" and not text.startswith("/jobs"):
                 out.append({"role": "user", "content": text})
-            elif m.type == "assistant_message" and metadata.get("kind") == ANSWER_KIND:
-                out.append({"role": "assistant", "content": metadata.get("answer_text") or text})
+            elif m.type == "assistant_message" and metadata.get("kind") == ANSWER_KIND and metadata.get("answer_text"):
+                out.append({"role": "assistant", "content": metadata["answer_text"]})  # an answer that failed has none
         return out[-HISTORY_MESSAGES:]
 
     def _job_files(self, job: Job | None) -> dict[str, str]:

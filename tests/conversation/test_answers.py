@@ -124,6 +124,7 @@ def test_history_holds_the_conversation_not_the_apps_own_notices(tmp_path, scrip
     message(None, "What does add do?", step_type="user_message")
     message("answer", "`add` subtracts 【F:calc.py†L1-L2】.\n\n*Answered directly (…)*", answer_text="`add` subtracts.")
     message("notice", "Repository set to `/y`; jobs run 1 attempt(s).")
+    message("answer", "⚠ the model endpoint failed\n\n*Answered directly (…)*", answer_text="")
     message(None, "/jobs", step_type="user_message")
     message("notice", "| # | job | state |")
     a.store.upsert_message(str(uuid.uuid4()), thread.id, type="assistant_message", output="### Job 1 · card",
