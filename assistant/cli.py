@@ -57,6 +57,8 @@ def _progress_printer(job_ids: set[str]):
             _err(f"{tag} step {d['step']}: {d['title'][:160]}{extra}" + (f" (chunk {d['chunk_id']})" if d.get("chunk_id") else ""))
         elif update.kind == "message":
             _err(f"{tag} note: {d['text'][:300]}")
+        elif update.kind == "notice":
+            _err(f"{tag} {'warning' if d.get('level') == 'warning' else 'notice'}: {d['text'][:500]}")
         elif update.kind == "group_ranked" and d.get("recommended"):
             _err(f"{tag} recommended attempt: {d['recommended']}")
     return on_update
@@ -71,6 +73,9 @@ def _job_json(assistant, job) -> dict:
         "backend": job.backend, "cache_hit": job.cache_hit, "base_commit": job.base_commit, "steps": job.steps,
         "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
         "attempt": job.attempt, "attempts": job.attempts, "group_id": job.group_id, "outcome": job.outcome or {},
+        "notices": [e.data.get("text") for e in assistant.store.list_events(job.id) if e.kind == "notice"],
+        "blocked_requests": [{"command": c.command, "chunk_id": c.id, "lines": c.text.splitlines()}
+                             for c in assistant.store.list_chunks(job.id) if c.command.startswith("egress proxy:")],
     }
 
 
@@ -95,6 +100,22 @@ def _wait_all(assistant, jobs) -> list:
     return [assistant.jobs.wait(j.id) for j in jobs]
 
 
+def _agent_internet_arg(args: argparse.Namespace) -> dict | str | None:
+    """The job request's agent-internet layer from the flags (None: the settings and the repository decide)."""
+    if args.no_internet:
+        return "off"
+    if not (args.allow_domain or args.allow_preset or args.allow_methods):
+        return None
+    table: dict = {"mode": "allowlist"}
+    if args.allow_domain:
+        table["domains"] = args.allow_domain
+    if args.allow_preset:
+        table["presets"] = args.allow_preset
+    if args.allow_methods:
+        table["methods"] = args.allow_methods
+    return table
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from .access import RepoNotAllowed
     from .jobs.manager import JobRequest
@@ -106,7 +127,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     assistant = _assistant(settings)
     try:
         jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
-                                                setup=args.setup if args.setup else None, attempts=args.attempts))
+                                                setup=args.setup if args.setup else None, attempts=args.attempts,
+                                                agent_internet=_agent_internet_arg(args)))
         unsubscribe = assistant.jobs.subscribe(_progress_printer({j.id for j in jobs}))
         try:
             done = _wait_all(assistant, jobs)
@@ -180,6 +202,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from .store import NotFound, Store
     store = Store(settings.resolved_database_url)
     try:
+        # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is.
+        store.interrupt_orphaned_jobs("the process running this job died; retry it")
         if args.action == "list":
             rows = store.list_jobs(limit=10_000)[-args.limit:]
             if not rows:
@@ -261,6 +285,18 @@ def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_egress_build(settings: Settings, args: argparse.Namespace) -> int:
+    from .egress.image import ensure_proxy_image
+    from .sandbox import SandboxError
+    try:
+        name = ensure_proxy_image(settings.egress_image, settings.sandbox_image, on_log=_err, force=args.force)
+    except SandboxError as exc:
+        _err(f"error: {exc}")
+        return 1
+    print(name)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="assistant", description="A chat-first coding assistant that delegates.")
@@ -275,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repo", required=True, help="local path or git URL")
     r.add_argument("--ref")
     r.add_argument("--setup", action="append", default=[], help="setup command (repeatable); runs with network")
+    r.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
+                   help="agent internet by allowlist for this job: a domain it may reach (repeatable; *.example.org)")
+    r.add_argument("--allow-preset", action="append", default=[], metavar="PRESET",
+                   help="agent internet by allowlist: python-packages, npm-packages, debian-packages, package-registries")
+    r.add_argument("--allow-methods", metavar="METHODS", help="with an allowlist: read-only (default), all, or GET,POST,...")
+    r.add_argument("--no-internet", action="store_true", help="agent internet off for this job, whatever the settings say")
     r.add_argument("--attempts", type=int, default=1, help="independent attempts, ranked (best of N)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("task")
@@ -302,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sbs.add_parser("build", help="build the default sandbox image from Debian packages")
     b.add_argument("--force", action="store_true")
     b.set_defaults(func=cmd_sandbox_build)
+
+    eg = sub.add_parser("egress", help="the agent-phase egress proxy")
+    egs = eg.add_subparsers(dest="egress_command", required=True)
+    eb = egs.add_parser("build", help="build the egress proxy image (Debian's squid on the sandbox image)")
+    eb.add_argument("--force", action="store_true")
+    eb.set_defaults(func=cmd_egress_build)
     return p
 
 

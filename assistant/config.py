@@ -70,6 +70,18 @@ class Settings(BaseModel):
     setup_cache_size: int = Field(8, ge=1, description="How many setup-cache images to keep (least recently used are evicted).")
     maintenance_command: str | None = Field(None, description="Command run on a setup-cache hit before the network is cut.")
     allow_setup_failure: bool = Field(False, description="Go on to the agent when a setup command fails (the agent is told what failed).")
+    setup_secrets: str | None = Field(None, description="Secrets for setup commands only, comma-separated: `NAME` (taken from the server's environment) or `NAME=@/path/to/file`. Gone from every process before the agent's first step; masked in stored setup output.")
+    sandbox_fallback: Literal["auto", "allow", "forbid"] = Field("auto", description="Whether ASSISTANT_SANDBOX_BACKEND=auto may run a job on bubblewrap (weaker limits) when no Docker engine answers; the job card says so when it does. auto: allow with one user, forbid when more than one can log in.")
+    diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
+    diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
+
+    # Agent-phase internet (assistant/egress); a repository's .assistant/config.toml and a job request override it.
+    agent_internet: Literal["off", "allowlist"] = Field("off", description="Internet in the agent phase: off (none), or allowlist (only the allowed domains, through a filtering proxy; Docker backend only).")
+    agent_internet_domains: str | None = Field(None, description="With allowlist: comma-separated host names the agent may reach; `*.example.org` is example.org and every name under it.")
+    agent_internet_presets: str | None = Field(None, description="With allowlist: comma-separated presets whose hosts are read from this machine's package clients at job start: python-packages (pip), npm-packages (npm), debian-packages (apt), package-registries (all three).")
+    agent_internet_methods: str = Field("read-only", description="With allowlist: HTTP methods allowed, read-only (GET, HEAD, OPTIONS), all, or a comma-separated list. Per request for plain HTTP; HTTPS is a tunnel the proxy does not open, so there the rule is per host only.")
+    agent_internet_private_addresses: bool = Field(False, description="With allowlist: let allowed names resolve to private, loopback or link-local addresses (a package mirror on your LAN). Off, so no name can lead the agent to this machine or a cloud metadata service.")
+    egress_image: str = Field("assistant-egress:latest", description="Image of the per-job egress proxy (Debian's squid); `assistant egress build` makes it.")
 
     # Jobs.
     max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")
@@ -102,6 +114,18 @@ class Settings(BaseModel):
                     raise ValueError("expected name:password pairs separated by commas")
         return value
 
+    @field_validator("agent_internet_domains", "agent_internet_presets", "agent_internet_methods")
+    @classmethod
+    def _agent_internet_well_formed(cls, value: str | None, info) -> str | None:
+        from .egress.policy import EgressPolicyError, parse_domains, parse_methods, parse_presets
+        parse = {"agent_internet_domains": parse_domains, "agent_internet_presets": parse_presets,
+                 "agent_internet_methods": parse_methods}[info.field_name]
+        try:
+            parse(value, "")
+        except EgressPolicyError as exc:
+            raise ValueError(str(exc).removeprefix(": ")) from None
+        return value
+
     # ------------------------------------------------------------------ derived values
     def model_for(self, role: Role) -> str:
         return getattr(self, f"{role}_model") or self.model
@@ -113,6 +137,42 @@ class Settings(BaseModel):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'assistant.db'}"
+
+    @property
+    def several_users(self) -> bool:
+        """More than one person can log in: several password users, or a proxy that names the user."""
+        return bool(self.header_auth) or len(self.user_passwords()) > 1
+
+    @property
+    def allow_weaker_fallback(self) -> bool:
+        return self.sandbox_fallback == "allow" or (self.sandbox_fallback == "auto" and not self.several_users)
+
+    def setup_secret_values(self, environ: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+        """(name, value) of each setup secret; a missing variable or unreadable file is a SettingsError."""
+        environ = os.environ if environ is None else environ
+        pairs = []
+        for item in (self.setup_secrets or "").replace("\n", ",").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, source = item.partition("=")
+            name = name.strip()
+            if not name.isidentifier():
+                raise SettingsError(f"ASSISTANT_SETUP_SECRETS: {name!r} is not a variable name")
+            if sep and source.startswith("@"):
+                try:
+                    value = Path(source[1:]).expanduser().read_text().strip()
+                except OSError as exc:
+                    raise SettingsError(f"ASSISTANT_SETUP_SECRETS: cannot read {source[1:]} for {name} ({exc.strerror})") from None
+            elif sep:
+                raise SettingsError(f"ASSISTANT_SETUP_SECRETS: write {name} (from the environment) or {name}=@FILE, "
+                                    "never the value itself")
+            elif name in environ:
+                value = environ[name]
+            else:
+                raise SettingsError(f"ASSISTANT_SETUP_SECRETS names {name}, which is not set in the environment")
+            pairs.append((name, value))
+        return tuple(pairs)
 
     def user_passwords(self) -> dict[str, str]:
         if not self.users:

@@ -56,10 +56,11 @@ class Assistant:
             log.warning("marked %d jobs interrupted (the server stopped under them): %s", len(interrupted), interrupted)
         if sweep:
             try:
+                from .egress import sweep_orphan_egress
                 from .sandbox import sweep_orphans
-                removed = sweep_orphans()
+                removed = sweep_orphans() + sweep_orphan_egress()
                 if removed:
-                    log.warning("removed %d sandbox containers left by a previous run", removed)
+                    log.warning("removed %d sandbox containers and egress proxies left by a previous run", removed)
             except Exception as exc:  # no engine: nothing to sweep
                 log.info("no orphan sweep: %s", exc)
         if self.local_server is not None:
@@ -73,7 +74,8 @@ class Assistant:
     def describe(self) -> dict:
         from .sandbox import resolve_backend
         try:
-            backend, reason = resolve_backend(self.jobs.sandbox_config)
+            choice = resolve_backend(self.jobs.sandbox_config)
+            backend, reason = choice.backend, choice.fallback or choice.detail
         except Exception as exc:
             backend, reason = "unavailable", str(exc)
         local = self.local_server is not None

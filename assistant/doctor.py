@@ -27,16 +27,20 @@ def run_checks(settings: Settings) -> list[Check]:
     if engine_ok:
         img_ok, img_detail = image_status(settings.sandbox_image)
         checks.append(Check("sandbox image", img_ok, img_detail, "assistant sandbox build"))
+        from .egress import proxy_image_status
+        proxy_ok, proxy_detail = proxy_image_status(settings.egress_image)
+        checks.append(Check("agent-internet proxy image", proxy_ok, proxy_detail, "assistant egress build",
+                            required=settings.agent_internet == "allowlist"))
     bwrap = shutil.which("bwrap")
     checks.append(Check("bubblewrap (local fallback)", bool(bwrap), bwrap or "not installed",
                         "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
     try:
-        backend, reason = resolve_backend(sandbox_config(settings))
-        usable = engine_ok if backend == "docker" else bool(bwrap)
-        checks.append(Check("sandbox backend", usable, f"{backend} ({reason})",
+        choice = resolve_backend(sandbox_config(settings))
+        usable = engine_ok if choice.backend == "docker" else bool(bwrap)
+        checks.append(Check("sandbox backend", usable, f"{choice.backend} ({choice.fallback or choice.detail})",
                             "./run.sh, or ASSISTANT_SANDBOX_BACKEND=auto to fall back to bubblewrap"))
     except Exception as exc:
-        checks.append(Check("sandbox backend", False, str(exc), "./run.sh"))
+        checks.append(Check("sandbox backend", False, f"{settings.sandbox_backend} ({exc})", "./run.sh"))
 
     checks.append(_model_check(settings))
     checks.append(_database_check(settings))

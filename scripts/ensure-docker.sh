@@ -1,12 +1,48 @@
 #!/usr/bin/env bash
 # Idempotent: make sure a Docker engine answers on this machine.
-# Installs Debian's docker.io when dockerd is missing, starts dockerd when it does not
-# answer, waits up to 30 s. Exits non-zero with a message saying what to do otherwise.
+#
+#   scripts/ensure-docker.sh          the default engine (unix:///var/run/docker.sock)
+#   scripts/ensure-docker.sh NAME     an extra engine beside it: socket /run/assistant-engines/NAME.sock, its own
+#                                     data root, exec root, pid file and bridge br-NAME (never --bridge=none,
+#                                     which deletes the default engine's docker0); no iptables, no masquerading
+#
+# Installs Debian's docker.io when dockerd is missing, starts dockerd when it does not answer, waits up to
+# 30 s. A dead daemon (a zombie no one reaped, or a stale pid file) counts as not running. Exits non-zero
+# with a message saying what to do otherwise.
 set -u
 
-log() { printf 'ensure-docker: %s\n' "$*" >&2; }
+NAME="${1:-}"
+log() { printf 'ensure-docker%s: %s\n' "${NAME:+ ($NAME)}" "$*" >&2; }
 
-engine_answers() { docker info >/dev/null 2>&1; }
+if [ -z "$NAME" ]; then
+    HOST="unix:///var/run/docker.sock"
+    PIDFILE="/var/run/docker.pid"
+    EXEC_ROOT="/var/run/docker"
+    LOG="/var/log/dockerd.log"
+    ARGS=()
+else
+    case "$NAME" in *[!a-z0-9-]*|"") log "an engine name is lower-case letters, digits and dashes"; exit 2 ;; esac
+    RUN="/run/assistant-engines"
+    HOST="unix://$RUN/$NAME.sock"
+    PIDFILE="$RUN/$NAME.pid"
+    EXEC_ROOT="$RUN/$NAME-exec"
+    LOG="/var/log/dockerd-$NAME.log"
+    BRIDGE="br-${NAME:0:12}"
+    ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$EXEC_ROOT"
+          --pidfile "$PIDFILE" --bridge "$BRIDGE" --iptables=false --ip-masq=false)
+fi
+
+engine_answers() { docker -H "$HOST" info >/dev/null 2>&1; }
+
+# The process a pid file names is alive: it exists and is not a zombie.
+pid_alive() {
+    local pid state
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [ -n "$pid" ] || return 1
+    state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+    case "$state" in Z*|"") return 1 ;; esac
+    return 0
+}
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -29,10 +65,23 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
-    log "starting dockerd (log: /var/log/dockerd.log)"
+if pid_alive "$PIDFILE"; then
+    log "dockerd (pid $(cat "$PIDFILE")) is running but does not answer yet; waiting"
+else
+    # A killed daemon leaves its pid file (and, unreaped, a zombie that still matches pgrep): dockerd would
+    # refuse to start over it. Its containerd dies with it, likewise unreaped, and the new dockerd would wait
+    # for that "still running" containerd until it times out.
+    rm -f "$PIDFILE"
+    pid_alive "$EXEC_ROOT/containerd/containerd.pid" || rm -f "$EXEC_ROOT/containerd/containerd.pid"
+    if [ -n "$NAME" ]; then
+        mkdir -p "$RUN" "/var/lib/assistant-engines/$NAME"
+        if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+            ip link add "$BRIDGE" type bridge && ip link set "$BRIDGE" up || { log "could not create bridge $BRIDGE"; exit 1; }
+        fi
+    fi
+    log "starting dockerd (log: $LOG)"
     # setsid: the engine must outlive the shell, test run or process group that happened to start it
-    setsid nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+    setsid nohup dockerd "${ARGS[@]}" >>"$LOG" 2>&1 </dev/null &
 fi
 
 for _ in $(seq 1 60); do
@@ -43,6 +92,6 @@ for _ in $(seq 1 60); do
     sleep 0.5
 done
 
-log "dockerd did not answer within 30 s; the last lines of /var/log/dockerd.log:"
-tail -n 15 /var/log/dockerd.log >&2 2>/dev/null || true
+log "dockerd did not answer within 30 s; the last lines of $LOG:"
+tail -n 15 "$LOG" >&2 2>/dev/null || true
 exit 1

@@ -50,6 +50,10 @@ if bash scripts/ensure-docker.sh; then
         say "building the sandbox image from Debian packages (about a minute)"
         .venv/bin/assistant sandbox build >&2
     fi
+    if ! .venv/bin/python -c "from assistant.egress import proxy_image_status; import sys; sys.exit(0 if proxy_image_status()[0] else 1)"; then
+        say "building the agent-internet proxy image (squid from Debian, about 15 s)"
+        .venv/bin/assistant egress build >&2
+    fi
 else
     [ "$MODE" = test ] && { say "the tests need a Docker engine (see above)"; exit 1; }
     say "no Docker engine: jobs will run in the bubblewrap sandbox (ASSISTANT_SANDBOX_BACKEND=local)"

@@ -97,3 +97,48 @@ def test_doctor_says_when_the_model_endpoint_is_down(cli_env):
     proc = cli(["doctor"], {**cli_env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert proc.returncode == 1
     assert "[NO ] model endpoint" in proc.stdout and "OPENAI_BASE_URL" in proc.stdout
+
+
+@pytest.mark.docker
+def test_kill_9_of_a_run_leaves_no_container_and_the_job_reads_interrupted(tmp_path, docker_engine, scripted_model,
+                                                                         cli_env):
+    """The command server exits when its driver's connection drops (however the driver died), taking its
+    commands with it, and the container stops; the next look at the jobs marks the job interrupted."""
+    import time
+
+    import docker
+
+    from assistant.procs import boot_id
+
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [Reply.call("shell", command="sleep 300")], repeat_last=True)
+    runner = subprocess.Popen([sys.executable, "-m", "assistant.cli", "run", "--repo", str(repo), "Hang"],
+                              env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = docker.from_env()
+    try:
+        deadline = time.monotonic() + 60
+        container = None
+        owner = f"assistant.owner={boot_id()}:{runner.pid}"
+        while time.monotonic() < deadline and container is None:
+            for candidate in client.containers.list(filters={"label": owner}):
+                try:
+                    top = candidate.top(ps_args="-eo pid,args").get("Processes") or []
+                except docker.errors.APIError:
+                    continue  # still starting
+                if any("sleep 300" in " ".join(row) for row in top):
+                    container = candidate
+            time.sleep(0.2)
+        assert container is not None, "the job's command never started"
+    finally:
+        runner.kill()
+        runner.wait()
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 15:
+        container.reload()
+        if container.status != "running":
+            break
+        time.sleep(0.2)
+    assert container.status != "running", "the job's container outlived its driver by 15 s"
+    listed = cli(["jobs", "list"], cli_env)
+    assert "interrupted" in listed.stdout, listed.stdout
+    container.remove(force=True)

@@ -11,12 +11,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any
 
 from ..sandbox.base import ExecResult, Sandbox
 from ..store import Store
-from .apply_patch import PatchError, apply_patch
 
 SHELL_SPEC = {"type": "function", "function": {
     "name": "shell",
@@ -103,7 +102,7 @@ class ToolOutcome:
 
 
 class ToolEnv:
-    """Runs tool calls for one job: shell in its sandbox, apply_patch on its workspace; stores every output."""
+    """Runs tool calls for one job, both inside its sandbox; stores every output."""
 
     def __init__(self, sandbox: Sandbox, store: Store, job_id: str, *, command_timeout_s: int,
                  on_output: Callable[[str], None] | None = None, test_commands: tuple[str, ...] = ()):
@@ -113,8 +112,6 @@ class ToolEnv:
         self.command_timeout_s = command_timeout_s
         self.on_output = on_output
         self.test_commands = test_commands
-        st = Path(sandbox.workspace).stat()
-        self._owner = (st.st_uid, st.st_gid)
 
     def run(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
         if name == "shell":
@@ -129,6 +126,7 @@ class ToolEnv:
         timeout = min(int(timeout_s or self.command_timeout_s), 4 * self.command_timeout_s)
         if workdir and not workdir.startswith("/"):
             workdir = "/workspace/" + workdir
+        started = datetime.now(timezone.utc)
         result: ExecResult = self.sandbox.exec(command, timeout_s=timeout, workdir=workdir, env=AGENT_ENV,
                                                on_output=self.on_output)
         chunk = self.store.add_chunk(job_id=self.job_id, command=command, text=result.output, exit_code=result.exit_code,
@@ -136,20 +134,40 @@ class ToolEnv:
                                      timed_out=result.timed_out)
         text = format_result(chunk.id, result.exit_code, result.duration_s, result.output,
                              timed_out=result.timed_out, truncated=result.truncated)
+        text += self._blocked_during(command, started)
         return ToolOutcome(text, result.exit_code == 0 and not result.timed_out, chunk.id, f"$ {command}",
                            result.exit_code, result.duration_s, looks_like_tests(command, self.test_commands))
+
+    def _blocked_during(self, command: str, started: datetime) -> str:
+        """Requests the job's egress proxy refused while the command ran: stored as a citable chunk of their own
+        (time, method, host, target, why) and told to the model, so it can say so instead of guessing."""
+        egress = getattr(self.sandbox, "egress", None)
+        if egress is None:
+            return ""
+        from ..egress.report import blocked_lines
+
+        blocked = egress.blocked_requests(since=started)
+        if not blocked:
+            return ""
+        text = blocked_lines(blocked)
+        chunk = self.store.add_chunk(job_id=self.job_id, command=f"egress proxy: requests blocked during `{command[:300]}`",
+                                     text=text, exit_code=None, duration_s=0.0)
+        return (f"\n\n{len(blocked)} request{'s' if len(blocked) != 1 else ''} blocked by the egress proxy "
+                f"(chunk {chunk.id}; only the allowlisted hosts are reachable):\n" + number_lines(text))
 
     def apply_patch(self, patch: str) -> ToolOutcome:
         if not isinstance(patch, str):
             raise ValueError("`patch` must be a string")
         started = time.monotonic()
         patch = WORKSPACE_PREFIX.sub(r"\1", patch)
-        try:
-            result = apply_patch(patch, Path(self.sandbox.workspace), owner=self._owner)
-            text, ok, code = "Patch applied.\n" + result.summary(), True, 0
-            title = "apply_patch: " + ", ".join(result.summary().splitlines())[:200]
-        except PatchError as exc:
-            text, ok, code = f"Patch refused: {exc}", False, 1
+        # The patch engine runs inside the sandbox as the sandbox user: a path check made here and a write made
+        # later would race the agent's background processes (and follow their symlinks) on the host.
+        reply = self.sandbox.call("apply_patch", patch=patch)
+        if reply["ok"]:
+            text, ok, code = "Patch applied.\n" + reply["summary"], True, 0
+            title = "apply_patch: " + ", ".join(reply["summary"].splitlines())[:200]
+        else:
+            text, ok, code = f"Patch refused: {reply['error']}", False, 1
             title = "apply_patch refused"
         duration = time.monotonic() - started
         chunk = self.store.add_chunk(job_id=self.job_id, command="apply_patch", text=text, exit_code=code,

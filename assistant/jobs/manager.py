@@ -6,25 +6,26 @@ store before subscribers hear of it, so a reopened conversation rebuilds from th
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
-import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..access import RepoPolicy
 from ..agent.agents_md import commands_in, discover_agents_md
-from ..agent.citations import check_citations
+from ..agent.citations import check_citations, find_citations
 from ..agent.loop import Agent, AgentBudgets, AgentResult
 from ..agent.tools import ToolEnv
 from ..config import Settings
+from ..egress import spec_from_settings
 from ..llm.client import ModelClient
-from ..sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, prepare, workspace_diff
+from ..sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, prepare
+from ..sandbox.diff import workspace_diff
 from ..store import Job, Store
 from . import states
 
@@ -42,6 +43,7 @@ class JobRequest:
     user_id: str | None = None
     parent_job_id: str | None = None
     title: str | None = None
+    agent_internet: dict | str | None = None  # this job's agent-internet layer over the settings and the repo's
 
 
 @dataclass
@@ -62,7 +64,10 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         memory_mb=settings.sandbox_memory_mb, cpus=settings.sandbox_cpus, pids_limit=settings.sandbox_pids,
         job_wall_clock_s=settings.job_max_seconds, ca_bundle=settings.sandbox_ca_bundle,
         cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
-        maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure)
+        maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
+        allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
+        diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6), diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
+        egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
 
 
 class JobManager:
@@ -95,6 +100,8 @@ class JobManager:
                 task=req.task, repo=req.repo, ref=req.ref, setup=req.setup, thread_id=req.thread_id,
                 user_id=req.user_id, parent_job_id=req.parent_job_id, title=title, group_id=group,
                 attempt=attempt, attempts=attempts, model=self.model.model_for("agent"))
+            if req.agent_internet is not None:  # kept with the job, so a retry asks for the same
+                self.store.put_artifact(job.id, "agent_internet", json.dumps(req.agent_internet))
             with self._lock:
                 self._cancel[job.id] = threading.Event()
                 self._finished[job.id] = threading.Event()
@@ -119,7 +126,7 @@ class JobManager:
             self._finish(job, states.CANCELLED, "cancelled by the user before it started")
         elif sandbox is None:  # still preparing: say so now; the worker stops when preparation returns
             self._finish(job, states.CANCELLED, "cancelled by the user before the agent started")
-        elif sandbox is not None:
+        else:
             try:  # kills whatever command is running; the worker then sees the cancel flag
                 sandbox.close()
             except Exception:
@@ -128,9 +135,11 @@ class JobManager:
 
     def retry(self, job_id: str, attempts: int = 1) -> list[Job]:
         job = self.store.get_job(job_id)
+        internet = self.store.get_artifact(job.id, "agent_internet")
         return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=attempts,
                                       thread_id=job.thread_id, user_id=job.user_id,
-                                      parent_job_id=job.parent_job_id, title=job.title))
+                                      parent_job_id=job.parent_job_id, title=job.title,
+                                      agent_internet=json.loads(internet) if internet else None))
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         with self._lock:
@@ -249,7 +258,9 @@ class JobManager:
             self._emit(job, "output", {"text": text}, persist=False)
 
         try:
-            prepared = prepare(PrepareRequest(job_id=job.id, repo=job.repo, ref=job.ref, setup=job.setup),
+            internet = self.store.get_artifact(job.id, "agent_internet")
+            prepared = prepare(PrepareRequest(job_id=job.id, repo=job.repo, ref=job.ref, setup=job.setup,
+                                              agent_internet=json.loads(internet) if internet else None),
                                self.sandbox_config, on_state=on_state, on_command=on_command, on_output=on_output)
         except SetupFailed as exc:
             chunks = [c for c in self.store.list_chunks(job.id) if c.phase == "setup"]
@@ -261,17 +272,23 @@ class JobManager:
             return
         with self._lock:
             self._sandboxes[job.id] = prepared.sandbox
-        job = self.store.update_job(job.id, backend=prepared.sandbox.backend, base_commit=prepared.base_commit,
+        job = self.store.update_job(job.id, backend=prepared.backend, base_commit=prepared.base_commit,
                                     setup_network=prepared.setup_network, agent_network=prepared.agent_network,
                                     cache_hit=prepared.cache_hit)
+        if prepared.backend_fallback:
+            self._emit(job, "notice", {"level": "warning", "text": prepared.backend_fallback})
+        touched = sorted(prepared.setup_changes.get("modified") or {})
+        if touched:
+            self._emit(job, "notice", {"level": "info", "text": "setup changed tracked files (left out of the diff "
+                                       "unless the agent changed them again): " + ", ".join(touched[:20])})
         if cancel.is_set():
             self._finish(job, states.CANCELLED, "cancelled by the user")
             return
-        workspace = Path(prepared.sandbox.workspace)
-        context = self._context_for(job, prepared, workspace)
+        sandbox = prepared.sandbox
+        context = self._context_for(job, prepared)
         job = self._transition(job, states.RUNNING)
-        instructions = discover_agents_md(workspace)
-        env = ToolEnv(prepared.sandbox, self.store, job.id, command_timeout_s=self.settings.command_timeout_s,
+        instructions = discover_agents_md(lambda paths: _read_in_sandbox(sandbox, paths))
+        env = ToolEnv(sandbox, self.store, job.id, command_timeout_s=self.settings.command_timeout_s,
                       on_output=on_output, test_commands=commands_in(instructions))
         agent = Agent(self.model, env, budgets=AgentBudgets(
             max_steps=self.settings.job_max_steps, max_seconds=self.settings.job_max_seconds,
@@ -280,9 +297,9 @@ class JobManager:
             on_event=lambda kind, data: self._emit(job, kind, data, persist=kind != "tool_start"))
         result = agent.run(job.task, context=context, instructions=instructions)
         self.store.add_job_tokens(job.id, result.prompt_tokens, result.completion_tokens, result.steps)
-        self._conclude(job, result, prepared.base_commit, workspace, cancelled=cancel.is_set())
+        self._conclude(job, result, prepared, cancelled=cancel.is_set())
 
-    def _context_for(self, job: Job, prepared, workspace: Path) -> str:
+    def _context_for(self, job: Job, prepared) -> str:
         parts = []
         if prepared.failed_setup:
             command, res = prepared.failed_setup
@@ -292,45 +309,51 @@ class JobManager:
         elif prepared.setup_commands:
             parts.append("Setup already ran: " + "; ".join(f"`{c}`" for c in prepared.setup_commands))
         if job.parent_job_id:
-            parts.append(self._apply_parent(job, workspace))
+            parts.append(self._apply_parent(job, prepared.sandbox))
         return "\n\n".join(parts)
 
-    def _apply_parent(self, job: Job, workspace: Path) -> str:
-        """A follow-up job starts from its parent's result: the parent's patch is applied first."""
+    def _apply_parent(self, job: Job, sandbox) -> str:
+        """A follow-up job starts from its parent's result: the parent's patch is applied first, in the sandbox."""
         parent = self.store.get_job(job.parent_job_id)
         patch = self.store.get_artifact(parent.id, "patch") or ""
         if patch.strip():
-            proc = subprocess.run(["git", "-c", "safe.directory=*", "apply", "--whitespace=nowarn", "-"],
-                                  input=patch, text=True, cwd=workspace, capture_output=True)
-            if proc.returncode != 0:
+            reply = sandbox.call("apply_parent_patch", patch_b64=base64.b64encode(patch.encode()).decode())
+            if not reply["ok"]:
+                self._emit(job, "notice", {"level": "warning", "text": f"job {parent.number}'s patch did not apply "
+                                           f"here ({reply['error'][:300]}); the job starts from the repository as it is"})
                 return (f"This job follows job {parent.number}, but its patch did not apply here "
-                        f"({proc.stderr.strip()[:300]}); start from the repository as it is.")
-            st = workspace.stat()
-            subprocess.run(["chown", "-R", f"{st.st_uid}:{st.st_gid}", str(workspace)], check=False)
+                        f"({reply['error'][:300]}); start from the repository as it is.")
         return (f"This job follows job {parent.number} (\"{parent.title}\"), whose changes are already applied "
                 f"in the workspace (uncommitted; `git diff` shows them). Its summary was:\n{parent.summary or '(none)'}")
 
-    def _conclude(self, job: Job, result: AgentResult, base_commit: str, workspace: Path, cancelled: bool) -> None:
+    def _conclude(self, job: Job, result: AgentResult, prepared, cancelled: bool) -> None:
+        config = self.sandbox_config
+        notes: list[str] = []
         try:
-            diff = workspace_diff(workspace, base_commit)
+            diff = workspace_diff(prepared.sandbox, prepared.base_commit, prepared.setup_changes,
+                                  file_cap=config.diff_file_cap_bytes, patch_cap=config.diff_patch_cap_bytes)
             self.store.put_artifact(job.id, "diff", diff.display)
             self.store.put_artifact(job.id, "patch", diff.patch)
             files = [list(f) for f in diff.files]
+            notes = diff.notes()
         except Exception as exc:  # a dead container must not cost the summary
-            log.exception("diff of %s", job.id)
+            log.warning("diff of %s failed: %s", job.id, exc)
             files = []
             self.store.put_artifact(job.id, "diff", f"(the diff could not be computed: {exc})")
-        citations = self._check_citations(job, result.summary, workspace)
+        blocked = self._report_blocked(job, prepared)
+        if blocked:
+            result.summary = f"{result.summary}\n\n{blocked}".strip()
+        citations = self._check_citations(job, result.summary, prepared.sandbox)
         diff_lines = sum(1 for line in (self.store.get_artifact(job.id, "diff") or "").splitlines()
                          if line[:1] in "+-" and not line.startswith(("+++", "---")))
         last_test = result.tests[-1] if result.tests else None
-        outcome = {"files": files, "diff_lines": diff_lines, "tests": result.tests,
+        outcome = {"files": files, "diff_lines": diff_lines, "tests": result.tests, "diff_notes": notes,
                    "tests_passed": None if last_test is None else last_test["exit_code"] == 0}
         self.store.update_job(job.id, summary=result.summary, citations=[c.as_dict() for c in citations],
                               outcome=outcome)
         if result.summary:
             self._emit(job, "summary", {"summary": result.summary, "citations": [c.as_dict() for c in citations]})
-        self._emit(job, "diff", {"files": files, "diff_lines": diff_lines})
+        self._emit(job, "diff", {"files": files, "diff_lines": diff_lines, "notes": notes})
         if cancelled or result.status == "cancelled":
             self._finish(job, states.CANCELLED, "cancelled by the user")
         elif result.status == "succeeded":
@@ -340,7 +363,28 @@ class JobManager:
         else:
             self._finish(job, states.FAILED, result.reason)
 
-    def _check_citations(self, job: Job, summary: str, workspace: Path):
+    def _report_blocked(self, job: Job, prepared) -> str:
+        """Every request the egress proxy refused, for the summary and the card: what, where it is logged, and how
+        to allow it. "" when nothing was blocked (or the job had no internet at all)."""
+        egress = getattr(prepared.sandbox, "egress", None)
+        if egress is None:
+            return ""
+        from ..egress.report import blocked_summary
+
+        try:
+            blocked = egress.blocked_requests()
+        except Exception as exc:
+            log.warning("reading the egress log of %s failed: %s", job.id, exc)
+            return ""
+        if not blocked:
+            return ""
+        logged = [c for c in self.store.list_chunks(job.id) if c.command.startswith("egress proxy:")]
+        where = " ".join(f"【{c.id}†L1-L{max(c.line_count, 1)}】" for c in logged)
+        text = blocked_summary(blocked, prepared.egress_policy)
+        self._emit(job, "notice", {"level": "warning", "text": text})
+        return f"**Blocked by the egress proxy** {where}\n\n{text}"
+
+    def _check_citations(self, job: Job, summary: str, sandbox):
         allowed_jobs = {job.id}
         parent_id = job.parent_job_id
         while parent_id and parent_id not in allowed_jobs:
@@ -352,13 +396,17 @@ class JobManager:
             if chunk is None or chunk.job_id not in allowed_jobs:
                 return None
             return chunk.line_count, chunk.job_id
-        citations = check_citations(summary, file_roots=[workspace], chunk_lookup=chunk_lookup)
-        cited = {}
-        for c in citations:
-            if c.kind == "file" and c.valid and c.target not in cited:
-                cited[c.target] = (workspace / c.target).read_text(errors="replace")
-        if cited:
-            self.store.put_artifact(job.id, "cited_files", json.dumps(cited))
+        paths = sorted({c.target for c in find_citations(summary) if c.kind == "file"})
+        try:
+            cited = {path: text for path, text in _read_in_sandbox(sandbox, paths).items() if text is not None}
+        except Exception as exc:  # the sandbox is gone: file citations cannot be checked, and say so
+            log.warning("reading cited files of %s failed: %s", job.id, exc)
+            cited = {}
+        citations = check_citations(summary, chunk_lookup=chunk_lookup,
+                                    file_lines=lambda path: len(cited[path].splitlines()) if path in cited else None)
+        kept = {c.target: cited[c.target] for c in citations if c.kind == "file" and c.valid}
+        if kept:
+            self.store.put_artifact(job.id, "cited_files", json.dumps(kept))
         return citations
 
     # ------------------------------------------------------------------ best of N
@@ -374,6 +422,17 @@ class JobManager:
         best = ranked[0]
         self._emit(best, "group_ranked", {"group_id": group_id, "order": [j.id for j in ranked],
                                           "recommended": best.id if best.state == states.SUCCEEDED else None})
+
+
+CITED_FILE_MAX_BYTES = 2_000_000
+
+
+def _read_in_sandbox(sandbox, paths) -> dict[str, str | None]:
+    """Workspace files as text, read inside the sandbox (the host has no path to the workspace)."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    return sandbox.call("read_files", paths=paths, max_bytes=CITED_FILE_MAX_BYTES)["texts"]
 
 
 def rank_key(job: Job) -> tuple:

@@ -8,10 +8,10 @@ from .diff import WorkspaceDiff, workspace_diff
 from .engine import docker_status, resolve_backend, sweep_orphans
 from .image import build_image, image_status
 from .output import head_and_tail
-from .prepare import discard_job_files, prepare
+from .prepare import prepare
 
 __all__ = [
     "DEFAULT_IMAGE", "ExecResult", "PreparedSandbox", "PrepareRequest", "RepoError", "Sandbox", "SandboxConfig",
-    "SandboxError", "SetupFailed", "WorkspaceDiff", "build_image", "discard_job_files", "docker_status",
+    "SandboxError", "SetupFailed", "WorkspaceDiff", "build_image", "docker_status",
     "head_and_tail", "image_status", "prepare", "resolve_backend", "sweep_orphans", "workspace_diff",
 ]

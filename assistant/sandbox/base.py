@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 DEFAULT_IMAGE = "assistant-sandbox:latest"
 AGENT_UID = 1000
@@ -41,6 +41,12 @@ class SandboxConfig:
     cache_max_entries: int = 8
     maintenance_command: str | None = None
     allow_setup_failure: bool = False
+    allow_weaker_fallback: bool = True     # "auto" may run a job on bubblewrap when no engine answers
+    setup_secrets: tuple[tuple[str, str], ...] = ()  # (name, value) given to setup commands only
+    diff_file_cap_bytes: int = 5_000_000   # a changed file over this is listed (size, sha256), not embedded
+    diff_patch_cap_bytes: int = 20_000_000  # the whole patch stops at the last file before this
+    egress_settings: Any = None            # the settings' agent-internet layer (an egress EgressSpec)
+    egress_image: str = "assistant-egress:latest"
 
     @property
     def workspaces_dir(self) -> Path:
@@ -70,8 +76,11 @@ class ExecResult:
 
 @runtime_checkable
 class Sandbox(Protocol):
+    """One job's computer. The host reaches its workspace only through these calls: commands, workspace
+    operations run inside as the sandbox user (call), and bytes written in (put_file). No host path to the
+    workspace exists in this protocol, so a sandbox may live on another host's engine."""
+
     backend: str
-    workspace: Path
 
     def exec(
         self,
@@ -81,6 +90,15 @@ class Sandbox(Protocol):
         env: dict[str, str] | None = None,
         on_output: OutputCallback | None = None,
     ) -> ExecResult: ...
+
+    def call(self, fn: str, timeout_s: float = ..., **args: Any) -> Any:
+        """workspace_ops.<fn>(**args) run inside the sandbox; its result as data."""
+
+    def put_file(self, path: str, data: bytes) -> None: ...
+
+    def reap(self) -> int: ...
+
+    def go_offline(self) -> str: ...
 
     def network_interfaces(self) -> list[str]: ...
 
@@ -93,6 +111,7 @@ class PrepareRequest:
     repo: str
     ref: str | None = None
     setup: list[str] | None = None  # None = the repo's .assistant/setup.sh, else detection; [] = no setup
+    agent_internet: dict | str | None = None  # the job request's agent-internet layer (see assistant/egress)
 
 
 @dataclass
@@ -106,6 +125,10 @@ class PreparedSandbox:
     agent_network: str
     failed_setup: tuple[str, ExecResult] | None = None  # set only when allow_setup_failure let a failure pass
     timings: dict[str, float] = field(default_factory=dict)
+    setup_changes: dict = field(default_factory=lambda: {"created": [], "modified": {}})  # left out of the diff
+    backend: str = "docker"
+    backend_fallback: str | None = None  # why a weaker backend than configured runs this job
+    egress_policy: Any = None            # the agent phase's internet policy (an egress EgressPolicy)
 
 
 class SandboxError(Exception):

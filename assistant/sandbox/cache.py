@@ -1,4 +1,6 @@
-"""The setup cache: a committed image plus the workspace files setup produced, keyed by what setup depended on."""
+"""The setup cache: the set-up container committed as an image (its workspace included, since the workspace
+lives in the container), keyed by what setup depended on, plus what setup changed, kept as data so the diff
+of a job that starts from the cache still leaves setup's files out."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tarfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -14,7 +15,6 @@ from pathlib import Path
 
 from .base import SandboxConfig
 from .engine import docker_client
-from .repo import host_git
 
 CACHE_REPOSITORY = "assistant-setup-cache"
 CACHE_LABEL = "assistant.setup-cache"
@@ -24,13 +24,14 @@ CACHE_LABEL = "assistant.setup-cache"
 class CacheEntry:
     key: str
     image: str
-    workspace_tar: str
+    setup_changes: dict
     created: float
     last_used: float
 
 
-def cache_key(repo_identity: str, commit: str, commands: list[str], base_image_id: str) -> str:
-    material = json.dumps([repo_identity, commit, commands, base_image_id])
+def cache_key(repo_identity: str, commit: str, commands: list[str], base_image_id: str,
+              secret_names: list[str] | None = None) -> str:
+    material = json.dumps([repo_identity, commit, commands, base_image_id, sorted(secret_names or [])])
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -49,7 +50,8 @@ class SetupCache:
                 entries = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
             except ValueError:
                 entries = {}
-            index = {key: CacheEntry(**value) for key, value in entries.items()}
+            # Entries of an older layout (a host-side tar of the workspace) are simply forgotten.
+            index = {key: CacheEntry(**value) for key, value in entries.items() if "setup_changes" in value}
             yield index
             scratch = self._index_path.with_suffix(".tmp")
             scratch.write_text(json.dumps({key: asdict(entry) for key, entry in index.items()}, indent=1))
@@ -60,20 +62,18 @@ class SetupCache:
             entry = index.get(key)
             if entry is None:
                 return None
-            if not Path(entry.workspace_tar).exists() or not _image_exists(entry.image):
+            if not _image_exists(entry.image):
                 self._drop(index.pop(key))
                 return None
             entry.last_used = time.time()
             return entry
 
-    def store(self, key: str, sandbox, workspace: Path) -> CacheEntry:
-        """Commit the set-up container and snapshot the untracked, ignored and modified files setup left."""
+    def store(self, key: str, sandbox, setup_changes: dict) -> CacheEntry:
+        """Commit the set-up container (workspace and home included)."""
         tag = key[:24]
-        tar_path = self.directory / f"{tag}.tar"
-        _snapshot_setup_files(workspace, tar_path)
         sandbox.commit(CACHE_REPOSITORY, tag, {CACHE_LABEL: key})
         now = time.time()
-        entry = CacheEntry(key=key, image=f"{CACHE_REPOSITORY}:{tag}", workspace_tar=str(tar_path),
+        entry = CacheEntry(key=key, image=f"{CACHE_REPOSITORY}:{tag}", setup_changes=setup_changes,
                            created=now, last_used=now)
         with self._locked_index() as index:
             index[key] = entry
@@ -94,30 +94,10 @@ class SetupCache:
 
     @staticmethod
     def _drop(entry: CacheEntry) -> None:
-        Path(entry.workspace_tar).unlink(missing_ok=True)
         try:
             docker_client().images.remove(entry.image, force=True)
         except Exception:
             pass  # already gone
-
-
-def restore_setup_files(entry: CacheEntry, workspace: Path) -> None:
-    with tarfile.open(entry.workspace_tar) as tar:
-        kwargs = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
-        tar.extractall(workspace, numeric_owner=True, **kwargs)
-
-
-def _snapshot_setup_files(workspace: Path, tar_path: Path) -> None:
-    # --others without --exclude-standard lists ignored files too (node_modules, *.egg-info).
-    listed = host_git(workspace, "ls-files", "-z", "--others", "--modified").stdout
-    paths = sorted({p for p in listed.split("\0") if p})
-    scratch = tar_path.with_suffix(".partial")
-    with tarfile.open(scratch, "w") as tar:
-        for relative in paths:
-            full = workspace / relative
-            if full.exists() or full.is_symlink():
-                tar.add(full, arcname=relative, recursive=not full.is_symlink())
-    os.replace(scratch, tar_path)
 
 
 def _image_exists(name: str) -> bool:

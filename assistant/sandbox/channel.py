@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 from abc import ABC, abstractmethod
 import json
@@ -9,13 +10,17 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from .base import ExecResult, OutputCallback, SandboxError
 from .interfaces import parse_proc_net_dev
 
 # How long past a command's own timeout the host waits for the server before calling it dead.
 SERVER_GRACE_S = 15.0
+CALL_TIMEOUT_S = 900.0
+# A call's whole reply must fit (it is JSON, not a log to elide): the patch cap, base64, and room besides.
+CALL_OUTPUT_CAP = 256 * 1024 * 1024
+PUT_PIECE = 4 * 1024 * 1024
 
 
 class Transport(Protocol):
@@ -112,12 +117,19 @@ class CommandChannel:
             raise SandboxError(self._gone_message())
         return message
 
-    def ping(self, timeout_s: float = 10.0) -> dict:
-        request_id, replies = self._send({"op": "ping"})
+    def request(self, message: dict, timeout_s: float = 10.0) -> dict:
+        """One request, one reply (ping, put, reap)."""
+        request_id, replies = self._send(message)
         try:
-            return self._next(replies, time.monotonic() + timeout_s)
+            reply = self._next(replies, time.monotonic() + timeout_s)
         finally:
             self._forget(request_id)
+        if reply.get("error"):
+            raise SandboxError(f"the sandbox refused {message.get('op')}: {reply['error']}")
+        return reply
+
+    def ping(self, timeout_s: float = 10.0) -> dict:
+        return self.request({"op": "ping"}, timeout_s)
 
     def exec(
         self,
@@ -128,8 +140,12 @@ class CommandChannel:
         on_output: OutputCallback | None,
         cap_bytes: int,
     ) -> ExecResult:
-        started = time.monotonic()
         request = {"op": "exec", "cmd": command, "cwd": workdir, "env": env or {}, "timeout": timeout_s, "cap": cap_bytes}
+        return self.run(request, timeout_s, on_output)
+
+    def run(self, request: dict, timeout_s: float, on_output: OutputCallback | None = None) -> ExecResult:
+        """Send an exec or call request and collect its output until it is done."""
+        started = time.monotonic()
         request_id, replies = self._send(request)
         deadline = started + timeout_s + SERVER_GRACE_S
         pieces: list[str] = []
@@ -169,6 +185,12 @@ class ChannelSandbox(ABC):
     Subclasses set _channel, _config, _deadline, _expired, _closed, _close_lock, _wall_clock and implement
     _teardown."""
 
+    egress = None  # the job's egress proxy handle when the agent phase has internet by allowlist
+    _extra_env: dict[str, str] = {}  # merged into every command's environment (the proxy variables)
+
+    def confine_to_proxy(self, policy, config) -> str:
+        raise SandboxError(f"the {self.backend} backend supports agent internet `off` only")
+
     def _expire(self) -> None:
         self._expired = True
         self.close()
@@ -200,6 +222,7 @@ class ChannelSandbox(ABC):
         if channel is None:
             raise SandboxError("the sandbox is closed")
         try:
+            env = {**self._extra_env, **env} if env and self._extra_env else (env or self._extra_env)
             return channel.exec(command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes)
         except SandboxError:
             if self._expired:
@@ -210,6 +233,40 @@ class ChannelSandbox(ABC):
         return SandboxError(
             f"the job reached its wall-clock limit of {self._config.job_wall_clock_s} s and its sandbox was removed"
         )
+
+    def _live_channel(self) -> CommandChannel:
+        if self._expired or self._deadline - time.monotonic() <= 0:
+            raise self._wall_clock_error()
+        if self._channel is None:
+            raise SandboxError("the sandbox is closed")
+        return self._channel
+
+    def call(self, fn: str, timeout_s: float = CALL_TIMEOUT_S, **args: Any) -> Any:
+        """Run workspace_ops.<fn>(**args) inside the sandbox, as the sandbox user; returns its result as data."""
+        channel = self._live_channel()
+        timeout = min(timeout_s, self._deadline - time.monotonic())
+        result = channel.run({"op": "call", "fn": fn, "args": args, "timeout": timeout, "cap": CALL_OUTPUT_CAP},
+                             timeout)
+        if result.timed_out:
+            raise SandboxError(f"the sandbox's {fn} did not finish within {timeout:.0f} s")
+        try:
+            reply = json.loads(result.output)
+        except ValueError:
+            raise SandboxError(f"the sandbox's {fn} answered no result: {result.output.strip()[-300:]}") from None
+        if not reply.get("ok"):
+            raise SandboxError(f"{fn} in the sandbox failed: {reply.get('error')}")
+        return reply["result"]
+
+    def put_file(self, path: str, data: bytes) -> None:
+        """Write bytes into a file inside the sandbox (as the sandbox user), in pieces the channel carries well."""
+        channel = self._live_channel()
+        for offset in range(0, max(len(data), 1), PUT_PIECE):
+            piece = base64.b64encode(data[offset:offset + PUT_PIECE]).decode()
+            channel.request({"op": "put", "path": path, "data": piece, "append": offset > 0}, timeout_s=60)
+
+    def reap(self) -> int:
+        """Kill whatever setup left running (and with it the environment it was given)."""
+        return int(self._live_channel().request({"op": "reap"}, timeout_s=30).get("reaped", 0))
 
     def network_interfaces(self) -> list[str]:
         result = self.exec("cat /proc/net/dev", timeout_s=10)

@@ -14,6 +14,14 @@ Requests:
    "timeout": 120, "cap": 1000000}
   {"id": "8", "op": "cancel", "target": "7"}
   {"id": "9", "op": "ping"}
+  {"id": "10", "op": "call", "fn": "diff", "args": {...}, "timeout": 600, "cap": 64000000}
+      runs workspace_ops.<fn>(**args) in a forked child (same limits, same user); its output is one
+      JSON document {"ok": true, "result": ...} or {"ok": false, "error": "..."}
+  {"id": "11", "op": "put", "path": "/tmp/x", "data": "<base64>", "append": false}
+      writes bytes into the sandbox (as the sandbox user); reply {"id": "11", "put": true} or an error
+  {"id": "12", "op": "reap"}
+      kills every process but this server and its ancestors (what setup left running, with its
+      environment); reply {"id": "12", "reaped": N}
 Replies, tagged with the request's id:
   {"id": "7", "out": "text"}                      output as it comes (stdout and stderr merged)
   {"id": "7", "done": true, "exit": 0, "timed_out": false, "truncated": false,
@@ -21,6 +29,7 @@ Replies, tagged with the request's id:
   {"id": "9", "pong": true, "pid": 12}
 """
 
+import base64
 import codecs
 import fcntl
 import json
@@ -126,6 +135,30 @@ class Command(object):
         self.timed_out = False
         self.cancelled = False
 
+    def spawn_call(self, request):
+        """Run a workspace operation in a forked child, so a slow diff never stalls the server's loop."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the server
+            code = 1
+            try:
+                os.close(read_end)
+                os.setsid()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(write_end, 1)
+                os.dup2(write_end, 2)
+                code = _run_call(request)
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.proc = ForkedProcess(pid, read_end)
+        self.fd = read_end
+        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
     def spawn(self, request):
         env = dict(os.environ)
         env.update(request.get("env") or {})
@@ -191,6 +224,75 @@ class Command(object):
             self.cancelled = self.cancelled or not timed_out
             self.deadline = None
             kill_tree(self.proc.pid)
+
+
+class ForkedProcess(object):
+    """The little of Popen the server uses, for a forked child."""
+
+    def __init__(self, pid, fd):
+        self.pid = pid
+        self.fd = fd
+        self.returncode = None
+        self.stdout = self
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 255
+                return self.returncode
+            if pid:
+                self.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+        return self.returncode
+
+    def close(self):
+        os.close(self.fd)
+
+
+def _run_call(request):
+    """In the forked child: call workspace_ops.<fn>(**args) and print the outcome as one JSON document."""
+    out = os.fdopen(1, "w")
+    try:
+        import workspace_ops  # registered by the bootstrap
+        function = getattr(workspace_ops, request.get("fn") or "", None)
+        if function is None or request["fn"].startswith("_"):
+            raise ValueError("no workspace operation %r" % request.get("fn"))
+        result = {"ok": True, "result": function(**(request.get("args") or {}))}
+        code = 0
+    except Exception as exc:
+        result = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+        code = 1
+    out.write(json.dumps(result))
+    out.flush()
+    return code
+
+
+def reap_others():
+    """Kill every process except this one and its ancestors (docker's init, bubblewrap)."""
+    keep, current, table = set(), os.getpid(), _process_table()
+    while current in table and current not in keep:
+        keep.add(current)
+        current = table[current][0]
+    killed = 0
+    for pid in table:
+        if pid not in keep and table[pid][1] != b"Z":
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
+
+
+def put_file(request):
+    """Write (or append) bytes into a file in the sandbox; parents are created."""
+    path = request["path"]
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory)
+    with open(path, "ab" if request.get("append") else "wb") as handle:
+        handle.write(base64.b64decode(request.get("data") or ""))
 
 
 class Server(object):
@@ -271,10 +373,13 @@ class Server(object):
             return
         op = request.get("op")
         request_id = request.get("id")
-        if op == "exec":
+        if op in ("exec", "call"):
             command = Command(request)
             try:
-                command.spawn(request)
+                if op == "call":
+                    command.spawn_call(request)
+                else:
+                    command.spawn(request)
             except Exception as exc:
                 send(done_message(request_id, None, "could not start the command: %s" % exc))
                 return
@@ -285,6 +390,14 @@ class Server(object):
             if target is not None:
                 target.kill(timed_out=False)
             send({"id": request_id, "cancelled": target is not None})
+        elif op == "put":
+            try:
+                put_file(request)
+                send({"id": request_id, "put": True})
+            except Exception as exc:
+                send({"id": request_id, "error": "could not write %s: %s" % (request.get("path"), exc)})
+        elif op == "reap":
+            send({"id": request_id, "reaped": reap_others()})
         elif op == "ping":
             send({"id": request_id, "pong": True, "pid": os.getpid()})
         else:

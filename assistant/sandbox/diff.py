@@ -1,15 +1,17 @@
-"""The job's result as a diff of its workspace against the commit it started from."""
+"""The job's result: the agent's change, computed inside the sandbox (workspace_ops.diff) and received as data.
+
+The host only decodes bytes and rewrites text here; it never runs git on, or opens, the workspace.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import base64
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from .repo import host_git
-
-_STATUS_NAMES = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "C": "copied", "T": "type changed"}
+# Git writes the forward and the reverse payload, each "literal|delta N", base85 lines, a blank line.
+_BINARY_SECTION = re.compile(rb"^GIT binary patch\n(?:(?:literal|delta) \d+\n.*?\n\n){1,2}", re.S | re.M)
 
 
 @dataclass
@@ -18,54 +20,53 @@ class WorkspaceDiff:
     patch: str  # `git apply`-able on the base commit, binary files included (exact when the text is UTF-8)
     files: list[tuple[str, str]] = field(default_factory=list)  # (status, path); a rename reads "old -> new"
     patch_bytes: bytes = b""  # the patch exactly, for files in other encodings
+    omitted: list[dict] = field(default_factory=list)  # files over the size cap: path, size, sha256
+    truncated: bool = False  # the patch stops before the last files (the patch cap)
+    total_bytes: int = 0  # the whole patch's size, had it not been cut
+    setup_excluded: list[str] = field(default_factory=list)  # paths setup changed, left out of the diff
 
     @property
     def empty(self) -> bool:
-        return not self.files
+        return not self.files and not self.omitted
+
+    def notes(self) -> list[str]:
+        """What a reviewer must know about what the diff does not show."""
+        notes = [f"{item['path']}: {item['size']:,} bytes, sha256 {item['sha256']} — over the size cap, "
+                 "listed but not included" for item in self.omitted]
+        if self.truncated:
+            notes.append(f"the patch was truncated at the patch size cap ({self.total_bytes:,} bytes in all); "
+                         "the last files are missing from it")
+        return notes
 
 
-def workspace_diff(workspace: Path, base_commit: str) -> WorkspaceDiff:
-    """Everything the job changed, including new untracked files, excluding files .gitignore ignores.
+def workspace_diff(sandbox, base_commit: str, setup_changes: dict | None = None, *,
+                   file_cap: int = 5_000_000, patch_cap: int = 20_000_000) -> WorkspaceDiff:
+    """Everything the job changed since base_commit, less what setup changed, computed in the sandbox."""
+    return from_sandbox(sandbox.call("diff", base=base_commit, setup=setup_changes, file_cap=file_cap,
+                                     patch_cap=patch_cap))
 
-    A scratch index and a scratch object directory keep this read-only for the workspace: the
-    agent's own index, HEAD and objects are left exactly as it left them.
-    """
-    with tempfile.TemporaryDirectory(prefix="workspace-diff-") as scratch:
-        objects = Path(scratch) / "objects"
-        objects.mkdir()
-        git_dir = host_git(workspace, "rev-parse", "--absolute-git-dir").stdout.strip()
-        env = {
-            "GIT_INDEX_FILE": str(Path(scratch) / "index"),
-            "GIT_OBJECT_DIRECTORY": str(objects),
-            "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.join(git_dir, "objects"),
-        }
-        # Starting from the base tree keeps files that are tracked there even if .gitignore matches them.
-        host_git(workspace, "read-tree", base_commit, env=env)
-        host_git(workspace, "add", "--all", "--", ".", env=env)
-        common = ["diff", "--cached", "--find-renames", "--no-color", "--no-ext-diff", base_commit, "--"]
-        patch = host_git(workspace, *common[:-2], "--binary", *common[-2:], env=env, text=False).stdout
-        display = host_git(workspace, *common, env=env, text=False).stdout
-        status = host_git(workspace, "diff", "--cached", "--find-renames", "--name-status", "-z", base_commit,
-                          env=env).stdout
+
+def from_sandbox(result: dict[str, Any]) -> WorkspaceDiff:
+    patch = base64.b64decode(result.get("patch_b64") or "")
     return WorkspaceDiff(
-        display=display.decode("utf-8", "replace"),
+        display=readable(patch, result),
         patch=patch.decode("utf-8", "replace"),
-        files=_parse_name_status(status),
+        files=[(status, path) for status, path in result.get("files") or []],
         patch_bytes=patch,
+        omitted=list(result.get("omitted") or []),
+        truncated=bool(result.get("truncated")),
+        total_bytes=int(result.get("total_bytes") or len(patch)),
+        setup_excluded=list(result.get("setup_excluded") or []),
     )
 
 
-def _parse_name_status(raw: str) -> list[tuple[str, str]]:
-    fields = raw.split("\0")
-    files: list[tuple[str, str]] = []
-    position = 0
-    while position < len(fields) and fields[position]:
-        code = fields[position]
-        kind = _STATUS_NAMES.get(code[0], code)
-        if code[0] in "RC":
-            files.append((kind, f"{fields[position + 1]} -> {fields[position + 2]}"))
-            position += 3
-        else:
-            files.append((kind, fields[position + 1]))
-            position += 2
-    return files
+def readable(patch: bytes, result: dict[str, Any] | None = None) -> str:
+    """The patch as a person reads it: binary payloads replaced by a line that names them."""
+    text = _BINARY_SECTION.sub(b"Binary files differ\n", patch).decode("utf-8", "replace")
+    result = result or {}
+    if result.get("truncated"):
+        text += f"\n[… patch truncated: {int(result.get('total_bytes') or 0):,} bytes in all, over the patch cap …]\n"
+    for item in result.get("omitted") or []:
+        text += (f"\n[omitted: {item['path']} — {item['size']:,} bytes, sha256 {item['sha256']}; "
+                 "over the per-file size cap]\n")
+    return text

@@ -13,37 +13,25 @@ from pathlib import Path
 from .base import (
     AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, SandboxConfig, SandboxError,
 )
+from .bootstrap import BOOTSTRAP, payload
 from .channel import ChannelSandbox, CommandChannel
 from .image import IMAGE_LABEL
-from .engine import JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, docker_client, owner_tag
+from .engine import JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, docker_client, engine_lost_message, owner_tag
 from .transports import DockerAttachTransport
 
-SERVER_SOURCE = Path(__file__).with_name("cmdserver.py")
 OFFLINE = "none (verified: lo only)"
 
 
-# The server's source is fed on stdin (length, newline, source) rather than copied in with
-# put_archive, which costs a mount of the container's file system (~60-100 ms here). The
-# bootstrap reads exactly that many bytes so nothing meant for the server is consumed.
-BOOTSTRAP = (
-    "import os\n"
-    "h = b''\n"
-    "while not h.endswith(b'\\n'):\n    h += os.read(0, 1)\n"
-    "n = int(h); s = b''\n"
-    "while len(s) < n:\n    s += os.read(0, n - len(s))\n"
-    "exec(compile(s, 'cmdserver.py', 'exec'))\n"
-)
-
-
-def _home_archive() -> bytes:
-    """An agent home for images that were not built here and may lack one."""
+def _agent_dirs_archive() -> bytes:
+    """An agent home and an empty workspace for images that were not built here and may lack them."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo(AGENT_HOME.lstrip("/"))
-        info.type = tarfile.DIRTYPE
-        info.mode = 0o755
-        info.uid, info.gid = AGENT_UID, AGENT_GID
-        tar.addfile(info)
+        for directory in (AGENT_HOME, WORKSPACE):
+            info = tarfile.TarInfo(directory.lstrip("/"))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            info.uid, info.gid = AGENT_UID, AGENT_GID
+            tar.addfile(info)
     return buffer.getvalue()
 
 
@@ -58,10 +46,10 @@ def _built_here(client, image: str) -> bool:
 class DockerSandbox(ChannelSandbox):
     backend = "docker"
 
-    def __init__(self, container, channel: CommandChannel, workspace: Path, config: SandboxConfig, network: bool):
+    def __init__(self, container, channel: CommandChannel, config: SandboxConfig, network: bool, job_id: str = ""):
         self.container = container
+        self._job_id = job_id
         self._online = network
-        self.workspace = workspace
         self._channel = channel
         self._config = config
         self._deadline = time.monotonic() + config.job_wall_clock_s
@@ -73,7 +61,9 @@ class DockerSandbox(ChannelSandbox):
         self._wall_clock.start()
 
     @classmethod
-    def start(cls, *, job_id: str, workspace: Path, config: SandboxConfig, image: str, network: bool) -> "DockerSandbox":
+    def start(cls, *, job_id: str, config: SandboxConfig, image: str, network: bool) -> "DockerSandbox":
+        """A container whose workspace lives in its own file system (no host directory is mounted), so the
+        host never reads or writes what the job wrote, and the engine may as well be on another host."""
         import docker
 
         client = docker_client()
@@ -81,7 +71,6 @@ class DockerSandbox(ChannelSandbox):
         try:
             # The low-level calls skip the inspect that containers.create() makes after creating.
             host_config = client.api.create_host_config(
-                mounts=[docker.types.Mount(target=WORKSPACE, source=str(workspace.resolve()), type="bind")],
                 network_mode="bridge" if network else "none",
                 mem_limit=f"{config.memory_mb}m",
                 memswap_limit=f"{config.memory_mb}m",
@@ -95,13 +84,17 @@ class DockerSandbox(ChannelSandbox):
             created = client.api.create_container(
                 image,
                 command=["python3", "-c", BOOTSTRAP],
+
                 name=f"assistant-{_safe(job_id)}-{secrets.token_hex(3)}",
                 user=f"{AGENT_UID}:{AGENT_GID}",
                 working_dir=WORKSPACE,
                 environment=AGENT_ENV,
                 stdin_open=True,
                 tty=False,
-                detach=True,
+                # detach=False makes the SDK set StdinOnce: when our attach connection closes (however this
+                # process dies), the server's stdin closes, it kills what it runs and exits, and the container
+                # stops — no orphan outlives its driver.
+                detach=False,
                 hostname="sandbox",
                 labels={MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag()},
                 host_config=host_config,
@@ -113,14 +106,13 @@ class DockerSandbox(ChannelSandbox):
             raise SandboxError(f"docker could not create the sandbox container: {exc.explanation or exc}") from exc
         try:
             if not _built_here(client, image):
-                container.put_archive("/", _home_archive())
+                container.put_archive("/", _agent_dirs_archive())
             raw = client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             transport = DockerAttachTransport(getattr(raw, "_sock", raw))
             container.start()
-            source = SERVER_SOURCE.read_bytes()
-            transport.write(b"%d\n" % len(source) + source)
+            transport.write(payload())
             channel = CommandChannel(transport, describe_failure=lambda: _describe_exit(container, transport, image))
-            sandbox = cls(container, channel, workspace, config, network)
+            sandbox = cls(container, channel, config, network, job_id)
         except Exception:
             _remove(container)
             raise
@@ -145,6 +137,23 @@ class DockerSandbox(ChannelSandbox):
             raise SandboxError(f"the sandbox still has network interfaces {interfaces} after the cut; refusing to go on")
         return OFFLINE
 
+    def confine_to_proxy(self, policy, config: SandboxConfig) -> str:
+        """Agent internet by allowlist: the container leaves every network for the job's internal one, whose only
+        way out is its own filtering proxy; proven from inside before the agent's first step."""
+        from ..egress import EgressGateway
+
+        handle = EgressGateway(config.egress_image, config.image).start(policy, self._job_id)
+        try:
+            handle.attach(self.container)
+            self._online = False
+            self._extra_env = handle.proxy_env()
+            handle.verify(lambda command: self.exec(command, timeout_s=60).output)
+        except BaseException:
+            handle.close()
+            raise
+        self.egress = handle
+        return f"the job's egress proxy only — {policy.describe()}"
+
     def commit(self, repository: str, tag: str, labels: dict[str, str]) -> str:
         image = self.container.commit(repository=repository, tag=tag, changes=[f'LABEL {k}="{v}"' for k, v in labels.items()])
         return image.id
@@ -152,6 +161,8 @@ class DockerSandbox(ChannelSandbox):
     def _teardown(self) -> None:
         self._channel.close()
         _remove(self.container)
+        if self.egress is not None:
+            self.egress.close()  # the proxy and the job's network; its records stay readable
 
 
 def _safe(job_id: str) -> str:
@@ -166,11 +177,15 @@ def _remove(container) -> None:
 
 
 def _describe_exit(container, transport: DockerAttachTransport, image: str) -> str:
+    import docker
+
     try:
         container.reload()
         state = container.attrs.get("State", {})
-    except Exception:
-        return "The sandbox container no longer exists."
+    except docker.errors.NotFound:
+        return "The sandbox container no longer exists (removed by someone else)."
+    except Exception as exc:
+        return engine_lost_message(exc)
     if state.get("Running"):
         return ""
     stderr = "\n".join(transport.stderr_tail)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from .base import SandboxConfig, SandboxError
@@ -42,6 +43,18 @@ def docker_client():
         return client
 
 
+def engine_lost_message(exc: BaseException) -> str:
+    return (f"the Docker engine stopped answering ({_short(exc)}). Start it again with scripts/ensure-docker.sh "
+            "(or `sudo dockerd &`), then retry the job.")
+
+
+def forget_client() -> None:
+    """Drop the cached client, so the next call finds out afresh whether an engine answers."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -54,6 +67,7 @@ def docker_status() -> tuple[bool, str]:
     except SandboxError as exc:
         return False, str(exc)
     except Exception as exc:
+        forget_client()  # an engine that died since: the next look must ping afresh
         return False, f"the Docker engine did not answer: {_short(exc)}"
     return True, f"engine {version.get('Version', '?')} at {client.api.base_url}"
 
@@ -67,9 +81,7 @@ def ensure_docker() -> None:
     completed = subprocess.run(["bash", str(ENSURE_DOCKER_SCRIPT)], capture_output=True, text=True, timeout=600)
     if completed.returncode != 0:
         raise SandboxError(f"could not start a Docker engine: {completed.stderr.strip()[-500:]}")
-    global _client
-    with _client_lock:
-        _client = None
+    forget_client()
     if not docker_status()[0]:
         raise SandboxError("dockerd was started but does not answer; see /var/log/dockerd.log")
 
@@ -81,17 +93,37 @@ def bwrap_status() -> tuple[bool, str]:
     return True, f"bubblewrap at {path}"
 
 
-def resolve_backend(config: SandboxConfig) -> tuple[str, str]:
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str                   # "docker" | "local"
+    detail: str
+    fallback: str | None = None    # why a weaker backend was chosen than configured ("auto" without an engine)
+
+
+def resolve_backend(config: SandboxConfig) -> BackendChoice:
+    """The backend for one job, resolved when it starts and recorded on it.
+
+    "auto" prefers Docker; moving to bubblewrap (weaker limits: no CPU cap, memory by rlimit) is a fallback
+    the caller must announce, and one that config.allow_weaker_fallback can forbid.
+    """
     if config.backend == "docker":
-        return "docker", docker_status()[1]
+        ok, detail = docker_status()
+        if not ok:
+            raise SandboxError(detail)
+        return BackendChoice("docker", detail)
     if config.backend == "local":
-        return "local", bwrap_status()[1]
+        return BackendChoice("local", bwrap_status()[1])
     if config.backend != "auto":
         raise SandboxError(f"unknown sandbox backend {config.backend!r}: use docker, local or auto")
     ok, detail = docker_status()
     if ok:
-        return "docker", detail
-    return "local", f"no docker engine: {detail}"
+        return BackendChoice("docker", detail)
+    if not config.allow_weaker_fallback:
+        raise SandboxError(f"{detail} The bubblewrap fallback is turned off (ASSISTANT_SANDBOX_FALLBACK), "
+                           "so the job did not start; start the engine and retry.")
+    return BackendChoice("local", bwrap_status()[1],
+                         fallback=f"no Docker engine answered ({detail.rstrip('.')}); this job runs in the bubblewrap "
+                                  "sandbox, whose limits are weaker (no CPU cap, memory by rlimit)")
 
 
 def owner_tag() -> str:

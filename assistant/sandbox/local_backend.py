@@ -21,11 +21,9 @@ from .base import (
 )
 from .channel import ChannelSandbox, CommandChannel
 from .image import host_ca_bundle
-from .repo import own_for_sandbox
+from .bootstrap import BOOTSTRAP, payload
 from .transports import ProcessTransport
 
-SERVER_SOURCE = Path(__file__).with_name("cmdserver.py")
-SERVER_PATH = "/opt/assistant/cmdserver.py"
 CA_PATH = "/opt/assistant/ca-bundle.crt"
 OFFLINE = "none (verified: lo only; bubblewrap --unshare-net)"
 # Only what programs need from the host's /etc; secrets, package-manager and user config stay out.
@@ -42,7 +40,7 @@ class LocalSandbox(ChannelSandbox):
     backend = "local"
 
     def __init__(self, *, job_id: str, workspace: Path, home: Path, config: SandboxConfig):
-        self.workspace = workspace
+        self._workspace = workspace
         self.home = home
         self._job_id = job_id
         self._config = config
@@ -57,15 +55,19 @@ class LocalSandbox(ChannelSandbox):
         self._wall_clock.daemon = True
 
     @classmethod
-    def start(cls, *, job_id: str, workspace: Path, config: SandboxConfig, network: bool) -> "LocalSandbox":
+    def start(cls, *, job_id: str, config: SandboxConfig, network: bool) -> "LocalSandbox":
+        """bubblewrap needs host directories to bind: an empty workspace and home, made here and given to the
+        sandbox user before any untrusted code runs. After that the host only ever removes them (rmtree does
+        not follow links); everything else happens inside, through the command server."""
         if not shutil.which("bwrap"):
             raise SandboxError("the local backend needs bubblewrap: apt-get install bubblewrap (or start a Docker engine)")
-        home = config.homes_dir / job_id
-        shutil.rmtree(home, ignore_errors=True)  # a retried job starts from a clean home, as a container would
-        home.mkdir(parents=True)
-        own_for_sandbox(home)
+        workspace, home = config.workspaces_dir / job_id, config.homes_dir / job_id
+        for directory in (workspace, home):
+            shutil.rmtree(directory, ignore_errors=True)  # a retried job starts clean, as a container would
+            directory.mkdir(parents=True)
+            _own_empty_dir(directory)
         if os.geteuid() == 0:
-            _require_reachable_by_agent([workspace, home, SERVER_SOURCE.parent])
+            _require_reachable_by_agent([workspace, home])
         sandbox = cls(job_id=job_id, workspace=workspace, home=home, config=config)
         sandbox._write_identity()
         sandbox._launch(network)
@@ -99,9 +101,8 @@ class LocalSandbox(ChannelSandbox):
         for name in ("passwd", "group", "hostname"):
             argv += ["--ro-bind", str(self._etc / name), f"/etc/{name}"]
         argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
-                 "--bind", str(self.workspace.resolve()), WORKSPACE,
+                 "--bind", str(self._workspace.resolve()), WORKSPACE,
                  "--bind", str(self.home.resolve()), AGENT_HOME,
-                 "--ro-bind", str(SERVER_SOURCE), SERVER_PATH,
                  "--chdir", WORKSPACE, "--clearenv"]
         env = dict(AGENT_ENV)
         bundle = host_ca_bundle(self._config.ca_bundle)
@@ -110,7 +111,7 @@ class LocalSandbox(ChannelSandbox):
             env.update({var: CA_PATH for var in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")})
         for key, value in env.items():
             argv += ["--setenv", key, value]
-        argv += ["--", "/usr/bin/python3", SERVER_PATH]
+        argv += ["--", "/usr/bin/python3", "-c", BOOTSTRAP]
         return argv
 
     def _launch(self, network: bool) -> None:
@@ -124,7 +125,9 @@ class LocalSandbox(ChannelSandbox):
         except OSError as exc:
             raise SandboxError(f"could not start bubblewrap: {exc}") from exc
         self._process = process
-        self._channel = CommandChannel(ProcessTransport(process), describe_failure=self._describe_exit)
+        transport = ProcessTransport(process)
+        transport.write(payload())
+        self._channel = CommandChannel(transport, describe_failure=self._describe_exit)
         try:
             self._channel.ping(timeout_s=15)
         except SandboxError:
@@ -169,7 +172,15 @@ class LocalSandbox(ChannelSandbox):
 
     def _teardown(self) -> None:
         self._stop_server()
-        shutil.rmtree(self._etc, ignore_errors=True)
+        # rmtree removes links without following them; nothing here reads what the job wrote.
+        for directory in (self._etc, self._workspace, self.home):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _own_empty_dir(path: Path) -> None:
+    """The sandbox user must write its (still empty) workspace and home; a no-op unless root."""
+    if os.geteuid() == 0:
+        os.chown(path, AGENT_UID, AGENT_GID)
 
 
 def _require_reachable_by_agent(paths: list[Path]) -> None:

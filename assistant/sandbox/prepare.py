@@ -1,18 +1,23 @@
-"""Preparing a job's sandbox: clone, start, set up with network (or restore from the cache), then go offline."""
+"""Preparing a job's sandbox: the repository in (a bundle from the host mirror), set up with network (or
+restored from the setup cache), what setup changed recorded, setup's processes gone, then offline."""
 
 from __future__ import annotations
 
-import shutil
 import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .base import ExecResult, PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed, WORKSPACE
-from .cache import SetupCache, cache_key, restore_setup_files
+from .cache import SetupCache, cache_key
 from .engine import docker_client, resolve_backend
-from .repo import clone_into, repo_identity
+from .repo import RepoSource, prepare_source, repo_identity
 from .setup_commands import setup_commands
 
 SETUP_COMMAND_TIMEOUT_S = 1800.0
+BUNDLE_PATH = "/tmp/assistant-repo.bundle"
+REPO_CONFIG = ".assistant/config.toml"
+_start_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-start")
 
 
 def _ignore(*_args) -> None:
@@ -29,52 +34,58 @@ def prepare(
 ) -> PreparedSandbox:
     timings: dict[str, float] = {}
     clock = time.monotonic()
-    backend, backend_detail = resolve_backend(config)
+    choice = resolve_backend(config)
     on_state("preparing")
-    workspace = config.workspaces_dir / req.job_id
-    base_commit = clone_into(req.repo, req.ref, workspace)
-    commands = setup_commands(workspace, req.setup)
-    timings["clone_s"] = time.monotonic() - clock
+    source = prepare_source(req.repo, req.ref, config.data_dir)
+    commands = setup_commands(source, req.setup)
+    policy = _egress_policy(req, config, source, choice.backend)  # a bad policy fails before anything starts
+    timings["source_s"] = time.monotonic() - clock
 
     cache, key, entry = None, None, None
-    if backend == "docker" and config.cache_enabled and commands:
-        key = cache_key(repo_identity(req.repo), base_commit, commands, _image_id(config.image))
+    if choice.backend == "docker" and config.cache_enabled and commands:
+        key = cache_key(repo_identity(req.repo), source.commit, commands, _image_id(config.image),
+                        [name for name, _ in config.setup_secrets])
         cache = SetupCache(config)
         entry = cache.lookup(key)
 
     sandbox = None
     results: list[ExecResult] = []
     failed: tuple[str, ExecResult] | None = None
+    setup_changes: dict = {"created": [], "modified": {}}
+    mask = _masker(config)
     try:
         clock = time.monotonic()
         if entry is not None:
-            restore_setup_files(entry, workspace)
             maintenance = [config.maintenance_command] if config.maintenance_command else []
-            sandbox = _start(backend, req.job_id, workspace, config, entry.image, network=bool(maintenance))
+            sandbox = _start(choice.backend, req.job_id, config, entry.image, network=bool(maintenance))
             timings["start_s"] = time.monotonic() - clock
+            setup_changes = entry.setup_changes
             if maintenance:
                 on_state("setting_up")
-                failed = _run_setup(sandbox, maintenance, results, config, on_command, on_output)
-                setup_network = f"{_online_name(backend)} (setup cache hit: setup skipped, maintenance ran)"
+                failed = _run_setup(sandbox, maintenance, results, config, on_command, on_output, mask)
+                setup_network = f"{_online_name(choice.backend)} (setup cache hit: setup skipped, maintenance ran)"
             else:
                 setup_network = "none (setup cache hit: setup skipped)"
         else:
-            sandbox = _start(backend, req.job_id, workspace, config, config.image, network=bool(commands))
+            sandbox = _start_with_repo(choice.backend, req.job_id, config, source, network=bool(commands))
             timings["start_s"] = time.monotonic() - clock
             if commands:
                 on_state("setting_up")
                 clock = time.monotonic()
-                failed = _run_setup(sandbox, commands, results, config, on_command, on_output)
+                failed = _run_setup(sandbox, commands, results, config, on_command, on_output, mask)
                 timings["setup_s"] = time.monotonic() - clock
-                setup_network = _online_name(backend)
+                setup_network = _online_name(choice.backend)
+                setup_changes = sandbox.call("snapshot", base=source.commit)
                 if failed is None and cache is not None and key is not None:
                     clock = time.monotonic()
-                    cache.store(key, sandbox, workspace)
+                    cache.store(key, sandbox, setup_changes)
                     timings["cache_store_s"] = time.monotonic() - clock
             else:
                 setup_network = "none (no setup commands)"
         clock = time.monotonic()
-        agent_network = sandbox.go_offline()
+        if results or config.setup_secrets:
+            sandbox.reap()  # what setup left running keeps its environment (and any secret) otherwise
+        agent_network = (sandbox.confine_to_proxy(policy, config) if policy.allowlist else sandbox.go_offline())
         timings["offline_s"] = time.monotonic() - clock
     except BaseException:
         if sandbox is not None:
@@ -82,7 +93,7 @@ def prepare(
         raise
     return PreparedSandbox(
         sandbox=sandbox,
-        base_commit=base_commit,
+        base_commit=source.commit,
         setup_commands=commands,
         setup_results=results,
         cache_hit=entry is not None,
@@ -90,12 +101,72 @@ def prepare(
         agent_network=agent_network,
         failed_setup=failed,
         timings=timings,
+        setup_changes=setup_changes,
+        backend=choice.backend,
+        backend_fallback=choice.fallback,
+        egress_policy=policy,
     )
 
 
-def _run_setup(sandbox, commands, results, config, on_command, on_output) -> tuple[str, ExecResult] | None:
+def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSource, backend: str):
+    """Agent-phase internet: the settings, then the repository's .assistant/config.toml (read from the mirror,
+    as committed), then the job request; off unless one of them asks for an allowlist."""
+    from ..egress import EgressPolicyError, resolve_policy, spec_from_repo_config, spec_from_request
+
+    text = source.read(REPO_CONFIG)
+    try:
+        repo_layer = spec_from_repo_config(tomllib.loads(text) if text else None)
+        return resolve_policy(config.egress_settings, repo_layer, spec_from_request(req.agent_internet),
+                              backend=backend)
+    except tomllib.TOMLDecodeError as exc:
+        raise SandboxError(f"the repository's {REPO_CONFIG} is not valid TOML ({exc}); fix it or remove it") from None
+    except EgressPolicyError as exc:
+        raise SandboxError(str(exc)) from None
+
+
+def _start_with_repo(backend: str, job_id: str, config: SandboxConfig, source: RepoSource, network: bool):
+    """Start the sandbox while the host makes the bundle, then clone inside the sandbox from it."""
+    started = _start_pool.submit(_start, backend, job_id, config, config.image, network)
+    try:
+        with source.bundle(job_id) as (bundle, ref):
+            data = bundle.read_bytes()
+    except BaseException:
+        _close_when_started(started)
+        raise
+    sandbox = started.result()
+    try:
+        sandbox.put_file(BUNDLE_PATH, data)
+        sandbox.call("clone", bundle=BUNDLE_PATH, ref=ref, commit=source.commit, branch=source.branch,
+                     origin=source.origin)
+    except BaseException:
+        sandbox.close()
+        raise
+    return sandbox
+
+
+def _close_when_started(started) -> None:
+    try:
+        started.result().close()
+    except Exception:
+        pass
+
+
+def _masker(config: SandboxConfig) -> Callable[[str], str]:
+    values = sorted({value for _, value in config.setup_secrets if len(value) >= 4}, key=len, reverse=True)
+
+    def mask(text: str) -> str:
+        for value in values:
+            text = text.replace(value, "***")
+        return text
+    return mask
+
+
+def _run_setup(sandbox, commands, results, config, on_command, on_output, mask) -> tuple[str, ExecResult] | None:
+    secrets = dict(config.setup_secrets)
     for command in commands:
-        result = sandbox.exec(command, timeout_s=SETUP_COMMAND_TIMEOUT_S, workdir=WORKSPACE, on_output=on_output)
+        result = sandbox.exec(command, timeout_s=SETUP_COMMAND_TIMEOUT_S, workdir=WORKSPACE, env=secrets,
+                              on_output=lambda text: on_output(mask(text)))
+        result.output = mask(result.output)
         results.append(result)
         on_command(command, result)
         if not result.ok:
@@ -105,14 +176,14 @@ def _run_setup(sandbox, commands, results, config, on_command, on_output) -> tup
     return None
 
 
-def _start(backend: str, job_id: str, workspace, config: SandboxConfig, image: str, network: bool):
+def _start(backend: str, job_id: str, config: SandboxConfig, image: str, network: bool):
     if backend == "docker":
         from .docker_backend import DockerSandbox
 
-        return DockerSandbox.start(job_id=job_id, workspace=workspace, config=config, image=image, network=network)
+        return DockerSandbox.start(job_id=job_id, config=config, image=image, network=network)
     from .local_backend import LocalSandbox
 
-    return LocalSandbox.start(job_id=job_id, workspace=workspace, config=config, network=network)
+    return LocalSandbox.start(job_id=job_id, config=config, network=network)
 
 
 def _online_name(backend: str) -> str:
@@ -126,9 +197,3 @@ def _image_id(name: str) -> str:
         raise
     except Exception:
         raise SandboxError(f"the sandbox image {name} does not exist: run `assistant sandbox build`") from None
-
-
-def discard_job_files(config: SandboxConfig, job_id: str) -> None:
-    """Remove a finished job's workspace and (local backend) home, once its diff has been stored."""
-    for directory in (config.workspaces_dir / job_id, config.homes_dir / job_id):
-        shutil.rmtree(directory, ignore_errors=True)

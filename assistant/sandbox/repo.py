@@ -1,19 +1,29 @@
-"""Cloning the job's repository on the host into its workspace directory."""
+"""The repository a job starts from, prepared on the host from sources no job ever touched.
+
+The host keeps one bare mirror per repository (a local path or a git URL) under <data dir>/mirrors. Host
+git only ever runs there — in a directory that no setup command or agent has written — and what goes into
+the sandbox is a git bundle streamed through the command server; the workspace itself is created inside
+the sandbox. Setup detection reads files from the mirror too, so the setup cache can be consulted before
+any sandbox exists.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
-import shutil
 import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from .base import AGENT_GID, AGENT_UID, RepoError
+from .base import RepoError
 
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
-# The workspace belongs to the sandbox user, so host-side git must not refuse it as "dubious ownership".
-HOST_GIT = ["git", "-c", "safe.directory=*"]
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true"}
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true", "LC_ALL": "C"}
+SOURCE_HEAD = "refs/assistant/source-head"
 
 
 def is_url(repo: str) -> bool:
@@ -27,46 +37,123 @@ def repo_identity(repo: str) -> str:
     return str(Path(repo).expanduser().resolve())
 
 
-def host_git(workspace: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
-             text: bool = True) -> subprocess.CompletedProcess:
-    completed = subprocess.run(
-        [*HOST_GIT, "-C", str(workspace), *args],
-        capture_output=True, text=text, env={**os.environ, **_GIT_ENV, **(env or {})},
-    )
+def _display(repo: str) -> str:
+    return re.sub(r"://[^/@]*@", "://", repo)
+
+
+def _git(args: list[str], cwd: Path | None = None, check: bool = True, text: bool = True,
+         input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
+    completed = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=text and input_bytes is None,
+                               input=input_bytes, env={**os.environ, **_GIT_ENV})
     if check and completed.returncode != 0:
-        stderr = completed.stderr if text else completed.stderr.decode(errors="replace")
-        raise RepoError(f"git {' '.join(args[:2])} failed in {workspace}: {stderr.strip()[-400:]}")
+        stderr = completed.stderr if isinstance(completed.stderr, str) else completed.stderr.decode(errors="replace")
+        raise RepoError(f"git {args[0]} failed: {_last_line(stderr)}")
     return completed
 
 
-def clone_into(repo: str, ref: str | None, dest: Path) -> str:
-    """Clone repo (a local path or a git URL) at ref into dest; returns the commit checked out."""
-    import git
+def _last_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    meaningful = [line for line in lines if line.lower().startswith(("fatal:", "error:"))] or lines
+    return re.sub(r"^(fatal|error): ", "", meaningful[-1]).strip().strip("'") if meaningful else "no details"
 
+
+@dataclass
+class RepoSource:
+    """A commit of the repository, ready to go into a sandbox."""
+
+    repo: str
+    mirror: Path
+    commit: str
+    branch: str | None      # the local branch to check out, or None for a detached commit
+
+    @property
+    def origin(self) -> str:
+        return _display(self.repo) if is_url(self.repo) else str(Path(self.repo).expanduser().resolve())
+
+    def read(self, path: str) -> str | None:
+        """A file of the commit, read from the mirror (never from a workspace)."""
+        completed = _git(["cat-file", "blob", f"{self.commit}:{path}"], cwd=self.mirror, check=False, text=False)
+        return completed.stdout.decode("utf-8", "replace") if completed.returncode == 0 else None
+
+    def top_level(self) -> list[str]:
+        """Names at the top of the commit's tree, directories with a trailing slash."""
+        listed = _git(["ls-tree", "-z", self.commit], cwd=self.mirror).stdout
+        names = []
+        for record in listed.split("\0"):
+            if record:
+                meta, _, name = record.partition("\t")
+                names.append(name + "/" if meta.split()[1] == "tree" else name)
+        return names
+
+    @contextmanager
+    def bundle(self, name: str):
+        """A bundle file holding the commit (and its history) under a ref named for the job."""
+        ref = f"refs/assistant/jobs/{re.sub(r'[^A-Za-z0-9_.-]', '-', name)}"
+        with _locked(self.mirror), tempfile.TemporaryDirectory(prefix="bundle-") as scratch:
+            path = Path(scratch) / "repo.bundle"
+            _git(["update-ref", ref, self.commit], cwd=self.mirror)
+            try:
+                _git(["bundle", "create", "-q", str(path), ref], cwd=self.mirror)
+            finally:
+                _git(["update-ref", "-d", ref], cwd=self.mirror, check=False)
+            yield path, ref
+
+
+@contextmanager
+def _locked(mirror: Path):
+    lock_path = mirror.with_name(mirror.name + ".lock")
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def mirror_path(repo: str, data_dir: Path) -> Path:
+    key = hashlib.sha256(repo_identity(repo).encode()).hexdigest()[:16]
+    return Path(data_dir) / "mirrors" / f"{key}.git"
+
+
+def prepare_source(repo: str, ref: str | None, data_dir: Path) -> RepoSource:
+    """Bring the host mirror up to date with the repository and resolve ref (default: its HEAD)."""
     source = _source(repo)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # Copies, not hard links: the clone is chowned to the sandbox user and must not touch the original.
-        cloned = git.Repo.clone_from(source, dest, env=_GIT_ENV, no_hardlinks=True,
-                                     **({} if is_url(repo) else {"local": True}))
-    except git.GitCommandError as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise RepoError(f"could not clone {repo}: {_git_stderr(exc)}. Check the URL or path and your access to it.") from exc
-    try:
-        if ref:
-            _checkout(cloned, ref, repo)
-        if not cloned.head.is_valid():
-            raise RepoError(f"{repo} has no commits yet; commit something first")
-        commit = cloned.head.commit.hexsha
-    except Exception:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    finally:
-        cloned.close()
-    own_for_sandbox(dest)
-    return commit
+    mirror = mirror_path(repo, data_dir)
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(mirror):
+        if not (mirror / "HEAD").exists():
+            completed = _git(["clone", "--bare", "--quiet", "--no-hardlinks", source, str(mirror)], check=False)
+            if completed.returncode != 0:
+                _remove_tree(mirror)
+                raise RepoError(f"could not clone {_display(repo)}: {_last_line(completed.stderr)}. "
+                                "Check the URL or path and your access to it.")
+        fetched = _git(["fetch", "--quiet", "--prune", "--force", source, "+refs/heads/*:refs/heads/*",
+                        "+refs/tags/*:refs/tags/*", f"+HEAD:{SOURCE_HEAD}"], cwd=mirror, check=False)
+        if fetched.returncode != 0:
+            if "couldn't find remote ref HEAD" in fetched.stderr or "bad object" in fetched.stderr.lower():
+                raise RepoError(f"{_display(repo)} has no commits yet; commit something first")
+            raise RepoError(f"could not fetch {_display(repo)}: {_last_line(fetched.stderr)}. "
+                            "Check the URL or path and your access to it.")
+        commit, branch = _resolve(mirror, source, repo, ref)
+    return RepoSource(repo=repo, mirror=mirror, commit=commit, branch=branch)
+
+
+def _resolve(mirror: Path, source: str, repo: str, ref: str | None) -> tuple[str, str | None]:
+    if not ref:
+        head = _git(["symbolic-ref", "--short", "-q", "HEAD"], cwd=mirror, check=False).stdout.strip()
+        commit = _git(["rev-parse", "--verify", "-q", f"{SOURCE_HEAD}^{{commit}}"], cwd=mirror, check=False)
+        if commit.returncode != 0:
+            raise RepoError(f"{_display(repo)} has no commits yet; commit something first")
+        return commit.stdout.strip(), head or None
+    for candidate, branch in ((f"refs/heads/{ref}", ref), (f"refs/tags/{ref}", None), (ref, None)):
+        found = _git(["rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"], cwd=mirror, check=False)
+        if found.returncode == 0:
+            return found.stdout.strip(), branch
+    # A ref the mirror does not carry (a pull request's ref, say): ask the repository itself.
+    fetched = _git(["fetch", "--quiet", source, ref], cwd=mirror, check=False)
+    if fetched.returncode == 0:
+        return _git(["rev-parse", "FETCH_HEAD^{commit}"], cwd=mirror).stdout.strip(), None
+    listed = _git(["for-each-ref", "--format=%(refname:short)", "refs/heads"], cwd=mirror, check=False).stdout.split()
+    shown = ", ".join(sorted(listed)[:10]) or "none"
+    raise RepoError(f"the ref {ref!r} does not exist in {_display(repo)} (branches: {shown}); "
+                    "name a branch, tag or commit")
 
 
 def _source(repo: str) -> str:
@@ -77,41 +164,13 @@ def _source(repo: str) -> str:
         raise RepoError(f"the repository path {repo} does not exist; give an existing directory or a git URL")
     if not path.is_dir():
         raise RepoError(f"{repo} is a file, not a repository directory")
-    probe = subprocess.run([*HOST_GIT, "-C", str(path), "rev-parse", "--git-dir"], capture_output=True, text=True)
+    probe = _git(["-C", str(path), "rev-parse", "--git-dir"], check=False)
     if probe.returncode != 0:
         raise RepoError(f"{repo} is not a git repository; run `git init && git add -A && git commit -m init` in it first")
     return str(path.resolve())
 
 
-def _checkout(cloned, ref: str, repo: str) -> None:
-    import git
+def _remove_tree(path: Path) -> None:
+    import shutil
 
-    try:
-        cloned.git.checkout(ref)
-        return
-    except git.GitCommandError:
-        pass
-    try:
-        # A tag, branch or commit that the default clone did not fetch (e.g. a PR ref).
-        cloned.git.fetch("origin", ref)
-        cloned.git.checkout("FETCH_HEAD")
-    except git.GitCommandError as exc:
-        branches = sorted({r.remote_head for r in cloned.remotes.origin.refs if r.remote_head != "HEAD"})
-        shown = ", ".join(branches[:10]) or "none"
-        raise RepoError(f"the ref {ref!r} does not exist in {repo} (branches: {shown}); name a branch, tag or commit") from exc
-
-
-def _git_stderr(exc) -> str:
-    text = (getattr(exc, "stderr", "") or str(exc)).strip()
-    text = re.sub(r"^stderr: ", "", text).strip().strip("'").strip()
-    return text.splitlines()[-1] if text else str(exc)
-
-
-def own_for_sandbox(path: Path) -> None:
-    """Give the tree to the sandbox user (uid 1000) so the agent can write it; a no-op unless root."""
-    if os.geteuid() != 0:
-        return
-    os.chown(path, AGENT_UID, AGENT_GID)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), AGENT_UID, AGENT_GID)
+    shutil.rmtree(path, ignore_errors=True)

@@ -344,6 +344,10 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
             out.append(f"Starts from the result of job {parent.number} · {plain(parent.title or parent.task[:60])}")
         except LookupError:
             pass
+    for ev in events:  # notices (a weaker sandbox than configured, setup touching tracked files) stay visible
+        if ev.kind == "notice" and (ev.data or {}).get("text"):
+            mark = "⚠" if ev.data.get("level") == "warning" else "ℹ"
+            out.append(f"{mark} {plain(str(ev.data['text']))}")
     steps = _step_lines(job, events, all_steps)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))
@@ -366,6 +370,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
             out.append("#### Diff\n\n" + (_fence(diff, "text") if diff.strip() else "*No changes.*"))
         else:
             out.append("#### Diff\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
+            out.extend(f"⚠ {plain(note)}" for note in outcome.get("diff_notes") or [])
             if store.get_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)

@@ -17,8 +17,8 @@ from assistant.sandbox.output import head_and_tail
 def test_status_and_backend_choice(docker_image, tmp_path):
     ok, detail = docker_status()
     assert ok and detail.startswith("engine ")
-    assert resolve_backend(SandboxConfig(data_dir=tmp_path))[0] == "docker"
-    assert resolve_backend(SandboxConfig(data_dir=tmp_path, backend="local"))[0] == "local"
+    assert resolve_backend(SandboxConfig(data_dir=tmp_path)).backend == "docker"
+    assert resolve_backend(SandboxConfig(data_dir=tmp_path, backend="local")).backend == "local"
     assert image_status(docker_image)[0]
     present, message = image_status("assistant-no-such-image:latest")
     assert not present and "assistant sandbox build" in message

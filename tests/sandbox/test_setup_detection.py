@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
-from assistant.sandbox.setup_commands import setup_commands
+from pathlib import Path
+
+from assistant.sandbox.setup_commands import setup_commands as detect
+
+
+class Files:
+    """A committed tree as setup detection sees it (the host mirror, in the product)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def top_level(self) -> list[str]:
+        return [p.name + "/" if p.is_dir() else p.name for p in self.root.iterdir()]
+
+    def read(self, path: str) -> str | None:
+        target = self.root / path
+        return target.read_text() if target.is_file() else None
+
+
+def setup_commands(root: Path, requested):
+    return detect(Files(root), requested)
 
 
 def write(root, files):

@@ -1,0 +1,48 @@
+"""What starts the command server inside a sandbox: a tiny bootstrap given to `python3 -c`, then the server
+and the workspace operations it serves, fed on stdin as one length-prefixed JSON document.
+
+Feeding the code on stdin rather than copying files in costs nothing extra (put_archive mounts the
+container's file system, ~60-100 ms here) and leaves no file in the sandbox for anyone to edit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+SERVER_SOURCE = _HERE / "cmdserver.py"
+# Module name -> source file, registered in this order before the server starts.
+MODULES = (("apply_patch", _HERE.parent / "agent" / "apply_patch.py"), ("workspace_ops", _HERE / "workspace_ops.py"))
+
+# Python 3.6-compatible on purpose: it runs in whatever image a user names. It reads exactly the payload's
+# bytes, so nothing meant for the server is consumed.
+BOOTSTRAP = (
+    "import json, os, sys, types\n"
+    "def _read(n):\n"
+    "    s = b''\n"
+    "    while len(s) < n:\n"
+    "        b = os.read(0, n - len(s))\n"
+    "        if not b:\n"
+    "            sys.exit(0)\n"
+    "        s += b\n"
+    "    return s\n"
+    "h = b''\n"
+    "while not h.endswith(b'\\n'):\n    h += _read(1)\n"
+    "p = json.loads(_read(int(h)).decode('utf-8'))\n"
+    "for name, src in p['modules']:\n"
+    "    m = types.ModuleType(name)\n"
+    "    sys.modules[name] = m\n"
+    "    exec(compile(src, name + '.py', 'exec'), m.__dict__)\n"
+    "exec(compile(p['main'], 'cmdserver.py', 'exec'), {'__name__': '__main__'})\n"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def payload() -> bytes:
+    document = json.dumps({
+        "modules": [[name, path.read_text()] for name, path in MODULES],
+        "main": SERVER_SOURCE.read_text(),
+    }).encode()
+    return b"%d\n" % len(document) + document
