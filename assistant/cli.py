@@ -89,8 +89,10 @@ def _print_job_result(assistant, job) -> None:
         print("\n" + diff)
 
 
-def _repo_arg(repo: str) -> str:
-    from .conversation.checkout import is_url
+def _repo_arg(settings: Settings, repo: str) -> str:
+    """--repo as the job will use it; RepoNotAllowed when this server's policy forbids it."""
+    from .access import RepoPolicy, is_url
+    RepoPolicy.from_settings(settings).check(repo)
     return repo if is_url(repo) else str(Path(repo).expanduser().resolve())
 
 
@@ -115,10 +117,15 @@ def _agent_internet_arg(args: argparse.Namespace) -> dict | str | None:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from .access import RepoNotAllowed
     from .jobs.manager import JobRequest
+    try:
+        repo = _repo_arg(settings, args.repo)
+    except RepoNotAllowed as exc:
+        _err(f"assistant: --repo refused: {exc}")
+        return 2
     assistant = _assistant(settings)
     try:
-        repo = _repo_arg(args.repo)
         jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
                                                 setup=args.setup if args.setup else None, attempts=args.attempts,
                                                 agent_internet=_agent_internet_arg(args)))
@@ -150,10 +157,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
+    from .access import RepoNotAllowed
     from .agent.citations import render_plain
+    try:
+        repo = _repo_arg(settings, args.repo)
+    except RepoNotAllowed as exc:
+        _err(f"assistant: --repo refused: {exc}")
+        return 2
     assistant = _assistant(settings)
     try:
-        repo = _repo_arg(args.repo)
         user = assistant.store.get_or_create_user("cli")
         thread = assistant.store.create_thread(user_id=user.id, name=args.question[:60], repo=repo, ref=args.ref)
         route = assistant.conversation.route(thread.id, args.question)
@@ -167,7 +179,9 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
                 _print_job_result(assistant, j)
             return 0 if all(j.state == "succeeded" for j in done) else 1
         for event in assistant.conversation.answer(thread.id, args.question, route):
-            if event.kind == "token":
+            if event.kind == "about":
+                _err(event.text)
+            elif event.kind == "token":
                 print(event.text, end="", flush=True)
             elif event.kind == "tool":
                 _err(f"  ({event.text} {json.dumps(event.data.get('arguments'))[:120]})")

@@ -101,6 +101,7 @@ class Settings(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="Port `assistant serve` binds.")
     users: str | None = Field(None, description="Password logins as `name:password,name2:password2`; default one user `admin` with a password generated into <data_dir>/admin-password.")
     header_auth: str | None = Field(None, description="Trust this request header (set by a reverse proxy) as the user name.")
+    repo_roots: str | None = Field(None, description="Colon-separated directories local repositories must be under when more than one user can log in (several ASSISTANT_USERS, or ASSISTANT_HEADER_AUTH); unset, such a server takes git URLs only. One user may name any path; the data dir is never a repository.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Log level of the CLI and the server (logs go to stderr).")
 
     @field_validator("users")

@@ -8,9 +8,9 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ..access import RepoPolicy
 from ..agent.citations import check_citations, render_markdown
 from ..agent.tools import parse_arguments
 from ..config import Settings
@@ -20,7 +20,7 @@ from ..llm.tokens import count_message_tokens
 from ..prompts import render_prompt
 from ..store import Job, NotFound, Store
 from .checkout import CheckoutError, checkout_for
-from .repo_tools import READ_TOOLS, ReadOnlyRepo
+from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
 from .route_classifier import shipped_classifier
 from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message
 
@@ -35,9 +35,14 @@ READ_LOG_TOOL = {"type": "function", "function": {
         "required": ["chunk"], "additionalProperties": False}}}
 
 
+# Messages of a thread that are the assistant's answers carry this kind in their metadata; everything
+# else the app posts (headers, notices, job cards) is not conversation and never goes back to the model.
+ANSWER_KIND = "answer"
+
+
 @dataclass
 class AnswerEvent:
-    kind: str                      # token | tool | done | error
+    kind: str                      # about | token | tool | done | error
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -49,6 +54,7 @@ class Conversation:
         self.model = model
         self.jobs = jobs
         self.classifier = shipped_classifier()  # read once per process; a broken install fails here, at start
+        self.policy = RepoPolicy.from_settings(settings)
 
     # ------------------------------------------------------------------ routing
     def thread_jobs(self, thread_id: str) -> list[Job]:
@@ -106,7 +112,7 @@ class Conversation:
         repo = (thread.repo if thread else None) or self.settings.default_repo or ""
         ref = (thread.ref if thread else None) or self.settings.default_ref
         try:
-            root = checkout_for(repo, ref, self.settings.data_dir)
+            root = checkout_for(repo, ref, self.settings.data_dir, self.policy)
         except CheckoutError as exc:
             yield AnswerEvent("error", str(exc))
             return
@@ -117,9 +123,14 @@ class Conversation:
                                        "Start a new conversation or raise the budget.")
             return
         job = self.store.get_job(route.job_id) if route.kind == FOLLOWUP_ANSWER and route.job_id else None
-        repo_view = ReadOnlyRepo(root)
+        job_files = self._job_files(job)
+        if job is not None:
+            yield AnswerEvent("about", f"About job {job.number} · {job.title or job.task[:60]}",
+                              {"job_id": job.id, "number": job.number, "title": job.title})
+        repo_view = ReadOnlyRepo(root, self.policy)
         tools = list(READ_TOOLS) + ([READ_LOG_TOOL] if job else [])
-        system = render_prompt("answer_system.md", repo=repo, followup=self._followup_context(job) if job else "")
+        system = render_prompt("answer_system.md", repo=repo,
+                               followup=self._followup_context(job, job_files) if job else "")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         messages += self._trimmed_history(history or [])
         messages.append({"role": "user", "content": text})
@@ -144,18 +155,47 @@ class Conversation:
             for call in completion.tool_calls:
                 try:
                     args = parse_arguments(call.arguments)
-                    output = self._run_read_tool(repo_view, job, call.name, args)
+                    output = self._run_read_tool(repo_view, job, job_files, call.name, args)
                 except ValueError as exc:
                     args, output = {}, f"error: {exc}"
                 yield AnswerEvent("tool", call.name, {"arguments": args, "output": output[:2000]})
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
         else:
             final = final or "(I ran out of lookup turns before answering; ask a narrower question.)"
-        citations = self._check(final, root, job)
+        citations = self._check(final, repo_view, job, job_files)
         yield AnswerEvent("done", final, {"citations": [c.as_dict() for c in citations],
-                                          "job_id": job.id if job else None, "repo_root": str(root)})
+                                          "job_id": job.id if job else None, "job_files": sorted(job_files),
+                                          "repo_root": str(root)})
 
-    def _run_read_tool(self, repo_view: ReadOnlyRepo, job: Job | None, name: str, args: dict) -> str:
+    def history(self, thread_id: str, exclude_id: str | None = None) -> list[dict[str, str]]:
+        """The conversation as the model sees it: the user's messages and the assistant's answers (as the
+        model wrote them), never the app's own headers, notices, job cards or commands."""
+        out = []
+        for m in self.store.list_messages(thread_id):
+            meta = m.meta or {}
+            metadata, step = meta.get("metadata") or {}, meta.get("step") or {}
+            text = (m.output or "").strip()
+            if m.id == exclude_id or m.job_id or not text:
+                continue
+            if m.type == "user_message" and step.get("command") != "jobs" and not text.startswith("/jobs"):
+                out.append({"role": "user", "content": text})
+            elif m.type == "assistant_message" and metadata.get("kind") == ANSWER_KIND and metadata.get("answer_text"):
+                out.append({"role": "assistant", "content": metadata["answer_text"]})  # an answer that failed has none
+        return out[-HISTORY_MESSAGES:]
+
+    def _job_files(self, job: Job | None) -> dict[str, str]:
+        """The files of the job's final workspace that were kept (those its summary cited), by path.
+        The workspace itself is gone when the job ends; these stored copies are what remains."""
+        if job is None:
+            return {}
+        return json.loads(self.store.get_artifact(job.id, "cited_files") or "{}")
+
+    def _run_read_tool(self, repo_view: ReadOnlyRepo, job: Job | None, job_files: dict[str, str], name: str,
+                       args: dict) -> str:
+        if name == "read_file" and job is not None and str(args.get("path", "")).removeprefix("./") in job_files:
+            path = str(args["path"]).removeprefix("./")
+            return numbered_excerpt(path, job_files[path], args.get("start"), args.get("end"),
+                                    note=f" as job {job.number} left it")
         if name == "read_log":
             chunk = self.store.get_chunk(str(args.get("chunk", "")))
             if chunk is None or job is None or chunk.job_id not in self._job_lineage(job):
@@ -175,13 +215,15 @@ class Conversation:
             parent = self.store.get_job(parent).parent_job_id
         return ids
 
-    def _followup_context(self, job: Job) -> str:
+    def _followup_context(self, job: Job, job_files: dict[str, str]) -> str:
         diff = self.store.get_artifact(job.id, "diff") or "(no diff)"
         if len(diff) > 12_000:
             diff = diff[:12_000] + "\n… (diff shortened)"
         commands = "\n".join(f"- {c.id} (exit {c.exit_code}): {c.command[:160]}" for c in self.store.list_chunks(job.id)) or "(none)"
+        kept = ", ".join(sorted(job_files)) or "(none)"
         return render_prompt("followup_context.md", number=str(job.number), title=job.title, state=job.state,
-                             task=job.task, summary=job.summary or "(no summary)", diff=diff, commands=commands)
+                             task=job.task, summary=job.summary or "(no summary)", diff=diff, commands=commands,
+                             files=kept)
 
     def _trimmed_history(self, history: list[dict[str, str]]) -> list[dict[str, str]]:
         recent = history[-HISTORY_MESSAGES:]
@@ -190,17 +232,9 @@ class Conversation:
             recent = recent[1:]
         return recent
 
-    def _check(self, text: str, root: Path, job: Job | None):
-        cited_files: dict[str, str] = {}
-        lineage: set[str] = set()
-        if job is not None:
-            lineage = self._job_lineage(job)
-            cited_files = json.loads(self.store.get_artifact(job.id, "cited_files") or "{}")
-        roots = [root]
-        if job is not None:
-            workspace = Path(self.jobs.sandbox_config.workspaces_dir) / job.id
-            if workspace.is_dir():
-                roots.insert(0, workspace)
+    def _check(self, text: str, repo_view: ReadOnlyRepo, job: Job | None, job_files: dict[str, str]):
+        """File citations resolve against the job's kept files first, then the conversation's checkout."""
+        lineage = self._job_lineage(job) if job is not None else set()
 
         def chunk_lookup(chunk_id: str):
             chunk = self.store.get_chunk(chunk_id)
@@ -209,10 +243,10 @@ class Conversation:
             return chunk.line_count, chunk.job_id
 
         def file_lines(path: str):
-            if path in cited_files:
-                return len(cited_files[path].splitlines())
-            return None
-        return check_citations(text, file_roots=roots, chunk_lookup=chunk_lookup, file_lines=file_lines)
+            if path in job_files:
+                return len(job_files[path].splitlines())
+            return repo_view.line_count(path)
+        return check_citations(text, chunk_lookup=chunk_lookup, file_lines=file_lines)
 
     @staticmethod
     def render_citations(text: str, citations: list[dict], link_base: str) -> str:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..access import RepoPolicy
 from ..agent.agents_md import commands_in, discover_agents_md
 from ..agent.citations import check_citations, find_citations
 from ..agent.loop import Agent, AgentBudgets, AgentResult
@@ -89,6 +90,7 @@ class JobManager:
     def submit(self, req: JobRequest) -> list[Job]:
         if not req.task.strip():
             raise ValueError("a job needs a task")
+        RepoPolicy.from_settings(self.settings).check(req.repo)  # RepoNotAllowed says why and what to do
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
@@ -122,17 +124,19 @@ class JobManager:
         event.set()
         if job.state == states.QUEUED:
             self._finish(job, states.CANCELLED, "cancelled by the user before it started")
-        elif sandbox is not None:
+        elif sandbox is None:  # still preparing: say so now; the worker stops when preparation returns
+            self._finish(job, states.CANCELLED, "cancelled by the user before the agent started")
+        else:
             try:  # kills whatever command is running; the worker then sees the cancel flag
                 sandbox.close()
             except Exception:
                 log.exception("closing the sandbox of %s", job_id)
         return True
 
-    def retry(self, job_id: str) -> list[Job]:
+    def retry(self, job_id: str, attempts: int = 1) -> list[Job]:
         job = self.store.get_job(job_id)
         internet = self.store.get_artifact(job.id, "agent_internet")
-        return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=1,
+        return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=attempts,
                                       thread_id=job.thread_id, user_id=job.user_id,
                                       parent_job_id=job.parent_job_id, title=job.title,
                                       agent_internet=json.loads(internet) if internet else None))

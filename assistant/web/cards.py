@@ -29,6 +29,10 @@ OPEN_MAX_LINES_PER_FILE = 40
 OPEN_LINES_BUDGET = 120
 
 
+# A job event the web app writes when it starts a job: how the message was routed ({"text": ...}).
+ROUTED_EVENT = "routed"
+
+
 def cite_url(job_id: str, target: str, start: int, end: int) -> str:
     return f"/cite/{job_id}/{quote(target, safe='')}?L={start}-{end}"
 
@@ -53,11 +57,63 @@ def job_links(job_id: str) -> Callable[[str, str, int, int], str]:
 
 
 def link_citations(text: str, citations: list[dict], url_for: Callable[[str, str, int, int], str]) -> str:
-    """Checked citations as links to the web app's cite routes (the rendering itself is the core's)."""
+    """Checked citations as links to the web app's cite routes (the rendering itself is the core's).
+    The model's own links are made plain text first: only a checked citation may look like one."""
     def link(c: dict) -> str:
         target = f"F:{c['target']}" if c["kind"] == "file" else c["target"]
         return url_for(c["kind"], target, c["start"], c["end"])
-    return render_markdown(text, citations or [], link)
+    return render_markdown(unlinked(text), citations or [], link)
+
+
+_FENCED_BLOCK = re.compile(r"^( {0,3})(`{3,}|~{3,})[^\n]*\n.*?(?:^ {0,3}\2[`~]*[ \t]*$|\Z)", re.M | re.S)
+_CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
+_MD_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*<?([^)\s>]*)>?(?:\s+[\"'(][^)]*[\"')])?\s*\)")
+_AUTOLINK = re.compile(r"<((?:https?|ftp|mailto|file):[^>\s]+)>", re.I)
+_BARE_URL = re.compile(r"(?<![\w/`])((?:https?|ftp|file)://[^\s<>`]+|www\.[^\s<>`]+)", re.I)
+_LINK_DEFINITION = re.compile(r"^( {0,3})\[([^\]]+)\]:", re.M)
+
+
+def _code(text: str) -> str:
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def unlinked(text: str) -> str:
+    """Markdown with every link, image and bare URL the model wrote turned into plain text (the address as
+    code), so nothing it invented is clickable or looks like a checked citation. Code is left as it is."""
+    text = (text or "").replace("\x00", "")
+    out, last = [], 0
+    for block in _FENCED_BLOCK.finditer(text):
+        out.append(_unlink_outside_code(text[last:block.start()]))
+        out.append(block.group(0))
+        last = block.end()
+    out.append(_unlink_outside_code(text[last:]))
+    return "".join(out)
+
+
+def _unlink_outside_code(text: str) -> str:
+    kept: list[str] = []  # code spans (the model's and ours) stand aside while links are rewritten
+
+    def keep(code: str) -> str:
+        kept.append(code)
+        return f"\x00{len(kept) - 1}\x00"
+
+    def url_text(url: str) -> str:
+        trail = re.search(r"[.,;:!?)\]]+$", url)
+        tail = trail.group(0) if trail and not (trail.group(0).startswith(")") and "(" in url) else ""
+        return keep(_code(url[:len(url) - len(tail)])) + tail
+
+    def link(m: re.Match) -> str:
+        label, url = m.group(1).strip(), m.group(2)
+        if not url:
+            return label
+        return url_text(url) if label in ("", url) else f"{label} ({url_text(url)})"
+
+    text = _CODE_SPAN.sub(lambda m: keep(m.group(0)), text)
+    text = _MD_LINK.sub(link, text)
+    text = _AUTOLINK.sub(lambda m: url_text(m.group(1)), text)
+    text = _BARE_URL.sub(lambda m: url_text(m.group(1)), text)
+    text = _LINK_DEFINITION.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}]:", text)
+    return re.sub(r"\x00(\d+)\x00", lambda m: kept[int(m.group(1))], text)
 
 
 def _duration(job: Job) -> str:
@@ -73,30 +129,80 @@ def _duration(job: Job) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _step_lines(job: Job, events: list) -> list[str]:
-    lines = []
+def _note(text: str) -> str:
+    """The model's words beside a tool call, without the call itself (a text-protocol block or a JSON action)."""
+    text = _TOOL_BLOCK.sub("", str(text))
+    text = " ".join(text.split())
+    if text.startswith("{") and text.endswith("}"):
+        return ""
+    return text[:200] + ("…" if len(text) > 200 else "")
+
+
+_TOOL_BLOCK = re.compile(r"^(`{3,})[ \t]*tool\b.*?(?:^\1[ \t]*$|\Z)", re.M | re.S | re.I)
+
+
+def _progress(job: Job, events: list) -> list[tuple[str, str]]:
+    """(kind, Markdown line) for each setup command, agent step and note, in order."""
+    entries = []
     for ev in events:
         data = ev.data or {}
         if ev.kind == "setup_command":
             ok = data.get("exit_code") == 0
             link = (f" · [log]({cite_url(job.id, data['chunk_id'], 1, max(int(data.get('lines') or 1), 1))})"
                     if data.get("chunk_id") else "")
-            lines.append(f"{'✔' if ok else '✖'} setup {_inline_code(data.get('command', ''))} "
-                         f"→ exit {data.get('exit_code')} in {data.get('duration_s', 0)} s{link}")
+            entries.append(("setup", f"{'✔' if ok else '✖'} setup {_inline_code(data.get('command', ''))} "
+                                     f"→ exit {data.get('exit_code')} in {data.get('duration_s', 0)} s{link}"))
         elif ev.kind == "step":
-            ok = data.get("ok", data.get("exit_code") in (0, None))
-            test = " (tests)" if data.get("is_test") else ""
-            link = f" · [log]({cite_url(job.id, data['chunk_id'], 1, 10**6)})" if data.get("chunk_id") else ""
-            exit_code = f" → exit {data['exit_code']}" if data.get("exit_code") is not None else ""
-            lines.append(f"{'✔' if ok else '✖'} step {data.get('step', '?')}: {data.get('tool', '')} "
-                         f"{_inline_code(data.get('title') or '')}{exit_code}{test}{link}")
-        elif ev.kind == "message" and data.get("text"):
-            text = " ".join(str(data["text"]).split())
-            lines.append(f"» {text[:200]}{'…' if len(text) > 200 else ''}")
-    if len(lines) > MAX_STEPS_SHOWN:
-        hidden = len(lines) - MAX_STEPS_SHOWN
-        lines = [f"… {hidden} earlier steps"] + lines[-MAX_STEPS_SHOWN:]
-    return lines
+            entries.append(("step", _step_line(job, data)))
+        elif ev.kind == "message" and _note(data.get("text") or ""):
+            entries.append(("note", f"» {plain(_note(data['text']))}"))
+    return entries
+
+
+def _step_line(job: Job, data: dict) -> str:
+    ok = data.get("ok", data.get("exit_code") in (0, None))
+    title = str(data.get("title") or data.get("tool") or "")
+    if title.startswith("$ "):
+        what = _inline_code(title)
+    elif title.startswith("apply_patch: "):
+        what = "apply_patch · " + plain(title.removeprefix("apply_patch: "))
+    else:
+        what = plain(title)
+    test = " (tests)" if data.get("is_test") else ""
+    link = f" · [log]({cite_url(job.id, data['chunk_id'], 1, 10**6)})" if data.get("chunk_id") else ""
+    exit_code = f" → exit {data['exit_code']}" if data.get("exit_code") is not None else ""
+    return f"{'✔' if ok else '✖'} step {data.get('step', '?')}: {what}{exit_code}{test}{link}"
+
+
+_KIND_WORDS = {"step": ("step", "steps"), "setup": ("setup command", "setup commands"), "note": ("note", "notes")}
+
+
+def _counted(entries: list[tuple[str, str]]) -> str:
+    """"7 earlier steps, 2 setup commands and 1 note": what was left out, by kind."""
+    parts = []
+    for kind, (one, many) in _KIND_WORDS.items():
+        n = sum(1 for k, _ in entries if k == kind)
+        if n:
+            parts.append(f"{n} {'earlier ' if not parts else ''}{one if n == 1 else many}")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _step_lines(job: Job, events: list, expanded: bool = False) -> list[str]:
+    entries = _progress(job, events)
+    if expanded or len(entries) <= MAX_STEPS_SHOWN:
+        return [line for _, line in entries]
+    hidden = entries[:-MAX_STEPS_SHOWN]
+    return [f"… {_counted(hidden)} not shown (**Show all steps** below the card)"] + \
+        [line for _, line in entries[-MAX_STEPS_SHOWN:]]
+
+
+def progress_count(store: Store, job_id: str) -> int:
+    """How many setup commands, steps and notes the card could list; above MAX_STEPS_SHOWN it folds them."""
+    try:
+        job = store.get_job(job_id)
+    except LookupError:
+        return 0
+    return len(_progress(job, store.list_events(job_id)))
 
 
 def split_diff(diff: str) -> list[tuple[str, str]]:
@@ -207,14 +313,15 @@ def _diff_summary(diff: str) -> str:
     return f"{count} file{'s' if count != 1 else ''} changed · +{props['added']} −{props['removed']}"
 
 
-def _plain(text: str) -> str:
+def plain(text: str) -> str:
     """Markdown-inert text for headings and captions (titles come from user input)."""
     return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
 
 
 def render_job_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None,
-                    diff_inline: bool = True) -> str | None:
-    """The card's Markdown; with ``diff_inline`` false the per-file diff is left to the DiffView element."""
+                    diff_inline: bool = True, all_steps: bool = False) -> str | None:
+    """The card's Markdown; with ``diff_inline`` false the per-file diff is left to the DiffView element;
+    with ``all_steps`` every step is listed, not only the last MAX_STEPS_SHOWN."""
     try:
         job = store.get_job(job_id)
     except LookupError:
@@ -225,20 +332,23 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     where = f"{job.repo}" + (f" @ {job.ref}" if job.ref else "")
     facts = [f for f in (job.backend and f"sandbox: {job.backend}", job.model and f"model: {job.model}",
                          job.agent_network and f"agent network: {job.agent_network}") if f]
-    out = [f"### Job {job.number} · {_plain(job.title or job.task[:60])}",
+    out = [f"### Job {job.number} · {plain(job.title or job.task[:60])}",
            f"**{badge}** · {_duration(job)}{attempt} · `{job.id}`",
-           f"*{_plain(where)}{' · ' + ' · '.join(_plain(f) for f in facts) if facts else ''}*"]
+           f"*{plain(where)}{' · ' + ' · '.join(plain(f) for f in facts) if facts else ''}*"]
+    routed = next((ev.data.get("text") for ev in events if ev.kind == ROUTED_EVENT and ev.data), None)
+    if routed:
+        out.append(f"*{plain(routed)}*")
     if job.parent_job_id:
         try:
             parent = store.get_job(job.parent_job_id)
-            out.append(f"Starts from the result of job {parent.number}.")
+            out.append(f"Starts from the result of job {parent.number} · {plain(parent.title or parent.task[:60])}")
         except LookupError:
             pass
     for ev in events:  # notices (a weaker sandbox than configured, setup touching tracked files) stay visible
         if ev.kind == "notice" and (ev.data or {}).get("text"):
             mark = "⚠" if ev.data.get("level") == "warning" else "ℹ"
-            out.append(f"{mark} {_plain(str(ev.data['text']))}")
-    steps = _step_lines(job, events)
+            out.append(f"{mark} {plain(str(ev.data['text']))}")
+    steps = _step_lines(job, events, all_steps)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))
     if job.state in states.ACTIVE and current:
@@ -260,7 +370,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
             out.append("#### Diff\n\n" + (_fence(diff, "text") if diff.strip() else "*No changes.*"))
         else:
             out.append("#### Diff\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
-            out.extend(f"⚠ {_plain(note)}" for note in outcome.get("diff_notes") or [])
+            out.extend(f"⚠ {plain(note)}" for note in outcome.get("diff_notes") or [])
             if store.get_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)

@@ -40,9 +40,10 @@ def _digest(props: dict) -> str:
     return hashlib.sha256(json.dumps(props, sort_keys=True).encode()).hexdigest()
 
 
-def web_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None) -> str | None:
+def web_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None,
+             all_steps: bool = False) -> str | None:
     """The card as the web app shows it: the diff itself is the DiffView element under the text."""
-    return render_job_card(store, job_id, tail, current, diff_inline=False)
+    return render_job_card(store, job_id, tail, current, diff_inline=False, all_steps=all_steps)
 
 
 def action_id(job_id: str, name: str) -> str:
@@ -71,13 +72,15 @@ class JobRelay:
         self._sent_actions: dict[tuple[str, str], dict[str, object]] = {}
         self._sent_diffs: dict[tuple[str, str], str] = {}  # (session, job) -> digest of the props it has
         self._on_new_job: list[Callable[[str], None]] = []
+        self.all_steps: set[str] = set()  # jobs whose card lists every step (the user unfolded them)
 
     # ------------------------------------------------------------------ from worker threads
     def on_update(self, update) -> None:
         if update.kind == "tool_start":
             args = update.data.get("arguments") or {}
-            what = args.get("command") or ("a patch" if update.data.get("tool") == "apply_patch" else "")
-            self._current[update.job_id] = f"step {update.data.get('step', '?')}: {update.data.get('tool', '')} {what}".strip()
+            tool = update.data.get("tool", "")
+            what = f"$ {args['command']}" if args.get("command") else ("apply_patch" if tool == "apply_patch" else tool)
+            self._current[update.job_id] = f"step {update.data.get('step', '?')}: {what}"
         elif update.kind in ("step", "finished"):
             self._current.pop(update.job_id, None)
         if update.kind == "output":
@@ -95,6 +98,13 @@ class JobRelay:
 
     def current(self, job_id: str) -> str | None:
         return self._current.get(job_id)
+
+    def render(self, job_id: str) -> str | None:
+        """The card's text now: stored facts plus what only this process knows (live tail, folding)."""
+        return web_card(self.store, job_id, self.tail(job_id), self.current(job_id), job_id in self.all_steps)
+
+    def toggle_steps(self, job_id: str) -> None:
+        self.all_steps.symmetric_difference_update({job_id})
 
     # ------------------------------------------------------------------ on the loop
     def _schedule(self, job_id: str, thread_id: str | None, urgent: bool) -> None:
@@ -114,7 +124,7 @@ class JobRelay:
         self._last_refresh[job_id] = time.monotonic()
         try:
             job = await asyncio.to_thread(self.store.get_job, job_id)
-            content = await asyncio.to_thread(web_card, self.store, job_id, self.tail(job_id), self.current(job_id))
+            content = await asyncio.to_thread(self.render, job_id)
         except LookupError:
             return
         diff_props = None
@@ -170,7 +180,7 @@ class JobRelay:
         try:
             init_ws_context(session)
             if content is None:
-                content = await asyncio.to_thread(web_card, self.store, job.id, self.tail(job.id), self.current(job.id))
+                content = await asyncio.to_thread(self.render, job.id)
             message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                                  metadata={"job_id": job.id})
             await message.update()
@@ -195,7 +205,7 @@ class JobRelay:
     async def _sync_actions(self, session, job, for_id: str) -> None:
         from chainlit.context import context
 
-        wanted = {a.name: a for a in self.actions_for(job)}
+        wanted = {a.name: a for a in await asyncio.to_thread(self.actions_for, job)}
         key = (session.id, job.id)
         sent = self._sent_actions.get(key, {})
         for name, action in sent.items():
