@@ -176,7 +176,7 @@ _ASSERTION = re.compile(r"^\s*(assert\b|self\.assert\w*\(|self\.fail\w*\(|(?:awa
                         r"assert!|t\.(Error|Errorf|Fatal|Fatalf|Fail)\(|(?:with\s+)?(?:pytest\.raises|self\.assertRaises)|"
                         r"assertThat\(|\w+\.should\b|should\.|eq_\(|ok_\()")
 _TEST_FUNCTION = re.compile(r"^\s*(async\s+)?def test\w*\(|^\s*(it|test)\(\s*['\"`]|^\s*func Test\w+\(|^\s*#\[test\]")
-_SKIP = re.compile(r"@pytest\.mark\.(skip|skipif|xfail)\b|@unittest\.(skip|skipIf|skipUnless|expectedFailure)\b|"
+_SKIP = re.compile(r"@pytest\.mark\.(skip|skipif|xfail)\b|@(?:unittest\.)?(skip|skipIf|skipUnless|expectedFailure)\b|"
                    r"\bpytest\.(skip|xfail|importorskip)\(|\bself\.skipTest\(|\b(it|test|describe)\.(skip|todo)\(|"
                    r"\bx(it|describe|test)\(|@Ignore\b|@Disabled\b|\bt\.Skip(Now|f)?\(|#\[ignore\]|\braise SkipTest\b")
 
