@@ -176,6 +176,13 @@ def normalise(command: str) -> str:
     return " ; ".join(filter(None, (" ".join(program_words(s.words)) for s in segs)))
 
 
+def test_key(command: str) -> str:
+    """What a test command runs, for telling reruns apart: its runner segments only (`echo x; cd y && pytest -q`
+    is `pytest -q`), or the whole normalised command for commands AGENTS.md names."""
+    runners = [" ".join(program_words(s.words)) for s in segments(command) if _is_runner(s.words)]
+    return " ; ".join(runners) if runners else normalise(command)
+
+
 def named_checks(commands: Iterable[str]) -> tuple[str, ...]:
     """The commands an AGENTS.md names that are checks of the work (not `ls`, `cd` or `git`)."""
     out = []

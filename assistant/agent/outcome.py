@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from .evidence import LogRecord, is_test_command, last_edit, normalise, verdict
+from .evidence import LogRecord, is_test_command, last_edit, test_key, verdict
 
 FIX, DRAFT, FINDINGS, NO_RESULT = "fix", "draft", "findings", "no result"
 KINDS = (FIX, DRAFT, FINDINGS, NO_RESULT)
@@ -74,7 +74,7 @@ def last_test_runs(records: Sequence[LogRecord], named_tests: Sequence[str] = ()
     latest: dict[str, LogRecord] = {}
     for record in records:
         if record.phase == "agent" and is_test_command(record.command, named_tests):
-            latest[normalise(record.command)] = record
+            latest[test_key(record.command)] = record
     return latest
 
 

@@ -74,3 +74,9 @@ def test_ranking_order_and_coverage_rules():
     assert [kind_rank(k) for k in (FIX, DRAFT, FINDINGS, NO_RESULT, None)] == [0, 1, 2, 3, 4]
     assert covers("pytest", "pytest -x tests/a.py") and covers("pytest tests", "pytest tests/a.py::t")
     assert not covers("pytest tests/b.py", "pytest tests/a.py") and not covers("tox", "pytest")
+
+
+def test_reruns_are_told_apart_by_what_they_run_not_by_what_surrounds_it():
+    outcome = decide_outcome(log((f"echo attempt 1; {TEST}", 1), ("apply_patch", 0), (f"cd /workspace && {TEST}", 0)),
+                             changed_files=FILES)
+    assert outcome.kind == FIX and len(outcome.evidence) == 1

@@ -4,8 +4,8 @@ result, checks the summary's claims and flags the diff, and each must come out r
 Six small pure-Python projects from their PyPI source distributions (downloaded here, made git repositories
 with a bug committed). A scripted agent reproduces the failure, edits and re-runs the tests, in variants:
 a real fix, a half fix whose summary still says "all tests pass", an edit of the test instead of the code,
-and a fix whose summary claims passing tests it never re-ran. Three projects get a setup that creates
-`.venv` inside the workspace; two of those do not ignore it in their .gitignore.
+and a fix whose summary claims passing tests it never re-ran. Four projects get a setup that creates
+`.venv` inside the workspace; three of those do not ignore it in their .gitignore.
 """
 from __future__ import annotations
 
