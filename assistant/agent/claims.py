@@ -177,6 +177,12 @@ def plain_mark(claim: dict) -> str:
     return f" [{UNSUPPORTED}: {claim['reason']}]"
 
 
+def markdown_reason(text: str) -> str:
+    """A reason as Markdown: its `command` spans stay inline code, everything else is inert text."""
+    parts = re.split(r"`([^`\n]+)`", re.sub(r"\s+", " ", text or ""))
+    return "".join(f"`{part}`" if i % 2 else re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", part)
+                   for i, part in enumerate(parts))
+
+
 def markdown_mark(claim: dict) -> str:
-    reason = re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(str(claim["reason"]).split()))
-    return f" **{UNSUPPORTED}** *({reason})*"
+    return f" **{UNSUPPORTED}** *({markdown_reason(str(claim['reason']))})*"

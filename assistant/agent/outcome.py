@@ -15,6 +15,7 @@ from .evidence import LogRecord, is_test_command, last_edit, test_key, verdict
 
 FIX, DRAFT, FINDINGS, NO_RESULT = "fix", "draft", "findings", "no result"
 KINDS = (FIX, DRAFT, FINDINGS, NO_RESULT)
+STOPPED = "the agent stopped before it finished (the job's reason says why)"
 
 
 def kind_rank(kind: str | None) -> int:
@@ -79,7 +80,7 @@ def last_test_runs(records: Sequence[LogRecord], named_tests: Sequence[str] = ()
 
 
 def decide_outcome(records: Sequence[LogRecord], *, changed_files: Sequence, named_tests: Sequence[str] = (),
-                   agent_finished: bool = True, stop_reason: str = "", summary_located: bool = False,
+                   agent_finished: bool = True, summary_located: bool = False,
                    tests_changed: Sequence[str] = ()) -> Outcome:
     """The kind of result, with the runs it rests on.
 
@@ -101,9 +102,7 @@ def decide_outcome(records: Sequence[LogRecord], *, changed_files: Sequence, nam
     if not changed_files:
         if summary_located and agent_finished:
             return outcome(FINDINGS, "no change; the summary locates the problem with checked citations")
-        why = f"the agent did not finish ({stop_reason})" if not agent_finished and stop_reason else (
-            "no change, and no finding backed by a checked citation")
-        return outcome(NO_RESULT, why)
+        return outcome(NO_RESULT, STOPPED if not agent_finished else "no change, and no finding backed by a checked citation")
     if not latest:
         return outcome(DRAFT, "no test command was run")
     if not after:
@@ -120,6 +119,6 @@ def decide_outcome(records: Sequence[LogRecord], *, changed_files: Sequence, nam
     if tests_changed:
         return outcome(DRAFT, "the tests pass only after the tests themselves were changed: " + ", ".join(tests_changed))
     if not agent_finished:
-        return outcome(DRAFT, f"the tests pass, but the agent did not finish ({stop_reason or 'stopped'})")
+        return outcome(DRAFT, f"the tests pass, but {STOPPED}")
     passing = [e for e in evidence if e.after_last_edit]
     return outcome(FIX, "passed after the last edit: " + "; ".join(f"`{e.command}` (chunk {e.chunk_id})" for e in passing))

@@ -109,7 +109,7 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
     flags = review_diff(diff, job.task, patch=store.get_artifact(job.id, "patch") or "") if files else []
     decided = decide_outcome(
         records, changed_files=files, named_tests=named_tests, agent_finished=state == states.SUCCEEDED,
-        stop_reason=reason, summary_located=source == SOURCE_AGENT and any(c.get("valid") for c in citations),
+        summary_located=source == SOURCE_AGENT and any(c.get("valid") for c in citations),
         tests_changed=tampered_tests(flags))
     outcome.update(decided.as_dict())
     outcome.update(claims=[c.as_dict() for c in check_claims(summary, records, named_tests=named_tests)],

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 from ..agent.citations import CITATION_RE, render_markdown
-from ..agent.claims import mark_claims, markdown_mark
+from ..agent.claims import mark_claims, markdown_mark, markdown_reason
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
 from ..store import Job, Store
@@ -286,7 +286,7 @@ def _result_sections(job: Job, outcome: dict) -> list[str]:
     kind = outcome.get("kind")
     if not kind:
         return []
-    lines = [f"### Result: {KIND_BADGES.get(kind, _plain(kind))}\n\n*{_plain(outcome.get('kind_reason') or '')}*"]
+    lines = [f"### Result: {KIND_BADGES.get(kind, _plain(kind))}\n\n*{markdown_reason(outcome.get('kind_reason') or '')}*"]
     runs = []
     for e in outcome.get("evidence") or []:
         mark = "✔" if e.get("passed") else "✖"

@@ -55,4 +55,4 @@ def test_unsupported_claims_are_marked_after_their_sentence():
                                      "(chunk aaaaaa) exited 1]")
     assert plain.splitlines()[2] == "- Suite passes 【cccccc†L1-L5】."
     markdown = mark_claims(summary, [c.as_dict() for c in claims], markdown_mark)
-    assert f"**{UNSUPPORTED}** *(the cited run \\`python3 -m unittest -v 2\\>&1\\` (chunk aaaaaa) exited 1)*" in markdown
+    assert f"**{UNSUPPORTED}** *(the cited run `python3 -m unittest -v 2>&1` (chunk aaaaaa) exited 1)*" in markdown

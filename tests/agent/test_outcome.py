@@ -1,6 +1,6 @@
 """The kind of result from the log's evidence: fix, draft, findings, no result."""
 from assistant.agent.evidence import LogRecord
-from assistant.agent.outcome import DRAFT, FINDINGS, FIX, NO_RESULT, covers, decide_outcome, kind_rank
+from assistant.agent.outcome import DRAFT, FINDINGS, FIX, NO_RESULT, STOPPED, covers, decide_outcome, kind_rank
 
 FILES = [["modified", "calc.py"]]
 TEST = "python3 -m unittest -v 2>&1"
@@ -52,16 +52,16 @@ def test_changed_tests_or_an_unfinished_agent_make_a_passing_diff_a_draft():
     records = log((TEST, 1), ("apply_patch", 0), (TEST, 0))
     changed = decide_outcome(records, changed_files=FILES, tests_changed=["test_calc.py"])
     assert changed.kind == DRAFT and "tests themselves were changed: test_calc.py" in changed.reason
-    stopped = decide_outcome(records, changed_files=FILES, agent_finished=False, stop_reason="step budget exhausted")
-    assert stopped.kind == DRAFT and "did not finish (step budget exhausted)" in stopped.reason
+    stopped = decide_outcome(records, changed_files=FILES, agent_finished=False)
+    assert stopped.kind == DRAFT and stopped.reason == f"the tests pass, but {STOPPED}"
 
 
 def test_no_diff_is_findings_only_with_a_located_problem_from_a_finished_agent():
     records = log((TEST, 1), ("grep -n add calc.py", 0))
     assert decide_outcome(records, changed_files=[], summary_located=True).kind == FINDINGS
     assert decide_outcome(records, changed_files=[]).kind == NO_RESULT
-    stopped = decide_outcome(records, changed_files=[], summary_located=True, agent_finished=False, stop_reason="cancelled")
-    assert stopped.kind == NO_RESULT and "cancelled" in stopped.reason
+    stopped = decide_outcome(records, changed_files=[], summary_located=True, agent_finished=False)
+    assert stopped.kind == NO_RESULT and stopped.reason == STOPPED
 
 
 def test_setup_runs_are_no_evidence_for_the_agent():

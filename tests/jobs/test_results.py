@@ -100,7 +100,7 @@ def test_a_failed_job_gets_a_summary_from_the_summary_model_with_valid_citations
     assert job.state == "failed" and "step budget exhausted" in job.reason
     assert job.summary.startswith("- The test run failed") and job.outcome["summary_source"] == "summary model"
     assert len(job.citations) == 2 and all(c["valid"] for c in job.citations), job.citations
-    assert job.outcome["kind"] == "no result" and "did not finish (step budget exhausted" in job.outcome["kind_reason"]
+    assert job.outcome["kind"] == "no result" and "stopped before it finished" in job.outcome["kind_reason"]
     request = next(r for r in scripted_model.requests if SUMMARY_ROLE in r["messages"][0]["content"])
     assert request["model"] == "summary-model" and "step budget exhausted" in request["messages"][-1]["content"]
     roles = {role for role, *_ in assistant.store.usage_by_model(job_ids=[job.id])}
