@@ -118,6 +118,11 @@ def _describe(record: LogRecord) -> str:
     return f"`{command[:80]}{'…' if len(command) > 80 else ''}` (chunk {record.chunk_id})"
 
 
+def _failure(record: LogRecord) -> str:
+    v = verdict(record)
+    return "timed out" if record.timed_out else (f"failed ({v.note})" if v.note else f"exited {record.exit_code}")
+
+
 def _judge(claim: Claim, cited: Sequence[LogRecord], records: Sequence[LogRecord], edit_order: int,
            edit: LogRecord | None, named_tests: Sequence[str]) -> tuple[bool, str]:
     def relevant(r: LogRecord) -> bool:
@@ -130,13 +135,11 @@ def _judge(claim: Claim, cited: Sequence[LogRecord], records: Sequence[LogRecord
             later = [r for r in records if r.order > newest.order and r.phase == "agent"
                      and is_test_command(r.command, named_tests) and not verdict(r).passed]
             if later:
-                return False, f"a later test run failed: {_describe(later[-1])} exited {later[-1].exit_code}"
+                return False, f"a later test run failed: {_describe(later[-1])} {_failure(later[-1])}"
         return True, ""
     last = max(cited, key=lambda r: r.order)
-    v = verdict(last)
-    if not v.passed:
-        status = "timed out" if last.timed_out else f"exited {last.exit_code}"
-        return False, f"the cited run {_describe(last)} {status}" + (f"; {v.note}" if v.note and not last.timed_out else "")
+    if not verdict(last).passed:
+        return False, f"the cited run {_describe(last)} {_failure(last)}"
     if last.order < edit_order and edit is not None:
         return False, f"the cited run {_describe(last)} ran before the last edit (chunk {edit.chunk_id})"
     return False, f"the cited run {_describe(last)} is not a test run"

@@ -291,7 +291,8 @@ def verdict(record: LogRecord) -> Verdict:
     if _piped_test(record.command):
         said = _runner_verdict(record.text)
         if said is not None:
-            return Verdict(said, "the exit code is the pipe's; the runner's own summary line decides")
+            return Verdict(said, f"its runner's summary line says it {'passed' if said else 'failed'}; "
+                                 f"exit code {record.exit_code} is the pipe's")
         if record.exit_code == 0:
-            return Verdict(False, "the exit code is the pipe's and the output shows no test summary")
+            return Verdict(False, "exit code 0 is the pipe's, and the output shows no test summary")
     return Verdict(record.exit_code == 0)

@@ -111,7 +111,8 @@ def decide_outcome(records: Sequence[LogRecord], *, changed_files: Sequence, nam
     failing = [e for e in evidence if e.after_last_edit and not e.passed]
     if failing:
         first = failing[0]
-        status = "timed out" if first.note == "timed out" else f"exited {first.exit_code}"
+        status = first.note if first.note == "timed out" else (
+            f"failed ({first.note})" if first.note else f"exited {first.exit_code}")
         return outcome(DRAFT, f"`{first.command}` {status} after the last edit (chunk {first.chunk_id})")
     if stale:
         first = next(e for e in evidence if not e.after_last_edit)

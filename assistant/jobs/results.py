@@ -7,7 +7,7 @@ wherever the workspace lived; the judgements themselves are the plain functions 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..agent.citations import check_citations
@@ -120,7 +120,7 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
 
 
 # ---------------------------------------------------------------------------------------------- cost
-def usage_of(store: Store, *, job_ids: list[str] = (), thread_id: str | None = None,
+def usage_of(store: Store, *, job_ids: Sequence[str] = (), thread_id: str | None = None,
              price_table: str | None = None, currency: str = "USD") -> dict:
     """Tokens per model (and money, with a price table) for some jobs, or for a whole conversation."""
     rows = store.usage_by_model(job_ids=job_ids, thread_id=thread_id)

@@ -56,3 +56,13 @@ def test_unsupported_claims_are_marked_after_their_sentence():
     assert plain.splitlines()[2] == "- Suite passes 【cccccc†L1-L5】."
     markdown = mark_claims(summary, [c.as_dict() for c in claims], markdown_mark)
     assert f"**{UNSUPPORTED}** *(the cited run `python3 -m unittest -v 2>&1` (chunk aaaaaa) exited 1)*" in markdown
+
+
+def test_a_pipe_that_hides_a_failure_does_not_support_a_claim():
+    piped = LogRecord("eeeeee", 4, "agent", "python -m pytest -q 2>&1 | tail -3", 0, line_count=1,
+                      text="1 failed, 4 passed in 0.12s\n")
+    timed_out = LogRecord("ffffff", 5, "agent", "pytest -q", None, timed_out=True, line_count=1)
+    assert judged("All tests pass 【eeeeee†L1】.", RECORDS + [piped])[0][2] == (
+        "the cited run `python -m pytest -q 2>&1 | tail -3` (chunk eeeeee) failed (its runner's summary line says it "
+        "failed; exit code 0 is the pipe's)")
+    assert judged("Tests pass 【ffffff†L1】.", RECORDS + [timed_out])[0][2] == "the cited run `pytest -q` (chunk ffffff) timed out"

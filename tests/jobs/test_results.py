@@ -82,6 +82,18 @@ def test_a_job_that_edits_the_test_to_pass_is_flagged_and_no_fix(tmp_path, docke
     assert "⚠ **test\\_calc.py** — 1 assertion rewritten" in card
 
 
+def test_a_located_problem_without_a_change_is_findings(tmp_path, docker_engine, scripted_model, assistant_for):
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("shell", command=TEST_CMD), Reply.call("shell", command="grep -n 'a - b' calc.py"),
+        lambda r: Reply.text(f"`add` subtracts 【F:calc.py†L1-L2】, which is why `test_add` fails 【{chunk_ids(r)[0]}†L1-L3】."))],
+        repeat_last=True)
+    assistant = assistant_for(scripted_model)
+    job = run_job(assistant, repo, task="Why does test_add fail?")
+    assert job.outcome["kind"] == "findings" and job.outcome["flags"] == [] and job.outcome["claims"] == []
+    assert "### Result: ⌕ findings" in render_job_card(assistant.store, job.id)
+
+
 def test_a_failed_job_gets_a_summary_from_the_summary_model_with_valid_citations(tmp_path, docker_engine,
                                                                                    scripted_model, assistant_for):
     repo = make_calc_repo(tmp_path / "calc")
