@@ -119,6 +119,16 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
     return Assessment(summary, citations, outcome, written)
 
 
+def assess_interrupted(store: Store, job_ids: Sequence[str]) -> None:
+    """Jobs found interrupted at start-up get their summary (the log digest: no model at start-up) and kind too."""
+    for job_id in job_ids:
+        job = store.get_job(job_id)
+        try:
+            assess_job(store, job, state=job.state, reason=job.reason or "")
+        except Exception:  # start-up must go on
+            log.exception("assessing interrupted job %s", job_id)
+
+
 # ---------------------------------------------------------------------------------------------- cost
 def usage_of(store: Store, *, job_ids: Sequence[str] = (), thread_id: str | None = None,
              price_table: str | None = None, currency: str = "USD") -> dict:
