@@ -189,6 +189,8 @@ class JobManager:
     def _finish(self, job: Job, state: str, reason: str) -> None:
         current = self.store.get_job(job.id)
         if current.state in states.TERMINAL:
+            if not (current.outcome or {}).get("kind"):  # ended from outside (`jobs cancel`): still owed its assessment
+                self._assess(current, current.state, current.reason or reason)
             return
         if state == states.CANCELLED and self._stopping:  # nobody cancelled it: the server is going away
             state, reason = states.INTERRUPTED, "the server shut down while this job was active; retry it"

@@ -172,6 +172,26 @@ def test_a_setup_failure_and_a_cancel_in_the_queue_have_summaries_too(tmp_path, 
     assert busy.state == "cancelled" and busy.summary and busy.outcome["kind"] == "no result"
 
 
+def test_a_job_cancelled_from_another_process_gets_its_summary(tmp_path, docker_engine, scripted_model, assistant_for):
+    import time
+
+    from assistant.store import Store
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command=TEST_CMD),
+                                                        Reply.call("shell", command="sleep 60"))], repeat_last=True)
+    assistant = assistant_for(scripted_model)
+    job = assistant.jobs.submit(JobRequest(task="Fix it", repo=str(repo), setup=[]))[0]
+    deadline = time.monotonic() + 60
+    while len(assistant.store.list_chunks(job.id)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    other = Store(assistant.settings.resolved_database_url)          # what `assistant jobs cancel` does
+    other.transition(job.id, "cancelled", "cancelled from the command line")
+    other.close()
+    job = assistant.jobs.wait(job.id, timeout=60)
+    assert job.state == "cancelled" and job.outcome["kind"] == "no result"
+    assert job.summary and "cancelled from the command line" in job.summary and all(c["valid"] for c in job.citations)
+
+
 def test_the_embedded_models_ls_loop_stops_at_the_guard(tmp_path, docker_engine, scripted_model, assistant_for):
     """The grammar protocol, as the embedded model drives jobs, with the call it repeated 60 times."""
     repo = make_calc_repo(tmp_path / "calc")
