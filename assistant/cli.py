@@ -65,6 +65,7 @@ def _progress_printer(job_ids: set[str]):
 
 
 def _job_json(assistant, job) -> dict:
+    from .jobs.results import job_usage
     return {
         "job_id": job.id, "number": job.number, "status": job.state, "reason": job.reason, "title": job.title,
         "summary": job.summary or "", "diff": assistant.store.get_artifact(job.id, "diff") or "",
@@ -76,14 +77,25 @@ def _job_json(assistant, job) -> dict:
         "notices": [e.data.get("text") for e in assistant.store.list_events(job.id) if e.kind == "notice"],
         "blocked_requests": [{"command": c.command, "chunk_id": c.id, "lines": c.text.splitlines()}
                              for c in assistant.store.list_chunks(job.id) if c.command.startswith("egress proxy:")],
+        "model": job.model, "usage": job_usage(assistant.store, job, assistant.settings),
     }
 
 
-def _print_job_result(assistant, job) -> None:
+def _checked_summary(job) -> str:
+    """The summary with citations marked ✓/✗ and claims the log does not support marked ⚠."""
     from .agent.citations import render_plain
+    from .agent.claims import mark_claims, plain_mark
+    return render_plain(mark_claims(job.summary or "", (job.outcome or {}).get("claims") or [], plain_mark),
+                        job.citations or [])
+
+
+def _print_job_result(assistant, job) -> None:
+    from .jobs.results import result_lines
     print(f"job {job.id}: {job.state}" + (f" ({job.reason})" if job.reason else ""))
+    for line in result_lines(job):
+        print(line)
     if job.summary:
-        print("\n" + render_plain(job.summary, job.citations or []))
+        print("\n" + _checked_summary(job))
     diff = assistant.store.get_artifact(job.id, "diff")
     if diff:
         print("\n" + diff)
@@ -209,7 +221,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if not rows:
                 print("no jobs yet")
             for j in rows:
-                print(f"{j.id}  {j.state:<11} {j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
+                kind = (j.outcome or {}).get("kind") or "-"
+                print(f"{j.id}  {j.state:<11} {kind:<9} {j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
             return 0
         if not args.id:
             _err(f"assistant jobs {args.action} needs a job id (see `assistant jobs list`)")
@@ -220,14 +233,19 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             _err(str(exc))
             return 1
         if args.action == "show":
-            from .agent.citations import render_plain
+            from .jobs.results import conversation_usage, job_usage, result_lines, usage_line
             for key in ("id", "state", "reason", "title", "repo", "ref", "backend", "base_commit", "setup_network",
-                        "agent_network", "cache_hit", "steps", "prompt_tokens", "completion_tokens", "created_at",
+                        "agent_network", "cache_hit", "steps", "model", "prompt_tokens", "completion_tokens", "created_at",
                         "running_at", "finished_at"):
                 print(f"{key:>18}: {getattr(job, key)}")
             print(f"{'task':>18}: {job.task}")
+            print(f"{'usage':>18}: {usage_line(job_usage(store, job, settings), job)}")
+            if job.thread_id:
+                print(f"{'conversation usage':>18}: {usage_line(conversation_usage(store, job.thread_id, settings))}")
+            for line in result_lines(job):
+                print(line)
             if job.summary:
-                print("\n" + render_plain(job.summary, job.citations or []))
+                print("\n" + _checked_summary(job))
             return 0
         if args.action == "logs":
             chunks = store.list_chunks(job.id)

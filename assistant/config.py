@@ -44,7 +44,7 @@ class Settings(BaseModel):
     router_model: str | None = Field(None, description="Model that routes messages (quick answer / job / follow-up).")
     answer_model: str | None = Field(None, description="Model for quick answers.")
     agent_model: str | None = Field(None, description="Model that drives coding jobs.")
-    summary_model: str | None = Field(None, description="Model for compaction summaries of long jobs.")
+    summary_model: str | None = Field(None, description="Model that writes the summary of a job that ended without one (failed, cancelled, out of budget) from its log.")
     tool_protocol: Literal["auto", "native", "text", "grammar"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, grammar (JSON-schema-constrained actions, for llama.cpp servers), or auto (native, falling back to text when the endpoint rejects tools; grammar with the embedded model).")
     model_timeout_s: float = Field(120.0, gt=0, description="Timeout of one model request, in seconds.")
     model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts and dropped connections.")
@@ -90,6 +90,9 @@ class Settings(BaseModel):
     job_max_tokens: int = Field(3_000_000, ge=1000, description="Tokens (prompt + completion) per job.")
     command_timeout_s: int = Field(300, ge=1, description="Default timeout of one agent shell command, seconds.")
 
+    price_table: str | None = Field(None, description="Prices per million tokens as `model=prompt/completion` pairs separated by commas (e.g. `gpt-4o-mini=0.15/0.60`); with it, token counts are also shown as money.")
+    price_currency: str = Field("USD", min_length=1, description="Currency of the price table, as shown next to amounts.")
+
     # Conversation.
     answer_max_tokens: int = Field(2048, ge=16, description="Longest quick answer, in tokens (400 with the embedded model).")
     answer_token_budget: int = Field(400_000, ge=1000, description="Tokens quick answers may spend per conversation.")
@@ -103,6 +106,13 @@ class Settings(BaseModel):
     header_auth: str | None = Field(None, description="Trust this request header (set by a reverse proxy) as the user name.")
     repo_roots: str | None = Field(None, description="Colon-separated directories local repositories must be under when more than one user can log in (several ASSISTANT_USERS, or ASSISTANT_HEADER_AUTH); unset, such a server takes git URLs only. One user may name any path; the data dir is never a repository.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Log level of the CLI and the server (logs go to stderr).")
+
+    @field_validator("price_table")
+    @classmethod
+    def _price_table_readable(cls, value: str | None) -> str | None:
+        from .llm.pricing import parse_price_table
+        parse_price_table(value)  # raises ValueError with the form it accepts
+        return value
 
     @field_validator("users")
     @classmethod

@@ -10,6 +10,7 @@ import threading
 from .config import Settings, load_settings
 from .conversation.service import Conversation
 from .jobs.manager import JobManager
+from .jobs.results import assess_interrupted
 from .llm.client import ModelClient
 from .store import Store
 
@@ -54,6 +55,7 @@ class Assistant:
         interrupted = self.store.interrupt_orphaned_jobs()
         if interrupted:
             log.warning("marked %d jobs interrupted (the server stopped under them): %s", len(interrupted), interrupted)
+            assess_interrupted(self.store, interrupted)
         if sweep:
             try:
                 from .egress import sweep_orphan_egress

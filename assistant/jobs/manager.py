@@ -20,6 +20,7 @@ from ..access import RepoPolicy
 from ..agent.agents_md import commands_in, discover_agents_md
 from ..agent.citations import check_citations, find_citations
 from ..agent.loop import Agent, AgentBudgets, AgentResult
+from ..agent.outcome import kind_rank
 from ..agent.tools import ToolEnv
 from ..config import Settings
 from ..egress import spec_from_settings
@@ -28,6 +29,7 @@ from ..sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, 
 from ..sandbox.diff import workspace_diff
 from ..store import Job, Store
 from . import states
+from .results import assess_job
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +202,12 @@ class JobManager:
     def _finish(self, job: Job, state: str, reason: str) -> None:
         current = self.store.get_job(job.id)
         if current.state in states.TERMINAL:
+            if not (current.outcome or {}).get("kind"):  # ended from outside (`jobs cancel`): still owed its assessment
+                self._assess(current, current.state, current.reason or reason)
             return
         if state == states.CANCELLED and self._stopping:  # nobody cancelled it: the server is going away
             state, reason = states.INTERRUPTED, "the server shut down while this job was active; retry it"
+        self._assess(current, state, reason)
         job = self._transition(current, state, reason)
         if job.group_id:
             self._rank_group_if_complete(job.group_id)
@@ -211,6 +216,21 @@ class JobManager:
             done = self._finished.get(job.id)
         if done:
             done.set()
+
+    def _assess(self, job: Job, state: str, reason: str) -> None:
+        """Before the job ends: a summary if it has none, the kind of result, checked claims, review flags."""
+        summarise = None
+        if not self._stopping and job.id in self._cancel:  # in our worker: a model call may take its time here
+            def summarise(messages: list[dict]) -> str:
+                return self.model.complete("summary", messages, job_id=job.id, max_tokens=700).content or ""
+        try:
+            assessment = assess_job(self.store, job, state=state, reason=reason, summarise=summarise,
+                                    price_table=self.settings.price_table, currency=self.settings.price_currency)
+        except Exception:  # the job must still end, with what it has
+            log.exception("assessing the result of %s", job.id)
+            return
+        if assessment.summary_written:
+            self._emit(job, "summary", {"summary": assessment.summary, "citations": assessment.citations})
 
     # ------------------------------------------------------------------ the work
     def _run_guarded(self, job_id: str) -> None:
@@ -350,7 +370,8 @@ class JobManager:
                          if line[:1] in "+-" and not line.startswith(("+++", "---")))
         last_test = result.tests[-1] if result.tests else None
         outcome = {"files": files, "diff_lines": diff_lines, "tests": result.tests, "diff_notes": notes,
-                   "tests_passed": None if last_test is None else last_test["exit_code"] == 0}
+                   "tests_passed": None if last_test is None else last_test["exit_code"] == 0,
+                   "test_commands": list(result.test_commands)}
         self.store.update_job(job.id, summary=result.summary, citations=[c.as_dict() for c in citations],
                               outcome=outcome)
         if result.summary:
@@ -439,7 +460,9 @@ def _read_in_sandbox(sandbox, paths) -> dict[str, str | None]:
 
 
 def rank_key(job: Job) -> tuple:
-    """Succeeded before anything else; then a passing last test run, then any test run at all; then the smaller diff."""
+    """The kind of result first (fix, draft, findings, no result); then succeeded before anything else; then
+    fewer review flags, a passing last test run, any test run at all; then the smaller diff."""
     outcome = job.outcome or {}
     passed = outcome.get("tests_passed")
-    return (job.state != states.SUCCEEDED, passed is not True, passed is None, outcome.get("diff_lines", 10**9))
+    return (kind_rank(outcome.get("kind")), job.state != states.SUCCEEDED, len(outcome.get("flags") or []),
+            passed is not True, passed is None, outcome.get("diff_lines", 10**9))

@@ -11,7 +11,6 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from .base import SandboxConfig
 from .engine import docker_client

@@ -8,7 +8,6 @@ import secrets
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 from .base import (
     AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, SandboxConfig, SandboxError,

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -360,3 +360,21 @@ class Store:
                 q = q.where(TokenUsage.thread_id == thread_id)
             prompt, completion = s.exec(q).one()
             return int(prompt), int(completion)
+
+    def usage_by_model(self, *, job_ids: Iterable[str] = (), thread_id: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(role, model, prompt tokens, completion tokens) summed per role and model over the given jobs'
+        requests and, with ``thread_id``, the thread's own (routing, answers): one conversation's usage."""
+        conditions = []
+        ids = list(job_ids)
+        if ids:
+            conditions.append(col(TokenUsage.job_id).in_(ids))
+        if thread_id is not None:
+            conditions.append(TokenUsage.thread_id == thread_id)
+        if not conditions:
+            return []
+        with self.session() as s:
+            q = (select(TokenUsage.role, TokenUsage.model, func.sum(TokenUsage.prompt_tokens),
+                        func.sum(TokenUsage.completion_tokens))
+                 .where(or_(*conditions)).group_by(TokenUsage.role, TokenUsage.model)
+                 .order_by(TokenUsage.role, TokenUsage.model))
+            return [(role, model, int(p or 0), int(c or 0)) for role, model, p, c in s.exec(q)]

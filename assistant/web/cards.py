@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 from ..agent.citations import CITATION_RE, render_markdown
+from ..agent.claims import mark_claims, markdown_mark, markdown_reason
+from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
 from ..store import Job, Store
 
@@ -333,7 +335,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     facts = [f for f in (job.backend and f"sandbox: {job.backend}", job.model and f"model: {job.model}",
                          job.agent_network and f"agent network: {job.agent_network}") if f]
     out = [f"### Job {job.number} · {plain(job.title or job.task[:60])}",
-           f"**{badge}** · {_duration(job)}{attempt} · `{job.id}`",
+           f"**{badge}**{_kind_badge(job)} · {_duration(job)}{attempt} · `{job.id}`",
            f"*{plain(where)}{' · ' + ' · '.join(plain(f) for f in facts) if facts else ''}*"]
     routed = next((ev.data.get("text") for ev in events if ev.kind == ROUTED_EVENT and ev.data), None)
     if routed:
@@ -358,13 +360,21 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         out.append("Live output:\n\n" + _fence("\n".join(tail_lines), "text"))
     if job.reason and job.state in (states.FAILED, states.CANCELLED, states.INTERRUPTED):
         out.append(f"> {link_citations(job.reason, _reason_citations(store, job), job_links(job.id))}")
-    if job.summary:
-        out.append("#### Summary\n\n" + link_citations(job.summary, job.citations, job_links(job.id)))
     outcome = job.outcome or {}
+    if job.state in states.TERMINAL:
+        out += _result_sections(job, outcome)
+    if job.summary:
+        source = SUMMARY_SOURCES.get(outcome.get("summary_source", ""), "")
+        marked = mark_claims(job.summary, outcome.get("claims") or [], markdown_mark)
+        out.append(f"#### Summary{source}\n\n" + link_citations(marked, job.citations, job_links(job.id)))
+    if job.state in states.TERMINAL:
+        out += _usage_lines(store, job, outcome)
     if outcome.get("rank"):
         pick = " — **recommended**" if outcome.get("recommended") else ""
         out.append(f"Rank {outcome['rank']} of {job.attempts}{pick}")
     diff = store.get_artifact(job.id, "diff")
+    if job.state in states.TERMINAL and outcome.get("flags"):
+        out.append(_flags_section(outcome["flags"]))
     if job.state in states.TERMINAL and diff is not None:
         if not split_diff(diff):  # no change, or a note that the diff could not be computed
             out.append("#### Diff\n\n" + (_fence(diff, "text") if diff.strip() else "*No changes.*"))
@@ -374,6 +384,58 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
             if store.get_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
+
+
+KIND_BADGES = {"fix": "✔ fix", "draft": "✎ draft", "findings": "⌕ findings", "no result": "∅ no result"}
+SUMMARY_SOURCES = {"summary model": " (written from the log by the summary model)",
+                   "log digest": " (a digest of the log: no model summary)"}
+
+
+def _kind_badge(job: Job) -> str:
+    kind = (job.outcome or {}).get("kind") if job.state in states.TERMINAL else None
+    return f" · **{KIND_BADGES.get(kind, plain(kind))}**" if kind else ""
+
+
+def _result_sections(job: Job, outcome: dict) -> list[str]:
+    """The kind of result as the card's headline, with the test runs it rests on (linked to their logs)."""
+    kind = outcome.get("kind")
+    if not kind:
+        return []
+    lines = [f"### Result: {KIND_BADGES.get(kind, plain(kind))}\n\n*{markdown_reason(outcome.get('kind_reason') or '')}*"]
+    runs = []
+    for e in outcome.get("evidence") or []:
+        mark = "✔" if e.get("passed") else "✖"
+        when = "after the last edit" if e.get("after_last_edit") else "before the last edit (stale)"
+        runs.append(f"- {mark} {_inline_code(e.get('command') or '')} → exit {e.get('exit_code')}, {when} · "
+                    f"[log]({cite_url(job.id, e.get('chunk_id') or '', 1, 10**6)})")
+    return lines + (["\n".join(runs)] if runs else [])
+
+
+def _flags_section(flags: list[dict]) -> str:
+    lines = [f"- ⚠ **{plain(f.get('path') or '')}** — {plain(f.get('detail') or '')}" for f in flags]
+    return f"#### Review flags ({len(flags)})\n\n" + "\n".join(lines)
+
+
+def _usage_lines(store: Store, job: Job, outcome: dict) -> list[str]:
+    """Tokens and model of the job (money with a price table), and the conversation's tokens so far."""
+    usage = outcome.get("usage") or {}
+    prompt = usage.get("prompt_tokens") or job.prompt_tokens
+    completion = usage.get("completion_tokens") or job.completion_tokens
+    if not prompt and not completion:
+        return []
+    models = ", ".join(m["model"] for m in usage.get("models") or []) or job.model or ""
+    text = f"Tokens: {format_tokens(prompt)} prompt + {format_tokens(completion)} completion"
+    text += f" · model: {plain(models)}" if models else ""
+    cost = usage.get("cost")
+    if cost:
+        text += " · " + plain(format_cost(Cost(cost["amount"], cost["currency"], tuple(cost.get("unpriced_models") or ()))))
+    if job.thread_id:
+        jobs = [j.id for j in store.list_jobs(thread_id=job.thread_id, limit=10_000)]
+        rows = store.usage_by_model(job_ids=jobs, thread_id=job.thread_id)
+        total = sum(r[2] + r[3] for r in rows)
+        if total:
+            text += f" · conversation so far: {format_tokens(total)} tokens"
+    return [f"*{text}*"]
 
 
 def job_diff_view(store: Store, job_id: str) -> dict | None:
