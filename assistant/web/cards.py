@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from ..agent.citations import CITATION_RE, render_markdown
 from ..agent.claims import mark_claims, markdown_mark, markdown_reason
+from ..agent.review import git_path
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
 from ..store import Job, Store
@@ -219,32 +220,6 @@ def split_diff(diff: str) -> list[tuple[str, str]]:
     return [(path, "\n".join(body)) for path, body in files]
 
 
-_C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
-
-
-def _git_path(text: str, side: str) -> str | None:
-    """A path as git prints it: maybe C-quoted (non-ASCII as octal bytes), with an a/ or b/ prefix, or /dev/null."""
-    text = text.rstrip("\t")
-    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
-        raw, body, i = bytearray(), text[1:-1], 0
-        while i < len(body):
-            if body[i] == "\\" and i + 1 < len(body):
-                octal = re.match(r"[0-7]{3}", body[i + 1:])
-                if octal:
-                    raw.append(int(octal.group(0), 8))
-                    i += 4
-                    continue
-                raw.append(_C_ESCAPES.get(body[i + 1], ord(body[i + 1])))
-                i += 2
-                continue
-            raw.extend(body[i].encode())
-            i += 1
-        text = raw.decode("utf-8", "replace")
-    if text == "/dev/null":
-        return None
-    return text[2:] if text.startswith(side + "/") else text
-
-
 def _file_view(path_from_header: str, body: str) -> dict:
     """One file of a diff as plain data for the DiffView element: no markup, only text and counts."""
     header, lines, in_hunks = [], [], False
@@ -260,25 +235,25 @@ def _file_view(path_from_header: str, body: str) -> dict:
             status = "deleted"
         elif line.startswith(("rename from ", "copy from ")):
             status = "renamed" if line.startswith("rename") else "copied"
-            old_path = _git_path(line.split(" ", 2)[2], "a")
+            old_path = git_path(line.split(" ", 2)[2], "a")
         elif line.startswith(("rename to ", "copy to ")):
-            path = _git_path(line.split(" ", 2)[2], "b")
+            path = git_path(line.split(" ", 2)[2], "b")
         elif line.startswith("+++ "):
-            path = _git_path(line[4:], "b") or path
+            path = git_path(line[4:], "b") or path
         elif line.startswith("--- ") and path is None:
-            path = _git_path(line[4:], "a")
+            path = git_path(line[4:], "a")
         elif line.startswith("Binary files ") or line.startswith("GIT binary patch"):
             binary = True
             match = re.match(r"Binary files (.*) and (.*) differ$", line)
             if match and path is None:
-                path = _git_path(match.group(2), "b") or _git_path(match.group(1), "a")
+                path = git_path(match.group(2), "b") or git_path(match.group(1), "a")
         elif line.startswith("old mode") and status == "modified" and not lines:
             status = "mode changed"
     added = sum(1 for ln in lines if ln.startswith("+"))
     removed = sum(1 for ln in lines if ln.startswith("-"))
     shown = [ln if len(ln) <= MAX_DIFF_LINE_CHARS else ln[:MAX_DIFF_LINE_CHARS] + "…"
              for ln in lines[:MAX_DIFF_LINES_PER_FILE]]
-    return {"path": path or _git_path(path_from_header, "b") or path_from_header, "old_path": old_path,
+    return {"path": path or git_path(path_from_header, "b") or path_from_header, "old_path": old_path,
             "status": status, "binary": binary, "added": added, "removed": removed, "lines": shown,
             "hidden_lines": len(lines) - len(shown), "open": False}
 
