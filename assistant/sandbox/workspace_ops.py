@@ -125,6 +125,9 @@ def apply_patch(patch):
         result = engine.apply_patch(patch, WORKSPACE)
     except engine.PatchError as exc:
         return {"ok": False, "error": str(exc)}
+    except OSError as exc:  # a file the patch reads vanished or changed kind under it (a background process)
+        return {"ok": False, "error": "the workspace changed while the patch was being applied (%s: %s); "
+                                      "check the file and send the patch again" % (exc.strerror, exc.filename)}
     return {"ok": True, "summary": result.summary()}
 
 
