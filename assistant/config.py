@@ -47,7 +47,7 @@ class Settings(BaseModel):
     summary_model: str | None = Field(None, description="Model for compaction summaries of long jobs.")
     tool_protocol: Literal["auto", "native", "text", "grammar"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, grammar (JSON-schema-constrained actions, for llama.cpp servers), or auto (native, falling back to text when the endpoint rejects tools; grammar with the embedded model).")
     model_timeout_s: float = Field(120.0, gt=0, description="Timeout of one model request, in seconds.")
-    model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts and dropped connections.")
+    model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts, dropped connections, cut streams and 200 answers that are no completion.")
     context_window: int = Field(128_000, ge=2048, description="Model context window in tokens; long jobs are compacted before they reach it.")
 
     # Embedded local model (used when neither OPENAI_API_KEY nor OPENAI_BASE_URL is set).
