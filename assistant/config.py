@@ -71,6 +71,16 @@ class Settings(BaseModel):
     maintenance_command: str | None = Field(None, description="Command run on a setup-cache hit before the network is cut.")
     allow_setup_failure: bool = Field(False, description="Go on to the agent when a setup command fails (the agent is told what failed).")
 
+    # Retention (`assistant gc`, and periodically in `assistant serve`); 0 turns a limit off. Whatever a
+    # running job or answer uses is kept; follow-ups work from the stored summary, diff, logs and excerpts.
+    checkouts_max_age_days: float = Field(14, ge=0, description="Checkouts of git URLs (read by quick answers) unused this long are removed; 0: no age limit.")
+    checkouts_max_mb: int = Field(2048, ge=0, description="Total size of those checkouts; beyond it the least recently used go; 0: no size limit.")
+    setup_cache_max_age_days: float = Field(14, ge=0, description="Setup-cache images (and their saved files) unused this long are removed; 0: no age limit.")
+    setup_cache_max_mb: int = Field(8192, ge=0, description="Total size of the setup cache (its images' own layers plus files); beyond it the least recently used go; 0: no size limit.")
+    job_files_max_age_days: float = Field(3, ge=0, description="Per-job directories under <data_dir>/workspaces and homes (left by older versions) unchanged this long are removed; 0: no age limit.")
+    job_files_max_mb: int = Field(2048, ge=0, description="Total size of those per-job directories; beyond it the oldest go; 0: no size limit.")
+    retention_interval_min: float = Field(60, ge=0, description="How often `assistant serve` applies the retention limits, in minutes; 0: only `assistant gc` does.")
+
     # Jobs.
     max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")
     job_max_steps: int = Field(60, ge=1, description="Model turns per job before it is stopped.")

@@ -1,8 +1,10 @@
 """The `assistant` command as a user runs it: a real subprocess, the scripted model over HTTP, a real engine."""
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -97,3 +99,32 @@ def test_doctor_says_when_the_model_endpoint_is_down(cli_env):
     proc = cli(["doctor"], {**cli_env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert proc.returncode == 1
     assert "[NO ] model endpoint" in proc.stdout and "OPENAI_BASE_URL" in proc.stdout
+
+
+def test_gc_dry_run_says_what_it_would_remove_then_gc_removes_it(cli_env, tmp_path):
+    data = tmp_path / "data"
+    leftover = data / "workspaces" / "0ldj0b01"
+    leftover.mkdir(parents=True)
+    (leftover / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    old = time.time() - 10 * 86_400
+    for path in (leftover / "big.bin", leftover):
+        os.utime(path, (old, old))
+
+    dry = cli(["gc", "--dry-run"], cli_env)
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"would remove\s+job files\s+3\.0 MB\s+" + re.escape(str(leftover)), dry.stdout), dry.stdout
+    assert "unused for 10.0 days (limit 3)" in dry.stdout and "nothing was deleted" in dry.stdout
+    assert leftover.is_dir()
+
+    real = cli(["gc"], cli_env)
+    assert re.search(r"removed\s+job files\s+3\.0 MB", real.stdout) and "removed 1 items, 3.0 MB" in real.stdout
+    assert not leftover.exists()
+
+
+def test_doctor_reports_disk_use(cli_env, tmp_path):
+    (tmp_path / "data" / "checkouts" / "abc").mkdir(parents=True)
+    (tmp_path / "data" / "checkouts" / "abc" / "f").write_bytes(b"x" * 2 * 1024 * 1024)
+    proc = cli(["doctor"], {**cli_env, "ASSISTANT_CHECKOUTS_MAX_MB": "1"})
+    line = next(line for line in proc.stdout.splitlines() if "disk use" in line)
+    assert line.startswith("[-- ] disk use") and "checkouts 2.0 MB" in line and "checkouts over its 1.0 MB limit" in line
+    assert "fix: assistant gc" in proc.stdout
