@@ -42,6 +42,7 @@ http_app.add_middleware(ViewerMiddleware)
 install_routes(http_app, make_router(lambda: store))
 relay: JobRelay | None = None
 HISTORY_LIMIT = 12
+SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; `assistant serve` kills the server after STOP_GRACE_S
 
 
 # ---------------------------------------------------------------------- job buttons
@@ -76,8 +77,9 @@ async def _start_relay():
 
 @cl.on_app_shutdown
 async def _stop():
-    # Jobs still running die with the process; the next start marks them interrupted.
-    await asyncio.to_thread(core.jobs.shutdown, False)
+    # SIGTERM or SIGINT (uvicorn's graceful stop): running jobs end interrupted and retryable, their
+    # containers and the embedded model stop. Chainlit calls os._exit() after this hook: no atexit runs.
+    await asyncio.to_thread(core.close, SHUTDOWN_WAIT_S)
 
 
 @cl.password_auth_callback

@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,7 +29,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     _err(f"assistant: serving on http://{host}:{port} (data in {settings.data_dir})")
     cmd = [chainlit, "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless", "--host", host, "--port", port]
-    return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    from .serve import serve
+    return serve(settings, cmd, env, REPO_ROOT)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
