@@ -102,7 +102,8 @@ class ChatSession:
 
 
 def is_token(received: Received) -> bool:
-    return received.event == "stream_token"
+    """A streamed token: Chainlit sends a message's first one as stream_start, the rest as stream_token."""
+    return received.event in ("stream_start", "stream_token")
 
 
 def message_with(text: str) -> Callable[[Received], bool]:
