@@ -128,3 +128,21 @@ def test_doctor_reports_disk_use(cli_env, tmp_path):
     line = next(line for line in proc.stdout.splitlines() if "disk use" in line)
     assert line.startswith("[-- ] disk use") and "checkouts 2.0 MB" in line and "checkouts over its 1.0 MB limit" in line
     assert "fix: assistant gc" in proc.stdout
+
+
+@pytest.mark.docker
+def test_a_cancel_from_another_process_stops_the_running_job(tmp_path, docker_engine, scripted_model, cli_env,
+                                                               assistant_for):
+    from assistant.jobs.manager import JobRequest
+    from assistant.sandbox.engine import JOB_LABEL, docker_client
+    scripted_model.when_system_contains(AGENT, [Reply.call("shell", command="sleep 300")], repeat_last=True)
+    a = assistant_for(scripted_model, ASSISTANT_DATA_DIR=cli_env["ASSISTANT_DATA_DIR"])
+    job = a.jobs.submit(JobRequest(task="wait", repo=str(make_calc_repo(tmp_path / "calc")), setup=[]))[0]
+    deadline = time.monotonic() + 60
+    while a.store.get_job(job.id).state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cli(["jobs", "cancel", job.id], cli_env).returncode == 0
+    started = time.monotonic()
+    final = a.jobs.wait(job.id, timeout=20)
+    assert final.state == "cancelled" and time.monotonic() - started < 5
+    assert docker_client().containers.list(all=True, filters={"label": f"{JOB_LABEL}={job.id}"}) == []

@@ -180,12 +180,16 @@ class JobManager:
         while not self._closed.wait(1.0):
             with self._lock:
                 mine = [job_id for job_id, ev in self._cancel.items() if not ev.is_set()]
-            for job_id in mine:
+            try:
+                cancelled = self.store.job_ids_in_state(mine, states.CANCELLED)
+            except Exception:
+                log.exception("checking %d jobs for an external cancel", len(mine))
+                continue
+            for job_id in cancelled:
                 try:
-                    if self.store.get_job(job_id).state == states.CANCELLED:
-                        self.cancel(job_id)
+                    self.cancel(job_id)
                 except Exception:
-                    log.exception("checking %s for an external cancel", job_id)
+                    log.exception("cancelling %s after an external cancel", job_id)
 
     # ------------------------------------------------------------------ events
     def _emit(self, job: Job, kind: str, data: dict[str, Any], persist: bool = True) -> None:

@@ -235,6 +235,14 @@ class Store:
                 q = q.where(col(Job.state).in_(list(states)))
             return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
 
+    def job_ids_in_state(self, job_ids: Iterable[str], state: str) -> set[str]:
+        """Which of these jobs are in `state`: one query for a watcher that polls many jobs at once."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self.session() as s:
+            return set(s.exec(select(Job.id).where(col(Job.id).in_(ids), Job.state == state)))
+
     def update_job(self, job_id: str, **fields: Any) -> Job:
         if "state" in fields:
             raise ValueError("change a job's state with transition()")

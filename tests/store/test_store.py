@@ -115,3 +115,15 @@ def test_schema_version_recorded_and_newer_refused(data_dir):
 def test_sqlite_runs_in_wal_mode(store):
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_job_ids_in_state_answers_for_many_jobs_in_one_query(store):
+    from sqlalchemy import event
+    jobs = [store.create_job(task=f"t{i}", repo="/r") for i in range(5)]
+    for job in jobs[1:3]:
+        store.transition(job.id, "cancelled", "from elsewhere")
+    statements = []
+    event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert store.job_ids_in_state([j.id for j in jobs] + ["nosuchjob"], "cancelled") == {jobs[1].id, jobs[2].id}
+    assert len(statements) == 1
+    assert store.job_ids_in_state([], "cancelled") == set()
