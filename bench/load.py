@@ -7,12 +7,15 @@ several shell steps each in real Docker sandboxes; the browser is a socket.io cl
 (assistant/testing/chat_client.py); the web app runs as `chainlit run` does, with a probe for event-loop
 lag and SQL statements (bench/probed_app.py). The peer way is, per figure: a bare Chainlit app streaming
 the same model (bench/peer_app.py), the same jobs one by one, the raw SQL a thread's rows need, and
-`docker run` of the same first command.
+`docker run` of the same first command. Memory is the server's RSS plus the private memory of its
+descendants (short-lived children forked from it share its pages; summing their RSS would count them twice).
 
 Prints one table and writes bench/results/load.json. --save-baseline also writes
 bench/results/load-baseline.json; --check compares every figure with that baseline and exits 1 when one
-is more than 1.5 times worse (a regression by more than half). --profile DIR writes pyinstrument reports
-of the web app's event-loop thread during the 16 jobs and while threads are opened (needs pyinstrument).
+is more than 1.5 times worse (a regression by more than half). --profile DIR writes a pyinstrument report
+of the web app's event-loop thread during the 16 jobs and while threads are opened, and a py-spy record of
+all its threads during the 16 jobs (needs pyinstrument and py-spy; profiling slows the server, so the
+figures of a --profile run are not comparable with others).
 """
 from __future__ import annotations
 
@@ -100,8 +103,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (the host side of the app), MiB."""
+def tree_memory_mb(pid: int) -> float:
+    """Memory of a process and its descendants (the host side of the app), MiB: the process's RSS plus
+    what each descendant holds privately, so that a short-lived child forked from the server (a `git` it
+    runs) does not count the pages it shares with the server twice, as a sum of RSS would."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -115,11 +120,11 @@ def tree_rss_mb(pid: int) -> float:
         current = stack.pop()
         stack += children.get(current, [])
         try:
-            status = Path(f"/proc/{current}/status").read_text()
+            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
         except OSError:
             continue
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        total += int(match.group(1)) if match else 0
+        fields = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB", rollup, re.M)}
+        total += fields.get("Rss", 0) if current == pid else fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     return total / 1024
 
 
@@ -156,7 +161,7 @@ class App:
         return httpx.get(self.url + "/bench/probe", timeout=60).json()
 
     def rss_mb(self) -> float:
-        return tree_rss_mb(self.proc.pid)
+        return tree_memory_mb(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -209,14 +214,21 @@ async def ask(chat: ChatSession, model: ScriptedModelServer, text: str = QUESTIO
             "first_token_ms": (first.at - sent) * 1000}
 
 
-async def routing(app: App, model: ScriptedModelServer, questions: int) -> list[dict]:
-    chat = await ChatSession(app.url, USER, PASSWORD).open()
+async def routing(apps: list[App], model: ScriptedModelServer, questions: int) -> list[list[dict]]:
+    """The same questions to each app in turn, so drifting load on a shared machine hits them alike."""
+    chats = [await ChatSession(app.url, USER, PASSWORD).open() for app in apps]
     try:
         for _ in range(3):  # warm-up: imports, first connections, the checkout
-            await ask(chat, model)
-        return [await ask(chat, model) for _ in range(questions)]
+            for chat in chats:
+                await ask(chat, model)
+        timings: list[list[dict]] = [[] for _ in apps]
+        for _ in range(questions):
+            for index, chat in enumerate(chats):
+                timings[index].append(await ask(chat, model))
+        return timings
     finally:
-        await chat.close()
+        for chat in chats:
+            await chat.close()
 
 
 async def conversations_open(app: App, model: ScriptedModelServer, count: int) -> float:
@@ -315,7 +327,7 @@ async def at_once(app: App, model: ScriptedModelServer, store: Store, count: int
         await chat.close()
     return {"jobs_per_min": count / elapsed * 60, "succeeded": sum(1 for s in states.values() if s == "succeeded"),
             "count": count, "lag_p99_ms": pct(lag, 0.99), "lag_max_ms": max(lag), "lag_samples": len(lag),
-            "answers_first_token_ms": [a["first_token_ms"] for a in answers],
+            "answers": answers, "answers_first_token_ms": [a["first_token_ms"] for a in answers],
             "rss_before_mb": rss_before, "rss_peak_mb": rss_peak}
 
 
@@ -379,8 +391,9 @@ def raw_rows_ms(db: Path, thread_id: str, runs: int = 10) -> float:
     return median(times)
 
 
-async def open_thread(app: App, thread_id: str, runs: int) -> dict:
-    """Opening a thread as the browser does: GET /project/thread/{id} for the page, and the socket's resume."""
+async def open_thread(app: App, thread_id: str, jobs: int, runs: int) -> dict:
+    """Opening a thread as the browser does: GET /project/thread/{id} for the page, and the socket's resume
+    (until the thread shows, and until every job card in it has been refreshed)."""
     chat = ChatSession(app.url, USER, PASSWORD)
     token = await chat.login()
     http_ms, statements = [], []
@@ -392,7 +405,7 @@ async def open_thread(app: App, thread_id: str, runs: int) -> dict:
             http_ms.append((time.perf_counter() - started) * 1000)
             statements.append(app.probe()["statements"] - before)
             response.raise_for_status()
-    resume_ms = []
+    resume_ms, cards_ms = [], []
     for _ in range(runs + 1):
         session = ChatSession(app.url, USER, PASSWORD)
         session.token = token
@@ -400,9 +413,23 @@ async def open_thread(app: App, thread_id: str, runs: int) -> dict:
         await session.open(thread_id)
         resumed = await session.wait_for(lambda r: r.event == "resume_thread", timeout=60)
         resume_ms.append((resumed.at - started) * 1000)
-        await asyncio.sleep(1)  # on_chat_resume refreshes the job cards shortly after the resume
+        refreshed = await cards_refreshed(session, jobs, since=resumed.at)
+        cards_ms.append((refreshed - started) * 1000)
         await session.close()
-    return {"http_ms": median(http_ms[1:]), "statements": median(statements[1:]), "resume_ms": median(resume_ms[1:])}
+    return {"http_ms": median(http_ms[1:]), "statements": median(statements[1:]), "resume_ms": median(resume_ms[1:]),
+            "cards_ms": median(cards_ms[1:])}
+
+
+async def cards_refreshed(session: ChatSession, jobs: int, since: float, timeout: float = 120) -> float:
+    """perf_counter() time when the session had an update of each of the thread's `jobs` job cards."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        updates = [r for r in session.received if r.at >= since and r.event == "update_message"
+                   and isinstance(r.data, dict) and (r.data.get("metadata") or {}).get("job_id")]
+        if len({r.data["metadata"]["job_id"] for r in updates}) >= jobs:
+            return max(r.at for r in updates)
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the {jobs} job cards were not all refreshed within {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------------------------------- peer ways
@@ -426,18 +453,10 @@ async def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[Figure]
     if profile:
         profile.mkdir(parents=True, exist_ok=True)
 
-    # The peer: a bare Chainlit app on the same model.
+    # The peer, a bare Chainlit app on the same model, and ours: up together for the paired figures.
     peer_env = base_env(model, scratch / "peer-data")
     peer_env.update(PEER_USER=f"{USER}:{PASSWORD}", CHAINLIT_AUTH_SECRET=secrets.token_hex(32))
     peer = App(REPO_ROOT / "bench" / "peer_app.py", peer_env, scratch / "peer.log").start()
-    try:
-        await asyncio.sleep(2)
-        raw["peer_rss_idle_mb"] = peer.rss_mb()
-        raw["peer_routing"] = await routing(peer, model, args.questions)
-        raw["peer_rss_20_mb"] = await conversations_open(peer, model, 20)
-    finally:
-        peer.stop()
-
     data_dir = scratch / "data"
     data_dir.mkdir()
     os.chmod(data_dir, 0o711)  # the sandbox user must reach the workspaces
@@ -448,11 +467,13 @@ async def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[Figure]
     store = Store(f"sqlite:///{data_dir / 'assistant.db'}")
     try:
         await asyncio.sleep(2)
-        raw["rss_idle_mb"] = ours.rss_mb()
+        raw["rss_idle_mb"], raw["peer_rss_idle_mb"] = ours.rss_mb(), peer.rss_mb()
         ours.post("/bench/probe/reset")
-        raw["routing"] = await routing(ours, model, args.questions)
+        raw["routing"], raw["peer_routing"] = await routing([ours, peer], model, args.questions)
         raw["idle_lag_p99_ms"] = pct(ours.probe()["lag_ms"], 0.99)
         raw["rss_20_mb"] = await conversations_open(ours, model, 20)
+        raw["peer_rss_20_mb"] = await conversations_open(peer, model, 20)
+        peer.stop()
         raw["serial"] = await one_by_one(ours, model, store, args.jobs)
         raw["parallel"] = await at_once(ours, model, store, args.jobs, profile)
 
@@ -461,14 +482,15 @@ async def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[Figure]
         small = seed_thread(store, user_id, str(repo), messages=500, jobs=5)
         if profile:
             ours.post("/bench/probe/profile", action="start")
-        raw["open_big"] = await open_thread(ours, big, runs=5)
+        raw["open_big"] = await open_thread(ours, big, jobs=50, runs=5)
         if profile:
             ours.post("/bench/probe/profile", action="stop", path=str(profile / "open-thread.txt"))
-        raw["open_small"] = await open_thread(ours, small, runs=3)
+        raw["open_small"] = await open_thread(ours, small, jobs=5, runs=3)
         raw["raw_rows_ms"] = raw_rows_ms(data_dir / "assistant.db", big)
     finally:
         store.close()
         ours.stop()
+        peer.stop()
         model.stop()
     raw["docker_cli_first_command_ms"] = docker_cli_first_command_ms()
     return figures(raw, args), raw
@@ -496,20 +518,23 @@ def figures(raw: dict, args: argparse.Namespace) -> list[Figure]:
                "one by one", unit="/min", lower_is_better=False),
         Figure("loop_lag_p99_ms", f"event-loop lag p99, {par['count']} jobs running", par["lag_p99_ms"],
                raw["idle_lag_p99_ms"], "ours idle", target="< 100", judged=par["lag_p99_ms"]),
-        Figure("answer_under_load_ms", f"quick answer's 1st token, {par['count']} jobs running (worst of "
-               f"{len(answers)})", max(answers) if answers else None,
+        Figure("answer_under_load_ms", f"quick answer's 1st token, {par['count']} jobs running (median of "
+               f"{len(answers)})", median(answers) if answers else None,
                median([r["first_token_ms"] for r in raw["peer_routing"]]), "bare Chainlit idle",
-               target="< 200", judged=max(answers) if answers else None),
-        Figure("rss_idle_mb", "server RSS idle", raw["rss_idle_mb"], raw["peer_rss_idle_mb"], "bare Chainlit",
+               target="< 200", judged=median(answers) if answers else None),
+        Figure("answer_under_load_worst_ms", f"the same, worst of {len(answers)}", max(answers) if answers else None,
+               max(r["first_token_ms"] for r in raw["peer_routing"]), "bare Chainlit idle"),
+        Figure("rss_idle_mb", "server memory idle", raw["rss_idle_mb"], raw["peer_rss_idle_mb"], "bare Chainlit",
                unit="MB", target="< 250", judged=raw["rss_idle_mb"]),
-        Figure("rss_20_conversations_mb", "server RSS, 20 conversations open", raw["rss_20_mb"], raw["peer_rss_20_mb"],
+        Figure("rss_20_conversations_mb", "server memory, 20 conversations open", raw["rss_20_mb"], raw["peer_rss_20_mb"],
                "bare Chainlit", unit="MB"),
-        Figure("rss_per_running_job_mb", f"host RSS per running job ({par['count']} running)", per_job, None, "",
+        Figure("rss_per_running_job_mb", f"host memory per running job ({par['count']} running)", per_job, None, "",
                unit="MB", target="< 30", judged=per_job),
         Figure("open_thread_http_ms", "open thread, 500 msgs / 50 jobs (GET)", big["http_ms"], raw["raw_rows_ms"],
                "raw SQL of its rows", target="< 150", judged=big["http_ms"]),
         Figure("open_thread_resume_ms", "open thread, 500 msgs / 50 jobs (socket resume)", big["resume_ms"], None, "",
                target="< 150", judged=big["resume_ms"]),
+        Figure("open_thread_cards_ms", "the same, until all 50 job cards are refreshed", big["cards_ms"], None, ""),
         Figure("open_thread_statements", "SQL statements to open it (GET)", big["statements"], 2, "raw SQL",
                unit="stmts"),
         Figure("statements_per_extra_job", "SQL statements per extra job (N+1 check)", n_plus_one, 0, "raw SQL",
