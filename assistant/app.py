@@ -42,7 +42,7 @@ http_app.add_middleware(ViewerMiddleware)
 install_routes(http_app, make_router(lambda: store))
 relay: JobRelay | None = None
 HISTORY_LIMIT = 12
-SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; `assistant serve` kills the server after STOP_GRACE_S
+SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; assistant/serve.py kills the server after its STOP_GRACE_S
 
 
 # ---------------------------------------------------------------------- job buttons

@@ -25,7 +25,7 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 8.0            # the server's own shutdown must fit in it; the whole stop stays under 10 s
+STOP_GRACE_S = 7.0            # the server's own shutdown must fit in it; the whole stop stays under 10 s
 FIRST_RETENTION_AFTER_S = 60.0
 _PR_SET_PDEATHSIG = 1
 
