@@ -239,8 +239,11 @@ def setup_cache(settings: Settings) -> tuple[list[Item], str | None]:
                           lambda entry=entry: _remove_cache_entry(client, cache, entry)))
     for tar in sorted(cache.directory.glob("*.tar")):
         if tar.name not in known_files:
-            items.append(Item(SETUP_CACHE, f"{tar} (not in the cache index)", _file_size(tar), tar.stat().st_mtime,
-                              None, lambda tar=tar: tar.unlink(missing_ok=True)))
+            written = tar.stat().st_mtime
+            # A job stores the files before it commits the image and indexes both: a fresh one is on its way.
+            in_use = "just written: a job may be adding it to the cache" if now - written < CACHE_START_GRACE_S else None
+            items.append(Item(SETUP_CACHE, f"{tar} (not in the cache index)", _file_size(tar), written, in_use,
+                              lambda tar=tar: tar.unlink(missing_ok=True)))
     return items, None
 
 
@@ -277,11 +280,11 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _remove_image(client, image_id: str) -> None:
+def _remove_image(client, name: str) -> None:
     import docker
 
     try:
-        client.images.remove(image_id, force=False, noprune=False)
+        client.images.remove(name, force=False, noprune=False)
     except docker.errors.ImageNotFound:
         pass
     except docker.errors.APIError as exc:

@@ -254,3 +254,12 @@ def test_a_follow_up_works_from_the_store_once_the_job_files_are_gone(tmp_path, 
     assert "+    return a + b" in system and "Fixed `add`" in system         # the stored diff and summary
     done = next(e for e in events if e.kind == "done")
     assert [(c["target"], c["valid"]) for c in done.data["citations"]] == [("test_negative.py", True), (run_chunk, True)]
+
+
+def test_cache_files_being_added_to_the_cache_stay(cache_entry, store):
+    settings, cache, _entry = cache_entry
+    fresh = cache.directory / "fedcba9876543210fedcba98.tar"
+    fresh.write_bytes(os.urandom(2 * 1024 * 1024))
+    report = retention.run(settings.model_copy(update={"setup_cache_max_mb": 1}), store)  # over the limit
+    assert fresh.exists()
+    assert next(i.in_use for i in report.items if i.label.startswith(str(fresh))).startswith("just written")
