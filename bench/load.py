@@ -290,8 +290,10 @@ async def one_by_one(app: App, model: ScriptedModelServer, store: Store, count: 
     finally:
         await chat.close()
     states = job_states(store, "[serial ")
+    failures = [f"{j.id} {j.state}: {j.reason}" for j in store.list_jobs(limit=100_000)
+                if "[serial " in j.task and j.state != "succeeded"]
     return {"jobs_per_min": count / elapsed * 60, "first_command_ms": first_command_ms,
-            "succeeded": sum(1 for s in states.values() if s == "succeeded")}
+            "succeeded": sum(1 for s in states.values() if s == "succeeded"), "failures": failures}
 
 
 async def at_once(app: App, model: ScriptedModelServer, store: Store, count: int, profile: Path | None) -> dict:
@@ -325,8 +327,10 @@ async def at_once(app: App, model: ScriptedModelServer, store: Store, count: int
         spy.wait(60)
     for chat in chats + [asker]:
         await chat.close()
+    failures = [f"{j.id} {j.state}: {j.reason}" for j in store.list_jobs(limit=100_000)
+                if "[parallel " in j.task and j.state != "succeeded"]
     return {"jobs_per_min": count / elapsed * 60, "succeeded": sum(1 for s in states.values() if s == "succeeded"),
-            "count": count, "lag_p99_ms": pct(lag, 0.99), "lag_max_ms": max(lag), "lag_samples": len(lag),
+            "count": count, "failures": failures, "lag_p99_ms": pct(lag, 0.99), "lag_max_ms": max(lag), "lag_samples": len(lag),
             "answers": answers, "answers_first_token_ms": [a["first_token_ms"] for a in answers],
             "rss_before_mb": rss_before, "rss_peak_mb": rss_peak}
 
@@ -602,6 +606,8 @@ def main() -> int:
         print(f"logs kept in {scratch}", file=sys.stderr)
         raise
     print_table(figs)
+    for failure in raw["parallel"]["failures"] + raw["serial"]["failures"]:
+        print(f"job that did not succeed: {failure}")
     result = {"figures": {f.key: {"label": f.label, "ours": f.ours, "peer": f.peer, "peer_way": f.peer_label,
                                   "unit": f.unit, "target": f.target, "judged": f.judged, "met": f.met}
                           for f in figs},
