@@ -51,6 +51,7 @@ answerable_jobs: set[str] = set()
 BEFORE_AGENT = (states.QUEUED, states.PREPARING, states.SETTING_UP)
 DECIDED_BY = {"rules": "by the first-pass rules", "model": "by the router model", "command": "by your command",
               "classifier": "by the built-in classifier", "fallback": "by default"}
+SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; assistant/serve.py kills the server after its STOP_GRACE_S
 
 
 # ---------------------------------------------------------------------- job buttons
@@ -93,8 +94,9 @@ async def _start_relay():
 
 @cl.on_app_shutdown
 async def _stop():
-    # Jobs still running die with the process; the next start marks them interrupted.
-    await asyncio.to_thread(core.jobs.shutdown, False)
+    # SIGTERM or SIGINT (uvicorn's graceful stop): running jobs end interrupted and retryable, their
+    # containers and the embedded model stop. Chainlit calls os._exit() after this hook: no atexit runs.
+    await asyncio.to_thread(core.close, SHUTDOWN_WAIT_S)
 
 
 @cl.password_auth_callback

@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,7 +29,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     _err(f"assistant: serving on http://{host}:{port} (data in {settings.data_dir})")
     cmd = [chainlit, "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless", "--host", host, "--port", port]
-    return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    from .serve import serve
+    return serve(settings, cmd, env, REPO_ROOT)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -291,6 +291,34 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ok_all else 1
 
 
+# ---------------------------------------------------------------------------------------------- gc
+def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
+    from . import retention
+    from .store import Store
+    store = Store(settings.resolved_database_url)
+    try:
+        report = retention.run(settings, store, dry_run=args.dry_run)
+    finally:
+        store.close()
+    size = retention.human_size
+    verb = "would remove" if args.dry_run else "removed"
+    for removal in report.removals:
+        done = "kept" if removal.error else verb
+        print(f"{done:<12}  {removal.item.kind:<11}  {size(removal.item.size):>9}  {removal.item.label}\n"
+              f"{'':<12}  {removal.reason}" + (f"; {removal.error}" if removal.error else ""))
+    for problem in report.problems:
+        print(f"note: {problem}")
+    for kind in retention.KINDS:
+        items = [i for i in report.items if i.kind == kind]
+        busy = sum(1 for i in items if i.in_use)
+        print(f"{kind + ':':<13} {len(items)} items, {size(report.total(kind))}"
+              + (f", {size(report.left(kind))} left" if not args.dry_run else "")
+              + (f", {busy} in use" if busy else "") + f" (limits: {report.limits[kind].describe()})")
+    print(f"{verb} {len([r for r in report.removals if not r.error])} items, {size(report.freed)}"
+          + (" (nothing was deleted: --dry-run)" if args.dry_run else ""))
+    return 0
+
+
 def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     from .jobs.manager import sandbox_config
     from .sandbox import SandboxError, build_image
@@ -356,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="what is ready, and the command that fixes what is not")
     d.set_defaults(func=cmd_doctor)
+
+    g = sub.add_parser("gc", help="apply the retention limits to checkouts, setup-cache images and job files")
+    g.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    g.set_defaults(func=cmd_gc)
 
     sb = sub.add_parser("sandbox", help="sandbox image")
     sbs = sb.add_subparsers(dest="sandbox_command", required=True)

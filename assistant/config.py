@@ -47,7 +47,7 @@ class Settings(BaseModel):
     summary_model: str | None = Field(None, description="Model that writes the summary of a job that ended without one (failed, cancelled, out of budget) from its log.")
     tool_protocol: Literal["auto", "native", "text", "grammar"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, grammar (JSON-schema-constrained actions, for llama.cpp servers), or auto (native, falling back to text when the endpoint rejects tools; grammar with the embedded model).")
     model_timeout_s: float = Field(120.0, gt=0, description="Timeout of one model request, in seconds.")
-    model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts and dropped connections.")
+    model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts, dropped connections, cut streams and 200 answers that are no completion.")
     context_window: int = Field(128_000, ge=2048, description="Model context window in tokens; long jobs are compacted before they reach it.")
 
     # Embedded local model (used when neither OPENAI_API_KEY nor OPENAI_BASE_URL is set).
@@ -82,6 +82,16 @@ class Settings(BaseModel):
     agent_internet_methods: str = Field("read-only", description="With allowlist: HTTP methods allowed, read-only (GET, HEAD, OPTIONS), all, or a comma-separated list. Per request for plain HTTP; HTTPS is a tunnel the proxy does not open, so there the rule is per host only.")
     agent_internet_private_addresses: bool = Field(False, description="With allowlist: let allowed names resolve to private, loopback or link-local addresses (a package mirror on your LAN). Off, so no name can lead the agent to this machine or a cloud metadata service.")
     egress_image: str = Field("assistant-egress:latest", description="Image of the per-job egress proxy (Debian's squid); `assistant egress build` makes it.")
+
+    # Retention (`assistant gc`, and periodically in `assistant serve`); 0 turns a limit off. Whatever a
+    # running job or answer uses is kept; follow-ups work from the stored summary, diff, logs and excerpts.
+    checkouts_max_age_days: float = Field(14, ge=0, description="Checkouts of git URLs (read by quick answers) unused this long are removed; 0: no age limit.")
+    checkouts_max_mb: int = Field(2048, ge=0, description="Total size of those checkouts; beyond it the least recently used go; 0: no size limit.")
+    setup_cache_max_age_days: float = Field(14, ge=0, description="Setup-cache images (and their saved files) unused this long are removed; 0: no age limit.")
+    setup_cache_max_mb: int = Field(8192, ge=0, description="Total size of the setup cache (its images' own layers plus files); beyond it the least recently used go; 0: no size limit.")
+    job_files_max_age_days: float = Field(3, ge=0, description="Per-job directories under <data_dir>/workspaces and homes (left by older versions) unchanged this long are removed; 0: no age limit.")
+    job_files_max_mb: int = Field(2048, ge=0, description="Total size of those per-job directories; beyond it the oldest go; 0: no size limit.")
+    retention_interval_min: float = Field(60, ge=0, description="How often `assistant serve` applies the retention limits, in minutes; 0: only `assistant gc` does.")
 
     # Jobs.
     max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")

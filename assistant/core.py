@@ -90,8 +90,10 @@ class Assistant:
             "backend_reason": reason,
         }
 
-    def close(self) -> None:
-        self.jobs.shutdown()
+    def close(self, wait_s: float | None = None) -> None:
+        """Interrupt running jobs (retryable), stop the embedded model, close the store. wait_s bounds the
+        wait for the job workers (see JobManager.shutdown)."""
+        self.jobs.shutdown(wait_s=wait_s)
         if self.local_server is not None:
             self.local_server.stop()
         self.store.close()

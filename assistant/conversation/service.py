@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..access import RepoPolicy
@@ -19,7 +21,7 @@ from ..llm.client import ModelClient, ModelError
 from ..llm.tokens import count_message_tokens
 from ..prompts import render_prompt
 from ..store import Job, NotFound, Store
-from .checkout import CheckoutError, checkout_for
+from .checkout import CheckoutError, reading_checkout
 from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
 from .route_classifier import shipped_classifier
 from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message
@@ -111,11 +113,16 @@ class Conversation:
         thread = self.store.get_thread(thread_id)
         repo = (thread.repo if thread else None) or self.settings.default_repo or ""
         ref = (thread.ref if thread else None) or self.settings.default_ref
-        try:
-            root = checkout_for(repo, ref, self.settings.data_dir, self.policy)
-        except CheckoutError as exc:
-            yield AnswerEvent("error", str(exc))
-            return
+        with ExitStack() as held:  # retention leaves the checkout alone while the answer reads it
+            try:
+                root = held.enter_context(reading_checkout(repo, ref, self.settings.data_dir, self.policy))
+            except CheckoutError as exc:
+                yield AnswerEvent("error", str(exc))
+                return
+            yield from self._grounded_answer(thread_id, text, route, history, repo, root)
+
+    def _grounded_answer(self, thread_id: str, text: str, route: Route, history: list[dict[str, str]] | None,
+                         repo: str, root: Path) -> Iterator[AnswerEvent]:
         spent = sum(self.store.usage_totals(thread_id=thread_id))
         if spent >= self.settings.answer_token_budget:
             yield AnswerEvent("error", f"this conversation has used its quick-answer budget ({spent} of "

@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -159,28 +160,51 @@ class JobManager:
             event.wait(timeout)
         return self.store.get_job(job_id)
 
-    def shutdown(self, cancel_running: bool = True) -> None:
+    def shutdown(self, cancel_running: bool = True, wait_s: float | None = None) -> None:
+        """Stop taking work; with cancel_running, end every active job as interrupted (retryable).
+        wait_s bounds the wait for the workers (a server being stopped has seconds, not a job's length):
+        a job whose worker has not finished by then is recorded as interrupted without it."""
         self._closed.set()
         self._stopping = True
+        active = list(self._cancel)
         if cancel_running:
-            for job_id in list(self._cancel):
+            for job_id in active:
                 try:
                     self.cancel(job_id)
                 except Exception:
                     log.exception("cancelling %s at shutdown", job_id)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=wait_s is None, cancel_futures=True)
+        if wait_s is not None and cancel_running:
+            self._interrupt_stragglers(active, time.monotonic() + wait_s)
+
+    def _interrupt_stragglers(self, job_ids: list[str], deadline: float) -> None:
+        for job_id in job_ids:
+            done = self._finished.get(job_id)
+            if done is not None and done.wait(max(0.0, deadline - time.monotonic())):
+                continue
+            try:
+                self._finish(self.store.get_job(job_id), states.INTERRUPTED,
+                             "the server shut down while this job was active; retry it")
+            except states.IllegalTransition:
+                pass  # its worker ended it just now
+            except Exception:
+                log.exception("interrupting %s at shutdown", job_id)
 
     def _watch_external_cancels(self) -> None:
         """`assistant jobs cancel` from another process only writes the store; notice it and stop the work."""
         while not self._closed.wait(1.0):
             with self._lock:
                 mine = [job_id for job_id, ev in self._cancel.items() if not ev.is_set()]
-            for job_id in mine:
+            try:
+                cancelled = self.store.job_ids_in_state(mine, states.CANCELLED)
+            except Exception:
+                log.exception("checking %d jobs for an external cancel", len(mine))
+                continue
+            for job_id in cancelled:
                 try:
-                    if self.store.get_job(job_id).state == states.CANCELLED:
-                        self.cancel(job_id)
+                    self.cancel(job_id)
                 except Exception:
-                    log.exception("checking %s for an external cancel", job_id)
+                    log.exception("cancelling %s after an external cancel", job_id)
 
     # ------------------------------------------------------------------ events
     def _emit(self, job: Job, kind: str, data: dict[str, Any], persist: bool = True) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -110,27 +110,24 @@ class Store:
             s.commit()
 
     # ------------------------------------------------------------------ messages (Chainlit steps)
-    def upsert_message(self, message_id: str, thread_id: str, **fields: Any) -> Message:
+    def upsert_message(self, message_id: str, thread_id: str, **fields: Any) -> None:
+        """Create or update a message (fields that are None are left as they are, except output) and touch
+        its thread. Two statements and a commit, no rows loaded: the web app writes a step this way for
+        every update of every job card."""
+        values = {key: value for key, value in fields.items() if value is not None or key == "output"}
         try:
-            return self._upsert_message(message_id, thread_id, fields)
-        except IntegrityError:  # a concurrent write created the row between our read and insert
-            return self._upsert_message(message_id, thread_id, fields)
+            self._upsert_message(message_id, thread_id, values)
+        except IntegrityError:  # a concurrent write created the row between our update and insert
+            self._upsert_message(message_id, thread_id, values)
 
-    def _upsert_message(self, message_id: str, thread_id: str, fields: dict[str, Any]) -> Message:
+    def _upsert_message(self, message_id: str, thread_id: str, values: dict[str, Any]) -> None:
         with self.session() as s:
-            msg = s.get(Message, message_id)
-            if msg is None:
-                msg = Message(id=message_id, thread_id=thread_id)
-            for key, value in fields.items():
-                if value is not None or key in ("output",):
-                    setattr(msg, key, value)
-            s.add(msg)
-            thread = s.get(Thread, thread_id)
-            if thread:
-                thread.updated_at = utcnow()
-                s.add(thread)
+            found = s.exec(update(Message).where(col(Message.id) == message_id)
+                           .values(**(values or {"id": message_id}))).rowcount
+            if not found:
+                s.add(Message(id=message_id, thread_id=thread_id, **values))
+            s.exec(update(Thread).where(col(Thread.id) == thread_id).values(updated_at=utcnow()))
             s.commit()
-            return msg
 
     def get_message(self, message_id: str) -> Message | None:
         with self.session() as s:
@@ -234,6 +231,14 @@ class Store:
             if states is not None:
                 q = q.where(col(Job.state).in_(list(states)))
             return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
+
+    def job_ids_in_state(self, job_ids: Iterable[str], state: str) -> set[str]:
+        """Which of these jobs are in `state`: one query for a watcher that polls many jobs at once."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self.session() as s:
+            return set(s.exec(select(Job.id).where(col(Job.id).in_(ids), Job.state == state)))
 
     def update_job(self, job_id: str, **fields: Any) -> Job:
         if "state" in fields:
