@@ -212,8 +212,8 @@ def _remove_checkout(path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- setup cache
 def setup_cache(settings: Settings) -> tuple[list[Item], str | None]:
-    """The cache's entries, plus saved files its index no longer knows. (Cache images outside the index
-    are left alone: the engine may serve other data directories, whose indexes this one cannot see.)"""
+    """The cache's entries (each an image holding the set-up workspace). Cache images outside the index are
+    left alone: the engine may serve other data directories, whose indexes this one cannot see."""
     from .jobs.manager import sandbox_config
     from .sandbox import docker_status
     from .sandbox.cache import SetupCache
@@ -227,23 +227,17 @@ def setup_cache(settings: Settings) -> tuple[list[Item], str | None]:
     now = time.time()
     users = _image_users(client)
     items = []
-    known_files = set()
     for entry in cache.entries():
-        known_files.add(Path(entry.workspace_tar).name)
         image = _image(client, entry.image)
-        size = _own_layer_size(image) + _file_size(Path(entry.workspace_tar))
         in_use = users.get(image.id) if image is not None else None
         if in_use is None and now - entry.last_used < CACHE_START_GRACE_S:
             in_use = f"looked up {now - entry.last_used:.0f} s ago: a job may be starting from it"
-        items.append(Item(SETUP_CACHE, entry.image, size, entry.last_used, in_use,
+        items.append(Item(SETUP_CACHE, entry.image, _own_layer_size(image), entry.last_used, in_use,
                           lambda entry=entry: _remove_cache_entry(client, cache, entry)))
+    # Workspace archives an earlier version kept beside the index (the workspace now lives in the image).
     for tar in sorted(cache.directory.glob("*.tar")):
-        if tar.name not in known_files:
-            written = tar.stat().st_mtime
-            # A job stores the files before it commits the image and indexes both: a fresh one is on its way.
-            in_use = "just written: a job may be adding it to the cache" if now - written < CACHE_START_GRACE_S else None
-            items.append(Item(SETUP_CACHE, f"{tar} (not in the cache index)", _file_size(tar), written, in_use,
-                              lambda tar=tar: tar.unlink(missing_ok=True)))
+        items.append(Item(SETUP_CACHE, f"{tar} (left by an earlier version)", _file_size(tar), tar.stat().st_mtime,
+                          None, lambda tar=tar: tar.unlink(missing_ok=True)))
     return items, None
 
 
@@ -294,11 +288,9 @@ def _remove_image(client, name: str) -> None:
 
 
 def _remove_cache_entry(client, cache, entry) -> None:
-    image = _image(client, entry.image)
-    if image is not None:
-        _remove_image(client, entry.image)
-    Path(entry.workspace_tar).unlink(missing_ok=True)
-    cache.lookup(entry.key)  # the cache forgets an entry whose image and files are gone
+    if _image(client, entry.image) is not None:
+        _remove_image(client, entry.image)  # refuses (InUse) while a container runs from it
+    cache.remove(entry.key)
 
 
 # ---------------------------------------------------------------------------------------------- job files

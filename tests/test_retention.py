@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from assistant import retention
+from assistant.access import RepoPolicy
 from assistant.conversation.checkout import lock_path, reading_checkout
 from assistant.jobs.manager import sandbox_config
 from tests.fixtures.repos import make_repo
@@ -41,8 +42,12 @@ def remote(tmp_path) -> str:
     return f"file://{repo}"
 
 
+def reading(url: str, ref: str | None, data_dir: Path):
+    return reading_checkout(url, ref, data_dir, RepoPolicy(data_dir=data_dir.resolve()))
+
+
 def checkout(url: str, data_dir: Path, ref: str | None = None) -> Path:
-    with reading_checkout(url, ref, data_dir) as path:
+    with reading(url, ref, data_dir) as path:
         return path
 
 
@@ -65,14 +70,14 @@ def test_old_checkouts_go_and_a_dry_run_only_says_so(remote, settings_for, store
 
 def test_a_checkout_being_read_stays_and_a_removed_one_comes_back_on_use(remote, settings_for, store, data_dir):
     settings = settings_for()
-    with reading_checkout(remote, None, data_dir) as path:
+    with reading(remote, None, data_dir) as path:
         age(lock_path(path), 30)
         report = gc(settings, store)
         assert report.removals == [] and path.is_dir()
         assert [i.in_use for i in report.items] == ["an answer is reading it"]
     age(lock_path(path), 30)
     assert removed(gc(settings, store)) == [f"{path} ({remote})"]
-    with reading_checkout(remote, None, data_dir) as again:
+    with reading(remote, None, data_dir) as again:
         assert (again / "app.py").read_text() == "print('hi')\n"
 
 
@@ -170,7 +175,7 @@ def test_an_unused_cache_image_and_its_files_go(cache_entry, store):
 
     report = gc(settings, store)
     assert removed(report) == [entry.image]
-    assert cache.entries() == [] and not Path(entry.workspace_tar).exists()
+    assert cache.entries() == []
     with pytest.raises(Exception):
         docker_client().images.get(entry.image)
 
@@ -191,13 +196,13 @@ def test_a_cache_image_a_container_runs_from_stays(cache_entry, store):
     assert removed(gc(settings, store)) == [entry.image]
 
 
-def test_cache_files_the_index_lost_go_when_old(cache_entry, store):
+def test_workspace_archives_of_an_earlier_version_go_when_old(cache_entry, store):
     settings, cache, entry = cache_entry
     stray = cache.directory / "0123456789abcdef01234567.tar"
     stray.write_bytes(b"x" * 10_000)
     age(stray, 30)
-    assert removed(gc(settings, store)) == [f"{stray} (not in the cache index)"]
-    assert not stray.exists() and Path(entry.workspace_tar).exists()
+    assert removed(gc(settings, store)) == [f"{stray} (left by an earlier version)"]
+    assert not stray.exists() and [e.key for e in cache.entries()] == [entry.key]
 
 
 # ---------------------------------------------------------------------------------------------- follow-ups
@@ -235,11 +240,7 @@ def test_a_follow_up_works_from_the_store_once_the_job_files_are_gone(tmp_path, 
     assert job.state == "succeeded" and all(c["valid"] for c in job.citations), job.citations
     run_chunk = assistant.store.list_chunks(job.id)[-1].id
 
-    for path in (reachable_data_dir / "workspaces" / job.id, reachable_data_dir / "homes" / job.id):
-        if path.exists():
-            age(path, 10)
-    report = retention.run(assistant.settings, assistant.store)
-    assert str(reachable_data_dir / "workspaces" / job.id) in removed(report)
+    # The workspace lived in the job's container and went with it: nothing of it is left on the host.
     assert not (reachable_data_dir / "workspaces" / job.id).exists()
 
     scripted_model.when_system_contains("You answer questions about a codebase", [by_turn(
@@ -256,10 +257,3 @@ def test_a_follow_up_works_from_the_store_once_the_job_files_are_gone(tmp_path, 
     assert [(c["target"], c["valid"]) for c in done.data["citations"]] == [("test_negative.py", True), (run_chunk, True)]
 
 
-def test_cache_files_being_added_to_the_cache_stay(cache_entry, store):
-    settings, cache, _entry = cache_entry
-    fresh = cache.directory / "fedcba9876543210fedcba98.tar"
-    fresh.write_bytes(os.urandom(2 * 1024 * 1024))
-    report = retention.run(settings.model_copy(update={"setup_cache_max_mb": 1}), store)  # over the limit
-    assert fresh.exists()
-    assert next(i.in_use for i in report.items if i.label.startswith(str(fresh))).startswith("just written")

@@ -84,6 +84,14 @@ class SetupCache:
         with self._locked_index() as index:
             return sorted(index.values(), key=lambda e: e.last_used, reverse=True)
 
+    def remove(self, key: str) -> bool:
+        """Forget one entry and remove its image (retention); False when it was not there."""
+        with self._locked_index() as index:
+            entry = index.pop(key, None)
+            if entry is not None:
+                self._drop(entry)
+        return entry is not None
+
     def clear(self) -> int:
         with self._locked_index() as index:
             count = len(index)
