@@ -79,7 +79,7 @@ def world(tmp_path_factory):
     model.when_system_contains(SUMMARY_ROLE, [summarise], repeat_last=True)
     model.when_system_contains(AGENT, [agent], repeat_last=True)
     app = AppProcess(root / "data", model.base_url, repo, root / "app.log",
-                     ASSISTANT_PRICE_TABLE="scripted-model=2.50/10").start()
+                     ASSISTANT_PRICE_TABLE="scripted-model=2.50/10", ASSISTANT_REPO_ROOTS=str(repo.parent)).start()
     pw = playwright.sync_playwright().start()
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
     context = browser.new_context(viewport={"width": 1280, "height": 1400})
