@@ -73,7 +73,8 @@ if [ "$MODE" = test ]; then
     port=$(pg_lsclusters -h | head -n1 | awk '{print $3}')
     su postgres -c "psql -p $port -tAc \"SELECT 1 FROM pg_roles WHERE rolname='assistant'\"" | grep -q 1 \
         || su postgres -c "psql -p $port -qc \"CREATE ROLE assistant LOGIN PASSWORD 'assistant'\""
-    su postgres -c "psql -p $port -tAc \"SELECT 1 FROM pg_database WHERE datname='assistant_test'\"" | grep -q 1 \
-        || su postgres -c "createdb -p $port -O assistant assistant_test"
+    # A fresh test database each run: what an earlier run (or another branch's schema) left must not count.
+    su postgres -c "dropdb -p $port --if-exists --force assistant_test"
+    su postgres -c "createdb -p $port -O assistant assistant_test"
     echo "postgresql://assistant:assistant@127.0.0.1:$port/assistant_test" > .venv/.postgres-url
 fi
