@@ -36,9 +36,15 @@ def prepare(
     clock = time.monotonic()
     choice = resolve_backend(config)
     on_state("preparing")
-    source = prepare_source(req.repo, req.ref, config.data_dir)
-    commands = setup_commands(source, req.setup)
-    policy = _egress_policy(req, config, source, choice.backend)  # a bad policy fails before anything starts
+    early = _early_start(req, config, choice.backend)
+    try:
+        source = prepare_source(req.repo, req.ref, config.data_dir)
+        commands = setup_commands(source, req.setup)
+        policy = _egress_policy(req, config, source, choice.backend)  # a bad policy fails before anything starts
+    except BaseException:
+        if early is not None:
+            _close_when_started(early)
+        raise
     timings["source_s"] = time.monotonic() - clock
 
     cache, key, entry = None, None, None
@@ -67,7 +73,8 @@ def prepare(
             else:
                 setup_network = "none (setup cache hit: setup skipped)"
         else:
-            sandbox = _start_with_repo(choice.backend, req.job_id, config, source, network=bool(commands))
+            sandbox = _start_with_repo(choice.backend, req.job_id, config, source, network=bool(commands),
+                                       started=early)
             timings["start_s"] = time.monotonic() - clock
             if commands:
                 on_state("setting_up")
@@ -124,9 +131,22 @@ def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSourc
         raise SandboxError(str(exc)) from None
 
 
-def _start_with_repo(backend: str, job_id: str, config: SandboxConfig, source: RepoSource, network: bool):
-    """Start the sandbox while the host makes the bundle, then clone inside the sandbox from it."""
-    started = _start_pool.submit(_start, backend, job_id, config, config.image, network)
+def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str):
+    """When the request names its setup (so no file of the repository decides it) and no setup cache will be
+    looked up, the container can start while the host still fetches the repository: most of a cold start."""
+    if req.setup is None:
+        return None
+    planned = [command for command in req.setup if command.strip()]
+    if backend == "docker" and config.cache_enabled and planned:
+        return None
+    return _start_pool.submit(_start, backend, req.job_id, config, config.image, bool(planned))
+
+
+def _start_with_repo(backend: str, job_id: str, config: SandboxConfig, source: RepoSource, network: bool,
+                     started=None):
+    """Start the sandbox (unless it is starting already) while the host makes the bundle, then clone inside the
+    sandbox from it."""
+    started = started or _start_pool.submit(_start, backend, job_id, config, config.image, network)
     try:
         with source.bundle(job_id) as (bundle, ref):
             data = bundle.read_bytes()
