@@ -204,12 +204,14 @@ def test_a_server_that_does_not_stop_in_time_is_killed_and_its_jobs_interrupted(
 @pytest.mark.localmodel
 def test_a_stop_signal_stops_the_embedded_model_server(tmp_path):
     serve = Serve(tmp_path, {}).start(timeout=300)  # no endpoint configured: the embedded model starts
-    server = serve.server_pid()
-    [model_server] = children_of(server)
-    assert "llama" in Path(f"/proc/{model_server}/cmdline").read_text() or \
-        "local_child" in Path(f"/proc/{model_server}/cmdline").read_text()
-
-    try:
+    try:  # whatever fails here, no server is left running for the tests after this one
+        server = serve.server_pid()
+        deadline = time.monotonic() + 300  # a fresh install assembles the model file before its server starts
+        while not children_of(server) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        [model_server] = children_of(server)
+        assert "llama" in Path(f"/proc/{model_server}/cmdline").read_text() or \
+            "local_child" in Path(f"/proc/{model_server}/cmdline").read_text()
         took = serve.stop_by(signal.SIGTERM)
     finally:
         serve.kill()

@@ -98,10 +98,22 @@ def world(tmp_path_factory):
 
 
 def send(page, text: str) -> None:
+    """Submit once the app has greeted the chat (its first message): the composer ignores Enter before that."""
+    page.locator("text=Repository:").first.wait_for(timeout=60_000)
     page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
     page.wait_for_selector("#stop-button", state="detached", timeout=60_000)
+    users = page.locator(".step[data-step-type='user_message']")
+    before = users.count()
     page.fill("#chat-input", text)
-    page.keyboard.press("Enter")
+    for _attempt in range(3):
+        page.keyboard.press("Enter")
+        try:
+            page.wait_for_function(f"document.querySelectorAll(\".step[data-step-type='user_message']\").length > {before}",
+                                   timeout=10_000)
+            return
+        except playwright.TimeoutError:
+            page.focus("#chat-input")
+    raise AssertionError(f"the message {text!r} was not sent")
 
 
 def finished_card(page, number: int, state: str):
