@@ -31,6 +31,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def serve(settings: Settings, command: list[str], env: dict[str, str], cwd: Path) -> int:
+    # Chainlit reads CI=true as its --ci flag, which plants a fake OPENAI_API_KEY: the embedded model would
+    # then never start, and every request would go to a real endpoint with a key that is not one.
+    env = {key: value for key, value in env.items() if key != "CI"}
     server = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
     stopping = _forward_stop_signals(server)
     retention = _RetentionLoop(settings)
