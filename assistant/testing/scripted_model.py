@@ -140,6 +140,9 @@ class ScriptedModelServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as real model servers (uvicorn, llama.cpp's) set it: with Nagle's algorithm the
+            # first streamed chunk waits for the client's delayed ACK of the headers (~40 ms).
+            disable_nagle_algorithm = True
 
             def log_message(self, *_args):  # keep test output clean
                 pass
