@@ -34,6 +34,7 @@ from assistant.web.cards import (MAX_STEPS_SHOWN, ROUTED_EVENT, STATE_BADGES, ci
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
 from assistant.web.relay import JobRelay, card_message_id, web_card  # noqa: E402
 from assistant.web.routes import install_routes, make_router  # noqa: E402
+from assistant.web.threadview import ThreadJobsView  # noqa: E402
 from assistant.web.viewer import ViewerMiddleware  # noqa: E402
 
 log = logging.getLogger("assistant.web")
@@ -55,9 +56,10 @@ SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; assistant/serve.py kills 
 
 
 # ---------------------------------------------------------------------- job buttons
-def job_actions(job) -> list[cl.Action]:
+def job_actions(job, source=store) -> list[cl.Action]:
+    """The buttons of a job's card; `source` is the store or a ThreadJobsView of the job's thread."""
     payload = {"job_id": job.id}
-    actions = [steps_action(job)] if progress_count(store, job.id) > MAX_STEPS_SHOWN else []
+    actions = [steps_action(job)] if progress_count(source, job.id) > MAX_STEPS_SHOWN else []
     if job.state in states.ACTIVE:
         if job.id in answerable_jobs and job.state in BEFORE_AGENT:
             actions.append(cl.Action(name="answer_instead", payload=payload, label="Answer instead",
@@ -82,7 +84,8 @@ def steps_action(job) -> cl.Action:
 # ---------------------------------------------------------------------- wiring
 @cl.data_layer
 def _data_layer():
-    return StoreDataLayer(store, render_job_card=lambda job_id: relay.render(job_id) if relay else web_card(store, job_id))
+    return StoreDataLayer(store, render_job_card=lambda job_id, source: relay.render(job_id, source) if relay
+                          else web_card(source, job_id))
 
 
 @cl.on_app_startup
@@ -254,9 +257,10 @@ async def on_chat_resume(thread_dict):
     async def refresh_cards():
         # The resume event reaches the browser after this hook returns; updates sent earlier are lost.
         await asyncio.sleep(0.5)
-        for job in await asyncio.to_thread(store.list_jobs, thread_id=thread_dict["id"]):
+        cards = await asyncio.to_thread(ThreadJobsView, store, thread_dict["id"])  # all cards from one load
+        for job in cards.jobs:
             if relay:
-                await relay.refresh_in(session, job.id)
+                await relay.refresh_in(session, job.id, cards)
         for message in await asyncio.to_thread(store.list_messages, thread_dict["id"]):  # buttons are not stored
             metadata = (message.meta or {}).get("metadata") or {}
             if metadata.get("kind") == ANSWER_KIND and metadata.get("question"):

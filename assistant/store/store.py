@@ -5,10 +5,11 @@ import secrets
 import threading
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import case, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -22,6 +23,15 @@ from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Messa
 
 class NotFound(LookupError):
     pass
+
+
+@dataclass
+class ThreadJobs:
+    """A thread's jobs with what their cards show: events, diffs, which have a patch (Store.thread_jobs)."""
+    jobs: list[Job]
+    events: dict[str, list[JobEvent]]   # job id -> its events in seq order (absent: none)
+    diffs: dict[str, str]               # job id -> its diff artifact (absent: none stored)
+    patched: set[str]                   # jobs whose patch artifact is not empty
 
 
 def this_runner() -> str:
@@ -232,6 +242,35 @@ class Store:
                 q = q.where(col(Job.state).in_(list(states)))
             return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
 
+    def thread_jobs(self, thread_id: str) -> ThreadJobs:
+        """All jobs of a thread with their events, diffs and whether they have a patch, in three queries
+        whatever the number of jobs: a reopened thread renders every job card from it."""
+        in_thread = select(Job.id).where(Job.thread_id == thread_id)
+        with self.session() as s:
+            jobs = list(s.exec(select(Job).where(Job.thread_id == thread_id).order_by(col(Job.created_at))))
+            events: dict[str, list[JobEvent]] = {}
+            for ev in s.exec(select(JobEvent).where(col(JobEvent.job_id).in_(in_thread))
+                             .order_by(col(JobEvent.job_id), col(JobEvent.seq))):
+                events.setdefault(ev.job_id, []).append(ev)
+            diffs: dict[str, str] = {}
+            patched: set[str] = set()
+            seen: set[tuple[str, str]] = set()
+            # The diff's text, but only the patch's presence (a patch can be large and the card links to it).
+            rows = s.exec(select(Artifact.job_id, Artifact.kind,
+                                 case((Artifact.kind == "diff", Artifact.content), else_=None),
+                                 func.length(Artifact.content) > 0)
+                          .where(col(Artifact.job_id).in_(in_thread), col(Artifact.kind).in_(["diff", "patch"]))
+                          .order_by(col(Artifact.id)))
+            for job_id, kind, content, non_empty in rows:
+                if (job_id, kind) in seen:  # get_artifact reads the first row of a kind
+                    continue
+                seen.add((job_id, kind))
+                if kind == "diff":
+                    diffs[job_id] = content or ""
+                elif non_empty:
+                    patched.add(job_id)
+        return ThreadJobs(jobs, events, diffs, patched)
+
     def job_ids_in_state(self, job_ids: Iterable[str], state: str) -> set[str]:
         """Which of these jobs are in `state`: one query for a watcher that polls many jobs at once."""
         ids = list(job_ids)
@@ -341,6 +380,13 @@ class Store:
             row.created_at = utcnow()
             s.add(row)
             s.commit()
+
+    def has_artifact(self, job_id: str, kind: str) -> bool:
+        """Whether the job has a non-empty artifact of this kind, without reading it."""
+        with self.session() as s:
+            q = select(Artifact.id).where(Artifact.job_id == job_id, Artifact.kind == kind,
+                                          func.length(Artifact.content) > 0)
+            return s.exec(q.limit(1)).first() is not None
 
     def get_artifact(self, job_id: str, kind: str) -> str | None:
         with self.session() as s:

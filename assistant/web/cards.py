@@ -356,7 +356,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         else:
             out.append("#### Diff\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
             out.extend(f"⚠ {plain(note)}" for note in outcome.get("diff_notes") or [])
-            if store.get_artifact(job.id, "patch"):
+            if store.has_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..store import models
 from ..store.store import Store
+from .threadview import ThreadJobsView
 from .viewer import ANONYMOUS, current_viewer
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class NotOwner(PermissionError):
 # StepDict keys without a column of their own; kept in Message.meta["step"].
 _STEP_EXTRAS = ("tags", "command", "modes", "defaultOpen", "autoCollapse", "icon", "waitForAnswer", "generation")
 
-JobCardRenderer = Callable[[str], Optional[str]]
+# (job id, the store or a ThreadJobsView of the job's thread) -> the card's text
+JobCardRenderer = Callable[[str, Any], Optional[str]]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -278,11 +280,12 @@ class StoreDataLayer(BaseDataLayer):
             return value == "true"
         return value
 
-    def _step_dict(self, message: models.Message, feedback: models.Feedback | None) -> "StepDict":
+    def _step_dict(self, message: models.Message, feedback: models.Feedback | None,
+                   cards: ThreadJobsView | None = None) -> "StepDict":
         meta = message.meta or {}
         output = message.output or ""
         if message.job_id and self.render_job_card:
-            output = self.render_job_card(message.job_id) or output
+            output = self.render_job_card(message.job_id, cards or self.store) or output
         step: dict[str, Any] = {
             "id": message.id, "threadId": message.thread_id, "parentId": message.parent_id,
             "name": message.name, "type": message.type, "input": message.input or "", "output": output,
@@ -337,7 +340,9 @@ class StoreDataLayer(BaseDataLayer):
         if with_steps:
             messages = self.store.list_messages(thread.id)
             feedback = self.store.feedback_for(m.id for m in messages)
-            steps = [self._step_dict(m, feedback.get(m.id)) for m in messages]
+            # Every job card of the thread from one load, not four queries per card.
+            cards = ThreadJobsView(self.store, thread.id) if any(m.job_id for m in messages) else None
+            steps = [self._step_dict(m, feedback.get(m.id), cards) for m in messages]
             elements = [self._element_dict(e) for e in self.store.list_elements(thread.id)]
         return {"id": thread.id, "createdAt": _iso(thread.created_at) or "", "name": thread.name,
                 "userId": thread.user_id, "userIdentifier": self._owner_identifier(thread),

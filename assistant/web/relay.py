@@ -60,10 +60,10 @@ def sessions_of(thread_id: str | None) -> list:
 
 class JobRelay:
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop,
-                 actions_for: Callable[[object], list]):
+                 actions_for: Callable[[object, Store], list]):
         self.store = store
         self.loop = loop
-        self.actions_for = actions_for  # job row -> [cl.Action]
+        self.actions_for = actions_for  # (job row, store or ThreadJobsView) -> [cl.Action]
         self._tails: dict[str, deque] = {}
         self._current: dict[str, str] = {}  # job id -> the tool call under way (not stored: it is about now)
         self._last_refresh: dict[str, float] = {}
@@ -99,9 +99,10 @@ class JobRelay:
     def current(self, job_id: str) -> str | None:
         return self._current.get(job_id)
 
-    def render(self, job_id: str) -> str | None:
-        """The card's text now: stored facts plus what only this process knows (live tail, folding)."""
-        return web_card(self.store, job_id, self.tail(job_id), self.current(job_id), job_id in self.all_steps)
+    def render(self, job_id: str, source: Store | None = None) -> str | None:
+        """The card's text now: stored facts (from `source`, a ThreadJobsView when rendering a whole thread)
+        plus what only this process knows (live tail, folding)."""
+        return web_card(source or self.store, job_id, self.tail(job_id), self.current(job_id), job_id in self.all_steps)
 
     def toggle_steps(self, job_id: str) -> None:
         self.all_steps.symmetric_difference_update({job_id})
@@ -142,16 +143,22 @@ class JobRelay:
         """Re-render a job's card in every live session of its thread now."""
         await self._refresh(job_id, thread_id)
 
-    async def refresh_in(self, session, job_id: str) -> None:
-        """Re-render a job's card in one session (a reopened thread), in turn with the job's other refreshes."""
+    async def refresh_in(self, session, job_id: str, source: Store | None = None) -> None:
+        """Re-render a job's card in one session (a reopened thread), in turn with the job's other refreshes;
+        `source` is a ThreadJobsView of the thread when all its cards are refreshed."""
+        source = source or self.store
         async with self._locks.setdefault(job_id, asyncio.Lock()):
-            job = await asyncio.to_thread(self.store.get_job, job_id)
-            diff_props = await asyncio.to_thread(job_diff_view, self.store, job_id)
-            if await asyncio.to_thread(self._persist_diff, job, diff_props):
+            job, diff_props, carried = await asyncio.to_thread(self._resumed_card, source, job_id)
+            if carried:
                 # The resumed thread already carried this element from the store; sending it again would
                 # re-mount it and fold back whatever the user has opened since.
                 self._sent_diffs[(session.id, job_id)] = _digest(diff_props)
-            await self.show_card(session, job, diff_props=diff_props)
+            await self.show_card(session, job, diff_props=diff_props, source=source)
+
+    def _resumed_card(self, source: Store, job_id: str) -> tuple[object, dict | None, bool]:
+        job = source.get_job(job_id)
+        diff_props = job_diff_view(source, job_id)
+        return job, diff_props, self._persist_diff(job, diff_props, source)
 
     def _persist_card(self, job_id: str, thread_id: str | None) -> None:
         """Keep the stored card text current too, for readers other than our data layer (diff included)."""
@@ -159,12 +166,12 @@ class JobRelay:
         if thread_id and self.store.get_message(message_id) is not None:
             self.store.upsert_message(message_id, thread_id, output=render_job_card(self.store, job_id) or "")
 
-    def _persist_diff(self, job, props: dict | None) -> bool:
+    def _persist_diff(self, job, props: dict | None, source: Store | None = None) -> bool:
         """Store the DiffView element of a finished job's card, so a resumed thread shows it; True if it was already there."""
         if props is None or not job.thread_id:
             return False
         element_id = diff_element_id(job.id)
-        existing = self.store.get_element(element_id)
+        existing = (source or self.store).get_element(element_id)
         if existing is not None and existing.props == props:
             return True
         self.store.upsert_element(models.Element(
@@ -172,7 +179,8 @@ class JobRelay:
             name=DIFF_ELEMENT, display="inline", mime="application/json", props=props))
         return False
 
-    async def show_card(self, session, job, content: str | None = None, diff_props: dict | None = None) -> None:
+    async def show_card(self, session, job, content: str | None = None, diff_props: dict | None = None,
+                        source: Store | None = None) -> None:
         """Create or update a job's card in one session, with its diff and the buttons that fit its state."""
         import chainlit as cl
         from chainlit.context import init_ws_context
@@ -180,13 +188,13 @@ class JobRelay:
         try:
             init_ws_context(session)
             if content is None:
-                content = await asyncio.to_thread(self.render, job.id)
+                content = await asyncio.to_thread(self.render, job.id, source)
             message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                                  metadata={"job_id": job.id})
             await message.update()
             if diff_props is not None:
                 await self._sync_diff(session, job, message.id, diff_props)
-            await self._sync_actions(session, job, message.id)
+            await self._sync_actions(session, job, message.id, source)
         except Exception:  # a session that went away mid-update; the store has the truth
             log.debug("could not update the card of %s in session %s", job.id, session.id, exc_info=True)
 
@@ -202,10 +210,10 @@ class JobRelay:
         await element.send(for_id=for_id, persist=False)
         self._sent_diffs[key] = digest
 
-    async def _sync_actions(self, session, job, for_id: str) -> None:
+    async def _sync_actions(self, session, job, for_id: str, source: Store | None = None) -> None:
         from chainlit.context import context
 
-        wanted = {a.name: a for a in await asyncio.to_thread(self.actions_for, job)}
+        wanted = {a.name: a for a in await asyncio.to_thread(self.actions_for, job, source or self.store)}
         key = (session.id, job.id)
         sent = self._sent_actions.get(key, {})
         for name, action in sent.items():

@@ -6,9 +6,11 @@ import uuid
 import pytest
 from chainlit.types import Feedback, Pagination, ThreadFilter
 from chainlit.user import User
+from sqlalchemy import event
 
 from assistant.web import viewer
 from assistant.web.datalayer import NotOwner, StoreDataLayer
+from assistant.web.relay import web_card
 
 
 def as_viewer(identifier: str | None):
@@ -177,7 +179,7 @@ async def test_list_threads_pages_newest_first_and_searches(layer, store):
 
 async def test_job_cards_are_rendered_from_the_job_at_read_time(store):
     rendered = {}
-    layer = StoreDataLayer(store, render_job_card=lambda job_id: rendered.get(job_id))
+    layer = StoreDataLayer(store, render_job_card=lambda job_id, _source: rendered.get(job_id))
     thread_id = await new_thread(layer, "ada")
     token = as_viewer("ada")
     try:
@@ -191,6 +193,38 @@ async def test_job_cards_are_rendered_from_the_job_at_read_time(store):
         viewer._request_viewer.reset(token)
     assert [s["output"] for s in thread["steps"]] == ["job 1 · succeeded", "just text"]
     assert store.get_message(card["id"]).job_id == "abcd1234"
+
+
+async def test_a_thread_with_many_job_cards_takes_as_many_queries_as_one_with_few(store):
+    """No N+1: every card of the thread is rendered from one batched load of its jobs, events and diffs,
+    and the cards say what rendering each from the store says."""
+    layer = StoreDataLayer(store, render_job_card=lambda job_id, source: web_card(source, job_id))
+    counts, outputs = [], []
+    for jobs in (2, 9):
+        thread_id = await new_thread(layer, "ada", f"{jobs} jobs")
+        for n in range(jobs):
+            job = store.create_job(task=f"change {n}", repo="/r", thread_id=thread_id, title=f"change {n}")
+            store.transition(job.id, "preparing")
+            store.add_event(job.id, "step", {"step": 1, "tool": "shell", "title": f"$ make {n}", "exit_code": 0})
+            store.put_artifact(job.id, "diff", f"diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+{n}\n")
+            store.put_artifact(job.id, "patch", "a patch")
+            store.transition(job.id, "running")
+            store.transition(job.id, "succeeded")
+            store.upsert_message(str(uuid.uuid4()), thread_id, type="assistant_message", name="Jobs", job_id=job.id,
+                                 meta={"metadata": {"job_id": job.id}})
+        seen: list[str] = []
+        record = lambda *args: seen.append(args[2])  # noqa: E731
+        event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            thread = await layer.get_thread(thread_id)
+        finally:
+            event.remove(store.engine, "before_cursor_execute", record)
+        counts.append(len(seen))
+        outputs.append([(s["output"], web_card(store, s["metadata"]["job_id"])) for s in thread["steps"]])
+    assert counts[0] == counts[1]
+    for pairs in outputs:
+        assert all(batched == alone and "✓ succeeded" in batched and "Download the patch" in batched
+                   for batched, alone in pairs)
 
 
 async def test_internal_calls_without_a_viewer_are_trusted(layer):
