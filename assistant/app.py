@@ -493,7 +493,7 @@ async def on_toggle_steps(action: cl.Action):
 @cl.action_callback("apply_job")
 async def on_apply(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
-    repo = gitops.local_repo(job.repo)
+    repo = await asyncio.to_thread(gitops.local_repo, job.repo)
     patch = await asyncio.to_thread(store.get_artifact, job.id, "patch")
     if repo is None or not patch:
         await notice("Nothing to apply: the repository is not a local working copy, or the job changed nothing.",
@@ -510,7 +510,7 @@ async def on_apply(action: cl.Action):
 @cl.action_callback("branch_job")
 async def on_branch(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
-    repo = gitops.local_repo(job.repo)
+    repo = await asyncio.to_thread(gitops.local_repo, job.repo)
     patch = await asyncio.to_thread(store.get_artifact, job.id, "patch")
     if repo is None or not patch or not job.base_commit:
         await notice("No branch: the repository is not a local working copy, or the job changed nothing.",

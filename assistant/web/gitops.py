@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -24,17 +25,46 @@ def _git(repo: Path, *args: str, input: str | None = None, env: dict | None = No
     return proc.stdout
 
 
+# Every refresh of a finished job's card asks whether its repository is a local working copy (for the Apply
+# and Branch buttons): remembered per path while the directory and its .git look the same, at most a minute.
+TOPLEVEL_TTL_S = 60.0
+TOPLEVELS_KEPT = 256
+_toplevels: dict[Path, tuple[tuple, float, Path | None]] = {}  # path -> (signature, when, answer)
+
+
 def local_repo(repo: str | None) -> Path | None:
     """The repository as a local git working copy, or None for a URL or a plain directory."""
     if not repo:
         return None
     path = Path(repo).expanduser()
+    known = _toplevels.get(path)
+    if known is not None and time.monotonic() - known[1] < TOPLEVEL_TTL_S and known[0] == _signature(path, known[2]):
+        return known[2]
+    answer = _toplevel(path)
+    if len(_toplevels) >= TOPLEVELS_KEPT:
+        _toplevels.clear()
+    _toplevels[path] = (_signature(path, answer), time.monotonic(), answer)
+    return answer
+
+
+def _toplevel(path: Path) -> Path | None:
     if not path.is_dir():
         return None
     try:
         return Path(_git(path, "rev-parse", "--show-toplevel").strip())
     except GitOpError:
         return None
+
+
+def _signature(path: Path, toplevel: Path | None) -> tuple:
+    """What changes when the directory is removed, replaced, made a repository or stops being one."""
+    def stamp(p: Path) -> tuple[int, int] | None:
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+    return stamp(path), stamp(path / ".git"), stamp(toplevel / ".git") if toplevel else None
 
 
 def apply_to_working_copy(repo: Path, patch: str) -> str:

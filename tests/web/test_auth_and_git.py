@@ -1,6 +1,7 @@
 """Login rules and the git actions on a finished job's patch, against real files and a real repository."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -87,6 +88,22 @@ def test_create_branch_commits_the_patch_without_touching_the_working_copy(tmp_p
 def test_local_repo_is_none_for_urls_and_plain_directories(tmp_path):
     assert gitops.local_repo("https://example.invalid/x.git") is None
     assert gitops.local_repo(str(tmp_path)) is None
+
+
+def test_local_repo_is_remembered_until_the_repository_changes(tmp_path, monkeypatch):
+    repo = make_repo(tmp_path / "repo")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert gitops.local_repo(str(repo)) == repo and gitops.local_repo(str(plain)) is None
+    with monkeypatch.context() as without_git:
+        without_git.setenv("PATH", "")  # answered again with no git to run: remembered
+        assert gitops.local_repo(str(repo)) == repo and gitops.local_repo(str(plain)) is None
+    shutil.rmtree(repo / ".git")
+    assert gitops.local_repo(str(repo)) is None
+    git(plain, "init", "-q")
+    assert gitops.local_repo(str(plain)) == plain
+    plain.rename(tmp_path / "moved")
+    assert gitops.local_repo(str(plain)) is None
 
 
 def test_split_diff_gives_one_section_per_file():
