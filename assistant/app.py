@@ -32,6 +32,7 @@ from assistant.web.auth import PasswordBook, ensure_auth_secret, header_user  # 
 from assistant.web.cards import (MAX_STEPS_SHOWN, ROUTED_EVENT, STATE_BADGES, cite_url, link_citations,  # noqa: E402
                                  plain, progress_count)
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
+from assistant.web.nosleep import install_resume_without_sleep, new_message  # noqa: E402
 from assistant.web.relay import JobRelay, card_message_id, web_card  # noqa: E402
 from assistant.web.routes import install_routes, make_router  # noqa: E402
 from assistant.web.threadview import ThreadJobsView  # noqa: E402
@@ -45,6 +46,7 @@ ensure_auth_secret(core.settings)
 passwords = PasswordBook(core.settings)
 print(f"[assistant] {passwords.login_notice()}", flush=True)
 http_app.add_middleware(ViewerMiddleware)
+install_resume_without_sleep()
 install_routes(http_app, make_router(lambda: store, core.conversation.policy))
 relay: JobRelay | None = None
 # Jobs started by routing (not by /code or a button): "Answer instead" undoes the route until the agent starts.
@@ -356,8 +358,8 @@ async def answer(text: str, route: Route, user_message_id: str | None) -> None:
     history = await asyncio.to_thread(core.conversation.history, tid, user_message_id)
     if history and history[-1] == {"role": "user", "content": text}:
         history = history[:-1]  # answering a message already in the thread (Answer instead): it is the question
-    reply = cl.Message(content="", author="Assistant",
-                       metadata={"kind": ANSWER_KIND, "route": route.kind, "route_reason": route.reason})
+    reply = new_message(content="", author="Assistant",
+                        metadata={"kind": ANSWER_KIND, "route": route.kind, "route_reason": route.reason})
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 

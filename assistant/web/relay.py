@@ -143,9 +143,10 @@ class JobRelay:
         """Re-render a job's card in every live session of its thread now."""
         await self._refresh(job_id, thread_id)
 
-    async def refresh_in(self, session, job_id: str, source: Store | None = None) -> None:
+    async def refresh_in(self, session, job_id: str, source: Store | None = None, content: str | None = None) -> None:
         """Re-render a job's card in one session (a reopened thread), in turn with the job's other refreshes;
-        `source` is a ThreadJobsView of the thread when all its cards are refreshed."""
+        `source` is a ThreadJobsView of the thread when all its cards are refreshed, `content` the card's
+        text when it was rendered a moment ago (the resumed thread carries it)."""
         source = source or self.store
         async with self._locks.setdefault(job_id, asyncio.Lock()):
             job, diff_props, carried = await asyncio.to_thread(self._resumed_card, source, job_id)
@@ -153,7 +154,7 @@ class JobRelay:
                 # The resumed thread already carried this element from the store; sending it again would
                 # re-mount it and fold back whatever the user has opened since.
                 self._sent_diffs[(session.id, job_id)] = _digest(diff_props)
-            await self.show_card(session, job, diff_props=diff_props, source=source)
+            await self.show_card(session, job, content, diff_props, source)
 
     def _resumed_card(self, source: Store, job_id: str) -> tuple[object, dict | None, bool]:
         job = source.get_job(job_id)
@@ -182,15 +183,16 @@ class JobRelay:
     async def show_card(self, session, job, content: str | None = None, diff_props: dict | None = None,
                         source: Store | None = None) -> None:
         """Create or update a job's card in one session, with its diff and the buttons that fit its state."""
-        import chainlit as cl
         from chainlit.context import init_ws_context
+
+        from .nosleep import new_message
 
         try:
             init_ws_context(session)
             if content is None:
                 content = await asyncio.to_thread(self.render, job.id, source)
-            message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
-                                 metadata={"job_id": job.id})
+            message = new_message(id=card_message_id(job.id), content=content or "", author="Jobs",
+                                  metadata={"job_id": job.id})
             await message.update()
             if diff_props is not None:
                 await self._sync_diff(session, job, message.id, diff_props)
