@@ -54,6 +54,7 @@ answerable_jobs: set[str] = set()
 BEFORE_AGENT = (states.QUEUED, states.PREPARING, states.SETTING_UP)
 DECIDED_BY = {"rules": "by the first-pass rules", "model": "by the router model", "command": "by your command",
               "classifier": "by the built-in classifier", "fallback": "by default"}
+RESUME_EVENT_WAIT_S = 5.0  # a Chainlit that emits no resume event through the emitter: refresh after this
 SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; assistant/serve.py kills the server after its STOP_GRACE_S
 
 
@@ -255,20 +256,39 @@ async def on_chat_resume(thread_dict):
     await context.emitter.set_commands(COMMANDS)
     await send_settings(repo, ref, int(cl.user_session.get("attempts") or 1))
     session = context.session
+    resumed = resume_emitted(context.emitter)
 
     async def refresh_cards():
         # The resume event reaches the browser after this hook returns; updates sent earlier are lost.
-        await asyncio.sleep(0.5)
+        try:
+            await asyncio.wait_for(resumed.wait(), RESUME_EVENT_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("no resume event seen for thread %s; refreshing its cards anyway", thread_dict["id"])
+        shown = {step["metadata"]["job_id"]: step.get("output") for step in thread_dict.get("steps") or []
+                 if (step.get("metadata") or {}).get("job_id")}  # rendered by the data layer a moment ago
         cards = await asyncio.to_thread(ThreadJobsView, store, thread_dict["id"])  # all cards from one load
         for job in cards.jobs:
             if relay:
-                await relay.refresh_in(session, job.id, cards)
+                await relay.refresh_in(session, job.id, cards, shown.get(job.id))
         for message in await asyncio.to_thread(store.list_messages, thread_dict["id"]):  # buttons are not stored
             metadata = (message.meta or {}).get("metadata") or {}
             if metadata.get("kind") == ANSWER_KIND and metadata.get("question"):
                 await run_as_job_action(metadata["question"], metadata.get("about_job")).send(for_id=message.id)
 
     asyncio.ensure_future(refresh_cards())
+
+
+def resume_emitted(emitter) -> asyncio.Event:
+    """Set once Chainlit has emitted this connection's resume event (it does so right after on_chat_resume)."""
+    emitted = asyncio.Event()
+    emit = emitter.resume_thread
+
+    async def resume_thread(thread):
+        await emit(thread)
+        emitted.set()
+
+    emitter.resume_thread = resume_thread
+    return emitted
 
 
 @cl.on_chat_end
