@@ -149,17 +149,21 @@ def persisted_user_id() -> str | None:
 
 
 def ensure_thread() -> None:
-    """Our rows need the thread before Chainlit's first-interaction write may have created it."""
+    """Our rows need the thread before Chainlit's first-interaction write may have created it.
+    Once per session and repository: later messages find it saved (the session remembers what it wrote)."""
     tid = thread_id()
+    repo, ref = cl.user_session.get("repo"), cl.user_session.get("ref")
+    if cl.user_session.get("thread_saved") == (tid, repo, ref):
+        return
     if store.get_thread(tid) is None:
         try:
             store.create_thread(user_id=persisted_user_id(), thread_id=tid)
         except IntegrityError:
             pass
-    repo, ref = cl.user_session.get("repo"), cl.user_session.get("ref")
     thread = store.get_thread(tid)
     if thread is not None and repo and (thread.repo, thread.ref) != (repo, ref):
         store.update_thread(tid, repo=repo, ref=ref)
+    cl.user_session.set("thread_saved", (tid, repo, ref))
 
 
 SETTINGS_HINT = "the **settings** (the ⚙ button at the top right)"
@@ -338,12 +342,22 @@ async def on_message(message: cl.Message):
         return
     if not text:
         return
-    await asyncio.to_thread(ensure_thread)
-    route = await asyncio.to_thread(core.conversation.route, tid, text, command)
+    # The history an answer needs is read while the message is routed (often a model call), not after.
+    history = asyncio.ensure_future(asyncio.to_thread(core.conversation.history, tid, message.id))
+    try:
+        route = await asyncio.to_thread(saved_and_routed, tid, text, command)
+    finally:
+        history.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, if unused
     if route.is_job:
         await delegate(text, route)
     else:
-        await answer(text, route, message.id)
+        await answer(text, route, message.id, await history)
+
+
+def saved_and_routed(tid: str, text: str, command: str | None) -> Route:
+    """One trip to a worker thread for both."""
+    ensure_thread()
+    return core.conversation.route(tid, text, command)
 
 
 async def delegate(text: str, route: Route, attempts: int | None = None) -> None:
@@ -373,9 +387,10 @@ async def show_new_jobs(jobs, route: Route, routed: str) -> None:
             await relay.refresh(job.id, tid)
 
 
-async def answer(text: str, route: Route, user_message_id: str | None) -> None:
+async def answer(text: str, route: Route, user_message_id: str | None, history: list | None = None) -> None:
     tid = thread_id()
-    history = await asyncio.to_thread(core.conversation.history, tid, user_message_id)
+    if history is None:
+        history = await asyncio.to_thread(core.conversation.history, tid, user_message_id)
     if history and history[-1] == {"role": "user", "content": text}:
         history = history[:-1]  # answering a message already in the thread (Answer instead): it is the question
     reply = new_message(content="", author="Assistant",

@@ -77,10 +77,16 @@ def queue_until_user_message():
     return decorator
 
 
+WRITERS_KEPT = 4096
+
+
 class StoreDataLayer(BaseDataLayer):
     def __init__(self, store: Store, render_job_card: JobCardRenderer | None = None):
         self.store = store
         self.render_job_card = render_job_card
+        # (thread id, viewer) pairs already allowed to write: a thread's owner never changes, and every
+        # message, step and card update is a write (two queries each to check it again).
+        self._writers: set[tuple[str, str | None]] = set()
 
     # ------------------------------------------------------------------ ownership
     def _owner_identifier(self, thread: models.Thread | None) -> str | None:
@@ -99,6 +105,14 @@ class StoreDataLayer(BaseDataLayer):
 
     def _check_write(self, thread_id: str, viewer: str | None) -> None:
         """A write to a thread that exists must come from its owner; a new thread is created for the writer."""
+        if (thread_id, viewer) in self._writers:
+            return
+        self._check_first_write(thread_id, viewer)
+        if len(self._writers) >= WRITERS_KEPT:
+            self._writers.clear()
+        self._writers.add((thread_id, viewer))
+
+    def _check_first_write(self, thread_id: str, viewer: str | None) -> None:
         thread = self.store.get_thread(thread_id)
         if thread is None:
             if viewer == ANONYMOUS:
@@ -331,6 +345,7 @@ class StoreDataLayer(BaseDataLayer):
             if not self._may_see(thread, viewer):
                 raise NotOwner(f"thread {thread_id} belongs to someone else")
             self.store.delete_thread(thread_id)
+            self._writers = {key for key in self._writers if key[0] != thread_id}
 
         await asyncio.to_thread(delete)
 

@@ -227,6 +227,28 @@ async def test_a_thread_with_many_job_cards_takes_as_many_queries_as_one_with_fe
                    for batched, alone in pairs)
 
 
+async def test_writers_are_checked_once_per_thread_and_again_after_it_is_deleted(layer, store):
+    thread_id = await new_thread(layer, "ada")
+    token = as_viewer("bob")
+    try:
+        with pytest.raises(NotOwner):
+            await layer.create_step(step(thread_id, "bob's first try"))
+        with pytest.raises(NotOwner):  # a refusal is not remembered as a pass
+            await layer.create_step(step(thread_id, "bob's second try"))
+    finally:
+        viewer._request_viewer.reset(token)
+    token = as_viewer("ada")
+    try:
+        await layer.create_step(step(thread_id, "before"))
+        await layer.delete_thread(thread_id)
+        await layer.create_step(step(thread_id, "after"))  # the thread is made again for its writer
+        thread = await layer.get_thread(thread_id)
+    finally:
+        viewer._request_viewer.reset(token)
+    assert [s["output"] for s in thread["steps"]] == ["after"]
+    assert thread["userIdentifier"] == "ada"
+
+
 async def test_internal_calls_without_a_viewer_are_trusted(layer):
     thread_id = await new_thread(layer, "ada")
     await layer.create_step(step(thread_id, "from a background job"))
