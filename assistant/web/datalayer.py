@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
@@ -61,6 +62,14 @@ def _parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _resuming(thread_id: str) -> bool:
+    """Whether this is the resume of `thread_id` by a socket session (Chainlit's connection_successful)."""
+    try:
+        return getattr(context.session, "thread_id_to_resume", None) == thread_id
+    except ChainlitContextException:
+        return False
+
+
 def queue_until_user_message():
     """Chainlit's queueing of step writes before a thread's first message, usable outside any session too."""
     def decorator(method):
@@ -78,6 +87,9 @@ def queue_until_user_message():
 
 
 WRITERS_KEPT = 4096
+# A socket that resumes a thread reads it whole twice within milliseconds: Chainlit's connect handler (only to
+# check its author), then the resume. The resume takes a read this recent, with no write since, as its own.
+RECENT_READ_S = 1.0
 
 
 class StoreDataLayer(BaseDataLayer):
@@ -87,6 +99,15 @@ class StoreDataLayer(BaseDataLayer):
         # (thread id, viewer) pairs already allowed to write: a thread's owner never changes, and every
         # message, step and card update is a write (two queries each to check it again).
         self._writers: set[tuple[str, str | None]] = set()
+        self._recent: dict[tuple[str, str | None], tuple[float, int, ThreadDict]] = {}  # (when, version, dict)
+        self._versions: dict[str, int] = {}  # thread id -> writes seen through this layer
+
+    def _written(self, thread_id: str | None) -> None:
+        """After a write to the thread: a recent read of it is out of date, and so is one under way."""
+        if thread_id:
+            self._versions[thread_id] = self._versions.get(thread_id, 0) + 1
+            for key in [k for k in self._recent if k[0] == thread_id]:
+                self._recent.pop(key, None)
 
     # ------------------------------------------------------------------ ownership
     def _owner_identifier(self, thread: models.Thread | None) -> str | None:
@@ -166,7 +187,10 @@ class StoreDataLayer(BaseDataLayer):
                                   comment=feedback.comment)
             if feedback.id:
                 row.id = feedback.id
-            return self.store.upsert_feedback(row)
+            try:
+                return self.store.upsert_feedback(row)
+            finally:
+                self._written(thread_id)
 
         return await asyncio.to_thread(write)
 
@@ -181,7 +205,10 @@ class StoreDataLayer(BaseDataLayer):
             thread_id = self._feedback_thread(row.for_id, row.thread_id)
             if thread_id is None or not self._may_see(self.store.get_thread(thread_id), viewer):
                 raise NotOwner("feedback on a message you cannot see")
-            return self.store.delete_feedback(feedback_id)
+            try:
+                return self.store.delete_feedback(feedback_id)
+            finally:
+                self._written(thread_id)
 
         return await asyncio.to_thread(delete)
 
@@ -200,6 +227,7 @@ class StoreDataLayer(BaseDataLayer):
             if element.thread_id:
                 self._check_write(element.thread_id, viewer)
             self.store.upsert_element(row)
+            self._written(element.thread_id)
 
         await asyncio.to_thread(write)
 
@@ -233,6 +261,7 @@ class StoreDataLayer(BaseDataLayer):
             if row.thread_id and not self._may_see(self.store.get_thread(row.thread_id), viewer):
                 raise NotOwner("element of a thread you cannot see")
             self.store.delete_element(element_id)
+            self._written(row.thread_id)
 
         await asyncio.to_thread(delete)
 
@@ -266,6 +295,7 @@ class StoreDataLayer(BaseDataLayer):
             raise NotOwner("a step id of another thread")
         fields = self._message_fields(step)
         self.store.upsert_message(step["id"], thread_id, **fields)
+        self._written(thread_id)
 
     @queue_until_user_message()
     async def create_step(self, step_dict: "StepDict"):
@@ -286,6 +316,7 @@ class StoreDataLayer(BaseDataLayer):
             if not self._may_see(self.store.get_thread(message.thread_id), viewer):
                 raise NotOwner("step of a thread you cannot see")
             self.store.delete_message(step_id)
+            self._written(message.thread_id)
 
         await asyncio.to_thread(delete)
 
@@ -345,6 +376,7 @@ class StoreDataLayer(BaseDataLayer):
             if not self._may_see(thread, viewer):
                 raise NotOwner(f"thread {thread_id} belongs to someone else")
             self.store.delete_thread(thread_id)
+            self._written(thread_id)
             self._writers = {key for key in self._writers if key[0] != thread_id}
 
         await asyncio.to_thread(delete)
@@ -366,12 +398,22 @@ class StoreDataLayer(BaseDataLayer):
 
     async def get_thread(self, thread_id: str) -> Optional[ThreadDict]:
         viewer = current_viewer()
+        resuming = _resuming(thread_id)
 
         def read() -> Optional[ThreadDict]:
+            recent = self._recent.get((thread_id, viewer))
+            version = self._versions.get(thread_id, 0)
+            if resuming and recent is not None and time.monotonic() - recent[0] < RECENT_READ_S and recent[1] == version:
+                return {**recent[2], "steps": list(recent[2]["steps"]), "elements": list(recent[2]["elements"])}
             thread = self.store.get_thread(thread_id)
             if not self._may_see(thread, viewer):
                 return None
-            return self._thread_dict(thread, with_steps=True)
+            read_at, found = time.monotonic(), self._thread_dict(thread, with_steps=True)
+            for key in [k for k, v in self._recent.items() if read_at - v[0] >= RECENT_READ_S]:
+                self._recent.pop(key, None)
+            if self._versions.get(thread_id, 0) == version:  # no write while it was read
+                self._recent[(thread_id, viewer)] = (read_at, version, found)
+            return {**found, "steps": list(found["steps"]), "elements": list(found["elements"])}
 
         return await asyncio.to_thread(read)
 
@@ -438,6 +480,7 @@ class StoreDataLayer(BaseDataLayer):
                 fields["tags"] = list(tags)
             if fields:
                 self.store.update_thread(thread_id, **fields)
+                self._written(thread_id)
 
         await asyncio.to_thread(write)
 

@@ -150,6 +150,8 @@ class JobRelay:
         source = source or self.store
         async with self._locks.setdefault(job_id, asyncio.Lock()):
             job, diff_props, carried = await asyncio.to_thread(self._resumed_card, source, job_id)
+            if job.state not in states.TERMINAL:
+                content = None  # an active job's card moves on: render it now
             if carried:
                 # The resumed thread already carried this element from the store; sending it again would
                 # re-mount it and fold back whatever the user has opened since.

@@ -1,9 +1,12 @@
 """The Chainlit data layer on a real SQLite store: round trips, paging, and ownership through every method."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
+from chainlit.context import init_ws_context
+from chainlit.session import WebsocketSession
 from chainlit.types import Feedback, Pagination, ThreadFilter
 from chainlit.user import User
 from sqlalchemy import event
@@ -247,6 +250,53 @@ async def test_writers_are_checked_once_per_thread_and_again_after_it_is_deleted
         viewer._request_viewer.reset(token)
     assert [s["output"] for s in thread["steps"]] == ["after"]
     assert thread["userIdentifier"] == "ada"
+
+
+async def test_a_resume_takes_the_read_its_socket_connect_made_unless_the_thread_was_written(layer, store):
+    """Chainlit's connect handler reads the whole thread to check its author, then the resume reads it again."""
+    thread_id = await new_thread(layer, "ada")
+    seen: list[str] = []
+    record = lambda *args: seen.append(args[2])  # noqa: E731
+    token = as_viewer("ada")
+    try:
+        await layer.create_step(step(thread_id, "first"))
+        at_connect = await layer.get_thread(thread_id)
+        event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            resumed = await read_as_resume(layer, thread_id)
+            read_by_page = len(seen)
+            await layer.get_thread(thread_id)  # not a resume: read again
+        finally:
+            event.remove(store.engine, "before_cursor_execute", record)
+        resumed["steps"].append({"id": "x"})  # a caller's changes stay its own
+        await layer.create_step(step(thread_id, "second", created="2025-01-01T10:00:01.000Z"))
+        after_write = await read_as_resume(layer, thread_id)
+    finally:
+        viewer._request_viewer.reset(token)
+    token = as_viewer("bob")
+    try:
+        assert await read_as_resume(layer, thread_id) is None  # another viewer is checked, not served the read
+    finally:
+        viewer._request_viewer.reset(token)
+    assert read_by_page == 0 and len(seen) > 0
+    assert [s["output"] for s in at_connect["steps"]] == [s["output"] for s in resumed["steps"][:-1]] == ["first"]
+    assert [s["output"] for s in after_write["steps"]] == ["first", "second"]
+
+
+async def read_as_resume(layer: StoreDataLayer, thread_id: str):
+    """get_thread as Chainlit's connection_successful calls it: in a socket session resuming the thread
+    (in a task of its own, so the test's context stays without a session)."""
+    session = WebsocketSession(id=str(uuid.uuid4()), socket_id="sid", emit=lambda *a: None,
+                               emit_call=lambda *a: None, user_env={}, client_type="webapp", thread_id=thread_id)
+    session.thread_id_to_resume = thread_id
+
+    async def resume():
+        init_ws_context(session)
+        return await layer.get_thread(thread_id)
+    try:
+        return await asyncio.create_task(resume())
+    finally:
+        await session.delete()
 
 
 async def test_internal_calls_without_a_viewer_are_trusted(layer):
