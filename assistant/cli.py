@@ -41,30 +41,43 @@ def _assistant(settings: Settings):
     return a
 
 
+def _progress_line(event) -> str | None:
+    """One stderr line for a job event, or None for events the CLI does not show."""
+    from .jobs import events as ev
+    match event:
+        case ev.StateChanged(state=state, reason=reason):
+            return state + (f": {reason}" if reason else "")
+        case ev.SetupCommandRan():
+            return (f"setup $ {event.command}  → exit {event.exit_code} in {event.duration_s:.1f} s "
+                    f"(chunk {event.chunk_id})")
+        case ev.StepFinished():
+            extra = f" → exit {event.exit_code}" if event.exit_code is not None else ""
+            return (f"step {event.step}: {event.title[:160]}{extra}"
+                    + (f" (chunk {event.chunk_id})" if event.chunk_id else ""))
+        case ev.AgentMessage(text=text):
+            return f"note: {text[:300]}"
+        case ev.Notice():
+            return f"{'warning' if event.warning else 'notice'}: {event.text[:500]}"
+        case ev.SandboxPlaced(engine=engine):
+            return f"sandbox on engine {engine}"
+        case ev.GroupRanked(recommended=recommended) if recommended:
+            return f"recommended attempt: {recommended}"
+    return None
+
+
 def _progress_printer(job_ids: set[str]):
     """Live progress of the given jobs on stderr."""
     def on_update(update) -> None:
         if update.job_id not in job_ids:
             return
-        tag = f"[{update.job_id}]"
-        d = update.data
-        if update.kind == "state":
-            _err(f"{tag} {d['state']}" + (f": {d['reason']}" if d.get("reason") else ""))
-        elif update.kind == "setup_command":
-            _err(f"{tag} setup $ {d['command']}  → exit {d['exit_code']} in {d['duration_s']:.1f} s (chunk {d['chunk_id']})")
-        elif update.kind == "step":
-            extra = f" → exit {d['exit_code']}" if d.get("exit_code") is not None else ""
-            _err(f"{tag} step {d['step']}: {d['title'][:160]}{extra}" + (f" (chunk {d['chunk_id']})" if d.get("chunk_id") else ""))
-        elif update.kind == "message":
-            _err(f"{tag} note: {d['text'][:300]}")
-        elif update.kind == "notice":
-            _err(f"{tag} {'warning' if d.get('level') == 'warning' else 'notice'}: {d['text'][:500]}")
-        elif update.kind == "group_ranked" and d.get("recommended"):
-            _err(f"{tag} recommended attempt: {d['recommended']}")
+        line = _progress_line(update.event)
+        if line:
+            _err(f"[{update.job_id}] {line}")
     return on_update
 
 
 def _job_json(assistant, job) -> dict:
+    from .jobs.events import Notice
     return {
         "job_id": job.id, "number": job.number, "status": job.state, "reason": job.reason, "title": job.title,
         "summary": job.summary or "", "diff": assistant.store.get_artifact(job.id, "diff") or "",
@@ -73,7 +86,7 @@ def _job_json(assistant, job) -> dict:
         "backend": job.backend, "cache_hit": job.cache_hit, "base_commit": job.base_commit, "steps": job.steps,
         "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
         "attempt": job.attempt, "attempts": job.attempts, "group_id": job.group_id, "outcome": job.outcome or {},
-        "notices": [e.data.get("text") for e in assistant.store.list_events(job.id) if e.kind == "notice"],
+        "notices": [e.text for e in assistant.store.read_events(job.id) if isinstance(e, Notice)],
     }
 
 

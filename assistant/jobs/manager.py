@@ -13,7 +13,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..agent.agents_md import commands_in, discover_agents_md
@@ -26,6 +26,8 @@ from ..sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, 
 from ..sandbox.diff import workspace_diff
 from ..store import Job, Store
 from . import states
+from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, Notice, OutputDelta,
+                     SetupCommandRan, StateChanged, SummaryWritten, decode)
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,6 @@ class JobRequest:
     user_id: str | None = None
     parent_job_id: str | None = None
     title: str | None = None
-
-
-@dataclass
-class JobUpdate:
-    job_id: str
-    thread_id: str | None
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-    seq: int | None = None          # None for ephemeral updates (live output) that are not stored
 
 
 Subscriber = Callable[[JobUpdate], None]
@@ -98,7 +91,7 @@ class JobManager:
             with self._lock:
                 self._cancel[job.id] = threading.Event()
                 self._finished[job.id] = threading.Event()
-            self._emit(job, "state", {"state": states.QUEUED, "attempt": attempt, "attempts": attempts})
+            self._emit(job, StateChanged(states.QUEUED, attempt=attempt, attempts=attempts))
             jobs.append(job)
         for job in jobs:
             self._pool.submit(self._run_guarded, job.id)
@@ -170,9 +163,9 @@ class JobManager:
                     log.exception("checking %s for an external cancel", job_id)
 
     # ------------------------------------------------------------------ events
-    def _emit(self, job: Job, kind: str, data: dict[str, Any], persist: bool = True) -> None:
-        seq = self.store.add_event(job.id, kind, data).seq if persist else None
-        update = JobUpdate(job.id, job.thread_id, kind, data, seq)
+    def _emit(self, job: Job, event: JobEventRecord) -> None:
+        row = self.store.append_event(job.id, event) if event.stored else None
+        update = JobUpdate(job.id, job.thread_id, event, row.seq if row else None, row.created_at if row else None)
         with self._lock:
             subscribers = list(self._subscribers)
         for callback in subscribers:
@@ -183,7 +176,7 @@ class JobManager:
 
     def _transition(self, job: Job, state: str, reason: str | None = None) -> Job:
         job = self.store.transition(job.id, state, reason)
-        self._emit(job, "state", {"state": state, "reason": reason})
+        self._emit(job, StateChanged(state, reason))
         return job
 
     def _finish(self, job: Job, state: str, reason: str) -> None:
@@ -195,7 +188,7 @@ class JobManager:
         job = self._transition(current, state, reason)
         if job.group_id:
             self._rank_group_if_complete(job.group_id)
-        self._emit(job, "finished", {"state": state, "reason": reason})
+        self._emit(job, Finished(state, reason))
         with self._lock:
             done = self._finished.get(job.id)
         if done:
@@ -240,11 +233,11 @@ class JobManager:
             chunk = self.store.add_chunk(job_id=job.id, phase="setup", command=command, text=result.output,
                                          exit_code=result.exit_code, duration_s=result.duration_s,
                                          truncated=result.truncated, timed_out=result.timed_out)
-            self._emit(job, "setup_command", {"command": command, "chunk_id": chunk.id, "exit_code": result.exit_code,
-                                              "duration_s": round(result.duration_s, 3), "lines": chunk.line_count})
+            self._emit(job, SetupCommandRan(command, chunk.id, result.exit_code, round(result.duration_s, 3),
+                                            chunk.line_count))
 
         def on_output(text: str) -> None:
-            self._emit(job, "output", {"text": text}, persist=False)
+            self._emit(job, OutputDelta(text))
 
         try:
             prepared = prepare(PrepareRequest(job_id=job.id, repo=job.repo, ref=job.ref, setup=job.setup),
@@ -263,11 +256,11 @@ class JobManager:
                                     setup_network=prepared.setup_network, agent_network=prepared.agent_network,
                                     cache_hit=prepared.cache_hit)
         if prepared.backend_fallback:
-            self._emit(job, "notice", {"level": "warning", "text": prepared.backend_fallback})
+            self._emit(job, Notice(prepared.backend_fallback, level="warning"))
         touched = sorted(prepared.setup_changes.get("modified") or {})
         if touched:
-            self._emit(job, "notice", {"level": "info", "text": "setup changed tracked files (left out of the diff "
-                                       "unless the agent changed them again): " + ", ".join(touched[:20])})
+            self._emit(job, Notice("setup changed tracked files (left out of the diff unless the agent changed them "
+                                   "again): " + ", ".join(touched[:20])))
         if cancel.is_set():
             self._finish(job, states.CANCELLED, "cancelled by the user")
             return
@@ -281,7 +274,7 @@ class JobManager:
             max_steps=self.settings.job_max_steps, max_seconds=self.settings.job_max_seconds,
             max_tokens=self.settings.job_max_tokens, context_window=self.settings.context_window),
             protocol=self.settings.tool_protocol, job_id=job.id, cancel=cancel,
-            on_event=lambda kind, data: self._emit(job, kind, data, persist=kind != "tool_start"))
+            on_event=lambda kind, data: self._emit(job, decode(kind, data)))
         result = agent.run(job.task, context=context, instructions=instructions)
         self.store.add_job_tokens(job.id, result.prompt_tokens, result.completion_tokens, result.steps)
         self._conclude(job, result, prepared, cancelled=cancel.is_set())
@@ -306,8 +299,8 @@ class JobManager:
         if patch.strip():
             reply = sandbox.call("apply_parent_patch", patch_b64=base64.b64encode(patch.encode()).decode())
             if not reply["ok"]:
-                self._emit(job, "notice", {"level": "warning", "text": f"job {parent.number}'s patch did not apply "
-                                           f"here ({reply['error'][:300]}); the job starts from the repository as it is"})
+                self._emit(job, Notice(f"job {parent.number}'s patch did not apply here ({reply['error'][:300]}); "
+                                       "the job starts from the repository as it is", level="warning"))
                 return (f"This job follows job {parent.number}, but its patch did not apply here "
                         f"({reply['error'][:300]}); start from the repository as it is.")
         return (f"This job follows job {parent.number} (\"{parent.title}\"), whose changes are already applied "
@@ -336,8 +329,8 @@ class JobManager:
         self.store.update_job(job.id, summary=result.summary, citations=[c.as_dict() for c in citations],
                               outcome=outcome)
         if result.summary:
-            self._emit(job, "summary", {"summary": result.summary, "citations": [c.as_dict() for c in citations]})
-        self._emit(job, "diff", {"files": files, "diff_lines": diff_lines, "notes": notes})
+            self._emit(job, SummaryWritten(result.summary, [c.as_dict() for c in citations]))
+        self._emit(job, DiffComputed(files, diff_lines, notes))
         if cancelled or result.status == "cancelled":
             self._finish(job, states.CANCELLED, "cancelled by the user")
         elif result.status == "succeeded":
@@ -383,8 +376,8 @@ class JobManager:
             outcome.update(rank=position, recommended=position == 1 and job.state == states.SUCCEEDED)
             self.store.update_job(job.id, outcome=outcome)
         best = ranked[0]
-        self._emit(best, "group_ranked", {"group_id": group_id, "order": [j.id for j in ranked],
-                                          "recommended": best.id if best.state == states.SUCCEEDED else None})
+        self._emit(best, GroupRanked(group_id, [j.id for j in ranked],
+                                     best.id if best.state == states.SUCCEEDED else None))
 
 
 CITED_FILE_MAX_BYTES = 2_000_000

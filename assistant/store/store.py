@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from ..jobs.events import JobEventRecord, decode, encode
 from ..jobs.states import ACTIVE, INTERRUPTED, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
@@ -299,6 +300,15 @@ class Store:
         with self.session() as s:
             q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
             return list(s.exec(q.order_by(col(JobEvent.seq))))
+
+    def append_event(self, job_id: str, event: JobEventRecord) -> JobEvent:
+        """Store a typed job event in its one encoding (jobs/events.py)."""
+        kind, data = encode(event)
+        return self.add_event(job_id, kind, data)
+
+    def read_events(self, job_id: str, after_seq: int = 0) -> list[JobEventRecord]:
+        """A job's stored events, decoded (rows of any earlier release included)."""
+        return [decode(row.kind, row.data) for row in self.list_events(job_id, after_seq)]
 
     # ------------------------------------------------------------------ log chunks
     def add_chunk(self, *, job_id: str | None, command: str, text: str, exit_code: int | None,

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from ..agent.citations import CITATION_RE, render_markdown
 from ..jobs import states
+from ..jobs.events import AgentMessage, JobEventRecord, Notice, SetupCommandRan, StepFinished
 from ..store import Job, Store
 
 # Symbols from the basic fonts every system has; emoji render as empty boxes where no emoji font is installed.
@@ -73,25 +74,22 @@ def _duration(job: Job) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _step_lines(job: Job, events: list) -> list[str]:
+def _step_lines(job: Job, events: list[JobEventRecord]) -> list[str]:
     lines = []
     for ev in events:
-        data = ev.data or {}
-        if ev.kind == "setup_command":
-            ok = data.get("exit_code") == 0
-            link = (f" · [log]({cite_url(job.id, data['chunk_id'], 1, max(int(data.get('lines') or 1), 1))})"
-                    if data.get("chunk_id") else "")
-            lines.append(f"{'✔' if ok else '✖'} setup {_inline_code(data.get('command', ''))} "
-                         f"→ exit {data.get('exit_code')} in {data.get('duration_s', 0)} s{link}")
-        elif ev.kind == "step":
-            ok = data.get("ok", data.get("exit_code") in (0, None))
-            test = " (tests)" if data.get("is_test") else ""
-            link = f" · [log]({cite_url(job.id, data['chunk_id'], 1, 10**6)})" if data.get("chunk_id") else ""
-            exit_code = f" → exit {data['exit_code']}" if data.get("exit_code") is not None else ""
-            lines.append(f"{'✔' if ok else '✖'} step {data.get('step', '?')}: {data.get('tool', '')} "
-                         f"{_inline_code(data.get('title') or '')}{exit_code}{test}{link}")
-        elif ev.kind == "message" and data.get("text"):
-            text = " ".join(str(data["text"]).split())
+        if isinstance(ev, SetupCommandRan):
+            link = (f" · [log]({cite_url(job.id, ev.chunk_id, 1, max(int(ev.lines or 1), 1))})"
+                    if ev.chunk_id else "")
+            lines.append(f"{'✔' if ev.exit_code == 0 else '✖'} setup {_inline_code(ev.command)} "
+                         f"→ exit {ev.exit_code} in {ev.duration_s} s{link}")
+        elif isinstance(ev, StepFinished):
+            test = " (tests)" if ev.is_test else ""
+            link = f" · [log]({cite_url(job.id, ev.chunk_id, 1, 10**6)})" if ev.chunk_id else ""
+            exit_code = f" → exit {ev.exit_code}" if ev.exit_code is not None else ""
+            lines.append(f"{'✔' if ev.succeeded else '✖'} step {ev.step if ev.step is not None else '?'}: {ev.tool} "
+                         f"{_inline_code(ev.title)}{exit_code}{test}{link}")
+        elif isinstance(ev, AgentMessage) and ev.text:
+            text = " ".join(str(ev.text).split())
             lines.append(f"» {text[:200]}{'…' if len(text) > 200 else ''}")
     if len(lines) > MAX_STEPS_SHOWN:
         hidden = len(lines) - MAX_STEPS_SHOWN
@@ -219,7 +217,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         job = store.get_job(job_id)
     except LookupError:
         return None
-    events = store.list_events(job_id)
+    events = store.read_events(job_id)
     badge = STATE_BADGES.get(job.state, job.state)
     attempt = f" · attempt {job.attempt}/{job.attempts}" if job.attempts > 1 else ""
     where = f"{job.repo}" + (f" @ {job.ref}" if job.ref else "")
@@ -235,9 +233,8 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         except LookupError:
             pass
     for ev in events:  # notices (a weaker sandbox than configured, setup touching tracked files) stay visible
-        if ev.kind == "notice" and (ev.data or {}).get("text"):
-            mark = "⚠" if ev.data.get("level") == "warning" else "ℹ"
-            out.append(f"{mark} {_plain(str(ev.data['text']))}")
+        if isinstance(ev, Notice) and ev.text:
+            out.append(f"{'⚠' if ev.warning else 'ℹ'} {_plain(str(ev.text))}")
     steps = _step_lines(job, events)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..jobs import states
+from ..jobs.events import Finished, OutputDelta, SetupCommandRan, StateChanged, StepFinished, ToolStarted
 from ..store import Store, models
 from .cards import job_diff_view, render_job_card
 
@@ -74,19 +75,19 @@ class JobRelay:
 
     # ------------------------------------------------------------------ from worker threads
     def on_update(self, update) -> None:
-        if update.kind == "tool_start":
-            args = update.data.get("arguments") or {}
-            what = args.get("command") or ("a patch" if update.data.get("tool") == "apply_patch" else "")
-            self._current[update.job_id] = f"step {update.data.get('step', '?')}: {update.data.get('tool', '')} {what}".strip()
-        elif update.kind in ("step", "finished"):
+        event = update.event
+        if isinstance(event, ToolStarted):
+            self._current[update.job_id] = event.describe()
+        elif isinstance(event, (StepFinished, Finished)):
             self._current.pop(update.job_id, None)
-        if update.kind == "output":
+        if isinstance(event, OutputDelta):
             tail = self._tails.setdefault(update.job_id, deque(maxlen=TAIL_LINES))
-            for line in (update.data.get("text") or "").splitlines():
+            for line in event.text.splitlines():
                 tail.append(line[:300])
-        elif update.kind in ("step", "setup_command") or (update.kind == "state" and update.data.get("state") == states.RUNNING):
+        elif isinstance(event, (StepFinished, SetupCommandRan)) or (
+                isinstance(event, StateChanged) and event.state == states.RUNNING):
             self._tails.pop(update.job_id, None)  # the next command's output starts a fresh tail
-        urgent = update.kind != "output"
+        urgent = not isinstance(event, OutputDelta)
         self.loop.call_soon_threadsafe(self._schedule, update.job_id, update.thread_id, urgent)
 
     def tail(self, job_id: str) -> str | None:
