@@ -112,7 +112,7 @@ class SummaryWritten(JobEventRecord):
 @dataclass(frozen=True)
 class DiffComputed(JobEventRecord):
     kind: ClassVar[str] = "diff"
-    files: list[list[str]] = field(default_factory=list)   # [status, path]
+    files: list[list[str]] = field(default_factory=list)   # [status, path], e.g. ["modified", "a.py"]
     diff_lines: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -123,6 +123,17 @@ class GroupRanked(JobEventRecord):
     group_id: str = ""
     order: list[str] = field(default_factory=list)
     recommended: str | None = None
+
+
+@dataclass(frozen=True)
+class SandboxReady(JobEventRecord):
+    """The sandbox is prepared: facts the job row keeps and the card shows."""
+    kind: ClassVar[str] = "sandbox_ready"
+    backend: str = ""
+    base_commit: str | None = None
+    setup_network: str | None = None
+    agent_network: str | None = None
+    cache_hit: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,7 @@ class UnknownEvent(JobEventRecord):
 
 EVENT_TYPES: dict[str, type[JobEventRecord]] = {cls.kind: cls for cls in (
     StateChanged, SetupCommandRan, ToolStarted, StepFinished, AgentMessage, OutputDelta, Notice, SummaryWritten,
-    DiffComputed, GroupRanked, SandboxPlaced, Finished)}
+    DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Finished)}
 
 
 def kind_of(event: JobEventRecord) -> str:

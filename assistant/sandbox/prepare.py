@@ -3,13 +3,15 @@ restored from the setup cache), what setup changed recorded, setup's processes g
 
 from __future__ import annotations
 
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .base import ExecResult, PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed, WORKSPACE
+from .base import (ExecResult, PreparedSandbox, PrepareRequest, Sandbox, SandboxConfig, SandboxError, SetupFailed,
+                   WORKSPACE)
 from .cache import SetupCache, cache_key
-from .engine import docker_client, resolve_backend
+from .engine import BackendChoice, docker_client, resolve_backend
 from .repo import RepoSource, prepare_source, repo_identity
 from .setup_commands import setup_commands
 
@@ -22,6 +24,10 @@ def _ignore(*_args) -> None:
     return None
 
 
+# start(job_id=, config=, image=, network=) -> a started Sandbox; with a `backend` attribute naming it.
+SandboxStarter = Callable[..., Sandbox]
+
+
 def prepare(
     req: PrepareRequest,
     config: SandboxConfig,
@@ -29,10 +35,17 @@ def prepare(
     on_state: Callable[[str], None] = _ignore,
     on_command: Callable[[str, ExecResult], None] = _ignore,
     on_output: Callable[[str], None] = _ignore,
+    start: SandboxStarter | None = None,
 ) -> PreparedSandbox:
+    """A sandbox with the repository in, set up and offline. `start` overrides how the sandbox is started
+    (an engine chosen from a pool, or a test's own sandbox); by default the configured backend starts it."""
     timings: dict[str, float] = {}
     clock = time.monotonic()
-    choice = resolve_backend(config)
+    if start is None:
+        choice = resolve_backend(config)
+        start = functools.partial(_start, choice.backend)
+    else:
+        choice = BackendChoice(getattr(start, "backend", "custom"), "started by the caller")
     on_state("preparing")
     source = prepare_source(req.repo, req.ref, config.data_dir)
     commands = setup_commands(source, req.setup)
@@ -54,7 +67,7 @@ def prepare(
         clock = time.monotonic()
         if entry is not None:
             maintenance = [config.maintenance_command] if config.maintenance_command else []
-            sandbox = _start(choice.backend, req.job_id, config, entry.image, network=bool(maintenance))
+            sandbox = start(job_id=req.job_id, config=config, image=entry.image, network=bool(maintenance))
             timings["start_s"] = time.monotonic() - clock
             setup_changes = entry.setup_changes
             if maintenance:
@@ -64,7 +77,7 @@ def prepare(
             else:
                 setup_network = "none (setup cache hit: setup skipped)"
         else:
-            sandbox = _start_with_repo(choice.backend, req.job_id, config, source, network=bool(commands))
+            sandbox = _start_with_repo(start, req.job_id, config, source, network=bool(commands))
             timings["start_s"] = time.monotonic() - clock
             if commands:
                 on_state("setting_up")
@@ -104,9 +117,9 @@ def prepare(
     )
 
 
-def _start_with_repo(backend: str, job_id: str, config: SandboxConfig, source: RepoSource, network: bool):
+def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, source: RepoSource, network: bool):
     """Start the sandbox while the host makes the bundle, then clone inside the sandbox from it."""
-    started = _start_pool.submit(_start, backend, job_id, config, config.image, network)
+    started = _start_pool.submit(start, job_id=job_id, config=config, image=config.image, network=network)
     try:
         with source.bundle(job_id) as (bundle, ref):
             data = bundle.read_bytes()
@@ -156,7 +169,7 @@ def _run_setup(sandbox, commands, results, config, on_command, on_output, mask) 
     return None
 
 
-def _start(backend: str, job_id: str, config: SandboxConfig, image: str, network: bool):
+def _start(backend: str, *, job_id: str, config: SandboxConfig, image: str, network: bool):
     if backend == "docker":
         from .docker_backend import DockerSandbox
 
@@ -167,7 +180,9 @@ def _start(backend: str, job_id: str, config: SandboxConfig, image: str, network
 
 
 def _online_name(backend: str) -> str:
-    return "bridge" if backend == "docker" else "host network (bubblewrap --share-net)"
+    if backend == "docker":
+        return "bridge"
+    return "host network (bubblewrap --share-net)" if backend == "local" else f"{backend} network"
 
 
 def _image_id(name: str) -> str:

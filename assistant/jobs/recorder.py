@@ -1,0 +1,106 @@
+"""Recording what a job's pipeline says: every event to the store first, to listeners second.
+
+A JobRecorder is the pipeline's `emit` and JobLog for one run of one job. State changes move the job along
+the state machine, SandboxReady fills in the job's facts, the outcome becomes artifacts and fields, and the
+end of the job ranks its best-of-N group. The in-process job manager and the queue workers both use it, so a
+job is recorded the same way wherever it ran.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from ..store import Job, Store
+from . import states
+from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxReady, StateChanged,
+                     SummaryWritten)
+from .pipeline import JobOutcome
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[JobUpdate], None]
+
+
+class JobRecorder:
+    def __init__(self, store: Store, job: Job, publish: Publish):
+        self.store = store
+        self.job = job
+        self.publish = publish
+
+    # ------------------------------------------------------------------ the pipeline's emit
+    def emit(self, event: JobEventRecord) -> None:
+        if isinstance(event, StateChanged) and event.state != self.job.state and event.state != states.QUEUED:
+            self.job = self.store.transition(self.job.id, event.state, event.reason)
+        elif isinstance(event, SandboxReady):
+            self.job = self.store.update_job(self.job.id, backend=event.backend, base_commit=event.base_commit,
+                                             setup_network=event.setup_network, agent_network=event.agent_network,
+                                             cache_hit=event.cache_hit)
+        self.publish_event(event)
+
+    def publish_event(self, event: JobEventRecord) -> None:
+        row = self.store.append_event(self.job.id, event) if event.stored else None
+        self.publish(JobUpdate(self.job.id, self.job.thread_id, event, row.seq if row else None,
+                               row.created_at if row else None))
+
+    # ------------------------------------------------------------------ the pipeline's JobLog
+    def add_chunk(self, **fields):
+        return self.store.add_chunk(**fields)
+
+    def chunk_owner(self, chunk_id: str) -> tuple[int, str] | None:
+        chunk = self.store.get_chunk(chunk_id)
+        return None if chunk is None or chunk.job_id is None else (chunk.line_count, chunk.job_id)
+
+    # ------------------------------------------------------------------ the end
+    def record_outcome(self, outcome: JobOutcome) -> None:
+        """What the job left, before it ends: artifacts, tokens, summary and citations, then their events."""
+        job_id = self.job.id
+        if outcome.diff is not None:
+            self.store.put_artifact(job_id, "diff", outcome.diff)
+        if outcome.patch is not None:
+            self.store.put_artifact(job_id, "patch", outcome.patch)
+        if outcome.cited_files:
+            self.store.put_artifact(job_id, "cited_files", json.dumps(outcome.cited_files))
+        if not outcome.agent_ran:
+            return
+        self.store.add_job_tokens(job_id, outcome.prompt_tokens, outcome.completion_tokens, outcome.steps)
+        self.job = self.store.update_job(job_id, summary=outcome.summary, citations=outcome.citations,
+                                         outcome=outcome.outcome)
+        if outcome.summary:
+            self.publish_event(SummaryWritten(outcome.summary, outcome.citations))
+        self.publish_event(DiffComputed(outcome.outcome.get("files") or [], outcome.outcome.get("diff_lines", 0),
+                                        outcome.outcome.get("diff_notes") or []))
+
+    def finish(self, state: str, reason: str) -> bool:
+        """End the job (unless it already ended); rank its group when it was the last one. True if it ended here."""
+        current = self.store.get_job(self.job.id)
+        if current.state in states.TERMINAL:
+            self.job = current
+            return False
+        self.job = self.store.transition(current.id, state, reason)
+        self.publish_event(StateChanged(state, reason))
+        if self.job.group_id:
+            rank_group_if_complete(self.store, self.job.group_id, self.publish)
+        self.publish_event(Finished(state, reason))
+        return True
+
+
+def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> None:
+    jobs = store.list_jobs(group_id=group_id)
+    if any(j.state not in states.TERMINAL for j in jobs):
+        return
+    ranked = sorted(jobs, key=rank_key)
+    for position, job in enumerate(ranked, start=1):
+        outcome = dict(job.outcome or {})
+        outcome.update(rank=position, recommended=position == 1 and job.state == states.SUCCEEDED)
+        store.update_job(job.id, outcome=outcome)
+    best = ranked[0]
+    JobRecorder(store, best, publish).publish_event(
+        GroupRanked(group_id, [j.id for j in ranked], best.id if best.state == states.SUCCEEDED else None))
+
+
+def rank_key(job: Job) -> tuple:
+    """Succeeded before anything else; then a passing last test run, then any test run at all; then the smaller diff."""
+    outcome = job.outcome or {}
+    passed = outcome.get("tests_passed")
+    return (job.state != states.SUCCEEDED, passed is not True, passed is None, outcome.get("diff_lines", 10**9))
