@@ -28,6 +28,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if not chainlit:
         _err("chainlit is not installed in this environment; run ./run.sh")
         return 2
+    if args.no_workers:
+        env["ASSISTANT_SERVE_WORKERS"] = "false"
     _err(f"assistant: serving on http://{host}:{port} (data in {settings.data_dir})")
     cmd = [chainlit, "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless", "--host", host, "--port", port]
     return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
@@ -182,8 +184,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from .store import NotFound, Store
     store = Store(settings.resolved_database_url)
     try:
-        # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is.
-        store.interrupt_orphaned_jobs("the process running this job died; retry it")
+        # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is;
+        # with the queue, workers' heartbeats decide that instead.
+        if not settings.uses_queue:
+            store.interrupt_orphaned_jobs("the process running this job died; retry it")
         if args.action == "list":
             rows = store.list_jobs(limit=10_000)[-args.limit:]
             if not rows:
@@ -231,7 +235,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if job.state in TERMINAL:
                 print(f"job {job.id} already ended: {job.state}")
                 return 1
-            store.transition(job.id, CANCELLED, "cancelled from the command line")
+            if settings.uses_queue:  # reaches the job on whichever worker runs it
+                from .jobs.queue import cancel_from_command_line
+                cancel_from_command_line(settings, store, job.id)
+            else:
+                store.transition(job.id, CANCELLED, "cancelled from the command line")
             print(f"job {job.id} cancelled")
             return 0
         return 2
@@ -251,6 +259,25 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
             print(f"       fix: {check.fix}")
         ok_all = ok_all and (check.ok or not check.required)
     return 0 if ok_all else 1
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.uses_queue:
+        _err("assistant worker serves the job queue of a PostgreSQL database: set ASSISTANT_DATABASE_URL="
+             "postgresql://user:password@host/db. With SQLite, jobs run inside `assistant serve` (or `assistant run`).")
+        return 2
+    from .core import Assistant
+    from .jobs.worker import QueueWorker
+    assistant = Assistant(settings)
+    assistant.start()
+    try:
+        worker = QueueWorker(settings, assistant.store, assistant.model, name=args.name,
+                             concurrency=args.concurrency, feed=assistant.jobs.feed)
+        _err(f"assistant: worker {worker.name} running up to {worker.concurrency} jobs (stop with Ctrl-C or SIGTERM)")
+        worker.run(handle_signals=True)
+    finally:
+        assistant.close()
+    return 0
 
 
 def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
@@ -273,7 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the web app")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--no-workers", action="store_true",
+                   help="with PostgreSQL: run no job worker in the web process (jobs wait for `assistant worker`)")
     s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="run queued jobs (PostgreSQL deployments)")
+    w.add_argument("--concurrency", type=int, help="jobs at once (default ASSISTANT_MAX_CONCURRENT_JOBS)")
+    w.add_argument("--name", help="the worker's name in logs and on its jobs (default host:pid)")
+    w.set_defaults(func=cmd_worker)
 
     r = sub.add_parser("run", help="run one job and print its summary and diff")
     r.add_argument("--repo", required=True, help="local path or git URL")

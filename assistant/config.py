@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class SettingsError(ValueError):
@@ -82,6 +82,11 @@ class Settings(BaseModel):
     job_max_tokens: int = Field(3_000_000, ge=1000, description="Tokens (prompt + completion) per job.")
     command_timeout_s: int = Field(300, ge=1, description="Default timeout of one agent shell command, seconds.")
 
+    # Scale-out (a PostgreSQL database: jobs go to a durable queue served by worker processes).
+    serve_workers: bool = Field(True, description="With PostgreSQL: `assistant serve` also runs a job worker in its own process (`assistant serve --no-workers` turns it off, leaving jobs to `assistant worker` processes).")
+    worker_heartbeat_s: float = Field(10.0, ge=0.5, description="With PostgreSQL: how often a worker writes its heartbeat.")
+    worker_lost_after_s: float = Field(30.0, ge=2, description="With PostgreSQL: a worker whose heartbeat is this old is taken for dead; its running jobs are marked interrupted and retried once on another worker. At least twice the heartbeat.")
+
     # Conversation.
     answer_max_tokens: int = Field(2048, ge=16, description="Longest quick answer, in tokens (400 with the embedded model).")
     answer_token_budget: int = Field(400_000, ge=1000, description="Tokens quick answers may spend per conversation.")
@@ -105,6 +110,13 @@ class Settings(BaseModel):
                     raise ValueError("expected name:password pairs separated by commas")
         return value
 
+    @model_validator(mode="after")
+    def _lost_after_outlasts_heartbeats(self) -> "Settings":
+        if self.worker_lost_after_s < 2 * self.worker_heartbeat_s:
+            raise ValueError(f"ASSISTANT_WORKER_LOST_AFTER_S ({self.worker_lost_after_s}) must be at least twice "
+                             f"ASSISTANT_WORKER_HEARTBEAT_S ({self.worker_heartbeat_s}), or live workers look dead")
+        return self
+
     # ------------------------------------------------------------------ derived values
     def model_for(self, role: Role) -> str:
         return getattr(self, f"{role}_model") or self.model
@@ -116,6 +128,11 @@ class Settings(BaseModel):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'assistant.db'}"
+
+    @property
+    def uses_queue(self) -> bool:
+        """A PostgreSQL database: jobs go to the durable queue and run in worker processes (jobs/queue.py)."""
+        return self.resolved_database_url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
     @property
     def several_users(self) -> bool:
@@ -204,6 +221,9 @@ def load_settings(environ: dict[str, str] | None = None, toml_path: Path | None 
             field = str(err["loc"][0]) if err["loc"] else "?"
             given = values.get(field)
             accepted = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a rule across settings: its message names them
+                problems.append(accepted)
+                continue
             problems.append(f"{env_name(field) if field in Settings.model_fields else field}={given!r}: {accepted}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 

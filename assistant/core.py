@@ -39,8 +39,14 @@ class Assistant:
                 "tool_protocol": protocol, "answer_max_tokens": min(settings.answer_max_tokens, 400)})
         self.settings = settings
         self.model = ModelClient(settings, base_url=base_url, usage_sink=self._record_usage)
-        self.jobs = JobManager(settings, self.store, self.model)
+        if settings.uses_queue:  # PostgreSQL: jobs go to the durable queue, workers run them
+            from .jobs.queue import QueuedJobManager
+            self.jobs = QueuedJobManager(settings, self.store, self.model)
+        else:
+            self.jobs = JobManager(settings, self.store, self.model)
         self.conversation = Conversation(settings, self.store, self.model, self.jobs)
+        self.worker = None
+        self._worker_thread: threading.Thread | None = None
         self._started = False
 
     def _record_usage(self, role, model, prompt, completion, job_id, thread_id) -> None:
@@ -51,7 +57,8 @@ class Assistant:
         """Recover from a previous run and bring up what the model needs."""
         if self._started:
             return
-        interrupted = self.store.interrupt_orphaned_jobs()
+        # With the queue, a job's runner is judged by its worker's heartbeat (jobs/worker.py), not by this host.
+        interrupted = [] if self.settings.uses_queue else self.store.interrupt_orphaned_jobs()
         if interrupted:
             log.warning("marked %d jobs interrupted (the server stopped under them): %s", len(interrupted), interrupted)
         if sweep:
@@ -87,7 +94,20 @@ class Assistant:
             "backend_reason": reason,
         }
 
+    def start_worker(self, concurrency: int | None = None) -> None:
+        """Run a queue worker in this process (`assistant serve` with PostgreSQL), in a thread of its own."""
+        from .jobs.worker import QueueWorker
+
+        self.worker = QueueWorker(self.settings, self.store, self.model, concurrency=concurrency,
+                                  feed=self.jobs.feed)
+        self._worker_thread = threading.Thread(target=self.worker.run, name="queue-worker", daemon=True)
+        self._worker_thread.start()
+        self.worker.started.wait(30)
+
     def close(self) -> None:
+        if self.worker is not None:  # its running jobs go back to the queue for another worker
+            self.worker.stop()
+            self._worker_thread.join(timeout=60)
         self.jobs.shutdown()
         if self.local_server is not None:
             self.local_server.stop()
@@ -105,4 +125,6 @@ def load_assistant() -> Assistant:
         if _instance is None:
             _instance = Assistant(load_settings())
             _instance.start()
+            if _instance.settings.uses_queue and _instance.settings.serve_workers:
+                _instance.start_worker()
         return _instance

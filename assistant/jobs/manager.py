@@ -59,32 +59,40 @@ class JobManager:
         self.store = store
         self.model = model
         self.sandbox_config = sandbox_config(settings)
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs, thread_name_prefix="job")
         self._lock = threading.Lock()
         self._controls: dict[str, RunControl] = {}
         self._finished: dict[str, threading.Event] = {}
         self._subscribers: list[Subscriber] = []
         self._closed = threading.Event()
         self._stopping = False
+        self._start_local_execution()
+
+    def _start_local_execution(self) -> None:
+        """Jobs run in this process: a thread pool, and a watch for cancels written by other processes."""
+        self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrent_jobs, thread_name_prefix="job")
         threading.Thread(target=self._watch_external_cancels, name="job-cancel-watch", daemon=True).start()
 
     # ------------------------------------------------------------------ public API
-    def submit(self, req: JobRequest) -> list[Job]:
+    def _new_jobs(self, req: JobRequest) -> list[dict]:
+        """The rows a request makes (one per attempt of a best-of-N group), as create_job's arguments."""
         if not req.task.strip():
             raise ValueError("a job needs a task")
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
+        return [dict(task=req.task, repo=req.repo, ref=req.ref, setup=req.setup, thread_id=req.thread_id,
+                     user_id=req.user_id, parent_job_id=req.parent_job_id, title=title, group_id=group,
+                     attempt=attempt, attempts=attempts, model=self.model.model_for("agent"))
+                for attempt in range(1, attempts + 1)]
+
+    def submit(self, req: JobRequest) -> list[Job]:
         jobs = []
-        for attempt in range(1, attempts + 1):
-            job = self.store.create_job(
-                task=req.task, repo=req.repo, ref=req.ref, setup=req.setup, thread_id=req.thread_id,
-                user_id=req.user_id, parent_job_id=req.parent_job_id, title=title, group_id=group,
-                attempt=attempt, attempts=attempts, model=self.model.model_for("agent"))
+        for fields in self._new_jobs(req):
+            job = self.store.create_job(**fields)
             with self._lock:
                 self._controls[job.id] = RunControl()
                 self._finished[job.id] = threading.Event()
-            self._emit(job, StateChanged(states.QUEUED, attempt=attempt, attempts=attempts))
+            self._emit(job, StateChanged(states.QUEUED, attempt=job.attempt, attempts=job.attempts))
             jobs.append(job)
         for job in jobs:
             self._pool.submit(self._run_guarded, job.id)
@@ -181,7 +189,7 @@ class JobManager:
         try:
             if job.state != states.QUEUED or control is None or control.cancelled.is_set():
                 return
-            recorder = self._recorder(job)
+            recorder = JobRecorder(self.store, job, self._publish, control)
             outcome = run_job(job_spec(self.store, job), prepare=self._prepare, config=self.sandbox_config,
                               model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
                               emit=recorder.emit, control=control)

@@ -4,51 +4,85 @@ A JobRecorder is the pipeline's `emit` and JobLog for one run of one job. State 
 the state machine, SandboxReady fills in the job's facts, the outcome becomes artifacts and fields, and the
 end of the job ranks its best-of-N group. The in-process job manager and the queue workers both use it, so a
 job is recorded the same way wherever it ran.
+
+Given the run's RunControl, the recorder also turns what the store says back into what the run must do: a
+write refused by the job's fence (another run owns the job now) loses the run; a state change the job can no
+longer make (it was cancelled elsewhere) cancels it; a database that went away is waited out for a while.
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
-from ..store import Job, Store
+import psycopg
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from ..store import Job, StaleRun, Store
 from . import states
 from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxReady, StateChanged,
                      SummaryWritten)
-from .pipeline import JobOutcome
+from .pipeline import JobOutcome, RunControl
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[JobUpdate], None]
+OUTAGE_TOLERANCE_S = 300.0
 
 
 class JobRecorder:
-    def __init__(self, store: Store, job: Job, publish: Publish):
+    def __init__(self, store: Store, job: Job, publish: Publish, control: RunControl | None = None):
         self.store = store
         self.job = job
         self.publish = publish
+        self.control = control
+
+    def _write(self, write, *args, **kwargs):
+        """One store write, waiting out a lost database connection; a refused fence loses the run."""
+        deadline = time.monotonic() + OUTAGE_TOLERANCE_S
+        delay = 0.2
+        while True:
+            try:
+                return write(*args, **kwargs)
+            except StaleRun as exc:
+                if self.control is not None:
+                    self.control.lose(str(exc))
+                raise
+            except (OperationalError, DBAPIError) as exc:
+                if not _connection_lost(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("the database is unreachable (%s); retrying in %.1f s", type(exc.orig).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------ the pipeline's emit
     def emit(self, event: JobEventRecord) -> None:
         if isinstance(event, StateChanged) and event.state != self.job.state and event.state != states.QUEUED:
-            self.job = self.store.transition(self.job.id, event.state, event.reason)
+            try:
+                self.job = self._write(self.store.transition, self.job.id, event.state, event.reason)
+            except states.IllegalTransition:  # it ended elsewhere (cancelled by the user): stop this run
+                if self.control is None:
+                    raise
+                self.control.cancel()
+                return
         elif isinstance(event, SandboxReady):
-            self.job = self.store.update_job(self.job.id, backend=event.backend, base_commit=event.base_commit,
-                                             setup_network=event.setup_network, agent_network=event.agent_network,
-                                             cache_hit=event.cache_hit)
+            self.job = self._write(self.store.update_job, self.job.id, backend=event.backend,
+                                   base_commit=event.base_commit, setup_network=event.setup_network,
+                                   agent_network=event.agent_network, cache_hit=event.cache_hit)
         self.publish_event(event)
 
     def publish_event(self, event: JobEventRecord) -> None:
-        row = self.store.append_event(self.job.id, event) if event.stored else None
+        row = self._write(self.store.append_event, self.job.id, event) if event.stored else None
         self.publish(JobUpdate(self.job.id, self.job.thread_id, event, row.seq if row else None,
                                row.created_at if row else None))
 
     # ------------------------------------------------------------------ the pipeline's JobLog
     def add_chunk(self, **fields):
-        return self.store.add_chunk(**fields)
+        return self._write(self.store.add_chunk, **fields)
 
     def chunk_owner(self, chunk_id: str) -> tuple[int, str] | None:
-        chunk = self.store.get_chunk(chunk_id)
+        chunk = self._write(self.store.get_chunk, chunk_id)
         return None if chunk is None or chunk.job_id is None else (chunk.line_count, chunk.job_id)
 
     # ------------------------------------------------------------------ the end
@@ -56,16 +90,17 @@ class JobRecorder:
         """What the job left, before it ends: artifacts, tokens, summary and citations, then their events."""
         job_id = self.job.id
         if outcome.diff is not None:
-            self.store.put_artifact(job_id, "diff", outcome.diff)
+            self._write(self.store.put_artifact, job_id, "diff", outcome.diff)
         if outcome.patch is not None:
-            self.store.put_artifact(job_id, "patch", outcome.patch)
+            self._write(self.store.put_artifact, job_id, "patch", outcome.patch)
         if outcome.cited_files:
-            self.store.put_artifact(job_id, "cited_files", json.dumps(outcome.cited_files))
+            self._write(self.store.put_artifact, job_id, "cited_files", json.dumps(outcome.cited_files))
         if not outcome.agent_ran:
             return
-        self.store.add_job_tokens(job_id, outcome.prompt_tokens, outcome.completion_tokens, outcome.steps)
-        self.job = self.store.update_job(job_id, summary=outcome.summary, citations=outcome.citations,
-                                         outcome=outcome.outcome)
+        self._write(self.store.add_job_tokens, job_id, outcome.prompt_tokens, outcome.completion_tokens,
+                    outcome.steps)
+        self.job = self._write(self.store.update_job, job_id, summary=outcome.summary, citations=outcome.citations,
+                               outcome=outcome.outcome)
         if outcome.summary:
             self.publish_event(SummaryWritten(outcome.summary, outcome.citations))
         self.publish_event(DiffComputed(outcome.outcome.get("files") or [], outcome.outcome.get("diff_lines", 0),
@@ -73,16 +108,28 @@ class JobRecorder:
 
     def finish(self, state: str, reason: str) -> bool:
         """End the job (unless it already ended); rank its group when it was the last one. True if it ended here."""
-        current = self.store.get_job(self.job.id)
+        current = self._write(self.store.get_job, self.job.id)
         if current.state in states.TERMINAL:
             self.job = current
             return False
-        self.job = self.store.transition(current.id, state, reason)
+        try:
+            self.job = self._write(self.store.transition, current.id, state, reason)
+        except states.IllegalTransition:  # it ended elsewhere between the read and the write
+            return False
         self.publish_event(StateChanged(state, reason))
+        self.announce_end(state, reason)
+        return True
+
+    def announce_end(self, state: str, reason: str) -> None:
+        """The job has ended in the store: rank its group if it was the last one, and say it is finished."""
         if self.job.group_id:
             rank_group_if_complete(self.store, self.job.group_id, self.publish)
         self.publish_event(Finished(state, reason))
-        return True
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """PostgreSQL went away (not SQLite being busy, which has its own timeout, nor a bad statement)."""
+    return bool(exc.connection_invalidated) or isinstance(exc.orig, psycopg.OperationalError)
 
 
 def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: job.fence, job.engine, job.container (scale-out)
 
 
 def utcnow() -> datetime:
@@ -120,6 +120,9 @@ class Job(SQLModel, table=True):
     completion_tokens: int = 0
     model: Optional[str] = None
     runner: Optional[str] = None         # "host:pid" of the process that runs it; a dead runner's jobs are interrupted
+    fence: int = 1                       # which run of the job may write; bumped when a lost run is retried
+    engine: Optional[str] = None         # the sandbox engine of a pool that runs it, and its container there
+    container: Optional[str] = None
 
 
 class JobEvent(SQLModel, table=True):

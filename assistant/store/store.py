@@ -4,11 +4,11 @@ from __future__ import annotations
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import event, func
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -23,6 +23,10 @@ from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Messa
 
 class NotFound(LookupError):
     pass
+
+
+class StaleRun(RuntimeError):
+    """A write from a run of a job that no longer owns it (its fence was bumped when the job was retried)."""
 
 
 def this_runner() -> str:
@@ -42,6 +46,16 @@ class Store:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    def fenced(self, job_id: str, fence: int) -> "Store":
+        """This store as one run of one job sees it: every transaction that commits first checks, holding a
+        share lock on the job's row, that the job's fence is still `fence`, else raises StaleRun and writes
+        nothing. Retrying the job (requeue_lost) bumps the fence under a row lock, so no write of the old
+        run can land after it."""
+        view = object.__new__(FencedStore)
+        view.__dict__.update(self.__dict__)
+        view.fence_of = (job_id, fence)
+        return view
 
     def close(self) -> None:
         self.engine.dispose()
@@ -193,7 +207,10 @@ class Store:
             return {f.for_id: f for f in s.exec(select(Feedback).where(col(Feedback.for_id).in_(ids)))}
 
     # ------------------------------------------------------------------ jobs
-    def create_job(self, *, task: str, repo: str, thread_id: str | None = None, **fields: Any) -> Job:
+    def create_job(self, *, task: str, repo: str, thread_id: str | None = None,
+                   in_transaction: Callable[[Any, Job], None] | None = None, **fields: Any) -> Job:
+        """A new job; `in_transaction(dbapi_connection, job)` runs in the same transaction before it commits
+        (the durable queue enqueues the job there, so a job exists exactly when its queue entry does)."""
         with self._seq_lock, self.session() as s:
             number = 1
             if thread_id:
@@ -201,6 +218,9 @@ class Store:
             job = Job(id=fields.pop("id", None) or secrets.token_hex(4), task=task, repo=repo, thread_id=thread_id,
                       number=number, queued_at=utcnow(), runner=fields.pop("runner", None) or this_runner(), **fields)
             s.add(job)
+            if in_transaction is not None:
+                s.flush()
+                in_transaction(s.connection().connection.driver_connection, job)
             s.commit()
             return job
 
@@ -279,6 +299,31 @@ class Store:
             s.commit()
             return job
 
+    def requeue_lost(self, job_id: str, fence: int, reason: str, *, max_runs: int,
+                     in_transaction: Callable[[Any, Job], None] | None = None) -> Job | None:
+        """A run of an active job was lost (its worker or engine died). If `fence` is still the job's, move it back
+        to queued with the next fence (once per job: up to `max_runs` runs), or end it interrupted when its runs are
+        used up; `in_transaction(dbapi_connection, job)` enqueues the new run in the same transaction. Returns the
+        job as it now is, or None when the run was not the job's current one (someone else handled it)."""
+        with self._seq_lock, self.session() as s:
+            job = s.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+            if job is None or job.fence != fence or job.state not in ACTIVE:
+                return None
+            now = utcnow()
+            job.reason = reason
+            if fence < max_runs:
+                job.fence, job.state, job.queued_at = fence + 1, "queued", now
+                job.preparing_at = job.setting_up_at = job.running_at = None
+                job.runner = job.engine = job.container = None
+            else:
+                job.fence, job.state, job.finished_at = fence + 1, INTERRUPTED, now
+            s.add(job)
+            if in_transaction is not None and job.state == "queued":
+                s.flush()
+                in_transaction(s.connection().connection.driver_connection, job)
+            s.commit()
+            return job
+
     def interrupt_orphaned_jobs(self, reason: str = "the server stopped while this job was active; retry it") -> list[str]:
         """At start-up: active jobs whose runner process is gone (or unknown) are interrupted.
         Jobs of a live process on this host (a server beside a CLI run) are left alone."""
@@ -289,12 +334,17 @@ class Store:
 
     # ------------------------------------------------------------------ events
     def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> JobEvent:
-        with self._seq_lock, self.session() as s:
-            last = s.exec(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)).one()
-            ev = JobEvent(job_id=job_id, seq=(last or 0) + 1, kind=kind, data=data or {})
-            s.add(ev)
-            s.commit()
-            return ev
+        for _ in range(20):  # another process may take the same next seq; the unique (job, seq) makes us retry
+            with self._seq_lock, self.session() as s:
+                last = s.exec(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)).one()
+                ev = JobEvent(job_id=job_id, seq=(last or 0) + 1, kind=kind, data=data or {})
+                s.add(ev)
+                try:
+                    s.commit()
+                    return ev
+                except IntegrityError:
+                    s.rollback()
+        raise RuntimeError(f"could not number an event of job {job_id}")
 
     def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
         with self.session() as s:
@@ -370,3 +420,20 @@ class Store:
                 q = q.where(TokenUsage.thread_id == thread_id)
             prompt, completion = s.exec(q).one()
             return int(prompt), int(completion)
+
+
+class FencedStore(Store):
+    """See Store.fenced."""
+
+    fence_of: tuple[str, int]
+
+    def session(self) -> Session:
+        session = super().session()
+        event.listen(session, "before_commit", self._check_fence)
+        return session
+
+    def _check_fence(self, session: Session) -> None:
+        job_id, fence = self.fence_of
+        current = session.exec(select(Job.fence).where(Job.id == job_id).with_for_update(read=True)).first()
+        if current != fence:
+            raise StaleRun(f"job {job_id} is now on run {current}; this run ({fence}) may no longer write")
