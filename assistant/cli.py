@@ -292,6 +292,21 @@ def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox_push(settings: Settings, args: argparse.Namespace) -> int:
+    from .sandbox import SandboxError
+    from .sandbox.pool import EnginePool
+    if not settings.docker_hosts:
+        _err("assistant sandbox push copies the sandbox image to an engine of ASSISTANT_DOCKER_HOSTS, which is not set")
+        return 2
+    pool = EnginePool.from_settings(settings, store=None)
+    try:
+        pool.push(args.engine, on_log=_err)
+    except SandboxError as exc:
+        _err(f"error: {exc}")
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="assistant", description="A chat-first coding assistant that delegates.")
@@ -340,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sbs.add_parser("build", help="build the default sandbox image from Debian packages")
     b.add_argument("--force", action="store_true")
     b.set_defaults(func=cmd_sandbox_build)
+    pu = sbs.add_parser("push", help="copy the sandbox image to an engine of ASSISTANT_DOCKER_HOSTS")
+    pu.add_argument("engine", help="the engine's name in ASSISTANT_DOCKER_HOSTS")
+    pu.set_defaults(func=cmd_sandbox_push)
     return p
 
 

@@ -72,6 +72,8 @@ class Settings(BaseModel):
     allow_setup_failure: bool = Field(False, description="Go on to the agent when a setup command fails (the agent is told what failed).")
     setup_secrets: str | None = Field(None, description="Secrets for setup commands only, comma-separated: `NAME` (taken from the server's environment) or `NAME=@/path/to/file`. Gone from every process before the agent's first step; masked in stored setup output.")
     sandbox_fallback: Literal["auto", "allow", "forbid"] = Field("auto", description="Whether ASSISTANT_SANDBOX_BACKEND=auto may run a job on bubblewrap (weaker limits) when no Docker engine answers; the job card says so when it does. auto: allow with one user, forbid when more than one can log in.")
+    docker_hosts: str | None = Field(None, description="A pool of sandbox engines as `NAME=URL*CAPACITY`, comma-separated (unix://, tcp:// with TLS client certificates, ssh://; capacity = sandboxes at once, optional); each job goes to the least-loaded engine that answers and has the image (`assistant sandbox push NAME` copies it there). Default: the one engine of DOCKER_HOST or the local socket.")
+    docker_cert_dir: Path | None = Field(None, description="TLS client certificates of tcp:// engines: `<dir>/<engine name>/{ca,cert,key}.pem` (DOCKER_CERT_PATH's layout; DOCKER_CERT_PATH itself is the fallback).")
     diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
     diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
 
@@ -108,6 +110,14 @@ class Settings(BaseModel):
                 name, sep, password = pair.strip().partition(":")
                 if not sep or not name or not password:
                     raise ValueError("expected name:password pairs separated by commas")
+        return value
+
+    @field_validator("docker_hosts")
+    @classmethod
+    def _engines_well_formed(cls, value: str | None) -> str | None:
+        if value:
+            from .sandbox.pool import parse_engines
+            parse_engines(value)
         return value
 
     @model_validator(mode="after")

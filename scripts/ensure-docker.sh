@@ -17,6 +17,7 @@ log() { printf 'ensure-docker%s: %s\n' "${NAME:+ ($NAME)}" "$*" >&2; }
 if [ -z "$NAME" ]; then
     HOST="unix:///var/run/docker.sock"
     PIDFILE="/var/run/docker.pid"
+    EXEC_ROOT="/var/run/docker"
     LOG="/var/log/dockerd.log"
     ARGS=()
 else
@@ -24,9 +25,10 @@ else
     RUN="/run/assistant-engines"
     HOST="unix://$RUN/$NAME.sock"
     PIDFILE="$RUN/$NAME.pid"
+    EXEC_ROOT="$RUN/$NAME-exec"
     LOG="/var/log/dockerd-$NAME.log"
     BRIDGE="br-${NAME:0:12}"
-    ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$RUN/$NAME-exec"
+    ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$EXEC_ROOT"
           --pidfile "$PIDFILE" --bridge "$BRIDGE" --iptables=false --ip-masq=false)
 fi
 
@@ -69,6 +71,17 @@ else
     # A killed daemon leaves its pid file (and, unreaped, a zombie that still matches pgrep): dockerd would
     # refuse to start over it.
     rm -f "$PIDFILE"
+    # The killed daemon's containerd may be on its way out (its socket already gone): a new dockerd that finds it
+    # "still running" waits for it instead of starting its own, and gives up after 30 s. Let it go first (up to
+    # 10 s); a containerd that still serves its socket is reused by the new dockerd as it is.
+    CONTAINERD_DIR="$EXEC_ROOT/containerd"
+    for _ in $(seq 1 50); do
+        old=$(cat "$CONTAINERD_DIR/containerd.pid" 2>/dev/null) || break
+        state=$(ps -o stat= -p "$old" 2>/dev/null) || { rm -f "$CONTAINERD_DIR/containerd.pid"; break; }
+        case "$state" in Z*) rm -f "$CONTAINERD_DIR/containerd.pid"; break ;; esac
+        [ -S "$CONTAINERD_DIR/containerd.sock" ] && break
+        sleep 0.2
+    done
     if [ -n "$NAME" ]; then
         mkdir -p "$RUN" "/var/lib/assistant-engines/$NAME"
         if ! ip link show "$BRIDGE" >/dev/null 2>&1; then

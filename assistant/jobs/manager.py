@@ -12,14 +12,15 @@ import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import Settings
 from ..llm.client import ModelClient
 from ..sandbox import SandboxConfig, prepare
+from ..sandbox.pool import EnginePool
 from ..store import Job, Store
 from . import states
-from .events import JobEventRecord, JobUpdate, StateChanged
+from .events import JobEventRecord, JobUpdate, Notice, StateChanged
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, run_job
 from .recorder import JobRecorder, rank_key  # noqa: F401  (rank_key: the ranking rule, re-exported)
 
@@ -59,6 +60,9 @@ class JobManager:
         self.store = store
         self.model = model
         self.sandbox_config = sandbox_config(settings)
+        self.pool = EnginePool.from_settings(settings, store)  # ASSISTANT_DOCKER_HOSTS: placement on a pool
+        if self.pool is not None:
+            self.sandbox_config = replace(self.sandbox_config, deployment=store.deployment_id())
         self._lock = threading.Lock()
         self._controls: dict[str, RunControl] = {}
         self._finished: dict[str, threading.Event] = {}
@@ -190,7 +194,12 @@ class JobManager:
             if job.state != states.QUEUED or control is None or control.cancelled.is_set():
                 return
             recorder = JobRecorder(self.store, job, self._publish, control)
-            outcome = run_job(job_spec(self.store, job), prepare=self._prepare, config=self.sandbox_config,
+
+            def prepare_placed(request, **callbacks):
+                engine = None if self.pool is None else self.pool.place(
+                    job.id, job.fence, control.cancelled, on_wait=lambda text: recorder.emit(Notice(text)))
+                return prepare(request, self.sandbox_config, engine=engine, **callbacks)
+            outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.sandbox_config,
                               model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
                               emit=recorder.emit, control=control)
             recorder.record_outcome(outcome)
@@ -208,9 +217,6 @@ class JobManager:
             if done:
                 done.set()
 
-    def _prepare(self, request, **callbacks):
-        return prepare(request, self.sandbox_config, **callbacks)
-
 
 def job_spec(store: Store, job: Job) -> JobSpec:
     """What the pipeline needs to know of a job, read from the store: its parent's result, its ancestors."""
@@ -224,4 +230,4 @@ def job_spec(store: Store, job: Job) -> JobSpec:
             ancestors.add(parent_id)
             parent_id = store.get_job(parent_id).parent_job_id
     return JobSpec(job_id=job.id, task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, parent=parent,
-                   citable_jobs=frozenset(ancestors))
+                   citable_jobs=frozenset(ancestors), run=job.fence)

@@ -23,7 +23,8 @@ from ..llm.client import ModelClient
 from ..sandbox import PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed
 from ..sandbox.diff import workspace_diff
 from . import states
-from .events import (JobEventRecord, Notice, OutputDelta, SandboxReady, SetupCommandRan, StateChanged, decode)
+from .events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, SandboxReady, SetupCommandRan,
+                     StateChanged, decode)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class JobSpec:
     setup: list[str] | None = None
     parent: ParentResult | None = None
     citable_jobs: frozenset[str] = frozenset()  # whose log chunks the summary may cite: the job and its ancestors
+    run: int = 1                                # which run of the job this is (its fence)
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,17 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
     def on_output(text: str) -> None:
         emit(OutputDelta(text))
 
+    def on_sandbox(sandbox) -> None:
+        control.attach(sandbox)  # a cancel from now on closes it, even in the middle of setup
+        container = getattr(getattr(sandbox, "container", None), "id", None)
+        if container:
+            engine = getattr(sandbox, "engine", None)
+            emit(SandboxPlaced(engine.name if engine is not None else "default", container))
+
     try:
-        prepared = prepare(PrepareRequest(job_id=spec.job_id, repo=spec.repo, ref=spec.ref, setup=spec.setup),
-                           on_state=on_state, on_command=on_command, on_output=on_output)
+        prepared = prepare(PrepareRequest(job_id=spec.job_id, repo=spec.repo, ref=spec.ref, setup=spec.setup,
+                                          run=spec.run),
+                           on_state=on_state, on_command=on_command, on_output=on_output, on_sandbox=on_sandbox)
     except SetupFailed as exc:
         last = setup_chunks[-1] if setup_chunks else None
         cite = f" 【{last.id}†L1-L{max(last.line_count, 1)}】" if last else ""

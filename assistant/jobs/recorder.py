@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..store import Job, StaleRun, Store
 from . import states
-from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxReady, StateChanged,
-                     SummaryWritten)
+from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxPlaced, SandboxReady,
+                     StateChanged, SummaryWritten)
 from .pipeline import JobOutcome, RunControl
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class JobRecorder:
                     raise
                 self.control.cancel()
                 return
+        elif isinstance(event, SandboxPlaced):
+            self.job = self._write(self.store.update_job, self.job.id, engine=event.engine, container=event.container)
         elif isinstance(event, SandboxReady):
             self.job = self._write(self.store.update_job, self.job.id, backend=event.backend,
                                    base_commit=event.base_commit, setup_network=event.setup_network,

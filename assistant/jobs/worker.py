@@ -15,6 +15,8 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
 
 from procrastinate import JobContext
 from procrastinate.job_context import AbortReason
@@ -24,9 +26,11 @@ from procrastinate.worker import Worker
 from ..config import Settings
 from ..llm.client import ModelClient
 from ..sandbox import prepare
+from ..sandbox.engine import EngineSpec
+from ..sandbox.pool import EnginePool
 from ..store import StaleRun, Store
 from . import states
-from .events import JobUpdate
+from .events import JobUpdate, Notice
 from .feed import DatabaseFeed
 from .manager import job_spec, sandbox_config
 from .pipeline import JobLimits, RunControl, RunLost, run_job
@@ -40,6 +44,27 @@ QUEUE_ABORT_POLL_S = 1.0  # procrastinate's own poll for abort requests, in case
 
 
 STOPPING = "the worker is stopping"
+ENGINE_DOWN = "the sandbox engine "   # a lost run's reason that starts so is handed back to the queue
+SWEEP_EVERY = 10                      # sweep the engines for orphaned containers every this many health checks
+ORPHAN_GRACE_S = 60.0                 # a younger container may still be on its way to being recorded on its job
+
+
+def container_orphaned(store: Store, job_id: str, run: str, container_id: str, age_s: float) -> bool:
+    """A sandbox container belongs to the current run of an active job, or to nobody (then it goes)."""
+    try:
+        job = store.get_job(job_id)
+    except LookupError:
+        return age_s > ORPHAN_GRACE_S
+    if job.state not in states.ACTIVE or str(job.fence) != run:
+        return True
+    return job.container not in (None, container_id) and age_s > ORPHAN_GRACE_S
+
+
+@dataclass
+class Run:
+    """A run in progress on this worker, and the engine it was placed on."""
+    control: RunControl
+    engine: EngineSpec | None = None
 
 
 def worker_name() -> str:
@@ -60,9 +85,10 @@ class QueueWorker:
         self.app.tasks[TASK_NAME].func = self._run_task
         self.queue = queue_app(url, worker=False)  # enqueues retries inside the store's transactions
         self.feed = feed or DatabaseFeed(url, store)
-        self.sandbox_config = sandbox_config(settings)
+        self.sandbox_config = replace(sandbox_config(settings), deployment=store.deployment_id())
         self.limits = JobLimits.from_settings(settings)
-        self.running: dict[str, RunControl] = {}
+        self.pool = EnginePool.from_settings(settings, store)
+        self.running: dict[str, Run] = {}
         self._worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
@@ -111,25 +137,34 @@ class QueueWorker:
         if job.fence != fence or job.state != states.QUEUED:
             log.info("skipping run %s of job %s: the job is on run %s, %s", fence, job_id, job.fence, job.state)
             return
-        control = RunControl()
         fenced = self.store.fenced(job_id, fence)
         try:
             job = fenced.update_job(job_id, runner=self.name)  # the claim: refused if another run owns the job now
         except StaleRun:
             return
-        self.running[job_id] = control
-        watcher = threading.Thread(target=self._watch_abort, args=(context, control), daemon=True,
-                                   name=f"abort-watch-{job_id}")
-        watcher.start()
+        run = self.running[job_id] = Run(RunControl())
+        control = run.control
+        threading.Thread(target=self._watch_abort, args=(context, control), daemon=True,
+                         name=f"abort-watch-{job_id}").start()
         recorder = JobRecorder(fenced, job, self.publish, control)
+
+        def prepare_placed(request, **callbacks):
+            if self.pool is not None:
+                run.engine = self.pool.place(job_id, fence, control.cancelled,
+                                             on_wait=lambda text: recorder.emit(Notice(text)))
+            return prepare(request, self.sandbox_config, engine=run.engine, **callbacks)
         try:
-            outcome = run_job(job_spec(self.store, job), prepare=self._prepare, config=self.sandbox_config,
+            outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.sandbox_config,
                               model=self.model, limits=self.limits, job_log=recorder, emit=recorder.emit,
                               control=control)
+            engine_lost = self._engine_lost(run.engine) if outcome.state == states.FAILED else None
+            if engine_lost:  # not the job's failure: it goes to another engine
+                self._after_lost_run(job_id, fence, engine_lost)
+                return
             recorder.record_outcome(outcome)
             recorder.finish(outcome.state, outcome.reason)
         except (RunLost, StaleRun) as lost:
-            self._after_lost_run(job_id, fence, str(lost))
+            self._after_lost_run(job_id, fence, control.lost or str(lost))
         except Exception as exc:
             if control.lost:
                 self._after_lost_run(job_id, fence, control.lost)
@@ -140,9 +175,21 @@ class QueueWorker:
             self.running.pop(job_id, None)
             control.cancelled.set()  # ends the watcher
 
+    def _engine_lost(self, engine: EngineSpec | None) -> str | None:
+        """Why the run's engine is gone (then it is marked down), or None if it answers."""
+        if self.pool is None or engine is None:
+            return None
+        reason = self.pool.answers(engine)
+        if reason is None:
+            return None
+        self.pool.mark_down(engine, reason)
+        return f"{ENGINE_DOWN}{engine.name} stopped answering ({reason})"
+
     def _after_lost_run(self, job_id: str, fence: int, reason: str) -> None:
         if reason == STOPPING:  # this worker is going away: give the run back, another worker retries it
             hand_back(self.queue, self.store, job_id, fence, f"the worker {self.name} stopped", self.publish)
+        elif reason.startswith(ENGINE_DOWN):
+            hand_back(self.queue, self.store, job_id, fence, reason, self.publish)
         else:
             log.warning("run %s of job %s lost: %s", fence, job_id, reason)
 
@@ -164,17 +211,21 @@ class QueueWorker:
             elif reason is not None:
                 control.cancel()
 
-    def _prepare(self, request, **callbacks):
-        return prepare(request, self.sandbox_config, **callbacks)
-
     def publish(self, update: JobUpdate) -> None:
         self.feed.publish(update)
 
-    # ------------------------------------------------------------------ lost runs of other workers
+    # ------------------------------------------------------------------ lost runs, engines, orphans
     async def _sweep_lost_runs(self) -> None:
         lost_after = self.settings.worker_lost_after_s
+        checks = 0
         while True:
             await asyncio.sleep(self.settings.worker_heartbeat_s)
+            if self.pool is not None:
+                try:
+                    await asyncio.to_thread(self._check_engines, checks % SWEEP_EVERY == 0)
+                except Exception:
+                    log.exception("checking the sandbox engines")
+                checks += 1
             connector = self.app.connector
             if time.monotonic() - getattr(connector, "last_outage", 0.0) < lost_after:
                 continue  # right after an outage every heartbeat is old: judge nobody until they could renew it
@@ -187,9 +238,29 @@ class QueueWorker:
             except Exception:
                 log.exception("sweeping lost runs")
 
+    def _check_engines(self, sweep_all: bool) -> None:
+        """Mark engines down or up; runs here on an engine that is down go back to the queue; sweep orphans."""
+        _went_down, came_back = self.pool.check()
+        down = {name: row.reason for name, row in self.store.engine_states().items() if row.state == "down"}
+        for run in list(self.running.values()):
+            if run.engine is not None and run.engine.name in down and not run.control.lost:
+                run.control.lose(f"{ENGINE_DOWN}{run.engine.name} stopped answering ({down[run.engine.name]})")
+        if sweep_all or came_back:
+            removed = self.pool.sweep(self.sandbox_config.deployment, partial(container_orphaned, self.store),
+                                      None if sweep_all else came_back)
+            if removed:
+                log.warning("removed %d sandbox containers no current run owns", removed)
+
     def _recover(self, kwargs: dict, lost_after: float) -> None:
+        job_id, fence = kwargs["job_id"], int(kwargs["fence"])
+        try:
+            job = self.store.get_job(job_id)
+        except LookupError:
+            return
+        if self.pool is not None and job.fence == fence:  # the dead worker's container goes with its run
+            self.pool.remove_container(job.engine, job.container)
         reason = f"its worker stopped answering (no heartbeat for {lost_after:.0f} s)"
-        hand_back(self.queue, self.store, kwargs["job_id"], int(kwargs["fence"]), reason, self.publish)
+        hand_back(self.queue, self.store, job_id, fence, reason, self.publish)
 
     async def _close_entry(self, queue_id: int) -> None:
         """The dead worker's queue entry ends failed, so no sweep finds it again (the retry is a new entry)."""
@@ -197,4 +268,3 @@ class QueueWorker:
             await self.app.job_manager.finish_job_by_id_async(queue_id, status=Status.FAILED, delete_job=False)
         except Exception as exc:  # another worker's sweep closed it first
             log.debug("queue entry %s already closed: %s", queue_id, exc)
-

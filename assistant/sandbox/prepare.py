@@ -11,7 +11,7 @@ from typing import Callable
 from .base import (ExecResult, PreparedSandbox, PrepareRequest, Sandbox, SandboxConfig, SandboxError, SetupFailed,
                    WORKSPACE)
 from .cache import SetupCache, cache_key
-from .engine import BackendChoice, docker_client, resolve_backend
+from .engine import BackendChoice, EngineSpec, docker_client, resolve_backend
 from .repo import RepoSource, prepare_source, repo_identity
 from .setup_commands import setup_commands
 
@@ -35,17 +35,24 @@ def prepare(
     on_state: Callable[[str], None] = _ignore,
     on_command: Callable[[str, ExecResult], None] = _ignore,
     on_output: Callable[[str], None] = _ignore,
+    on_sandbox: Callable[[Sandbox], None] = _ignore,
     start: SandboxStarter | None = None,
+    engine: EngineSpec | None = None,
 ) -> PreparedSandbox:
-    """A sandbox with the repository in, set up and offline. `start` overrides how the sandbox is started
-    (an engine chosen from a pool, or a test's own sandbox); by default the configured backend starts it."""
+    """A sandbox with the repository in, set up and offline. `engine` is the Docker engine of a pool that the
+    job was placed on (the environment's engine by default); `start` overrides how the sandbox is started (a
+    test's own sandbox). `on_sandbox` hears of the sandbox as soon as it runs, before setup (to cancel it)."""
     timings: dict[str, float] = {}
     clock = time.monotonic()
-    if start is None:
-        choice = resolve_backend(config)
-        start = functools.partial(_start, choice.backend)
-    else:
+    if start is not None:
         choice = BackendChoice(getattr(start, "backend", "custom"), "started by the caller")
+    elif engine is not None:
+        choice = BackendChoice("docker", engine.describe())
+        start = functools.partial(_start, "docker", engine=engine, run=req.run)
+    else:
+        choice = resolve_backend(config)
+        start = functools.partial(_start, choice.backend, run=req.run)
+    start = _announcing(start, on_sandbox)
     on_state("preparing")
     source = prepare_source(req.repo, req.ref, config.data_dir)
     commands = setup_commands(source, req.setup)
@@ -53,9 +60,9 @@ def prepare(
 
     cache, key, entry = None, None, None
     if choice.backend == "docker" and config.cache_enabled and commands:
-        key = cache_key(repo_identity(req.repo), source.commit, commands, _image_id(config.image),
+        key = cache_key(repo_identity(req.repo), source.commit, commands, _image_id(config.image, engine),
                         [name for name, _ in config.setup_secrets])
-        cache = SetupCache(config)
+        cache = SetupCache(config, engine)
         entry = cache.lookup(key)
 
     sandbox = None
@@ -137,6 +144,18 @@ def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, 
     return sandbox
 
 
+def _announcing(start: SandboxStarter, on_sandbox: Callable[[Sandbox], None]) -> SandboxStarter:
+    def started(**kwargs) -> Sandbox:
+        sandbox = start(**kwargs)
+        try:
+            on_sandbox(sandbox)
+        except BaseException:
+            sandbox.close()
+            raise
+        return sandbox
+    return started
+
+
 def _close_when_started(started) -> None:
     try:
         started.result().close()
@@ -169,11 +188,12 @@ def _run_setup(sandbox, commands, results, config, on_command, on_output, mask) 
     return None
 
 
-def _start(backend: str, *, job_id: str, config: SandboxConfig, image: str, network: bool):
+def _start(backend: str, *, job_id: str, config: SandboxConfig, image: str, network: bool,
+           engine: EngineSpec | None = None, run: int = 1):
     if backend == "docker":
         from .docker_backend import DockerSandbox
 
-        return DockerSandbox.start(job_id=job_id, config=config, image=image, network=network)
+        return DockerSandbox.start(job_id=job_id, config=config, image=image, network=network, engine=engine, run=run)
     from .local_backend import LocalSandbox
 
     return LocalSandbox.start(job_id=job_id, config=config, network=network)
@@ -185,9 +205,9 @@ def _online_name(backend: str) -> str:
     return "host network (bubblewrap --share-net)" if backend == "local" else f"{backend} network"
 
 
-def _image_id(name: str) -> str:
+def _image_id(name: str, engine: EngineSpec | None = None) -> str:
     try:
-        return docker_client().images.get(name).id
+        return docker_client(engine).images.get(name).id
     except SandboxError:
         raise
     except Exception:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func
+from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -17,8 +17,11 @@ from ..jobs.events import JobEventRecord, decode, encode
 from ..jobs.states import ACTIVE, INTERRUPTED, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
-from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Thread,
+from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, SandboxEngine, Thread,
                      TokenUsage, User, utcnow)
+
+
+PLACEMENT_LOCK_KEY = 0x61737370  # advisory lock: one placement at a time across processes
 
 
 class NotFound(LookupError):
@@ -323,6 +326,57 @@ class Store:
                 in_transaction(s.connection().connection.driver_connection, job)
             s.commit()
             return job
+
+    def place_job(self, job_id: str, fence: int, choose: Callable[[dict[str, int]], str | None]) -> str | None:
+        """Record on the job the sandbox engine `choose` picks from the number of active jobs on each engine;
+        counting and recording are one transaction, serialised across processes, so capacity holds."""
+        with self._seq_lock, self.session() as s:
+            if self.engine.dialect.name == "postgresql":
+                s.exec(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=PLACEMENT_LOCK_KEY))
+            job = s.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+            if job is None or job.fence != fence:
+                raise StaleRun(f"job {job_id} is no longer on run {fence}")
+            counted = s.exec(select(Job.engine, func.count()).where(
+                col(Job.state).in_(list(ACTIVE)), col(Job.engine).is_not(None), Job.id != job_id).group_by(Job.engine))
+            loads = {engine: count for engine, count in counted.all()}
+            chosen = choose(loads)
+            if chosen is not None:
+                job.engine, job.container = chosen, None
+                s.add(job)
+                s.commit()
+            return chosen
+
+    def deployment_id(self) -> str:
+        """This database's id, made once: labelled on sandboxes so sweeps never touch another deployment's."""
+        with self.session() as s:
+            row = s.get(Meta, "deployment_id")
+            if row is None:
+                s.add(Meta(key="deployment_id", value=secrets.token_hex(6)))
+                try:
+                    s.commit()
+                except IntegrityError:  # another process made it first
+                    s.rollback()
+                row = s.get(Meta, "deployment_id")
+            return row.value
+
+    def engine_states(self) -> dict[str, SandboxEngine]:
+        with self.session() as s:
+            return {row.name: row for row in s.exec(select(SandboxEngine))}
+
+    def set_engine_state(self, name: str, state: str, reason: str | None = None) -> bool:
+        """Record an engine's state; True when it changed."""
+        with self.session() as s:
+            existing = s.get(SandboxEngine, name)
+            changed = existing is None or existing.state != state
+            row = existing or SandboxEngine(name=name)
+            row.state, row.reason, row.checked_at = state, reason, utcnow()
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:  # another worker recorded it at the same moment
+                s.rollback()
+                return False
+            return changed
 
     def interrupt_orphaned_jobs(self, reason: str = "the server stopped while this job was active; retry it") -> list[str]:
         """At start-up: active jobs whose runner process is gone (or unknown) are interrupted.

@@ -93,3 +93,43 @@ def managed_containers(job_id: str | None = None, host: str | None = None) -> li
     label = f"assistant.job={job_id}" if job_id else "assistant.managed=1"
     argv = ["docker"] + (["-H", host] if host else []) + ["ps", "-aq", "--filter", f"label={label}"]
     return subprocess.run(argv, capture_output=True, text=True).stdout.split()
+
+
+def sleeping_agent(model, seconds: float):
+    """Every job's agent sleeps, says so, and ends: jobs whose time is the sandbox's, not the model's."""
+    from assistant.testing.scripted_model import Reply, by_turn
+    model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command=f"sleep {seconds}; echo slept"),
+                                               Reply.text("Done sleeping."))], repeat_last=True)
+
+
+class Deployment:
+    """A database of its own on the module's server, a web-side Assistant (no worker in it) that records every
+    update it hears, a repository, and `assistant worker` processes on demand."""
+
+    def __init__(self, test_name: str, tmp_path: Path, server, model, **env: str):
+        from assistant.config import load_settings
+        from assistant.core import Assistant
+        from tests.fixtures.repos import make_calc_repo
+
+        self.url = fresh_database(server, "q_" + "".join(c for c in test_name[5:40].lower() if c.isalnum() or c == "_"))
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        self.env = queue_env(self.url, model.base_url, data, **env)
+        self.web = Assistant(load_settings(self.env))
+        self.web.start(sweep=False)
+        self.workers = Workers(self.env, tmp_path)
+        self.updates: list = []
+        self.web.jobs.subscribe(self.updates.append)
+        self.model = model
+        self.repo = make_calc_repo(tmp_path / "calc")
+
+    def submit(self, task: str = "work", **kw):
+        from assistant.jobs.manager import JobRequest
+        return self.web.jobs.submit(JobRequest(task=task, repo=str(self.repo), setup=[], **kw))
+
+    def heard(self, job_id: str, kind: str) -> bool:
+        return any(u.kind == kind for u in self.updates if u.job_id == job_id)
+
+    def close(self) -> None:
+        self.workers.stop_all()
+        self.web.close()

@@ -8,14 +8,9 @@ import time
 
 import pytest
 
-from assistant.config import load_settings
-from assistant.core import Assistant
 from assistant.jobs import events as ev
-from assistant.jobs.manager import JobRequest
-from assistant.testing.scripted_model import Reply, by_turn
-from tests.fixtures.repos import make_calc_repo
-from tests.jobs.queue_harness import (AGENT, Workers, fresh_database, managed_containers, private_postgres,  # noqa: F401
-                                      queue_env, wait_for)
+from tests.jobs.queue_harness import (Deployment, managed_containers, private_postgres,  # noqa: F401
+                                      sleeping_agent, wait_for)
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
@@ -23,34 +18,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 @pytest.fixture
 def deployment(request, tmp_path, private_postgres, scripted_model, docker_engine):
     """A database of its own, a web-side Assistant (no worker in it) and a way to start workers."""
-    url = fresh_database(private_postgres, "q_" + request.node.name[5:40].lower())
-    data = tmp_path / "data"
-    data.mkdir()
-    env = queue_env(url, scripted_model.base_url, data)
-    web = Assistant(load_settings(env))
-    web.start(sweep=False)
-    workers = Workers(env, tmp_path)
-    updates: list[ev.JobUpdate] = []
-    web.jobs.subscribe(updates.append)
-
-    class Deployment:
-        pass
-    d = Deployment()
-    d.url, d.web, d.workers, d.updates, d.model, d.repo = url, web, workers, updates, scripted_model, \
-        make_calc_repo(tmp_path / "calc")
-    d.submit = lambda task="work", **kw: web.jobs.submit(JobRequest(task=task, repo=str(d.repo), setup=[], **kw))
+    d = Deployment(request.node.name, tmp_path, private_postgres, scripted_model)
     yield d
-    workers.stop_all()
-    web.close()
-
-
-def sleeping_agent(model, seconds: float):
-    model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command=f"sleep {seconds}; echo slept"),
-                                               Reply.text("Done sleeping."))], repeat_last=True)
-
-
-def kinds_of(updates, job_id):
-    return [u.kind for u in updates if u.job_id == job_id]
+    d.close()
 
 
 def test_jobs_run_on_workers_and_every_update_reaches_the_web_process(deployment):
