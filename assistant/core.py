@@ -46,7 +46,6 @@ class Assistant:
             self.jobs = JobManager(settings, self.store, self.model)
         self.conversation = Conversation(settings, self.store, self.model, self.jobs)
         self.worker = None
-        self._worker_thread: threading.Thread | None = None
         self._started = False
 
     def _record_usage(self, role, model, prompt, completion, job_id, thread_id) -> None:
@@ -100,14 +99,9 @@ class Assistant:
 
         self.worker = QueueWorker(self.settings, self.store, self.model, concurrency=concurrency,
                                   feed=self.jobs.feed)
-        self._worker_thread = threading.Thread(target=self.worker.run, name="queue-worker", daemon=True)
-        self._worker_thread.start()
-        self.worker.started.wait(30)
+        self.jobs.run_worker_here(self.worker)  # stopped by jobs.shutdown(): its running jobs go back to the queue
 
     def close(self) -> None:
-        if self.worker is not None:  # its running jobs go back to the queue for another worker
-            self.worker.stop()
-            self._worker_thread.join(timeout=60)
         self.jobs.shutdown()
         if self.local_server is not None:
             self.local_server.stop()

@@ -18,6 +18,7 @@ import time
 from importlib.metadata import version
 
 import psycopg
+from sqlalchemy.exc import DBAPIError, OperationalError
 from procrastinate import App, PsycopgConnector, SyncPsycopgConnector, exceptions
 from procrastinate.schema import SchemaManager
 
@@ -94,6 +95,37 @@ class OutageTolerantConnector(PsycopgConnector):
                     raise
                 self.last_outage = time.monotonic()
                 await asyncio.sleep(1.0)
+
+
+class PatientStore:
+    """A store whose every call waits out a lost PostgreSQL connection (a restart, a failover) for up to
+    OUTAGE_TOLERANCE_S, so a worker's running jobs outlive a database restart. Fenced views are patient too."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+        if name == "fenced":
+            return lambda *args, **kwargs: PatientStore(attribute(*args, **kwargs))
+
+        def patiently(*args, **kwargs):
+            deadline = time.monotonic() + OUTAGE_TOLERANCE_S
+            delay = 0.2
+            while True:
+                try:
+                    return attribute(*args, **kwargs)
+                except (OperationalError, DBAPIError) as exc:
+                    if not (exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError)) \
+                            or time.monotonic() > deadline:
+                        raise
+                    log.warning("the database is unreachable (%s); %s retried in %.1f s", type(exc.orig).__name__,
+                                name, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        return patiently
 
 
 def queue_app(url: str, *, worker: bool) -> App:
@@ -238,9 +270,21 @@ class QueuedJobManager(JobManager):
                 return job
             finished.wait(left)  # set by the feed; the 1 s poll covers a notification lost to an outage
 
+    def run_worker_here(self, worker) -> None:
+        """Run a queue worker in this process (the web app's own, unless --no-workers) until shutdown()."""
+        self._worker = worker
+        self._worker_thread = threading.Thread(target=worker.run, name="queue-worker", daemon=True)
+        self._worker_thread.start()
+        worker.started.wait(30)
+
     def shutdown(self, cancel_running: bool = True) -> None:
-        """Queued and running jobs belong to the workers: they go on without this process."""
+        """Queued jobs, and running ones, belong to the workers: they go on without this process. A worker in
+        this process hands its running jobs back to the queue for another one."""
         self._closed.set()
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.stop()
+            self._worker_thread.join(timeout=60)
         self.feed.close()
 
     def _publish(self, update: JobUpdate) -> None:

@@ -7,17 +7,13 @@ job is recorded the same way wherever it ran.
 
 Given the run's RunControl, the recorder also turns what the store says back into what the run must do: a
 write refused by the job's fence (another run owns the job now) loses the run; a state change the job can no
-longer make (it was cancelled elsewhere) cancels it; a database that went away is waited out for a while.
+longer make (it was cancelled elsewhere) cancels it.
 """
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
-
-import psycopg
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..store import Job, StaleRun, Store
 from . import states
@@ -28,7 +24,6 @@ from .pipeline import JobOutcome, RunControl
 log = logging.getLogger(__name__)
 
 Publish = Callable[[JobUpdate], None]
-OUTAGE_TOLERANCE_S = 300.0
 
 
 class JobRecorder:
@@ -39,22 +34,13 @@ class JobRecorder:
         self.control = control
 
     def _write(self, write, *args, **kwargs):
-        """One store write, waiting out a lost database connection; a refused fence loses the run."""
-        deadline = time.monotonic() + OUTAGE_TOLERANCE_S
-        delay = 0.2
-        while True:
-            try:
-                return write(*args, **kwargs)
-            except StaleRun as exc:
-                if self.control is not None:
-                    self.control.lose(str(exc))
-                raise
-            except (OperationalError, DBAPIError) as exc:
-                if not _connection_lost(exc) or time.monotonic() > deadline:
-                    raise
-                log.warning("the database is unreachable (%s); retrying in %.1f s", type(exc.orig).__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        """One store write; a write refused by the job's fence loses the run."""
+        try:
+            return write(*args, **kwargs)
+        except StaleRun as exc:
+            if self.control is not None:
+                self.control.lose(str(exc))
+            raise
 
     # ------------------------------------------------------------------ the pipeline's emit
     def emit(self, event: JobEventRecord) -> None:
@@ -127,11 +113,6 @@ class JobRecorder:
         if self.job.group_id:
             rank_group_if_complete(self.store, self.job.group_id, self.publish)
         self.publish_event(Finished(state, reason))
-
-
-def _connection_lost(exc: DBAPIError) -> bool:
-    """PostgreSQL went away (not SQLite being busy, which has its own timeout, nor a bad statement)."""
-    return bool(exc.connection_invalidated) or isinstance(exc.orig, psycopg.OperationalError)
 
 
 def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> None:

@@ -34,7 +34,7 @@ from .events import JobUpdate, Notice
 from .feed import DatabaseFeed
 from .manager import job_spec, sandbox_config
 from .pipeline import JobLimits, RunControl, RunLost, run_job
-from .queue import TASK_NAME, ensure_queue_schema, hand_back, queue_app
+from .queue import TASK_NAME, PatientStore, ensure_queue_schema, hand_back, queue_app
 from .recorder import JobRecorder
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class QueueWorker:
     def __init__(self, settings: Settings, store: Store, model: ModelClient, *, name: str | None = None,
                  concurrency: int | None = None, feed: DatabaseFeed | None = None):
         self.settings = settings
-        self.store = store
+        self.store = PatientStore(store)
         self.model = model
         self.name = name or worker_name()
         self.concurrency = concurrency or settings.max_concurrent_jobs
@@ -87,7 +87,7 @@ class QueueWorker:
         self.feed = feed or DatabaseFeed(url, store)
         self.sandbox_config = replace(sandbox_config(settings), deployment=store.deployment_id())
         self.limits = JobLimits.from_settings(settings)
-        self.pool = EnginePool.from_settings(settings, store)
+        self.pool = EnginePool.from_settings(settings, self.store)
         self.running: dict[str, Run] = {}
         self._worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
