@@ -105,12 +105,15 @@ def test_scale_out_survives_worker_engine_web_and_database_failures(tmp_path, pr
         login(page1, webs[0].url)
         login(page2, webs[1].url)
 
-        for i in range(JOBS):
+        for i in range(JOBS // 2):
             send(page1, f"/code Rest for a while, please ({chr(ord('a') + i)})")
         thread_id = wait_for(lambda: (store.list_threads(store.get_user("alice").id) or [None])[0], 30,
                              "alice's thread").id
+        page2.goto(f"{webs[1].url}/thread/{thread_id}")  # the second half starts while web 2 shows the thread
+        page2.wait_for_selector("h3:has-text('Job 1 ·')", timeout=30_000)
+        for i in range(JOBS // 2, JOBS):
+            send(page1, f"/code Rest for a while, please ({chr(ord('a') + i)})")
         wait_for(lambda: len(store.list_jobs(thread_id=thread_id)) == JOBS, 60, "the twelve jobs")
-        page2.goto(f"{webs[1].url}/thread/{thread_id}")
         seen: list[tuple[float, str, str]] = []  # (time, job number, card text) as web process 2 showed them
 
         def look(seconds: float) -> None:
