@@ -22,7 +22,7 @@ from ..store import Job, Store
 from . import states
 from .events import JobEventRecord, JobUpdate, Notice, StateChanged
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, run_job
-from .recorder import JobRecorder, rank_key  # noqa: F401  (rank_key: the ranking rule, re-exported)
+from .recorder import JobRecorder
 
 log = logging.getLogger(__name__)
 
