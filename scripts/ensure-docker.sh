@@ -5,6 +5,9 @@
 #   scripts/ensure-docker.sh NAME     an extra engine beside it: socket /run/assistant-engines/NAME.sock, its own
 #                                     data root, exec root, pid file and bridge br-NAME (never --bridge=none,
 #                                     which deletes the default engine's docker0); no iptables, no masquerading
+#   ENGINE_TLS_DIR=DIR ENGINE_TCP=127.0.0.1:2376 scripts/ensure-docker.sh NAME
+#                                     the same engine also listening on TCP with TLS that verifies clients
+#                                     (DIR holds ca.pem, server-cert.pem, server-key.pem)
 #
 # Installs Debian's docker.io when dockerd is missing, starts dockerd when it does not answer, waits up to
 # 30 s. A dead daemon (a zombie no one reaped, or a stale pid file) counts as not running. Exits non-zero
@@ -30,6 +33,10 @@ else
     BRIDGE="br-${NAME:0:12}"
     ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$EXEC_ROOT"
           --pidfile "$PIDFILE" --bridge "$BRIDGE" --iptables=false --ip-masq=false)
+    if [ -n "${ENGINE_TCP:-}" ]; then
+        ARGS+=(--host "tcp://$ENGINE_TCP" --tlsverify --tlscacert "$ENGINE_TLS_DIR/ca.pem"
+               --tlscert "$ENGINE_TLS_DIR/server-cert.pem" --tlskey "$ENGINE_TLS_DIR/server-key.pem")
+    fi
 fi
 
 engine_answers() { docker -H "$HOST" info >/dev/null 2>&1; }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import threading
@@ -58,8 +59,23 @@ def _connect(engine: EngineSpec, timeout: int):
         tls_dir = Path(engine.tls_dir)
         tls = docker.tls.TLSConfig(client_cert=(str(tls_dir / "cert.pem"), str(tls_dir / "key.pem")),
                                    ca_cert=str(tls_dir / "ca.pem"), verify=True)
-        return docker.DockerClient(base_url=engine.url.replace("tcp://", "https://", 1), tls=tls, timeout=timeout)
+        client = docker.DockerClient.__new__(docker.DockerClient)
+        client.api = _engine_api_client()(base_url=engine.url.replace("tcp://", "https://", 1), tls=tls, timeout=timeout)
+        return client
     return docker.DockerClient(base_url=engine.url, timeout=timeout)
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_api_client():
+    import docker
+
+    class EngineApiClient(docker.APIClient):
+        """Trusts the engine's own CA only. requests would otherwise verify with REQUESTS_CA_BUNDLE from the
+        environment (set on many corporate machines) instead of the CA given, and send the engine's traffic to
+        a proxy named there."""
+        trust_env = property(lambda self: False, lambda self, value: None)
+
+    return EngineApiClient
 
 
 def docker_client(engine: EngineSpec | None = None, *, timeout: int = ENGINE_TIMEOUT_S):
