@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -237,6 +238,7 @@ def main() -> int:
         print(f"{name:<46}{value:>14}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"results": results, "targets_met": targets, "args": vars(args)}, indent=2))
+    shutil.rmtree(root, ignore_errors=True)  # kept when a part fails: its worker and web logs are there
     print(f"targets met: {targets}\nwritten to {RESULTS}")
     return 0 if all(targets.values()) else 1
 
