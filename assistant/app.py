@@ -8,6 +8,7 @@ import asyncio
 import logging
 import re
 import sys
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,12 +21,17 @@ from chainlit.input_widget import NumberInput, TextInput  # noqa: E402
 from chainlit.server import app as http_app  # noqa: E402
 from sqlalchemy.exc import IntegrityError  # noqa: E402
 
-from assistant.conversation.router import JOB, Route  # noqa: E402
+from assistant.access import RepoNotAllowed  # noqa: E402
+from assistant.conversation.checkout import CheckoutError, check_repository  # noqa: E402
+from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, Route  # noqa: E402
+from assistant.conversation.service import ANSWER_KIND  # noqa: E402
 from assistant.core import load_assistant  # noqa: E402
 from assistant.jobs import states  # noqa: E402
+from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import PasswordBook, ensure_auth_secret, header_user  # noqa: E402
-from assistant.web.cards import STATE_BADGES, cite_url, link_citations  # noqa: E402
+from assistant.web.cards import (MAX_STEPS_SHOWN, STATE_BADGES, cite_url, link_citations,  # noqa: E402
+                                 plain, progress_count)
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
 from assistant.web.relay import JobRelay, card_message_id, web_card  # noqa: E402
 from assistant.web.routes import install_routes, make_router  # noqa: E402
@@ -39,17 +45,25 @@ ensure_auth_secret(core.settings)
 passwords = PasswordBook(core.settings)
 print(f"[assistant] {passwords.login_notice()}", flush=True)
 http_app.add_middleware(ViewerMiddleware)
-install_routes(http_app, make_router(lambda: store))
+install_routes(http_app, make_router(lambda: store, core.conversation.policy))
 relay: JobRelay | None = None
-HISTORY_LIMIT = 12
+# Jobs started by routing (not by /code or a button): "Answer instead" undoes the route until the agent starts.
+answerable_jobs: set[str] = set()
+BEFORE_AGENT = (states.QUEUED, states.PREPARING, states.SETTING_UP)
+DECIDED_BY = {"rules": "by the first-pass rules", "model": "by the router model", "command": "by your command",
+              "classifier": "by the built-in classifier", "fallback": "by default"}
+SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; assistant/serve.py kills the server after its STOP_GRACE_S
 
 
 # ---------------------------------------------------------------------- job buttons
 def job_actions(job) -> list[cl.Action]:
     payload = {"job_id": job.id}
+    actions = [steps_action(job)] if progress_count(store, job.id) > MAX_STEPS_SHOWN else []
     if job.state in states.ACTIVE:
-        return [cl.Action(name="cancel_job", payload=payload, label="Cancel", icon="square")]
-    actions = []
+        if job.id in answerable_jobs and job.state in BEFORE_AGENT:
+            actions.append(cl.Action(name="answer_instead", payload=payload, label="Answer instead",
+                                     icon="message-circle-question"))
+        return actions + [cl.Action(name="cancel_job", payload=payload, label="Cancel", icon="square")]
     local = gitops.local_repo(job.repo)
     has_patch = bool((job.outcome or {}).get("files"))
     if job.state == states.SUCCEEDED and has_patch and local is not None:
@@ -60,11 +74,16 @@ def job_actions(job) -> list[cl.Action]:
     return actions
 
 
+def steps_action(job) -> cl.Action:
+    unfolded = relay is not None and job.id in relay.all_steps
+    return cl.Action(name="toggle_steps", payload={"job_id": job.id}, icon="list",
+                     label="Show fewer steps" if unfolded else "Show all steps")
+
+
 # ---------------------------------------------------------------------- wiring
 @cl.data_layer
 def _data_layer():
-    return StoreDataLayer(store, render_job_card=lambda job_id: web_card(
-        store, job_id, relay.tail(job_id) if relay else None, relay.current(job_id) if relay else None))
+    return StoreDataLayer(store, render_job_card=lambda job_id: relay.render(job_id) if relay else web_card(store, job_id))
 
 
 @cl.on_app_startup
@@ -76,8 +95,9 @@ async def _start_relay():
 
 @cl.on_app_shutdown
 async def _stop():
-    # Jobs still running die with the process; the next start marks them interrupted.
-    await asyncio.to_thread(core.jobs.shutdown, False)
+    # SIGTERM or SIGINT (uvicorn's graceful stop): running jobs end interrupted and retryable, their
+    # containers and the embedded model stop. Chainlit calls os._exit() after this hook: no atexit runs.
+    await asyncio.to_thread(core.close, SHUTDOWN_WAIT_S)
 
 
 @cl.password_auth_callback
@@ -137,20 +157,48 @@ def ensure_thread() -> None:
         store.update_thread(tid, repo=repo, ref=ref)
 
 
+SETTINGS_HINT = "the **settings** (the ⚙ button at the top right)"
+
+
 def where_text(repo: str | None, ref: str | None) -> str:
     if not repo:
-        return "no repository yet — set one in the chat settings (⚙)"
+        return f"no repository yet — open {SETTINGS_HINT} and give a local path or a git URL"
     return f"`{repo}`" + (f" @ `{ref}`" if ref else "")
 
 
-async def send_header(repo: str | None, ref: str | None) -> None:
+async def header_text(repo: str | None, ref: str | None) -> str:
     info = await asyncio.to_thread(core.describe)
     lines = [f"**Repository:** {where_text(repo, ref)}",
              f"**Model:** `{info['model']}` · **Sandbox:** `{info['backend']}`"
-             + (f" *({info['backend_reason']})*" if info.get("backend_reason") else "")]
+             + (f" *({plain(info['backend_reason'])})*" if info.get("backend_reason") else "")]
     if info.get("notice"):
         lines.append(f"> ⚠ {info['notice']}")
-    await cl.Message(content="\n\n".join(lines), author="Assistant", metadata={"kind": "header"}).send()
+    lines.append("Ask about the code, or ask for a change: it runs as a job in a sandbox. `/ask` forces an answer, "
+                 f"`/code` a job, `/jobs` lists them. Repository, ref and attempts are in {SETTINGS_HINT}.")
+    return "\n\n".join(lines)
+
+
+def stored_header_id(tid: str) -> str | None:
+    return next((m.id for m in store.list_messages(tid)
+                 if ((m.meta or {}).get("metadata") or {}).get("kind") == "header"), None)
+
+
+async def show_header(repo: str | None, ref: str | None) -> None:
+    """The first message says where this conversation works; sent once, then kept current in place.
+    A system message: it leaves the welcome screen (and its starters) up until the user writes."""
+    header_id = cl.user_session.get("header_id") or await asyncio.to_thread(stored_header_id, thread_id())
+    message = cl.Message(content=await header_text(repo, ref), author="Assistant", type="system_message",
+                         metadata={"kind": "header"}, **({"id": header_id} if header_id else {}))
+    if header_id:
+        await message.update()
+    else:
+        await message.send()
+        cl.user_session.set("header_id", message.id)
+
+
+async def notice(text: str, author: str = "Assistant") -> None:
+    """The app speaking for itself, not the model: shown and stored, never fed back as conversation."""
+    await cl.Message(content=text, author=author, metadata={"kind": "notice"}).send()
 
 
 async def send_settings(repo: str | None, ref: str | None, attempts: int = 1) -> None:
@@ -162,20 +210,23 @@ async def send_settings(repo: str | None, ref: str | None, attempts: int = 1) ->
     ]).send()
 
 
-def history_for(tid: str, exclude_id: str | None) -> list[dict[str, str]]:
-    messages = [m for m in store.list_messages(tid) if m.id != exclude_id and not m.job_id
-                and m.type in ("user_message", "assistant_message") and (m.output or "").strip()
-                and ((m.meta or {}).get("metadata") or {}).get("kind") != "header"]
-    return [{"role": "user" if m.type == "user_message" else "assistant", "content": m.output}
-            for m in messages[-HISTORY_LIMIT:]]
-
-
-def answer_links(tid: str, job_id: str | None):
+def answer_links(tid: str, job_id: str | None, job_files: set[str]):
+    """Log lines and the files a job kept point into the job; other files into the conversation's checkout."""
     def url_for(kind: str, target: str, start: int, end: int) -> str:
-        if kind == "chunk" and job_id:
+        if job_id and (kind == "chunk" or target.removeprefix("F:") in job_files):
             return cite_url(job_id, target, start, end)
         return f"/cite-thread/{tid}/{quote(target, safe=':')}?L={start}-{end}"
     return url_for
+
+
+def how_routed(route: Route, default_reason: str) -> str:
+    """"asks for a change; decided by the first-pass rules", or just "/code chosen" when the user decided."""
+    reason = route.reason or default_reason
+    return reason if route.decided_by == "command" else f"{reason}; decided {DECIDED_BY.get(route.decided_by, '')}"
+
+
+def routed_text(route: Route) -> str:
+    return f"Started as a job ({how_routed(route, 'asks for a change')}) — it runs in a sandbox."
 
 
 # ---------------------------------------------------------------------- lifecycle
@@ -187,7 +238,7 @@ async def on_chat_start():
     cl.user_session.set("attempts", 1)
     await context.emitter.set_commands(COMMANDS)
     await send_settings(repo, ref)
-    await send_header(repo, ref)
+    await show_header(repo, ref)
 
 
 @cl.on_chat_resume
@@ -207,6 +258,10 @@ async def on_chat_resume(thread_dict):
         for job in await asyncio.to_thread(store.list_jobs, thread_id=thread_dict["id"]):
             if relay:
                 await relay.refresh_in(session, job.id)
+        for message in await asyncio.to_thread(store.list_messages, thread_dict["id"]):  # buttons are not stored
+            metadata = (message.meta or {}).get("metadata") or {}
+            if metadata.get("kind") == ANSWER_KIND and metadata.get("question"):
+                await run_as_job_action(metadata["question"], metadata.get("about_job")).send(for_id=message.id)
 
     asyncio.ensure_future(refresh_cards())
 
@@ -226,14 +281,23 @@ async def on_settings_update(values: dict):
         attempts = max(1, min(int(values.get("attempts") or 1), 8))
     except (TypeError, ValueError):
         attempts = 1
+    cl.user_session.set("attempts", attempts)
+    old_repo, old_ref = cl.user_session.get("repo"), cl.user_session.get("ref")
+    if repo and repo != old_repo:
+        try:
+            await asyncio.to_thread(check_repository, repo, core.conversation.policy)
+        except (CheckoutError, RepoNotAllowed) as exc:
+            await send_settings(old_repo, old_ref, attempts)
+            await notice(f"⚠ The repository was not changed: {plain(str(exc))}.\n\n"
+                         f"Still using {where_text(old_repo, old_ref)}.")
+            return
     cl.user_session.set("repo", repo)
     cl.user_session.set("ref", ref)
-    cl.user_session.set("attempts", attempts)
     tid = thread_id()
     if await asyncio.to_thread(store.get_thread, tid) is not None:
         await asyncio.to_thread(store.update_thread, tid, repo=repo, ref=ref)
-    await cl.Message(content=f"Repository set to {where_text(repo, ref)}; jobs run {attempts} attempt(s).",
-                     author="Assistant", metadata={"kind": "header"}).send()
+    await show_header(repo, ref)
+    await notice(f"Repository set to {where_text(repo, ref)}; jobs run {attempts} attempt(s).")
 
 
 # ---------------------------------------------------------------------- messages
@@ -263,10 +327,19 @@ async def delegate(text: str, route: Route, attempts: int | None = None) -> None
     try:
         jobs = await asyncio.to_thread(core.conversation.delegate, tid, persisted_user_id(), text, route, attempts)
     except Exception as exc:
-        await cl.Message(content=f"⚠ Could not start the job: {exc}", author="Jobs").send()
+        await notice(f"⚠ Could not start the job: {plain(str(exc))}", author="Jobs")
         return
+    await show_new_jobs(jobs, route, routed_text(route))
+
+
+async def show_new_jobs(jobs, route: Route, routed: str) -> None:
+    """A card per new job, saying how it came about (stored with the job, so a reopened thread says it too)."""
+    tid = thread_id()
     for job in jobs:
-        content = await asyncio.to_thread(web_card, store, job.id)
+        if route.decided_by != "command":
+            answerable_jobs.add(job.id)
+        await asyncio.to_thread(store.append_event, job.id, Routed(text=routed, decided_by=route.decided_by))
+        content = await asyncio.to_thread(relay.render if relay else partial(web_card, store), job.id)
         card = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                           metadata={"job_id": job.id, "route": route.kind, "route_reason": route.reason},
                           actions=[])
@@ -275,10 +348,13 @@ async def delegate(text: str, route: Route, attempts: int | None = None) -> None
             await relay.refresh(job.id, tid)
 
 
-async def answer(text: str, route: Route, user_message_id: str) -> None:
+async def answer(text: str, route: Route, user_message_id: str | None) -> None:
     tid = thread_id()
-    history = await asyncio.to_thread(history_for, tid, user_message_id)
-    reply = cl.Message(content="", author="Assistant", metadata={"route": route.kind, "route_reason": route.reason})
+    history = await asyncio.to_thread(core.conversation.history, tid, user_message_id)
+    if history and history[-1] == {"role": "user", "content": text}:
+        history = history[:-1]  # answering a message already in the thread (Answer instead): it is the question
+    reply = cl.Message(content="", author="Assistant",
+                       metadata={"kind": ANSWER_KIND, "route": route.kind, "route_reason": route.reason})
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -293,12 +369,14 @@ async def answer(text: str, route: Route, user_message_id: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
     producer = loop.run_in_executor(None, produce)
-    final_text, citations, job_id = "", [], route.job_id
+    about, final_text, citations, job_id, job_files, problems = "", "", [], route.job_id, set(), []
     while (event := await queue.get()) is not None:
         if isinstance(event, Exception):
-            reply.content += f"\n\n⚠ {event}"
+            problems.append(f"⚠ {plain(str(event))}")
+        elif event.kind == "about":  # shown with the first token, so the lookups stay above the reply
+            about = f"**About job {event.data['number']}** · {plain(event.data.get('title') or '')}\n\n"
         elif event.kind == "token":
-            await reply.stream_token(event.text)
+            await reply.stream_token(event.text if reply.content else about + event.text)
         elif event.kind == "tool":
             async with cl.Step(name=event.text, type="tool") as step:
                 step.input = event.data.get("arguments")
@@ -306,31 +384,39 @@ async def answer(text: str, route: Route, user_message_id: str) -> None:
         elif event.kind == "done":
             final_text, citations = event.text, event.data.get("citations", [])
             job_id = event.data.get("job_id") or job_id
+            job_files = set(event.data.get("job_files") or [])
         elif event.kind == "error":
-            reply.content += f"\n\n⚠ {event.text}"
+            problems.append(f"⚠ {plain(event.text)}")
     await producer
-    if final_text:
-        reply.content = link_citations(final_text, citations, answer_links(tid, job_id))
-    via = {"rules": "by the first-pass rules", "model": "by the router model", "command": "by your command",
-           "fallback": "by default"}.get(route.decided_by, "")
-    reply.content += f"\n\n*Answered directly ({route.reason or 'a question'}; decided {via}).*"
-    reply.actions = [cl.Action(name="run_as_job", payload={"text": text}, label="Run as a job instead", icon="hammer")]
+    body = link_citations(final_text, citations, answer_links(tid, job_id, job_files)) if final_text \
+        else reply.content.removeprefix(about)
+    footer = (f"*Answered directly ({plain(how_routed(route, 'a question'))}) — "
+              "for a job, use **Run as a job** or /code.*")
+    reply.content = "\n\n".join(part for part in (about + body, *problems, footer) if part.strip())
+    # Not "job_id": the data layer takes a message with one for that job's card.
+    reply.metadata.update(answer_text=final_text, question=text, about_job=job_id)
+    reply.actions = [run_as_job_action(text, job_id)]
     await reply.send()
+
+
+def run_as_job_action(question: str, job_id: str | None) -> cl.Action:
+    return cl.Action(name="run_as_job", payload={"text": question, "job_id": job_id}, label="Run as a job",
+                     icon="hammer")
 
 
 async def list_jobs() -> None:
     user_id = await asyncio.to_thread(persisted_user_id)
     jobs = await asyncio.to_thread(store.list_jobs, user_id=user_id, limit=1000)
     if not jobs:
-        await cl.Message(content="No jobs yet.", author="Jobs").send()
+        await notice("No jobs yet.", author="Jobs")
         return
     tid = thread_id()
-    rows = ["| job | title | state | conversation |", "|---|---|---|---|"]
+    rows = ["| # | job | state |", "|---|---|---|"]
     for job in jobs[-30:]:
-        here = "this one" if job.thread_id == tid else (job.thread_id or "")[:8]
-        title = (job.title or job.task)[:60].replace("|", "\\|")
-        rows.append(f"| {job.number} (`{job.id}`) | {title} | {STATE_BADGES.get(job.state, job.state)} | {here} |")
-    await cl.Message(content="\n".join(rows), author="Jobs").send()
+        elsewhere = "" if job.thread_id == tid else " *(another conversation)*"
+        rows.append(f"| {job.number} | {plain(job.title or job.task[:80])}{elsewhere} | "
+                    f"{STATE_BADGES.get(job.state, job.state)} |")
+    await notice("\n".join(rows), author="Jobs")
 
 
 # ---------------------------------------------------------------------- actions
@@ -341,36 +427,64 @@ def owned_job(action: cl.Action):
     return job
 
 
-async def reply_to_card(job, text: str) -> None:
-    await cl.Message(content=text, author="Jobs").send()
-
-
 @cl.action_callback("cancel_job")
 async def on_cancel(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     cancelled = await asyncio.to_thread(core.jobs.cancel, job.id)
     if not cancelled:
-        await reply_to_card(job, f"Job {job.number} had already ended.")
+        await notice(f"Job {job.number} had already ended.", author="Jobs")
+
+
+async def rerun(job, attempts: int, routed: str) -> None:
+    """Retry and best-of-N run the job as it was: its own repository, ref, setup and starting point."""
+    try:
+        jobs = await asyncio.to_thread(core.jobs.retry, job.id, attempts)
+    except Exception as exc:
+        await notice(f"⚠ Could not start the job: {plain(str(exc))}", author="Jobs")
+        return
+    await show_new_jobs(jobs, Route(FOLLOWUP_JOB if job.parent_job_id else JOB, job.parent_job_id, routed, "command"),
+                        routed)
 
 
 @cl.action_callback("retry_job")
 async def on_retry(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
-    await delegate(job.task, Route(JOB, job.parent_job_id, f"retry of job {job.number}"), attempts=1)
+    await rerun(job, 1, f"Retry of job {job.number}, with its own repository, ref, setup and starting point.")
 
 
 @cl.action_callback("attempts_job")
 async def on_attempts(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     n = max(2, min(int(action.payload.get("n") or 3), 8))
-    route = Route(JOB, job.parent_job_id, f"{n} attempts at job {job.number}")
-    await delegate(job.task, route, attempts=n)
+    await rerun(job, n, f"{n} attempts at job {job.number}, with its own repository, ref, setup and starting point.")
 
 
 @cl.action_callback("run_as_job")
 async def on_run_as_job(action: cl.Action):
     await asyncio.to_thread(ensure_thread)
-    await delegate(action.payload["text"], Route(JOB, None, "you asked to run it as a job", "command"))
+    job_id = action.payload.get("job_id")
+    await delegate(action.payload["text"], Route(FOLLOWUP_JOB if job_id else JOB, job_id,
+                                                 "you asked to run it as a job", "command"))
+
+
+@cl.action_callback("answer_instead")
+async def on_answer_instead(action: cl.Action):
+    job = await asyncio.to_thread(owned_job, action)
+    if job.state not in BEFORE_AGENT:
+        await notice(f"Job {job.number} has already started working; cancel it if you do not want it.", author="Jobs")
+        return
+    answerable_jobs.discard(job.id)
+    await asyncio.to_thread(core.jobs.cancel, job.id)
+    route = Route(ANSWER, None, "you asked for an answer instead of job " + str(job.number), "command")
+    asyncio.ensure_future(answer(job.task, route, None))  # an action runs inside an HTTP request: stream apart
+
+
+@cl.action_callback("toggle_steps")
+async def on_toggle_steps(action: cl.Action):
+    job = await asyncio.to_thread(owned_job, action)
+    if relay:
+        relay.toggle_steps(job.id)
+        await relay.refresh(job.id, job.thread_id)
 
 
 @cl.action_callback("apply_job")
@@ -379,14 +493,15 @@ async def on_apply(action: cl.Action):
     repo = gitops.local_repo(job.repo)
     patch = await asyncio.to_thread(store.get_artifact, job.id, "patch")
     if repo is None or not patch:
-        await reply_to_card(job, "Nothing to apply: the repository is not a local working copy, or the job changed nothing.")
+        await notice("Nothing to apply: the repository is not a local working copy, or the job changed nothing.",
+                     author="Jobs")
         return
     try:
         stat = await asyncio.to_thread(gitops.apply_to_working_copy, repo, patch)
     except gitops.GitOpError as exc:
-        await reply_to_card(job, f"⚠ The patch of job {job.number} does not apply to `{repo}`: {exc}")
+        await notice(f"⚠ The patch of job {job.number} does not apply to `{repo}`: {plain(str(exc))}", author="Jobs")
         return
-    await reply_to_card(job, f"Applied job {job.number} to `{repo}` (uncommitted):\n\n```text\n{stat}\n```")
+    await notice(f"Applied job {job.number} to `{repo}` (uncommitted):\n\n```text\n{stat}\n```", author="Jobs")
 
 
 @cl.action_callback("branch_job")
@@ -395,7 +510,8 @@ async def on_branch(action: cl.Action):
     repo = gitops.local_repo(job.repo)
     patch = await asyncio.to_thread(store.get_artifact, job.id, "patch")
     if repo is None or not patch or not job.base_commit:
-        await reply_to_card(job, "No branch: the repository is not a local working copy, or the job changed nothing.")
+        await notice("No branch: the repository is not a local working copy, or the job changed nothing.",
+                     author="Jobs")
         return
     branch = gitops.branch_name_for(job.number, job.title or job.task)
     message = f"{job.title or job.task.splitlines()[0]}\n\n{job.summary or ''}".strip()
@@ -403,7 +519,6 @@ async def on_branch(action: cl.Action):
         commit = await asyncio.to_thread(gitops.create_branch, repo, patch, base_commit=job.base_commit,
                                          branch=branch, message=message)
     except gitops.GitOpError as exc:
-        await reply_to_card(job, f"⚠ Could not create the branch: {exc}")
+        await notice(f"⚠ Could not create the branch: {plain(str(exc))}", author="Jobs")
         return
-    await reply_to_card(job, f"Created branch `{branch}` in `{repo}` with commit `{commit[:12]}`.")
-
+    await notice(f"Created branch `{branch}` in `{repo}` with commit `{commit[:12]}`.", author="Jobs")

@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +31,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         env["ASSISTANT_SERVE_WORKERS"] = "false"
     _err(f"assistant: serving on http://{host}:{port} (data in {settings.data_dir})")
     cmd = [chainlit, "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless", "--host", host, "--port", port]
-    return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    from .serve import serve
+    return serve(settings, cmd, env, REPO_ROOT)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -80,6 +80,7 @@ def _progress_printer(job_ids: set[str]):
 
 def _job_json(assistant, job) -> dict:
     from .jobs.events import Notice
+    from .jobs.results import job_usage
     return {
         "job_id": job.id, "number": job.number, "status": job.state, "reason": job.reason, "title": job.title,
         "summary": job.summary or "", "diff": assistant.store.get_artifact(job.id, "diff") or "",
@@ -88,22 +89,37 @@ def _job_json(assistant, job) -> dict:
         "backend": job.backend, "cache_hit": job.cache_hit, "base_commit": job.base_commit, "steps": job.steps,
         "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
         "attempt": job.attempt, "attempts": job.attempts, "group_id": job.group_id, "outcome": job.outcome or {},
-        "notices": [e.text for e in assistant.store.read_events(job.id) if isinstance(e, Notice)],
+                "notices": [e.text for e in assistant.store.read_events(job.id) if isinstance(e, Notice)],
+        "blocked_requests": [{"command": c.command, "chunk_id": c.id, "lines": c.text.splitlines()}
+                             for c in assistant.store.list_chunks(job.id) if c.command.startswith("egress proxy:")],
+        "model": job.model, "usage": job_usage(assistant.store, job, assistant.settings),
     }
 
 
-def _print_job_result(assistant, job) -> None:
+def _checked_summary(job) -> str:
+    """The summary with citations marked ✓/✗ and claims the log does not support marked ⚠."""
     from .agent.citations import render_plain
+    from .agent.claims import mark_claims, plain_mark
+    return render_plain(mark_claims(job.summary or "", (job.outcome or {}).get("claims") or [], plain_mark),
+                        job.citations or [])
+
+
+def _print_job_result(assistant, job) -> None:
+    from .jobs.results import result_lines
     print(f"job {job.id}: {job.state}" + (f" ({job.reason})" if job.reason else ""))
+    for line in result_lines(job):
+        print(line)
     if job.summary:
-        print("\n" + render_plain(job.summary, job.citations or []))
+        print("\n" + _checked_summary(job))
     diff = assistant.store.get_artifact(job.id, "diff")
     if diff:
         print("\n" + diff)
 
 
-def _repo_arg(repo: str) -> str:
-    from .conversation.checkout import is_url
+def _repo_arg(settings: Settings, repo: str) -> str:
+    """--repo as the job will use it; RepoNotAllowed when this server's policy forbids it."""
+    from .access import RepoPolicy, is_url
+    RepoPolicy.from_settings(settings).check(repo)
     return repo if is_url(repo) else str(Path(repo).expanduser().resolve())
 
 
@@ -111,13 +127,35 @@ def _wait_all(assistant, jobs) -> list:
     return [assistant.jobs.wait(j.id) for j in jobs]
 
 
+def _agent_internet_arg(args: argparse.Namespace) -> dict | str | None:
+    """The job request's agent-internet layer from the flags (None: the settings and the repository decide)."""
+    if args.no_internet:
+        return "off"
+    if not (args.allow_domain or args.allow_preset or args.allow_methods):
+        return None
+    table: dict = {"mode": "allowlist"}
+    if args.allow_domain:
+        table["domains"] = args.allow_domain
+    if args.allow_preset:
+        table["presets"] = args.allow_preset
+    if args.allow_methods:
+        table["methods"] = args.allow_methods
+    return table
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from .access import RepoNotAllowed
     from .jobs.manager import JobRequest
+    try:
+        repo = _repo_arg(settings, args.repo)
+    except RepoNotAllowed as exc:
+        _err(f"assistant: --repo refused: {exc}")
+        return 2
     assistant = _assistant(settings)
     try:
-        repo = _repo_arg(args.repo)
         jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
-                                                setup=args.setup if args.setup else None, attempts=args.attempts))
+                                                setup=args.setup if args.setup else None, attempts=args.attempts,
+                                                agent_internet=_agent_internet_arg(args)))
         unsubscribe = assistant.jobs.subscribe(_progress_printer({j.id for j in jobs}))
         try:
             done = _wait_all(assistant, jobs)
@@ -146,10 +184,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
+    from .access import RepoNotAllowed
     from .agent.citations import render_plain
+    try:
+        repo = _repo_arg(settings, args.repo)
+    except RepoNotAllowed as exc:
+        _err(f"assistant: --repo refused: {exc}")
+        return 2
     assistant = _assistant(settings)
     try:
-        repo = _repo_arg(args.repo)
         user = assistant.store.get_or_create_user("cli")
         thread = assistant.store.create_thread(user_id=user.id, name=args.question[:60], repo=repo, ref=args.ref)
         route = assistant.conversation.route(thread.id, args.question)
@@ -163,7 +206,9 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
                 _print_job_result(assistant, j)
             return 0 if all(j.state == "succeeded" for j in done) else 1
         for event in assistant.conversation.answer(thread.id, args.question, route):
-            if event.kind == "token":
+            if event.kind == "about":
+                _err(event.text)
+            elif event.kind == "token":
                 print(event.text, end="", flush=True)
             elif event.kind == "tool":
                 _err(f"  ({event.text} {json.dumps(event.data.get('arguments'))[:120]})")
@@ -193,7 +238,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if not rows:
                 print("no jobs yet")
             for j in rows:
-                print(f"{j.id}  {j.state:<11} {j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
+                kind = (j.outcome or {}).get("kind") or "-"
+                print(f"{j.id}  {j.state:<11} {kind:<9} {j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
             return 0
         if not args.id:
             _err(f"assistant jobs {args.action} needs a job id (see `assistant jobs list`)")
@@ -204,14 +250,19 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             _err(str(exc))
             return 1
         if args.action == "show":
-            from .agent.citations import render_plain
+            from .jobs.results import conversation_usage, job_usage, result_lines, usage_line
             for key in ("id", "state", "reason", "title", "repo", "ref", "backend", "base_commit", "setup_network",
-                        "agent_network", "cache_hit", "steps", "prompt_tokens", "completion_tokens", "created_at",
+                        "agent_network", "cache_hit", "steps", "model", "prompt_tokens", "completion_tokens", "created_at",
                         "running_at", "finished_at"):
                 print(f"{key:>18}: {getattr(job, key)}")
             print(f"{'task':>18}: {job.task}")
+            print(f"{'usage':>18}: {usage_line(job_usage(store, job, settings), job)}")
+            if job.thread_id:
+                print(f"{'conversation usage':>18}: {usage_line(conversation_usage(store, job.thread_id, settings))}")
+            for line in result_lines(job):
+                print(line)
             if job.summary:
-                print("\n" + render_plain(job.summary, job.citations or []))
+                print("\n" + _checked_summary(job))
             return 0
         if args.action == "logs":
             chunks = store.list_chunks(job.id)
@@ -280,6 +331,34 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- gc
+def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
+    from . import retention
+    from .store import Store
+    store = Store(settings.resolved_database_url)
+    try:
+        report = retention.run(settings, store, dry_run=args.dry_run)
+    finally:
+        store.close()
+    size = retention.human_size
+    verb = "would remove" if args.dry_run else "removed"
+    for removal in report.removals:
+        done = "kept" if removal.error else verb
+        print(f"{done:<12}  {removal.item.kind:<11}  {size(removal.item.size):>9}  {removal.item.label}\n"
+              f"{'':<12}  {removal.reason}" + (f"; {removal.error}" if removal.error else ""))
+    for problem in report.problems:
+        print(f"note: {problem}")
+    for kind in retention.KINDS:
+        items = [i for i in report.items if i.kind == kind]
+        busy = sum(1 for i in items if i.in_use)
+        print(f"{kind + ':':<13} {len(items)} items, {size(report.total(kind))}"
+              + (f", {size(report.left(kind))} left" if not args.dry_run else "")
+              + (f", {busy} in use" if busy else "") + f" (limits: {report.limits[kind].describe()})")
+    print(f"{verb} {len([r for r in report.removals if not r.error])} items, {size(report.freed)}"
+          + (" (nothing was deleted: --dry-run)" if args.dry_run else ""))
+    return 0
+
+
 def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     from .jobs.manager import sandbox_config
     from .sandbox import SandboxError, build_image
@@ -301,9 +380,23 @@ def cmd_sandbox_push(settings: Settings, args: argparse.Namespace) -> int:
     pool = EnginePool.from_settings(settings, store=None)
     try:
         pool.push(args.engine, on_log=_err)
+        if args.egress:
+            pool.push(args.engine, on_log=_err, image=settings.egress_image)
     except SandboxError as exc:
         _err(f"error: {exc}")
         return 1
+    return 0
+
+
+def cmd_egress_build(settings: Settings, args: argparse.Namespace) -> int:
+    from .egress.image import ensure_proxy_image
+    from .sandbox import SandboxError
+    try:
+        name = ensure_proxy_image(settings.egress_image, settings.sandbox_image, on_log=_err, force=args.force)
+    except SandboxError as exc:
+        _err(f"error: {exc}")
+        return 1
+    print(name)
     return 0
 
 
@@ -328,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repo", required=True, help="local path or git URL")
     r.add_argument("--ref")
     r.add_argument("--setup", action="append", default=[], help="setup command (repeatable); runs with network")
+    r.add_argument("--allow-domain", action="append", default=[], metavar="DOMAIN",
+                   help="agent internet by allowlist for this job: a domain it may reach (repeatable; *.example.org)")
+    r.add_argument("--allow-preset", action="append", default=[], metavar="PRESET",
+                   help="agent internet by allowlist: python-packages, npm-packages, debian-packages, package-registries")
+    r.add_argument("--allow-methods", metavar="METHODS", help="with an allowlist: read-only (default), all, or GET,POST,...")
+    r.add_argument("--no-internet", action="store_true", help="agent internet off for this job, whatever the settings say")
     r.add_argument("--attempts", type=int, default=1, help="independent attempts, ranked (best of N)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("task")
@@ -350,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="what is ready, and the command that fixes what is not")
     d.set_defaults(func=cmd_doctor)
 
+    g = sub.add_parser("gc", help="apply the retention limits to checkouts, setup-cache images and job files")
+    g.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    g.set_defaults(func=cmd_gc)
+
     sb = sub.add_parser("sandbox", help="sandbox image")
     sbs = sb.add_subparsers(dest="sandbox_command", required=True)
     b = sbs.add_parser("build", help="build the default sandbox image from Debian packages")
@@ -357,7 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_sandbox_build)
     pu = sbs.add_parser("push", help="copy the sandbox image to an engine of ASSISTANT_DOCKER_HOSTS")
     pu.add_argument("engine", help="the engine's name in ASSISTANT_DOCKER_HOSTS")
+    pu.add_argument("--egress", action="store_true", help="also copy the egress proxy image (agent internet by allowlist)")
     pu.set_defaults(func=cmd_sandbox_push)
+
+    eg = sub.add_parser("egress", help="the agent-phase egress proxy")
+    egs = eg.add_subparsers(dest="egress_command", required=True)
+    eb = egs.add_parser("build", help="build the egress proxy image (Debian's squid on the sandbox image)")
+    eb.add_argument("--force", action="store_true")
+    eb.set_defaults(func=cmd_egress_build)
     return p
 
 

@@ -44,10 +44,10 @@ class Settings(BaseModel):
     router_model: str | None = Field(None, description="Model that routes messages (quick answer / job / follow-up).")
     answer_model: str | None = Field(None, description="Model for quick answers.")
     agent_model: str | None = Field(None, description="Model that drives coding jobs.")
-    summary_model: str | None = Field(None, description="Model for compaction summaries of long jobs.")
+    summary_model: str | None = Field(None, description="Model that writes the summary of a job that ended without one (failed, cancelled, out of budget) from its log.")
     tool_protocol: Literal["auto", "native", "text", "grammar"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, grammar (JSON-schema-constrained actions, for llama.cpp servers), or auto (native, falling back to text when the endpoint rejects tools; grammar with the embedded model).")
     model_timeout_s: float = Field(120.0, gt=0, description="Timeout of one model request, in seconds.")
-    model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts and dropped connections.")
+    model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts, dropped connections, cut streams and 200 answers that are no completion.")
     context_window: int = Field(128_000, ge=2048, description="Model context window in tokens; long jobs are compacted before they reach it.")
 
     # Embedded local model (used when neither OPENAI_API_KEY nor OPENAI_BASE_URL is set).
@@ -77,6 +77,24 @@ class Settings(BaseModel):
     diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
     diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
 
+    # Agent-phase internet (assistant/egress); a repository's .assistant/config.toml and a job request override it.
+    agent_internet: Literal["off", "allowlist"] = Field("off", description="Internet in the agent phase: off (none), or allowlist (only the allowed domains, through a filtering proxy; Docker backend only).")
+    agent_internet_domains: str | None = Field(None, description="With allowlist: comma-separated host names the agent may reach; `*.example.org` is example.org and every name under it.")
+    agent_internet_presets: str | None = Field(None, description="With allowlist: comma-separated presets whose hosts are read from this machine's package clients at job start: python-packages (pip), npm-packages (npm), debian-packages (apt), package-registries (all three).")
+    agent_internet_methods: str = Field("read-only", description="With allowlist: HTTP methods allowed, read-only (GET, HEAD, OPTIONS), all, or a comma-separated list. Per request for plain HTTP; HTTPS is a tunnel the proxy does not open, so there the rule is per host only.")
+    agent_internet_private_addresses: bool = Field(False, description="With allowlist: let allowed names resolve to private, loopback or link-local addresses (a package mirror on your LAN). Off, so no name can lead the agent to this machine or a cloud metadata service.")
+    egress_image: str = Field("assistant-egress:latest", description="Image of the per-job egress proxy (Debian's squid); `assistant egress build` makes it.")
+
+    # Retention (`assistant gc`, and periodically in `assistant serve`); 0 turns a limit off. Whatever a
+    # running job or answer uses is kept; follow-ups work from the stored summary, diff, logs and excerpts.
+    checkouts_max_age_days: float = Field(14, ge=0, description="Checkouts of git URLs (read by quick answers) unused this long are removed; 0: no age limit.")
+    checkouts_max_mb: int = Field(2048, ge=0, description="Total size of those checkouts; beyond it the least recently used go; 0: no size limit.")
+    setup_cache_max_age_days: float = Field(14, ge=0, description="Setup-cache images (and their saved files) unused this long are removed; 0: no age limit.")
+    setup_cache_max_mb: int = Field(8192, ge=0, description="Total size of the setup cache (its images' own layers plus files); beyond it the least recently used go; 0: no size limit.")
+    job_files_max_age_days: float = Field(3, ge=0, description="Per-job directories under <data_dir>/workspaces and homes (left by older versions) unchanged this long are removed; 0: no age limit.")
+    job_files_max_mb: int = Field(2048, ge=0, description="Total size of those per-job directories; beyond it the oldest go; 0: no size limit.")
+    retention_interval_min: float = Field(60, ge=0, description="How often `assistant serve` applies the retention limits, in minutes; 0: only `assistant gc` does.")
+
     # Jobs.
     max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")
     job_max_steps: int = Field(60, ge=1, description="Model turns per job before it is stopped.")
@@ -88,6 +106,8 @@ class Settings(BaseModel):
     serve_workers: bool = Field(True, description="With PostgreSQL: `assistant serve` also runs a job worker in its own process (`assistant serve --no-workers` turns it off, leaving jobs to `assistant worker` processes).")
     worker_heartbeat_s: float = Field(10.0, ge=0.5, description="With PostgreSQL: how often a worker writes its heartbeat.")
     worker_lost_after_s: float = Field(30.0, ge=2, description="With PostgreSQL: a worker whose heartbeat is this old is taken for dead; its running jobs are marked interrupted and retried once on another worker. At least twice the heartbeat.")
+    price_table: str | None = Field(None, description="Prices per million tokens as `model=prompt/completion` pairs separated by commas (e.g. `gpt-4o-mini=0.15/0.60`); with it, token counts are also shown as money.")
+    price_currency: str = Field("USD", min_length=1, description="Currency of the price table, as shown next to amounts.")
 
     # Conversation.
     answer_max_tokens: int = Field(2048, ge=16, description="Longest quick answer, in tokens (400 with the embedded model).")
@@ -100,7 +120,15 @@ class Settings(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="Port `assistant serve` binds.")
     users: str | None = Field(None, description="Password logins as `name:password,name2:password2`; default one user `admin` with a password generated into <data_dir>/admin-password.")
     header_auth: str | None = Field(None, description="Trust this request header (set by a reverse proxy) as the user name.")
+    repo_roots: str | None = Field(None, description="Colon-separated directories local repositories must be under when more than one user can log in (several ASSISTANT_USERS, or ASSISTANT_HEADER_AUTH); unset, such a server takes git URLs only. One user may name any path; the data dir is never a repository.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Log level of the CLI and the server (logs go to stderr).")
+
+    @field_validator("price_table")
+    @classmethod
+    def _price_table_readable(cls, value: str | None) -> str | None:
+        from .llm.pricing import parse_price_table
+        parse_price_table(value)  # raises ValueError with the form it accepts
+        return value
 
     @field_validator("users")
     @classmethod
@@ -126,6 +154,18 @@ class Settings(BaseModel):
             raise ValueError(f"ASSISTANT_WORKER_LOST_AFTER_S ({self.worker_lost_after_s}) must be at least twice "
                              f"ASSISTANT_WORKER_HEARTBEAT_S ({self.worker_heartbeat_s}), or live workers look dead")
         return self
+
+    @field_validator("agent_internet_domains", "agent_internet_presets", "agent_internet_methods")
+    @classmethod
+    def _agent_internet_well_formed(cls, value: str | None, info) -> str | None:
+        from .egress.policy import EgressPolicyError, parse_domains, parse_methods, parse_presets
+        parse = {"agent_internet_domains": parse_domains, "agent_internet_presets": parse_presets,
+                 "agent_internet_methods": parse_methods}[info.field_name]
+        try:
+            parse(value, "")
+        except EgressPolicyError as exc:
+            raise ValueError(str(exc).removeprefix(": ")) from None
+        return value
 
     # ------------------------------------------------------------------ derived values
     def model_for(self, role: Role) -> str:

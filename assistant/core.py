@@ -10,6 +10,7 @@ import threading
 from .config import Settings, load_settings
 from .conversation.service import Conversation
 from .jobs.manager import JobManager
+from .jobs.results import assess_interrupted
 from .llm.client import ModelClient
 from .store import Store
 
@@ -60,12 +61,14 @@ class Assistant:
         interrupted = [] if self.settings.uses_queue else self.store.interrupt_orphaned_jobs()
         if interrupted:
             log.warning("marked %d jobs interrupted (the server stopped under them): %s", len(interrupted), interrupted)
+            assess_interrupted(self.store, interrupted)
         if sweep:
             try:
+                from .egress import sweep_orphan_egress
                 from .sandbox import sweep_orphans
-                removed = sweep_orphans()
+                removed = sweep_orphans() + sweep_orphan_egress()
                 if removed:
-                    log.warning("removed %d sandbox containers left by a previous run", removed)
+                    log.warning("removed %d sandbox containers and egress proxies left by a previous run", removed)
             except Exception as exc:  # no engine: nothing to sweep
                 log.info("no orphan sweep: %s", exc)
         if self.local_server is not None:
@@ -101,8 +104,10 @@ class Assistant:
                                   feed=self.jobs.feed)
         self.jobs.run_worker_here(self.worker)  # stopped by jobs.shutdown(): its running jobs go back to the queue
 
-    def close(self) -> None:
-        self.jobs.shutdown()
+    def close(self, wait_s: float | None = None) -> None:
+        """Interrupt running jobs (retryable; with the queue, hand them back), stop the embedded model, close
+        the store. wait_s bounds the wait for the job workers (see JobManager.shutdown)."""
+        self.jobs.shutdown(wait_s=wait_s)
         if self.local_server is not None:
             self.local_server.stop()
         self.store.close()

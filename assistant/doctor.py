@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Settings
 
@@ -27,6 +28,10 @@ def run_checks(settings: Settings) -> list[Check]:
     if engine_ok:
         img_ok, img_detail = image_status(settings.sandbox_image)
         checks.append(Check("sandbox image", img_ok, img_detail, "assistant sandbox build"))
+        from .egress import proxy_image_status
+        proxy_ok, proxy_detail = proxy_image_status(settings.egress_image)
+        checks.append(Check("agent-internet proxy image", proxy_ok, proxy_detail, "assistant egress build",
+                            required=settings.agent_internet == "allowlist"))
     bwrap = shutil.which("bwrap")
     checks.append(Check("bubblewrap (local fallback)", bool(bwrap), bwrap or "not installed",
                         "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
@@ -40,6 +45,7 @@ def run_checks(settings: Settings) -> list[Check]:
 
     checks.append(_model_check(settings))
     checks.append(_database_check(settings))
+    checks.append(_disk_check(settings))
     return checks
 
 
@@ -72,3 +78,53 @@ def _database_check(settings: Settings) -> Check:
     except Exception as exc:
         return Check("database", False, f"{shown}: {exc}", "check ASSISTANT_DATABASE_URL")
     return Check("database", True, f"{shown} (schema v{version})")
+
+
+LOW_DISK_BYTES = 2 * 1024 ** 3
+
+
+def _disk_check(settings: Settings) -> Check:
+    """What the data directory holds per retention kind, against the limits, and the free space left."""
+    from . import retention
+    from .store import Store
+    fix = "assistant gc (assistant gc --dry-run shows what it would remove)"
+    try:
+        store = Store(settings.resolved_database_url)
+    except Exception as exc:
+        return Check("disk use", False, f"not measured: the database did not open ({exc})",
+                     "check ASSISTANT_DATABASE_URL", required=False)
+    try:
+        items, problems = retention.inventory(settings, store)
+    finally:
+        store.close()
+    limits = retention.limits_from(settings)
+    size = retention.human_size
+    parts, over = [], []
+    for kind in retention.KINDS:
+        total = sum(i.size for i in items if i.kind == kind)
+        parts.append(f"{kind} {size(total)}")
+        if limits[kind].max_bytes and total > limits[kind].max_bytes:
+            over.append(f"{kind} over its {size(limits[kind].max_bytes)} limit")
+    database = _database_bytes(settings)
+    if database is not None:
+        parts.append(f"database {size(database)}")
+    free = shutil.disk_usage(_existing(settings.data_dir)).free
+    detail = f"{settings.data_dir}: {', '.join(parts)}; {size(free)} free"
+    if free < LOW_DISK_BYTES:
+        over.append(f"less than {size(LOW_DISK_BYTES)} free")
+    detail += "".join(f"; {note}" for note in over + problems)
+    return Check("disk use", not over, detail, fix, required=False)
+
+
+def _database_bytes(settings: Settings) -> int | None:
+    url = settings.resolved_database_url
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -42,6 +42,7 @@ def make_repo(root: Path) -> Path:
 
 
 def run_case(server: ScriptedModelServer, repo: Path, data_dir: Path, command: str) -> dict:
+    server.reset()
     server.when_system_contains(AGENT, [by_turn(Reply.call("shell", command=command),
                                                 Reply.text("Wrote what was asked."))], repeat_last=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSISTANT_", "OPENAI_"))}

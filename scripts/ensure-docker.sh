@@ -41,10 +41,10 @@ fi
 
 engine_answers() { docker -H "$HOST" info >/dev/null 2>&1; }
 
-# The daemon of PIDFILE is alive: the process exists and is not a zombie.
-daemon_alive() {
+# The process a pid file names is alive: it exists and is not a zombie.
+pid_alive() {
     local pid state
-    pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
+    pid=$(cat "$1" 2>/dev/null) || return 1
     [ -n "$pid" ] || return 1
     state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
     case "$state" in Z*|"") return 1 ;; esac
@@ -72,11 +72,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-if daemon_alive; then
+if pid_alive "$PIDFILE"; then
     log "dockerd (pid $(cat "$PIDFILE")) is running but does not answer yet; waiting"
 else
     # A killed daemon leaves its pid file (and, unreaped, a zombie that still matches pgrep): dockerd would
-    # refuse to start over it.
+    # refuse to start over it. Its containerd dies with it, likewise unreaped, and the new dockerd would wait
+    # for that "still running" containerd until it times out.
     rm -f "$PIDFILE"
     # The killed daemon's containerd may be on its way out (its socket already gone): a new dockerd that finds it
     # "still running" waits for it instead of starting its own, and gives up after 30 s. Let it go first (up to

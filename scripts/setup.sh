@@ -50,6 +50,10 @@ if bash scripts/ensure-docker.sh; then
         say "building the sandbox image from Debian packages (about a minute)"
         .venv/bin/assistant sandbox build >&2
     fi
+    if ! .venv/bin/python -c "from assistant.egress import proxy_image_status; import sys; sys.exit(0 if proxy_image_status()[0] else 1)"; then
+        say "building the agent-internet proxy image (squid from Debian, about 15 s)"
+        .venv/bin/assistant egress build >&2
+    fi
 else
     [ "$MODE" = test ] && { say "the tests need a Docker engine (see above)"; exit 1; }
     say "no Docker engine: jobs will run in the bubblewrap sandbox (ASSISTANT_SANDBOX_BACKEND=local)"
@@ -69,7 +73,8 @@ if [ "$MODE" = test ]; then
     port=$(pg_lsclusters -h | head -n1 | awk '{print $3}')
     su postgres -c "psql -p $port -tAc \"SELECT 1 FROM pg_roles WHERE rolname='assistant'\"" | grep -q 1 \
         || su postgres -c "psql -p $port -qc \"CREATE ROLE assistant LOGIN PASSWORD 'assistant'\""
-    su postgres -c "psql -p $port -tAc \"SELECT 1 FROM pg_database WHERE datname='assistant_test'\"" | grep -q 1 \
-        || su postgres -c "createdb -p $port -O assistant assistant_test"
+    # A fresh test database each run: what an earlier run (or another branch's schema) left must not count.
+    su postgres -c "dropdb -p $port --if-exists --force assistant_test"
+    su postgres -c "createdb -p $port -O assistant assistant_test"
     echo "postgresql://assistant:assistant@127.0.0.1:$port/assistant_test" > .venv/.postgres-url
 fi

@@ -1,8 +1,10 @@
 """The `assistant` command as a user runs it: a real subprocess, the scripted model over HTTP, a real engine."""
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,3 +144,56 @@ def test_kill_9_of_a_run_leaves_no_container_and_the_job_reads_interrupted(tmp_p
     listed = cli(["jobs", "list"], cli_env)
     assert "interrupted" in listed.stdout, listed.stdout
     container.remove(force=True)
+
+
+def test_gc_dry_run_says_what_it_would_remove_then_gc_removes_it(cli_env, tmp_path):
+    data = tmp_path / "data"
+    leftover = data / "workspaces" / "0ldj0b01"
+    leftover.mkdir(parents=True)
+    (leftover / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    old = time.time() - 10 * 86_400
+    for path in (leftover / "big.bin", leftover):
+        os.utime(path, (old, old))
+
+    dry = cli(["gc", "--dry-run"], cli_env)
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"would remove\s+job files\s+3\.0 MB\s+" + re.escape(str(leftover)), dry.stdout), dry.stdout
+    assert "unused for 10.0 days (limit 3)" in dry.stdout and "nothing was deleted" in dry.stdout
+    assert leftover.is_dir()
+
+    real = cli(["gc"], cli_env)
+    assert re.search(r"removed\s+job files\s+3\.0 MB", real.stdout) and "removed 1 items, 3.0 MB" in real.stdout
+    assert not leftover.exists()
+
+
+def test_doctor_reports_disk_use(cli_env, tmp_path):
+    (tmp_path / "data" / "checkouts" / "abc").mkdir(parents=True)
+    (tmp_path / "data" / "checkouts" / "abc" / "f").write_bytes(b"x" * 2 * 1024 * 1024)
+    proc = cli(["doctor"], {**cli_env, "ASSISTANT_CHECKOUTS_MAX_MB": "1"})
+    line = next(line for line in proc.stdout.splitlines() if "disk use" in line)
+    assert line.startswith("[-- ] disk use") and "checkouts 2.0 MB" in line and "checkouts over its 1.0 MB limit" in line
+    assert "fix: assistant gc" in proc.stdout
+
+
+@pytest.mark.docker
+def test_a_cancel_from_another_process_stops_the_running_job(tmp_path, docker_engine, scripted_model, cli_env,
+                                                               assistant_for):
+    from assistant.jobs.manager import JobRequest
+    from assistant.sandbox.engine import JOB_LABEL, docker_client
+    scripted_model.when_system_contains(AGENT, [Reply.call("shell", command="sleep 300")], repeat_last=True)
+    a = assistant_for(scripted_model, ASSISTANT_DATA_DIR=cli_env["ASSISTANT_DATA_DIR"])
+    job = a.jobs.submit(JobRequest(task="wait", repo=str(make_calc_repo(tmp_path / "calc")), setup=[]))[0]
+    deadline = time.monotonic() + 60
+    while a.store.get_job(job.id).state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cli(["jobs", "cancel", job.id], cli_env).returncode == 0
+    started = time.monotonic()
+    final = a.jobs.wait(job.id, timeout=20)
+    assert final.state == "cancelled" and time.monotonic() - started < 5
+
+    def containers():
+        return docker_client().containers.list(all=True, filters={"label": f"{JOB_LABEL}={job.id}"})
+    deadline = time.monotonic() + 10  # the worker removes the container as it winds down
+    while containers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert containers() == []

@@ -49,11 +49,12 @@ def test_the_ui_and_cli_can_say_which_model_is_used(embedded):
     assert embedded.settings.tool_protocol == "grammar"
 
 
-def test_routes_a_message_with_the_model(embedded, tmp_path):
+def test_routes_with_the_shipped_classifier_not_the_tiny_model(embedded, tmp_path):
     thread = embedded.store.create_thread(user_id=None, repo=str(make_calc_repo(tmp_path / "calc")))
-    route = embedded.conversation.route(thread.id, "the calculator module and its numbers")  # no rule settles it
-    assert route.decided_by == "model", route      # a well-formed routing reply, thanks to the grammar
-    assert route.kind in ("answer", "job")
+    before = embedded.store.usage_totals(thread_id=thread.id)
+    route = embedded.conversation.route(thread.id, "Saving a profile with an emoji in the name throws a 500.")
+    assert (route.kind, route.decided_by) == ("job", "classifier"), route   # no rule settles a bare bug report
+    assert embedded.store.usage_totals(thread_id=thread.id) == before      # the model was not asked
 
 
 def test_streams_a_quick_answer(embedded, tmp_path):

@@ -22,6 +22,8 @@ from ..prompts import load_prompt, render_prompt
 from .tools import TOOL_SPECS, ToolEnv, parse_arguments
 
 REPEAT_LIMIT = 3          # the same failing call this many times in a row stops the job
+NUDGE_AFTER = 3           # the same successful call this many times in a row gets a nudge to do something else
+SAME_CALL_LIMIT = 6       # … and this many stops the job (a small model can list a directory forever)
 COMPACT_AT = 0.75         # share of the context window that triggers compaction
 KEEP_RECENT = 6           # messages never compacted
 INVALID_ACTION = "invalid_action"
@@ -44,10 +46,28 @@ class AgentResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tests: list[dict] = field(default_factory=list)   # {"command", "exit_code", "chunk_id"} of test runs
+    test_commands: tuple[str, ...] = ()               # the test commands the repository's AGENTS.md names
 
 
 class Cancelled(Exception):
     pass
+
+
+def _call_key(name: str, raw_args: str) -> str:
+    """A call as comparable text: the same arguments with other spacing or key order are the same call."""
+    try:
+        return f"{name} {json.dumps(json.loads(raw_args or '{}'), sort_keys=True)}"
+    except ValueError:
+        return f"{name} {raw_args}"
+
+
+def _trailing_repeats(keys: list[str]) -> int:
+    count = 0
+    for key in reversed(keys):
+        if key != keys[-1]:
+            break
+        count += 1
+    return count
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -77,8 +97,9 @@ class Agent:
         if self.protocol == "text":
             self._switch_to_text()
         started = time.monotonic()
-        result = AgentResult(status="failed", summary="")
+        result = AgentResult(status="failed", summary="", test_commands=tuple(getattr(self.env, "test_commands", ())))
         last_failures: list[str] = []
+        same_calls: list[str] = []
         for step in range(1, self.budgets.max_steps + 1):
             result.steps = step
             stop = self._over_budget(started, result)
@@ -108,6 +129,7 @@ class Agent:
                     result.status, result.reason = "failed", "the model ended with an empty summary"
                 return result
             self.messages.append(self._assistant_message(completion, calls))
+            nudge = ""
             for call_id, name, raw_args in calls:
                 if self.cancel.is_set():
                     return self._cancelled(result)
@@ -124,6 +146,19 @@ class Agent:
                     result.reason = (f"stopped: the agent repeated the same failing call {REPEAT_LIMIT} times in a row "
                                      f"({key[:200]})")
                     return result
+                same_calls = same_calls + [_call_key(name, raw_args)] if not failed else []
+                repeats = _trailing_repeats(same_calls)
+                if repeats >= SAME_CALL_LIMIT:
+                    result.reason = (f"stopped: the agent repeated the same call {SAME_CALL_LIMIT} times in a row "
+                                     f"({same_calls[-1][:200]})")
+                    return result
+                if repeats == NUDGE_AFTER:
+                    nudge = render_prompt("loop_nudge.md", count=str(repeats), call=same_calls[-1][:200],
+                                          limit=str(SAME_CALL_LIMIT)).strip()
+            if nudge:  # after every result of the turn: tool results must follow their call directly
+                self.messages.append({"role": "user", "content": nudge})
+                self.on_event("message", {"text": f"The agent repeated the same call {NUDGE_AFTER} times; "
+                                                  "it was told to do something else.", "step": step})
         result.reason = f"step budget exhausted ({self.budgets.max_steps} model turns; ASSISTANT_JOB_MAX_STEPS)"
         return result
 

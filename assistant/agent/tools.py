@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from ..sandbox.base import ExecResult, Sandbox
@@ -125,6 +126,7 @@ class ToolEnv:
         timeout = min(int(timeout_s or self.command_timeout_s), 4 * self.command_timeout_s)
         if workdir and not workdir.startswith("/"):
             workdir = "/workspace/" + workdir
+        started = datetime.now(timezone.utc)
         result: ExecResult = self.sandbox.exec(command, timeout_s=timeout, workdir=workdir, env=AGENT_ENV,
                                                on_output=self.on_output)
         chunk = self.store.add_chunk(job_id=self.job_id, command=command, text=result.output, exit_code=result.exit_code,
@@ -132,8 +134,26 @@ class ToolEnv:
                                      timed_out=result.timed_out)
         text = format_result(chunk.id, result.exit_code, result.duration_s, result.output,
                              timed_out=result.timed_out, truncated=result.truncated)
+        text += self._blocked_during(command, started)
         return ToolOutcome(text, result.exit_code == 0 and not result.timed_out, chunk.id, f"$ {command}",
                            result.exit_code, result.duration_s, looks_like_tests(command, self.test_commands))
+
+    def _blocked_during(self, command: str, started: datetime) -> str:
+        """Requests the job's egress proxy refused while the command ran: stored as a citable chunk of their own
+        (time, method, host, target, why) and told to the model, so it can say so instead of guessing."""
+        egress = getattr(self.sandbox, "egress", None)
+        if egress is None:
+            return ""
+        from ..egress.report import blocked_lines
+
+        blocked = egress.blocked_requests(since=started)
+        if not blocked:
+            return ""
+        text = blocked_lines(blocked)
+        chunk = self.store.add_chunk(job_id=self.job_id, command=f"egress proxy: requests blocked during `{command[:300]}`",
+                                     text=text, exit_code=None, duration_s=0.0)
+        return (f"\n\n{len(blocked)} request{'s' if len(blocked) != 1 else ''} blocked by the egress proxy "
+                f"(chunk {chunk.id}; only the allowlisted hosts are reachable):\n" + number_lines(text))
 
     def apply_patch(self, patch: str) -> ToolOutcome:
         if not isinstance(patch, str):

@@ -1,4 +1,8 @@
-"""Read-only tools for quick answers, run on the host checkout: list, search, read. They never write."""
+"""Read-only tools for quick answers, run on the host checkout: list, search, read. They never write.
+
+They read only inside the repository's root (symlinks resolved) and never inside the assistant's data
+dir, even when that lies under the root (one user's home as the repository, say).
+"""
 from __future__ import annotations
 
 import fnmatch
@@ -9,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ..access import RepoPolicy
 from ..agent.citations import safe_file
 
 SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache", "dist", "build",
@@ -38,13 +43,18 @@ READ_TOOLS = [
 
 
 class ReadOnlyRepo:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, policy: RepoPolicy):
         self.root = Path(root).resolve()
+        self.policy = policy
+
+    def _readable(self, target: Path) -> bool:
+        target = target.resolve()
+        return target.is_relative_to(self.root) and self.policy.may_read(self.root, target)
 
     def _dir(self, rel: str | None) -> Path:
         rel = (rel or "").strip().strip("/") or "."
         target = (self.root / rel).resolve()
-        if not target.is_relative_to(self.root) or not target.is_dir():
+        if not self._readable(target) or not target.is_dir():
             raise ValueError(f"no directory {rel!r} in the repository")
         return target
 
@@ -64,7 +74,7 @@ class ReadOnlyRepo:
         base = self._dir(path)
         out: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and self._readable(Path(dirpath) / d))
             for f in sorted(filenames):
                 if pattern and not fnmatch.fnmatch(f, pattern):
                     continue
@@ -84,13 +94,16 @@ class ReadOnlyRepo:
             if base != self.root:
                 prefix = base.relative_to(self.root).as_posix() + "/"
                 lines = [prefix + ln for ln in lines]
+            lines = [ln for ln in lines if self._readable(self.root / ln.split(":", 1)[0])]
         else:
             rx = re.compile(pattern)
             lines = []
             for dirpath, dirnames, filenames in os.walk(base):
-                dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+                dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and self._readable(Path(dirpath) / d)]
                 for f in filenames:
                     p = Path(dirpath) / f
+                    if not self._readable(p):  # a symlink out of the repository
+                        continue
                     try:
                         for i, line in enumerate(p.read_text(errors="strict").splitlines(), 1):
                             if rx.search(line):
@@ -102,12 +115,29 @@ class ReadOnlyRepo:
         return "\n".join(lines) or "(no matches)"
 
     def read_file(self, path: str, start: int | None = None, end: int | None = None) -> str:
-        target = safe_file([self.root], path)
-        if target is None:
+        text = self.text_of(path)
+        if text is None:
             raise ValueError(f"no file {path!r} in the repository")
-        lines = target.read_text(errors="replace").splitlines()
-        first = max(1, int(start or 1))
-        last = min(len(lines), int(end or first + MAX_READ_LINES - 1), first + MAX_READ_LINES - 1)
-        body = "\n".join(f"{i:>5} | {lines[i - 1]}" for i in range(first, last + 1))
-        more = f"\n… file has {len(lines)} lines; read on with start={last + 1}" if last < len(lines) else ""
-        return f"{path} (lines {first}-{last} of {len(lines)})\n{body}{more}"
+        return numbered_excerpt(path, text, start, end)
+
+    def text_of(self, path: str) -> str | None:
+        """A file's text, or None when the repository has no such file that may be read."""
+        target = safe_file([self.root], path)
+        if target is None or not self._readable(target):
+            return None
+        return target.read_text(errors="replace")
+
+    def line_count(self, path: str) -> int | None:
+        """How many lines a file of the repository has, for checking a citation; None if there is no such file."""
+        text = self.text_of(path)
+        return None if text is None else len(text.splitlines())
+
+
+def numbered_excerpt(path: str, text: str, start: int | None = None, end: int | None = None, note: str = "") -> str:
+    """Lines of a file as read_file shows them: numbered, at most MAX_READ_LINES, with how to read on."""
+    lines = text.splitlines()
+    first = max(1, int(start or 1))
+    last = min(len(lines), int(end or first + MAX_READ_LINES - 1), first + MAX_READ_LINES - 1)
+    body = "\n".join(f"{i:>5} | {lines[i - 1]}" for i in range(first, last + 1))
+    more = f"\n… file has {len(lines)} lines; read on with start={last + 1}" if last < len(lines) else ""
+    return f"{path}{note} (lines {first}-{last} of {len(lines)})\n{body}{more}"

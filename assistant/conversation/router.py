@@ -1,8 +1,15 @@
 """Routing: each message becomes a quick answer, a new job, or a follow-up on a job of this conversation.
 
-A cheap first pass settles the obvious cases (and /ask, /code force either way); the model decides the
-rest with a structured reply. Whatever the model says, routing never fails: an unreadable reply falls
-back to an answer, which offers "run as a job".
+Deciders, in order:
+- /ask and /code force either way;
+- first-pass rules settle only the shapes they get right every time on the labelled set
+  (bench/routing_set.jsonl; zero misroutes is the bar, bench/routing.py measures it);
+- the rest goes to the router model, which is told the conversation's jobs, or, when no model is asked
+  (the embedded demonstration model cannot judge this), to the shipped classifier (route_classifier.py).
+  An unreadable model reply also goes to the classifier, so routing never fails.
+
+A follow-up job starts from its parent's result, so the parent must be one worth building on: see
+`continuation_refusal`.
 """
 from __future__ import annotations
 
@@ -10,26 +17,16 @@ import json
 import re
 from dataclasses import dataclass
 
+from ..jobs import states
 from ..llm.client import ModelClient, ModelError
 from ..llm.constrained import ModelOutputError
 from ..prompts import render_prompt
 from ..store import Job
+from . import signals
+from .route_classifier import RouteClassifier
+from .signals import BY_DEFAULT, BY_MODEL, JobReference, find_job_reference, latest
 
 ANSWER, JOB, FOLLOWUP_ANSWER, FOLLOWUP_JOB = "answer", "job", "followup_answer", "followup_job"
-
-_QUESTION_START = re.compile(r"^\s*(what|why|how|where|which|who|when|does|do|did|is|are|was|were|can|could|would|"
-                             r"should|explain|describe|show me|tell me|summari[sz]e|list|compare)\b", re.I)
-_EDIT_VERB = (r"(fix|add|implement|refactor|change|write|update|remove|delete|rename|make|create|migrate|upgrade|"
-              r"bump|port|convert|optimi[sz]e|improve|replace|move|extract|split|introduce|support|handle|resolve|"
-              r"repair|patch|clean ?up|reformat|document|test)")
-_EDIT_START = re.compile(rf"^\s*(please\s+|now\s+|also\s+|and\s+)*{_EDIT_VERB}\b", re.I)
-_POLITE_EDIT = re.compile(rf"^\s*(can|could|would|will)\s+you\s+(please\s+)?(also\s+)?{_EDIT_VERB}\b", re.I)
-_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
-             "ninth": 9, "tenth": 10}
-_JOB_NUMBER = re.compile(r"\b(?:job|attempt|task)\s*#?\s*(\d+)\b|#(\d+)\b|\b(" + "|".join(_ORDINALS) + r")\s+(?:job|one|attempt)\b", re.I)
-_JOB_LAST = re.compile(r"\b(the\s+)?(last|latest|previous|prior|most recent)\s+(one|job|change|run|attempt|fix|diff)\b"
-                       r"|\b(that|this|the|your)\s+(change|fix|diff|patch|job)\b|\byou\s+(changed|did|ran|added|fixed|modified)\b"
-                       r"|^\s*also\b|\bfor\s+that\b|\bit\s+(changed|did)\b", re.I)
 
 
 @dataclass
@@ -37,7 +34,8 @@ class Route:
     kind: str                 # answer | job | followup_answer | followup_job
     job_id: str | None = None
     reason: str = ""
-    decided_by: str = "rules"  # rules | model | command | fallback
+    decided_by: str = "rules"  # rules | model | classifier | command | fallback
+    reference: str = ""        # how a follow-up's job was named: number | ordinal | last | title | default | model
 
     @property
     def is_job(self) -> bool:
@@ -45,35 +43,120 @@ class Route:
 
 
 def resolve_job_reference(text: str, jobs: list[Job]) -> Job | None:
-    """"job 2", "#2", "the second job", "the last one" → that job of the conversation."""
-    if not jobs:
-        return None
-    m = _JOB_NUMBER.search(text)
-    if m:
-        number = int(m[1] or m[2]) if (m[1] or m[2]) else _ORDINALS[m[3].lower()]
-        for job in jobs:
-            if job.number == number:
-                return job
-    lowered = text.lower()
-    for job in sorted(jobs, key=lambda j: -j.number):
-        if job.title and len(job.title) > 12 and job.title.lower()[:40] in lowered:
-            return job
-    if _JOB_LAST.search(text):
-        return max(jobs, key=lambda j: j.number)
+    """"job 2", "#2", "the second job", "the last one", a title → that job of the conversation."""
+    ref = find_job_reference(text, jobs)
+    return ref.job if ref else None
+
+
+# ---------------------------------------------------------------------- follow-up jobs
+def same_repo(a: str | None, b: str | None) -> bool:
+    def norm(r: str | None) -> str:
+        r = (r or "").strip().rstrip("/")
+        return r[:-4] if r.endswith(".git") else r
+    return norm(a) == norm(b)
+
+
+def continuation_refusal(parent: Job, repo: str | None, by: str) -> str | None:
+    """Why a new job must not start from `parent`'s result, or None when it may.
+
+    Never from a job on another repository (its patch belongs there) or one still running (no result
+    yet); from a failed, interrupted or cancelled one only when the user named it ("job 3", "the last
+    one"), never because a title matched or because it is the latest.
+    """
+    if repo is not None and not same_repo(parent.repo, repo):
+        return f"job {parent.number} ran on another repository ({parent.repo})"
+    if parent.state in states.ACTIVE:
+        return f"job {parent.number} has not finished yet"
+    if parent.state != states.SUCCEEDED and by not in signals.EXPLICIT:
+        return f"job {parent.number} {parent.state}"
     return None
 
 
-def _first_pass(text: str, jobs: list[Job]) -> Route | None:
-    target = resolve_job_reference(text, jobs)
-    question = bool(_QUESTION_START.search(text)) or text.rstrip().endswith("?")
-    edit = bool(_EDIT_START.search(text)) or bool(_POLITE_EDIT.search(text))
-    if edit and question and not _POLITE_EDIT.search(text):
+def _followup_job(ref: JobReference, repo: str | None, reason: str, decided_by: str) -> Route:
+    refusal = continuation_refusal(ref.job, repo, ref.by)
+    if refusal:
+        return Route(JOB, None, f"{reason}; a new job, not building on {refusal}", decided_by)
+    return Route(FOLLOWUP_JOB, ref.job.id, f"{reason}; continues job {ref.job.number}", decided_by, ref.by)
+
+
+def _target(text: str, jobs: list[Job], named: object = None) -> JobReference:
+    """The job a follow-up is about: the one the message names, else the one the model named, else the latest."""
+    own = find_job_reference(text, jobs)
+    named_job = next((j for j in jobs if named is not None and str(j.number) == str(named).lstrip("#")), None)
+    if named_job is None or (own is not None and own.job is named_job):
+        return own or JobReference(latest(jobs), BY_DEFAULT)
+    return JobReference(named_job, BY_MODEL)
+
+
+def _route_from(text: str, jobs: list[Job], repo: str | None, *, work: bool, followup: bool, reason: str,
+                decided_by: str, named: object = None) -> Route:
+    if followup and jobs:
+        target = _target(text, jobs, named)
+        if work:
+            return _followup_job(target, repo, reason, decided_by)
+        return Route(FOLLOWUP_ANSWER, target.job.id, f"{reason} (job {target.job.number})", decided_by, target.by)
+    return Route(JOB if work else ANSWER, None, reason, decided_by)
+
+
+# ---------------------------------------------------------------------- first-pass rules
+def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
+    """Once a conversation has jobs, whether a message is about one of them takes judgement ("Add a test for
+    the 429 response" follows a rate-limiting job): the rules then decide only messages that name a job."""
+    body = " ".join(text.split())
+    if not body or signals.PASTED_LOG.search(text):
+        return None  # whether a pasted log asks for a fix or an explanation needs judgement
+    if signals.SMALL_TALK.match(body):
+        return Route(ANSWER, None, "small talk")
+    ref = find_job_reference(body, jobs)
+    named = ref if ref is not None and ref.explicit else None
+    if _asks(body):
+        if jobs and (named or signals.ABOUT_DONE_WORK.search(body)):
+            return _route_from(body, jobs, repo, work=False, followup=True, reason="asks about a job",
+                               decided_by="rules")
+        if not jobs and not signals.WORK_VERB_BASE.search(body):
+            return Route(ANSWER, None, "asks a question")
         return None
-    if edit:
-        return Route(FOLLOWUP_JOB if target else JOB, target.id if target else None, "asks for a change")
-    if question:
-        return Route(FOLLOWUP_ANSWER if target else ANSWER, target.id if target else None, "asks a question")
+    if signals.READ_ONLY.search(body):
+        if named:
+            return _route_from(body, jobs, repo, work=False, followup=True, reason="asks about a job, no changes",
+                               decided_by="rules")
+        return None if jobs else Route(ANSWER, None, "asks for no changes")
+    if not jobs and signals.LATER_ORDER.search(body):
+        return Route(JOB, None, "asks a question, then for a change")
+    if _orders(body):
+        if not jobs:
+            return Route(JOB, None, "asks for a change")
+        if named:
+            return _followup_job(named, repo, "asks for a change", "rules")
+    elif named and signals.ORDER_CLAUSE.search(body) and not signals.QUESTION_START.match(body) \
+            and ("?" not in body or (signals.one_question(body) and signals.POLITE_CLAUSE.search(body))):
+        return _followup_job(named, repo, "asks for a change", "rules")
     return None
+
+
+def _asks(body: str) -> bool:
+    """A question, or an order to explain: one sentence, not proposing work ("how about adding …?")."""
+    if signals.SUGGESTION.match(body):
+        return False
+    if signals.QUESTION_START.match(body) and signals.one_question(body):
+        return True
+    one_sentence = signals.one_sentence(body) and "?" not in body
+    return one_sentence and bool(signals.WH_WORD.match(body) or signals.READ_ORDER.match(body))
+
+
+def _orders(body: str) -> bool:
+    """An order to change something, with no question in it: "Fix …", "Can you add …?", "Let's move …"."""
+    if "?" in body.rstrip("?"):
+        return False
+    if signals.IMPERATIVE.match(body):
+        return True
+    return bool(signals.POLITE_ORDER.match(body)) and (signals.one_question(body) or signals.one_sentence(body))
+
+
+# ---------------------------------------------------------------------- the model and the classifier
+ROUTE_SCHEMA = {"type": "object", "properties": {
+    "route": {"type": "string", "enum": ["answer", "job"]}, "followup": {"type": "boolean"},
+    "job": {"type": "string"}, "reason": {"type": "string"}}, "required": ["route", "followup", "reason"]}
 
 
 def _parse_decision(content: str) -> dict:
@@ -86,38 +169,59 @@ def _parse_decision(content: str) -> dict:
     return data
 
 
-ROUTE_SCHEMA = {"type": "object", "properties": {
-    "route": {"type": "string", "enum": ["answer", "job"]}, "followup": {"type": "boolean"},
-    "job": {"type": "string"}, "reason": {"type": "string"}}, "required": ["route", "followup", "reason"]}
+def job_listing(jobs: list[Job], repo: str | None) -> str:
+    """The conversation's jobs as the router prompt names them."""
+    lines = []
+    for j in sorted(jobs, key=lambda j: j.number):
+        elsewhere = "" if repo is None or same_repo(j.repo, repo) else f", on another repository: {j.repo}"
+        lines.append(f"- job {j.number}: {j.title} ({j.state}{elsewhere})")
+    return "\n".join(lines) or "(none)"
+
+
+def _ask_model(text: str, jobs: list[Job], model: ModelClient, repo: str | None, thread_id: str | None,
+               constrained: bool) -> dict:
+    messages = [{"role": "system", "content": render_prompt("router.md", jobs=job_listing(jobs, repo))},
+                {"role": "user", "content": text}]
+    if constrained:  # small local models: a JSON-schema grammar keeps the reply well formed
+        return _parse_decision(json.dumps(model.constrained_json("router", messages, ROUTE_SCHEMA, thread_id=thread_id)))
+    reply = model.complete("router", messages, thread_id=thread_id, temperature=0, max_tokens=120)
+    return _parse_decision(reply.content or "")
+
+
+def _classify(text: str, jobs: list[Job], repo: str | None, classifier: RouteClassifier, note: str = "") -> Route:
+    guess = classifier.predict(text, jobs)
+    what = ("a follow-up " if guess.followup else "a ") + ("job" if guess.work else "question")
+    return _route_from(text, jobs, repo, work=guess.work, followup=guess.followup, reason=f"reads as {what}{note}",
+                       decided_by="classifier")
 
 
 def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, command: str | None = None,
-                  thread_id: str | None = None, constrained: bool = False) -> Route:
+                  thread_id: str | None = None, constrained: bool = False, repo: str | None = None,
+                  classifier: RouteClassifier | None = None) -> Route:
+    """Route one message of a conversation that has `jobs` and works on `repo`.
+
+    `model` None: the classifier (when given) decides what the rules leave open, else it is answered.
+    """
     if command in ("ask", "code"):
-        target = resolve_job_reference(text, jobs)
-        kind = {("ask", False): ANSWER, ("ask", True): FOLLOWUP_ANSWER,
-                ("code", False): JOB, ("code", True): FOLLOWUP_JOB}[(command, target is not None)]
-        return Route(kind, target.id if target else None, f"/{command} chosen", "command")
-    quick = _first_pass(text, jobs)
-    if quick is not None or model is None:
-        return quick or Route(ANSWER, None, "no router model; answering", "fallback")
-    listing = "\n".join(f"- job {j.number}: {j.title} ({j.state})" for j in jobs) or "(none)"
-    messages = [{"role": "system", "content": render_prompt("router.md", jobs=listing)},
-                {"role": "user", "content": text}]
+        ref = find_job_reference(text, jobs)
+        if ref is None:
+            return Route(ANSWER if command == "ask" else JOB, None, f"/{command} chosen", "command")
+        if command == "code":
+            return _followup_job(ref, repo, "/code chosen", "command")
+        return Route(FOLLOWUP_ANSWER, ref.job.id, "/ask chosen", "command", ref.by)
+    quick = _first_pass(text, jobs, repo)
+    if quick is not None:
+        return quick
+    if model is None:
+        if classifier is not None:
+            return _classify(text, jobs, repo, classifier)
+        return Route(ANSWER, None, "no router model; answering", "fallback")
     try:
-        if constrained:  # small local models: a JSON-schema grammar keeps the reply well formed
-            data = _parse_decision(json.dumps(model.constrained_json("router", messages, ROUTE_SCHEMA,
-                                                                     thread_id=thread_id)))
-        else:
-            reply = model.complete("router", messages, thread_id=thread_id, temperature=0, max_tokens=120)
-            data = _parse_decision(reply.content or "")
+        data = _ask_model(text, jobs, model, repo, thread_id, constrained)
     except (ModelError, ModelOutputError, ValueError, json.JSONDecodeError) as exc:
-        return Route(ANSWER, None, f"the router could not decide ({str(exc)[:120]}); answering", "fallback")
-    target = None
-    if data.get("followup") and jobs:
-        ref = data.get("job")
-        target = next((j for j in jobs if str(j.number) == str(ref)), None) or resolve_job_reference(text, jobs) \
-            or max(jobs, key=lambda j: j.number)
-    if data["route"] == "job":
-        return Route(FOLLOWUP_JOB if target else JOB, target.id if target else None, str(data.get("reason", "")), "model")
-    return Route(FOLLOWUP_ANSWER if target else ANSWER, target.id if target else None, str(data.get("reason", "")), "model")
+        problem = f"; the router model could not decide: {str(exc)[:120]}"
+        if classifier is not None:
+            return _classify(text, jobs, repo, classifier, problem)
+        return Route(ANSWER, None, f"answering{problem}", "fallback")
+    return _route_from(text, jobs, repo, work=data["route"] == "job", followup=bool(data.get("followup")),
+                       reason=str(data.get("reason", "")), decided_by="model", named=data.get("job"))

@@ -5,11 +5,14 @@ No Chainlit here: the web app, the CLI's `ask` and the tests all drive this clas
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..access import RepoPolicy
 from ..agent.citations import check_citations, render_markdown
 from ..agent.tools import parse_arguments
 from ..config import Settings
@@ -17,10 +20,13 @@ from ..jobs.manager import JobManager, JobRequest
 from ..llm.client import ModelClient, ModelError
 from ..llm.tokens import count_message_tokens
 from ..prompts import render_prompt
-from ..store import Job, Store
-from .checkout import CheckoutError, checkout_for
-from .repo_tools import READ_TOOLS, ReadOnlyRepo
-from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, route_message
+from ..store import Job, NotFound, Store
+from .checkout import CheckoutError, reading_checkout
+from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
+from .route_classifier import shipped_classifier
+from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message
+
+log = logging.getLogger(__name__)
 
 MAX_ANSWER_TURNS = 8
 HISTORY_MESSAGES = 12
@@ -31,9 +37,14 @@ READ_LOG_TOOL = {"type": "function", "function": {
         "required": ["chunk"], "additionalProperties": False}}}
 
 
+# Messages of a thread that are the assistant's answers carry this kind in their metadata; everything
+# else the app posts (headers, notices, job cards) is not conversation and never goes back to the model.
+ANSWER_KIND = "answer"
+
+
 @dataclass
 class AnswerEvent:
-    kind: str                      # token | tool | done | error
+    kind: str                      # about | token | tool | done | error
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -44,14 +55,25 @@ class Conversation:
         self.store = store
         self.model = model
         self.jobs = jobs
+        self.classifier = shipped_classifier()  # read once per process; a broken install fails here, at start
+        self.policy = RepoPolicy.from_settings(settings)
 
     # ------------------------------------------------------------------ routing
     def thread_jobs(self, thread_id: str) -> list[Job]:
         return self.store.list_jobs(thread_id=thread_id)
 
     def route(self, thread_id: str, text: str, command: str | None = None) -> Route:
-        return route_message(text, self.thread_jobs(thread_id), self.model, command=command, thread_id=thread_id,
-                             constrained=self.settings.tool_protocol == "grammar")
+        # The embedded demonstration model routes no better than a coin toss, so with it the shipped
+        # classifier decides what the rules leave open; a real model decides that itself, the classifier
+        # standing by for a reply it cannot read.
+        model = None if self.settings.uses_local_model else self.model
+        return route_message(text, self.thread_jobs(thread_id), model, command=command, thread_id=thread_id,
+                             constrained=self.settings.tool_protocol == "grammar", repo=self._thread_repo(thread_id),
+                             classifier=self.classifier)
+
+    def _thread_repo(self, thread_id: str) -> str | None:
+        thread = self.store.get_thread(thread_id)
+        return (thread.repo if thread else None) or self.settings.default_repo
 
     # ------------------------------------------------------------------ delegation
     def delegate(self, thread_id: str, user_id: str | None, text: str, route: Route | None = None,
@@ -61,10 +83,27 @@ class Conversation:
         if not repo:
             raise CheckoutError("this conversation has no repository yet: set one in the chat settings "
                                 "(a local path or a git URL)")
-        parent = route.job_id if route and route.kind == FOLLOWUP_JOB else None
+        parent = self._parent_for(route, thread_id, repo)
         ref = (thread.ref if thread else None) or self.settings.default_ref
         return self.jobs.submit(JobRequest(task=text, repo=repo, ref=ref, attempts=attempts, thread_id=thread_id,
                                            user_id=user_id, parent_job_id=parent))
+
+    def _parent_for(self, route: Route | None, thread_id: str, repo: str) -> str | None:
+        """The job a follow-up job starts from: a job of this conversation that is worth building on
+        (same repository, a result to start from; see continuation_refusal), else none."""
+        if route is None or route.kind != FOLLOWUP_JOB or not route.job_id:
+            return None
+        try:
+            parent = self.store.get_job(route.job_id)
+        except NotFound:
+            return None
+        if parent.thread_id != thread_id:
+            return None
+        refusal = continuation_refusal(parent, repo, route.reference)
+        if refusal:
+            log.info("a new job, not building on %s", refusal)
+            return None
+        return parent.id
 
     # ------------------------------------------------------------------ quick answers
     def answer(self, thread_id: str, text: str, route: Route | None = None,
@@ -74,11 +113,16 @@ class Conversation:
         thread = self.store.get_thread(thread_id)
         repo = (thread.repo if thread else None) or self.settings.default_repo or ""
         ref = (thread.ref if thread else None) or self.settings.default_ref
-        try:
-            root = checkout_for(repo, ref, self.settings.data_dir)
-        except CheckoutError as exc:
-            yield AnswerEvent("error", str(exc))
-            return
+        with ExitStack() as held:  # retention leaves the checkout alone while the answer reads it
+            try:
+                root = held.enter_context(reading_checkout(repo, ref, self.settings.data_dir, self.policy))
+            except CheckoutError as exc:
+                yield AnswerEvent("error", str(exc))
+                return
+            yield from self._grounded_answer(thread_id, text, route, history, repo, root)
+
+    def _grounded_answer(self, thread_id: str, text: str, route: Route, history: list[dict[str, str]] | None,
+                         repo: str, root: Path) -> Iterator[AnswerEvent]:
         spent = sum(self.store.usage_totals(thread_id=thread_id))
         if spent >= self.settings.answer_token_budget:
             yield AnswerEvent("error", f"this conversation has used its quick-answer budget ({spent} of "
@@ -86,9 +130,14 @@ class Conversation:
                                        "Start a new conversation or raise the budget.")
             return
         job = self.store.get_job(route.job_id) if route.kind == FOLLOWUP_ANSWER and route.job_id else None
-        repo_view = ReadOnlyRepo(root)
+        job_files = self._job_files(job)
+        if job is not None:
+            yield AnswerEvent("about", f"About job {job.number} · {job.title or job.task[:60]}",
+                              {"job_id": job.id, "number": job.number, "title": job.title})
+        repo_view = ReadOnlyRepo(root, self.policy)
         tools = list(READ_TOOLS) + ([READ_LOG_TOOL] if job else [])
-        system = render_prompt("answer_system.md", repo=repo, followup=self._followup_context(job) if job else "")
+        system = render_prompt("answer_system.md", repo=repo,
+                               followup=self._followup_context(job, job_files) if job else "")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         messages += self._trimmed_history(history or [])
         messages.append({"role": "user", "content": text})
@@ -113,18 +162,47 @@ class Conversation:
             for call in completion.tool_calls:
                 try:
                     args = parse_arguments(call.arguments)
-                    output = self._run_read_tool(repo_view, job, call.name, args)
+                    output = self._run_read_tool(repo_view, job, job_files, call.name, args)
                 except ValueError as exc:
                     args, output = {}, f"error: {exc}"
                 yield AnswerEvent("tool", call.name, {"arguments": args, "output": output[:2000]})
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
         else:
             final = final or "(I ran out of lookup turns before answering; ask a narrower question.)"
-        citations = self._check(final, root, job)
+        citations = self._check(final, repo_view, job, job_files)
         yield AnswerEvent("done", final, {"citations": [c.as_dict() for c in citations],
-                                          "job_id": job.id if job else None, "repo_root": str(root)})
+                                          "job_id": job.id if job else None, "job_files": sorted(job_files),
+                                          "repo_root": str(root)})
 
-    def _run_read_tool(self, repo_view: ReadOnlyRepo, job: Job | None, name: str, args: dict) -> str:
+    def history(self, thread_id: str, exclude_id: str | None = None) -> list[dict[str, str]]:
+        """The conversation as the model sees it: the user's messages and the assistant's answers (as the
+        model wrote them), never the app's own headers, notices, job cards or commands."""
+        out = []
+        for m in self.store.list_messages(thread_id):
+            meta = m.meta or {}
+            metadata, step = meta.get("metadata") or {}, meta.get("step") or {}
+            text = (m.output or "").strip()
+            if m.id == exclude_id or m.job_id or not text:
+                continue
+            if m.type == "user_message" and step.get("command") != "jobs" and not text.startswith("/jobs"):
+                out.append({"role": "user", "content": text})
+            elif m.type == "assistant_message" and metadata.get("kind") == ANSWER_KIND and metadata.get("answer_text"):
+                out.append({"role": "assistant", "content": metadata["answer_text"]})  # an answer that failed has none
+        return out[-HISTORY_MESSAGES:]
+
+    def _job_files(self, job: Job | None) -> dict[str, str]:
+        """The files of the job's final workspace that were kept (those its summary cited), by path.
+        The workspace itself is gone when the job ends; these stored copies are what remains."""
+        if job is None:
+            return {}
+        return json.loads(self.store.get_artifact(job.id, "cited_files") or "{}")
+
+    def _run_read_tool(self, repo_view: ReadOnlyRepo, job: Job | None, job_files: dict[str, str], name: str,
+                       args: dict) -> str:
+        if name == "read_file" and job is not None and str(args.get("path", "")).removeprefix("./") in job_files:
+            path = str(args["path"]).removeprefix("./")
+            return numbered_excerpt(path, job_files[path], args.get("start"), args.get("end"),
+                                    note=f" as job {job.number} left it")
         if name == "read_log":
             chunk = self.store.get_chunk(str(args.get("chunk", "")))
             if chunk is None or job is None or chunk.job_id not in self._job_lineage(job):
@@ -144,13 +222,15 @@ class Conversation:
             parent = self.store.get_job(parent).parent_job_id
         return ids
 
-    def _followup_context(self, job: Job) -> str:
+    def _followup_context(self, job: Job, job_files: dict[str, str]) -> str:
         diff = self.store.get_artifact(job.id, "diff") or "(no diff)"
         if len(diff) > 12_000:
             diff = diff[:12_000] + "\n… (diff shortened)"
         commands = "\n".join(f"- {c.id} (exit {c.exit_code}): {c.command[:160]}" for c in self.store.list_chunks(job.id)) or "(none)"
+        kept = ", ".join(sorted(job_files)) or "(none)"
         return render_prompt("followup_context.md", number=str(job.number), title=job.title, state=job.state,
-                             task=job.task, summary=job.summary or "(no summary)", diff=diff, commands=commands)
+                             task=job.task, summary=job.summary or "(no summary)", diff=diff, commands=commands,
+                             files=kept)
 
     def _trimmed_history(self, history: list[dict[str, str]]) -> list[dict[str, str]]:
         recent = history[-HISTORY_MESSAGES:]
@@ -159,17 +239,9 @@ class Conversation:
             recent = recent[1:]
         return recent
 
-    def _check(self, text: str, root: Path, job: Job | None):
-        cited_files: dict[str, str] = {}
-        lineage: set[str] = set()
-        if job is not None:
-            lineage = self._job_lineage(job)
-            cited_files = json.loads(self.store.get_artifact(job.id, "cited_files") or "{}")
-        roots = [root]
-        if job is not None:
-            workspace = Path(self.jobs.sandbox_config.workspaces_dir) / job.id
-            if workspace.is_dir():
-                roots.insert(0, workspace)
+    def _check(self, text: str, repo_view: ReadOnlyRepo, job: Job | None, job_files: dict[str, str]):
+        """File citations resolve against the job's kept files first, then the conversation's checkout."""
+        lineage = self._job_lineage(job) if job is not None else set()
 
         def chunk_lookup(chunk_id: str):
             chunk = self.store.get_chunk(chunk_id)
@@ -178,10 +250,10 @@ class Conversation:
             return chunk.line_count, chunk.job_id
 
         def file_lines(path: str):
-            if path in cited_files:
-                return len(cited_files[path].splitlines())
-            return None
-        return check_citations(text, file_roots=roots, chunk_lookup=chunk_lookup, file_lines=file_lines)
+            if path in job_files:
+                return len(job_files[path].splitlines())
+            return repo_view.line_count(path)
+        return check_citations(text, chunk_lookup=chunk_lookup, file_lines=file_lines)
 
     @staticmethod
     def render_citations(text: str, citations: list[dict], link_base: str) -> str:

@@ -55,9 +55,10 @@ class ToolStarted(JobEventRecord):
     arguments: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """"step 3: shell pytest -q" — what is under way now."""
-        what = self.arguments.get("command") or ("a patch" if self.tool == "apply_patch" else "")
-        return f"step {self.step if self.step is not None else '?'}: {self.tool} {what}".strip()
+        """"step 3: $ pytest -q" — what is under way now."""
+        command = self.arguments.get("command")
+        what = f"$ {command}" if command else self.tool
+        return f"step {self.step if self.step is not None else '?'}: {what}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,14 @@ class SandboxPlaced(JobEventRecord):
 
 
 @dataclass(frozen=True)
+class Routed(JobEventRecord):
+    """Why the conversation made this message a job (the router's one-line reason)."""
+    kind: ClassVar[str] = "routed"
+    text: str = ""
+    decided_by: str = ""
+
+
+@dataclass(frozen=True)
 class Finished(JobEventRecord):
     kind: ClassVar[str] = "finished"
     state: str = ""
@@ -163,7 +172,7 @@ class UnknownEvent(JobEventRecord):
 
 EVENT_TYPES: dict[str, type[JobEventRecord]] = {cls.kind: cls for cls in (
     StateChanged, SetupCommandRan, ToolStarted, StepFinished, AgentMessage, OutputDelta, Notice, SummaryWritten,
-    DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Finished)}
+    DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Routed, Finished)}
 
 
 def kind_of(event: JobEventRecord) -> str:

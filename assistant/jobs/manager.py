@@ -7,14 +7,18 @@ written to the store before subscribers hear of it, so a reopened conversation r
 """
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from ..access import RepoPolicy
 from ..config import Settings
+from ..egress import spec_from_settings
 from ..llm.client import ModelClient
 from ..sandbox import SandboxConfig, prepare
 from ..sandbox.pool import EnginePool
@@ -38,6 +42,7 @@ class JobRequest:
     user_id: str | None = None
     parent_job_id: str | None = None
     title: str | None = None
+    agent_internet: dict | str | None = None  # this job's agent-internet layer over the settings and the repo's
 
 
 Subscriber = Callable[[JobUpdate], None]
@@ -51,7 +56,8 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
         maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
         allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
-        diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6), diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6))
+        diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6), diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
+        egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
 
 
 class JobManager:
@@ -81,12 +87,15 @@ class JobManager:
         """The rows a request makes (one per attempt of a best-of-N group), as create_job's arguments."""
         if not req.task.strip():
             raise ValueError("a job needs a task")
+        RepoPolicy.from_settings(self.settings).check(req.repo)  # RepoNotAllowed says why and what to do
+        # The request's agent internet is kept with the job (written with it), so a retry asks for the same.
+        artifacts = {} if req.agent_internet is None else {"agent_internet": json.dumps(req.agent_internet)}
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
         return [dict(task=req.task, repo=req.repo, ref=req.ref, setup=req.setup, thread_id=req.thread_id,
                      user_id=req.user_id, parent_job_id=req.parent_job_id, title=title, group_id=group,
-                     attempt=attempt, attempts=attempts, model=self.model.model_for("agent"))
+                     attempt=attempt, attempts=attempts, model=self.model.model_for("agent"), artifacts=artifacts)
                 for attempt in range(1, attempts + 1)]
 
     def submit(self, req: JobRequest) -> list[Job]:
@@ -114,13 +123,17 @@ class JobManager:
         control.cancel()  # closing the sandbox kills whatever command runs; the pipeline then sees the flag
         if job.state == states.QUEUED:
             self._finish(job, states.CANCELLED, "cancelled by the user before it started")
+        elif job.state in (states.PREPARING, states.SETTING_UP):  # say so now; the run stops as its sandbox closes
+            self._finish(job, states.CANCELLED, "cancelled by the user before the agent started")
         return True
 
-    def retry(self, job_id: str) -> list[Job]:
+    def retry(self, job_id: str, attempts: int = 1) -> list[Job]:
         job = self.store.get_job(job_id)
-        return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=1,
+        internet = self.store.get_artifact(job.id, "agent_internet")
+        return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=attempts,
                                       thread_id=job.thread_id, user_id=job.user_id,
-                                      parent_job_id=job.parent_job_id, title=job.title))
+                                      parent_job_id=job.parent_job_id, title=job.title,
+                                      agent_internet=json.loads(internet) if internet else None))
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         with self._lock:
@@ -138,28 +151,49 @@ class JobManager:
             event.wait(timeout)
         return self.store.get_job(job_id)
 
-    def shutdown(self, cancel_running: bool = True) -> None:
+    def shutdown(self, cancel_running: bool = True, wait_s: float | None = None) -> None:
+        """Stop taking work; with cancel_running, end every active job as interrupted (retryable).
+        wait_s bounds the wait for the workers (a server being stopped has seconds, not a job's length):
+        a job whose worker has not finished by then is recorded as interrupted without it."""
         self._closed.set()
         self._stopping = True
+        active = list(self._controls)
         if cancel_running:
-            for job_id in list(self._controls):
+            for job_id in active:
                 try:
                     self.cancel(job_id)
                 except Exception:
                     log.exception("cancelling %s at shutdown", job_id)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=wait_s is None, cancel_futures=True)
+        if wait_s is not None and cancel_running:
+            self._interrupt_stragglers(active, time.monotonic() + wait_s)
+
+    def _interrupt_stragglers(self, job_ids: list[str], deadline: float) -> None:
+        for job_id in job_ids:
+            done = self._finished.get(job_id)
+            if done is not None and done.wait(max(0.0, deadline - time.monotonic())):
+                continue
+            try:
+                self._finish(self.store.get_job(job_id), states.INTERRUPTED,
+                             "the server shut down while this job was active; retry it")
+            except Exception:
+                log.exception("interrupting %s at shutdown", job_id)
 
     def _watch_external_cancels(self) -> None:
         """`assistant jobs cancel` from another process only writes the store; notice it and stop the work."""
         while not self._closed.wait(1.0):
             with self._lock:
                 mine = [job_id for job_id, control in self._controls.items() if not control.cancelled.is_set()]
-            for job_id in mine:
+            try:
+                cancelled = self.store.job_ids_in_state(mine, states.CANCELLED)
+            except Exception:
+                log.exception("checking %d jobs for an external cancel", len(mine))
+                continue
+            for job_id in cancelled:
                 try:
-                    if self.store.get_job(job_id).state == states.CANCELLED:
-                        self.cancel(job_id)
+                    self.cancel(job_id)
                 except Exception:
-                    log.exception("checking %s for an external cancel", job_id)
+                    log.exception("cancelling %s after an external cancel", job_id)
 
     # ------------------------------------------------------------------ events
     def _publish(self, update: JobUpdate) -> None:
@@ -171,16 +205,23 @@ class JobManager:
             except Exception:  # a broken subscriber must not break the job
                 log.exception("job subscriber failed")
 
-    def _recorder(self, job: Job) -> JobRecorder:
-        return JobRecorder(self.store, job, self._publish)
+    def _recorder(self, job: Job, control: RunControl | None = None) -> JobRecorder:
+        """Records a job's events and end; a running job's (with its control) may ask the summary model for
+        a summary it lacks, unless the server is stopping (it has seconds, not a model call's length)."""
+        def summarise(messages: list[dict]) -> str:
+            if self._stopping:
+                return ""
+            return self.model.complete("summary", messages, job_id=job.id, max_tokens=700).content or ""
+        return JobRecorder(self.store, job, self._publish, control, summarise=summarise if control else None,
+                           price_table=self.settings.price_table, currency=self.settings.price_currency)
 
     def _emit(self, job: Job, event: JobEventRecord) -> None:
         self._recorder(job).publish_event(event)
 
-    def _finish(self, job: Job, state: str, reason: str) -> None:
+    def _finish(self, job: Job, state: str, reason: str, recorder: JobRecorder | None = None) -> None:
         if state == states.CANCELLED and self._stopping:  # nobody cancelled it: the server is going away
             state, reason = states.INTERRUPTED, "the server shut down while this job was active; retry it"
-        self._recorder(job).finish(state, reason)
+        (recorder or self._recorder(job)).finish(state, reason)
         with self._lock:
             done = self._finished.get(job.id)
         if done:
@@ -193,7 +234,7 @@ class JobManager:
         try:
             if job.state != states.QUEUED or control is None or control.cancelled.is_set():
                 return
-            recorder = JobRecorder(self.store, job, self._publish, control)
+            recorder = self._recorder(job, control)
 
             def prepare_placed(request, **callbacks):
                 engine = None if self.pool is None else self.pool.place(
@@ -203,7 +244,7 @@ class JobManager:
                               model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
                               emit=recorder.emit, control=control)
             recorder.record_outcome(outcome)
-            self._finish(recorder.job, outcome.state, outcome.reason)
+            self._finish(recorder.job, outcome.state, outcome.reason, recorder)
         except Exception as exc:  # whatever happens, the job ends in a defined state with the reason
             if control is not None and control.cancelled.is_set():
                 self._finish(job, states.CANCELLED, "cancelled by the user")
@@ -229,5 +270,7 @@ def job_spec(store: Store, job: Job) -> JobSpec:
         while parent_id and parent_id not in ancestors and parent_id != job.id:
             ancestors.add(parent_id)
             parent_id = store.get_job(parent_id).parent_job_id
+    internet = store.get_artifact(job.id, "agent_internet")
     return JobSpec(job_id=job.id, task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, parent=parent,
-                   citable_jobs=frozenset(ancestors), run=job.fence)
+                   citable_jobs=frozenset(ancestors), run=job.fence,
+                   agent_internet=json.loads(internet) if internet else None)

@@ -29,6 +29,8 @@ from .events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, Sandbox
 log = logging.getLogger(__name__)
 
 CITED_FILE_MAX_BYTES = 2_000_000
+MAX_LISTED_FILES = 1000  # files named in the job's records and card; the patch holds them all
+EGRESS_CHUNK_PREFIX = "egress proxy:"  # log chunks of requests the egress proxy refused (agent/tools.py)
 
 
 class LoggedChunk(Protocol):
@@ -69,6 +71,7 @@ class JobSpec:
     parent: ParentResult | None = None
     citable_jobs: frozenset[str] = frozenset()  # whose log chunks the summary may cite: the job and its ancestors
     run: int = 1                                # which run of the job this is (its fence)
+    agent_internet: dict | str | None = None    # the job request's agent-internet layer (see assistant/egress)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ class JobOutcome:
     diff: str | None = None                     # readable diff (or why it could not be computed)
     patch: str | None = None
     cited_files: dict[str, str] = field(default_factory=dict)
-    outcome: dict[str, Any] = field(default_factory=dict)  # files, diff_lines, tests, tests_passed, diff_notes
+    outcome: dict[str, Any] = field(default_factory=dict)  # files, diff_lines, tests, tests_passed, diff_notes,
+    #                                                        test_commands
     prompt_tokens: int = 0
     completion_tokens: int = 0
     steps: int = 0
@@ -164,6 +168,7 @@ def run_job(spec: JobSpec, *, prepare: Prepare, config: SandboxConfig, model: Mo
 
 
 def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOutcome:
+    job_log = _ChunkTally(job_log)
     emit(StateChanged(states.PREPARING))
     setup_chunks: list[LoggedChunk] = []
     entered_setup = False
@@ -193,7 +198,7 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
 
     try:
         prepared = prepare(PrepareRequest(job_id=spec.job_id, repo=spec.repo, ref=spec.ref, setup=spec.setup,
-                                          run=spec.run),
+                                          run=spec.run, agent_internet=spec.agent_internet),
                            on_state=on_state, on_command=on_command, on_output=on_output, on_sandbox=on_sandbox)
     except SetupFailed as exc:
         last = setup_chunks[-1] if setup_chunks else None
@@ -223,7 +228,7 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
         context_window=limits.context_window), protocol=limits.tool_protocol, job_id=spec.job_id,
         cancel=control.cancelled, on_event=lambda kind, data: emit(decode(kind, data)))
     result = agent.run(spec.task, context=context, instructions=instructions)
-    return _conclude(spec, result, prepared, config, job_log, cancelled=control.cancelled.is_set())
+    return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
 
 
 def _context(spec: JobSpec, prepared: PreparedSandbox, setup_chunks: list[LoggedChunk], emit: Emit) -> str:
@@ -254,7 +259,7 @@ def _apply_parent(parent: ParentResult, sandbox, emit: Emit) -> str:
 
 
 def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, config: SandboxConfig,
-              job_log: JobLog, cancelled: bool) -> JobOutcome:
+              job_log: "_ChunkTally", emit: Emit, cancelled: bool) -> JobOutcome:
     outcome = JobOutcome(states.FAILED, result.reason, agent_ran=True, summary=result.summary,
                          prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                          steps=result.steps)
@@ -264,18 +269,24 @@ def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, con
         diff = workspace_diff(prepared.sandbox, prepared.base_commit, prepared.setup_changes,
                               file_cap=config.diff_file_cap_bytes, patch_cap=config.diff_patch_cap_bytes)
         outcome.diff, outcome.patch = diff.display, diff.patch
-        files = [list(f) for f in diff.files]
+        files = [list(f) for f in diff.files[:MAX_LISTED_FILES]]
         notes = diff.notes()
+        if len(diff.files) > MAX_LISTED_FILES:
+            notes.append(f"{len(diff.files):,} files changed; the first {MAX_LISTED_FILES:,} are listed")
     except Exception as exc:  # a dead container must not cost the summary
         log.warning("diff of %s failed: %s", spec.job_id, exc)
         outcome.diff = f"(the diff could not be computed: {exc})"
+    blocked = _report_blocked(spec, prepared, job_log, emit)
+    if blocked:
+        outcome.summary = result.summary = f"{result.summary}\n\n{blocked}".strip()
     citations, outcome.cited_files = _check_citations(spec, result.summary, prepared.sandbox, job_log)
     outcome.citations = [c.as_dict() for c in citations]
     diff_lines = sum(1 for line in (outcome.diff or "").splitlines()
                      if line[:1] in "+-" and not line.startswith(("+++", "---")))
     last_test = result.tests[-1] if result.tests else None
     outcome.outcome = {"files": files, "diff_lines": diff_lines, "tests": result.tests, "diff_notes": notes,
-                       "tests_passed": None if last_test is None else last_test["exit_code"] == 0}
+                       "tests_passed": None if last_test is None else last_test["exit_code"] == 0,
+                       "test_commands": list(result.test_commands)}
     if cancelled or result.status == "cancelled":
         outcome.state, outcome.reason = states.CANCELLED, "cancelled by the user"
     elif result.status == "succeeded":
@@ -283,6 +294,44 @@ def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, con
         outcome.state = states.SUCCEEDED
         outcome.reason = f"{len(citations)} citations, {invalid} unverified" if citations else "no citations"
     return outcome
+
+
+def _report_blocked(spec: JobSpec, prepared: PreparedSandbox, job_log: "_ChunkTally", emit: Emit) -> str:
+    """Every request the egress proxy refused, for the summary and the card: what, where it is logged, and how
+    to allow it. "" when nothing was blocked (or the job had no internet at all)."""
+    egress = getattr(prepared.sandbox, "egress", None)
+    if egress is None:
+        return ""
+    from ..egress.report import blocked_summary
+
+    try:
+        blocked = egress.blocked_requests()
+    except Exception as exc:
+        log.warning("reading the egress log of %s failed: %s", spec.job_id, exc)
+        return ""
+    if not blocked:
+        return ""
+    where = " ".join(f"【{c.id}†L1-L{max(c.line_count, 1)}】" for c in job_log.egress_chunks)
+    text = blocked_summary(blocked, prepared.egress_policy)
+    emit(Notice(text, "warning"))
+    return f"**Blocked by the egress proxy** {where}\n\n{text}"
+
+
+class _ChunkTally:
+    """The run's JobLog, noting the chunks the egress proxy's refusals were logged in (for the summary)."""
+
+    def __init__(self, job_log: JobLog):
+        self._log = job_log
+        self.egress_chunks: list[LoggedChunk] = []
+
+    def add_chunk(self, **fields) -> LoggedChunk:
+        chunk = self._log.add_chunk(**fields)
+        if str(fields.get("command", "")).startswith(EGRESS_CHUNK_PREFIX):
+            self.egress_chunks.append(chunk)
+        return chunk
+
+    def chunk_owner(self, chunk_id: str) -> tuple[int, str] | None:
+        return self._log.chunk_owner(chunk_id)
 
 
 def _check_citations(spec: JobSpec, summary: str, sandbox, job_log: JobLog):

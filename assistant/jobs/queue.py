@@ -218,6 +218,7 @@ def announce_lost_run(store: Store, job: Job, run: int, reason: str, publish) ->
                                       "warning"))
         recorder.publish_event(StateChanged(states.QUEUED, f"retrying: {reason}"))
     else:
+        recorder.assess(states.INTERRUPTED, reason)
         recorder.announce_end(states.INTERRUPTED, reason)
 
 
@@ -277,14 +278,14 @@ class QueuedJobManager(JobManager):
         self._worker_thread.start()
         worker.started.wait(30)
 
-    def shutdown(self, cancel_running: bool = True) -> None:
+    def shutdown(self, cancel_running: bool = True, wait_s: float | None = None) -> None:
         """Queued jobs, and running ones, belong to the workers: they go on without this process. A worker in
-        this process hands its running jobs back to the queue for another one."""
+        this process hands its running jobs back to the queue for another one (waiting up to wait_s, else 60 s)."""
         self._closed.set()
         worker = getattr(self, "_worker", None)
         if worker is not None:
             worker.stop()
-            self._worker_thread.join(timeout=60)
+            self._worker_thread.join(timeout=60 if wait_s is None else wait_s)
         self.feed.close()
 
     def _publish(self, update: JobUpdate) -> None:

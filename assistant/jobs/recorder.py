@@ -15,11 +15,13 @@ import json
 import logging
 from collections.abc import Callable
 
+from ..agent.outcome import kind_rank
 from ..store import Job, StaleRun, Store
 from . import states
 from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxPlaced, SandboxReady,
                      StateChanged, SummaryWritten)
 from .pipeline import JobOutcome, RunControl
+from .results import Summarise, assess_job
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,19 @@ Publish = Callable[[JobUpdate], None]
 
 
 class JobRecorder:
-    def __init__(self, store: Store, job: Job, publish: Publish, control: RunControl | None = None):
+    """`summarise` lets the summary model write the summary of a job that ended without one (else a digest of
+    its log does); `price_table`/`currency` price its tokens (settings.price_table)."""
+
+    def __init__(self, store: Store, job: Job, publish: Publish, control: RunControl | None = None, *,
+                 summarise: Summarise | None = None, price_table: str | None = None, currency: str = "USD"):
         self.store = store
         self.job = job
         self.publish = publish
         self.control = control
+        self.summarise = summarise
+        self.price_table = price_table
+        self.currency = currency
+        self._recorded_run = False  # this run recorded what its agent left (then the end re-assesses it)
 
     def _write(self, write, *args, **kwargs):
         """One store write; a write refused by the job's fence loses the run."""
@@ -85,6 +95,7 @@ class JobRecorder:
             self._write(self.store.put_artifact, job_id, "cited_files", json.dumps(outcome.cited_files))
         if not outcome.agent_ran:
             return
+        self._recorded_run = True
         self._write(self.store.add_job_tokens, job_id, outcome.prompt_tokens, outcome.completion_tokens,
                     outcome.steps)
         self.job = self._write(self.store.update_job, job_id, summary=outcome.summary, citations=outcome.citations,
@@ -95,11 +106,17 @@ class JobRecorder:
                                         outcome.outcome.get("diff_notes") or []))
 
     def finish(self, state: str, reason: str) -> bool:
-        """End the job (unless it already ended); rank its group when it was the last one. True if it ended here."""
+        """Assess the result, then end the job (unless it already ended); rank its group when it was the last
+        one. True if it ended here."""
         current = self._write(self.store.get_job, self.job.id)
         if current.state in states.TERMINAL:
             self.job = current
+            # Ended from outside (a cancel, `jobs cancel`): still owed its assessment, or a new one now that
+            # this run has recorded what the agent left.
+            if self._recorded_run or not (current.outcome or {}).get("kind"):
+                self.assess(current.state, current.reason or reason)
             return False
+        self.assess(state, reason)
         try:
             self.job = self._write(self.store.transition, current.id, state, reason)
         except states.IllegalTransition:  # it ended elsewhere between the read and the write
@@ -107,6 +124,21 @@ class JobRecorder:
         self.publish_event(StateChanged(state, reason))
         self.announce_end(state, reason)
         return True
+
+    def assess(self, state: str, reason: str) -> None:
+        """Before the job ends: a summary if it has none, the kind of result, checked claims, review flags
+        (jobs/results.py). A failure here costs the assessment, never the end of the job."""
+        try:
+            job = self._write(self.store.get_job, self.job.id)
+            assessment = self._write(assess_job, self.store, job, state=state, reason=reason,
+                                     summarise=self.summarise, price_table=self.price_table, currency=self.currency)
+        except StaleRun:
+            raise
+        except Exception:
+            log.exception("assessing the result of %s", self.job.id)
+            return
+        if assessment.summary_written:
+            self.publish_event(SummaryWritten(assessment.summary, assessment.citations))
 
     def announce_end(self, state: str, reason: str) -> None:
         """The job has ended in the store: rank its group if it was the last one, and say it is finished."""
@@ -130,7 +162,9 @@ def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> Non
 
 
 def rank_key(job: Job) -> tuple:
-    """Succeeded before anything else; then a passing last test run, then any test run at all; then the smaller diff."""
+    """The kind of result first (fix, draft, findings, no result); then succeeded before anything else; then
+    fewer review flags, a passing last test run, any test run at all; then the smaller diff."""
     outcome = job.outcome or {}
     passed = outcome.get("tests_passed")
-    return (job.state != states.SUCCEEDED, passed is not True, passed is None, outcome.get("diff_lines", 10**9))
+    return (kind_rank(outcome.get("kind")), job.state != states.SUCCEEDED, len(outcome.get("flags") or []),
+            passed is not True, passed is None, outcome.get("diff_lines", 10**9))

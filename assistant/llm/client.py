@@ -1,13 +1,17 @@
 """The one place that talks to the model: the official openai SDK over Chat Completions.
 
-Retries with exponential backoff on 429, 5xx, timeouts and dropped connections (the SDK's own retry
-loop, told how many times by settings); every failure that is left surfaces as a ModelError whose
-message says what went wrong and what to do. Token usage is recorded per job and per thread.
+Transient faults are retried with exponential backoff: 429, 5xx, timeouts and refused connections by
+the SDK's own retry loop; a 200 whose body is not a chat completion (a proxy's login page, a gateway's
+HTML error) and a stream cut short by our loop here, which the SDK does not retry. Both are told how
+many times by settings. Every failure that is left surfaces as a ModelError whose message says what
+went wrong and what to do. Token usage is recorded per job and per thread.
 """
 from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +24,11 @@ from .tokens import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
 
+# Our retries of faults the SDK does not retry follow the SDK's own schedule: 0.5 s doubling to 8 s, jittered.
+RETRY_FIRST_WAIT_S = 0.5
+RETRY_MAX_WAIT_S = 8.0
+RESTART_NOTICE = "\n\n(the model's stream broke off; its answer starts again)\n\n"
+
 
 class ModelError(RuntimeError):
     """A model request that failed for good; the message is meant for the user."""
@@ -30,6 +39,10 @@ class ModelUnavailable(ModelError):
 
 
 class ModelGarbage(ModelError):
+    pass
+
+
+class StreamCut(ModelUnavailable):
     pass
 
 
@@ -61,6 +74,30 @@ class Completion:
         if self.tool_calls:
             msg["tool_calls"] = [c.as_message_part() for c in self.tool_calls]
         return msg
+
+
+class _Replay:
+    """Which part of a repeated stream's text the caller has not been shown yet."""
+
+    def __init__(self, shown: str):
+        self.shown = shown          # what the caller has from the attempts before this one
+        self.text = ""              # this attempt's text so far
+        self.caught_up = not shown  # past the point where this attempt repeats what was shown
+
+    def feed(self, delta: str) -> str:
+        self.text += delta
+        if self.caught_up:
+            return delta
+        if self.shown.startswith(self.text):
+            return ""
+        self.caught_up = True
+        if self.text.startswith(self.shown):
+            return self.text[len(self.shown):]
+        return RESTART_NOTICE + self.text
+
+    def seen_by_caller(self) -> str:
+        """The answer the caller now holds, for the next attempt to be compared with."""
+        return self.text if self.caught_up else self.shown
 
 
 UsageSink = Callable[[str, str, int, int, "str | None", "str | None"], None]
@@ -114,7 +151,7 @@ class ModelClient:
                                     f"{self.settings.model_max_retries} retries; wait and retry")
         if isinstance(exc, openai.APIStatusError):
             return ModelError(f"the model endpoint at {where} answered {exc.status_code}: {exc.message}")
-        if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, ValueError, KeyError, TypeError)):
+        if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError)):
             return ModelGarbage(f"the model endpoint at {where} answered something that is not an OpenAI chat "
                                 f"completion ({type(exc).__name__}: {str(exc)[:200]}); is OPENAI_BASE_URL an OpenAI-compatible /v1 URL?")
         return ModelError(f"model request failed: {type(exc).__name__}: {exc}")
@@ -147,8 +184,32 @@ class ModelClient:
             kwargs["temperature"] = temperature
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
-        resp = self._create(kwargs)
-        return self._parse(resp, role, model, messages, job_id, thread_id)
+        return self._retrying(lambda: self._parse(self._create(kwargs), role, model, messages, job_id, thread_id))
+
+    def _retrying(self, request: Callable[[], Any]) -> Any:
+        """Run one request, retrying the transient faults the SDK leaves to us (ModelGarbage) with backoff."""
+        retries = self.settings.model_max_retries
+        for attempt in range(retries + 1):
+            try:
+                return request()
+            except ModelGarbage as exc:
+                if attempt == retries:
+                    raise ModelGarbage(f"{exc} (the same after {retries} retries)") from exc
+                self._wait_before_retry(attempt, exc)
+        raise AssertionError("unreachable")
+
+    def _guarded(self, request: Callable[[], Any]) -> Any:
+        """An SDK call whose failures come out as ModelErrors; a reply that is no completion is garbage."""
+        try:
+            return request()
+        except (openai.APIError, httpx.HTTPError, AttributeError, TypeError, ValueError) as exc:
+            raise self._translate(exc) from exc
+
+    def _wait_before_retry(self, attempt: int, exc: Exception) -> None:
+        wait = min(RETRY_MAX_WAIT_S, RETRY_FIRST_WAIT_S * 2 ** attempt) * random.uniform(0.75, 1.0)
+        log.warning("model request failed (%s); retry %d of %d in %.1f s", exc, attempt + 1,
+                    self.settings.model_max_retries, wait)
+        time.sleep(wait)
 
     def _parse(self, resp: Any, role: str, model: str, messages: list[dict], job_id: str | None,
                thread_id: str | None) -> Completion:
@@ -184,7 +245,11 @@ class ModelClient:
                     job_id: str | None = None, thread_id: str | None = None, model: str | None = None,
                     max_tokens: int | None = None) -> Iterator[tuple[str, Any]]:
         """One streamed model turn: ("text", delta) as text arrives, then ("completion", Completion)
-        with the whole text and any tool calls (assembled from their deltas)."""
+        with the whole text and any tool calls (assembled from their deltas).
+
+        A stream that breaks off, or that carries no completion at all, is requested again with backoff.
+        Text the caller already has is not sent twice; when the new answer differs from it, a notice
+        says the answer starts again (the completion holds the new answer only)."""
         self._ensure_server()
         model = model or self.model_for(role)
         kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
@@ -193,13 +258,35 @@ class ModelClient:
             kwargs["tools"] = tools
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
+        retries = self.settings.model_max_retries
+        shown = ""
+        for attempt in range(retries + 1):
+            replay = _Replay(shown)
+            try:
+                for kind, value in self._stream_once(kwargs, role, model, messages, job_id, thread_id):
+                    if kind == "completion":
+                        yield kind, value
+                        return
+                    fresh = replay.feed(value)
+                    if fresh:
+                        yield "text", fresh
+            except (StreamCut, ModelGarbage) as exc:
+                if attempt == retries:
+                    raise type(exc)(f"{exc} (the same after {retries} retries)") from exc
+                shown = replay.seen_by_caller()
+                self._wait_before_retry(attempt, exc)
+
+    def _stream_once(self, kwargs: dict[str, Any], role: str, model: str, messages: list[dict[str, Any]],
+                     job_id: str | None, thread_id: str | None) -> Iterator[tuple[str, Any]]:
         stream = self._create(kwargs)
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish = None
         usage = None
+        events = 0
         try:
             for chunk in stream:
+                events += 1
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage
                 for choice in getattr(chunk, "choices", None) or []:
@@ -217,14 +304,21 @@ class ModelClient:
         except ModelError:
             raise
         except (httpx.HTTPError, openai.APIError) as exc:
-            raise ModelUnavailable(f"the model endpoint at {self.base_url} dropped the stream ({exc}); retry") from exc
+            raise StreamCut(f"the model endpoint at {self.base_url} broke off the stream ({exc}); "
+                            "try again") from exc
         except Exception as exc:
             raise self._translate(exc) from exc
         finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
             full = "".join(text)
             prompt = getattr(usage, "prompt_tokens", None) or count_message_tokens(messages, model)
             completion = getattr(usage, "completion_tokens", None) or count_tokens(full, model)
             self._record(role, model, prompt, completion, job_id, thread_id)
+        if not events:
+            raise ModelGarbage(f"the model endpoint at {self.base_url} answered a streamed request without a "
+                               "single stream event; is OPENAI_BASE_URL an OpenAI-compatible /v1 URL?")
         tool_calls = [ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
                       for i, c in sorted(calls.items())]
         yield "completion", Completion(content="".join(text), tool_calls=tool_calls, finish_reason=finish,
@@ -237,10 +331,7 @@ class ModelClient:
         from .constrained import FinalAnswer, next_action
         self._ensure_server()
         model = self.model_for(role)
-        try:
-            action = next_action(self._sdk, model, messages, tools)
-        except (openai.APIError, httpx.HTTPError) as exc:
-            raise self._translate(exc) from exc
+        action = self._retrying(lambda: self._guarded(lambda: next_action(self._sdk, model, messages, tools)))
         raw = action.text if isinstance(action, FinalAnswer) else action.raw
         prompt, completion = count_message_tokens(messages, model), count_tokens(raw, model)
         self._record(role, model, prompt, completion, job_id, thread_id)
@@ -255,10 +346,8 @@ class ModelClient:
         from .constrained import constrained_json
         self._ensure_server()
         model = self.model_for(role)
-        try:
-            value = constrained_json(self._sdk, model, messages, schema, max_tokens=max_tokens)
-        except (openai.APIError, httpx.HTTPError) as exc:
-            raise self._translate(exc) from exc
+        value = self._retrying(lambda: self._guarded(
+            lambda: constrained_json(self._sdk, model, messages, schema, max_tokens=max_tokens)))
         self._record(role, model, count_message_tokens(messages, model), count_tokens(json.dumps(value), model),
                      None, thread_id)
         return value

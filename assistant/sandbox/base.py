@@ -46,6 +46,8 @@ class SandboxConfig:
     diff_file_cap_bytes: int = 5_000_000   # a changed file over this is listed (size, sha256), not embedded
     diff_patch_cap_bytes: int = 20_000_000  # the whole patch stops at the last file before this
     deployment: str | None = None  # the database's deployment id, labelled on containers: sweeps touch only ours
+    egress_settings: Any = None            # the settings' agent-internet layer (an egress EgressSpec)
+    egress_image: str = "assistant-egress:latest"
 
     @property
     def workspaces_dir(self) -> Path:
@@ -111,6 +113,7 @@ class PrepareRequest:
     ref: str | None = None
     setup: list[str] | None = None  # None = the repo's .assistant/setup.sh, else detection; [] = no setup
     run: int = 1                    # which run of the job (its fence): labelled on the sandbox
+    agent_internet: dict | str | None = None  # the job request's agent-internet layer (see assistant/egress)
 
 
 @dataclass
@@ -127,6 +130,7 @@ class PreparedSandbox:
     setup_changes: dict = field(default_factory=lambda: {"created": [], "modified": {}})  # left out of the diff
     backend: str = "docker"
     backend_fallback: str | None = None  # why a weaker backend than configured runs this job
+    egress_policy: Any = None            # the agent phase's internet policy (an egress EgressPolicy)
 
 
 class SandboxError(Exception):

@@ -13,13 +13,14 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 SERVER_SOURCE = _HERE / "cmdserver.py"
-# Module name -> source file, registered in this order before the server starts.
+# Module name -> source file; the server compiles them at its first workspace operation (not at start, where
+# compiling them would delay every sandbox's first command), in this order.
 MODULES = (("apply_patch", _HERE.parent / "agent" / "apply_patch.py"), ("workspace_ops", _HERE / "workspace_ops.py"))
 
 # Python 3.6-compatible on purpose: it runs in whatever image a user names. It reads exactly the payload's
 # bytes, so nothing meant for the server is consumed.
 BOOTSTRAP = (
-    "import json, os, sys, types\n"
+    "import json, os, sys\n"
     "def _read(n):\n"
     "    s = b''\n"
     "    while len(s) < n:\n"
@@ -31,11 +32,7 @@ BOOTSTRAP = (
     "h = b''\n"
     "while not h.endswith(b'\\n'):\n    h += _read(1)\n"
     "p = json.loads(_read(int(h)).decode('utf-8'))\n"
-    "for name, src in p['modules']:\n"
-    "    m = types.ModuleType(name)\n"
-    "    sys.modules[name] = m\n"
-    "    exec(compile(src, name + '.py', 'exec'), m.__dict__)\n"
-    "exec(compile(p['main'], 'cmdserver.py', 'exec'), {'__name__': '__main__'})\n"
+    "exec(compile(p['main'], 'cmdserver.py', 'exec'), {'__name__': '__main__', 'MODULE_SOURCES': p['modules']})\n"
 )
 
 

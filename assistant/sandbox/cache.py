@@ -11,7 +11,6 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from .base import SandboxConfig
 from .engine import EngineSpec, docker_client
@@ -88,6 +87,14 @@ class SetupCache:
     def entries(self) -> list[CacheEntry]:
         with self._locked_index() as index:
             return sorted(index.values(), key=lambda e: e.last_used, reverse=True)
+
+    def remove(self, key: str) -> bool:
+        """Forget one entry and remove its image (retention); False when it was not there."""
+        with self._locked_index() as index:
+            entry = index.pop(key, None)
+            if entry is not None:
+                self._drop(entry)
+        return entry is not None
 
     def clear(self) -> int:
         with self._locked_index() as index:

@@ -185,6 +185,12 @@ class ChannelSandbox(ABC):
     Subclasses set _channel, _config, _deadline, _expired, _closed, _close_lock, _wall_clock and implement
     _teardown."""
 
+    egress = None  # the job's egress proxy handle when the agent phase has internet by allowlist
+    _extra_env: dict[str, str] = {}  # merged into every command's environment (the proxy variables)
+
+    def confine_to_proxy(self, policy, config) -> str:
+        raise SandboxError(f"the {self.backend} backend supports agent internet `off` only")
+
     def _expire(self) -> None:
         self._expired = True
         self.close()
@@ -216,6 +222,7 @@ class ChannelSandbox(ABC):
         if channel is None:
             raise SandboxError("the sandbox is closed")
         try:
+            env = {**self._extra_env, **env} if env and self._extra_env else (env or self._extra_env)
             return channel.exec(command, min(timeout_s, remaining), workdir, env, on_output, self._config.output_cap_bytes)
         except SandboxError:
             if self._expired:

@@ -250,6 +250,20 @@ class ForkedProcess(object):
         os.close(self.fd)
 
 
+MODULE_SOURCES = globals().get("MODULE_SOURCES") or []  # given by the bootstrap: [[name, source], ...]
+
+
+def load_modules():
+    """Register the workspace operations' modules once, in the server, so forked calls inherit them."""
+    import types
+
+    while MODULE_SOURCES:
+        name, source = MODULE_SOURCES.pop(0)
+        module = types.ModuleType(name)
+        sys.modules[name] = module
+        exec(compile(source, name + ".py", "exec"), module.__dict__)
+
+
 def _run_call(request):
     """In the forked child: call workspace_ops.<fn>(**args) and print the outcome as one JSON document."""
     out = os.fdopen(1, "w")
@@ -377,6 +391,7 @@ class Server(object):
             command = Command(request)
             try:
                 if op == "call":
+                    load_modules()
                     command.spawn_call(request)
                 else:
                     command.spawn(request)

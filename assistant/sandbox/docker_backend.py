@@ -8,7 +8,6 @@ import secrets
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 from .base import (
     AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, SandboxConfig, SandboxError,
@@ -48,9 +47,10 @@ class DockerSandbox(ChannelSandbox):
     backend = "docker"
 
     def __init__(self, container, channel: CommandChannel, config: SandboxConfig, network: bool,
-                 engine: EngineSpec | None = None):
+                 engine: EngineSpec | None = None, job_id: str = ""):
         self.container = container
         self.engine = engine
+        self._job_id = job_id
         self._online = network
         self._channel = channel
         self._config = config
@@ -119,7 +119,7 @@ class DockerSandbox(ChannelSandbox):
             transport.write(payload())
             channel = CommandChannel(transport,
                                      describe_failure=lambda: _describe_exit(container, transport, image, engine))
-            sandbox = cls(container, channel, config, network, engine)
+            sandbox = cls(container, channel, config, network, engine, job_id)
         except Exception:
             _remove(container)
             raise
@@ -144,6 +144,23 @@ class DockerSandbox(ChannelSandbox):
             raise SandboxError(f"the sandbox still has network interfaces {interfaces} after the cut; refusing to go on")
         return OFFLINE
 
+    def confine_to_proxy(self, policy, config: SandboxConfig) -> str:
+        """Agent internet by allowlist: the container leaves every network for the job's internal one, whose only
+        way out is its own filtering proxy; proven from inside before the agent's first step."""
+        from ..egress import EgressGateway
+
+        handle = EgressGateway(config.egress_image, config.image, engine=self.engine).start(policy, self._job_id)
+        try:
+            handle.attach(self.container)
+            self._online = False
+            self._extra_env = handle.proxy_env()
+            handle.verify(lambda command: self.exec(command, timeout_s=60).output)
+        except BaseException:
+            handle.close()
+            raise
+        self.egress = handle
+        return f"the job's egress proxy only — {policy.describe()}"
+
     def commit(self, repository: str, tag: str, labels: dict[str, str]) -> str:
         image = self.container.commit(repository=repository, tag=tag, changes=[f'LABEL {k}="{v}"' for k, v in labels.items()])
         return image.id
@@ -151,6 +168,8 @@ class DockerSandbox(ChannelSandbox):
     def _teardown(self) -> None:
         self._channel.close()
         _remove(self.container)
+        if self.egress is not None:
+            self.egress.close()  # the proxy and the job's network; its records stay readable
 
 
 def _safe(job_id: str) -> str:

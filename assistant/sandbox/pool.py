@@ -185,23 +185,27 @@ class EnginePool:
             return 0
 
     # ------------------------------------------------------------------ the image
-    def push(self, name: str, on_log: Callable[[str], None] = print) -> None:
-        """Copy the sandbox image to the named engine from one that has it (streamed, never whole in memory)."""
+    def push(self, name: str, on_log: Callable[[str], None] = print, image: str | None = None) -> None:
+        """Copy the sandbox image (or `image`, e.g. the egress proxy's) to the named engine from one that has it
+        (streamed, never whole in memory)."""
+        image = image or self.image
         target = self.engine(name)
         if target is None:
             raise SandboxError(f"no engine {name!r} in ASSISTANT_DOCKER_HOSTS (engines: "
                                f"{', '.join(e.name for e in self.engines)})")
-        source = next((e for e in (EngineSpec(),) + self.engines if e != target and _has(e, self.image)), None)
+        source = next((e for e in (EngineSpec(),) + self.engines if e != target and _has(e, image)), None)
         if source is None:
-            raise SandboxError(f"no engine has the image {self.image}: build it first (`assistant sandbox build`)")
+            build = "assistant sandbox build" if image == self.image else "assistant egress build"
+            raise SandboxError(f"no engine has the image {image}: build it first (`{build}`)")
         started = time.monotonic()
-        on_log(f"copying {self.image} from {source.describe()} to {target.describe()}")
-        stream = docker_client(source).api.get_image(self.image)
+        on_log(f"copying {image} from {source.describe()} to {target.describe()}")
+        stream = docker_client(source).api.get_image(image)
         for line in docker_client(target).api.load_image(_chunks(stream)):
             if line.get("error"):
                 raise SandboxError(f"{target.describe()} refused the image: {line['error']}")
-        self._image_seen.pop(target.name, None)
-        on_log(f"{target.name} has {self.image} ({time.monotonic() - started:.0f} s)")
+        if image == self.image:
+            self._image_seen.pop(target.name, None)
+        on_log(f"{target.name} has {image} ({time.monotonic() - started:.0f} s)")
 
 
 def _least_loaded(usable: list[EngineSpec], loads: dict[str, int]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -17,6 +18,7 @@ from .setup_commands import setup_commands
 
 SETUP_COMMAND_TIMEOUT_S = 1800.0
 BUNDLE_PATH = "/tmp/assistant-repo.bundle"
+REPO_CONFIG = ".assistant/config.toml"
 _start_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-start")
 
 
@@ -54,8 +56,15 @@ def prepare(
         start = functools.partial(_start, choice.backend, run=req.run)
     start = _announcing(start, on_sandbox)
     on_state("preparing")
-    source = prepare_source(req.repo, req.ref, config.data_dir)
-    commands = setup_commands(source, req.setup)
+    early = _early_start(req, config, choice.backend, start)
+    try:
+        source = prepare_source(req.repo, req.ref, config.data_dir)
+        commands = setup_commands(source, req.setup)
+        policy = _egress_policy(req, config, source, choice.backend)  # a bad policy fails before anything starts
+    except BaseException:
+        if early is not None:
+            _close_when_started(early)
+        raise
     timings["source_s"] = time.monotonic() - clock
 
     cache, key, entry = None, None, None
@@ -84,7 +93,7 @@ def prepare(
             else:
                 setup_network = "none (setup cache hit: setup skipped)"
         else:
-            sandbox = _start_with_repo(start, req.job_id, config, source, network=bool(commands))
+            sandbox = _start_with_repo(start, req.job_id, config, source, network=bool(commands), started=early)
             timings["start_s"] = time.monotonic() - clock
             if commands:
                 on_state("setting_up")
@@ -102,7 +111,7 @@ def prepare(
         clock = time.monotonic()
         if results or config.setup_secrets:
             sandbox.reap()  # what setup left running keeps its environment (and any secret) otherwise
-        agent_network = sandbox.go_offline()
+        agent_network = (sandbox.confine_to_proxy(policy, config) if policy.allowlist else sandbox.go_offline())
         timings["offline_s"] = time.monotonic() - clock
     except BaseException:
         if sandbox is not None:
@@ -121,12 +130,42 @@ def prepare(
         setup_changes=setup_changes,
         backend=choice.backend,
         backend_fallback=choice.fallback,
+        egress_policy=policy,
     )
 
 
-def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, source: RepoSource, network: bool):
-    """Start the sandbox while the host makes the bundle, then clone inside the sandbox from it."""
-    started = _start_pool.submit(start, job_id=job_id, config=config, image=config.image, network=network)
+def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSource, backend: str):
+    """Agent-phase internet: the settings, then the repository's .assistant/config.toml (read from the mirror,
+    as committed), then the job request; off unless one of them asks for an allowlist."""
+    from ..egress import EgressPolicyError, resolve_policy, spec_from_repo_config, spec_from_request
+
+    text = source.read(REPO_CONFIG)
+    try:
+        repo_layer = spec_from_repo_config(tomllib.loads(text) if text else None)
+        return resolve_policy(config.egress_settings, repo_layer, spec_from_request(req.agent_internet),
+                              backend=backend)
+    except tomllib.TOMLDecodeError as exc:
+        raise SandboxError(f"the repository's {REPO_CONFIG} is not valid TOML ({exc}); fix it or remove it") from None
+    except EgressPolicyError as exc:
+        raise SandboxError(str(exc)) from None
+
+
+def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str, start: SandboxStarter):
+    """When the request names its setup (so no file of the repository decides it) and no setup cache will be
+    looked up, the container can start while the host still fetches the repository: most of a cold start."""
+    if req.setup is None:
+        return None
+    planned = [command for command in req.setup if command.strip()]
+    if backend == "docker" and config.cache_enabled and planned:
+        return None
+    return _start_pool.submit(start, job_id=req.job_id, config=config, image=config.image, network=bool(planned))
+
+
+def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, source: RepoSource, network: bool,
+                     started=None):
+    """Start the sandbox (unless it is starting already) while the host makes the bundle, then clone inside the
+    sandbox from it."""
+    started = started or _start_pool.submit(start, job_id=job_id, config=config, image=config.image, network=network)
     try:
         with source.bundle(job_id) as (bundle, ref):
             data = bundle.read_bytes()

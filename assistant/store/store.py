@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, text
+from sqlalchemy import event, func, or_, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -128,27 +128,24 @@ class Store:
             s.commit()
 
     # ------------------------------------------------------------------ messages (Chainlit steps)
-    def upsert_message(self, message_id: str, thread_id: str, **fields: Any) -> Message:
+    def upsert_message(self, message_id: str, thread_id: str, **fields: Any) -> None:
+        """Create or update a message (fields that are None are left as they are, except output) and touch
+        its thread. Two statements and a commit, no rows loaded: the web app writes a step this way for
+        every update of every job card."""
+        values = {key: value for key, value in fields.items() if value is not None or key == "output"}
         try:
-            return self._upsert_message(message_id, thread_id, fields)
-        except IntegrityError:  # a concurrent write created the row between our read and insert
-            return self._upsert_message(message_id, thread_id, fields)
+            self._upsert_message(message_id, thread_id, values)
+        except IntegrityError:  # a concurrent write created the row between our update and insert
+            self._upsert_message(message_id, thread_id, values)
 
-    def _upsert_message(self, message_id: str, thread_id: str, fields: dict[str, Any]) -> Message:
+    def _upsert_message(self, message_id: str, thread_id: str, values: dict[str, Any]) -> None:
         with self.session() as s:
-            msg = s.get(Message, message_id)
-            if msg is None:
-                msg = Message(id=message_id, thread_id=thread_id)
-            for key, value in fields.items():
-                if value is not None or key in ("output",):
-                    setattr(msg, key, value)
-            s.add(msg)
-            thread = s.get(Thread, thread_id)
-            if thread:
-                thread.updated_at = utcnow()
-                s.add(thread)
+            found = s.exec(update(Message).where(col(Message.id) == message_id)
+                           .values(**(values or {"id": message_id}))).rowcount
+            if not found:
+                s.add(Message(id=message_id, thread_id=thread_id, **values))
+            s.exec(update(Thread).where(col(Thread.id) == thread_id).values(updated_at=utcnow()))
             s.commit()
-            return msg
 
     def get_message(self, message_id: str) -> Message | None:
         with self.session() as s:
@@ -211,9 +208,11 @@ class Store:
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, *, task: str, repo: str, thread_id: str | None = None,
-                   in_transaction: Callable[[Any, Job], None] | None = None, **fields: Any) -> Job:
-        """A new job; `in_transaction(dbapi_connection, job)` runs in the same transaction before it commits
-        (the durable queue enqueues the job there, so a job exists exactly when its queue entry does)."""
+                   in_transaction: Callable[[Any, Job], None] | None = None, artifacts: dict[str, str] | None = None,
+                   **fields: Any) -> Job:
+        """A new job, with its first `artifacts` (kind -> content); `in_transaction(dbapi_connection, job)` runs
+        in the same transaction before it commits (the durable queue enqueues the job there, so a job exists
+        exactly when its queue entry does, and a worker that claims it finds its artifacts)."""
         with self._seq_lock, self.session() as s:
             number = 1
             if thread_id:
@@ -221,6 +220,9 @@ class Store:
             job = Job(id=fields.pop("id", None) or secrets.token_hex(4), task=task, repo=repo, thread_id=thread_id,
                       number=number, queued_at=utcnow(), runner=fields.pop("runner", None) or this_runner(), **fields)
             s.add(job)
+            s.flush()
+            for kind, content in (artifacts or {}).items():
+                s.add(Artifact(job_id=job.id, kind=kind, content=content, created_at=utcnow()))
             if in_transaction is not None:
                 s.flush()
                 in_transaction(s.connection().connection.driver_connection, job)
@@ -258,6 +260,14 @@ class Store:
             if states is not None:
                 q = q.where(col(Job.state).in_(list(states)))
             return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
+
+    def job_ids_in_state(self, job_ids: Iterable[str], state: str) -> set[str]:
+        """Which of these jobs are in `state`: one query for a watcher that polls many jobs at once."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self.session() as s:
+            return set(s.exec(select(Job.id).where(col(Job.id).in_(ids), Job.state == state)))
 
     def update_job(self, job_id: str, **fields: Any) -> Job:
         if "state" in fields:
@@ -475,6 +485,23 @@ class Store:
             prompt, completion = s.exec(q).one()
             return int(prompt), int(completion)
 
+    def usage_by_model(self, *, job_ids: Iterable[str] = (), thread_id: str | None = None) -> list[tuple[str, str, int, int]]:
+        """(role, model, prompt tokens, completion tokens) summed per role and model over the given jobs'
+        requests and, with ``thread_id``, the thread's own (routing, answers): one conversation's usage."""
+        conditions = []
+        ids = list(job_ids)
+        if ids:
+            conditions.append(col(TokenUsage.job_id).in_(ids))
+        if thread_id is not None:
+            conditions.append(TokenUsage.thread_id == thread_id)
+        if not conditions:
+            return []
+        with self.session() as s:
+            q = (select(TokenUsage.role, TokenUsage.model, func.sum(TokenUsage.prompt_tokens),
+                        func.sum(TokenUsage.completion_tokens))
+                 .where(or_(*conditions)).group_by(TokenUsage.role, TokenUsage.model)
+                 .order_by(TokenUsage.role, TokenUsage.model))
+            return [(role, model, int(p or 0), int(c or 0)) for role, model, p, c in s.exec(q)]
 
 class FencedStore(Store):
     """See Store.fenced."""

@@ -24,9 +24,11 @@ class Reply:
     content: str | None = None
     tool_calls: list[tuple[str, dict | str]] = field(default_factory=list)  # (name, arguments)
     status: int = 200             # non-200: an error response with this status
-    raw: bytes | None = None      # sent as is (garbage)
+    raw: bytes | None = None      # sent as is with status 200 (garbage)
+    raw_type: str = "text/html"   # the Content-Type sent with raw
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0    # between streamed chunks
+    cut_after: int | None = None  # streamed: drop the connection after this many content chunks
 
     @staticmethod
     def text(content: str, **kw: Any) -> "Reply":
@@ -42,6 +44,14 @@ class Reply:
 
 
 ReplyLike = Union[Reply, Callable[[dict], Reply]]
+
+
+@dataclass
+class Exchange:
+    """One request as the server saw it, with perf_counter() times for latency measurements."""
+    request: dict
+    received_at: float
+    first_chunk_at: float | None = None  # streamed replies: when the first content chunk went out
 
 
 @dataclass
@@ -84,6 +94,7 @@ class ScriptedModelServer:
         self.model = model
         self.rules: list[Rule] = []
         self.requests: list[dict] = []
+        self.exchanges: list[Exchange] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -102,10 +113,13 @@ class ScriptedModelServer:
         with self._lock:
             self.rules.clear()
             self.requests.clear()
+            self.exchanges.clear()
 
-    def _next_reply(self, request: dict) -> Reply:
+    def _next_reply(self, exchange: Exchange) -> Reply:
+        request = exchange.request
         with self._lock:
             self.requests.append(request)
+            self.exchanges.append(exchange)
             for rule in self.rules:
                 if rule.replies and rule.match(request):
                     item = rule.replies[0] if (rule.repeat_last and len(rule.replies) == 1) else rule.replies.popleft()
@@ -144,6 +158,7 @@ class ScriptedModelServer:
                 self._send(404, b'{"error": {"message": "not found"}}')
 
             def do_POST(self):
+                received_at = time.perf_counter()
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     request = json.loads(self.rfile.read(length) or b"{}")
@@ -151,19 +166,21 @@ class ScriptedModelServer:
                     return self._send(400, b'{"error": {"message": "bad json"}}')
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     return self._send(404, b'{"error": {"message": "not found"}}')
-                reply = server._next_reply(request)
+                exchange = Exchange(request, received_at)
+                reply = server._next_reply(exchange)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.raw is not None:
-                    return self._send(200, reply.raw, "text/html")
+                    return self._send(200, reply.raw, reply.raw_type)
                 if reply.status != 200:
                     msg = reply.content or f"scripted error {reply.status}"
                     return self._send(reply.status, json.dumps({"error": {"message": msg, "type": "scripted"}}).encode())
                 if request.get("stream"):
-                    return self._stream(request, reply)
+                    return self._stream(exchange, reply)
                 self._send(200, json.dumps(server._completion(request, reply)).encode())
 
-            def _stream(self, request: dict, reply: Reply) -> None:
+            def _stream(self, exchange: Exchange, reply: Reply) -> None:
+                request = exchange.request
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -178,8 +195,13 @@ class ScriptedModelServer:
                 cid = "chatcmpl-" + uuid.uuid4().hex[:12]
                 base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": server.model}
                 pieces = re.findall(r"\S+\s*|\s+", reply.content or "")
-                for piece in pieces:
+                for index, piece in enumerate(pieces):
+                    if index == reply.cut_after:
+                        self.close_connection = True  # no terminating chunk: the client sees a cut stream
+                        return
                     emit({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                    if exchange.first_chunk_at is None:
+                        exchange.first_chunk_at = time.perf_counter()
                     if reply.chunk_delay_s:
                         time.sleep(reply.chunk_delay_s)
                 for i, (name, args) in enumerate(reply.tool_calls):

@@ -10,8 +10,11 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 from ..agent.citations import CITATION_RE, render_markdown
+from ..agent.claims import mark_claims, markdown_mark, markdown_reason
+from ..agent.review import git_path
+from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
-from ..jobs.events import AgentMessage, JobEventRecord, Notice, SetupCommandRan, StepFinished
+from ..jobs.events import AgentMessage, JobEventRecord, Notice, Routed, SetupCommandRan, StepFinished
 from ..store import Job, Store
 
 # Symbols from the basic fonts every system has; emoji render as empty boxes where no emoji font is installed.
@@ -28,6 +31,9 @@ MAX_DIFF_FILES = 150
 # A file starts expanded when it is this small and the card's expanded lines stay within the budget.
 OPEN_MAX_LINES_PER_FILE = 40
 OPEN_LINES_BUDGET = 120
+
+
+# A job event the web app writes when it starts a job: how the message was routed ({"text": ...}).
 
 
 def cite_url(job_id: str, target: str, start: int, end: int) -> str:
@@ -54,11 +60,63 @@ def job_links(job_id: str) -> Callable[[str, str, int, int], str]:
 
 
 def link_citations(text: str, citations: list[dict], url_for: Callable[[str, str, int, int], str]) -> str:
-    """Checked citations as links to the web app's cite routes (the rendering itself is the core's)."""
+    """Checked citations as links to the web app's cite routes (the rendering itself is the core's).
+    The model's own links are made plain text first: only a checked citation may look like one."""
     def link(c: dict) -> str:
         target = f"F:{c['target']}" if c["kind"] == "file" else c["target"]
         return url_for(c["kind"], target, c["start"], c["end"])
-    return render_markdown(text, citations or [], link)
+    return render_markdown(unlinked(text), citations or [], link)
+
+
+_FENCED_BLOCK = re.compile(r"^( {0,3})(`{3,}|~{3,})[^\n]*\n.*?(?:^ {0,3}\2[`~]*[ \t]*$|\Z)", re.M | re.S)
+_CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
+_MD_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*<?([^)\s>]*)>?(?:\s+[\"'(][^)]*[\"')])?\s*\)")
+_AUTOLINK = re.compile(r"<((?:https?|ftp|mailto|file):[^>\s]+)>", re.I)
+_BARE_URL = re.compile(r"(?<![\w/`])((?:https?|ftp|file)://[^\s<>`]+|www\.[^\s<>`]+)", re.I)
+_LINK_DEFINITION = re.compile(r"^( {0,3})\[([^\]]+)\]:", re.M)
+
+
+def _code(text: str) -> str:
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def unlinked(text: str) -> str:
+    """Markdown with every link, image and bare URL the model wrote turned into plain text (the address as
+    code), so nothing it invented is clickable or looks like a checked citation. Code is left as it is."""
+    text = (text or "").replace("\x00", "")
+    out, last = [], 0
+    for block in _FENCED_BLOCK.finditer(text):
+        out.append(_unlink_outside_code(text[last:block.start()]))
+        out.append(block.group(0))
+        last = block.end()
+    out.append(_unlink_outside_code(text[last:]))
+    return "".join(out)
+
+
+def _unlink_outside_code(text: str) -> str:
+    kept: list[str] = []  # code spans (the model's and ours) stand aside while links are rewritten
+
+    def keep(code: str) -> str:
+        kept.append(code)
+        return f"\x00{len(kept) - 1}\x00"
+
+    def url_text(url: str) -> str:
+        trail = re.search(r"[.,;:!?)\]]+$", url)
+        tail = trail.group(0) if trail and not (trail.group(0).startswith(")") and "(" in url) else ""
+        return keep(_code(url[:len(url) - len(tail)])) + tail
+
+    def link(m: re.Match) -> str:
+        label, url = m.group(1).strip(), m.group(2)
+        if not url:
+            return label
+        return url_text(url) if label in ("", url) else f"{label} ({url_text(url)})"
+
+    text = _CODE_SPAN.sub(lambda m: keep(m.group(0)), text)
+    text = _MD_LINK.sub(link, text)
+    text = _AUTOLINK.sub(lambda m: url_text(m.group(1)), text)
+    text = _BARE_URL.sub(lambda m: url_text(m.group(1)), text)
+    text = _LINK_DEFINITION.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}]:", text)
+    return re.sub(r"\x00(\d+)\x00", lambda m: kept[int(m.group(1))], text)
 
 
 def _duration(job: Job) -> str:
@@ -74,27 +132,78 @@ def _duration(job: Job) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _step_lines(job: Job, events: list[JobEventRecord]) -> list[str]:
-    lines = []
+def _note(text: str) -> str:
+    """The model's words beside a tool call, without the call itself (a text-protocol block or a JSON action)."""
+    text = _TOOL_BLOCK.sub("", str(text))
+    text = " ".join(text.split())
+    if text.startswith("{") and text.endswith("}"):
+        return ""
+    return text[:200] + ("…" if len(text) > 200 else "")
+
+
+_TOOL_BLOCK = re.compile(r"^(`{3,})[ \t]*tool\b.*?(?:^\1[ \t]*$|\Z)", re.M | re.S | re.I)
+
+
+def _progress(job: Job, events: list[JobEventRecord]) -> list[tuple[str, str]]:
+    """(kind, Markdown line) for each setup command, agent step and note, in order."""
+    entries = []
     for ev in events:
         if isinstance(ev, SetupCommandRan):
             link = (f" · [log]({cite_url(job.id, ev.chunk_id, 1, max(int(ev.lines or 1), 1))})"
                     if ev.chunk_id else "")
-            lines.append(f"{'✔' if ev.exit_code == 0 else '✖'} setup {_inline_code(ev.command)} "
-                         f"→ exit {ev.exit_code} in {ev.duration_s} s{link}")
+            entries.append(("setup", f"{'✔' if ev.exit_code == 0 else '✖'} setup {_inline_code(ev.command)} "
+                                     f"→ exit {ev.exit_code} in {ev.duration_s} s{link}"))
         elif isinstance(ev, StepFinished):
-            test = " (tests)" if ev.is_test else ""
-            link = f" · [log]({cite_url(job.id, ev.chunk_id, 1, 10**6)})" if ev.chunk_id else ""
-            exit_code = f" → exit {ev.exit_code}" if ev.exit_code is not None else ""
-            lines.append(f"{'✔' if ev.succeeded else '✖'} step {ev.step if ev.step is not None else '?'}: {ev.tool} "
-                         f"{_inline_code(ev.title)}{exit_code}{test}{link}")
-        elif isinstance(ev, AgentMessage) and ev.text:
-            text = " ".join(str(ev.text).split())
-            lines.append(f"» {text[:200]}{'…' if len(text) > 200 else ''}")
-    if len(lines) > MAX_STEPS_SHOWN:
-        hidden = len(lines) - MAX_STEPS_SHOWN
-        lines = [f"… {hidden} earlier steps"] + lines[-MAX_STEPS_SHOWN:]
-    return lines
+            entries.append(("step", _step_line(job, ev)))
+        elif isinstance(ev, AgentMessage) and _note(ev.text or ""):
+            entries.append(("note", f"» {plain(_note(ev.text))}"))
+    return entries
+
+
+def _step_line(job: Job, ev: StepFinished) -> str:
+    title = str(ev.title or ev.tool or "")
+    if title.startswith("$ "):
+        what = _inline_code(title)
+    elif title.startswith("apply_patch: "):
+        what = "apply_patch · " + plain(title.removeprefix("apply_patch: "))
+    else:
+        what = plain(title)
+    test = " (tests)" if ev.is_test else ""
+    link = f" · [log]({cite_url(job.id, ev.chunk_id, 1, 10**6)})" if ev.chunk_id else ""
+    exit_code = f" → exit {ev.exit_code}" if ev.exit_code is not None else ""
+    step = ev.step if ev.step is not None else "?"
+    return f"{'✔' if ev.succeeded else '✖'} step {step}: {what}{exit_code}{test}{link}"
+
+
+_KIND_WORDS = {"step": ("step", "steps"), "setup": ("setup command", "setup commands"), "note": ("note", "notes")}
+
+
+def _counted(entries: list[tuple[str, str]]) -> str:
+    """"7 earlier steps, 2 setup commands and 1 note": what was left out, by kind."""
+    parts = []
+    for kind, (one, many) in _KIND_WORDS.items():
+        n = sum(1 for k, _ in entries if k == kind)
+        if n:
+            parts.append(f"{n} {'earlier ' if not parts else ''}{one if n == 1 else many}")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _step_lines(job: Job, events: list[JobEventRecord], expanded: bool = False) -> list[str]:
+    entries = _progress(job, events)
+    if expanded or len(entries) <= MAX_STEPS_SHOWN:
+        return [line for _, line in entries]
+    hidden = entries[:-MAX_STEPS_SHOWN]
+    return [f"… {_counted(hidden)} not shown (**Show all steps** below the card)"] + \
+        [line for _, line in entries[-MAX_STEPS_SHOWN:]]
+
+
+def progress_count(store: Store, job_id: str) -> int:
+    """How many setup commands, steps and notes the card could list; above MAX_STEPS_SHOWN it folds them."""
+    try:
+        job = store.get_job(job_id)
+    except LookupError:
+        return 0
+    return len(_progress(job, store.read_events(job_id)))
 
 
 def split_diff(diff: str) -> list[tuple[str, str]]:
@@ -107,32 +216,6 @@ def split_diff(diff: str) -> list[tuple[str, str]]:
         elif files:
             files[-1][1].append(line)
     return [(path, "\n".join(body)) for path, body in files]
-
-
-_C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
-
-
-def _git_path(text: str, side: str) -> str | None:
-    """A path as git prints it: maybe C-quoted (non-ASCII as octal bytes), with an a/ or b/ prefix, or /dev/null."""
-    text = text.rstrip("\t")
-    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
-        raw, body, i = bytearray(), text[1:-1], 0
-        while i < len(body):
-            if body[i] == "\\" and i + 1 < len(body):
-                octal = re.match(r"[0-7]{3}", body[i + 1:])
-                if octal:
-                    raw.append(int(octal.group(0), 8))
-                    i += 4
-                    continue
-                raw.append(_C_ESCAPES.get(body[i + 1], ord(body[i + 1])))
-                i += 2
-                continue
-            raw.extend(body[i].encode())
-            i += 1
-        text = raw.decode("utf-8", "replace")
-    if text == "/dev/null":
-        return None
-    return text[2:] if text.startswith(side + "/") else text
 
 
 def _file_view(path_from_header: str, body: str) -> dict:
@@ -150,25 +233,25 @@ def _file_view(path_from_header: str, body: str) -> dict:
             status = "deleted"
         elif line.startswith(("rename from ", "copy from ")):
             status = "renamed" if line.startswith("rename") else "copied"
-            old_path = _git_path(line.split(" ", 2)[2], "a")
+            old_path = git_path(line.split(" ", 2)[2], "a")
         elif line.startswith(("rename to ", "copy to ")):
-            path = _git_path(line.split(" ", 2)[2], "b")
+            path = git_path(line.split(" ", 2)[2], "b")
         elif line.startswith("+++ "):
-            path = _git_path(line[4:], "b") or path
+            path = git_path(line[4:], "b") or path
         elif line.startswith("--- ") and path is None:
-            path = _git_path(line[4:], "a")
+            path = git_path(line[4:], "a")
         elif line.startswith("Binary files ") or line.startswith("GIT binary patch"):
             binary = True
             match = re.match(r"Binary files (.*) and (.*) differ$", line)
             if match and path is None:
-                path = _git_path(match.group(2), "b") or _git_path(match.group(1), "a")
+                path = git_path(match.group(2), "b") or git_path(match.group(1), "a")
         elif line.startswith("old mode") and status == "modified" and not lines:
             status = "mode changed"
     added = sum(1 for ln in lines if ln.startswith("+"))
     removed = sum(1 for ln in lines if ln.startswith("-"))
     shown = [ln if len(ln) <= MAX_DIFF_LINE_CHARS else ln[:MAX_DIFF_LINE_CHARS] + "…"
              for ln in lines[:MAX_DIFF_LINES_PER_FILE]]
-    return {"path": path or _git_path(path_from_header, "b") or path_from_header, "old_path": old_path,
+    return {"path": path or git_path(path_from_header, "b") or path_from_header, "old_path": old_path,
             "status": status, "binary": binary, "added": added, "removed": removed, "lines": shown,
             "hidden_lines": len(lines) - len(shown), "open": False}
 
@@ -205,14 +288,15 @@ def _diff_summary(diff: str) -> str:
     return f"{count} file{'s' if count != 1 else ''} changed · +{props['added']} −{props['removed']}"
 
 
-def _plain(text: str) -> str:
+def plain(text: str) -> str:
     """Markdown-inert text for headings and captions (titles come from user input)."""
     return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
 
 
 def render_job_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None,
-                    diff_inline: bool = True) -> str | None:
-    """The card's Markdown; with ``diff_inline`` false the per-file diff is left to the DiffView element."""
+                    diff_inline: bool = True, all_steps: bool = False) -> str | None:
+    """The card's Markdown; with ``diff_inline`` false the per-file diff is left to the DiffView element;
+    with ``all_steps`` every step is listed, not only the last MAX_STEPS_SHOWN."""
     try:
         job = store.get_job(job_id)
     except LookupError:
@@ -223,19 +307,22 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     where = f"{job.repo}" + (f" @ {job.ref}" if job.ref else "")
     facts = [f for f in (job.backend and f"sandbox: {job.backend}", job.model and f"model: {job.model}",
                          job.agent_network and f"agent network: {job.agent_network}") if f]
-    out = [f"### Job {job.number} · {_plain(job.title or job.task[:60])}",
-           f"**{badge}** · {_duration(job)}{attempt} · `{job.id}`",
-           f"*{_plain(where)}{' · ' + ' · '.join(_plain(f) for f in facts) if facts else ''}*"]
+    out = [f"### Job {job.number} · {plain(job.title or job.task[:60])}",
+           f"**{badge}**{_kind_badge(job)} · {_duration(job)}{attempt} · `{job.id}`",
+           f"*{plain(where)}{' · ' + ' · '.join(plain(f) for f in facts) if facts else ''}*"]
+    routed = next((ev.text for ev in events if isinstance(ev, Routed)), None)
+    if routed:
+        out.append(f"*{plain(routed)}*")
     if job.parent_job_id:
         try:
             parent = store.get_job(job.parent_job_id)
-            out.append(f"Starts from the result of job {parent.number}.")
+            out.append(f"Starts from the result of job {parent.number} · {plain(parent.title or parent.task[:60])}")
         except LookupError:
             pass
     for ev in events:  # notices (a weaker sandbox than configured, setup touching tracked files) stay visible
         if isinstance(ev, Notice) and ev.text:
-            out.append(f"{'⚠' if ev.warning else 'ℹ'} {_plain(str(ev.text))}")
-    steps = _step_lines(job, events)
+            out.append(f"{'⚠' if ev.warning else 'ℹ'} {plain(str(ev.text))}")
+    steps = _step_lines(job, events, all_steps)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))
     if job.state in states.ACTIVE and current:
@@ -245,22 +332,82 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         out.append("Live output:\n\n" + _fence("\n".join(tail_lines), "text"))
     if job.reason and job.state in (states.FAILED, states.CANCELLED, states.INTERRUPTED):
         out.append(f"> {link_citations(job.reason, _reason_citations(store, job), job_links(job.id))}")
-    if job.summary:
-        out.append("#### Summary\n\n" + link_citations(job.summary, job.citations, job_links(job.id)))
     outcome = job.outcome or {}
+    if job.state in states.TERMINAL:
+        out += _result_sections(job, outcome)
+    if job.summary:
+        source = SUMMARY_SOURCES.get(outcome.get("summary_source", ""), "")
+        marked = mark_claims(job.summary, outcome.get("claims") or [], markdown_mark)
+        out.append(f"#### Summary{source}\n\n" + link_citations(marked, job.citations, job_links(job.id)))
+    if job.state in states.TERMINAL:
+        out += _usage_lines(store, job, outcome)
     if outcome.get("rank"):
         pick = " — **recommended**" if outcome.get("recommended") else ""
         out.append(f"Rank {outcome['rank']} of {job.attempts}{pick}")
     diff = store.get_artifact(job.id, "diff")
+    if job.state in states.TERMINAL and outcome.get("flags"):
+        out.append(_flags_section(outcome["flags"]))
     if job.state in states.TERMINAL and diff is not None:
         if not split_diff(diff):  # no change, or a note that the diff could not be computed
             out.append("#### Diff\n\n" + (_fence(diff, "text") if diff.strip() else "*No changes.*"))
         else:
             out.append("#### Diff\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
-            out.extend(f"⚠ {_plain(note)}" for note in outcome.get("diff_notes") or [])
+            out.extend(f"⚠ {plain(note)}" for note in outcome.get("diff_notes") or [])
             if store.get_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
+
+
+KIND_BADGES = {"fix": "✔ fix", "draft": "✎ draft", "findings": "⌕ findings", "no result": "∅ no result"}
+SUMMARY_SOURCES = {"summary model": " (written from the log by the summary model)",
+                   "log digest": " (a digest of the log: no model summary)"}
+
+
+def _kind_badge(job: Job) -> str:
+    kind = (job.outcome or {}).get("kind") if job.state in states.TERMINAL else None
+    return f" · **{KIND_BADGES.get(kind, plain(kind))}**" if kind else ""
+
+
+def _result_sections(job: Job, outcome: dict) -> list[str]:
+    """The kind of result as the card's headline, with the test runs it rests on (linked to their logs)."""
+    kind = outcome.get("kind")
+    if not kind:
+        return []
+    lines = [f"### Result: {KIND_BADGES.get(kind, plain(kind))}\n\n*{markdown_reason(outcome.get('kind_reason') or '')}*"]
+    runs = []
+    for e in outcome.get("evidence") or []:
+        mark = "✔" if e.get("passed") else "✖"
+        when = "after the last edit" if e.get("after_last_edit") else "before the last edit (stale)"
+        runs.append(f"- {mark} {_inline_code(e.get('command') or '')} → exit {e.get('exit_code')}, {when} · "
+                    f"[log]({cite_url(job.id, e.get('chunk_id') or '', 1, 10**6)})")
+    return lines + (["\n".join(runs)] if runs else [])
+
+
+def _flags_section(flags: list[dict]) -> str:
+    lines = [f"- ⚠ **{plain(f.get('path') or '')}** — {plain(f.get('detail') or '')}" for f in flags]
+    return f"#### Review flags ({len(flags)})\n\n" + "\n".join(lines)
+
+
+def _usage_lines(store: Store, job: Job, outcome: dict) -> list[str]:
+    """Tokens and model of the job (money with a price table), and the conversation's tokens so far."""
+    usage = outcome.get("usage") or {}
+    prompt = usage.get("prompt_tokens") or job.prompt_tokens
+    completion = usage.get("completion_tokens") or job.completion_tokens
+    if not prompt and not completion:
+        return []
+    models = ", ".join(m["model"] for m in usage.get("models") or []) or job.model or ""
+    text = f"Tokens: {format_tokens(prompt)} prompt + {format_tokens(completion)} completion"
+    text += f" · model: {plain(models)}" if models else ""
+    cost = usage.get("cost")
+    if cost:
+        text += " · " + plain(format_cost(Cost(cost["amount"], cost["currency"], tuple(cost.get("unpriced_models") or ()))))
+    if job.thread_id:
+        jobs = [j.id for j in store.list_jobs(thread_id=job.thread_id, limit=10_000)]
+        rows = store.usage_by_model(job_ids=jobs, thread_id=job.thread_id)
+        total = sum(r[2] + r[3] for r in rows)
+        if total:
+            text += f" · conversation so far: {format_tokens(total)} tokens"
+    return [f"*{text}*"]
 
 
 def job_diff_view(store: Store, job_id: str) -> dict | None:

@@ -41,9 +41,10 @@ def _digest(props: dict) -> str:
     return hashlib.sha256(json.dumps(props, sort_keys=True).encode()).hexdigest()
 
 
-def web_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None) -> str | None:
+def web_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None,
+             all_steps: bool = False) -> str | None:
     """The card as the web app shows it: the diff itself is the DiffView element under the text."""
-    return render_job_card(store, job_id, tail, current, diff_inline=False)
+    return render_job_card(store, job_id, tail, current, diff_inline=False, all_steps=all_steps)
 
 
 def action_id(job_id: str, name: str) -> str:
@@ -73,6 +74,7 @@ class JobRelay:
         self._sent_diffs: dict[tuple[str, str], str] = {}  # (session, job) -> digest of the props it has
         self._shown: set[tuple[str, str]] = set()  # (session, job) whose card this process has put in the browser
         self._on_new_job: list[Callable[[str], None]] = []
+        self.all_steps: set[str] = set()  # jobs whose card lists every step (the user unfolded them)
 
     # ------------------------------------------------------------------ from worker threads
     def on_update(self, update) -> None:
@@ -98,6 +100,13 @@ class JobRelay:
     def current(self, job_id: str) -> str | None:
         return self._current.get(job_id)
 
+    def render(self, job_id: str) -> str | None:
+        """The card's text now: stored facts plus what only this process knows (live tail, folding)."""
+        return web_card(self.store, job_id, self.tail(job_id), self.current(job_id), job_id in self.all_steps)
+
+    def toggle_steps(self, job_id: str) -> None:
+        self.all_steps.symmetric_difference_update({job_id})
+
     # ------------------------------------------------------------------ on the loop
     def _schedule(self, job_id: str, thread_id: str | None, urgent: bool) -> None:
         pending = self._pending.get(job_id)
@@ -119,7 +128,7 @@ class JobRelay:
         self._last_refresh[job_id] = time.monotonic()
         try:
             job = await asyncio.to_thread(self.store.get_job, job_id)
-            content = await asyncio.to_thread(web_card, self.store, job_id, self.tail(job_id), self.current(job_id))
+            content = await asyncio.to_thread(self.render, job_id)
         except LookupError:
             return
         diff_props = None
@@ -175,7 +184,7 @@ class JobRelay:
         try:
             init_ws_context(session)
             if content is None:
-                content = await asyncio.to_thread(web_card, self.store, job.id, self.tail(job.id), self.current(job.id))
+                content = await asyncio.to_thread(self.render, job.id)
             message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                                  metadata={"job_id": job.id})
             await message.update()
@@ -205,7 +214,7 @@ class JobRelay:
     async def _sync_actions(self, session, job, for_id: str) -> None:
         from chainlit.context import context
 
-        wanted = {a.name: a for a in self.actions_for(job)}
+        wanted = {a.name: a for a in await asyncio.to_thread(self.actions_for, job)}
         key = (session.id, job.id)
         sent = self._sent_actions.get(key, {})
         for name, action in sent.items():

@@ -7,11 +7,13 @@ from __future__ import annotations
 import html
 import json
 import re
-from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
+from ..access import RepoNotAllowed, RepoPolicy
+from ..conversation.checkout import existing_checkout
+from ..conversation.repo_tools import ReadOnlyRepo
 from ..store import Job, Store
 from .viewer import identify_token
 
@@ -94,8 +96,9 @@ def _ancestors(store: Store, job: Job) -> set[str]:
     return seen
 
 
-def make_router(store_of) -> APIRouter:
-    """store_of: a callable returning the Store, so the router can exist before the Assistant starts."""
+def make_router(store_of, policy: RepoPolicy) -> APIRouter:
+    """store_of: a callable returning the Store, so the router can exist before the Assistant starts;
+    policy: which repositories may be read (checked again here: the thread's setting may predate it)."""
     router = APIRouter()
 
     @router.get("/cite/{job_id}/{target:path}")
@@ -123,13 +126,15 @@ def make_router(store_of) -> APIRouter:
         """File citations of quick answers point into the conversation's local checkout."""
         store: Store = store_of()
         thread = _owned_thread(store, thread_id, _viewer(request))
-        root = Path(thread.repo or "").expanduser()
-        if not thread.repo or not root.is_dir():
-            raise HTTPException(status_code=404, detail="this conversation's repository is not a local directory")
-        candidate = (root / path.removeprefix("F:")).resolve()
-        if not candidate.is_relative_to(root.resolve()) or not candidate.is_file():
+        try:
+            root = existing_checkout(thread.repo or "", thread.ref, policy.data_dir, policy) if thread.repo else None
+        except RepoNotAllowed as exc:
+            raise HTTPException(status_code=403, detail=str(exc)) from None
+        if root is None:
+            raise HTTPException(status_code=404, detail="this conversation's repository is not checked out here")
+        text = ReadOnlyRepo(root, policy).text_of(path.removeprefix("F:"))
+        if text is None:
             raise HTTPException(status_code=404, detail="no such file in the repository")
-        text = candidate.read_text(errors="replace")
         start, end = _line_range(L, len(text.splitlines()))
         return _page(f"{path.removeprefix('F:')} L{start}-{end}", f"{thread.repo}", text, start, end)
 

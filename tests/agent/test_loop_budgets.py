@@ -12,7 +12,8 @@ AGENT = "You are a careful software engineer"
 def test_long_outputs_are_compacted_and_the_job_goes_on(tmp_path, docker_engine, scripted_model, assistant_for):
     repo = make_calc_repo(tmp_path / "calc")
     flood = "python3 -c \"print('\\n'.join('line %d of a long and chatty output' % i for i in range(400)))\""
-    steps = [Reply.call("shell", command=flood) for _ in range(6)] + [Reply.text("Done looking.")]
+    # Six different commands: six identical ones would meet the loop guard first.
+    steps = [Reply.call("shell", command=f"{flood} && echo run {i}") for i in range(6)] + [Reply.text("Done looking.")]
     scripted_model.when_system_contains(AGENT, [by_turn(*steps)], repeat_last=True)
     a = assistant_for(scripted_model, ASSISTANT_CONTEXT_WINDOW=6000)
     job = a.jobs.submit(JobRequest(task="look around", repo=str(repo), setup=[]))[0]

@@ -1,45 +1,137 @@
 import pytest
 
-from assistant.conversation.router import resolve_job_reference, route_message
+from assistant.conversation.route_classifier import RouteClassifier, shipped_classifier
+from assistant.conversation.router import continuation_refusal, resolve_job_reference, route_message
+from assistant.conversation.signals import find_job_reference
 from assistant.llm.client import ModelClient
 from assistant.store import Job
 from assistant.testing.scripted_model import Reply
 
 ROUTER = "You route messages"
+REPO = "/srv/calc"
 
 
-def jobs(*titles):
-    return [Job(id=f"j{i}", number=i, title=t, task=t, state="succeeded") for i, t in enumerate(titles, 1)]
+def jobs(*titles, state="succeeded", repo=REPO):
+    return [Job(id=f"j{i}", number=i, title=t, task=t, state=state, repo=repo) for i, t in enumerate(titles, 1)]
 
 
 @pytest.mark.parametrize("text,kind", [
     ("What does the parser do with tabs?", "answer"),
     ("where is the config loaded", "answer"),
+    ("Explain how the plugin loader finds plugins.", "answer"),
     ("Fix the failing test in test_calc.py", "job"),
     ("Please add type hints to utils.py", "job"),
     ("Can you refactor the cache into its own module?", "job"),
+    ("Where is the SQL for search built? Move it into the repository layer.", "job"),
+    ("Should we split the module? Just tell me, don't change anything.", "answer"),
+    ("thanks!", "answer"),
 ])
 def test_obvious_cases_need_no_model(text, kind):
     route = route_message(text, [], None)
     assert (route.kind, route.decided_by) == (kind, "rules")
 
 
+@pytest.mark.parametrize("text", [
+    "Saving a profile with an emoji in the name throws a 500.",
+    "Traceback (most recent call last):\n  File \"a.py\", line 1\nKeyError: 'x'",
+    "How would I add a subcommand?",   # a question that names a change: judgement, not a rule
+])
+def test_rules_leave_what_needs_judgement_open(text):
+    assert route_message(text, [], None).decided_by == "fallback"
+
+
+@pytest.mark.parametrize("text,number,by", [
+    ("why did you change calc.py in job 1?", 1, "number"),
+    ("what tests did you add in #2?", 2, "number"),
+    ("follow up on job #2: default to false", 2, "number"),
+    ("Why did the second job touch the lexer?", 2, "ordinal"),
+    ("Redo the first one without the new dependency", 1, "ordinal"),
+    ("the last one left a debug print in", 3, "last"),
+    ("on top of the previous job, add a flag", 3, "last"),
+    ("why did the regex fix touch dates.py?", 1, "title"),
+    ("what went wrong with the type hints one?", 2, "title"),
+])
+def test_job_references(text, number, by):
+    js = jobs("Fix the regex in parse_date", "Add type hints to utils.py", "Speed up the CSV export")
+    ref = find_job_reference(text, js)
+    assert (ref.job.number, ref.by) == (number, by)
+    assert resolve_job_reference(text, js).number == number
+
+
+def test_no_reference_when_nothing_names_a_job():
+    js = jobs("Fix the regex in parse_date", "Add type hints to utils.py")
+    assert resolve_job_reference("how does the scheduler work?", js) is None
+    assert resolve_job_reference("look at job 7", js) is None          # no such job
+    assert resolve_job_reference("what about #1", []) is None
+    # two titles share as many words: no guess
+    assert resolve_job_reference("what about the parser", jobs("Speed up the parser", "Document the parser")) is None
+
+
 def test_follow_ups_refer_to_jobs_by_number_ordinal_or_last():
     js = jobs("Fix the add function", "Speed up the parser")
     assert route_message("why did you change calc.py in job 1?", js, None).job_id == "j1"
     assert route_message("Why did the second job touch the lexer?", js, None).job_id == "j2"
-    r = route_message("also add a test for that", js, None)
-    assert (r.kind, r.job_id) == ("followup_job", "j2")
-    assert resolve_job_reference("the last one", js).id == "j2"
-    assert resolve_job_reference("nothing here", js) is None
+    r = route_message("job 1 missed the None case — can you amend it?", js, None)
+    assert (r.kind, r.job_id, r.reference, r.decided_by) == ("followup_job", "j1", "number", "rules")
+    r = route_message("what did you run?", jobs("Fix the add function"), None)
+    assert (r.kind, r.job_id, r.decided_by) == ("followup_answer", "j1", "rules")
 
 
 def test_commands_force_either_way():
     assert route_message("Fix everything", [], None, command="ask").kind == "answer"
     assert route_message("What is this?", [], None, command="code").kind == "job"
     assert route_message("what about job 1", jobs("x"), None, command="code").kind == "followup_job"
+    assert route_message("what about job 1", jobs("x"), None, command="ask").kind == "followup_answer"
 
 
+# ---------------------------------------------------------------------- chaining refusals
+def test_a_new_job_never_chains_to_a_job_on_another_repository_because_the_title_matches():
+    failed_elsewhere = jobs("Fix the add function", state="failed", repo="/srv/calc")
+    for text in ("Fix the add function", "Fix the add function so it handles floats"):
+        r = route_message(text, failed_elsewhere, None, repo="https://github.com/acme/newcalc.git",
+                          classifier=shipped_classifier())
+        assert (r.kind, r.job_id) == ("job", None), r
+    succeeded_elsewhere = jobs("Speed up the CSV export", repo="/srv/other")
+    r = route_message("also speed up the CSV export", succeeded_elsewhere, None, repo=REPO, command="code")
+    assert (r.kind, r.job_id) == ("job", None) and "another repository" in r.reason
+
+
+@pytest.mark.parametrize("state", ["failed", "cancelled", "interrupted"])
+def test_a_title_or_the_default_never_picks_a_job_that_did_not_succeed(state):
+    js = jobs("Upgrade Django to 5.0", state=state)
+    by_title = route_message("Upgrade Django to 5.0", js, None, repo=REPO, command="code")
+    by_default = route_message("also add a test for that", js, None, repo=REPO, classifier=shipped_classifier())
+    for r in (by_title, by_default):
+        assert (r.kind, r.job_id) == ("job", None), r
+        assert f"job 1 {state}" in r.reason
+
+
+def test_naming_a_failed_job_builds_on_it():
+    js = jobs("Add type hints to utils.py", state="failed")
+    r = route_message("job 1 stopped halfway; fix the remaining type errors", js, None, repo=REPO)
+    assert (r.kind, r.job_id, r.reference, r.decided_by) == ("followup_job", "j1", "number", "rules")
+    r = route_message("Continue the last job and finish the type hints.", js, None, repo=REPO,
+                      classifier=shipped_classifier())
+    assert (r.kind, r.job_id, r.reference) == ("followup_job", "j1", "last")
+
+
+def test_a_running_job_is_no_starting_point():
+    js = jobs("Upgrade pydantic", state="running")
+    r = route_message("job 1: also bump fastapi", js, None, repo=REPO, command="code")
+    assert (r.kind, r.job_id) == ("job", None) and "not finished" in r.reason
+    assert continuation_refusal(js[0], REPO, "number") == "job 1 has not finished yet"
+    # a question about it is fine
+    r = route_message("What is job 1 doing right now?", js, None, repo=REPO)
+    assert (r.kind, r.job_id) == ("followup_answer", "j1")
+
+
+def test_repositories_compare_without_trailing_slash_or_dot_git():
+    job = jobs("x", repo="https://github.com/acme/calc.git")[0]
+    assert continuation_refusal(job, "https://github.com/acme/calc/", "default") is None
+    assert continuation_refusal(job, "https://github.com/acme/calc2", "number").startswith("job 1 ran on another")
+
+
+# ---------------------------------------------------------------------- the model and the classifier
 def test_model_decides_the_unclear_ones(scripted_model, settings_for):
     scripted_model.when_system_contains(ROUTER, [
         Reply.text('{"route": "job", "followup": false, "job": null, "reason": "needs edits"}'),
@@ -53,9 +145,46 @@ def test_model_decides_the_unclear_ones(scripted_model, settings_for):
     assert "job 1: Fix add (succeeded)" in scripted_model.requests[-1]["messages"][0]["content"]
 
 
+def test_the_model_is_told_which_jobs_ran_elsewhere_and_cannot_chain_to_them(scripted_model, settings_for):
+    scripted_model.when_system_contains(ROUTER, [
+        Reply.text('{"route": "job", "followup": true, "job": "1", "reason": "same title"}')])
+    client = ModelClient(settings_for(scripted_model))
+    js = jobs("Fix the add function", state="failed", repo="/srv/calc")
+    r = route_message("Fix the add function", js, client, repo="/srv/newcalc")
+    assert (r.kind, r.job_id, r.decided_by) == ("job", None, "model")
+    prompt = scripted_model.requests[-1]["messages"][0]["content"]
+    assert "job 1: Fix the add function (failed, on another repository: /srv/calc)" in prompt
+
+
 @pytest.mark.parametrize("reply", [Reply.text("I think it is a job"), Reply.text('{"route": "maybe"}'), Reply.error(500)])
-def test_garbage_from_the_router_model_falls_back_to_an_answer(scripted_model, settings_for, reply):
+def test_garbage_from_the_router_model_falls_back(scripted_model, settings_for, reply):
     scripted_model.when_system_contains(ROUTER, [reply], repeat_last=True)
     client = ModelClient(settings_for(scripted_model, ASSISTANT_MODEL_MAX_RETRIES=0))
     r = route_message("the login page breaks with long emails", [], client)
     assert (r.kind, r.decided_by) == ("answer", "fallback")
+    r = route_message("the login page breaks with long emails", [], client, classifier=shipped_classifier())
+    assert (r.kind, r.decided_by) == ("job", "classifier") and "could not decide" in r.reason
+
+
+def test_the_classifier_decides_what_the_rules_leave_open_without_a_model():
+    clf = shipped_classifier()
+    assert clf is shipped_classifier()   # read once per process
+    r = route_message("Saving a profile with an emoji in the name throws a 500.", [], None, classifier=clf)
+    assert (r.kind, r.decided_by) == ("job", "classifier")
+    r = route_message("Make CI pass on Windows", [], None, classifier=clf)
+    assert r.kind == "job"
+    r = route_message("Tweak it so the page size comes from settings.", jobs("Fix the off-by-one in paginate()"),
+                      None, classifier=clf, repo=REPO)
+    assert (r.kind, r.job_id, r.decided_by) == ("followup_job", "j1", "classifier")
+
+
+def test_unreadable_classifier_weights_say_how_to_fix_them(tmp_path):
+    bad = tmp_path / "w.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bench/train_router.py"):
+        RouteClassifier.load(bad)
+    bad.write_text('{"format": 99, "heads": {}}')
+    with pytest.raises(ValueError, match="format 99"):
+        RouteClassifier.load(bad)
+    with pytest.raises(ValueError, match="lack the head"):
+        RouteClassifier({"work": {"bias": 0, "weights": {}}})

@@ -43,11 +43,12 @@ def test_auto_without_an_engine_runs_on_bubblewrap_and_says_so(tmp_path, no_engi
 def test_with_several_users_the_fallback_is_refused(tmp_path, no_engine, scripted_model, assistant_for,
                                                    reachable_data_dir):
     assistant = assistant_for(scripted_model, ASSISTANT_SANDBOX_BACKEND="auto", ASSISTANT_DATA_DIR=reachable_data_dir,
-                              ASSISTANT_USERS="ann:pw1,bob:pw2")
+                              ASSISTANT_USERS="ann:pw1,bob:pw2", ASSISTANT_REPO_ROOTS=str(tmp_path))
     job = submit(assistant, make_calc_repo(tmp_path / "calc"))
     assert job.state == "failed"
     assert "ASSISTANT_SANDBOX_FALLBACK" in job.reason and "start the engine" in job.reason
     allowed = assistant_for(scripted_model, ASSISTANT_SANDBOX_BACKEND="auto", ASSISTANT_DATA_DIR=reachable_data_dir,
-                            ASSISTANT_USERS="ann:pw1,bob:pw2", ASSISTANT_SANDBOX_FALLBACK="allow")
+                            ASSISTANT_USERS="ann:pw1,bob:pw2", ASSISTANT_REPO_ROOTS=str(tmp_path),
+                            ASSISTANT_SANDBOX_FALLBACK="allow")
     scripted_model.when_system_contains(AGENT, [Reply.text("Nothing to do.")], repeat_last=True)
     assert submit(allowed, make_calc_repo(tmp_path / "calc2")).backend == "local"

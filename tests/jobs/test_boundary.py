@@ -93,9 +93,11 @@ def test_git_traps_planted_by_setup_and_agent_never_fire_on_the_host(
     assert [c["valid"] for c in job.citations] == [True]
 
     # A follow-up applies the parent's patch in its own sandbox (once on the host, with git apply).
+    scripted_model.reset()
     scripted_model.when_system_contains(AGENT, [agent_script("git diff --stat")], repeat_last=True)
     child = run(assistant, repo, setup=[], parent_job_id=job.id)
     assert child.state == "succeeded", child.reason
+    assert [c.command for c in assistant.store.list_chunks(child.id)] == ["git diff --stat"]
     assert "calc.py" in dict((p, s) for s, p in child.outcome["files"])
     assert planted_markers(markers) == []
 
@@ -116,10 +118,12 @@ def test_a_git_dir_swapped_for_links_to_host_paths_is_not_followed(
                           patch=EDIT)
     swap = agent_script("mv .git /tmp/moved-git && ln -s " + str(evil) + " .git", patch=EDIT)
     assistant = assistant_for(scripted_model, ASSISTANT_SANDBOX_BACKEND=backend, ASSISTANT_DATA_DIR=reachable_data_dir)
-    for plan in (script, swap):
+    for plan, marker in ((script, "ln -s " + str(objects)), (swap, "ln -s " + str(evil))):
+        scripted_model.reset()
         scripted_model.when_system_contains(AGENT, [plan], repeat_last=True)
         job = run(assistant, repo, setup=[])
         assert job.state == "succeeded", job.reason
+        assert marker in assistant.store.list_chunks(job.id)[0].command
         assert "could not be computed" in (assistant.store.get_artifact(job.id, "diff") or "")
     assert planted_markers(markers) == ["evil-gitdir", "objects-dir"]
     assert list(objects.iterdir()) == []

@@ -17,7 +17,8 @@ ALL = [
     ev.OutputDelta("line\n"), ev.Notice("weaker sandbox", "warning"),
     ev.SummaryWritten("done 【F:a.py†L1-L2】", [{"text": "x", "valid": True}]),
     ev.DiffComputed([["M", "a.py"]], 4, ["big.bin left out"]), ev.GroupRanked("g1", ["j2", "j1"], "j2"),
-    ev.SandboxPlaced("engine-a", "c0ffee"), ev.Finished("succeeded", "2 citations"),
+    ev.SandboxPlaced("engine-a", "c0ffee"), ev.Routed("a job: it asks for a change", "rules"),
+    ev.Finished("succeeded", "2 citations"),
 ]
 
 
@@ -42,8 +43,9 @@ def test_rows_written_before_the_types_existed_decode():
 
 
 def test_unknown_kinds_and_fields_are_kept_not_fatal():
-    routed = ev.decode("routed", {"text": "a job", "decided_by": "rules"})
-    assert isinstance(routed, ev.UnknownEvent) and ev.encode(routed) == ("routed", {"text": "a job", "decided_by": "rules"})
+    newer_kind = ev.decode("reviewed", {"text": "a job", "by": "rules"})  # a kind of a newer release
+    assert isinstance(newer_kind, ev.UnknownEvent) and ev.encode(newer_kind) == ("reviewed", {"text": "a job", "by": "rules"})
+    assert ev.decode("routed", {"text": "a job", "decided_by": "rules"}) == ev.Routed("a job", "rules")
     newer = ev.decode("state", {"state": "running", "engine_load": 0.5})
     assert newer == ev.StateChanged("running")
 
@@ -56,12 +58,12 @@ def test_ephemeral_events_are_marked_not_stored():
 def test_store_writes_and_reads_typed_events(store):
     job = store.create_job(task="t", repo="/r")
     store.append_event(job.id, ev.SetupCommandRan("make", "abc123", 2, 0.5, 3))
-    store.add_event(job.id, "routed", {"text": "by hand"})  # another part of the app writing raw rows
+    store.add_event(job.id, "reviewed", {"text": "by hand"})  # a newer release writing a kind this one lacks
     store.append_event(job.id, ev.Notice("careful", "warning"))
     read = store.read_events(job.id)
     assert read[0] == ev.SetupCommandRan("make", "abc123", 2, 0.5, 3)
     assert isinstance(read[1], ev.UnknownEvent) and read[2] == ev.Notice("careful", "warning")
-    assert [r.kind for r in store.list_events(job.id)] == ["setup_command", "routed", "notice"]
+    assert [r.kind for r in store.list_events(job.id)] == ["setup_command", "reviewed", "notice"]
 
 
 def test_cli_lines_and_card_read_the_same_events(store):
@@ -77,7 +79,7 @@ def test_cli_lines_and_card_read_the_same_events(store):
     assert lines[3] == "note: the test fails on purpose" and lines[4] == "warning: the sandbox is weaker"
     assert _progress_line(ev.OutputDelta("x")) is None
     card = render_job_card(store, job.id)
-    assert "✔ setup `make` → exit 0 in 0.5 s" in card and "✖ step 1: shell `pytest` → exit 1 (tests)" in card
+    assert "✔ setup `make` → exit 0 in 0.5 s" in card and "✖ step 1: pytest → exit 1 (tests)" in card
     assert "» the test fails on purpose" in card and "⚠ the sandbox is weaker" in card
 
 
@@ -90,7 +92,7 @@ def test_relay_tracks_the_current_tool_and_the_live_tail(store):
         relay = JobRelay(store, loop, actions_for=lambda _job: [])
         relay.on_update(ev.JobUpdate(job.id, None, ev.ToolStarted(3, "shell", {"command": "pytest -q"})))
         relay.on_update(ev.JobUpdate(job.id, None, ev.OutputDelta("one\ntwo\n")))
-        assert relay.current(job.id) == "step 3: shell pytest -q" and relay.tail(job.id) == "one\ntwo"
+        assert relay.current(job.id) == "step 3: $ pytest -q" and relay.tail(job.id) == "one\ntwo"
         relay.on_update(ev.JobUpdate(job.id, None, ev.StepFinished(3, "shell", "pytest -q", exit_code=0), 4))
         assert relay.current(job.id) is None and relay.tail(job.id) is None
     finally:

@@ -1,9 +1,11 @@
 import json
 import socket
+import time
 
 import pytest
 
-from assistant.llm.client import ModelClient, ModelGarbage, ModelUnavailable, ToolsUnsupported
+from assistant.llm.client import (RESTART_NOTICE, ModelClient, ModelGarbage, ModelUnavailable, StreamCut,
+                                  ToolsUnsupported)
 from assistant.llm.tokens import count_message_tokens, count_tokens, encoding_for
 from assistant.testing.scripted_model import Reply
 
@@ -87,3 +89,86 @@ def test_token_counting_works_offline():
     assert count_tokens("hello world") == 2
     assert count_message_tokens([{"role": "user", "content": "hello world"}]) > 2
     assert count_tokens("x" * 1000, model="some-unknown-local-model") > 0
+
+
+# ---------------------------------------------------------------------- transient faults the SDK leaves to us
+def _ask(settings):
+    return _client(settings).complete("answer", [{"role": "user", "content": "x"}])
+
+
+def _streamed(settings) -> tuple[str, object]:
+    text, completion = "", None
+    for kind, value in _client(settings).stream_turn("answer", [{"role": "user", "content": "x"}]):
+        if kind == "text":
+            text += value
+        else:
+            completion = value
+    return text, completion
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"<html><body>proxy login</body></html>", "text/html"),
+    (b'{"choices": [{"message": ', "application/json"),
+    (b'{"status": "overloaded"}', "application/json"),
+], ids=["html", "cut-json", "json-without-choices"])
+def test_a_200_that_is_no_completion_is_retried(scripted_model, settings_for, body, content_type):
+    scripted_model.script([Reply(raw=body, raw_type=content_type), Reply.text("recovered")])
+    assert _ask(settings_for(scripted_model)).content == "recovered"
+    assert len(scripted_model.requests) == 2
+
+
+def test_garbage_that_persists_ends_in_a_clear_error_after_the_retries(scripted_model, settings_for):
+    scripted_model.script([Reply(raw=b"<html>gateway</html>")] * 3)
+    started = time.monotonic()
+    with pytest.raises(ModelGarbage) as err:
+        _ask(settings_for(scripted_model, ASSISTANT_MODEL_MAX_RETRIES=2))
+    assert len(scripted_model.requests) == 3
+    assert "not an OpenAI chat completion" in str(err.value) and "after 2 retries" in str(err.value)
+    assert "OPENAI_BASE_URL" in str(err.value)
+    assert time.monotonic() - started >= 0.75 * (0.5 + 1.0)  # backed off between the attempts
+
+
+def test_429_is_retried(scripted_model, settings_for):
+    scripted_model.script([Reply.error(429), Reply.text("after the limit")])
+    assert _ask(settings_for(scripted_model)).content == "after the limit"
+    assert len(scripted_model.requests) == 2
+
+
+def test_a_timeout_is_retried(scripted_model, settings_for):
+    scripted_model.script([Reply(content="too late", delay_s=3), Reply.text("in time")])
+    assert _ask(settings_for(scripted_model, ASSISTANT_MODEL_TIMEOUT_S=1)).content == "in time"
+    assert len(scripted_model.requests) == 2
+
+
+def test_a_cut_stream_is_retried_without_repeating_the_text_already_shown(scripted_model, settings_for):
+    words = "one two three four five"
+    scripted_model.script([Reply(content=words, cut_after=2), Reply.text(words)])
+    text, completion = _streamed(settings_for(scripted_model))
+    assert text == words and completion.content == words
+    assert len(scripted_model.requests) == 2
+
+
+def test_a_retried_stream_that_says_something_else_is_marked_as_starting_again(scripted_model, settings_for):
+    scripted_model.script([Reply(content="first try goes on", cut_after=2), Reply.text("second answer")])
+    text, completion = _streamed(settings_for(scripted_model))
+    assert text == "first try " + RESTART_NOTICE + "second answer"
+    assert completion.content == "second answer"
+
+
+def test_a_stream_of_garbage_is_retried(scripted_model, settings_for):
+    scripted_model.script([Reply(raw=b"<html>not a stream</html>"), Reply.text("streamed fine")])
+    text, completion = _streamed(settings_for(scripted_model))
+    assert text == "streamed fine" and completion.content == "streamed fine"
+
+
+def test_a_5xx_at_stream_start_is_retried(scripted_model, settings_for):
+    scripted_model.script([Reply.error(502), Reply.text("streamed fine")])
+    assert _streamed(settings_for(scripted_model))[0] == "streamed fine"
+
+
+def test_a_stream_that_keeps_breaking_off_ends_in_a_clear_error(scripted_model, settings_for):
+    scripted_model.script([Reply(content="never finishes", cut_after=1)] * 2)
+    with pytest.raises(StreamCut) as err:
+        _streamed(settings_for(scripted_model, ASSISTANT_MODEL_MAX_RETRIES=1))
+    assert "broke off the stream" in str(err.value) and "after 1 retries" in str(err.value)
+    assert isinstance(err.value, ModelUnavailable)

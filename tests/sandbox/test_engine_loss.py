@@ -37,9 +37,21 @@ def extra_engine(docker_engine):
                             capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr
     yield SOCKET
+    # Leave nothing for the next start to restore (a container the killed engine left, say), then stop it.
+    subprocess.run(f"docker -H {SOCKET} ps -aq | xargs -r docker -H {SOCKET} rm -f", shell=True, capture_output=True)
     pid = PIDFILE.read_text().strip() if PIDFILE.exists() else ""
     if pid:
         subprocess.run(["kill", "-TERM", pid], check=False)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def test_killed_engine_is_named_as_the_reason_and_comes_back(tmp_path, extra_engine, scripted_model):

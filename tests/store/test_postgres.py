@@ -24,5 +24,9 @@ def test_round_trip_on_postgres():
         assert store.get_job(job.id).setup == ["pip install -e ."]
         assert store.get_chunk(chunk.id).text == "x\n"
         assert [e.seq for e in store.list_events(job.id)] == [1]
+        store.upsert_message(f"pg-{thread.id}", thread.id, output="first", meta={"metadata": {"job_id": job.id}})
+        store.upsert_message(f"pg-{thread.id}", thread.id, output="second")
+        assert [(m.output, m.meta) for m in store.list_messages(thread.id)] == [
+            ("second", {"metadata": {"job_id": job.id}})]
     finally:
         store.close()

@@ -115,3 +115,46 @@ def test_schema_version_recorded_and_newer_refused(data_dir):
 def test_sqlite_runs_in_wal_mode(store):
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_job_ids_in_state_answers_for_many_jobs_in_one_query(store):
+    from sqlalchemy import event
+    jobs = [store.create_job(task=f"t{i}", repo="/r") for i in range(5)]
+    for job in jobs[1:3]:
+        store.transition(job.id, "cancelled", "from elsewhere")
+    statements = []
+    event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert store.job_ids_in_state([j.id for j in jobs] + ["nosuchjob"], "cancelled") == {jobs[1].id, jobs[2].id}
+    assert len(statements) == 1
+    assert store.job_ids_in_state([], "cancelled") == set()
+
+
+def test_upsert_message_keeps_what_it_is_not_given_and_touches_the_thread(store):
+    from sqlalchemy import event
+    thread = store.create_thread(user_id=None)
+    before = store.get_thread(thread.id).updated_at
+    store.upsert_message("m1", thread.id, type="assistant_message", name="Jobs", output="queued", job_id="j1",
+                         meta={"metadata": {"job_id": "j1"}})
+    statements = []
+    event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    store.upsert_message("m1", thread.id, output="running", name=None, language=None)
+    assert len(statements) == 2                                   # an update of each, nothing read
+    message = store.get_message("m1")
+    assert (message.output, message.name, message.job_id, message.meta) == (
+        "running", "Jobs", "j1", {"metadata": {"job_id": "j1"}})
+    assert store.get_thread(thread.id).updated_at > before
+    store.upsert_message("m1", thread.id, output=None)
+    assert store.get_message("m1").output is None
+
+
+def test_concurrent_first_writes_of_one_message_make_one_row(store):
+    thread = store.create_thread(user_id=None)
+    barrier = threading.Barrier(4)
+
+    def write(n):
+        barrier.wait()
+        store.upsert_message("same", thread.id, output=f"writer {n}")
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert [m.id for m in store.list_messages(thread.id)] == ["same"]

@@ -24,9 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_repo(path: Path) -> Path:
-    """A tiny Python project with a function, a test and a history of one commit."""
+def make_repo(path: Path, setup: str | None = None) -> Path:
+    """A tiny Python project with a function, a test and a history of one commit (and a setup script if given)."""
     path.mkdir(parents=True)
+    if setup:
+        (path / ".assistant").mkdir()
+        (path / ".assistant" / "setup.sh").write_text(setup + "\n")
     (path / "calc.py").write_text(
         '"""A tiny calculator."""\n\n\ndef add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n')
     (path / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")

@@ -24,6 +24,9 @@ MUL_PATCH = """*** Begin Patch
 +    return a * b
 *** End Patch"""
 
+# A link the model makes up: it must reach the page as plain text, never as a link or a citation.
+INVENTED_LINK = "https://github.com/example/demo/blob/main/demo_repo.py#L47"
+
 SQUARES_LINES = 450  # more than a card shows of one file, so the DiffView truncates it and starts it folded
 
 DIV_PATCH = ("*** Begin Patch\n*** Add File: div.py\n+def div(a, b):\n+    return a / b\n"
@@ -73,7 +76,8 @@ def answer(request: dict) -> Reply:
         return Reply.call("read_file", path="calc.py")
     if "why" in _last_user(request).lower():
         return Reply.text("Because the task asked for multiplication, job 1 added `mul` next to `sub` "
-                          "【F:calc.py†L12-L13】.", chunk_delay_s=0.03)
+                          f"【F:calc.py†L12-L13】, as upstream does in [demo_repo.py#L47]({INVENTED_LINK}).",
+                          chunk_delay_s=0.03)
     return Reply.text("`add` is defined in calc.py 【F:calc.py†L4-L5】 and returns the sum of its two arguments.",
                       chunk_delay_s=0.05)
 
@@ -81,7 +85,9 @@ def answer(request: dict) -> Reply:
 def agent(request: dict) -> Reply:
     task = _task(request).lower()
     step = _tool_results(request)
-    if "slowly" in task:  # holds the job in `running` until the server dies or it is cancelled
+    if "many small steps" in task:  # more steps than a card lists before folding the earlier ones
+        plan = [Reply.call("shell", command=f"echo small step {n}") for n in range(1, 15)]
+    elif "slowly" in task:  # holds the job in `running` until the server dies or it is cancelled
         plan = [Reply.call("shell", command="for i in $(seq 1 300); do echo tick $i; sleep 1; done")]
     elif "division" in task:
         plan = [Reply.call("shell", command="sleep 4; printf '\\000\\001binary' > blob.bin; echo checked division"),

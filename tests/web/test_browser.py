@@ -1,11 +1,13 @@
 """The chat app in headless Chromium against the real app process, a scripted model and the Docker sandbox.
 
 The stages run in order on one server and share its state, like one user's afternoon: a quick answer,
-a job, a follow-up, two jobs at once, a reload, a crash and restart, and a second user who sees none of it.
-Screenshots of each stage go to tests/artifacts/screenshots/.
+a job, a follow-up, two jobs at once, a reload, a crash and restart, retries and settings, the same
+conversation on a 390×844 phone, and a second user (on a phone) who sees none of it and can read nothing
+outside ASSISTANT_REPO_ROOTS. Screenshots of each stage go to tests/artifacts/screenshots/.
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -47,12 +49,15 @@ def world(tmp_path_factory):
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("web")
     repo = make_repo(root / "repo")
+    # A second repository whose setup takes a minute: its jobs wait in `setting up` long enough to be undone.
+    slow = make_repo(root / "slow-repo", setup="sleep 60")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     model = scripts.install(ScriptedModelServer().start())
-    app = AppProcess(root / "data", model.base_url, repo, root / "app.log").start()
+    # Two users: local repositories only under the root (which also holds the data dir, never a repository).
+    app = AppProcess(root / "data", model.base_url, repo, root / "app.log", ASSISTANT_REPO_ROOTS=str(root)).start()
     pw = playwright.sync_playwright().start()
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-    state = {"root": root, "repo": repo, "model": model, "app": app, "browser": browser}
+    state = {"root": root, "repo": repo, "slow": slow, "model": model, "app": app, "browser": browser}
     yield state
     for closer in (browser.close, pw.stop, app.stop, model.stop):
         try:
@@ -65,7 +70,7 @@ def world(tmp_path_factory):
 def alice(world):
     context = world["browser"].new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
-    login(page, world["app"].url, "alice")
+    login(page, world["app"].url, "alice", screenshot="00-login")
     yield page
     context.close()
 
@@ -75,8 +80,15 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
 
 
-def login(page, url: str, user: str) -> None:
+PHONE = {"width": 390, "height": 844}
+
+
+def login(page, url: str, user: str, screenshot: str | None = None) -> None:
     page.goto(url + "/login")
+    page.get_by_label("User name").wait_for(timeout=30_000)  # not "Email address": names are what users have
+    assert "Email" not in page.inner_text("body")
+    if screenshot:
+        shot(page, screenshot)
     page.fill("input[name=email]", user)
     page.fill("input[name=password]", USERS[user])
     page.click("button[type=submit]")
@@ -91,13 +103,39 @@ def send(page, text: str) -> None:
     users = page.locator(".step[data-step-type='user_message']")
     before = users.count()
     page.fill("#chat-input", text)
-    page.keyboard.press("Enter")
-    if text.startswith("/"):
-        return  # a command is picked from the menu first; the caller completes it
+    page.keyboard.press("Enter")  # "/jobs" too: it runs at once, no second Enter (public/composer.js)
     deadline = time.monotonic() + 30
     while users.count() == before and time.monotonic() < deadline:
         page.wait_for_timeout(100)
     assert users.count() > before, f"the message {text!r} was not sent"
+
+
+def answers(page):
+    return page.locator(".step[data-step-type='assistant_message']")
+
+
+def header(page):
+    return page.locator(".step[data-step-type='system_message']", has_text="Repository:").first
+
+
+def set_repository(page, value: str, expect: str) -> None:
+    """Type a repository into the settings panel, save, and wait for the app's notice about it."""
+    notices = page.locator(f"text={expect}")
+    before = notices.count()
+    page.click("#chat-settings-header-button")
+    page.fill("#repo", value)
+    page.click("#confirm-sidebar")
+    deadline = time.monotonic() + 30
+    while notices.count() == before and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert notices.count() > before, f"no notice {expect!r} after setting the repository to {value!r}"
+
+
+def fits_the_screen(page, selector: str) -> bool:
+    """Nothing of the element is cut off or needs sideways scrolling on this viewport."""
+    return page.locator(selector).last.evaluate(
+        "e => e.getBoundingClientRect().right <= window.innerWidth && e.scrollWidth <= e.clientWidth + 1"
+        " && document.documentElement.scrollWidth <= window.innerWidth")
 
 
 def card(page, number: int):
@@ -186,6 +224,10 @@ def alice_jobs(world) -> dict:
         store.close()
 
 def test_quick_question_streams_an_answer_with_a_valid_citation(world, alice):
+    starters = alice.locator("#starters")
+    starters.wait_for(timeout=10_000)  # a new chat offers both starters beside the header
+    assert "Ask about the code" in starters.inner_text() and "Delegate a job" in starters.inner_text()
+    assert "the ⚙ button at the top right" in header(alice).inner_text()  # the welcome names the settings
     shot(alice, "01-logged-in")
     send(alice, "Where is add defined?")
     seen = []
@@ -196,7 +238,7 @@ def test_quick_question_streams_an_answer_with_a_valid_citation(world, alice):
         if "Answered directly" in seen[-1]:
             break
         alice.wait_for_timeout(60)
-    partial = [t for t in seen if "add" in t and "returns the sum" not in t]
+    partial = [t for t in seen if "add" in t and "arguments." not in t]
     assert partial, f"never saw a partial answer while streaming: {seen[-3:]}"
     assert "returns the sum of its two arguments" in seen[-1]
     link = alice.locator("a", has_text="calc.py #L4-5").last
@@ -221,7 +263,9 @@ def test_delegated_job_shows_progress_then_summary_and_diff(world, alice):
     job_card.locator("text=+def mul(a, b):").first.wait_for(timeout=10_000)
     shot(alice, "04-job-diff")
     text = job_card.inner_text()
-    assert "step 2: apply_patch" in text and "Summary" in text
+    assert "step 2: apply_patch · M calc.py" in text and "Summary" in text
+    assert "step 1: $ for i in 1 2 3" in text and '"command"' not in text  # each step is its command
+    assert "Started as a job (asks for a change; decided by the first-pass rules) — it runs in a sandbox." in text
     assert "1 file changed · +4 −0" in text
     assert diff_files(alice, 1) == {"calc.py": ("modified", "true")}
     assert job_card.locator("code.language-diff").count() == 0, "the Markdown diff is shown as well as the DiffView"
@@ -243,9 +287,21 @@ def test_delegated_job_shows_progress_then_summary_and_diff(world, alice):
 
 def test_follow_up_question_is_answered_from_the_job(world, alice):
     send(alice, "Why did you add mul in the last job?")
-    alice.locator("text=Because the task asked for multiplication").first.wait_for(timeout=30_000)
-    alice.locator("text=Answered directly").last.wait_for(timeout=30_000)
+    reply = answers(alice).filter(has_text="Because the task asked").filter(has_text="Answered directly")
+    reply.wait_for(timeout=30_000)  # streamed to the end
+    reply.scroll_into_view_if_needed()
     shot(alice, "05-follow-up")
+    text = reply.inner_text()
+    assert "About job 1 · Add a mul function to calc.py" in text, text[:120]
+    assert text.index("About job 1") < text.index("Because the task asked")
+    # The invented link is shown as text, not as a link; the checked citation is one, into job 1's kept file.
+    assert scripts.INVENTED_LINK in text
+    assert reply.locator("a[href*='github.com']").count() == 0
+    jobs = alice_jobs(world)
+    assert reply.locator(f"a[href^='/cite/{jobs[1].id}/']", has_text="calc.py #L12-13").count() == 1
+    history = [m.get("content") or "" for m in world["model"].requests[-1]["messages"] if m["role"] != "system"]
+    for notice in ("Repository:", "Answered directly", "Job 1 ·", "Started as a job"):
+        assert not any(notice in m for m in history), f"the app's own {notice!r} went back to the model"
     requests = [r for r in world["model"].requests
                 if scripts.ANSWERER in "\n".join(m.get("content") or "" for m in r["messages"] if m["role"] == "system")
                 and "Why did you" in str(r["messages"])]
@@ -257,8 +313,11 @@ def test_follow_up_question_is_answered_from_the_job(world, alice):
 def test_two_jobs_run_at_once(world, alice):
     send(alice, "Also add a test for mul")
     card(alice, 2).wait_for(timeout=30_000)
-    send(alice, "Add division support in a new module")
+    send(alice, "Add division support in a new module, not in calc/__init__.py")
     card(alice, 3).wait_for(timeout=30_000)
+    users = alice.locator(".step[data-step-type='user_message']")
+    assert "not in calc/__init__.py" in users.last.inner_text()  # as written, not calc/**init**.py
+    assert "Job 3 · Add division support in a new module, not in calc/__init__.py" in card(alice, 3).inner_text()
     card(alice, 2).locator("text=running").first.wait_for(timeout=60_000)
     card(alice, 3).locator("text=running").first.wait_for(timeout=60_000)
     card(alice, 2).scroll_into_view_if_needed()
@@ -309,6 +368,8 @@ def test_reload_shows_the_history(world, alice):
                      "Because the task asked", "+def mul(a, b):"):
         assert expected in body, expected
     card(alice, 1).get_by_role("button", name="Create branch").wait_for(timeout=15_000)  # recreated on resume
+    answers(alice).filter(has_text="returns the sum").first.get_by_role("button", name="Run as a job").wait_for(
+        timeout=15_000)
     diff_file(alice, 3, "squares.py").wait_for(timeout=15_000)
     alice.wait_for_timeout(1500)  # past the resume's card refresh, which must not add a second element
     assert_one_diff_view_per_finished_card(alice, [1, 2, 3])
@@ -357,6 +418,100 @@ def test_branch_retry_and_cancel_buttons(world, alice):
     shot(alice, "11-branch-retry-cancel")
 
 
+def test_a_long_job_folds_its_earlier_steps_and_unfolds_them(world, alice):
+    send(alice, "/code Take many small steps")
+    wait_card_state(alice, 6, "succeeded", timeout=120)
+    job_card = card(alice, 6)
+    text = job_card.inner_text()
+    assert "… 2 earlier steps not shown" in text and "echo small step 3" in text and "echo small step 2" not in text
+    job_card.get_by_role("button", name="Show all steps").click()
+    job_card.get_by_text("$ echo small step 1", exact=True).wait_for(timeout=15_000)
+    assert "not shown" not in job_card.inner_text()
+    job_card.scroll_into_view_if_needed()
+    shot(alice, "11b-all-steps")
+    job_card.get_by_role("button", name="Show fewer steps").click()
+    job_card.get_by_text("2 earlier steps not shown", exact=False).wait_for(timeout=15_000)
+
+
+def test_settings_check_the_repository_and_the_header_follows(world, alice):
+    missing = world["root"] / "no-such-repo"
+    set_repository(alice, str(missing), "The repository was not changed")
+    refusal = answers(alice).last.inner_text()
+    assert f"{missing} does not exist or is not a directory" in refusal and f"Still using {world['repo']}" in refusal
+    set_repository(alice, str(world["root"] / "data"), "The repository was not changed")
+    assert "data directory, which is never a repository" in answers(alice).last.inner_text()
+    assert str(world["repo"]) in header(alice).inner_text()
+    answers(alice).last.scroll_into_view_if_needed()
+    shot(alice, "12-settings-refused")
+    set_repository(alice, str(world["slow"]), "Repository set to")
+    header(alice).get_by_text(str(world["slow"])).wait_for(timeout=10_000)  # the first message follows
+    header(alice).scroll_into_view_if_needed()
+    shot(alice, "13-settings-changed")
+
+
+def test_retry_keeps_the_jobs_own_repository_and_parent(world, alice):
+    """The conversation now points at another repository; a retry still runs the job as it was."""
+    card(alice, 2).get_by_role("button", name="Retry").click()
+    card(alice, 7).wait_for(timeout=30_000)
+    jobs = alice_jobs(world)
+    assert (jobs[7].repo, jobs[7].ref, jobs[7].setup, jobs[7].parent_job_id) == \
+        (jobs[2].repo, jobs[2].ref, jobs[2].setup, jobs[1].id)
+    assert jobs[7].repo == str(world["repo"]) != str(world["slow"])
+    text = card(alice, 7).inner_text()
+    assert "Starts from the result of job 1 · Add a mul function to calc.py" in text
+    assert "Retry of job 2, with its own repository, ref, setup and starting point." in text
+    assert str(world["repo"]) in text
+    wait_card_state(alice, 7, "succeeded", timeout=120)  # built on job 1's result in job 1's repository
+    card(alice, 7).scroll_into_view_if_needed()
+    shot(alice, "14-retry-keeps-settings")
+    assert diff_files(alice, 7) == {"calc.py": ("modified", "true"), "test_mul.py": ("added", "true")}
+
+
+def test_a_routed_job_can_become_an_answer_before_it_starts(world, alice):
+    send(alice, "Add a docstring to sub")
+    card(alice, 8).wait_for(timeout=30_000)
+    assert re.search(r"Started as a job \(asks for a change; decided by the (first-pass rules|router model)\)",
+                     card(alice, 8).inner_text())
+    wait_card_state(alice, 8, "setting up", timeout=60)  # the slow repository's setup holds it there
+    undo = card(alice, 8).get_by_role("button", name="Answer instead")
+    undo.wait_for(timeout=15_000)
+    shot(alice, "15-answer-instead")
+    undo.click()
+    wait_card_state(alice, 8, "cancelled", timeout=15)  # at once, though its setup was still running
+    alice.locator("text=you asked for an answer instead of job 8").last.wait_for(timeout=30_000)
+    assert "returns the sum of its two arguments" in answers(alice).last.inner_text()
+    assert alice_jobs(world)[8].repo == str(world["slow"])  # a new job takes the conversation's repository
+
+
+def test_the_conversation_on_a_phone(world):
+    context = world["browser"].new_context(viewport=PHONE)
+    page = context.new_page()
+    try:
+        login(page, world["app"].url, "alice", screenshot="16a-phone-login")
+        shot(page, "16-phone-new-chat")
+        assert page.locator("#starters").is_visible()
+        if not page.locator("#thread-history").is_visible():  # on a phone the history is behind the menu button
+            page.click("#sidebar-trigger-button")
+        open_thread(page, "Where is add defined?")
+        card(page, 8).wait_for(timeout=30_000)
+        follow_up = answers(page).filter(has_text="About job 1").first
+        follow_up.scroll_into_view_if_needed()
+        shot(page, "17-phone-follow-up")
+        assert scripts.INVENTED_LINK in follow_up.inner_text()
+        assert follow_up.locator("a[href*='github.com']").count() == 0
+        assert "not in calc/__init__.py" in card(page, 3).inner_text()
+        assert fits_the_screen(page, ".step:has(h3:has-text('Job 3 ·'))")
+        send(page, "/jobs")
+        table = page.locator("table", has_text="Add division support")
+        table.last.wait_for(timeout=30_000)
+        table.last.scroll_into_view_if_needed()
+        shot(page, "18-phone-jobs-table")
+        assert "not in calc/__init__.py" in table.last.inner_text()
+        assert fits_the_screen(page, "table")
+    finally:
+        context.close()
+
+
 def test_second_user_sees_none_of_it(world):
     thread_id = alice_thread(world)
     store = db(world)
@@ -364,7 +519,7 @@ def test_second_user_sees_none_of_it(world):
         job = store.list_jobs(thread_id=thread_id)[0]
     finally:
         store.close()
-    context = world["browser"].new_context(viewport={"width": 1280, "height": 1000})
+    context = world["browser"].new_context(viewport=PHONE)
     page = context.new_page()
     try:
         login(page, world["app"].url, "bob")
@@ -372,13 +527,8 @@ def test_second_user_sees_none_of_it(world):
         body = page.inner_text("body")
         assert "Where is add defined?" not in body and "Job 1" not in body
         send(page, "/jobs")
-        page.wait_for_timeout(300)
-        shot(page, "12a-command-picked")
-        if not page.locator("text=No jobs yet.").count():
-            page.keyboard.type("all")
-            page.keyboard.press("Enter")
         page.locator("text=No jobs yet.").first.wait_for(timeout=30_000)
-        shot(page, "12-second-user")
+        shot(page, "19-second-user")
         base = world["app"].url
         assert page.request.get(f"{base}/project/thread/{thread_id}").status in (401, 404)
         threads = page.request.post(f"{base}/project/threads", data={"pagination": {"first": 20}, "filter": {}})
@@ -389,6 +539,54 @@ def test_second_user_sees_none_of_it(world):
         page.goto(f"{base}/thread/{thread_id}")
         page.wait_for_timeout(2000)
         assert "Where is add defined?" not in page.inner_text("body")
-        shot(page, "13-second-user-direct-link")
+        shot(page, "20-second-user-direct-link")
+    finally:
+        context.close()
+
+
+def test_second_user_cannot_read_outside_the_repo_roots(world):
+    """Not by the settings, nor by a link swapped after they were saved: answers, citations and jobs refuse."""
+    root = world["root"]
+    link = root / "bobs-repo"
+    link.symlink_to(world["repo"])
+    outside = root.parent / "not-a-root"
+    outside.mkdir()
+    context = world["browser"].new_context(viewport=PHONE)
+    page = context.new_page()
+    try:
+        login(page, world["app"].url, "bob")
+        for path, reason in ((str(outside), "outside the directories repositories may come from"),
+                             ("/etc", "ASSISTANT_REPO_ROOTS"), (str(root), "contains the assistant's data directory"),
+                             (str(root / "data"), "never a repository"), (f"file://{root}/data", "never a repository")):
+            set_repository(page, path, "The repository was not changed")
+            assert reason in answers(page).last.inner_text(), path
+        shot(page, "21-second-user-settings-refused")
+        set_repository(page, str(link), "Repository set to")
+        send(page, "Where is add defined?")  # allowed: answered from the linked repository
+        page.locator("text=returns the sum of its two arguments").last.wait_for(timeout=30_000)
+        store = db(world)
+        try:
+            bob_thread = store.list_threads(store.get_user("bob").id)[0].id
+        finally:
+            store.close()
+        assert page.request.get(f"{world['app'].url}/cite-thread/{bob_thread}/F:calc.py?L=4-5").status == 200
+        link.unlink()
+        link.symlink_to(root / "data")  # swapped after the setting was saved
+        for target in ("F:auth-secret?L=1-1", "F:assistant.db?L=1-1"):
+            response = page.request.get(f"{world['app'].url}/cite-thread/{bob_thread}/{target}")
+            assert response.status == 403 and "data directory" in response.text()
+        send(page, "What is in the auth-secret file?")
+        answers(page).filter(has_text="never a repository").filter(has_text="Answered directly").wait_for(timeout=30_000)
+        send(page, "/code Add a docstring to sub")
+        page.locator("text=Could not start the job").last.wait_for(timeout=30_000)
+        assert "data directory" in answers(page).last.inner_text()
+        shot(page, "22-second-user-reads-nothing")
+        store = db(world)
+        try:
+            assert not [j for j in store.list_jobs(limit=1000) if j.repo == str(link)]
+        finally:
+            store.close()
+        secret = (root / "data" / "auth-secret").read_text().strip()
+        assert not any(secret in json.dumps(r) for r in world["model"].requests), "the model saw the data dir"
     finally:
         context.close()

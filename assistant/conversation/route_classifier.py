@@ -1,0 +1,143 @@
+"""The shipped route classifier: two logistic-regression heads over plain text features.
+
+It carries routing when no real model endpoint is configured: the embedded demonstration model answers
+almost everything, so routing with it is a coin toss. The heads:
+- work:     does the message ask for changes (a job) rather than an answer?
+- followup: is it about one of the conversation's jobs? (asked only when the conversation has jobs)
+
+The weights are data (route_classifier.json next to this file), trained by bench/train_router.py on the
+tuning part of bench/routing_set.jsonl; loaded once per process. Standard library only.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..store import Job
+from . import signals
+
+WEIGHTS_PATH = Path(__file__).resolve().parent / "route_classifier.json"
+FORMAT = 1
+HEADS = ("work", "followup")
+# The follow-up head learns from far fewer messages (only conversations with jobs): it reads words and
+# signals, not word pairs or character n-grams, which it would only memorise.
+HEAD_FEATURES = {"work": None, "followup": ("bias", "w:", "first:", "s:", "ctx")}
+
+_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+|[?!`#:/\\]")
+_MODAL = re.compile(r"\b(?:should|must|needs?\s+to|need\s+an?|ought|would\s+be\s+(?:nice|great|good)|i'd\s+(?:like|love)|"
+                    r"i\s+want|i\s+need|we\s+need|let's|time\s+to|next\s+step|your\s+task|todo)\b", re.I)
+_CONDITIONAL_WORK = re.compile(r"\bif\s+(?:not|it\s+(?:doesn't|isn't|does\s+not)|there\s+isn't|it's\s+not)\b"
+                               r"|\b(?:and|then)\s+(?:fix|repair|change|make|add|write|move|switch|speed|clean)\b"
+                               r"|\bwhile\s+you're\s+at\s+it\b|\bafterwards\b", re.I)
+_PROBLEM = re.compile(r"\b(?:fails?|failing|crash(?:es)?|throws?|broken|breaks|bug|wrong|hangs?|off\s+by|"
+                      r"doesn't|can't|cannot|won't|invisible|blank|duplicates?|truncated|slow|regressed|red|leaks?|"
+                      r"error|exception|500|404)\b", re.I)
+_FOLLOW_WORDS = re.compile(r"\b(?:it|that|this|now|also|still|again|same|too|undo|revert|amend|redo|instead|"
+                           r"anymore)\b", re.I)
+
+
+def _words(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def head_features(head: str, feats: dict[str, float]) -> dict[str, float]:
+    prefixes = HEAD_FEATURES[head]
+    return feats if prefixes is None else {k: v for k, v in feats.items() if k.startswith(prefixes)}
+
+
+def features(text: str, jobs: list[Job]) -> dict[str, float]:
+    """Sparse features of a message in its conversation: words, word pairs, character n-grams and
+    the surface signals the rules use (as evidence, not verdicts)."""
+    body = " ".join(text.split())
+    words = _words(body)
+    f: dict[str, float] = {"bias": 1.0}
+    for w in words:
+        f["w:" + w] = 1.0
+    for a, b in zip(words, words[1:]):
+        f[f"b:{a}_{b}"] = 1.0
+    if words:
+        f["first:" + words[0]] = 1.0
+        f["first2:" + "_".join(words[:2])] = 1.0
+    for w in set(words):
+        padded = f"<{w}>"
+        for n in (3, 4):
+            for i in range(len(padded) - n + 1):
+                f["c:" + padded[i:i + n]] = 0.5
+    shape = {
+        "question_start": signals.QUESTION_START.match(body), "one_question": signals.one_question(body),
+        "ends_question": body.endswith("?"), "has_question": "?" in body,
+        "imperative": signals.IMPERATIVE.match(body), "polite_order": signals.POLITE_ORDER.match(body),
+        "work_verb": signals.WORK_VERB.search(body), "suggestion": signals.SUGGESTION.match(body),
+        "read_only": signals.READ_ONLY.search(body), "pasted_log": signals.PASTED_LOG.search(text),
+        "small_talk": signals.SMALL_TALK.match(body), "modal": _MODAL.search(body),
+        "conditional_work": _CONDITIONAL_WORK.search(body), "problem": _PROBLEM.search(body),
+        "several_sentences": re.search(r"[.?!;:]\s+\S", body), "several_lines": "\n" in text.strip(),
+        "short": len(words) <= 3,
+        "later_order": signals.LATER_ORDER.search(body),
+        "log_and_question": signals.PASTED_LOG.search(text) and re.search(r"\?\s*$", text, re.M),
+        "log_and_order": signals.PASTED_LOG.search(text) and signals.WORK_VERB_BASE.search(body),
+    }
+    f.update({"s:" + name: 1.0 for name, present in shape.items() if present})
+    if jobs:
+        f["ctx:jobs"] = 1.0
+        ref = signals.find_job_reference(body, jobs)
+        if ref is not None:
+            f["ctx:ref_" + ("explicit" if ref.explicit else "title")] = 1.0
+            f["ctx:ref_state_" + ref.job.state] = 1.0
+        f["ctx:title_overlap"] = min(max(signals.title_overlap(body, j) for j in jobs), 3) / 3
+        f["ctx:about_done_work"] = 1.0 if signals.ABOUT_DONE_WORK.search(body) else 0.0
+        f["ctx:follow_words"] = min(len(_FOLLOW_WORDS.findall(body)), 3) / 3
+        f["ctx:points_back"] = 1.0 if signals.points_back(body) else 0.0
+        f["ctx:latest_" + signals.latest(jobs).state] = 1.0
+        for name in [k for k in f if k.startswith("s:")]:  # the same shape reads differently once jobs exist
+            f["ctx+" + name] = 1.0
+    return f
+
+
+@dataclass(frozen=True)
+class Guess:
+    work: bool       # asks for changes (a job), not an answer
+    followup: bool   # about one of the conversation's jobs
+
+
+class RouteClassifier:
+    def __init__(self, heads: dict[str, dict]):
+        missing = [h for h in HEADS if h not in heads]
+        if missing:
+            raise ValueError(f"route classifier weights lack the head(s) {missing}; retrain with bench/train_router.py")
+        self.heads = {name: (float(h["bias"]), {k: float(v) for k, v in h["weights"].items()}) for name, h in heads.items()}
+
+    @classmethod
+    def load(cls, path: Path = WEIGHTS_PATH) -> "RouteClassifier":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read the route classifier weights {path} ({exc}); "
+                             "reinstall the package or retrain with bench/train_router.py") from exc
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path} has format {data.get('format')!r}, this code reads {FORMAT}; "
+                             "retrain with bench/train_router.py")
+        return cls(data["heads"])
+
+    def probability(self, head: str, feats: dict[str, float]) -> float:
+        bias, weights = self.heads[head]
+        z = bias + sum(value * weights.get(name, 0.0) for name, value in head_features(head, feats).items())
+        return 1 / (1 + math.exp(-max(-30.0, min(30.0, z))))
+
+    def predict(self, text: str, jobs: list[Job]) -> Guess:
+        feats = features(text, jobs)
+        work = self.probability("work", feats) >= 0.5
+        if not jobs:
+            return Guess(work, False)
+        named = feats.get("ctx:ref_explicit") == 1.0  # "job 2", "the last one": about that job, whatever the words
+        return Guess(work, named or self.probability("followup", feats) >= 0.5)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_classifier() -> RouteClassifier:
+    """The classifier trained on the labelled set, read once per process."""
+    return RouteClassifier.load()

@@ -1,0 +1,142 @@
+"""What a chat message says on its surface: its shape (a question, an order, a pasted log, small talk)
+and which job of the conversation it names. Shared by the first-pass rules and the route classifier.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..store import Job
+
+# ---------------------------------------------------------------------- the shape of a message
+_VERBS = (r"fix|add|implement|refactor|change|write|update|remove|delete|rename|create|migrate|upgrade|bump|port|"
+          r"convert|optimi[sz]e|improve|replace|move|extract|split|introduce|repair|patch|clean\s+up|reformat|"
+          r"document|drop|revert|undo|amend|rewrite|set\s+up|get\s+rid\s+of|speed\s+up|make|tweak|adjust|modify|"
+          r"install|configure|enable|disable|deprecate|restructure|simplify|paralleli[sz]e|cache|vendor|"
+          r"squash|guard|wire|turn|translate|extend|redo|apply|sort")
+# A work verb opening the message, after filler words: "Fix …", "please add …", "ok, now rename …".
+IMPERATIVE = re.compile(rf"^(?:(?:please|now|ok|okay|so|then|let's|let\s+us)[,\s]+)*(?:{_VERBS})\b", re.I)
+# "Can you add …?", "could u please also fix …", "would you mind adding …?", "would it be possible to add …?"
+POLITE_ORDER = re.compile(rf"^(?:please\s+)?(?:(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+)?(?:also\s+)?"
+                          rf"(?:be\s+able\s+to\s+|mind\s+)?|would\s+it\s+be\s+possible\s+to\s+|mind\s+)"
+                          rf"(?:{_VERBS})(?:ing)?\b", re.I)
+# An order inside a longer message: "…, remove it", "… — can you amend it?", "On top of job 2, add …"
+ORDER_CLAUSE = re.compile(rf"(?:^|[,;:\u2014\u2013]\s*|\s-\s|\b(?:but|and|so|then|now|please)\s+)"
+                          rf"(?:please\s+)?(?:(?:can|could|would)\s+you\s+)?(?:{_VERBS})\b", re.I)
+WORK_VERB = re.compile(rf"\b(?:{_VERBS})(?:s|es|ed|d|ing)?\b", re.I)
+WORK_VERB_BASE = re.compile(rf"\b(?:{_VERBS})\b", re.I)
+QUESTION_START = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|whose|is|are|was|were|does|do|did|has|"
+                            r"have|should|(?:can|could)\s+you\s+(?:please\s+)?(?:tell\s+me|explain))\b", re.I)
+# "… can you amend it?"
+POLITE_CLAUSE = re.compile(rf"\b(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?(?:{_VERBS})\b", re.I)
+# Questions that read as questions even without a question mark: "where is the session created"
+WH_WORD = re.compile(r"^(?:what|what's|whats|why|how|where|which|who)\b", re.I)
+# Orders to read and report, not to change: "Explain …", "Show me …", "Help me understand …"
+READ_ORDER = re.compile(r"^(?:please\s+)?(?:explain|describe|summari[sz]e|show\s+me|tell\s+me|list|point\s+me|"
+                        r"walk\s+me\s+through|give\s+me\s+(?:an?\s+)?(?:overview|summary|one-paragraph\s+summary)|"
+                        r"help\s+me\s+understand|i'd\s+like\s+to\s+understand|i\s+want\s+to\s+(?:know|understand))\b",
+                        re.I)
+# An order in a later sentence: "Where is X built? Move it into …", "… file? Afterwards, document that …"
+LATER_ORDER = re.compile(rf"[.?!]\s+(?:(?:please|then|afterwards|and|also|now)[,\s]+)*(?:{_VERBS})\b", re.I)
+# Words that point back at earlier work: evidence (for the classifier) that a message follows up a job.
+_POINTS_BACK = re.compile(r"\b(?:it|its|it's|that|this|those|them|these|same|also|too|again|now|still|you|your|"
+                         r"instead|did|didn't|was|were|has|have|had|went|ran|been|anymore|as\s+well)\b", re.I)
+# Questions that propose work: "why not cache it?", "how about adding …?", "should we split …?"
+SUGGESTION = re.compile(r"^(?:why\s+(?:don't|not|dont)|how\s+about|what\s+about|should\s+(?:we|i|you)\s)", re.I)
+# "… just tell me, don't change anything", "no code changes yet": the user wants an answer.
+READ_ONLY = re.compile(r"\b(?:don't|do\s+not|dont)\s+(?:change|edit|touch|modify)\s+anything|\bno\s+need\s+to\s+change|"
+                       r"\bdon't\s+do\s+it|\bjust\s+(?:tell\s+me|explain|outline|curious)|\bno\s+code\s+changes?\b", re.I)
+# About what a job did: "did you …", "you changed …", "has job 2 …"
+ABOUT_DONE_WORK = re.compile(r"\b(?:did|didn't|have|haven't|has|hasn't)\s+(?:you|it|the\s+job|job\s*#?\d+)\b"
+                             r"|\byou\s+(?:\w+ed|did|ran|wrote|made|chose|forgot|left|broke)\b",
+                             re.I)
+SMALL_TALK = re.compile(r"^(?:hi|hello|hey|yo|thanks|thank\s+you|thx|ty|ok|okay|cool|nice|great|bye|good\s+(?:morning|"
+                        r"night|evening|afternoon)|never\s*mind|nvm)(?:\s+(?:there|a\s+lot|so\s+much|very\s+much))?"
+                        r"[\s!.]*$", re.I)
+PASTED_LOG = re.compile(r"Traceback \(most recent call last\)|^\s*File \".*\", line \d+|^\S*(?:Error|Exception)\b:|"
+                        r"^(?:FAILED|ERROR|E\s{2,}|npm ERR!|error\[)", re.M)
+
+
+_POLITE_OPENING = re.compile(r"^(?:please\s+)?(?:can|could|would|will)\s+(?:you|u)\b", re.I)
+
+
+def points_back(text: str) -> bool:
+    """Does the message use a word that refers to earlier work ("it", "that", "also", "you added")?
+    The "you" of a polite opening ("Could you add …") does not count."""
+    return bool(_POINTS_BACK.search(_POLITE_OPENING.sub("", text.strip(), count=1)))
+
+
+def one_sentence(text: str) -> bool:
+    body = text.strip()
+    return "\n" not in body and not re.search(r"[.!?;:]\s", body)
+
+
+def one_question(text: str) -> bool:
+    """One sentence on one line, ending in its only question mark."""
+    body = text.strip()
+    return (body.endswith("?") and body.count("?") == 1 and "\n" not in body
+            and not re.search(r"[.!;:]\s", body[:-1]))
+
+
+# ---------------------------------------------------------------------- which job a message names
+# How a message named its job. Only the explicit ways may pick a failed, interrupted or cancelled job
+# as the starting point of a new job; a title or the default (the latest job) may not.
+BY_NUMBER, BY_ORDINAL, BY_LAST, BY_TITLE, BY_DEFAULT, BY_MODEL = "number", "ordinal", "last", "title", "default", "model"
+EXPLICIT = (BY_NUMBER, BY_ORDINAL, BY_LAST)
+
+_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
+             "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5}
+_NUMBER_REF = re.compile(r"\b(?:job|attempt|task)\s*(?:#|no\.?\s*|number\s*)?(\d+)\b|(?<![\w&/])#(\d+)\b", re.I)
+_ORDINAL_REF = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\s+(?:job|one|attempt|task|run)\b", re.I)
+_LAST_REF = re.compile(r"\b(?:last|latest|previous|prior|most\s+recent)\s+(?:job|one|change|run|attempt|fix|diff|"
+                       r"patch|task)\b", re.I)
+_WORD = re.compile(r"[a-z0-9][a-z0-9_\-.]*[a-z0-9]|[a-z0-9]", re.I)
+# Words that say nothing about which job is meant: they occur in most titles and most requests.
+_TITLE_NOISE = frozenset("""a an the to of in on for and or with from into by at as is it its this that these those
+be are was were fix fixed add added make made update updated change changed handle handled use used new support
+improve improved remove removed write wrote test tests code job jobs one also now please can could would you your
+me my our we so but not no do did does""".split())
+
+
+@dataclass(frozen=True)
+class JobReference:
+    job: Job
+    by: str                   # number | ordinal | last | title | default | model
+
+    @property
+    def explicit(self) -> bool:
+        return self.by in EXPLICIT
+
+
+def _content_words(text: str) -> set[str]:
+    words = {w.lower().rstrip(".") for w in _WORD.findall(text)}
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words if w and w not in _TITLE_NOISE}
+
+
+def title_overlap(text: str, job: Job) -> int:
+    """How many of the job title's content words the message uses ("the regex fix" ~ "Fix the regex in …")."""
+    return len(_content_words(text) & _content_words(job.title or ""))
+
+
+def latest(jobs: list[Job]) -> Job:
+    return max(jobs, key=lambda j: j.number)
+
+
+def find_job_reference(text: str, jobs: list[Job]) -> JobReference | None:
+    """"job 2", "#2", "the second job", "the last one", or the one job whose title shares the most words."""
+    if not jobs:
+        return None
+    by_number = {job.number: job for job in jobs}
+    for m in _NUMBER_REF.finditer(text):
+        job = by_number.get(int(m[1] or m[2]))
+        if job is not None:
+            return JobReference(job, BY_NUMBER)
+    m = _ORDINAL_REF.search(text)
+    if m and _ORDINALS[m[1].lower()] in by_number:
+        return JobReference(by_number[_ORDINALS[m[1].lower()]], BY_ORDINAL)
+    if _LAST_REF.search(text):
+        return JobReference(latest(jobs), BY_LAST)
+    scores = sorted(((title_overlap(text, job), job.number, job) for job in jobs), key=lambda s: (-s[0], -s[1]))
+    if scores[0][0] >= 1 and (len(scores) == 1 or scores[0][0] > scores[1][0]):
+        return JobReference(scores[0][2], BY_TITLE)
+    return None

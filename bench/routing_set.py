@@ -1,0 +1,60 @@
+"""The labelled routing set (bench/routing_set.jsonl): loading, the fixed held-out split, and the
+conversation's jobs as store records.
+
+Each line: id, split (tune | heldout), class, route (answer | job | followup_answer | followup_job),
+job (the expected job number of a follow-up, else null), text, repo (the conversation's repository) and
+jobs (number, title, state, repo of each job the conversation has so far).
+
+The held-out part was fixed before any rule or classifier was tuned: an item is held out when the first
+byte of sha256("routing-split-1:" + id) is divisible by 3 (about one in three). `split_of` recomputes it,
+and a test checks every line against it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from assistant.store import Job
+
+SET_PATH = Path(__file__).resolve().parent / "routing_set.jsonl"
+ROUTES = ("answer", "job", "followup_answer", "followup_job")
+
+
+def split_of(item_id: str) -> str:
+    return "heldout" if hashlib.sha256(f"routing-split-1:{item_id}".encode()).digest()[0] % 3 == 0 else "tune"
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    split: str
+    cls: str
+    route: str
+    job: int | None
+    text: str
+    repo: str
+    jobs: tuple[dict, ...]
+
+    def job_records(self) -> list[Job]:
+        """The conversation's jobs as the store holds them (ids are "j<number>")."""
+        return [Job(id=f"j{j['number']}", number=j["number"], title=j["title"], task=j["title"], state=j["state"],
+                    repo=j["repo"]) for j in self.jobs]
+
+
+def load_set(path: Path = SET_PATH, split: str | None = None) -> list[Item]:
+    items = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        raw = json.loads(line)
+        item = Item(id=raw["id"], split=raw["split"], cls=raw["class"], route=raw["route"], job=raw["job"],
+                    text=raw["text"], repo=raw["repo"], jobs=tuple(raw["jobs"]))
+        if item.route not in ROUTES:
+            raise ValueError(f"{path}:{line_no}: route must be one of {ROUTES}, got {item.route!r}")
+        if (item.job is not None) != item.route.startswith("followup"):
+            raise ValueError(f"{path}:{line_no}: a follow-up names its job number, other routes none")
+        if split is None or item.split == split:
+            items.append(item)
+    return items
