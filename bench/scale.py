@@ -62,15 +62,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def send(page, text: str) -> None:
-    """Submit once the previous message's handler has finished (the composer ignores Enter until then)."""
-    page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
-    page.wait_for_selector("#stop-button", state="detached", timeout=60_000)
-    page.fill("#chat-input", text)
-    page.keyboard.press("Enter")
-    page.wait_for_timeout(500)
-
-
 def settings_env(url, model, data, **extra):
     return queue_env(url, model.base_url, data, ASSISTANT_LOG_LEVEL="WARNING", **extra)
 
@@ -124,13 +115,13 @@ def claims(server, model, root: Path, count: int) -> dict:
 
 def event_latency(server, model, root: Path, steps: int, jobs: int) -> dict:
     from playwright.sync_api import sync_playwright
-    from tests.web.harness import CHROMIUM, CHROMIUM_ARGS, USERS, AppProcess, make_repo
+    from tests.web.harness import CHROMIUM, CHROMIUM_ARGS, USERS, AppProcess, login, make_repo, send
 
     url = fresh_database(server, "bench_latency")
     repo = make_repo(root / "repo-latency")
     data = root / "data-latency"
     env = settings_env(url, model, data, ASSISTANT_DEFAULT_REPO=str(repo), ASSISTANT_SERVE_WORKERS="false",
-                      ASSISTANT_USERS=",".join(f"{u}:{p}" for u, p in USERS.items()))
+                      ASSISTANT_USERS=",".join(f"{u}:{p}" for u, p in USERS.items()), ASSISTANT_REPO_ROOTS=str(root))
     store = Store(url)
     pool = Workers(env, root)
     webs = [AppProcess(data, model.base_url, repo, root / f"latency-web{i}.log",
@@ -144,11 +135,7 @@ def event_latency(server, model, root: Path, steps: int, jobs: int) -> dict:
         pages = []
         for web in webs:
             page = browser.new_context().new_page()
-            page.goto(web.url + "/login")
-            page.fill("input[name=email]", "alice")
-            page.fill("input[name=password]", USERS["alice"])
-            page.click("button[type=submit]")
-            page.wait_for_selector("#chat-input", timeout=30_000)
+            login(page, web.url, "alice")
             pages.append(page)
         send(pages[0], "/code Warm up")  # makes the thread; its job is not measured
         thread_id = wait_for(lambda: (store.list_threads(store.get_user("alice").id) or [None])[0], 30, "the thread").id

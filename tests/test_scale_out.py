@@ -20,7 +20,7 @@ from tests.jobs.queue_harness import (Workers, fresh_database, private_postgres,
                                       sleeping_agent, wait_for)
 from tests.sandbox.engines import (DEFAULT_URL, ensure_engine, extra_engines, hosts_setting, kill_engine,  # noqa: F401
                                    socket_url)
-from tests.web.harness import CHROMIUM, CHROMIUM_ARGS, USERS, AppProcess, make_repo
+from tests.web.harness import CHROMIUM, CHROMIUM_ARGS, USERS, AppProcess, login, make_repo, send
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.browser, pytest.mark.timeout(900)]
@@ -53,21 +53,6 @@ class CapacityWatch(threading.Thread):
                     self.peak[name] = max(self.peak[name], len(listed.stdout.split()))
 
 
-def login(page, url: str) -> None:
-    page.goto(url + "/login")
-    page.fill("input[name=email]", "alice")
-    page.fill("input[name=password]", USERS["alice"])
-    page.click("button[type=submit]")
-    page.wait_for_selector("#chat-input", timeout=30_000)
-
-
-def send(page, text: str) -> None:
-    page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
-    page.wait_for_selector("#stop-button", state="detached", timeout=60_000)
-    page.fill("#chat-input", text)
-    page.keyboard.press("Enter")
-
-
 def leftovers(deployment: str) -> dict[str, list[str]]:
     found = {}
     for name, url in ENGINES.items():
@@ -85,7 +70,7 @@ def test_scale_out_survives_worker_engine_web_and_database_failures(tmp_path, pr
     data = tmp_path / "data"
     env = queue_env(url, scripted_model.base_url, data, ASSISTANT_DOCKER_HOSTS=hosts_setting(CAPACITY),
                     ASSISTANT_DEFAULT_REPO=str(repo), ASSISTANT_USERS=",".join(f"{u}:{p}" for u, p in USERS.items()),
-                    ASSISTANT_SERVE_WORKERS="false")
+                    ASSISTANT_SERVE_WORKERS="false", ASSISTANT_REPO_ROOTS=str(tmp_path))
     store = Store(url)
     deployment = store.deployment_id()
     workers = Workers(env, tmp_path)
@@ -102,8 +87,8 @@ def test_scale_out_survives_worker_engine_web_and_database_failures(tmp_path, pr
         watch.start()
         page1 = browser.new_context().new_page()
         page2 = browser.new_context().new_page()
-        login(page1, webs[0].url)
-        login(page2, webs[1].url)
+        login(page1, webs[0].url, "alice")
+        login(page2, webs[1].url, "alice")
 
         for i in range(JOBS // 2):
             send(page1, f"/code Rest for a while, please ({chr(ord('a') + i)})")
