@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..jobs.events import JobEventRecord, decode
 from ..store import Element, Job, JobEvent, Store
 
 
@@ -32,6 +33,10 @@ class ThreadJobsView:
         if job_id not in self._jobs:
             return self.store.list_events(job_id, after_seq)
         return [ev for ev in self.loaded.events.get(job_id, []) if ev.seq > after_seq]
+
+    def read_events(self, job_id: str, after_seq: int = 0) -> list[JobEventRecord]:
+        """Store.read_events from the load: the job's events, decoded."""
+        return [decode(row.kind, row.data) for row in self.list_events(job_id, after_seq)]
 
     def get_artifact(self, job_id: str, kind: str) -> str | None:
         if job_id in self._jobs and kind == "diff":
