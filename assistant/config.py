@@ -74,6 +74,9 @@ class Settings(BaseModel):
     sandbox_fallback: Literal["auto", "allow", "forbid"] = Field("auto", description="Whether ASSISTANT_SANDBOX_BACKEND=auto may run a job on bubblewrap (weaker limits) when no Docker engine answers; the job card says so when it does. auto: allow with one user, forbid when more than one can log in.")
     diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
     diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
+    warm_pool: bool = Field(True, description="Keep a sandbox ready for the conversation's repository (started when a chat has a repository, and again after each job: cloned at the current commit, set up from the setup cache, offline), so a job's agent starts without waiting for a container. Only where nothing must run ahead: no setup or setup the cache holds, no maintenance command, agent internet off, Docker backend.")
+    warm_pool_size: int = Field(2, ge=1, le=16, description="Warm sandboxes at most, starting and ready together (each one idle container); the oldest ready one makes room for a new request.")
+    warm_pool_idle_s: float = Field(600.0, gt=0, description="A warm sandbox no job took within this many seconds is removed.")
 
     # Agent-phase internet (assistant/egress); a repository's .assistant/config.toml and a job request override it.
     agent_internet: Literal["off", "allowlist"] = Field("off", description="Internet in the agent phase: off (none), or allowlist (only the allowed domains, through a filtering proxy; Docker backend only).")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..access import RepoPolicy
+from ..access import RepoNotAllowed, RepoPolicy
 from ..agent.agents_md import commands_in, discover_agents_md
 from ..agent.citations import check_citations, find_citations
 from ..agent.loop import Agent, AgentBudgets, AgentResult
@@ -28,6 +28,7 @@ from ..egress import spec_from_settings
 from ..llm.client import ModelClient
 from ..sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, prepare
 from ..sandbox.diff import workspace_diff
+from ..sandbox.warm import CLOSE_WAIT_S, WarmPool
 from ..store import Job, Store
 from . import states
 from .results import assess_job
@@ -87,6 +88,8 @@ class JobManager:
         self._subscribers: list[Subscriber] = []
         self._closed = threading.Event()
         self._stopping = False
+        self.warm = (WarmPool(self.sandbox_config, capacity=settings.warm_pool_size, idle_s=settings.warm_pool_idle_s)
+                     if settings.warm_pool else None)
         threading.Thread(target=self._watch_external_cancels, name="job-cancel-watch", daemon=True).start()
 
     # ------------------------------------------------------------------ public API
@@ -113,6 +116,19 @@ class JobManager:
         for job in jobs:
             self._pool.submit(self._run_guarded, job.id)
         return jobs
+
+    def prewarm(self, repo: str, ref: str | None = None, setup: list[str] | None = None,
+                agent_internet: dict | str | None = None) -> bool:
+        """Ready a sandbox for the next job on this repository in the background (the web app asks when a chat
+        has a repository; a finished job asks for the next one). False when there is no pool, the server is
+        stopping or the repository is not allowed; never blocks and never fails the caller."""
+        if self.warm is None or self._stopping:
+            return False
+        try:
+            RepoPolicy.from_settings(self.settings).check(repo)
+        except RepoNotAllowed:
+            return False
+        return self.warm.request(repo, ref, setup, agent_internet)
 
     def cancel(self, job_id: str) -> bool:
         job = self.store.get_job(job_id)
@@ -174,6 +190,8 @@ class JobManager:
                 except Exception:
                     log.exception("cancelling %s at shutdown", job_id)
         self._pool.shutdown(wait=wait_s is None, cancel_futures=True)
+        if self.warm is not None:
+            self.warm.close(CLOSE_WAIT_S if wait_s is None else min(wait_s, CLOSE_WAIT_S))
         if wait_s is not None and cancel_running:
             self._interrupt_stragglers(active, time.monotonic() + wait_s)
 
@@ -281,6 +299,17 @@ class JobManager:
                     log.exception("closing sandbox of %s", job_id)
             if done:
                 done.set()
+            self._rewarm(job)
+
+    def _rewarm(self, job: Job) -> None:
+        """The next job on this repository most likely asks for the same sandbox: ready one now."""
+        if self.warm is None or self._stopping:
+            return
+        try:
+            internet = self.store.get_artifact(job.id, "agent_internet")
+            self.prewarm(job.repo, job.ref, job.setup, json.loads(internet) if internet else None)
+        except Exception:
+            log.exception("re-warming after %s", job.id)
 
     def _run(self, job: Job) -> None:
         cancel = self._cancel[job.id]
@@ -305,7 +334,8 @@ class JobManager:
             internet = self.store.get_artifact(job.id, "agent_internet")
             prepared = prepare(PrepareRequest(job_id=job.id, repo=job.repo, ref=job.ref, setup=job.setup,
                                               agent_internet=json.loads(internet) if internet else None),
-                               self.sandbox_config, on_state=on_state, on_command=on_command, on_output=on_output)
+                               self.sandbox_config, on_state=on_state, on_command=on_command, on_output=on_output,
+                               warm=self.warm)
         except SetupFailed as exc:
             chunks = [c for c in self.store.list_chunks(job.id) if c.phase == "setup"]
             cite = f" 【{chunks[-1].id}†L1-L{max(chunks[-1].line_count, 1)}】" if chunks else ""

@@ -3,6 +3,7 @@ restored from the setup cache), what setup changed recorded, setup's processes g
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
@@ -31,12 +32,15 @@ def prepare(
     on_state: Callable[[str], None] = _ignore,
     on_command: Callable[[str, ExecResult], None] = _ignore,
     on_output: Callable[[str], None] = _ignore,
+    warm=None,
 ) -> PreparedSandbox:
+    """A sandbox with the repository in, set up and offline. `warm` is a WarmPool (assistant/sandbox/warm.py):
+    a sandbox it readied for exactly this repository, commit, setup and network is taken instead of a new one."""
     timings: dict[str, float] = {}
     clock = time.monotonic()
     choice = resolve_backend(config)
     on_state("preparing")
-    early = _early_start(req, config, choice.backend)
+    early = None if warm is not None and warm.may_hold(req.repo) else _early_start(req, config, choice.backend)
     try:
         source = prepare_source(req.repo, req.ref, config.data_dir)
         commands = setup_commands(source, req.setup)
@@ -47,12 +51,15 @@ def prepare(
         raise
     timings["source_s"] = time.monotonic() - clock
 
-    cache, key, entry = None, None, None
-    if choice.backend == "docker" and config.cache_enabled and commands:
-        key = cache_key(repo_identity(req.repo), source.commit, commands, _image_id(config.image),
-                        [name for name, _ in config.setup_secrets])
-        cache = SetupCache(config)
-        entry = cache.lookup(key)
+    cache, key, entry = _cached_setup(req.repo, config, choice.backend, source, commands)
+    if warm is not None:
+        clock = time.monotonic()
+        ready = warm.take(config, choice.backend, source, commands, policy, key)
+        if ready is not None:
+            if early is not None:
+                _close_when_started(early)
+            return dataclasses.replace(ready, egress_policy=policy,
+                                       timings={**timings, "warm_take_s": time.monotonic() - clock})
 
     sandbox = None
     results: list[ExecResult] = []
@@ -113,6 +120,16 @@ def prepare(
         backend_fallback=choice.fallback,
         egress_policy=policy,
     )
+
+
+def _cached_setup(repo: str, config: SandboxConfig, backend: str, source: RepoSource, commands: list[str]):
+    """(cache, key, entry) of the setup cache for these setup commands; all None when it does not apply."""
+    if backend != "docker" or not config.cache_enabled or not commands:
+        return None, None, None
+    key = cache_key(repo_identity(repo), source.commit, commands, _image_id(config.image),
+                    [name for name, _ in config.setup_secrets])
+    cache = SetupCache(config)
+    return cache, key, cache.lookup(key)
 
 
 def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSource, backend: str):
