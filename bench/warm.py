@@ -52,8 +52,8 @@ def script(model: ScriptedModelServer) -> None:
 
 
 def wait_ready(assistant: Assistant, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while assistant.jobs.warm.counts() != {"ready": 1, "starting": 0} and time.monotonic() < deadline:
+    deadline, settled = time.monotonic() + timeout, {"ready": 1, "starting": 0, "resolving": 0}
+    while assistant.jobs.warm.counts() != settled and time.monotonic() < deadline:
         time.sleep(0.02)
 
 

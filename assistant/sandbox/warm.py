@@ -256,8 +256,9 @@ class WarmPool:
             self.expire_idle()
 
     def counts(self) -> dict[str, int]:
+        """Sandboxes ready and starting (what the capacity counts), and requests still being resolved."""
         with self._lock:
-            return {"ready": len(self._ready), "starting": len(self._starting)}
+            return {"ready": len(self._ready), "starting": len(self._starting), "resolving": len(self._resolving)}
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Close every ready sandbox and take no more; a sandbox still starting closes itself when it is up

@@ -49,7 +49,7 @@ def pools():
 def ready(pool: WarmPool, count: int = 1, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pool.counts() == {"ready": count, "starting": 0} and not pool._resolving:
+        if pool.counts() == {"ready": count, "starting": 0, "resolving": 0}:
             return
         time.sleep(0.05)
     raise AssertionError(f"the pool did not settle at {count} ready: {pool.counts()} {pool.stats}")

@@ -74,12 +74,12 @@ def take(pool: WarmPool, repos: FakeRepos, repo: str, commands=SETUP, config=Non
 
 
 def settle(pool: WarmPool, **expected) -> None:
+    """Wait until the pool holds what is expected and resolves nothing more."""
+    wanted = {"ready": 0, "starting": 0, "resolving": 0, **expected}
     deadline = time.monotonic() + 10
-    while pool.counts() != {"ready": 0, "starting": 0, **expected} and time.monotonic() < deadline:
+    while pool.counts() != wanted and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert pool.counts() == {"ready": 0, "starting": 0, **expected}
-    while pool._resolving and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert pool.counts() == wanted
 
 
 def test_a_ready_sandbox_goes_to_the_request_with_its_key_once(tmp_path):
@@ -160,9 +160,7 @@ def test_a_request_gets_no_room_while_every_slot_is_starting(tmp_path):
         pool.request("/repos/a", setup=SETUP)
         settle(pool, starting=1)
         pool.request("/repos/b", setup=SETUP)
-        deadline = time.monotonic() + 5
-        while pool._resolving and time.monotonic() < deadline:
-            time.sleep(0.01)
+        settle(pool, starting=1)
         repos.gate.set()
         settle(pool, ready=1)
         assert len(repos.made) == 1 and take(pool, repos, "/repos/b") is None
