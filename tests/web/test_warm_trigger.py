@@ -23,8 +23,15 @@ def warm_containers(pid: int) -> list:
 
 
 def warm_workspaces(pid: int) -> set[str]:
-    """The README of each warm sandbox the app process owns (read with `docker exec`, the test's own look)."""
-    return {c.exec_run(["cat", "/workspace/README.md"]).output.decode() for c in warm_containers(pid)}
+    """The README of each warm sandbox of the app process that has its checkout (read with `docker exec`, the
+    test's own look; a container still starting has none yet)."""
+    found = set()
+    for container in warm_containers(pid):
+        if container.status == "running":
+            code, output = container.exec_run(["cat", "/workspace/README.md"])
+            if code == 0:
+                found.add(output.decode())
+    return found
 
 
 def wait_until(check, timeout: float = 60) -> None:
@@ -45,16 +52,15 @@ def test_chat_start_and_a_repository_change_ready_a_sandbox(tmp_path, docker_eng
         app = AppProcess(tmp_path / "data", model.base_url, first, tmp_path / "app.log",
                          ASSISTANT_REPO_ROOTS=str(tmp_path / "repos")).start()
         try:
-            assert warm_workspaces(app.proc.pid) == set()  # nothing before a chat has the repository
+            assert warm_containers(app.proc.pid) == []  # nothing before a chat has the repository
 
             async def chat() -> None:
                 session = await ChatSession(app.url, "alice", USERS["alice"]).open()
                 try:
-                    await asyncio.to_thread(wait_until, lambda: len(warm_workspaces(app.proc.pid)) == 1)
-                    assert warm_workspaces(app.proc.pid) == {(first / "README.md").read_text()}
+                    readme = (first / "README.md").read_text()
+                    await asyncio.to_thread(wait_until, lambda: warm_workspaces(app.proc.pid) == {readme})
                     await session.change_settings({"repo": str(second), "ref": "", "attempts": 1})
-                    await asyncio.to_thread(wait_until, lambda: len(warm_workspaces(app.proc.pid)) == 2)
-                    assert warm_workspaces(app.proc.pid) == {(first / "README.md").read_text(), "# second\n"}
+                    await asyncio.to_thread(wait_until, lambda: warm_workspaces(app.proc.pid) == {readme, "# second\n"})
                 finally:
                     await session.close()
             asyncio.run(chat())
