@@ -17,6 +17,7 @@ the orphan sweep leaves them alone while the process lives and removes them afte
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -109,10 +110,10 @@ def plan_warm(want: WarmRequest, config: SandboxConfig) -> WarmPlan | None:
 def _ready_sandbox(name: str, config: SandboxConfig, source: RepoSource, commands: list[str], policy,
                    entry) -> PreparedSandbox:
     if entry is not None:
-        sandbox = _start("docker", name, config, entry.image, network=False)
+        sandbox = _start("docker", job_id=name, config=config, image=entry.image, network=False)
         setup_changes, setup_network = entry.setup_changes, "none (setup cache hit: setup skipped)"
     else:
-        sandbox = _start_with_repo("docker", name, config, source, network=False)
+        sandbox = _start_with_repo(functools.partial(_start, "docker"), name, config, source, network=False)
         setup_changes, setup_network = {"created": [], "modified": {}}, "none (no setup commands)"
     try:
         if config.setup_secrets:

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import time
 
+import docker
 import pytest
 
 from assistant.sandbox.engine import OWNER_LABEL, docker_client
@@ -28,7 +29,10 @@ def warm_workspaces(pid: int) -> set[str]:
     found = set()
     for container in warm_containers(pid):
         if container.status == "running":
-            code, output = container.exec_run(["cat", "/workspace/README.md"])
+            try:
+                code, output = container.exec_run(["cat", "/workspace/README.md"])
+            except docker.errors.NotFound:  # replaced (a newer commit) or expired between the listing and now
+                continue
             if code == 0:
                 found.add(output.decode())
     return found
