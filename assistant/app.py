@@ -27,9 +27,10 @@ from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, Route  # no
 from assistant.conversation.service import ANSWER_KIND  # noqa: E402
 from assistant.core import load_assistant  # noqa: E402
 from assistant.jobs import states  # noqa: E402
+from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import PasswordBook, ensure_auth_secret, header_user  # noqa: E402
-from assistant.web.cards import (MAX_STEPS_SHOWN, ROUTED_EVENT, STATE_BADGES, cite_url, link_citations,  # noqa: E402
+from assistant.web.cards import (MAX_STEPS_SHOWN, STATE_BADGES, cite_url, link_citations,  # noqa: E402
                                  plain, progress_count)
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
 from assistant.web.relay import JobRelay, card_message_id, web_card  # noqa: E402
@@ -337,7 +338,7 @@ async def show_new_jobs(jobs, route: Route, routed: str) -> None:
     for job in jobs:
         if route.decided_by != "command":
             answerable_jobs.add(job.id)
-        await asyncio.to_thread(store.add_event, job.id, ROUTED_EVENT, {"text": routed, "decided_by": route.decided_by})
+        await asyncio.to_thread(store.append_event, job.id, Routed(text=routed, decided_by=route.decided_by))
         content = await asyncio.to_thread(relay.render if relay else partial(web_card, store), job.id)
         card = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                           metadata={"job_id": job.id, "route": route.kind, "route_reason": route.reason},

@@ -27,6 +27,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if not chainlit:
         _err("chainlit is not installed in this environment; run ./run.sh")
         return 2
+    if args.no_workers:
+        env["ASSISTANT_SERVE_WORKERS"] = "false"
     _err(f"assistant: serving on http://{host}:{port} (data in {settings.data_dir})")
     cmd = [chainlit, "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless", "--host", host, "--port", port]
     from .serve import serve
@@ -41,30 +43,43 @@ def _assistant(settings: Settings):
     return a
 
 
+def _progress_line(event) -> str | None:
+    """One stderr line for a job event, or None for events the CLI does not show."""
+    from .jobs import events as ev
+    match event:
+        case ev.StateChanged(state=state, reason=reason):
+            return state + (f": {reason}" if reason else "")
+        case ev.SetupCommandRan():
+            return (f"setup $ {event.command}  → exit {event.exit_code} in {event.duration_s:.1f} s "
+                    f"(chunk {event.chunk_id})")
+        case ev.StepFinished():
+            extra = f" → exit {event.exit_code}" if event.exit_code is not None else ""
+            return (f"step {event.step}: {event.title[:160]}{extra}"
+                    + (f" (chunk {event.chunk_id})" if event.chunk_id else ""))
+        case ev.AgentMessage(text=text):
+            return f"note: {text[:300]}"
+        case ev.Notice():
+            return f"{'warning' if event.warning else 'notice'}: {event.text[:500]}"
+        case ev.SandboxPlaced(engine=engine):
+            return f"sandbox on engine {engine}"
+        case ev.GroupRanked(recommended=recommended) if recommended:
+            return f"recommended attempt: {recommended}"
+    return None
+
+
 def _progress_printer(job_ids: set[str]):
     """Live progress of the given jobs on stderr."""
     def on_update(update) -> None:
         if update.job_id not in job_ids:
             return
-        tag = f"[{update.job_id}]"
-        d = update.data
-        if update.kind == "state":
-            _err(f"{tag} {d['state']}" + (f": {d['reason']}" if d.get("reason") else ""))
-        elif update.kind == "setup_command":
-            _err(f"{tag} setup $ {d['command']}  → exit {d['exit_code']} in {d['duration_s']:.1f} s (chunk {d['chunk_id']})")
-        elif update.kind == "step":
-            extra = f" → exit {d['exit_code']}" if d.get("exit_code") is not None else ""
-            _err(f"{tag} step {d['step']}: {d['title'][:160]}{extra}" + (f" (chunk {d['chunk_id']})" if d.get("chunk_id") else ""))
-        elif update.kind == "message":
-            _err(f"{tag} note: {d['text'][:300]}")
-        elif update.kind == "notice":
-            _err(f"{tag} {'warning' if d.get('level') == 'warning' else 'notice'}: {d['text'][:500]}")
-        elif update.kind == "group_ranked" and d.get("recommended"):
-            _err(f"{tag} recommended attempt: {d['recommended']}")
+        line = _progress_line(update.event)
+        if line:
+            _err(f"[{update.job_id}] {line}")
     return on_update
 
 
 def _job_json(assistant, job) -> dict:
+    from .jobs.events import Notice
     from .jobs.results import job_usage
     return {
         "job_id": job.id, "number": job.number, "status": job.state, "reason": job.reason, "title": job.title,
@@ -74,7 +89,7 @@ def _job_json(assistant, job) -> dict:
         "backend": job.backend, "cache_hit": job.cache_hit, "base_commit": job.base_commit, "steps": job.steps,
         "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
         "attempt": job.attempt, "attempts": job.attempts, "group_id": job.group_id, "outcome": job.outcome or {},
-        "notices": [e.data.get("text") for e in assistant.store.list_events(job.id) if e.kind == "notice"],
+                "notices": [e.text for e in assistant.store.read_events(job.id) if isinstance(e, Notice)],
         "blocked_requests": [{"command": c.command, "chunk_id": c.id, "lines": c.text.splitlines()}
                              for c in assistant.store.list_chunks(job.id) if c.command.startswith("egress proxy:")],
         "model": job.model, "usage": job_usage(assistant.store, job, assistant.settings),
@@ -214,8 +229,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from .store import NotFound, Store
     store = Store(settings.resolved_database_url)
     try:
-        # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is.
-        store.interrupt_orphaned_jobs("the process running this job died; retry it")
+        # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is;
+        # with the queue, workers' heartbeats decide that instead.
+        if not settings.uses_queue:
+            store.interrupt_orphaned_jobs("the process running this job died; retry it")
         if args.action == "list":
             rows = store.list_jobs(limit=10_000)[-args.limit:]
             if not rows:
@@ -269,7 +286,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if job.state in TERMINAL:
                 print(f"job {job.id} already ended: {job.state}")
                 return 1
-            store.transition(job.id, CANCELLED, "cancelled from the command line")
+            if settings.uses_queue:  # reaches the job on whichever worker runs it
+                from .jobs.queue import cancel_from_command_line
+                cancel_from_command_line(settings, store, job.id)
+            else:
+                store.transition(job.id, CANCELLED, "cancelled from the command line")
             print(f"job {job.id} cancelled")
             return 0
         return 2
@@ -289,6 +310,25 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
             print(f"       fix: {check.fix}")
         ok_all = ok_all and (check.ok or not check.required)
     return 0 if ok_all else 1
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.uses_queue:
+        _err("assistant worker serves the job queue of a PostgreSQL database: set ASSISTANT_DATABASE_URL="
+             "postgresql://user:password@host/db. With SQLite, jobs run inside `assistant serve` (or `assistant run`).")
+        return 2
+    from .core import Assistant
+    from .jobs.worker import QueueWorker
+    assistant = Assistant(settings)
+    assistant.start()
+    try:
+        worker = QueueWorker(settings, assistant.store, assistant.model, name=args.name,
+                             concurrency=args.concurrency, feed=assistant.jobs.feed)
+        _err(f"assistant: worker {worker.name} running up to {worker.concurrency} jobs (stop with Ctrl-C or SIGTERM)")
+        worker.run(handle_signals=True)
+    finally:
+        assistant.close()
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- gc
@@ -331,6 +371,23 @@ def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox_push(settings: Settings, args: argparse.Namespace) -> int:
+    from .sandbox import SandboxError
+    from .sandbox.pool import EnginePool
+    if not settings.docker_hosts:
+        _err("assistant sandbox push copies the sandbox image to an engine of ASSISTANT_DOCKER_HOSTS, which is not set")
+        return 2
+    pool = EnginePool.from_settings(settings, store=None)
+    try:
+        pool.push(args.engine, on_log=_err)
+        if args.egress:
+            pool.push(args.engine, on_log=_err, image=settings.egress_image)
+    except SandboxError as exc:
+        _err(f"error: {exc}")
+        return 1
+    return 0
+
+
 def cmd_egress_build(settings: Settings, args: argparse.Namespace) -> int:
     from .egress.image import ensure_proxy_image
     from .sandbox import SandboxError
@@ -351,7 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the web app")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--no-workers", action="store_true",
+                   help="with PostgreSQL: run no job worker in the web process (jobs wait for `assistant worker`)")
     s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="run queued jobs (PostgreSQL deployments)")
+    w.add_argument("--concurrency", type=int, help="jobs at once (default ASSISTANT_MAX_CONCURRENT_JOBS)")
+    w.add_argument("--name", help="the worker's name in logs and on its jobs (default host:pid)")
+    w.set_defaults(func=cmd_worker)
 
     r = sub.add_parser("run", help="run one job and print its summary and diff")
     r.add_argument("--repo", required=True, help="local path or git URL")
@@ -394,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sbs.add_parser("build", help="build the default sandbox image from Debian packages")
     b.add_argument("--force", action="store_true")
     b.set_defaults(func=cmd_sandbox_build)
+    pu = sbs.add_parser("push", help="copy the sandbox image to an engine of ASSISTANT_DOCKER_HOSTS")
+    pu.add_argument("engine", help="the engine's name in ASSISTANT_DOCKER_HOSTS")
+    pu.add_argument("--egress", action="store_true", help="also copy the egress proxy image (agent internet by allowlist)")
+    pu.set_defaults(func=cmd_sandbox_push)
 
     eg = sub.add_parser("egress", help="the agent-phase egress proxy")
     egs = eg.add_subparsers(dest="egress_command", required=True)

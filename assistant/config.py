@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class SettingsError(ValueError):
@@ -72,6 +72,8 @@ class Settings(BaseModel):
     allow_setup_failure: bool = Field(False, description="Go on to the agent when a setup command fails (the agent is told what failed).")
     setup_secrets: str | None = Field(None, description="Secrets for setup commands only, comma-separated: `NAME` (taken from the server's environment) or `NAME=@/path/to/file`. Gone from every process before the agent's first step; masked in stored setup output.")
     sandbox_fallback: Literal["auto", "allow", "forbid"] = Field("auto", description="Whether ASSISTANT_SANDBOX_BACKEND=auto may run a job on bubblewrap (weaker limits) when no Docker engine answers; the job card says so when it does. auto: allow with one user, forbid when more than one can log in.")
+    docker_hosts: str | None = Field(None, description="A pool of sandbox engines as `NAME=URL*CAPACITY`, comma-separated (unix://, tcp:// with TLS client certificates, ssh://; capacity = sandboxes at once, optional); each job goes to the least-loaded engine that answers and has the image (`assistant sandbox push NAME` copies it there). Default: the one engine of DOCKER_HOST or the local socket.")
+    docker_cert_dir: Path | None = Field(None, description="TLS client certificates of tcp:// engines: `<dir>/<engine name>/{ca,cert,key}.pem` (DOCKER_CERT_PATH's layout; DOCKER_CERT_PATH itself is the fallback).")
     diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
     diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
 
@@ -102,6 +104,10 @@ class Settings(BaseModel):
     job_max_tokens: int = Field(3_000_000, ge=1000, description="Tokens (prompt + completion) per job.")
     command_timeout_s: int = Field(300, ge=1, description="Default timeout of one agent shell command, seconds.")
 
+    # Scale-out (a PostgreSQL database: jobs go to a durable queue served by worker processes).
+    serve_workers: bool = Field(True, description="With PostgreSQL: `assistant serve` also runs a job worker in its own process (`assistant serve --no-workers` turns it off, leaving jobs to `assistant worker` processes).")
+    worker_heartbeat_s: float = Field(10.0, ge=0.5, description="With PostgreSQL: how often a worker writes its heartbeat.")
+    worker_lost_after_s: float = Field(30.0, ge=2, description="With PostgreSQL: a worker whose heartbeat is this old is taken for dead; its running jobs are marked interrupted and retried once on another worker. At least twice the heartbeat.")
     price_table: str | None = Field(None, description="Prices per million tokens as `model=prompt/completion` pairs separated by commas (e.g. `gpt-4o-mini=0.15/0.60`); with it, token counts are also shown as money.")
     price_currency: str = Field("USD", min_length=1, description="Currency of the price table, as shown next to amounts.")
 
@@ -136,6 +142,21 @@ class Settings(BaseModel):
                     raise ValueError("expected name:password pairs separated by commas")
         return value
 
+    @field_validator("docker_hosts")
+    @classmethod
+    def _engines_well_formed(cls, value: str | None) -> str | None:
+        if value:
+            from .sandbox.pool import parse_engines
+            parse_engines(value)
+        return value
+
+    @model_validator(mode="after")
+    def _lost_after_outlasts_heartbeats(self) -> "Settings":
+        if self.worker_lost_after_s < 2 * self.worker_heartbeat_s:
+            raise ValueError(f"ASSISTANT_WORKER_LOST_AFTER_S ({self.worker_lost_after_s}) must be at least twice "
+                             f"ASSISTANT_WORKER_HEARTBEAT_S ({self.worker_heartbeat_s}), or live workers look dead")
+        return self
+
     @field_validator("agent_internet_domains", "agent_internet_presets", "agent_internet_methods")
     @classmethod
     def _agent_internet_well_formed(cls, value: str | None, info) -> str | None:
@@ -159,6 +180,11 @@ class Settings(BaseModel):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'assistant.db'}"
+
+    @property
+    def uses_queue(self) -> bool:
+        """A PostgreSQL database: jobs go to the durable queue and run in worker processes (jobs/queue.py)."""
+        return self.resolved_database_url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
     @property
     def several_users(self) -> bool:
@@ -247,6 +273,9 @@ def load_settings(environ: dict[str, str] | None = None, toml_path: Path | None 
             field = str(err["loc"][0]) if err["loc"] else "?"
             given = values.get(field)
             accepted = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a rule across settings: its message names them
+                problems.append(accepted)
+                continue
             problems.append(f"{env_name(field) if field in Settings.model_fields else field}={given!r}: {accepted}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 

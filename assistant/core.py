@@ -40,8 +40,13 @@ class Assistant:
                 "tool_protocol": protocol, "answer_max_tokens": min(settings.answer_max_tokens, 400)})
         self.settings = settings
         self.model = ModelClient(settings, base_url=base_url, usage_sink=self._record_usage)
-        self.jobs = JobManager(settings, self.store, self.model)
+        if settings.uses_queue:  # PostgreSQL: jobs go to the durable queue, workers run them
+            from .jobs.queue import QueuedJobManager
+            self.jobs = QueuedJobManager(settings, self.store, self.model)
+        else:
+            self.jobs = JobManager(settings, self.store, self.model)
         self.conversation = Conversation(settings, self.store, self.model, self.jobs)
+        self.worker = None
         self._started = False
 
     def _record_usage(self, role, model, prompt, completion, job_id, thread_id) -> None:
@@ -52,7 +57,8 @@ class Assistant:
         """Recover from a previous run and bring up what the model needs."""
         if self._started:
             return
-        interrupted = self.store.interrupt_orphaned_jobs()
+        # With the queue, a job's runner is judged by its worker's heartbeat (jobs/worker.py), not by this host.
+        interrupted = [] if self.settings.uses_queue else self.store.interrupt_orphaned_jobs()
         if interrupted:
             log.warning("marked %d jobs interrupted (the server stopped under them): %s", len(interrupted), interrupted)
             assess_interrupted(self.store, interrupted)
@@ -90,9 +96,17 @@ class Assistant:
             "backend_reason": reason,
         }
 
+    def start_worker(self, concurrency: int | None = None) -> None:
+        """Run a queue worker in this process (`assistant serve` with PostgreSQL), in a thread of its own."""
+        from .jobs.worker import QueueWorker
+
+        self.worker = QueueWorker(self.settings, self.store, self.model, concurrency=concurrency,
+                                  feed=self.jobs.feed)
+        self.jobs.run_worker_here(self.worker)  # stopped by jobs.shutdown(): its running jobs go back to the queue
+
     def close(self, wait_s: float | None = None) -> None:
-        """Interrupt running jobs (retryable), stop the embedded model, close the store. wait_s bounds the
-        wait for the job workers (see JobManager.shutdown)."""
+        """Interrupt running jobs (retryable; with the queue, hand them back), stop the embedded model, close
+        the store. wait_s bounds the wait for the job workers (see JobManager.shutdown)."""
         self.jobs.shutdown(wait_s=wait_s)
         if self.local_server is not None:
             self.local_server.stop()
@@ -110,4 +124,6 @@ def load_assistant() -> Assistant:
         if _instance is None:
             _instance = Assistant(load_settings())
             _instance.start()
+            if _instance.settings.uses_queue and _instance.settings.serve_workers:
+                _instance.start_worker()
         return _instance

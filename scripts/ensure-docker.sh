@@ -5,6 +5,9 @@
 #   scripts/ensure-docker.sh NAME     an extra engine beside it: socket /run/assistant-engines/NAME.sock, its own
 #                                     data root, exec root, pid file and bridge br-NAME (never --bridge=none,
 #                                     which deletes the default engine's docker0); no iptables, no masquerading
+#   ENGINE_TLS_DIR=DIR ENGINE_TCP=127.0.0.1:2376 scripts/ensure-docker.sh NAME
+#                                     the same engine also listening on TCP with TLS that verifies clients
+#                                     (DIR holds ca.pem, server-cert.pem, server-key.pem)
 #
 # Installs Debian's docker.io when dockerd is missing, starts dockerd when it does not answer, waits up to
 # 30 s. A dead daemon (a zombie no one reaped, or a stale pid file) counts as not running. Exits non-zero
@@ -30,6 +33,10 @@ else
     BRIDGE="br-${NAME:0:12}"
     ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$EXEC_ROOT"
           --pidfile "$PIDFILE" --bridge "$BRIDGE" --iptables=false --ip-masq=false)
+    if [ -n "${ENGINE_TCP:-}" ]; then
+        ARGS+=(--host "tcp://$ENGINE_TCP" --tlsverify --tlscacert "$ENGINE_TLS_DIR/ca.pem"
+               --tlscert "$ENGINE_TLS_DIR/server-cert.pem" --tlskey "$ENGINE_TLS_DIR/server-key.pem")
+    fi
 fi
 
 engine_answers() { docker -H "$HOST" info >/dev/null 2>&1; }
@@ -72,7 +79,17 @@ else
     # refuse to start over it. Its containerd dies with it, likewise unreaped, and the new dockerd would wait
     # for that "still running" containerd until it times out.
     rm -f "$PIDFILE"
-    pid_alive "$EXEC_ROOT/containerd/containerd.pid" || rm -f "$EXEC_ROOT/containerd/containerd.pid"
+    # The killed daemon's containerd may be on its way out (its socket already gone): a new dockerd that finds it
+    # "still running" waits for it instead of starting its own, and gives up after 30 s. Let it go first (up to
+    # 10 s); a containerd that still serves its socket is reused by the new dockerd as it is.
+    CONTAINERD_DIR="$EXEC_ROOT/containerd"
+    for _ in $(seq 1 50); do
+        old=$(cat "$CONTAINERD_DIR/containerd.pid" 2>/dev/null) || break
+        state=$(ps -o stat= -p "$old" 2>/dev/null) || { rm -f "$CONTAINERD_DIR/containerd.pid"; break; }
+        case "$state" in Z*) rm -f "$CONTAINERD_DIR/containerd.pid"; break ;; esac
+        [ -S "$CONTAINERD_DIR/containerd.sock" ] && break
+        sleep 0.2
+    done
     if [ -n "$NAME" ]; then
         mkdir -p "$RUN" "/var/lib/assistant-engines/$NAME"
         if ! ip link show "$BRIDGE" >/dev/null 2>&1; then

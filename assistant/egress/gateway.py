@@ -214,16 +214,20 @@ class EgressGateway:
     """Starts a proxy per job from the locally built proxy image (built on first use if missing)."""
 
     def __init__(self, image: str = EGRESS_IMAGE, base_image: str = DEFAULT_IMAGE,
-                 on_log: Callable[[str], None] = log.info):
+                 on_log: Callable[[str], None] = log.info, engine=None):
         self.image = image
         self.base_image = base_image
         self._on_log = on_log
+        self.engine = engine  # an engine of ASSISTANT_DOCKER_HOSTS: the proxy must run where the sandbox runs
 
     def start(self, policy: EgressPolicy, job_id: str) -> EgressHandle:
         """The job's internal network and its proxy, ready. With policy `off` the proxy refuses every
         request and records it, which tells a user what the agent tried to reach."""
-        ensure_proxy_image(self.image, self.base_image, on_log=self._on_log)
-        client = docker_client()
+        if self.engine is None:
+            ensure_proxy_image(self.image, self.base_image, on_log=self._on_log)
+        client = docker_client(self.engine)
+        if self.engine is not None:
+            _require_image(client, self.image, self.engine)
         outbound = outbound_network(client)
         name = f"assistant-egress-{_safe(job_id)}-{secrets.token_hex(3)}"
         labels = {MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag()}
@@ -277,6 +281,16 @@ def sweep_orphan_egress() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _require_image(client, image: str, engine) -> None:
+    """A pool engine gets its images pushed, never built behind a job's back."""
+    try:
+        client.images.get(image)
+    except Exception:
+        raise EgressError(f"the egress proxy image {image} is not on engine {engine.name}: build it here "
+                          f"(`assistant egress build`) and copy it there (`assistant sandbox push {engine.name} "
+                          f"--egress`)") from None
+
+
 def outbound_network(client=None):
     """The shared network the proxies reach the internet from (and where tests put their servers); made
     once, kept."""

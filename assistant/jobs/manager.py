@@ -1,12 +1,12 @@
 """The job manager: a queue with a concurrency limit, one worker thread per running job, cancel,
 retry, best-of-N groups, and an event feed that any number of subscribers (web app, CLI) follow.
 
-Jobs are keyed by id and thread id, never by a browser session; every update is written to the
-store before subscribers hear of it, so a reopened conversation rebuilds from the store alone.
+The work itself is the pipeline's (pipeline.run_job); the manager only queues, cancels and records
+(recorder.JobRecorder). Jobs are keyed by id and thread id, never by a browser session; every update is
+written to the store before subscribers hear of it, so a reopened conversation rebuilds from the store alone.
 """
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import secrets
@@ -14,23 +14,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
 
 from ..access import RepoPolicy
-from ..agent.agents_md import commands_in, discover_agents_md
-from ..agent.citations import check_citations, find_citations
-from ..agent.loop import Agent, AgentBudgets, AgentResult
-from ..agent.outcome import kind_rank
-from ..agent.tools import ToolEnv
 from ..config import Settings
 from ..egress import spec_from_settings
 from ..llm.client import ModelClient
-from ..sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, prepare
-from ..sandbox.diff import workspace_diff
+from ..sandbox import SandboxConfig, prepare
+from ..sandbox.pool import EnginePool
 from ..store import Job, Store
 from . import states
-from .results import assess_job
+from .events import JobEventRecord, JobUpdate, Notice, StateChanged
+from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, run_job
+from .recorder import JobRecorder
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +43,6 @@ class JobRequest:
     parent_job_id: str | None = None
     title: str | None = None
     agent_internet: dict | str | None = None  # this job's agent-internet layer over the settings and the repo's
-
-
-@dataclass
-class JobUpdate:
-    job_id: str
-    thread_id: str | None
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-    seq: int | None = None          # None for ephemeral updates (live output) that are not stored
 
 
 Subscriber = Callable[[JobUpdate], None]
@@ -79,36 +66,46 @@ class JobManager:
         self.store = store
         self.model = model
         self.sandbox_config = sandbox_config(settings)
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs, thread_name_prefix="job")
+        self.pool = EnginePool.from_settings(settings, store)  # ASSISTANT_DOCKER_HOSTS: placement on a pool
+        if self.pool is not None:
+            self.sandbox_config = replace(self.sandbox_config, deployment=store.deployment_id())
         self._lock = threading.Lock()
-        self._cancel: dict[str, threading.Event] = {}
+        self._controls: dict[str, RunControl] = {}
         self._finished: dict[str, threading.Event] = {}
-        self._sandboxes: dict[str, Any] = {}
         self._subscribers: list[Subscriber] = []
         self._closed = threading.Event()
         self._stopping = False
+        self._start_local_execution()
+
+    def _start_local_execution(self) -> None:
+        """Jobs run in this process: a thread pool, and a watch for cancels written by other processes."""
+        self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrent_jobs, thread_name_prefix="job")
         threading.Thread(target=self._watch_external_cancels, name="job-cancel-watch", daemon=True).start()
 
     # ------------------------------------------------------------------ public API
-    def submit(self, req: JobRequest) -> list[Job]:
+    def _new_jobs(self, req: JobRequest) -> list[dict]:
+        """The rows a request makes (one per attempt of a best-of-N group), as create_job's arguments."""
         if not req.task.strip():
             raise ValueError("a job needs a task")
         RepoPolicy.from_settings(self.settings).check(req.repo)  # RepoNotAllowed says why and what to do
+        # The request's agent internet is kept with the job (written with it), so a retry asks for the same.
+        artifacts = {} if req.agent_internet is None else {"agent_internet": json.dumps(req.agent_internet)}
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
+        return [dict(task=req.task, repo=req.repo, ref=req.ref, setup=req.setup, thread_id=req.thread_id,
+                     user_id=req.user_id, parent_job_id=req.parent_job_id, title=title, group_id=group,
+                     attempt=attempt, attempts=attempts, model=self.model.model_for("agent"), artifacts=artifacts)
+                for attempt in range(1, attempts + 1)]
+
+    def submit(self, req: JobRequest) -> list[Job]:
         jobs = []
-        for attempt in range(1, attempts + 1):
-            job = self.store.create_job(
-                task=req.task, repo=req.repo, ref=req.ref, setup=req.setup, thread_id=req.thread_id,
-                user_id=req.user_id, parent_job_id=req.parent_job_id, title=title, group_id=group,
-                attempt=attempt, attempts=attempts, model=self.model.model_for("agent"))
-            if req.agent_internet is not None:  # kept with the job, so a retry asks for the same
-                self.store.put_artifact(job.id, "agent_internet", json.dumps(req.agent_internet))
+        for fields in self._new_jobs(req):
+            job = self.store.create_job(**fields)
             with self._lock:
-                self._cancel[job.id] = threading.Event()
+                self._controls[job.id] = RunControl()
                 self._finished[job.id] = threading.Event()
-            self._emit(job, "state", {"state": states.QUEUED, "attempt": attempt, "attempts": attempts})
+            self._emit(job, StateChanged(states.QUEUED, attempt=job.attempt, attempts=job.attempts))
             jobs.append(job)
         for job in jobs:
             self._pool.submit(self._run_guarded, job.id)
@@ -117,23 +114,17 @@ class JobManager:
     def cancel(self, job_id: str) -> bool:
         job = self.store.get_job(job_id)
         with self._lock:
-            event = self._cancel.get(job_id)
-            sandbox = self._sandboxes.get(job_id)
-        if job.state in states.TERMINAL and not (job.state == states.CANCELLED and event is not None):
+            control = self._controls.get(job_id)
+        if job.state in states.TERMINAL and not (job.state == states.CANCELLED and control is not None):
             return False
-        if event is None:  # not ours (another process, or before a restart): just record it
+        if control is None:  # not ours (another process, or before a restart): just record it
             self._finish(job, states.CANCELLED, "cancelled by the user")
             return True
-        event.set()
+        control.cancel()  # closing the sandbox kills whatever command runs; the pipeline then sees the flag
         if job.state == states.QUEUED:
             self._finish(job, states.CANCELLED, "cancelled by the user before it started")
-        elif sandbox is None:  # still preparing: say so now; the worker stops when preparation returns
+        elif job.state in (states.PREPARING, states.SETTING_UP):  # say so now; the run stops as its sandbox closes
             self._finish(job, states.CANCELLED, "cancelled by the user before the agent started")
-        else:
-            try:  # kills whatever command is running; the worker then sees the cancel flag
-                sandbox.close()
-            except Exception:
-                log.exception("closing the sandbox of %s", job_id)
         return True
 
     def retry(self, job_id: str, attempts: int = 1) -> list[Job]:
@@ -166,7 +157,7 @@ class JobManager:
         a job whose worker has not finished by then is recorded as interrupted without it."""
         self._closed.set()
         self._stopping = True
-        active = list(self._cancel)
+        active = list(self._controls)
         if cancel_running:
             for job_id in active:
                 try:
@@ -185,8 +176,6 @@ class JobManager:
             try:
                 self._finish(self.store.get_job(job_id), states.INTERRUPTED,
                              "the server shut down while this job was active; retry it")
-            except states.IllegalTransition:
-                pass  # its worker ended it just now
             except Exception:
                 log.exception("interrupting %s at shutdown", job_id)
 
@@ -194,7 +183,7 @@ class JobManager:
         """`assistant jobs cancel` from another process only writes the store; notice it and stop the work."""
         while not self._closed.wait(1.0):
             with self._lock:
-                mine = [job_id for job_id, ev in self._cancel.items() if not ev.is_set()]
+                mine = [job_id for job_id, control in self._controls.items() if not control.cancelled.is_set()]
             try:
                 cancelled = self.store.job_ids_in_state(mine, states.CANCELLED)
             except Exception:
@@ -207,9 +196,7 @@ class JobManager:
                     log.exception("cancelling %s after an external cancel", job_id)
 
     # ------------------------------------------------------------------ events
-    def _emit(self, job: Job, kind: str, data: dict[str, Any], persist: bool = True) -> None:
-        seq = self.store.add_event(job.id, kind, data).seq if persist else None
-        update = JobUpdate(job.id, job.thread_id, kind, data, seq)
+    def _publish(self, update: JobUpdate) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
         for callback in subscribers:
@@ -218,275 +205,72 @@ class JobManager:
             except Exception:  # a broken subscriber must not break the job
                 log.exception("job subscriber failed")
 
-    def _transition(self, job: Job, state: str, reason: str | None = None) -> Job:
-        job = self.store.transition(job.id, state, reason)
-        self._emit(job, "state", {"state": state, "reason": reason})
-        return job
+    def _recorder(self, job: Job, control: RunControl | None = None) -> JobRecorder:
+        """Records a job's events and end; a running job's (with its control) may ask the summary model for
+        a summary it lacks, unless the server is stopping (it has seconds, not a model call's length)."""
+        def summarise(messages: list[dict]) -> str:
+            if self._stopping:
+                return ""
+            return self.model.complete("summary", messages, job_id=job.id, max_tokens=700).content or ""
+        return JobRecorder(self.store, job, self._publish, control, summarise=summarise if control else None,
+                           price_table=self.settings.price_table, currency=self.settings.price_currency)
 
-    def _finish(self, job: Job, state: str, reason: str) -> None:
-        current = self.store.get_job(job.id)
-        if current.state in states.TERMINAL:
-            if not (current.outcome or {}).get("kind"):  # ended from outside (`jobs cancel`): still owed its assessment
-                self._assess(current, current.state, current.reason or reason)
-            return
+    def _emit(self, job: Job, event: JobEventRecord) -> None:
+        self._recorder(job).publish_event(event)
+
+    def _finish(self, job: Job, state: str, reason: str, recorder: JobRecorder | None = None) -> None:
         if state == states.CANCELLED and self._stopping:  # nobody cancelled it: the server is going away
             state, reason = states.INTERRUPTED, "the server shut down while this job was active; retry it"
-        self._assess(current, state, reason)
-        job = self._transition(current, state, reason)
-        if job.group_id:
-            self._rank_group_if_complete(job.group_id)
-        self._emit(job, "finished", {"state": state, "reason": reason})
+        (recorder or self._recorder(job)).finish(state, reason)
         with self._lock:
             done = self._finished.get(job.id)
         if done:
             done.set()
 
-    def _assess(self, job: Job, state: str, reason: str) -> None:
-        """Before the job ends: a summary if it has none, the kind of result, checked claims, review flags."""
-        summarise = None
-        if not self._stopping and job.id in self._cancel:  # in our worker: a model call may take its time here
-            def summarise(messages: list[dict]) -> str:
-                return self.model.complete("summary", messages, job_id=job.id, max_tokens=700).content or ""
-        try:
-            assessment = assess_job(self.store, job, state=state, reason=reason, summarise=summarise,
-                                    price_table=self.settings.price_table, currency=self.settings.price_currency)
-        except Exception:  # the job must still end, with what it has
-            log.exception("assessing the result of %s", job.id)
-            return
-        if assessment.summary_written:
-            self._emit(job, "summary", {"summary": assessment.summary, "citations": assessment.citations})
-
     # ------------------------------------------------------------------ the work
     def _run_guarded(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
+        control = self._controls.get(job_id)
         try:
-            if job.state != states.QUEUED or self._cancel[job_id].is_set():
+            if job.state != states.QUEUED or control is None or control.cancelled.is_set():
                 return
-            self._run(job)
+            recorder = self._recorder(job, control)
+
+            def prepare_placed(request, **callbacks):
+                engine = None if self.pool is None else self.pool.place(
+                    job.id, job.fence, control.cancelled, on_wait=lambda text: recorder.emit(Notice(text)))
+                return prepare(request, self.sandbox_config, engine=engine, **callbacks)
+            outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.sandbox_config,
+                              model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
+                              emit=recorder.emit, control=control)
+            recorder.record_outcome(outcome)
+            self._finish(recorder.job, outcome.state, outcome.reason, recorder)
         except Exception as exc:  # whatever happens, the job ends in a defined state with the reason
-            if self._cancel.get(job_id) is not None and self._cancel[job_id].is_set():
+            if control is not None and control.cancelled.is_set():
                 self._finish(job, states.CANCELLED, "cancelled by the user")
             else:
                 log.exception("job %s crashed", job_id)
                 self._finish(job, states.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             with self._lock:
-                sandbox = self._sandboxes.pop(job_id, None)
-                self._cancel.pop(job_id, None)
+                self._controls.pop(job_id, None)
                 done = self._finished.get(job_id)
-            if sandbox is not None:
-                try:
-                    sandbox.close()
-                except Exception:
-                    log.exception("closing sandbox of %s", job_id)
             if done:
                 done.set()
 
-    def _run(self, job: Job) -> None:
-        cancel = self._cancel[job.id]
-        job = self._transition(job, states.PREPARING)
 
-        def on_state(state: str) -> None:
-            nonlocal job
-            if state == states.SETTING_UP and job.state == states.PREPARING:
-                job = self._transition(job, states.SETTING_UP)
-
-        def on_command(command: str, result) -> None:
-            chunk = self.store.add_chunk(job_id=job.id, phase="setup", command=command, text=result.output,
-                                         exit_code=result.exit_code, duration_s=result.duration_s,
-                                         truncated=result.truncated, timed_out=result.timed_out)
-            self._emit(job, "setup_command", {"command": command, "chunk_id": chunk.id, "exit_code": result.exit_code,
-                                              "duration_s": round(result.duration_s, 3), "lines": chunk.line_count})
-
-        def on_output(text: str) -> None:
-            self._emit(job, "output", {"text": text}, persist=False)
-
-        try:
-            internet = self.store.get_artifact(job.id, "agent_internet")
-            prepared = prepare(PrepareRequest(job_id=job.id, repo=job.repo, ref=job.ref, setup=job.setup,
-                                              agent_internet=json.loads(internet) if internet else None),
-                               self.sandbox_config, on_state=on_state, on_command=on_command, on_output=on_output)
-        except SetupFailed as exc:
-            chunks = [c for c in self.store.list_chunks(job.id) if c.phase == "setup"]
-            cite = f" 【{chunks[-1].id}†L1-L{max(chunks[-1].line_count, 1)}】" if chunks else ""
-            self._finish(job, states.FAILED, f"{exc}{cite}")
-            return
-        except SandboxError as exc:
-            self._finish(job, states.CANCELLED if cancel.is_set() else states.FAILED, str(exc))
-            return
-        with self._lock:
-            self._sandboxes[job.id] = prepared.sandbox
-        job = self.store.update_job(job.id, backend=prepared.backend, base_commit=prepared.base_commit,
-                                    setup_network=prepared.setup_network, agent_network=prepared.agent_network,
-                                    cache_hit=prepared.cache_hit)
-        if prepared.backend_fallback:
-            self._emit(job, "notice", {"level": "warning", "text": prepared.backend_fallback})
-        touched = sorted(prepared.setup_changes.get("modified") or {})
-        if touched:
-            self._emit(job, "notice", {"level": "info", "text": "setup changed tracked files (left out of the diff "
-                                       "unless the agent changed them again): " + ", ".join(touched[:20])})
-        if cancel.is_set():
-            self._finish(job, states.CANCELLED, "cancelled by the user")
-            return
-        sandbox = prepared.sandbox
-        context = self._context_for(job, prepared)
-        job = self._transition(job, states.RUNNING)
-        instructions = discover_agents_md(lambda paths: _read_in_sandbox(sandbox, paths))
-        env = ToolEnv(sandbox, self.store, job.id, command_timeout_s=self.settings.command_timeout_s,
-                      on_output=on_output, test_commands=commands_in(instructions))
-        agent = Agent(self.model, env, budgets=AgentBudgets(
-            max_steps=self.settings.job_max_steps, max_seconds=self.settings.job_max_seconds,
-            max_tokens=self.settings.job_max_tokens, context_window=self.settings.context_window),
-            protocol=self.settings.tool_protocol, job_id=job.id, cancel=cancel,
-            on_event=lambda kind, data: self._emit(job, kind, data, persist=kind != "tool_start"))
-        result = agent.run(job.task, context=context, instructions=instructions)
-        self.store.add_job_tokens(job.id, result.prompt_tokens, result.completion_tokens, result.steps)
-        self._conclude(job, result, prepared, cancelled=cancel.is_set())
-
-    def _context_for(self, job: Job, prepared) -> str:
-        parts = []
-        if prepared.failed_setup:
-            command, res = prepared.failed_setup
-            chunk = [c for c in self.store.list_chunks(job.id) if c.phase == "setup"][-1:]
-            parts.append(f"Note: the setup command `{command}` failed with exit code {res.exit_code}"
-                         + (f" (its output is chunk {chunk[0].id})" if chunk else "") + "; the environment may be incomplete.")
-        elif prepared.setup_commands:
-            parts.append("Setup already ran: " + "; ".join(f"`{c}`" for c in prepared.setup_commands))
-        if job.parent_job_id:
-            parts.append(self._apply_parent(job, prepared.sandbox))
-        return "\n\n".join(parts)
-
-    def _apply_parent(self, job: Job, sandbox) -> str:
-        """A follow-up job starts from its parent's result: the parent's patch is applied first, in the sandbox."""
-        parent = self.store.get_job(job.parent_job_id)
-        patch = self.store.get_artifact(parent.id, "patch") or ""
-        if patch.strip():
-            reply = sandbox.call("apply_parent_patch", patch_b64=base64.b64encode(patch.encode()).decode())
-            if not reply["ok"]:
-                self._emit(job, "notice", {"level": "warning", "text": f"job {parent.number}'s patch did not apply "
-                                           f"here ({reply['error'][:300]}); the job starts from the repository as it is"})
-                return (f"This job follows job {parent.number}, but its patch did not apply here "
-                        f"({reply['error'][:300]}); start from the repository as it is.")
-        return (f"This job follows job {parent.number} (\"{parent.title}\"), whose changes are already applied "
-                f"in the workspace (uncommitted; `git diff` shows them). Its summary was:\n{parent.summary or '(none)'}")
-
-    def _conclude(self, job: Job, result: AgentResult, prepared, cancelled: bool) -> None:
-        config = self.sandbox_config
-        notes: list[str] = []
-        try:
-            diff = workspace_diff(prepared.sandbox, prepared.base_commit, prepared.setup_changes,
-                                  file_cap=config.diff_file_cap_bytes, patch_cap=config.diff_patch_cap_bytes)
-            self.store.put_artifact(job.id, "diff", diff.display)
-            self.store.put_artifact(job.id, "patch", diff.patch)
-            files = [list(f) for f in diff.files[:MAX_LISTED_FILES]]
-            notes = diff.notes()
-            if len(diff.files) > MAX_LISTED_FILES:  # the patch holds them all; records and cards need not
-                notes.append(f"{len(diff.files):,} files changed; the first {MAX_LISTED_FILES:,} are listed")
-        except Exception as exc:  # a dead container must not cost the summary
-            log.warning("diff of %s failed: %s", job.id, exc)
-            files = []
-            self.store.put_artifact(job.id, "diff", f"(the diff could not be computed: {exc})")
-        blocked = self._report_blocked(job, prepared)
-        if blocked:
-            result.summary = f"{result.summary}\n\n{blocked}".strip()
-        citations = self._check_citations(job, result.summary, prepared.sandbox)
-        diff_lines = sum(1 for line in (self.store.get_artifact(job.id, "diff") or "").splitlines()
-                         if line[:1] in "+-" and not line.startswith(("+++", "---")))
-        last_test = result.tests[-1] if result.tests else None
-        outcome = {"files": files, "diff_lines": diff_lines, "tests": result.tests, "diff_notes": notes,
-                   "tests_passed": None if last_test is None else last_test["exit_code"] == 0,
-                   "test_commands": list(result.test_commands)}
-        self.store.update_job(job.id, summary=result.summary, citations=[c.as_dict() for c in citations],
-                              outcome=outcome)
-        if result.summary:
-            self._emit(job, "summary", {"summary": result.summary, "citations": [c.as_dict() for c in citations]})
-        self._emit(job, "diff", {"files": files, "diff_lines": diff_lines, "notes": notes})
-        if cancelled or result.status == "cancelled":
-            self._finish(job, states.CANCELLED, "cancelled by the user")
-        elif result.status == "succeeded":
-            invalid = sum(1 for c in citations if not c.valid)
-            note = f"{len(citations)} citations, {invalid} unverified" if citations else "no citations"
-            self._finish(job, states.SUCCEEDED, note)
-        else:
-            self._finish(job, states.FAILED, result.reason)
-
-    def _report_blocked(self, job: Job, prepared) -> str:
-        """Every request the egress proxy refused, for the summary and the card: what, where it is logged, and how
-        to allow it. "" when nothing was blocked (or the job had no internet at all)."""
-        egress = getattr(prepared.sandbox, "egress", None)
-        if egress is None:
-            return ""
-        from ..egress.report import blocked_summary
-
-        try:
-            blocked = egress.blocked_requests()
-        except Exception as exc:
-            log.warning("reading the egress log of %s failed: %s", job.id, exc)
-            return ""
-        if not blocked:
-            return ""
-        logged = [c for c in self.store.list_chunks(job.id) if c.command.startswith("egress proxy:")]
-        where = " ".join(f"【{c.id}†L1-L{max(c.line_count, 1)}】" for c in logged)
-        text = blocked_summary(blocked, prepared.egress_policy)
-        self._emit(job, "notice", {"level": "warning", "text": text})
-        return f"**Blocked by the egress proxy** {where}\n\n{text}"
-
-    def _check_citations(self, job: Job, summary: str, sandbox):
-        allowed_jobs = {job.id}
+def job_spec(store: Store, job: Job) -> JobSpec:
+    """What the pipeline needs to know of a job, read from the store: its parent's result, its ancestors."""
+    parent = None
+    ancestors: set[str] = set()
+    if job.parent_job_id:
+        row = store.get_job(job.parent_job_id)
+        parent = ParentResult(row.number, row.title, row.summary, store.get_artifact(row.id, "patch") or "")
         parent_id = job.parent_job_id
-        while parent_id and parent_id not in allowed_jobs:
-            allowed_jobs.add(parent_id)
-            parent_id = self.store.get_job(parent_id).parent_job_id
-
-        def chunk_lookup(chunk_id: str):
-            chunk = self.store.get_chunk(chunk_id)
-            if chunk is None or chunk.job_id not in allowed_jobs:
-                return None
-            return chunk.line_count, chunk.job_id
-        paths = sorted({c.target for c in find_citations(summary) if c.kind == "file"})
-        try:
-            cited = {path: text for path, text in _read_in_sandbox(sandbox, paths).items() if text is not None}
-        except Exception as exc:  # the sandbox is gone: file citations cannot be checked, and say so
-            log.warning("reading cited files of %s failed: %s", job.id, exc)
-            cited = {}
-        citations = check_citations(summary, chunk_lookup=chunk_lookup,
-                                    file_lines=lambda path: len(cited[path].splitlines()) if path in cited else None)
-        kept = {c.target: cited[c.target] for c in citations if c.kind == "file" and c.valid}
-        if kept:
-            self.store.put_artifact(job.id, "cited_files", json.dumps(kept))
-        return citations
-
-    # ------------------------------------------------------------------ best of N
-    def _rank_group_if_complete(self, group_id: str) -> None:
-        jobs = self.store.list_jobs(group_id=group_id)
-        if any(j.state not in states.TERMINAL for j in jobs):
-            return
-        ranked = sorted(jobs, key=rank_key)
-        for position, job in enumerate(ranked, start=1):
-            outcome = dict(job.outcome or {})
-            outcome.update(rank=position, recommended=position == 1 and job.state == states.SUCCEEDED)
-            self.store.update_job(job.id, outcome=outcome)
-        best = ranked[0]
-        self._emit(best, "group_ranked", {"group_id": group_id, "order": [j.id for j in ranked],
-                                          "recommended": best.id if best.state == states.SUCCEEDED else None})
-
-
-CITED_FILE_MAX_BYTES = 2_000_000
-MAX_LISTED_FILES = 1000
-
-
-def _read_in_sandbox(sandbox, paths) -> dict[str, str | None]:
-    """Workspace files as text, read inside the sandbox (the host has no path to the workspace)."""
-    paths = list(paths)
-    if not paths:
-        return {}
-    return sandbox.call("read_files", paths=paths, max_bytes=CITED_FILE_MAX_BYTES)["texts"]
-
-
-def rank_key(job: Job) -> tuple:
-    """The kind of result first (fix, draft, findings, no result); then succeeded before anything else; then
-    fewer review flags, a passing last test run, any test run at all; then the smaller diff."""
-    outcome = job.outcome or {}
-    passed = outcome.get("tests_passed")
-    return (kind_rank(outcome.get("kind")), job.state != states.SUCCEEDED, len(outcome.get("flags") or []),
-            passed is not True, passed is None, outcome.get("diff_lines", 10**9))
+        while parent_id and parent_id not in ancestors and parent_id != job.id:
+            ancestors.add(parent_id)
+            parent_id = store.get_job(parent_id).parent_job_id
+    internet = store.get_artifact(job.id, "agent_internet")
+    return JobSpec(job_id=job.id, task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, parent=parent,
+                   citable_jobs=frozenset(ancestors), run=job.fence,
+                   agent_internet=json.loads(internet) if internet else None)

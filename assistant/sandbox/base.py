@@ -45,6 +45,7 @@ class SandboxConfig:
     setup_secrets: tuple[tuple[str, str], ...] = ()  # (name, value) given to setup commands only
     diff_file_cap_bytes: int = 5_000_000   # a changed file over this is listed (size, sha256), not embedded
     diff_patch_cap_bytes: int = 20_000_000  # the whole patch stops at the last file before this
+    deployment: str | None = None  # the database's deployment id, labelled on containers: sweeps touch only ours
     egress_settings: Any = None            # the settings' agent-internet layer (an egress EgressSpec)
     egress_image: str = "assistant-egress:latest"
 
@@ -111,6 +112,7 @@ class PrepareRequest:
     repo: str
     ref: str | None = None
     setup: list[str] | None = None  # None = the repo's .assistant/setup.sh, else detection; [] = no setup
+    run: int = 1                    # which run of the job (its fence): labelled on the sandbox
     agent_internet: dict | str | None = None  # the job request's agent-internet layer (see assistant/egress)
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from .base import SandboxConfig
-from .engine import docker_client
+from .engine import EngineSpec, docker_client
 
 CACHE_REPOSITORY = "assistant-setup-cache"
 CACHE_LABEL = "assistant.setup-cache"
@@ -35,8 +35,12 @@ def cache_key(repo_identity: str, commit: str, commands: list[str], base_image_i
 
 
 class SetupCache:
-    def __init__(self, config: SandboxConfig):
-        self.directory = config.cache_dir / "setup"
+    """The cache of one engine (its images live there): the environment's engine by default, else one of a pool,
+    whose index is kept apart."""
+
+    def __init__(self, config: SandboxConfig, engine: EngineSpec | None = None):
+        self.engine = engine
+        self.directory = config.cache_dir / "setup" / (engine.name if engine and engine.url else "")
         self.max_entries = max(1, config.cache_max_entries)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._index_path = self.directory / "index.json"
@@ -61,7 +65,7 @@ class SetupCache:
             entry = index.get(key)
             if entry is None:
                 return None
-            if not _image_exists(entry.image):
+            if not _image_exists(entry.image, self.engine):
                 self._drop(index.pop(key))
                 return None
             entry.last_used = time.time()
@@ -99,17 +103,16 @@ class SetupCache:
                 self._drop(index.pop(key))
         return count
 
-    @staticmethod
-    def _drop(entry: CacheEntry) -> None:
+    def _drop(self, entry: CacheEntry) -> None:
         try:
-            docker_client().images.remove(entry.image, force=True)
+            docker_client(self.engine).images.remove(entry.image, force=True)
         except Exception:
             pass  # already gone
 
 
-def _image_exists(name: str) -> bool:
+def _image_exists(name: str, engine: EngineSpec | None = None) -> bool:
     try:
-        docker_client().images.get(name)
+        docker_client(engine).images.get(name)
         return True
     except Exception:
         return False

@@ -15,7 +15,8 @@ from .base import (
 from .bootstrap import BOOTSTRAP, payload
 from .channel import ChannelSandbox, CommandChannel
 from .image import IMAGE_LABEL
-from .engine import JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, docker_client, engine_lost_message, owner_tag
+from .engine import (DEPLOYMENT_LABEL, JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_LABEL, EngineSpec, docker_client,
+                     engine_lost_message, owner_tag)
 from .transports import DockerAttachTransport
 
 OFFLINE = "none (verified: lo only)"
@@ -45,8 +46,10 @@ def _built_here(client, image: str) -> bool:
 class DockerSandbox(ChannelSandbox):
     backend = "docker"
 
-    def __init__(self, container, channel: CommandChannel, config: SandboxConfig, network: bool, job_id: str = ""):
+    def __init__(self, container, channel: CommandChannel, config: SandboxConfig, network: bool,
+                 engine: EngineSpec | None = None, job_id: str = ""):
         self.container = container
+        self.engine = engine
         self._job_id = job_id
         self._online = network
         self._channel = channel
@@ -60,12 +63,15 @@ class DockerSandbox(ChannelSandbox):
         self._wall_clock.start()
 
     @classmethod
-    def start(cls, *, job_id: str, config: SandboxConfig, image: str, network: bool) -> "DockerSandbox":
+    def start(cls, *, job_id: str, config: SandboxConfig, image: str, network: bool,
+              engine: EngineSpec | None = None, run: int = 1) -> "DockerSandbox":
         """A container whose workspace lives in its own file system (no host directory is mounted), so the
-        host never reads or writes what the job wrote, and the engine may as well be on another host."""
+        host never reads or writes what the job wrote, and the engine may as well be on another host.
+        `engine` picks one of a pool (the environment's engine by default); `run` is the job's fence, labelled
+        on the container so a sweep can tell a retried job's old container from its current one."""
         import docker
 
-        client = docker_client()
+        client = docker_client(engine)
         cpus = min(float(config.cpus), float(os.cpu_count() or 1))
         try:
             # The low-level calls skip the inspect that containers.create() makes after creating.
@@ -95,7 +101,8 @@ class DockerSandbox(ChannelSandbox):
                 # stops — no orphan outlives its driver.
                 detach=False,
                 hostname="sandbox",
-                labels={MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag()},
+                labels={MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag(), RUN_LABEL: str(run),
+                        **({DEPLOYMENT_LABEL: config.deployment} if config.deployment else {})},
                 host_config=host_config,
             )
             container = client.containers.prepare_model({"Id": created["Id"]})
@@ -110,8 +117,9 @@ class DockerSandbox(ChannelSandbox):
             transport = DockerAttachTransport(getattr(raw, "_sock", raw))
             container.start()
             transport.write(payload())
-            channel = CommandChannel(transport, describe_failure=lambda: _describe_exit(container, transport, image))
-            sandbox = cls(container, channel, config, network, job_id)
+            channel = CommandChannel(transport,
+                                     describe_failure=lambda: _describe_exit(container, transport, image, engine))
+            sandbox = cls(container, channel, config, network, engine, job_id)
         except Exception:
             _remove(container)
             raise
@@ -126,7 +134,7 @@ class DockerSandbox(ChannelSandbox):
     def go_offline(self) -> str:
         """Disconnect every network, then prove from inside that only loopback is left."""
         if self._online:
-            client = docker_client()
+            client = docker_client(self.engine)
             self.container.reload()
             for name in list(self.container.attrs["NetworkSettings"].get("Networks") or {}):
                 client.networks.get(name).disconnect(self.container, force=True)
@@ -141,7 +149,7 @@ class DockerSandbox(ChannelSandbox):
         way out is its own filtering proxy; proven from inside before the agent's first step."""
         from ..egress import EgressGateway
 
-        handle = EgressGateway(config.egress_image, config.image).start(policy, self._job_id)
+        handle = EgressGateway(config.egress_image, config.image, engine=self.engine).start(policy, self._job_id)
         try:
             handle.attach(self.container)
             self._online = False
@@ -175,7 +183,7 @@ def _remove(container) -> None:
         pass  # already gone
 
 
-def _describe_exit(container, transport: DockerAttachTransport, image: str) -> str:
+def _describe_exit(container, transport: DockerAttachTransport, image: str, engine: EngineSpec | None) -> str:
     import docker
 
     try:
@@ -184,7 +192,7 @@ def _describe_exit(container, transport: DockerAttachTransport, image: str) -> s
     except docker.errors.NotFound:
         return "The sandbox container no longer exists (removed by someone else)."
     except Exception as exc:
-        return engine_lost_message(exc)
+        return engine_lost_message(exc, engine)
     if state.get("Running"):
         return ""
     stderr = "\n".join(transport.stderr_tail)

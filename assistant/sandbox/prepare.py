@@ -3,14 +3,16 @@ restored from the setup cache), what setup changed recorded, setup's processes g
 
 from __future__ import annotations
 
+import functools
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .base import ExecResult, PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed, WORKSPACE
+from .base import (ExecResult, PreparedSandbox, PrepareRequest, Sandbox, SandboxConfig, SandboxError, SetupFailed,
+                   WORKSPACE)
 from .cache import SetupCache, cache_key
-from .engine import docker_client, resolve_backend
+from .engine import BackendChoice, EngineSpec, docker_client, resolve_backend
 from .repo import RepoSource, prepare_source, repo_identity
 from .setup_commands import setup_commands
 
@@ -24,6 +26,10 @@ def _ignore(*_args) -> None:
     return None
 
 
+# start(job_id=, config=, image=, network=) -> a started Sandbox; with a `backend` attribute naming it.
+SandboxStarter = Callable[..., Sandbox]
+
+
 def prepare(
     req: PrepareRequest,
     config: SandboxConfig,
@@ -31,12 +37,26 @@ def prepare(
     on_state: Callable[[str], None] = _ignore,
     on_command: Callable[[str, ExecResult], None] = _ignore,
     on_output: Callable[[str], None] = _ignore,
+    on_sandbox: Callable[[Sandbox], None] = _ignore,
+    start: SandboxStarter | None = None,
+    engine: EngineSpec | None = None,
 ) -> PreparedSandbox:
+    """A sandbox with the repository in, set up and offline. `engine` is the Docker engine of a pool that the
+    job was placed on (the environment's engine by default); `start` overrides how the sandbox is started (a
+    test's own sandbox). `on_sandbox` hears of the sandbox as soon as it runs, before setup (to cancel it)."""
     timings: dict[str, float] = {}
     clock = time.monotonic()
-    choice = resolve_backend(config)
+    if start is not None:
+        choice = BackendChoice(getattr(start, "backend", "custom"), "started by the caller")
+    elif engine is not None:
+        choice = BackendChoice("docker", engine.describe())
+        start = functools.partial(_start, "docker", engine=engine, run=req.run)
+    else:
+        choice = resolve_backend(config)
+        start = functools.partial(_start, choice.backend, run=req.run)
+    start = _announcing(start, on_sandbox)
     on_state("preparing")
-    early = _early_start(req, config, choice.backend)
+    early = _early_start(req, config, choice.backend, start)
     try:
         source = prepare_source(req.repo, req.ref, config.data_dir)
         commands = setup_commands(source, req.setup)
@@ -49,9 +69,9 @@ def prepare(
 
     cache, key, entry = None, None, None
     if choice.backend == "docker" and config.cache_enabled and commands:
-        key = cache_key(repo_identity(req.repo), source.commit, commands, _image_id(config.image),
+        key = cache_key(repo_identity(req.repo), source.commit, commands, _image_id(config.image, engine),
                         [name for name, _ in config.setup_secrets])
-        cache = SetupCache(config)
+        cache = SetupCache(config, engine)
         entry = cache.lookup(key)
 
     sandbox = None
@@ -63,7 +83,7 @@ def prepare(
         clock = time.monotonic()
         if entry is not None:
             maintenance = [config.maintenance_command] if config.maintenance_command else []
-            sandbox = _start(choice.backend, req.job_id, config, entry.image, network=bool(maintenance))
+            sandbox = start(job_id=req.job_id, config=config, image=entry.image, network=bool(maintenance))
             timings["start_s"] = time.monotonic() - clock
             setup_changes = entry.setup_changes
             if maintenance:
@@ -73,8 +93,7 @@ def prepare(
             else:
                 setup_network = "none (setup cache hit: setup skipped)"
         else:
-            sandbox = _start_with_repo(choice.backend, req.job_id, config, source, network=bool(commands),
-                                       started=early)
+            sandbox = _start_with_repo(start, req.job_id, config, source, network=bool(commands), started=early)
             timings["start_s"] = time.monotonic() - clock
             if commands:
                 on_state("setting_up")
@@ -131,7 +150,7 @@ def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSourc
         raise SandboxError(str(exc)) from None
 
 
-def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str):
+def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str, start: SandboxStarter):
     """When the request names its setup (so no file of the repository decides it) and no setup cache will be
     looked up, the container can start while the host still fetches the repository: most of a cold start."""
     if req.setup is None:
@@ -139,14 +158,14 @@ def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str):
     planned = [command for command in req.setup if command.strip()]
     if backend == "docker" and config.cache_enabled and planned:
         return None
-    return _start_pool.submit(_start, backend, req.job_id, config, config.image, bool(planned))
+    return _start_pool.submit(start, job_id=req.job_id, config=config, image=config.image, network=bool(planned))
 
 
-def _start_with_repo(backend: str, job_id: str, config: SandboxConfig, source: RepoSource, network: bool,
+def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, source: RepoSource, network: bool,
                      started=None):
     """Start the sandbox (unless it is starting already) while the host makes the bundle, then clone inside the
     sandbox from it."""
-    started = started or _start_pool.submit(_start, backend, job_id, config, config.image, network)
+    started = started or _start_pool.submit(start, job_id=job_id, config=config, image=config.image, network=network)
     try:
         with source.bundle(job_id) as (bundle, ref):
             data = bundle.read_bytes()
@@ -162,6 +181,18 @@ def _start_with_repo(backend: str, job_id: str, config: SandboxConfig, source: R
         sandbox.close()
         raise
     return sandbox
+
+
+def _announcing(start: SandboxStarter, on_sandbox: Callable[[Sandbox], None]) -> SandboxStarter:
+    def started(**kwargs) -> Sandbox:
+        sandbox = start(**kwargs)
+        try:
+            on_sandbox(sandbox)
+        except BaseException:
+            sandbox.close()
+            raise
+        return sandbox
+    return started
 
 
 def _close_when_started(started) -> None:
@@ -196,23 +227,26 @@ def _run_setup(sandbox, commands, results, config, on_command, on_output, mask) 
     return None
 
 
-def _start(backend: str, job_id: str, config: SandboxConfig, image: str, network: bool):
+def _start(backend: str, *, job_id: str, config: SandboxConfig, image: str, network: bool,
+           engine: EngineSpec | None = None, run: int = 1):
     if backend == "docker":
         from .docker_backend import DockerSandbox
 
-        return DockerSandbox.start(job_id=job_id, config=config, image=image, network=network)
+        return DockerSandbox.start(job_id=job_id, config=config, image=image, network=network, engine=engine, run=run)
     from .local_backend import LocalSandbox
 
     return LocalSandbox.start(job_id=job_id, config=config, network=network)
 
 
 def _online_name(backend: str) -> str:
-    return "bridge" if backend == "docker" else "host network (bubblewrap --share-net)"
+    if backend == "docker":
+        return "bridge"
+    return "host network (bubblewrap --share-net)" if backend == "local" else f"{backend} network"
 
 
-def _image_id(name: str) -> str:
+def _image_id(name: str, engine: EngineSpec | None = None) -> str:
     try:
-        return docker_client().images.get(name).id
+        return docker_client(engine).images.get(name).id
     except SandboxError:
         raise
     except Exception:

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import zlib
 
+# Read at call time (never bound as a default), so a test can run these operations in-process on a directory
+# of its own by setting the module attribute.
 WORKSPACE = "/workspace"
 SCRATCH_ROOT = "/tmp"
 # Config the repository (written by untrusted code) could use to run programs or bend the output; the
@@ -39,11 +41,11 @@ class OpError(Exception):
     """A failure the caller reports to the user as it is."""
 
 
-def _git(args, cwd=WORKSPACE, env=None, input_bytes=None, check=True):
+def _git(args, cwd=None, env=None, input_bytes=None, check=True):
     full_env = dict(os.environ)
     full_env.update(GIT_ENV)
     full_env.update(env or {})
-    completed = subprocess.run(GIT + list(args), cwd=cwd, env=full_env, input=input_bytes,
+    completed = subprocess.run(GIT + list(args), cwd=cwd or WORKSPACE, env=full_env, input=input_bytes,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if check and completed.returncode != 0:
         raise OpError("git %s failed: %s" % (" ".join(args[:2]), completed.stderr.decode("utf-8", "replace").strip()[-500:]))

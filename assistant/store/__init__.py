@@ -1,3 +1,3 @@
-from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Thread, TokenUsage,  # noqa: F401
-                     User)
-from .store import NotFound, Store  # noqa: F401
+from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, SandboxEngine, Thread,  # noqa: F401
+                     TokenUsage, User)
+from .store import NotFound, StaleRun, Store  # noqa: F401

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import SQLModel, create_engine, select
 
 from . import models
 from .models import Meta, SCHEMA_VERSION
@@ -36,19 +36,33 @@ def make_engine(url: str) -> Engine:
 
 
 def init_schema(engine: Engine) -> int:
-    """Create missing tables and record the schema version; refuse a database from a newer release."""
+    """Create missing tables, migrate an older schema, record the version; refuse a database from a newer release.
+    On PostgreSQL an advisory lock makes processes that start together do this one at a time."""
     assert models  # the import registers the tables on SQLModel.metadata
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as session:
-        row = session.exec(select(Meta).where(Meta.key == "schema_version")).first()
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        SQLModel.metadata.create_all(connection)
+        row = connection.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
         if row is None:
-            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            session.commit()
+            connection.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
             return SCHEMA_VERSION
-        found = int(row.value)
+        found = int(row[0])
         if found > SCHEMA_VERSION:
             raise SchemaError(
                 f"the database has schema version {found}, newer than this release's {SCHEMA_VERSION}; "
                 "upgrade the assistant or point ASSISTANT_DATABASE_URL at another database")
-        # Migrations from older versions go here, one step per version.
-        return found
+        for version in range(found + 1, SCHEMA_VERSION + 1):  # one step per version, in this transaction
+            for statement in MIGRATIONS[version]:
+                connection.execute(text(statement))
+        connection.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION)})
+    return SCHEMA_VERSION
+
+
+SCHEMA_LOCK_KEY = 0x61737369  # "assi": any constant shared by every process of this application
+
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE job ADD COLUMN fence INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE job ADD COLUMN engine VARCHAR",
+        "ALTER TABLE job ADD COLUMN container VARCHAR"],
+}

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: job.fence, job.engine, job.container; the sandbox_engine table (scale-out)
 
 
 def utcnow() -> datetime:
@@ -120,6 +120,17 @@ class Job(SQLModel, table=True):
     completion_tokens: int = 0
     model: Optional[str] = None
     runner: Optional[str] = None         # "host:pid" of the process that runs it; a dead runner's jobs are interrupted
+    fence: int = 1                       # which run of the job may write; bumped when a lost run is retried
+    engine: Optional[str] = None         # the sandbox engine of a pool that runs it, and its container there
+    container: Optional[str] = None
+
+
+class SandboxEngine(SQLModel, table=True):
+    """A Docker engine of the pool as the workers last found it: up (takes jobs) or down (gets none), and why."""
+    name: str = Field(primary_key=True)
+    state: str = "up"
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    checked_at: datetime = Field(default_factory=utcnow)
 
 
 class JobEvent(SQLModel, table=True):

@@ -4,24 +4,32 @@ from __future__ import annotations
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import event, func, or_, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from ..jobs.events import JobEventRecord, decode, encode
 from ..jobs.states import ACTIVE, INTERRUPTED, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
-from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Thread,
+from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, SandboxEngine, Thread,
                      TokenUsage, User, utcnow)
+
+
+PLACEMENT_LOCK_KEY = 0x61737370  # advisory lock: one placement at a time across processes
 
 
 class NotFound(LookupError):
     pass
+
+
+class StaleRun(RuntimeError):
+    """A write from a run of a job that no longer owns it (its fence was bumped when the job was retried)."""
 
 
 def this_runner() -> str:
@@ -41,6 +49,16 @@ class Store:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    def fenced(self, job_id: str, fence: int) -> "Store":
+        """This store as one run of one job sees it: every transaction that commits first checks, holding a
+        share lock on the job's row, that the job's fence is still `fence`, else raises StaleRun and writes
+        nothing. Retrying the job (requeue_lost) bumps the fence under a row lock, so no write of the old
+        run can land after it."""
+        view = object.__new__(FencedStore)
+        view.__dict__.update(self.__dict__)
+        view.fence_of = (job_id, fence)
+        return view
 
     def close(self) -> None:
         self.engine.dispose()
@@ -189,7 +207,12 @@ class Store:
             return {f.for_id: f for f in s.exec(select(Feedback).where(col(Feedback.for_id).in_(ids)))}
 
     # ------------------------------------------------------------------ jobs
-    def create_job(self, *, task: str, repo: str, thread_id: str | None = None, **fields: Any) -> Job:
+    def create_job(self, *, task: str, repo: str, thread_id: str | None = None,
+                   in_transaction: Callable[[Any, Job], None] | None = None, artifacts: dict[str, str] | None = None,
+                   **fields: Any) -> Job:
+        """A new job, with its first `artifacts` (kind -> content); `in_transaction(dbapi_connection, job)` runs
+        in the same transaction before it commits (the durable queue enqueues the job there, so a job exists
+        exactly when its queue entry does, and a worker that claims it finds its artifacts)."""
         with self._seq_lock, self.session() as s:
             number = 1
             if thread_id:
@@ -197,6 +220,12 @@ class Store:
             job = Job(id=fields.pop("id", None) or secrets.token_hex(4), task=task, repo=repo, thread_id=thread_id,
                       number=number, queued_at=utcnow(), runner=fields.pop("runner", None) or this_runner(), **fields)
             s.add(job)
+            s.flush()
+            for kind, content in (artifacts or {}).items():
+                s.add(Artifact(job_id=job.id, kind=kind, content=content, created_at=utcnow()))
+            if in_transaction is not None:
+                s.flush()
+                in_transaction(s.connection().connection.driver_connection, job)
             s.commit()
             return job
 
@@ -283,6 +312,82 @@ class Store:
             s.commit()
             return job
 
+    def requeue_lost(self, job_id: str, fence: int, reason: str, *, max_runs: int,
+                     in_transaction: Callable[[Any, Job], None] | None = None) -> Job | None:
+        """A run of an active job was lost (its worker or engine died). If `fence` is still the job's, move it back
+        to queued with the next fence (once per job: up to `max_runs` runs), or end it interrupted when its runs are
+        used up; `in_transaction(dbapi_connection, job)` enqueues the new run in the same transaction. Returns the
+        job as it now is, or None when the run was not the job's current one (someone else handled it)."""
+        with self._seq_lock, self.session() as s:
+            job = s.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+            if job is None or job.fence != fence or job.state not in ACTIVE:
+                return None
+            now = utcnow()
+            job.reason = reason
+            if fence < max_runs:
+                job.fence, job.state, job.queued_at = fence + 1, "queued", now
+                job.preparing_at = job.setting_up_at = job.running_at = None
+                job.runner = job.engine = job.container = None
+            else:
+                job.fence, job.state, job.finished_at = fence + 1, INTERRUPTED, now
+            s.add(job)
+            if in_transaction is not None and job.state == "queued":
+                s.flush()
+                in_transaction(s.connection().connection.driver_connection, job)
+            s.commit()
+            return job
+
+    def place_job(self, job_id: str, fence: int, choose: Callable[[dict[str, int]], str | None]) -> str | None:
+        """Record on the job the sandbox engine `choose` picks from the number of active jobs on each engine;
+        counting and recording are one transaction, serialised across processes, so capacity holds."""
+        with self._seq_lock, self.session() as s:
+            if self.engine.dialect.name == "postgresql":
+                s.exec(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=PLACEMENT_LOCK_KEY))
+            job = s.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+            if job is None or job.fence != fence:
+                raise StaleRun(f"job {job_id} is no longer on run {fence}")
+            counted = s.exec(select(Job.engine, func.count()).where(
+                col(Job.state).in_(list(ACTIVE)), col(Job.engine).is_not(None), Job.id != job_id).group_by(Job.engine))
+            loads = {engine: count for engine, count in counted.all()}
+            chosen = choose(loads)
+            if chosen is not None:
+                job.engine, job.container = chosen, None
+                s.add(job)
+                s.commit()
+            return chosen
+
+    def deployment_id(self) -> str:
+        """This database's id, made once: labelled on sandboxes so sweeps never touch another deployment's."""
+        with self.session() as s:
+            row = s.get(Meta, "deployment_id")
+            if row is None:
+                s.add(Meta(key="deployment_id", value=secrets.token_hex(6)))
+                try:
+                    s.commit()
+                except IntegrityError:  # another process made it first
+                    s.rollback()
+                row = s.get(Meta, "deployment_id")
+            return row.value
+
+    def engine_states(self) -> dict[str, SandboxEngine]:
+        with self.session() as s:
+            return {row.name: row for row in s.exec(select(SandboxEngine))}
+
+    def set_engine_state(self, name: str, state: str, reason: str | None = None) -> bool:
+        """Record an engine's state; True when it changed."""
+        with self.session() as s:
+            existing = s.get(SandboxEngine, name)
+            changed = existing is None or existing.state != state
+            row = existing or SandboxEngine(name=name)
+            row.state, row.reason, row.checked_at = state, reason, utcnow()
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:  # another worker recorded it at the same moment
+                s.rollback()
+                return False
+            return changed
+
     def interrupt_orphaned_jobs(self, reason: str = "the server stopped while this job was active; retry it") -> list[str]:
         """At start-up: active jobs whose runner process is gone (or unknown) are interrupted.
         Jobs of a live process on this host (a server beside a CLI run) are left alone."""
@@ -293,17 +398,31 @@ class Store:
 
     # ------------------------------------------------------------------ events
     def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> JobEvent:
-        with self._seq_lock, self.session() as s:
-            last = s.exec(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)).one()
-            ev = JobEvent(job_id=job_id, seq=(last or 0) + 1, kind=kind, data=data or {})
-            s.add(ev)
-            s.commit()
-            return ev
+        for _ in range(20):  # another process may take the same next seq; the unique (job, seq) makes us retry
+            with self._seq_lock, self.session() as s:
+                last = s.exec(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)).one()
+                ev = JobEvent(job_id=job_id, seq=(last or 0) + 1, kind=kind, data=data or {})
+                s.add(ev)
+                try:
+                    s.commit()
+                    return ev
+                except IntegrityError:
+                    s.rollback()
+        raise RuntimeError(f"could not number an event of job {job_id}")
 
     def list_events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
         with self.session() as s:
             q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
             return list(s.exec(q.order_by(col(JobEvent.seq))))
+
+    def append_event(self, job_id: str, event: JobEventRecord) -> JobEvent:
+        """Store a typed job event in its one encoding (jobs/events.py)."""
+        kind, data = encode(event)
+        return self.add_event(job_id, kind, data)
+
+    def read_events(self, job_id: str, after_seq: int = 0) -> list[JobEventRecord]:
+        """A job's stored events, decoded (rows of any earlier release included)."""
+        return [decode(row.kind, row.data) for row in self.list_events(job_id, after_seq)]
 
     # ------------------------------------------------------------------ log chunks
     def add_chunk(self, *, job_id: str | None, command: str, text: str, exit_code: int | None,
@@ -383,3 +502,19 @@ class Store:
                  .where(or_(*conditions)).group_by(TokenUsage.role, TokenUsage.model)
                  .order_by(TokenUsage.role, TokenUsage.model))
             return [(role, model, int(p or 0), int(c or 0)) for role, model, p, c in s.exec(q)]
+
+class FencedStore(Store):
+    """See Store.fenced."""
+
+    fence_of: tuple[str, int]
+
+    def session(self) -> Session:
+        session = super().session()
+        event.listen(session, "before_commit", self._check_fence)
+        return session
+
+    def _check_fence(self, session: Session) -> None:
+        job_id, fence = self.fence_of
+        current = session.exec(select(Job.fence).where(Job.id == job_id).with_for_update(read=True)).first()
+        if current != fence:
+            raise StaleRun(f"job {job_id} is now on run {current}; this run ({fence}) may no longer write")

@@ -14,6 +14,7 @@ from ..agent.claims import mark_claims, markdown_mark, markdown_reason
 from ..agent.review import git_path
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
+from ..jobs.events import AgentMessage, JobEventRecord, Notice, Routed, SetupCommandRan, StepFinished
 from ..store import Job, Store
 
 # Symbols from the basic fonts every system has; emoji render as empty boxes where no emoji font is installed.
@@ -33,7 +34,6 @@ OPEN_LINES_BUDGET = 120
 
 
 # A job event the web app writes when it starts a job: how the message was routed ({"text": ...}).
-ROUTED_EVENT = "routed"
 
 
 def cite_url(job_id: str, target: str, start: int, end: int) -> str:
@@ -144,37 +144,35 @@ def _note(text: str) -> str:
 _TOOL_BLOCK = re.compile(r"^(`{3,})[ \t]*tool\b.*?(?:^\1[ \t]*$|\Z)", re.M | re.S | re.I)
 
 
-def _progress(job: Job, events: list) -> list[tuple[str, str]]:
+def _progress(job: Job, events: list[JobEventRecord]) -> list[tuple[str, str]]:
     """(kind, Markdown line) for each setup command, agent step and note, in order."""
     entries = []
     for ev in events:
-        data = ev.data or {}
-        if ev.kind == "setup_command":
-            ok = data.get("exit_code") == 0
-            link = (f" · [log]({cite_url(job.id, data['chunk_id'], 1, max(int(data.get('lines') or 1), 1))})"
-                    if data.get("chunk_id") else "")
-            entries.append(("setup", f"{'✔' if ok else '✖'} setup {_inline_code(data.get('command', ''))} "
-                                     f"→ exit {data.get('exit_code')} in {data.get('duration_s', 0)} s{link}"))
-        elif ev.kind == "step":
-            entries.append(("step", _step_line(job, data)))
-        elif ev.kind == "message" and _note(data.get("text") or ""):
-            entries.append(("note", f"» {plain(_note(data['text']))}"))
+        if isinstance(ev, SetupCommandRan):
+            link = (f" · [log]({cite_url(job.id, ev.chunk_id, 1, max(int(ev.lines or 1), 1))})"
+                    if ev.chunk_id else "")
+            entries.append(("setup", f"{'✔' if ev.exit_code == 0 else '✖'} setup {_inline_code(ev.command)} "
+                                     f"→ exit {ev.exit_code} in {ev.duration_s} s{link}"))
+        elif isinstance(ev, StepFinished):
+            entries.append(("step", _step_line(job, ev)))
+        elif isinstance(ev, AgentMessage) and _note(ev.text or ""):
+            entries.append(("note", f"» {plain(_note(ev.text))}"))
     return entries
 
 
-def _step_line(job: Job, data: dict) -> str:
-    ok = data.get("ok", data.get("exit_code") in (0, None))
-    title = str(data.get("title") or data.get("tool") or "")
+def _step_line(job: Job, ev: StepFinished) -> str:
+    title = str(ev.title or ev.tool or "")
     if title.startswith("$ "):
         what = _inline_code(title)
     elif title.startswith("apply_patch: "):
         what = "apply_patch · " + plain(title.removeprefix("apply_patch: "))
     else:
         what = plain(title)
-    test = " (tests)" if data.get("is_test") else ""
-    link = f" · [log]({cite_url(job.id, data['chunk_id'], 1, 10**6)})" if data.get("chunk_id") else ""
-    exit_code = f" → exit {data['exit_code']}" if data.get("exit_code") is not None else ""
-    return f"{'✔' if ok else '✖'} step {data.get('step', '?')}: {what}{exit_code}{test}{link}"
+    test = " (tests)" if ev.is_test else ""
+    link = f" · [log]({cite_url(job.id, ev.chunk_id, 1, 10**6)})" if ev.chunk_id else ""
+    exit_code = f" → exit {ev.exit_code}" if ev.exit_code is not None else ""
+    step = ev.step if ev.step is not None else "?"
+    return f"{'✔' if ev.succeeded else '✖'} step {step}: {what}{exit_code}{test}{link}"
 
 
 _KIND_WORDS = {"step": ("step", "steps"), "setup": ("setup command", "setup commands"), "note": ("note", "notes")}
@@ -190,7 +188,7 @@ def _counted(entries: list[tuple[str, str]]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _step_lines(job: Job, events: list, expanded: bool = False) -> list[str]:
+def _step_lines(job: Job, events: list[JobEventRecord], expanded: bool = False) -> list[str]:
     entries = _progress(job, events)
     if expanded or len(entries) <= MAX_STEPS_SHOWN:
         return [line for _, line in entries]
@@ -205,7 +203,7 @@ def progress_count(store: Store, job_id: str) -> int:
         job = store.get_job(job_id)
     except LookupError:
         return 0
-    return len(_progress(job, store.list_events(job_id)))
+    return len(_progress(job, store.read_events(job_id)))
 
 
 def split_diff(diff: str) -> list[tuple[str, str]]:
@@ -303,7 +301,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         job = store.get_job(job_id)
     except LookupError:
         return None
-    events = store.list_events(job_id)
+    events = store.read_events(job_id)
     badge = STATE_BADGES.get(job.state, job.state)
     attempt = f" · attempt {job.attempt}/{job.attempts}" if job.attempts > 1 else ""
     where = f"{job.repo}" + (f" @ {job.ref}" if job.ref else "")
@@ -312,7 +310,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     out = [f"### Job {job.number} · {plain(job.title or job.task[:60])}",
            f"**{badge}**{_kind_badge(job)} · {_duration(job)}{attempt} · `{job.id}`",
            f"*{plain(where)}{' · ' + ' · '.join(plain(f) for f in facts) if facts else ''}*"]
-    routed = next((ev.data.get("text") for ev in events if ev.kind == ROUTED_EVENT and ev.data), None)
+    routed = next((ev.text for ev in events if isinstance(ev, Routed)), None)
     if routed:
         out.append(f"*{plain(routed)}*")
     if job.parent_job_id:
@@ -322,9 +320,8 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         except LookupError:
             pass
     for ev in events:  # notices (a weaker sandbox than configured, setup touching tracked files) stay visible
-        if ev.kind == "notice" and (ev.data or {}).get("text"):
-            mark = "⚠" if ev.data.get("level") == "warning" else "ℹ"
-            out.append(f"{mark} {plain(str(ev.data['text']))}")
+        if isinstance(ev, Notice) and ev.text:
+            out.append(f"{'⚠' if ev.warning else 'ℹ'} {plain(str(ev.text))}")
     steps = _step_lines(job, events, all_steps)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))

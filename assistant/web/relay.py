@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..jobs import states
+from ..jobs.events import Finished, OutputDelta, SetupCommandRan, StateChanged, StepFinished, ToolStarted
 from ..store import Store, models
 from .cards import job_diff_view, render_job_card
 
@@ -67,29 +68,29 @@ class JobRelay:
         self._tails: dict[str, deque] = {}
         self._current: dict[str, str] = {}  # job id -> the tool call under way (not stored: it is about now)
         self._last_refresh: dict[str, float] = {}
-        self._pending: set[str] = set()
+        self._pending: dict[str, asyncio.TimerHandle] = {}  # job id -> its scheduled refresh
         self._locks: dict[str, asyncio.Lock] = {}
         self._sent_actions: dict[tuple[str, str], dict[str, object]] = {}
         self._sent_diffs: dict[tuple[str, str], str] = {}  # (session, job) -> digest of the props it has
+        self._shown: set[tuple[str, str]] = set()  # (session, job) whose card this process has put in the browser
         self._on_new_job: list[Callable[[str], None]] = []
         self.all_steps: set[str] = set()  # jobs whose card lists every step (the user unfolded them)
 
     # ------------------------------------------------------------------ from worker threads
     def on_update(self, update) -> None:
-        if update.kind == "tool_start":
-            args = update.data.get("arguments") or {}
-            tool = update.data.get("tool", "")
-            what = f"$ {args['command']}" if args.get("command") else ("apply_patch" if tool == "apply_patch" else tool)
-            self._current[update.job_id] = f"step {update.data.get('step', '?')}: {what}"
-        elif update.kind in ("step", "finished"):
+        event = update.event
+        if isinstance(event, ToolStarted):
+            self._current[update.job_id] = event.describe()
+        elif isinstance(event, (StepFinished, Finished)):
             self._current.pop(update.job_id, None)
-        if update.kind == "output":
+        if isinstance(event, OutputDelta):
             tail = self._tails.setdefault(update.job_id, deque(maxlen=TAIL_LINES))
-            for line in (update.data.get("text") or "").splitlines():
+            for line in event.text.splitlines():
                 tail.append(line[:300])
-        elif update.kind in ("step", "setup_command") or (update.kind == "state" and update.data.get("state") == states.RUNNING):
+        elif isinstance(event, (StepFinished, SetupCommandRan)) or (
+                isinstance(event, StateChanged) and event.state == states.RUNNING):
             self._tails.pop(update.job_id, None)  # the next command's output starts a fresh tail
-        urgent = update.kind != "output"
+        urgent = not isinstance(event, OutputDelta)
         self.loop.call_soon_threadsafe(self._schedule, update.job_id, update.thread_id, urgent)
 
     def tail(self, job_id: str) -> str | None:
@@ -108,11 +109,14 @@ class JobRelay:
 
     # ------------------------------------------------------------------ on the loop
     def _schedule(self, job_id: str, thread_id: str | None, urgent: bool) -> None:
-        if job_id in self._pending:
-            return
+        pending = self._pending.get(job_id)
+        if pending is not None:
+            if not urgent or pending.when() <= self.loop.time():
+                return
+            pending.cancel()  # a step or a state change does not wait for the throttled live-output refresh
         wait = 0.0 if urgent else max(0.0, REFRESH_INTERVAL_S - (time.monotonic() - self._last_refresh.get(job_id, 0)))
-        self._pending.add(job_id)
-        self.loop.call_later(wait, lambda: asyncio.ensure_future(self._refresh(job_id, thread_id)))
+        self._pending[job_id] = self.loop.call_later(
+            wait, lambda: asyncio.ensure_future(self._refresh(job_id, thread_id)))
 
     async def _refresh(self, job_id: str, thread_id: str | None) -> None:
         # One refresh per job at a time: an older render finishing after a newer one would leave a stale card.
@@ -120,7 +124,7 @@ class JobRelay:
             await self._refresh_now(job_id, thread_id)
 
     async def _refresh_now(self, job_id: str, thread_id: str | None) -> None:
-        self._pending.discard(job_id)
+        self._pending.pop(job_id, None)
         self._last_refresh[job_id] = time.monotonic()
         try:
             job = await asyncio.to_thread(self.store.get_job, job_id)
@@ -175,7 +179,7 @@ class JobRelay:
     async def show_card(self, session, job, content: str | None = None, diff_props: dict | None = None) -> None:
         """Create or update a job's card in one session, with its diff and the buttons that fit its state."""
         import chainlit as cl
-        from chainlit.context import init_ws_context
+        from chainlit.context import context, init_ws_context
 
         try:
             init_ws_context(session)
@@ -184,6 +188,11 @@ class JobRelay:
             message = cl.Message(id=card_message_id(job.id), content=content or "", author="Jobs",
                                  metadata={"job_id": job.id})
             await message.update()
+            if (session.id, job.id) not in self._shown:
+                # The card of a job started elsewhere (another tab, another web replica) is not in this browser
+                # yet, and an update of a message it lacks is dropped: add it (an add of one it has updates it).
+                await context.emitter.send_step(message.to_dict())
+                self._shown.add((session.id, job.id))
             if diff_props is not None:
                 await self._sync_diff(session, job, message.id, diff_props)
             await self._sync_actions(session, job, message.id)
@@ -223,6 +232,7 @@ class JobRelay:
         self._sent_actions[key] = fresh
 
     def forget_session(self, session_id: str) -> None:
+        self._shown = {key for key in self._shown if key[0] != session_id}
         for key in [k for k in self._sent_actions if k[0] == session_id]:
             del self._sent_actions[key]
         for key in [k for k in self._sent_diffs if k[0] == session_id]:

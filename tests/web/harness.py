@@ -93,3 +93,24 @@ class AppProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def login(page, url: str, user: str) -> None:
+    """Log in and wait for the app's greeting (the composer ignores Enter before it)."""
+    page.goto(url + "/login")
+    page.fill("input[name=email]", user)
+    page.fill("input[name=password]", USERS[user])
+    page.click("button[type=submit]")
+    page.wait_for_selector("#chat-input", timeout=30_000)
+    page.locator("text=Repository:").first.wait_for(timeout=60_000)  # greeted: the composer takes Enter now
+
+
+def send(page, text: str) -> None:
+    """Submit once the previous message's handler has finished, and check that the message went."""
+    page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
+    page.wait_for_selector("#stop-button", state="detached", timeout=60_000)
+    before = page.locator(".step[data-step-type='user_message']").count()
+    page.fill("#chat-input", text)
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelectorAll(\".step[data-step-type='user_message']\").length > {before}",
+                           timeout=30_000)

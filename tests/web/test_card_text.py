@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from assistant.jobs import states
+from assistant.jobs.events import Routed
 from assistant.web import cards
 from assistant.web.cards import link_citations, plain, render_job_card, unlinked
 
@@ -79,8 +80,8 @@ def test_a_card_says_how_it_was_routed_and_which_job_it_starts_from(store):
     parent = job_with_events(store, [])
     child = store.create_job(task="Also add a test", repo="/r", thread_id="t1", parent_job_id=parent.id,
                              title="Also add a test")
-    store.add_event(child.id, cards.ROUTED_EVENT, {"text": "Started as a job (asks for a change; decided by the "
-                                                           "first-pass rules) — it runs in a sandbox."})
+    store.append_event(child.id, Routed(text="Started as a job (asks for a change; decided by the "
+                                             "first-pass rules) — it runs in a sandbox."))
     card = render_job_card(store, child.id)
     assert "*Started as a job (asks for a change; decided by the first-pass rules) — it runs in a sandbox.*" in card
     assert "Starts from the result of job 1 · Export mul from calc/\\_\\_init\\_\\_.py" in card

@@ -1,0 +1,170 @@
+"""Recording what a job's pipeline says: every event to the store first, to listeners second.
+
+A JobRecorder is the pipeline's `emit` and JobLog for one run of one job. State changes move the job along
+the state machine, SandboxReady fills in the job's facts, the outcome becomes artifacts and fields, and the
+end of the job ranks its best-of-N group. The in-process job manager and the queue workers both use it, so a
+job is recorded the same way wherever it ran.
+
+Given the run's RunControl, the recorder also turns what the store says back into what the run must do: a
+write refused by the job's fence (another run owns the job now) loses the run; a state change the job can no
+longer make (it was cancelled elsewhere) cancels it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from ..agent.outcome import kind_rank
+from ..store import Job, StaleRun, Store
+from . import states
+from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxPlaced, SandboxReady,
+                     StateChanged, SummaryWritten)
+from .pipeline import JobOutcome, RunControl
+from .results import Summarise, assess_job
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[JobUpdate], None]
+
+
+class JobRecorder:
+    """`summarise` lets the summary model write the summary of a job that ended without one (else a digest of
+    its log does); `price_table`/`currency` price its tokens (settings.price_table)."""
+
+    def __init__(self, store: Store, job: Job, publish: Publish, control: RunControl | None = None, *,
+                 summarise: Summarise | None = None, price_table: str | None = None, currency: str = "USD"):
+        self.store = store
+        self.job = job
+        self.publish = publish
+        self.control = control
+        self.summarise = summarise
+        self.price_table = price_table
+        self.currency = currency
+        self._recorded_run = False  # this run recorded what its agent left (then the end re-assesses it)
+
+    def _write(self, write, *args, **kwargs):
+        """One store write; a write refused by the job's fence loses the run."""
+        try:
+            return write(*args, **kwargs)
+        except StaleRun as exc:
+            if self.control is not None:
+                self.control.lose(str(exc))
+            raise
+
+    # ------------------------------------------------------------------ the pipeline's emit
+    def emit(self, event: JobEventRecord) -> None:
+        if isinstance(event, StateChanged) and event.state != self.job.state and event.state != states.QUEUED:
+            try:
+                self.job = self._write(self.store.transition, self.job.id, event.state, event.reason)
+            except states.IllegalTransition:  # it ended elsewhere (cancelled by the user): stop this run
+                if self.control is None:
+                    raise
+                self.control.cancel()
+                return
+        elif isinstance(event, SandboxPlaced):
+            self.job = self._write(self.store.update_job, self.job.id, engine=event.engine, container=event.container)
+        elif isinstance(event, SandboxReady):
+            self.job = self._write(self.store.update_job, self.job.id, backend=event.backend,
+                                   base_commit=event.base_commit, setup_network=event.setup_network,
+                                   agent_network=event.agent_network, cache_hit=event.cache_hit)
+        self.publish_event(event)
+
+    def publish_event(self, event: JobEventRecord) -> None:
+        row = self._write(self.store.append_event, self.job.id, event) if event.stored else None
+        self.publish(JobUpdate(self.job.id, self.job.thread_id, event, row.seq if row else None,
+                               row.created_at if row else None))
+
+    # ------------------------------------------------------------------ the pipeline's JobLog
+    def add_chunk(self, **fields):
+        return self._write(self.store.add_chunk, **fields)
+
+    def chunk_owner(self, chunk_id: str) -> tuple[int, str] | None:
+        chunk = self._write(self.store.get_chunk, chunk_id)
+        return None if chunk is None or chunk.job_id is None else (chunk.line_count, chunk.job_id)
+
+    # ------------------------------------------------------------------ the end
+    def record_outcome(self, outcome: JobOutcome) -> None:
+        """What the job left, before it ends: artifacts, tokens, summary and citations, then their events."""
+        job_id = self.job.id
+        if outcome.diff is not None:
+            self._write(self.store.put_artifact, job_id, "diff", outcome.diff)
+        if outcome.patch is not None:
+            self._write(self.store.put_artifact, job_id, "patch", outcome.patch)
+        if outcome.cited_files:
+            self._write(self.store.put_artifact, job_id, "cited_files", json.dumps(outcome.cited_files))
+        if not outcome.agent_ran:
+            return
+        self._recorded_run = True
+        self._write(self.store.add_job_tokens, job_id, outcome.prompt_tokens, outcome.completion_tokens,
+                    outcome.steps)
+        self.job = self._write(self.store.update_job, job_id, summary=outcome.summary, citations=outcome.citations,
+                               outcome=outcome.outcome)
+        if outcome.summary:
+            self.publish_event(SummaryWritten(outcome.summary, outcome.citations))
+        self.publish_event(DiffComputed(outcome.outcome.get("files") or [], outcome.outcome.get("diff_lines", 0),
+                                        outcome.outcome.get("diff_notes") or []))
+
+    def finish(self, state: str, reason: str) -> bool:
+        """Assess the result, then end the job (unless it already ended); rank its group when it was the last
+        one. True if it ended here."""
+        current = self._write(self.store.get_job, self.job.id)
+        if current.state in states.TERMINAL:
+            self.job = current
+            # Ended from outside (a cancel, `jobs cancel`): still owed its assessment, or a new one now that
+            # this run has recorded what the agent left.
+            if self._recorded_run or not (current.outcome or {}).get("kind"):
+                self.assess(current.state, current.reason or reason)
+            return False
+        self.assess(state, reason)
+        try:
+            self.job = self._write(self.store.transition, current.id, state, reason)
+        except states.IllegalTransition:  # it ended elsewhere between the read and the write
+            return False
+        self.publish_event(StateChanged(state, reason))
+        self.announce_end(state, reason)
+        return True
+
+    def assess(self, state: str, reason: str) -> None:
+        """Before the job ends: a summary if it has none, the kind of result, checked claims, review flags
+        (jobs/results.py). A failure here costs the assessment, never the end of the job."""
+        try:
+            job = self._write(self.store.get_job, self.job.id)
+            assessment = self._write(assess_job, self.store, job, state=state, reason=reason,
+                                     summarise=self.summarise, price_table=self.price_table, currency=self.currency)
+        except StaleRun:
+            raise
+        except Exception:
+            log.exception("assessing the result of %s", self.job.id)
+            return
+        if assessment.summary_written:
+            self.publish_event(SummaryWritten(assessment.summary, assessment.citations))
+
+    def announce_end(self, state: str, reason: str) -> None:
+        """The job has ended in the store: rank its group if it was the last one, and say it is finished."""
+        if self.job.group_id:
+            rank_group_if_complete(self.store, self.job.group_id, self.publish)
+        self.publish_event(Finished(state, reason))
+
+
+def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> None:
+    jobs = store.list_jobs(group_id=group_id)
+    if any(j.state not in states.TERMINAL for j in jobs):
+        return
+    ranked = sorted(jobs, key=rank_key)
+    for position, job in enumerate(ranked, start=1):
+        outcome = dict(job.outcome or {})
+        outcome.update(rank=position, recommended=position == 1 and job.state == states.SUCCEEDED)
+        store.update_job(job.id, outcome=outcome)
+    best = ranked[0]
+    JobRecorder(store, best, publish).publish_event(
+        GroupRanked(group_id, [j.id for j in ranked], best.id if best.state == states.SUCCEEDED else None))
+
+
+def rank_key(job: Job) -> tuple:
+    """The kind of result first (fix, draft, findings, no result); then succeeded before anything else; then
+    fewer review flags, a passing last test run, any test run at all; then the smaller diff."""
+    outcome = job.outcome or {}
+    passed = outcome.get("tests_passed")
+    return (kind_rank(outcome.get("kind")), job.state != states.SUCCEEDED, len(outcome.get("flags") or []),
+            passed is not True, passed is None, outcome.get("diff_lines", 10**9))
