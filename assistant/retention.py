@@ -1,15 +1,15 @@
 """Retention: bounded disk use for what the assistant keeps beside its database.
 
 Four kinds of things grow with use: checkouts of git URLs (quick answers read them), setup-cache images
-with their saved files, per-job directories under <data_dir>/workspaces and <data_dir>/homes (left
-by versions that kept a job's workspace on the host), and the bare mirrors under <data_dir>/mirrors that
-jobs start from (one per repository; the next job on a repository whose mirror went clones it again). Each kind has an age limit and a size limit
-(settings; 0 turns a limit off): what has not been used for longer than the age goes, then the least
-recently used until the kind fits its size. Nothing in use is touched: a checkout an answer reads (its
-lock), a cache image a container runs from or a job looked up moments ago, the directory of an active job,
-a mirror a job fetches or bundles from (its lock), that an active job's repository maps to, or that was used
-moments ago.
-Follow-ups on a job whose files went read the stored summary, diff, logs and cited excerpts instead.
+with their saved files, per-job directories under <data_dir>/workspaces and <data_dir>/homes (left by
+versions that kept a job's workspace on the host), and the bare mirrors under <data_dir>/mirrors that jobs
+start from (one per repository; the next job on a repository whose mirror went clones it again). Each kind
+has an age limit and a size limit (settings; 0 turns a limit off): what has not been used for longer than
+the age goes, then the least recently used until the kind fits its size. Nothing in use is touched: a
+checkout an answer reads (its lock), a cache image a container runs from or a job looked up moments ago,
+the directory of an active job, a mirror a job fetches or bundles from (its lock), that an active job's
+repository maps to, or that was used moments ago. Follow-ups on a job whose files went read the stored
+summary, diff, logs and cited excerpts instead.
 
 `assistant gc [--dry-run]` runs one pass and prints it, `assistant serve` runs one every
 ASSISTANT_RETENTION_INTERVAL_MIN, and `assistant doctor` reports the totals.
