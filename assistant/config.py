@@ -96,6 +96,8 @@ class Settings(BaseModel):
     setup_cache_max_mb: int = Field(8192, ge=0, description="Total size of the setup cache (its images' own layers plus files); beyond it the least recently used go; 0: no size limit.")
     job_files_max_age_days: float = Field(3, ge=0, description="Per-job directories under <data_dir>/workspaces and homes (left by older versions) unchanged this long are removed; 0: no age limit.")
     job_files_max_mb: int = Field(2048, ge=0, description="Total size of those per-job directories; beyond it the oldest go; 0: no size limit.")
+    mirrors_max_age_days: float = Field(30, ge=0, description="Bare mirrors under <data_dir>/mirrors (one per repository a job started from) unused this long are removed; the next job on that repository clones it again; 0: no age limit.")
+    mirrors_max_mb: int = Field(4096, ge=0, description="Total size of those mirrors; beyond it the least recently used go; 0: no size limit.")
     retention_interval_min: float = Field(60, ge=0, description="How often `assistant serve` applies the retention limits, in minutes; 0: only `assistant gc` does.")
 
     # Jobs.
