@@ -246,6 +246,8 @@ async def on_chat_start():
     cl.user_session.set("repo", repo)
     cl.user_session.set("ref", ref)
     cl.user_session.set("attempts", 1)
+    if repo:  # the first job's sandbox gets ready while the user types
+        core.jobs.prewarm(repo, ref)
     await context.emitter.set_commands(COMMANDS)
     await send_settings(repo, ref)
     await show_header(repo, ref)
@@ -258,6 +260,8 @@ async def on_chat_resume(thread_dict):
     ref = (thread.ref if thread else None) or core.settings.default_ref
     cl.user_session.set("repo", repo)
     cl.user_session.set("ref", ref)
+    if repo:
+        core.jobs.prewarm(repo, ref)
     await context.emitter.set_commands(COMMANDS)
     await send_settings(repo, ref, int(cl.user_session.get("attempts") or 1))
     session = context.session
@@ -323,6 +327,8 @@ async def on_settings_update(values: dict):
             return
     cl.user_session.set("repo", repo)
     cl.user_session.set("ref", ref)
+    if repo and (repo, ref) != (old_repo, old_ref):
+        core.jobs.prewarm(repo, ref)
     tid = thread_id()
     if await asyncio.to_thread(store.get_thread, tid) is not None:
         await asyncio.to_thread(store.update_thread, tid, repo=repo, ref=ref)

@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="what is ready, and the command that fixes what is not")
     d.set_defaults(func=cmd_doctor)
 
-    g = sub.add_parser("gc", help="apply the retention limits to checkouts, setup-cache images and job files")
+    g = sub.add_parser("gc", help="apply the retention limits to checkouts, setup-cache images, job files and repository mirrors")
     g.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     g.set_defaults(func=cmd_gc)
 

@@ -76,6 +76,9 @@ class Settings(BaseModel):
     docker_cert_dir: Path | None = Field(None, description="TLS client certificates of tcp:// engines: `<dir>/<engine name>/{ca,cert,key}.pem` (DOCKER_CERT_PATH's layout; DOCKER_CERT_PATH itself is the fallback).")
     diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
     diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
+    warm_pool: bool = Field(True, description="Keep a sandbox ready for the conversation's repository (started when a chat has a repository, and again after each job: cloned at the current commit, set up from the setup cache, offline), so a job's agent starts without waiting for a container. Only where nothing must run ahead: no setup or setup the cache holds, no maintenance command, agent internet off, Docker backend.")
+    warm_pool_size: int = Field(2, ge=1, le=16, description="Warm sandboxes at most, starting and ready together (each one idle container); the oldest ready one makes room for a new request.")
+    warm_pool_idle_s: float = Field(600.0, gt=0, description="A warm sandbox no job took within this many seconds is removed.")
 
     # Agent-phase internet (assistant/egress); a repository's .assistant/config.toml and a job request override it.
     agent_internet: Literal["off", "allowlist"] = Field("off", description="Internet in the agent phase: off (none), or allowlist (only the allowed domains, through a filtering proxy; Docker backend only).")
@@ -93,6 +96,8 @@ class Settings(BaseModel):
     setup_cache_max_mb: int = Field(8192, ge=0, description="Total size of the setup cache (its images' own layers plus files); beyond it the least recently used go; 0: no size limit.")
     job_files_max_age_days: float = Field(3, ge=0, description="Per-job directories under <data_dir>/workspaces and homes (left by older versions) unchanged this long are removed; 0: no age limit.")
     job_files_max_mb: int = Field(2048, ge=0, description="Total size of those per-job directories; beyond it the oldest go; 0: no size limit.")
+    mirrors_max_age_days: float = Field(30, ge=0, description="Bare mirrors under <data_dir>/mirrors (one per repository a job started from) unused this long are removed; the next job on that repository clones it again; 0: no age limit.")
+    mirrors_max_mb: int = Field(4096, ge=0, description="Total size of those mirrors; beyond it the least recently used go; 0: no size limit.")
     retention_interval_min: float = Field(60, ge=0, description="How often `assistant serve` applies the retention limits, in minutes; 0: only `assistant gc` does.")
 
     # Jobs.

@@ -1,12 +1,15 @@
 """Retention: bounded disk use for what the assistant keeps beside its database.
 
-Three kinds of things grow with use: checkouts of git URLs (quick answers read them), setup-cache images
-with their saved files, and per-job directories under <data_dir>/workspaces and <data_dir>/homes (left
-by versions that kept a job's workspace on the host). Each kind has an age limit and a size limit
-(settings; 0 turns a limit off): what has not been used for longer than the age goes, then the least
-recently used until the kind fits its size. Nothing in use is touched: a checkout an answer reads (its
-lock), a cache image a container runs from or a job looked up moments ago, the directory of an active job.
-Follow-ups on a job whose files went read the stored summary, diff, logs and cited excerpts instead.
+Four kinds of things grow with use: checkouts of git URLs (quick answers read them), setup-cache images
+with their saved files, per-job directories under <data_dir>/workspaces and <data_dir>/homes (left by
+versions that kept a job's workspace on the host), and the bare mirrors under <data_dir>/mirrors that jobs
+start from (one per repository; the next job on a repository whose mirror went clones it again). Each kind
+has an age limit and a size limit (settings; 0 turns a limit off): what has not been used for longer than
+the age goes, then the least recently used until the kind fits its size. Nothing in use is touched: a
+checkout an answer reads (its lock), a cache image a container runs from or a job looked up moments ago,
+the directory of an active job, a mirror a job fetches or bundles from (its lock), that an active job's
+repository maps to, or that was used moments ago. Follow-ups on a job whose files went read the stored
+summary, diff, logs and cited excerpts instead.
 
 `assistant gc [--dry-run]` runs one pass and prints it, `assistant serve` runs one every
 ASSISTANT_RETENTION_INTERVAL_MIN, and `assistant doctor` reports the totals.
@@ -26,15 +29,19 @@ from pathlib import Path
 from .config import Settings
 from .conversation.checkout import CHECKOUTS_DIR, clone_lock_path, lock_path
 from .jobs.states import ACTIVE
+from .sandbox.repo import mirror_lock_path, mirror_path, repo_identity
 from .store import NotFound, Store
 
 log = logging.getLogger(__name__)
 
-CHECKOUTS, SETUP_CACHE, JOB_FILES = "checkouts", "setup cache", "job files"
-KINDS = (CHECKOUTS, SETUP_CACHE, JOB_FILES)
+CHECKOUTS, SETUP_CACHE, JOB_FILES, MIRRORS = "checkouts", "setup cache", "job files", "mirrors"
+KINDS = (CHECKOUTS, SETUP_CACHE, JOB_FILES, MIRRORS)
 # A job looks an entry up, restores its files, then starts a container from its image: in that window no
 # container shows the image in use yet, so a freshly looked-up entry counts as in use for this long.
 CACHE_START_GRACE_S = 600.0
+# A caller of prepare_source without a job in the store (a sandbox started ahead of a job, say) reads the
+# mirror after the lock is released (setup detection, the bundle): a mirror used this recently stays.
+MIRROR_USE_GRACE_S = 600.0
 DAY_S = 86_400.0
 MB = 1024 * 1024
 
@@ -100,6 +107,7 @@ def limits_from(settings: Settings) -> dict[str, Limits]:
         CHECKOUTS: Limits(settings.checkouts_max_age_days * DAY_S, settings.checkouts_max_mb * MB),
         SETUP_CACHE: Limits(settings.setup_cache_max_age_days * DAY_S, settings.setup_cache_max_mb * MB),
         JOB_FILES: Limits(settings.job_files_max_age_days * DAY_S, settings.job_files_max_mb * MB),
+        MIRRORS: Limits(settings.mirrors_max_age_days * DAY_S, settings.mirrors_max_mb * MB),
     }
 
 
@@ -114,6 +122,7 @@ def inventory(settings: Settings, store: Store) -> tuple[list[Item], list[str]]:
     if problem:
         problems.append(problem)
     items += job_files(settings.data_dir, store)
+    items += mirrors(settings.data_dir, store)
     return items, problems
 
 
@@ -176,8 +185,12 @@ def checkouts(data_dir: Path) -> list[Item]:
 
 def _remote_of(checkout: Path) -> str:
     """The URL the checkout was cloned from, read from its config (our own clone, written by git)."""
+    return _origin_in(checkout / ".git" / "config")
+
+
+def _origin_in(config: Path) -> str:
     try:
-        for line in (checkout / ".git" / "config").read_text().splitlines():
+        for line in config.read_text().splitlines():
             key, _, value = line.strip().partition("=")
             if key.strip() == "url":
                 return value.strip()
@@ -318,6 +331,80 @@ def _remove_job_files(store: Store, path: Path, job_id: str) -> None:
     if state in ACTIVE:
         raise InUse(f"job {job_id} is {state}")
     remove_tree(path)
+
+
+# ---------------------------------------------------------------------------------------------- mirrors
+def mirrors(data_dir: Path, store: Store) -> list[Item]:
+    """The bare mirrors jobs start from (sandbox/repo.py). The host made each with `git clone --bare` of a
+    repository a user named; no job writes there. Its lock file's mtime marks each fetch and bundle."""
+    root = data_dir / "mirrors"
+    if not root.is_dir():
+        return []
+    users = _mirror_users(data_dir, store)
+    now = time.time()
+    items = []
+    for path in sorted(p for p in root.glob("*.git") if p.is_dir() and not p.is_symlink()):
+        size, last_used = _mirror_usage(path)
+        locked = None if _lockable(mirror_lock_path(path)) else "a job is fetching or bundling from it"
+        in_use = users.get(path) or locked or _recent_use(last_used, now)
+        items.append(Item(MIRRORS, f"{path} ({_mirror_origin(path)})", size, last_used, in_use,
+                          lambda path=path: _remove_mirror(data_dir, store, path)))
+    return items
+
+
+def _mirror_usage(mirror: Path) -> tuple[int, float]:
+    size, newest = disk_usage(mirror)
+    lock = mirror_lock_path(mirror)
+    try:
+        return size, max(newest, lock.stat().st_mtime)
+    except OSError:
+        return size, newest
+
+
+def _mirror_origin(mirror: Path) -> str:
+    """The repository the mirror was cloned from, without any credentials its URL carried."""
+    origin = _origin_in(mirror / "config")
+    return origin if origin == "origin unknown" else repo_identity(origin)
+
+
+def _mirror_users(data_dir: Path, store: Store) -> dict[Path, str]:
+    """Mirror -> the active job whose repository it holds."""
+    users: dict[Path, str] = {}
+    for job in store.list_jobs(states=ACTIVE, limit=1_000_000):
+        if job.repo:
+            users.setdefault(mirror_path(job.repo, data_dir), f"job {job.id} is {job.state}")
+    return users
+
+
+def _recent_use(last_used: float, now: float) -> str | None:
+    age = now - last_used
+    return f"used {age:.0f} s ago: a job may be starting from it" if age < MIRROR_USE_GRACE_S else None
+
+
+def _remove_mirror(data_dir: Path, store: Store, mirror: Path) -> None:
+    """Remove the mirror holding its lock (taken without waiting: a job fetching or bundling now keeps it),
+    after looking again at what uses it; a job that starts later waits for the lock and clones afresh."""
+    lock = mirror_lock_path(mirror)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InUse("a job is fetching or bundling from it") from None
+        if not _is_file_at(handle, lock):
+            raise InUse("another pass removed it a moment ago")
+        in_use = _mirror_users(data_dir, store).get(mirror) or _recent_use(_mirror_usage(mirror)[1], time.time())
+        if in_use:
+            raise InUse(in_use)
+        remove_tree(mirror)
+        # Unlinked while locked: a job waiting on this file notices (sandbox/repo.py) and locks the new one.
+        lock.unlink(missing_ok=True)
+
+
+def _is_file_at(handle, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- files

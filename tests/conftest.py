@@ -34,7 +34,8 @@ def settings_for(data_dir):
     def make(server: ScriptedModelServer | None = None, **overrides) -> Settings:
         env = {"ASSISTANT_DATA_DIR": str(data_dir), "ASSISTANT_MODEL_MAX_RETRIES": "2",
                "ASSISTANT_MODEL_TIMEOUT_S": "20", "ASSISTANT_MODEL": "scripted-model",
-               "ASSISTANT_CONFIG": str(data_dir / "none.toml")}
+               "ASSISTANT_CONFIG": str(data_dir / "none.toml"),
+               "ASSISTANT_WARM_POOL": "false"}  # its own tests turn it on; elsewhere it would add containers
         if server is not None:
             env["OPENAI_BASE_URL"] = server.base_url
             env["OPENAI_API_KEY"] = "test-key"

@@ -175,6 +175,23 @@ def test_doctor_reports_disk_use(cli_env, tmp_path):
     assert "fix: assistant gc" in proc.stdout
 
 
+def test_gc_and_doctor_show_repository_mirrors(cli_env, tmp_path):
+    from assistant.sandbox.repo import mirror_lock_path, prepare_source
+    repo = make_calc_repo(tmp_path / "calc")
+    mirror = prepare_source(str(repo), None, tmp_path / "data").mirror
+    old = time.time() - 40 * 86_400
+    for path in [mirror_lock_path(mirror), *mirror.rglob("*"), mirror]:
+        os.utime(path, (old, old))
+
+    doctor = cli(["doctor"], cli_env)
+    assert re.search(r"disk use: .*, mirrors \d", doctor.stdout), doctor.stdout
+    dry = cli(["gc", "--dry-run"], cli_env)
+    assert re.search(r"would remove\s+mirrors\s+.*" + re.escape(f"{mirror} ({repo.resolve()})"), dry.stdout), dry.stdout
+    assert re.search(r"^mirrors:\s+1 items, .* \(limits: 30 days, 4096 MB\)$", dry.stdout, re.M), dry.stdout
+    real = cli(["gc"], cli_env)
+    assert re.search(r"removed\s+mirrors\s+", real.stdout) and not mirror.exists(), real.stdout
+
+
 @pytest.mark.docker
 def test_a_cancel_from_another_process_stops_the_running_job(tmp_path, docker_engine, scripted_model, cli_env,
                                                                assistant_for):

@@ -1,9 +1,15 @@
 """Retention on real files, real git clones, a real Docker engine and a real store: what goes, what stays."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,7 +18,7 @@ from assistant import retention
 from assistant.access import RepoPolicy
 from assistant.conversation.checkout import lock_path, reading_checkout
 from assistant.jobs.manager import sandbox_config
-from tests.fixtures.repos import make_repo
+from tests.fixtures.repos import git, make_repo
 
 DAY = 86_400
 
@@ -257,3 +263,177 @@ def test_a_follow_up_works_from_the_store_once_the_job_files_are_gone(tmp_path, 
     assert [(c["target"], c["valid"]) for c in done.data["citations"]] == [("test_negative.py", True), (run_chunk, True)]
 
 
+
+
+# ---------------------------------------------------------------------------------------------- mirrors
+def make_mirror(root: Path, data_dir: Path, name: str = "repo") -> tuple[Path, Path]:
+    """A real repository and the bare mirror the host keeps of it, as a job's prepare leaves it (~1.5 MB)."""
+    from assistant.sandbox.repo import prepare_source
+    repo = make_repo(root / name, {"app.py": "print('hi')\n", "blob.txt": os.urandom(1_500_000).hex()})
+    return repo, prepare_source(str(repo), None, data_dir).mirror
+
+
+def unused_for(mirror: Path, days: float) -> None:
+    """As if no job had fetched or bundled from the mirror for `days` (its files and its lock file)."""
+    from assistant.sandbox.repo import mirror_lock_path
+    age(mirror, days)
+    age(mirror_lock_path(mirror), days)
+
+
+def mirror_items(report: retention.Report) -> dict[str, str | None]:
+    return {i.label: i.in_use for i in report.items if i.kind == retention.MIRRORS}
+
+
+@contextmanager
+def held_by_another_process(mirror: Path):
+    """repo.py's own lock on the mirror, held by another process the way a job holds it while it fetches."""
+    code = ("import sys; from pathlib import Path; from assistant.sandbox.repo import _locked\n"
+            "with _locked(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.readline()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(mirror)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def test_an_unused_mirror_goes_and_a_dry_run_only_says_so(tmp_path, settings_for, store, data_dir):
+    from assistant.sandbox.repo import mirror_lock_path
+    settings = settings_for()
+    repo, mirror = make_mirror(tmp_path, data_dir)
+    label = f"{mirror} ({repo.resolve()})"
+    fresh = mirror_items(gc(settings, store, dry_run=True))[label]
+    assert re.fullmatch(r"used \d+ s ago: a job may be starting from it", fresh)
+    unused_for(mirror, 40)
+
+    dry = gc(settings, store, dry_run=True)
+    assert [r.item.label for r in dry.removals] == [label]
+    assert "unused for 40.0 days (limit 30)" in dry.removals[0].reason
+    assert mirror.is_dir() and dry.freed > 1_000_000
+
+    real = gc(settings, store)
+    assert removed(real) == [label]
+    assert not mirror.exists() and not mirror_lock_path(mirror).exists()
+    assert real.left(retention.MIRRORS) == 0 and real.total(retention.MIRRORS) == real.freed
+
+
+def test_mirrors_over_the_size_limit_lose_the_least_recently_used(tmp_path, settings_for, store, data_dir):
+    settings = settings_for(ASSISTANT_MIRRORS_MAX_MB=2)
+    older_repo, older = make_mirror(tmp_path, data_dir, "older")
+    newer_repo, newer = make_mirror(tmp_path, data_dir, "newer")
+    unused_for(older, 2)
+    unused_for(newer, 1)
+    report = gc(settings, store)
+    assert removed(report) == [f"{older} ({older_repo.resolve()})"]
+    assert "over the 2 MB limit" in report.removals[0].reason
+    assert newer.is_dir()
+
+
+def test_a_mirror_used_moments_ago_stays_even_over_the_size_limit(tmp_path, settings_for, store, data_dir):
+    settings = settings_for(ASSISTANT_MIRRORS_MAX_MB=1)
+    _, mirror = make_mirror(tmp_path, data_dir)
+    report = gc(settings, store)
+    assert report.removals == [] and mirror.is_dir()
+    [why] = mirror_items(report).values()
+    assert why.startswith("used ") and why.endswith("a job may be starting from it")
+
+
+def test_a_fetch_and_a_bundle_each_count_as_a_use(tmp_path, settings_for, store, data_dir):
+    from assistant.sandbox.repo import prepare_source
+    settings = settings_for()
+    repo, mirror = make_mirror(tmp_path, data_dir)
+    unused_for(mirror, 40)
+    source = prepare_source(str(repo), None, data_dir)
+    [item] = gc(settings, store).items
+    assert re.fullmatch(r"used \d+ s ago: a job may be starting from it", item.in_use) and mirror.is_dir()
+    unused_for(mirror, 40)
+    with source.bundle("job1"):
+        pass
+    assert gc(settings, store).removals == [] and mirror.is_dir()
+
+
+def test_zero_turns_the_mirror_limits_off(tmp_path, settings_for, store, data_dir):
+    settings = settings_for(ASSISTANT_MIRRORS_MAX_AGE_DAYS=0, ASSISTANT_MIRRORS_MAX_MB=0)
+    _, mirror = make_mirror(tmp_path, data_dir)
+    unused_for(mirror, 400)
+    assert gc(settings, store).removals == [] and mirror.is_dir()
+
+
+def test_a_mirror_a_job_fetches_from_stays(tmp_path, settings_for, store, data_dir):
+    settings = settings_for()
+    repo, mirror = make_mirror(tmp_path, data_dir)
+    label = f"{mirror} ({repo.resolve()})"
+    unused_for(mirror, 40)
+    [chosen] = gc(settings, store, dry_run=True).removals   # chosen while nobody held the lock
+    with held_by_another_process(mirror):
+        unused_for(mirror, 40)                               # taking the lock marked a use; look past it
+        report = gc(settings, store)
+        assert report.removals == [] and mirror_items(report)[label] == "a job is fetching or bundling from it"
+        # A job that takes the lock between the inventory and the removal keeps it too, undisturbed.
+        with pytest.raises(retention.InUse, match="fetching or bundling"):
+            chosen.item.remove()
+        assert (mirror / "HEAD").is_file()
+    unused_for(mirror, 40)
+    assert removed(gc(settings, store)) == [label]
+
+
+def test_a_mirror_an_active_job_uses_stays(tmp_path, settings_for, store, data_dir):
+    settings = settings_for()
+    repo, mirror = make_mirror(tmp_path, data_dir)
+    label = f"{mirror} ({repo.resolve()})"
+    unused_for(mirror, 40)
+    [chosen] = gc(settings, store, dry_run=True).removals
+    queued = store.create_job(task="t", repo=str(repo))
+    # A job queued between the inventory and the removal: the removal looks again and keeps the mirror.
+    with pytest.raises(retention.InUse, match=f"job {queued.id} is queued"):
+        chosen.item.remove()
+    store.transition(queued.id, "preparing")
+    report = gc(settings, store)
+    assert report.removals == [] and mirror_items(report)[label] == f"job {queued.id} is preparing"
+    store.transition(queued.id, "failed", "x")
+    assert removed(gc(settings, store)) == [label]
+
+
+def test_a_job_waiting_for_a_removed_mirrors_lock_takes_the_new_one(tmp_path, data_dir):
+    """The removal unlinks the lock file it holds; a job that was waiting on that file must not go on
+    under it while another job holds the lock file now at the path (both would write the same mirror)."""
+    from assistant.sandbox.repo import _locked, mirror_lock_path, prepare_source
+    repo, mirror = make_mirror(tmp_path, data_dir)
+    pool = ThreadPoolExecutor(1)
+    with ExitStack() as other_job:
+        with open(mirror_lock_path(mirror), "a+") as removal:    # the removal's lock, as _remove_mirror takes it
+            fcntl.flock(removal, fcntl.LOCK_EX)
+            waiting = pool.submit(prepare_source, str(repo), None, data_dir)
+            time.sleep(0.5)                                       # the job now waits on the old lock file
+            retention.remove_tree(mirror)
+            mirror_lock_path(mirror).unlink()
+            other_job.enter_context(_locked(mirror))              # another job takes the new lock file
+        time.sleep(0.5)
+        assert not waiting.done() and not mirror.exists()
+    source = waiting.result(timeout=60)
+    pool.shutdown()
+    assert source.read("app.py") == "print('hi')\n" and mirror_lock_path(mirror).is_file()
+
+
+@pytest.mark.docker
+def test_a_job_whose_mirror_went_still_prepares(docker_engine, settings_for, store, reachable_data_dir, tmp_path):
+    from assistant.sandbox import PrepareRequest, prepare
+    settings = settings_for(ASSISTANT_DATA_DIR=reachable_data_dir, ASSISTANT_SANDBOX_BACKEND="docker")
+    repo = make_repo(tmp_path / "app", {"main.py": "print('first')\n"})
+    first = prepare(PrepareRequest(job_id="mirror1", repo=str(repo), setup=[]), sandbox_config(settings))
+    first.sandbox.close()
+    [mirror] = (reachable_data_dir / "mirrors").glob("*.git")
+    unused_for(mirror, 40)
+    assert removed(gc(settings, store)) == [f"{mirror} ({repo.resolve()})"] and not mirror.exists()
+
+    (repo / "main.py").write_text("print('second')\n")
+    git(repo, "commit", "-qam", "second")
+    again = prepare(PrepareRequest(job_id="mirror2", repo=str(repo), setup=[]), sandbox_config(settings))
+    try:
+        assert mirror.is_dir() and again.base_commit != first.base_commit
+        shown = again.sandbox.exec("cat main.py && git log --format=%s")
+        assert shown.exit_code == 0 and shown.output.split() == ["print('second')", "second", "initial"], shown.output
+    finally:
+        again.sandbox.close()

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from ..access import RepoPolicy
+from ..access import RepoNotAllowed, RepoPolicy
 from ..config import Settings
 from ..egress import spec_from_settings
 from ..llm.client import ModelClient
 from ..sandbox import SandboxConfig, prepare
 from ..sandbox.pool import EnginePool
+from ..sandbox.warm import CLOSE_WAIT_S, WarmPool
 from ..store import Job, Store
 from . import states
 from .events import JobEventRecord, JobUpdate, Notice, StateChanged
@@ -75,11 +76,16 @@ class JobManager:
         self._subscribers: list[Subscriber] = []
         self._closed = threading.Event()
         self._stopping = False
+        self.warm: WarmPool | None = None
         self._start_local_execution()
 
     def _start_local_execution(self) -> None:
-        """Jobs run in this process: a thread pool, and a watch for cancels written by other processes."""
+        """Jobs run in this process: a thread pool, a watch for cancels written by other processes, and (on the
+        environment's engine) the warm pool."""
         self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrent_jobs, thread_name_prefix="job")
+        if self.settings.warm_pool and self.pool is None:
+            self.warm = WarmPool(self.sandbox_config, capacity=self.settings.warm_pool_size,
+                                 idle_s=self.settings.warm_pool_idle_s)
         threading.Thread(target=self._watch_external_cancels, name="job-cancel-watch", daemon=True).start()
 
     # ------------------------------------------------------------------ public API
@@ -110,6 +116,20 @@ class JobManager:
         for job in jobs:
             self._pool.submit(self._run_guarded, job.id)
         return jobs
+
+    def prewarm(self, repo: str, ref: str | None = None, setup: list[str] | None = None,
+                agent_internet: dict | str | None = None) -> bool:
+        """Ready a sandbox for the next job on this repository in the background (the web app asks when a chat
+        has a repository; a finished job asks for the next one). False when there is no pool (none configured,
+        an engine pool, or jobs run in worker processes), the server is stopping or the repository is not
+        allowed; never blocks and never fails the caller."""
+        if self.warm is None or self._stopping:
+            return False
+        try:
+            RepoPolicy.from_settings(self.settings).check(repo)
+        except RepoNotAllowed:
+            return False
+        return self.warm.request(repo, ref, setup, agent_internet)
 
     def cancel(self, job_id: str) -> bool:
         job = self.store.get_job(job_id)
@@ -165,6 +185,8 @@ class JobManager:
                 except Exception:
                     log.exception("cancelling %s at shutdown", job_id)
         self._pool.shutdown(wait=wait_s is None, cancel_futures=True)
+        if self.warm is not None:
+            self.warm.close(CLOSE_WAIT_S if wait_s is None else min(wait_s, CLOSE_WAIT_S))
         if wait_s is not None and cancel_running:
             self._interrupt_stragglers(active, time.monotonic() + wait_s)
 
@@ -239,7 +261,7 @@ class JobManager:
             def prepare_placed(request, **callbacks):
                 engine = None if self.pool is None else self.pool.place(
                     job.id, job.fence, control.cancelled, on_wait=lambda text: recorder.emit(Notice(text)))
-                return prepare(request, self.sandbox_config, engine=engine, **callbacks)
+                return prepare(request, self.sandbox_config, engine=engine, warm=self.warm, **callbacks)
             outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.sandbox_config,
                               model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
                               emit=recorder.emit, control=control)
@@ -257,6 +279,17 @@ class JobManager:
                 done = self._finished.get(job_id)
             if done:
                 done.set()
+            self._rewarm(job)
+
+    def _rewarm(self, job: Job) -> None:
+        """The next job on this repository most likely asks for the same sandbox: ready one now."""
+        if self.warm is None or self._stopping:
+            return
+        try:
+            internet = self.store.get_artifact(job.id, "agent_internet")
+            self.prewarm(job.repo, job.ref, job.setup, json.loads(internet) if internet else None)
+        except Exception:
+            log.exception("re-warming after %s", job.id)
 
 
 def job_spec(store: Store, job: Job) -> JobSpec:

@@ -131,6 +131,7 @@ class PreparedSandbox:
     backend: str = "docker"
     backend_fallback: str | None = None  # why a weaker backend than configured runs this job
     egress_policy: Any = None            # the agent phase's internet policy (an egress EgressPolicy)
+    warm_pool: bool = False              # taken ready from the warm pool (started before the job asked)
 
 
 class SandboxError(Exception):

@@ -195,6 +195,22 @@ class ChannelSandbox(ABC):
         self._expired = True
         self.close()
 
+    def restart_wall_clock(self) -> None:
+        """A warm sandbox's time in the pool is not its job's: the job's wall clock starts when a job takes it."""
+        self._wall_clock.cancel()
+        self._deadline = time.monotonic() + self._config.job_wall_clock_s
+        self._wall_clock = threading.Timer(self._config.job_wall_clock_s, self._expire)
+        self._wall_clock.daemon = True
+        self._wall_clock.start()
+
+    def alive(self) -> bool:
+        """Whether the command server still answers (a warm sandbox's container may have died while it waited)."""
+        try:
+            self._live_channel().ping(timeout_s=5)
+        except SandboxError:
+            return False
+        return True
+
     def close(self) -> None:
         with self._close_lock:
             if self._closed:

@@ -3,6 +3,7 @@ restored from the setup cache), what setup changed recorded, setup's processes g
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import tomllib
@@ -40,10 +41,15 @@ def prepare(
     on_sandbox: Callable[[Sandbox], None] = _ignore,
     start: SandboxStarter | None = None,
     engine: EngineSpec | None = None,
+    warm=None,
 ) -> PreparedSandbox:
     """A sandbox with the repository in, set up and offline. `engine` is the Docker engine of a pool that the
     job was placed on (the environment's engine by default); `start` overrides how the sandbox is started (a
-    test's own sandbox). `on_sandbox` hears of the sandbox as soon as it runs, before setup (to cancel it)."""
+    test's own sandbox). `on_sandbox` hears of the sandbox as soon as it runs, before setup (to cancel it).
+    `warm` is a WarmPool (assistant/sandbox/warm.py): on the environment's engine, a sandbox it readied for
+    exactly this repository, commit, setup and network is taken instead of a new one."""
+    if start is not None or engine is not None:
+        warm = None  # a pool engine or the caller's own sandbox: the warm pool readies on the local engine only
     timings: dict[str, float] = {}
     clock = time.monotonic()
     if start is not None:
@@ -56,7 +62,7 @@ def prepare(
         start = functools.partial(_start, choice.backend, run=req.run)
     start = _announcing(start, on_sandbox)
     on_state("preparing")
-    early = _early_start(req, config, choice.backend, start)
+    early = None if warm is not None and warm.may_hold(req.repo) else _early_start(req, config, choice.backend, start)
     try:
         source = prepare_source(req.repo, req.ref, config.data_dir)
         commands = setup_commands(source, req.setup)
@@ -67,12 +73,20 @@ def prepare(
         raise
     timings["source_s"] = time.monotonic() - clock
 
-    cache, key, entry = None, None, None
-    if choice.backend == "docker" and config.cache_enabled and commands:
-        key = cache_key(repo_identity(req.repo), source.commit, commands, _image_id(config.image, engine),
-                        [name for name, _ in config.setup_secrets])
-        cache = SetupCache(config, engine)
-        entry = cache.lookup(key)
+    cache, key, entry = _cached_setup(req.repo, config, choice.backend, source, commands, engine)
+    if warm is not None:
+        clock = time.monotonic()
+        ready = warm.take(config, choice.backend, source, commands, policy, key)
+        if ready is not None:
+            if early is not None:
+                _close_when_started(early)
+            try:
+                on_sandbox(ready.sandbox)
+            except BaseException:
+                ready.sandbox.close()
+                raise
+            return dataclasses.replace(ready, egress_policy=policy,
+                                       timings={**timings, "warm_take_s": time.monotonic() - clock})
 
     sandbox = None
     results: list[ExecResult] = []
@@ -132,6 +146,18 @@ def prepare(
         backend_fallback=choice.fallback,
         egress_policy=policy,
     )
+
+
+def _cached_setup(repo: str, config: SandboxConfig, backend: str, source: RepoSource, commands: list[str],
+                  engine: EngineSpec | None = None):
+    """(cache, key, entry) of the setup cache for these setup commands on the engine; all None when it does not
+    apply."""
+    if backend != "docker" or not config.cache_enabled or not commands:
+        return None, None, None
+    key = cache_key(repo_identity(repo), source.commit, commands, _image_id(config.image, engine),
+                    [name for name, _ in config.setup_secrets])
+    cache = SetupCache(config, engine)
+    return cache, key, cache.lookup(key)
 
 
 def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSource, backend: str):

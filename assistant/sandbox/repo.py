@@ -99,12 +99,27 @@ class RepoSource:
             yield path, ref
 
 
+def mirror_lock_path(mirror: Path) -> Path:
+    return mirror.with_name(mirror.name + ".lock")
+
+
 @contextmanager
 def _locked(mirror: Path):
-    lock_path = mirror.with_name(mirror.name + ".lock")
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    """The mirror's lock, held exclusively; its mtime is the mirror's last use (retention reads it).
+    Retention unlinks the lock file of a mirror it removed while holding it, so a lock won on a file that is
+    no longer the one at the path is stale: lock the new file."""
+    lock_path = mirror_lock_path(mirror)
+    while True:
+        with open(lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(lock.fileno()).st_ino:
+                os.utime(lock.fileno())
+                yield
+                return
 
 
 def mirror_path(repo: str, data_dir: Path) -> Path:

@@ -70,6 +70,10 @@ class ChatSession:
         await self._sio.emit("client_message", {"message": message, "fileReferences": []})
         return sent_at
 
+    async def change_settings(self, values: dict[str, Any]) -> None:
+        """Submit the chat settings panel (repository, ref, attempts) as the browser does."""
+        await self._sio.emit("chat_settings_change", values)
+
     async def wait_for(self, predicate: Callable[[Received], bool], *, since: float = 0.0,
                        timeout: float = 30.0) -> Received:
         """The first event after `since` that satisfies the predicate, waiting for it if need be."""
