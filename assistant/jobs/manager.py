@@ -261,7 +261,9 @@ class JobManager:
             def prepare_placed(request, **callbacks):
                 engine = None if self.pool is None else self.pool.place(
                     job.id, job.fence, control.cancelled, on_wait=lambda text: recorder.emit(Notice(text)))
-                return prepare(request, self.sandbox_config, engine=engine, warm=self.warm, **callbacks)
+                prepared = prepare(request, self.sandbox_config, engine=engine, warm=self.warm, **callbacks)
+                self._rewarm(job)  # the next job on this repository finds one ready, even straight after this one
+                return prepared
             outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.sandbox_config,
                               model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
                               emit=recorder.emit, control=control)

@@ -247,3 +247,34 @@ def test_nothing_is_keyed_where_a_sandbox_must_not_be_readied(tmp_path):
     assert warm_key(config, "docker", source, SETUP, OFF, None) is None  # setup to run, the cache off
     with_secret = SandboxConfig(data_dir=tmp_path, setup_secrets=(("TOKEN", "x" * 8),))
     assert warm_key(with_secret, "docker", source, SETUP, OFF, "k") != warm_key(config, "docker", source, SETUP, OFF, "k")
+
+
+def test_a_job_waits_for_its_sandbox_on_its_way_not_for_another(tmp_path, monkeypatch):
+    pool, repos, _ = make_pool(tmp_path)
+    repos.gate = threading.Event()
+    try:
+        pool.request("/repos/a", setup=SETUP)
+        settle(pool, starting=1)
+        threading.Timer(0.3, repos.gate.set).start()
+        started = time.monotonic()
+        prepared = take(pool, repos, "/repos/a")  # readied right after the previous job, still starting
+        assert prepared is not None and prepared.sandbox is repos.made[0] and time.monotonic() - started >= 0.25
+        assert pool.stats.hits == 1
+
+        repos.gate = threading.Event()
+        pool.request("/repos/a", setup=SETUP)
+        settle(pool, starting=1)
+        started = time.monotonic()
+        assert take(pool, repos, "/repos/b") is None       # another repository's sandbox is not waited for
+        assert take(pool, repos, "/repos/a", commands=["other"]) is None  # nor one with another key
+        assert time.monotonic() - started < 0.2
+
+        monkeypatch.setattr("assistant.sandbox.warm.ON_ITS_WAY_WAIT_S", 0.3)
+        started = time.monotonic()
+        assert take(pool, repos, "/repos/a") is None       # one that does not come in time: the job starts cold
+        assert 0.25 <= time.monotonic() - started < 2
+        repos.gate.set()
+        settle(pool, ready=1)
+    finally:
+        repos.gate.set()
+        pool.close()
