@@ -76,7 +76,7 @@ class Settings(BaseModel):
     docker_cert_dir: Path | None = Field(None, description="TLS client certificates of tcp:// engines: `<dir>/<engine name>/{ca,cert,key}.pem` (DOCKER_CERT_PATH's layout; DOCKER_CERT_PATH itself is the fallback).")
     diff_file_cap_mb: float = Field(5.0, gt=0, description="A changed file larger than this (MB) is listed in the diff with its size and sha256, not embedded.")
     diff_patch_cap_mb: float = Field(20.0, gt=0, description="The whole patch stops at the last file before this size (MB), marked truncated.")
-    warm_pool: bool = Field(True, description="Keep a sandbox ready for the conversation's repository (started when a chat has a repository, and again after each job: cloned at the current commit, set up from the setup cache, offline), so a job's agent starts without waiting for a container. Only where nothing must run ahead: no setup or setup the cache holds, no maintenance command, agent internet off, Docker backend.")
+    warm_pool: bool = Field(True, description="Keep a sandbox ready for the conversation's repository (started when a chat has a repository, and again as each job starts and ends: cloned at the current commit, set up from the setup cache, offline), so a job's agent starts without waiting for a container. Only where nothing must run ahead: no setup or setup the cache holds, no maintenance command, agent internet off, Docker backend.")
     warm_pool_size: int = Field(2, ge=1, le=16, description="Warm sandboxes at most, starting and ready together (each one idle container); the oldest ready one makes room for a new request.")
     warm_pool_idle_s: float = Field(600.0, gt=0, description="A warm sandbox no job took within this many seconds is removed.")
 
