@@ -140,11 +140,11 @@ class JobManager:
         if control is None:  # not ours (another process, or before a restart): just record it
             self._finish(job, states.CANCELLED, "cancelled by the user")
             return True
-        control.cancel()  # closing the sandbox kills whatever command runs; the pipeline then sees the flag
         if job.state == states.QUEUED:
             self._finish(job, states.CANCELLED, "cancelled by the user before it started")
         elif job.state in (states.PREPARING, states.SETTING_UP):  # say so now; the run stops as its sandbox closes
             self._finish(job, states.CANCELLED, "cancelled by the user before the agent started")
+        control.cancel()  # closing the sandbox kills whatever command runs; the pipeline then sees the flag
         return True
 
     def retry(self, job_id: str, attempts: int = 1) -> list[Job]:

@@ -204,8 +204,10 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
         last = setup_chunks[-1] if setup_chunks else None
         cite = f" 【{last.id}†L1-L{max(last.line_count, 1)}】" if last else ""
         return JobOutcome(states.FAILED, f"{exc}{cite}")
-    except SandboxError as exc:
-        return JobOutcome(states.CANCELLED if control.cancelled.is_set() else states.FAILED, str(exc))
+    except SandboxError as exc:  # after a cancel, the error is only the closed sandbox's
+        if control.cancelled.is_set():
+            return JobOutcome(states.CANCELLED, "cancelled by the user")
+        return JobOutcome(states.FAILED, str(exc))
     control.attach(prepared.sandbox)
     emit(SandboxReady(prepared.backend, prepared.base_commit, prepared.setup_network, prepared.agent_network,
                       prepared.cache_hit))

@@ -175,6 +175,30 @@ def test_cancel_stops_a_running_job(tmp_path, docker_engine, scripted_model, ass
     assert time.time() - started < 20
 
 
+def test_cancel_during_setup_stops_the_setup_command(tmp_path, docker_engine, scripted_model, assistant_for):
+    """The sandbox is known to the job as soon as it runs: a cancel while setup runs closes it, so the setup
+    command dies with it instead of running on until preparation returns."""
+    import time
+
+    from tests.jobs.queue_harness import managed_containers
+    repo = make_calc_repo(tmp_path / "calc")
+    assistant = assistant_for(scripted_model, ASSISTANT_SETUP_CACHE="false")
+    job = assistant.jobs.submit(JobRequest(task="x", repo=str(repo), setup=["sleep 120"]))[0]
+    deadline = time.time() + 60
+    while assistant.store.get_job(job.id).state != "setting_up" and time.time() < deadline:
+        time.sleep(0.1)
+    assert managed_containers(job.id), "the setup's sandbox should be running"
+    started = time.time()
+    assert assistant.jobs.cancel(job.id)
+    assert assistant.store.get_job(job.id).state == "cancelled"  # said at once
+    assistant.jobs.wait(job.id, timeout=60)
+    while managed_containers(job.id) and time.time() - started < 20:
+        time.sleep(0.2)
+    assert managed_containers(job.id) == [] and time.time() - started < 20
+    final = assistant.store.get_job(job.id)
+    assert final.state == "cancelled" and "before the agent started" in final.reason
+
+
 def test_missing_repo_fails_clearly(tmp_path, docker_engine, scripted_model, assistant_for):
     assistant = assistant_for(scripted_model)
     job = assistant.jobs.submit(JobRequest(task="x", repo=str(tmp_path / "nope"), setup=[]))[0]
