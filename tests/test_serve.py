@@ -140,9 +140,23 @@ async def start_job(url: str) -> str:
         await chat.close()
 
 
-def job_containers(job_id: str) -> list:
-    from assistant.sandbox.engine import JOB_LABEL, docker_client
-    return docker_client().containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"})
+def job_containers(job_id: str, data_dir: Path) -> list:
+    """The job's containers: labelled with it, or the one the job recorded (a warm sandbox keeps the label it was
+    readied with)."""
+    from assistant.sandbox.engine import JOB_LABEL, MANAGED_LABEL, docker_client
+    store = Store(f"sqlite:///{data_dir / 'assistant.db'}")
+    try:
+        recorded = store.get_job(job_id).container
+    finally:
+        store.close()
+    return [c for c in docker_client().containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"})
+            if c.labels.get(JOB_LABEL) == job_id or (recorded and c.id == recorded)]
+
+
+def server_containers(pid: int) -> list:
+    from assistant.sandbox.engine import MANAGED_LABEL, OWNER_LABEL, docker_client
+    return [c for c in docker_client().containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"})
+            if c.labels.get(OWNER_LABEL, "").endswith(f":{pid}")]
 
 
 def old_leftover(data_dir: Path) -> Path:
@@ -163,7 +177,7 @@ def test_a_stop_signal_interrupts_jobs_stops_the_children_and_frees_the_port(tmp
                     ASSISTANT_RETENTION_INTERVAL_MIN="0.02")
     job_id = asyncio.run(start_job(serve.url))
     server = serve.server_pid()
-    assert job_containers(job_id), "the job runs in a container"
+    assert job_containers(job_id, serve.data_dir), "the job runs in a container"
     deadline = time.monotonic() + 10
     while leftover.exists() and time.monotonic() < deadline:  # retention runs beside the server
         time.sleep(0.2)
@@ -174,7 +188,8 @@ def test_a_stop_signal_interrupts_jobs_stops_the_children_and_frees_the_port(tmp
     assert took < STOP_BUDGET_S and serve.proc.returncode == 0, serve.log.read_text()
     assert not alive(server)
     assert port_is_free(serve.port)
-    assert job_containers(job_id) == []
+    assert job_containers(job_id, serve.data_dir) == []
+    assert server_containers(server) == []  # nor a warm sandbox readied for the next job
     store = Store(f"sqlite:///{serve.data_dir / 'assistant.db'}")
     job = store.get_job(job_id)
     store.close()
@@ -194,7 +209,7 @@ def test_a_server_that_does_not_stop_in_time_is_killed_and_its_jobs_interrupted(
 
     assert took < STOP_BUDGET_S, serve.log.read_text()
     assert serve.proc.returncode != 0 and not alive(server) and port_is_free(serve.port)
-    assert job_containers(job_id) == []
+    assert job_containers(job_id, serve.data_dir) == []
     store = Store(f"sqlite:///{serve.data_dir / 'assistant.db'}")
     job = store.get_job(job_id)
     store.close()
