@@ -27,7 +27,7 @@ from ..store import Job, Store
 from . import states
 from .events import JobEventRecord, JobUpdate, Notice, StateChanged
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, run_job
-from .recorder import JobRecorder
+from .recorder import JobRecorder, model_summariser
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +230,8 @@ class JobManager:
     def _recorder(self, job: Job, control: RunControl | None = None) -> JobRecorder:
         """Records a job's events and end; a running job's (with its control) may ask the summary model for
         a summary it lacks, unless the server is stopping (it has seconds, not a model call's length)."""
-        def summarise(messages: list[dict]) -> str:
-            if self._stopping:
-                return ""
-            return self.model.complete("summary", messages, job_id=job.id, max_tokens=700).content or ""
-        return JobRecorder(self.store, job, self._publish, control, summarise=summarise if control else None,
+        summarise = model_summariser(self.model, job.id, lambda: self._stopping) if control else None
+        return JobRecorder(self.store, job, self._publish, control, summarise=summarise,
                            price_table=self.settings.price_table, currency=self.settings.price_currency)
 
     def _emit(self, job: Job, event: JobEventRecord) -> None:

@@ -147,6 +147,16 @@ class JobRecorder:
         self.publish_event(Finished(state, reason))
 
 
+def model_summariser(model, job_id: str, stopping: Callable[[], bool]) -> Summarise:
+    """The summary model writes the summary of a job that ended without one, unless its runner is stopping (it
+    has seconds then, not a model call's length: the log digest stands in)."""
+    def summarise(messages: list[dict]) -> str:
+        if stopping():
+            return ""
+        return model.complete("summary", messages, job_id=job_id, max_tokens=700).content or ""
+    return summarise
+
+
 def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> None:
     jobs = store.list_jobs(group_id=group_id)
     if any(j.state not in states.TERMINAL for j in jobs):

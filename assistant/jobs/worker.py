@@ -35,7 +35,7 @@ from .feed import DatabaseFeed
 from .manager import job_spec, sandbox_config
 from .pipeline import JobLimits, RunControl, RunLost, run_job
 from .queue import TASK_NAME, PatientStore, ensure_queue_schema, hand_back, queue_app
-from .recorder import JobRecorder
+from .recorder import JobRecorder, model_summariser
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class QueueWorker:
         control = run.control
         threading.Thread(target=self._watch_abort, args=(context, control), daemon=True,
                          name=f"abort-watch-{job_id}").start()
-        recorder = JobRecorder(fenced, job, self.publish, control, summarise=self._summariser(job_id),
+        recorder = JobRecorder(fenced, job, self.publish, control, summarise=model_summariser(self.model, job_id, self._stopping.is_set),
                                price_table=self.settings.price_table, currency=self.settings.price_currency)
 
         def prepare_placed(request, **callbacks):
@@ -175,14 +175,6 @@ class QueueWorker:
         finally:
             self.running.pop(job_id, None)
             control.cancelled.set()  # ends the watcher
-
-    def _summariser(self, job_id: str):
-        """The summary model writes the summary of a job that ended without one, unless this worker is stopping."""
-        def summarise(messages: list[dict]) -> str:
-            if self._stopping.is_set():
-                return ""
-            return self.model.complete("summary", messages, job_id=job_id, max_tokens=700).content or ""
-        return summarise
 
     def _engine_lost(self, engine: EngineSpec | None) -> str | None:
         """Why the run's engine is gone (then it is marked down), or None if it answers."""

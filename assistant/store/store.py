@@ -230,7 +230,6 @@ class Store:
             job = Job(id=fields.pop("id", None) or secrets.token_hex(4), task=task, repo=repo, thread_id=thread_id,
                       number=number, queued_at=utcnow(), runner=fields.pop("runner", None) or this_runner(), **fields)
             s.add(job)
-            s.flush()
             for kind, content in (artifacts or {}).items():
                 s.add(Artifact(job_id=job.id, kind=kind, content=content, created_at=utcnow()))
             if in_transaction is not None:
