@@ -158,7 +158,7 @@ async def refuse(exc: Exception) -> None:
 
     session = context.session
     log.warning("refused %s for session %s (thread %s): %s", getattr(session.user, "identifier", None), session.id,
-                session.thread_id, exc)
+                session.thread_id, exc)  # the ids stay in the log: the user learns nothing about others' threads
     text = str(exc) if isinstance(exc, SessionEnded) else f"Refused: {exc}."
     try:
         await context.emitter.send_toast(text, "error")

@@ -47,7 +47,7 @@ def thread_for(store: Store, thread_id: str | None, user: str | None) -> models.
     if thread is None:
         return None
     if not may_touch(store, thread, user):
-        raise NotYours(f"conversation {thread_id} is not yours")
+        raise NotYours("this conversation is not yours")
     return thread
 
 
@@ -70,5 +70,8 @@ def owned_job(store: Store, job_id: str | None, user: str | None) -> Job:
         return job
     if not job.thread_id:
         raise NotYours("no such job")
-    owned_thread(store, job.thread_id, user)
+    try:
+        owned_thread(store, job.thread_id, user)
+    except NotYours:
+        raise NotYours("no such job") from None  # the same words as for a job that does not exist
     return job

@@ -173,9 +173,12 @@ class SocketClient:
             with self._lock:
                 self.events.append((event, args[0] if len(args) == 1 else list(args)))
 
+        self.refused = threading.Event()
+
         @self.sio.event
         def connect_error(data):
             self.error = data
+            self.refused.set()
 
         @self.sio.event
         def disconnect(*_args):
@@ -188,10 +191,11 @@ class SocketClient:
         auth = {"sessionId": self.session_id, "clientType": "webapp", "userEnv": "{}", "chatProfile": None,
                 "threadId": self.thread_id}
         try:
-            self.sio.connect(self.url, socketio_path="/ws/socket.io", transports=["websocket"], auth=auth,
+            self.sio.connect(self.url, socketio_path="/ws/socket.io", transports=["polling"], auth=auth,
                              headers={"Cookie": f"access_token={self.token}"}, wait_timeout=30)
         except socketio.exceptions.ConnectionError as exc:
-            self.error = self.error or str(exc)
+            if not self.refused.wait(10):  # the server's reason arrives on the client's own thread
+                self.error = str(exc)
             return False
         self.sio.emit("connection_successful")
         return True

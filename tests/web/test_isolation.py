@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -85,9 +86,9 @@ def alice(world):
     owner = store.get_user("alice")
     base = git(repo, "rev-parse", "HEAD").strip()
     done = store.create_job(task=f"Add mul {SECRET}", repo=str(repo), thread_id=tid, user_id=owner.id,
-                            artifacts={"patch": PATCH, "cited_files": json.dumps({"calc.py": f"# {SECRET}\n"})})
-    store.update_job(done.id, state="succeeded", base_commit=base, summary=f"Added mul {SECRET}",
-                     outcome={"files": ["calc.py"]}, title="Add mul")
+                            artifacts={"patch": PATCH, "cited_files": json.dumps({"calc.py": f"# {SECRET}\n"})},
+                            state="succeeded", base_commit=base, summary=f"Added mul {SECRET}",
+                            outcome={"files": ["calc.py"]}, title="Add mul")
     queued = store.create_job(task=f"Add div {SECRET}", repo=str(repo), thread_id=tid, user_id=owner.id)
     element = Element(id=str(uuid.uuid4()), thread_id=tid, type="text", name="note", display="inline",
                       mime="text/plain", content=SECRET, props={})
@@ -164,13 +165,16 @@ def test_bob_can_touch_nothing_of_alices(world, alice):
     assert code == 401
 
     # 5. A real browser: bob opens her thread's page.
-    frames = browse_as_bob(url, alice["tid"])
+    frames = browse_as_bob(url, alice["tid"], world["app"].log_path)
     assert SECRET not in frames
 
     # Nothing of hers changed, and nothing of hers reached him.
     after = snapshot(world, alice)
     assert after == before
     received = bob.received() + intruder.received()
+    leaks = [e for e in bob.events + intruder.events if SECRET in json.dumps(e, default=str)
+             or alice["tid"] in json.dumps(e, default=str)]
+    assert not leaks, leaks[:3]
     assert SECRET not in received and alice["tid"] not in received
     assert alice["done"] not in received.replace(json.dumps(alice["done"]), "")  # no card, no diff of her job
     assert not [e for e in bob.events if e[0] in ("new_message", "update_message")
@@ -184,7 +188,7 @@ def test_bob_can_touch_nothing_of_alices(world, alice):
         lambda _e: store.get_job(alice["queued"]).state == "cancelled", timeout=30)
 
 
-def browse_as_bob(url: str, alice_tid: str) -> str:
+def browse_as_bob(url: str, alice_tid: str, log: Path) -> str:
     """Bob in Chromium at /thread/<her id>: whatever the page shows and the socket brings, as text."""
     playwright = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
@@ -210,10 +214,13 @@ def browse_as_bob(url: str, alice_tid: str) -> str:
             page.fill("input[name=password]", USERS["bob"])
             page.click("button[type=submit]")
             page.wait_for_selector("#chat-input", timeout=30_000)
-            # The page asks the server for her thread and is told no (the thread route, then the socket).
-            with page.expect_response(lambda r: f"/project/thread/{alice_tid}" in r.url, timeout=30_000) as asked:
-                page.goto(url + f"/thread/{alice_tid}")
-            assert asked.value.status in (401, 403, 404)
+            refusals = log.read_text().count(f"socket of bob refused: thread {alice_tid}")
+            page.goto(url + f"/thread/{alice_tid}")
+            # The page opens the chat socket with her thread id to resume it: the server refuses that socket.
+            deadline = time.monotonic() + 60
+            while log.read_text().count(f"socket of bob refused: thread {alice_tid}") == refusals:
+                assert time.monotonic() < deadline, "the browser's socket for her thread was never refused"
+                page.wait_for_timeout(200)
             page.wait_for_load_state("networkidle", timeout=30_000)
             page.screenshot(path=str(SCREENSHOTS / "isolation-bob-at-alices-thread.png"))
             text = page.inner_text("body")
