@@ -55,7 +55,7 @@ http_app.add_middleware(GateMiddleware)  # added last: runs first, so the viewer
 limit_cors(http_app, core.settings.origins())
 install_resume_without_sleep()
 install_routes(http_app, make_router(lambda: store, core.conversation.policy))
-install_routes(http_app, translations_router(passwords, GATE.throttle), first=True)
+install_routes(http_app, translations_router(passwords), first=True)
 relay: JobRelay | None = None
 # Jobs started by routing (not by /code or a button): "Answer instead" undoes the route until the agent starts.
 answerable_jobs: set[str] = set()

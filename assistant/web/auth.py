@@ -81,8 +81,7 @@ class PasswordBook:
         """What the login page says about the user name and the password."""
         if self.settings.users:
             return "Log in with your user name and password (the administrator set them in ASSISTANT_USERS)."
-        return (f"User name: {ADMIN}. The password was generated when the server first started: it is in "
-                f"{self.admin_password_file} on the server, and the server prints it when it starts.")
+        return f"Log in as {ADMIN}: the server made its password, in {self.admin_password_file} (printed at start)."
 
     def login_notice(self) -> str:
         if self.settings.users:

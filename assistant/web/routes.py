@@ -167,16 +167,10 @@ def install_routes(app, router: APIRouter, first: bool = False) -> None:
     app.router.routes[:] = rest[:position] + ours + rest[position:]
 
 
-LOCK_MESSAGES_KEPT = 3600  # "try again in N s" has a translation for every N up to this
-
-
-def translations_router(passwords, throttle) -> APIRouter:
-    """Chainlit's translations with the login page's words: what the user name is, where the generated admin
-    password lives, and each refusal the login can answer (the page looks its error up as a translation key)."""
+def translations_router(passwords) -> APIRouter:
+    """Chainlit's translations with the login page's words: what the user name is and where the generated admin
+    password lives. (Why a login was refused is put on the page by public/composer.js, in the server's words.)"""
     from chainlit.config import config
-
-    from .auth import TooManyAttempts
-    from .gate import WRONG_PASSWORD
 
     router = APIRouter()
 
@@ -189,13 +183,6 @@ def translations_router(passwords, throttle) -> APIRouter:
         login["title"] = passwords.login_hint()
         if not passwords.settings.users:
             login.setdefault("form", {}).setdefault("email", {})["placeholder"] = "admin"
-        errors = login.setdefault("errors", {})
-        errors[WRONG_PASSWORD] = "Wrong user name or password."
-        errors["credentialssignin"] = "Wrong user name or password."
-        longest = min(int(throttle.lock_max_s) + 1 if throttle else 0, LOCK_MESSAGES_KEPT)
-        for seconds in range(1, longest + 1):
-            message = str(TooManyAttempts(seconds))
-            errors[message] = message[:1].upper() + message[1:] + "."
         return JSONResponse(content={"translation": translation})
 
     return router

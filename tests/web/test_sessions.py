@@ -174,7 +174,7 @@ def screenshots_of_the_login_page(url: str) -> None:
                 page.fill("input[name=email]", name)
                 page.fill("input[name=password]", "nope")
                 page.click("button[type=submit]")
-                page.get_by_text("Wrong user name or password").first.wait_for(timeout=30_000)
+                page.get_by_text("Wrong user name or password.", exact=True).first.wait_for(timeout=30_000)  # not the toast
                 assert "credentialssignin" not in page.inner_text("body")
                 page.screenshot(path=str(SCREENSHOTS / f"login-wrong-password-{label}.png"))
                 locked = page.get_by_text(re.compile(r"Too many attempts, try again in \d+ s")).first
