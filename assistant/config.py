@@ -154,7 +154,7 @@ class Settings(BaseModel):
     @classmethod
     def _origins_well_formed(cls, value: str | None) -> str | None:
         for origin in (value or "").split(","):
-            origin = origin.strip()
+            origin = origin.strip().rstrip("/")
             if not origin:
                 continue
             if "*" in origin:
