@@ -160,7 +160,9 @@ class JobRelay:
             diff_props = await asyncio.to_thread(job_diff_view, self.store, job_id)
             await asyncio.to_thread(self._persist_diff, job, diff_props)
         tid = thread_id or job.thread_id
-        owner = await asyncio.to_thread(self.owner_of, tid)
+        owner = self._owners.get(tid) if tid else None
+        if owner is None:
+            owner = await asyncio.to_thread(self.owner_of, tid)
         for session in sessions_of(tid, owner):
             await self.show_card(session, job, content, diff_props)
         if job.state in states.TERMINAL:

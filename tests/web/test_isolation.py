@@ -54,6 +54,10 @@ def answered(client: SocketClient, needle: str):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("isolation")
     repo = make_repo(root / "repo")
+    (repo / "loop-a").symlink_to("loop-b")  # a committed symlink loop: reading it must be a clean "no such file"
+    (repo / "loop-b").symlink_to("loop-a")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "loop")
     model = scripts.install(ScriptedModelServer().start())
     app = AppProcess(root / "data", model.base_url, repo, root / "app.log", ASSISTANT_REPO_ROOTS=str(root),
                      ASSISTANT_WARM_POOL="false").start()
@@ -228,3 +232,13 @@ def browse_as_bob(url: str, alice_tid: str, log: Path) -> str:
             return text + "\n".join(frames) + "\n".join(responses)
         finally:
             browser.close()
+
+
+def test_a_symlink_loop_cited_in_a_conversation_is_a_clean_404(world, alice):
+    url, root = world["app"].url, world["root"]
+    for path in ("F:loop-a", "F:loop-b", "F:loop-a/x", "F:missing.py"):
+        code, headers, body = http("GET", url + f"/cite-thread/{alice['tid']}/{path}?L=1", token=alice["token"])
+        assert code == 404, (path, code, body[:300])
+        assert b"no such file" in body and str(root).encode() not in body
+    code, _, body = http("GET", url + f"/cite-thread/{alice['tid']}/F:calc.py?L=1", token=alice["token"])
+    assert code == 200 and b"def add" in body
