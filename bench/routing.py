@@ -4,7 +4,7 @@
                                       [--local-model GGUF] [--oracle]
 
 Without --set: the labelled set bench/routing_set.jsonl, by its parts (tune: what the classifier is trained
-on; heldout: fixed by a seeded hash, paraphrase-like; dev2: written apart, in real users' words). With
+on; heldout: fixed by a seeded hash, paraphrase-like; dev2 and dev3: written apart, in real users' words). With
 --set FILE: any JSON-lines file in the same format (keys id, split, class, route, job, text, repo, jobs;
 `split` may be anything, the file is scored as one part), e.g. a set the router has never seen.
 
@@ -73,7 +73,9 @@ def run_mode(items: list[Item], splits: list[str], route_one: Callable[[Item], R
     counts: dict[str, dict[str, Counter]] = {s: defaultdict(Counter) for s in splits}
     by_route: dict[str, dict[str, Counter]] = {s: defaultdict(Counter) for s in splits}
     wrong, seconds, all_seconds = [], defaultdict(list), []
-    for item in items:
+    for n, item in enumerate(items, 1):
+        if n % 20 == 0:
+            print(f"  … {n}/{len(items)}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         route = route_one(item)
         took = time.perf_counter() - started
@@ -177,6 +179,7 @@ def main() -> int:
     parser.add_argument("--local-model", type=Path, help="a GGUF for the embedded model (default: the product's)")
     parser.add_argument("--oracle", action="store_true", help="also route with the scripted oracle (plumbing check)")
     parser.add_argument("--show-wrong", action="store_true", help="list every wrong route")
+    parser.add_argument("--splits", help="only these parts of the labelled set, comma-separated (e.g. dev2,dev3)")
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
     args = parser.parse_args()
     modes_asked = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -194,7 +197,10 @@ def main() -> int:
         items = [Item(**{**i.__dict__, "split": "set"}) for i in items]
         splits = ["set"]
     else:
-        splits = [s for s in ("tune", "heldout", "dev2") if any(i.split == s for i in items)]
+        splits = [s for s in ("tune", "heldout", "dev2", "dev3") if any(i.split == s for i in items)]
+        if args.splits:
+            splits = [s for s in splits if s in args.splits.split(",")]
+            items = [i for i in items if i.split in splits]
 
     started = time.perf_counter()
     classifier = RouteClassifier.load()
