@@ -12,8 +12,9 @@ Ways of routing, per route, per class and overall:
   rules       the first-pass rules alone: right, wrong, or left open (to the model or classifier)
   classifier  rules + the shipped classifier (no model)
   model       rules + the router model alone (an unreadable reply counts as answered)
-  shipped     what the product does: with the embedded default model, rules, then the classifier where it
-              is sure, the model where it is not; with a configured endpoint, rules then that model
+  shipped     what the product does: with the embedded default model, rules, then the classifier (the model
+              only where the classifier is less sure than --model-below, by default never); with a
+              configured endpoint, rules then that model
   oracle      (--oracle) rules + the scripted model server replying with each message's labelled route: checks
               the plumbing (prompt, job numbers, chaining refusals), not a model's judgement
 The model is the configured endpoint when OPENAI_API_KEY / OPENAI_BASE_URL is set, else the embedded model,
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from assistant.config import load_settings  # noqa: E402
 from assistant.conversation.route_classifier import WEIGHTS_PATH, RouteClassifier  # noqa: E402
-from assistant.conversation.router import ROUTER_PROMPT_MARKER, Route, route_message  # noqa: E402
+from assistant.conversation.router import EMBEDDED_MODEL_BELOW, ROUTER_PROMPT_MARKER, Route, route_message  # noqa: E402
 from assistant.llm.client import ModelClient  # noqa: E402
 from assistant.testing.scripted_model import Reply, ScriptedModelServer  # noqa: E402
 from bench.routing_set import ROUTES, SET_PATH, Item, load_set  # noqa: E402
@@ -103,12 +104,14 @@ def _accuracy(c: Counter) -> float:
 
 def router(*, classifier: RouteClassifier | None = None, model: ModelClient | None = None,
            prepare: Callable[[Item], None] | None = None, constrained: bool = False,
-           embedded: bool = False) -> Callable[[Item], Route]:
+           embedded: bool = False, model_below: float | None = None) -> Callable[[Item], Route]:
+    below = {} if model_below is None else {"model_below": model_below}
+
     def route_one(item: Item) -> Route:
         if prepare is not None:
             prepare(item)
         return route_message(item.text, item.job_records(), model, repo=item.repo, classifier=classifier,
-                             constrained=constrained, embedded=embedded)
+                             constrained=constrained, embedded=embedded, **below)
     return route_one
 
 
@@ -179,6 +182,8 @@ def main() -> int:
     parser.add_argument("--local-model", type=Path, help="a GGUF for the embedded model (default: the product's)")
     parser.add_argument("--oracle", action="store_true", help="also route with the scripted oracle (plumbing check)")
     parser.add_argument("--show-wrong", action="store_true", help="list every wrong route")
+    parser.add_argument("--model-below", type=float, help="shipped mode with the embedded model: ask the model "
+                        "where the classifier's certainty (0..1) is below this (default: the product's setting)")
     parser.add_argument("--splits", help="only these parts of the labelled set, comma-separated (e.g. dev2,dev3)")
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
     args = parser.parse_args()
@@ -234,10 +239,13 @@ def main() -> int:
             modes["model"] = {"description": f"rules + router model alone: {endpoint}",
                               **run_mode(items, splits, router(model=client, constrained=constrained))}
         if "shipped" in modes_asked:
-            how = ("rules, classifier where sure, model where unsure" if embedded else "rules, then the model")
+            below = EMBEDDED_MODEL_BELOW if args.model_below is None else args.model_below
+            how = (f"rules, then the classifier; the model where the classifier's certainty < {below:g}" if embedded
+                   else "rules, then the model")
             modes["shipped"] = {"description": f"what the product ships ({how}): {endpoint}",
                                 **run_mode(items, splits, router(classifier=classifier, model=client,
-                                                                 constrained=constrained, embedded=embedded))}
+                                                                 constrained=constrained, embedded=embedded,
+                                                                 model_below=args.model_below))}
         if args.oracle:
             oracle, prepare, oracle_server = scripted_oracle()
             closers.append(oracle_server.stop)

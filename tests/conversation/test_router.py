@@ -187,12 +187,15 @@ SURE = RouteClassifier({"work": {"bias": 8.0, "weights": {}}, "followup": {"bias
 UNSURE = RouteClassifier({"work": {"bias": 0.0, "weights": {}}, "followup": {"bias": 0.0, "weights": {}}})
 
 
-def test_with_the_embedded_model_a_sure_classifier_decides_without_asking_the_model(scripted_model, settings_for):
+def test_with_the_embedded_model_the_classifier_decides_what_it_is_sure_of(scripted_model, settings_for):
     scripted_model.when_system_contains(ROUTER, [Reply.text('{"route": "answer"}')], repeat_last=True)
     client = ModelClient(settings_for(scripted_model))
     r = route_message("the login page breaks with long emails", [], client, classifier=SURE, embedded=True,
-                      constrained=True)
+                      constrained=True, model_below=0.6)
     assert (r.kind, r.decided_by) == ("job", "classifier")
+    # by default the embedded model is never asked (it routes worse than the classifier), however unsure
+    r = route_message("the numbers look odd", [], client, classifier=UNSURE, embedded=True, constrained=True)
+    assert r.decided_by == "classifier"
     assert scripted_model.requests == []
 
 
@@ -202,7 +205,7 @@ def test_with_the_embedded_model_an_unsure_classifier_asks_the_model_under_a_sch
     client = ModelClient(settings_for(scripted_model))
     js = jobs("Fix the off-by-one in paginate()", "Add CSV export")
     r = route_message("the numbers look odd now", js, client, classifier=UNSURE, embedded=True, constrained=True,
-                      repo=REPO)
+                      repo=REPO, model_below=0.6)
     assert (r.kind, r.job_id, r.decided_by, r.reference) == ("followup_job", "j2", "model", "default")
     request = scripted_model.requests[-1]
     assert request["messages"][0]["content"].startswith(ROUTER_PROMPT_MARKER)
@@ -210,7 +213,8 @@ def test_with_the_embedded_model_an_unsure_classifier_asks_the_model_under_a_sch
     assert request["response_format"] == {"type": "json_object", "schema": route_schema(js)}
     assert route_schema(js)["properties"]["route"]["enum"] == ["answer", "job", "followup_answer", "followup_job"]
     # with no jobs, the model cannot pick a follow-up
-    r = route_message("the numbers look odd", [], client, classifier=UNSURE, embedded=True, constrained=True)
+    r = route_message("the numbers look odd", [], client, classifier=UNSURE, embedded=True, constrained=True,
+                      model_below=0.6)
     assert (r.kind, r.decided_by) == ("answer", "model")
     assert scripted_model.requests[-1]["response_format"]["schema"]["properties"]["route"]["enum"] == ["answer", "job"]
 
@@ -226,7 +230,8 @@ def test_with_the_embedded_model_an_unreadable_reply_leaves_it_to_the_classifier
     scripted_model.when_system_contains(ROUTER, [Reply.text('{"route": "perhaps"}')], repeat_last=True)
     client = ModelClient(settings_for(scripted_model, ASSISTANT_MODEL_MAX_RETRIES=0))
     lean_job = RouteClassifier({"work": {"bias": 0.1, "weights": {}}, "followup": {"bias": -8.0, "weights": {}}})
-    r = route_message("the numbers look odd", [], client, classifier=lean_job, embedded=True, constrained=True)
+    r = route_message("the numbers look odd", [], client, classifier=lean_job, embedded=True, constrained=True,
+                      model_below=0.6)
     assert (r.kind, r.decided_by) == ("job", "classifier") and "could not decide" in r.reason
     assert len(scripted_model.requests) == 1
 
