@@ -55,8 +55,13 @@ def check_after(run_probe, result: ExecResult, disk_mb: int, *, full_is_cap: boo
     if probe.ok:
         return
     if QUOTA_TEXT in probe.output or (full_is_cap and FULL_TEXT in probe.output):
-        raise SandboxLimitReached(cap_reason(disk_mb))
+        raise _stopped(cap_reason(disk_mb), result)
     if FULL_TEXT in probe.output:
-        raise SandboxLimitReached("the sandbox engine's disk is full (not this job's cap): the job cannot write "
-                                  "anything more. Free space on the engine (assistant gc, docker image prune) and "
-                                  "retry the job.")
+        raise _stopped("the sandbox engine's disk is full (not this job's cap): the job cannot write anything more. "
+                       "Free space on the engine (assistant gc, docker image prune) and retry the job.", result)
+
+
+def _stopped(reason: str, result: ExecResult) -> SandboxLimitReached:
+    error = SandboxLimitReached(reason)
+    error.result = result  # the failed command's own result (its output, exit code), for whoever records it
+    return error
