@@ -89,10 +89,11 @@ if engine_answers; then
     driver=$(docker -H "$HOST" info --format '{{.Driver}} {{.DockerRootDir}}' 2>/dev/null)
     if [ "$QUOTA" != 0 ] && [ "${driver%% *}" != btrfs ]; then
         # Restarting an engine stops every container on it (other people's too): only say what to do.
+        then_image="./run.sh or ./test.sh build the sandbox image on the new data root"
+        [ -n "$NAME" ] && then_image="assistant sandbox push $NAME copies the sandbox image there"
         log "the running engine stores containers with ${driver%% *} in ${driver#* }, so per-job disk caps are not" \
             "enforced on it (it was started before this script moved engines onto a btrfs data root). To move it:" \
-            "stop it (kill \$(cat $PIDFILE)) and run this script again; ./run.sh or ./test.sh then build the" \
-            "sandbox image on the new data root."
+            "stop it (kill \$(cat $PIDFILE)) and run this script again; then $then_image."
     fi
     exit 0
 fi
