@@ -56,9 +56,14 @@ def _image_attrs(client, image: str) -> dict:
 # that scripts/ensure-docker.sh starts (btrfs storage driver), or an XFS project quota (overlay2 on xfs with pquota).
 # Whether an engine can is learned once per engine and process: from its storage driver, and for good from the
 # first create it refuses.
-_drivers: dict[EngineSpec, dict] = {}
-_uncapped: dict[EngineSpec, str] = {}   # engine -> why it cannot cap (it refused storage_opt)
+_drivers: dict = {}
+_uncapped: dict = {}   # engine key -> why it cannot cap (it refused storage_opt)
 _disk_lock = threading.Lock()
+
+
+def _key(engine: EngineSpec):
+    """The environment's engine is whichever DOCKER_HOST names at the time."""
+    return engine if engine.url else (engine, os.environ.get("DOCKER_HOST", ""))
 FIX_ENGINE = ("start the engine with scripts/ensure-docker.sh, which puts its data root on a btrfs file system with "
               "quotas (an engine it started earlier keeps its old data root: stop that dockerd first)")
 
@@ -66,14 +71,14 @@ FIX_ENGINE = ("start the engine with scripts/ensure-docker.sh, which puts its da
 def _storage(client, engine: EngineSpec) -> dict:
     """The engine's storage driver and backing file system, asked once per engine."""
     with _disk_lock:
-        if engine in _drivers:
-            return _drivers[engine]
+        if _key(engine) in _drivers:
+            return _drivers[_key(engine)]
     info = client.info()
     status = dict((pair[0], pair[1]) for pair in info.get("DriverStatus") or [] if len(pair) == 2)
     found = {"driver": info.get("Driver", "?"), "backing": status.get("Backing Filesystem", ""),
              "root": info.get("DockerRootDir", "")}
     with _disk_lock:
-        _drivers[engine] = found
+        _drivers[_key(engine)] = found
     return found
 
 
@@ -103,7 +108,7 @@ def _disk_options(client, engine: EngineSpec, config: SandboxConfig, image_attrs
     if not config.disk_mb:
         return None, None
     with _disk_lock:
-        why = _uncapped.get(engine)
+        why = _uncapped.get(_key(engine))
     if why is not None:
         return None, _uncapped_policy(config, engine, why)
     storage = _storage(client, engine)
@@ -220,7 +225,7 @@ class DockerSandbox(ChannelSandbox):
                 # This engine cannot cap a container's disk: learned once, then the policy decides.
                 why = _why_uncapped(_storage(client, spec), spec)
                 with _disk_lock:
-                    _uncapped[spec] = why
+                    _uncapped[_key(spec)] = why
                 storage_opt, disk_note = None, _uncapped_policy(config, spec, why)
                 created = create(None)
             container = client.containers.prepare_model({"Id": created["Id"]})

@@ -247,6 +247,6 @@ def test_an_engine_that_cannot_cap_is_named_and_the_policy_decides(uncapped_engi
         DockerSandbox.start(job_id="nocap2", config=refused, image=DEFAULT_IMAGE, network=False, engine=uncapped_engine)
     assert "cannot be enforced" in str(caught.value) and "ensure-docker.sh" in str(caught.value)
     assert "ASSISTANT_SANDBOX_DISK_MB=0" in str(caught.value)
-    assert docker_backend._uncapped.get(uncapped_engine)  # learned once for this engine
+    assert docker_backend._uncapped.get(docker_backend._key(uncapped_engine))  # learned once for this engine
     listed = docker_client(uncapped_engine).containers.list(all=True, filters={"label": "assistant.job=nocap2"})
     assert listed == []
