@@ -250,3 +250,23 @@ def test_an_engine_that_cannot_cap_is_named_and_the_policy_decides(uncapped_engi
     assert docker_backend._uncapped.get(docker_backend._key(uncapped_engine))  # learned once for this engine
     listed = docker_client(uncapped_engine).containers.list(all=True, filters={"label": "assistant.job=nocap2"})
     assert listed == []
+
+
+@pytest.mark.docker
+def test_doctor_says_which_enforcement_is_in_effect(capped_engine, uncapped_engine, tmp_path):
+    def doctor(engine: EngineSpec, **extra: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSISTANT_", "OPENAI_", "DOCKER_HOST"))}
+        if engine.url:
+            env["DOCKER_HOST"] = engine.url
+        env.update(ASSISTANT_DATA_DIR=str(tmp_path / "data"), ASSISTANT_CONFIG=str(tmp_path / "none.toml"),
+                   OPENAI_BASE_URL="http://127.0.0.1:9/v1", ASSISTANT_SANDBOX_DISK_MB="4096", **extra)
+        return subprocess.run([sys.executable, "-m", "assistant.cli", "doctor"], env=env, capture_output=True,
+                              text=True, timeout=120).stdout
+
+    capped = doctor(capped_engine)
+    assert "[ok ] disk cap: 4 GB per job: enforced by a btrfs quota on the engine's data root" in capped, capped
+    uncapped = doctor(uncapped_engine)
+    assert "[-- ] disk cap: 4 GB per job: not enforced:" in uncapped, uncapped
+    assert 'jobs run with a "disk not capped" note' in uncapped and "fix: start the engine with scripts/ensure-docker.sh" in uncapped
+    several = doctor(uncapped_engine, ASSISTANT_USERS="ann:pw1,bob:pw2")
+    assert "[NO ] disk cap: 4 GB per job: not enforced:" in several and "jobs are refused (several users)" in several
