@@ -53,6 +53,7 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         data_dir=settings.data_dir, backend=settings.sandbox_backend, image=settings.sandbox_image,
         memory_mb=settings.sandbox_memory_mb, cpus=settings.sandbox_cpus, pids_limit=settings.sandbox_pids,
+        disk_mb=settings.sandbox_disk_mb,
         job_wall_clock_s=settings.job_max_seconds, ca_bundle=settings.sandbox_ca_bundle,
         cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
         maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,

@@ -34,6 +34,7 @@ class SandboxConfig:
     memory_mb: int = 4096
     cpus: float = 2.0
     pids_limit: int = 512
+    disk_mb: int = 0  # disk cap per job (MiB) beyond the image, enforced by the kernel; 0 = none
     job_wall_clock_s: int = 3600
     output_cap_bytes: int = 1_000_000
     ca_bundle: str | None = None  # None = SSL_CERT_FILE or the system bundle; "" = do not copy
@@ -136,6 +137,10 @@ class PreparedSandbox:
 
 class SandboxError(Exception):
     """A failure a user can act on: the message says what happened and what to do."""
+
+
+class SandboxLimitReached(SandboxError):
+    """A limit of the sandbox stopped the job (its disk cap): the message is the job's reason as it stands."""
 
 
 class RepoError(SandboxError):

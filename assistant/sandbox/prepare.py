@@ -86,7 +86,8 @@ def prepare(
                 ready.sandbox.close()
                 raise
             return dataclasses.replace(ready, egress_policy=policy,
-                                       timings={**timings, "warm_take_s": time.monotonic() - clock})
+                                       timings={**timings, "warm_take_s": time.monotonic() - clock},
+                                       backend_fallback=_notes(ready.backend_fallback, ready.sandbox))
 
     sandbox = None
     results: list[ExecResult] = []
@@ -143,9 +144,15 @@ def prepare(
         timings=timings,
         setup_changes=setup_changes,
         backend=choice.backend,
-        backend_fallback=choice.fallback,
+        backend_fallback=_notes(choice.fallback, sandbox),
         egress_policy=policy,
     )
+
+
+def _notes(fallback: str | None, sandbox) -> str | None:
+    """The job card's warning: a weaker backend than configured, and/or a disk cap the engine could not enforce."""
+    notes = [note for note in (fallback, getattr(sandbox, "disk_note", None)) if note]
+    return "; ".join(notes) or None
 
 
 def _cached_setup(repo: str, config: SandboxConfig, backend: str, source: RepoSource, commands: list[str],
