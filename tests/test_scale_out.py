@@ -17,8 +17,8 @@ import pytest
 from assistant.jobs import events as ev
 from assistant.sandbox.engine import DEPLOYMENT_LABEL
 from assistant.store import Store
-from tests.jobs.queue_harness import (Workers, fresh_database, private_postgres, queue_env,  # noqa: F401
-                                      sleeping_agent, wait_for)
+from assistant.testing.scripted_model import Reply, by_turn
+from tests.jobs.queue_harness import AGENT, Workers, fresh_database, private_postgres, queue_env, wait_for  # noqa: F401
 from tests.sandbox.engines import (DEFAULT_URL, ensure_engine, extra_engines, hosts_setting, kill_engine,  # noqa: F401
                                    socket_url)
 from tests.web.harness import CHROMIUM, CHROMIUM_ARGS, USERS, AppProcess, login, make_repo, send
@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.browser, pyt
 
 JOBS = 12
 CAPACITY = 2
+HOLD_LIMIT_S = 100  # below the model timeout (120 s): a held reply never turns into a model error
 ENGINES = {"default": DEFAULT_URL, "scale-a": socket_url("scale-a"), "scale-b": socket_url("scale-b")}
 # Installed in web process 2's page before it loads: every state a job card takes in that page, as the browser
 # renders it ([time in s since the epoch, job number, card text]), so no state is missed between two looks.
@@ -80,7 +81,15 @@ def leftovers(deployment: str) -> dict[str, list[str]]:
 def test_scale_out_survives_worker_engine_web_and_database_failures(tmp_path, private_postgres, scripted_model,
                                                                     extra_engines):
     url = fresh_database(private_postgres, "scale_out")
-    sleeping_agent(scripted_model, 15)
+    # Every job's agent sleeps 15 s in its sandbox, then waits for the model's last turn, which is held until the
+    # scenario's failures are done: they happen while every job is under way, however slowly the machine submits them.
+    release = threading.Event()
+
+    def held_last_turn(_request: dict) -> Reply:
+        release.wait(HOLD_LIMIT_S)
+        return Reply.text("Done sleeping.")
+    scripted_model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command="sleep 15; echo slept"),
+                                                        held_last_turn)], repeat_last=True)
     repo = make_repo(tmp_path / "repo")
     data = tmp_path / "data"
     env = queue_env(url, scripted_model.base_url, data, ASSISTANT_DOCKER_HOSTS=hosts_setting(CAPACITY),
@@ -148,6 +157,7 @@ def test_scale_out_survives_worker_engine_web_and_database_failures(tmp_path, pr
         look(3)
         running_at_restart = running()
         private_postgres.restart()                                    # the database restarts
+        release.set()                                                 # the jobs may end now
         while time.time() - web1_killed < 400:
             look(2)
             if all(j.state in ("succeeded", "failed", "cancelled", "interrupted")
@@ -190,6 +200,7 @@ def test_scale_out_survives_worker_engine_web_and_database_failures(tmp_path, pr
         assert {n for n, text in shown_since_web1_died if "succeeded" in text} == {str(j.number) for j in jobs}
         assert any(t > web1_killed and "running" in text for t, _, text in seen)
     finally:
+        release.set()
         watch.stop.set()
         (tmp_path / "web2-cards.json").write_text(json.dumps(list(seen), indent=1))  # what web 2 showed, to read
         for closer in (browser.close, pw.stop, *(web.stop for web in webs), workers.stop_all):
