@@ -17,8 +17,8 @@ import pytest
 from assistant.jobs import events as ev
 from assistant.sandbox.engine import DEPLOYMENT_LABEL
 from assistant.store import Store
-from assistant.testing.scripted_model import Reply, by_turn
-from tests.jobs.queue_harness import AGENT, Workers, fresh_database, private_postgres, queue_env, wait_for  # noqa: F401
+from tests.jobs.queue_harness import (Workers, fresh_database, held_agent, private_postgres, queue_env,  # noqa: F401
+                                      wait_for)
 from tests.sandbox.engines import (DEFAULT_URL, ensure_engine, extra_engines, hosts_setting, kill_engine,  # noqa: F401
                                    socket_url)
 from tests.web.harness import CHROMIUM, CHROMIUM_ARGS, USERS, AppProcess, login, make_repo, send
@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.browser, pyt
 
 JOBS = 12
 CAPACITY = 2
-HOLD_LIMIT_S = 100  # below the model timeout (120 s): a held reply never turns into a model error
 ENGINES = {"default": DEFAULT_URL, "scale-a": socket_url("scale-a"), "scale-b": socket_url("scale-b")}
 # Installed in web process 2's page before it loads: every state a job card takes in that page, as the browser
 # renders it ([time in s since the epoch, job number, card text]), so no state is missed between two looks.
@@ -83,13 +82,7 @@ def test_scale_out_survives_worker_engine_web_and_database_failures(tmp_path, pr
     url = fresh_database(private_postgres, "scale_out")
     # Every job's agent sleeps 15 s in its sandbox, then waits for the model's last turn, which is held until the
     # scenario's failures are done: they happen while every job is under way, however slowly the machine submits them.
-    release = threading.Event()
-
-    def held_last_turn(_request: dict) -> Reply:
-        release.wait(HOLD_LIMIT_S)
-        return Reply.text("Done sleeping.")
-    scripted_model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command="sleep 15; echo slept"),
-                                                        held_last_turn)], repeat_last=True)
+    release = held_agent(scripted_model, 15)
     repo = make_repo(tmp_path / "repo")
     data = tmp_path / "data"
     env = queue_env(url, scripted_model.base_url, data, ASSISTANT_DOCKER_HOSTS=hosts_setting(CAPACITY),
