@@ -12,7 +12,10 @@ and a test checks every line against it.
 The dev2 part (ids d001 …) was written later, apart from everything the router was tuned on, in the words
 real users write (bug reports stated as facts, pasted tracebacks, "find and fix …", "run the tests and tell
 me …", "also …" follow-ups, questions about a job by pronoun, typos): it measures whether routing carries
-over to messages unlike the training set. The dev3 part (ids e001 …), written after the first changes and
+over to messages unlike the training set. Items r438 … r564 were added in round 2, in new words, for the kinds of
+error dev_v2 showed (questions, meta questions and small talk in conversations that have jobs but are not about
+them; "tell me / list / walk me through / what's the difference" asks; follow-ups by pronoun, "also …", "the
+cancelled one"); the seeded hash put a third of them in the held-out part like any other item. The dev3 part (ids e001 …), written after the first changes and
 likewise never trained on, holds longer, chattier messages (greetings, context, several sentences).
 
 bench/routing_dev_v2.jsonl (split dev_v2, ids h001 …) is a third set of 120 messages written by someone else,

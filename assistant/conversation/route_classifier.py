@@ -41,6 +41,51 @@ _PROBLEM = re.compile(r"\b(?:fails?|failing|failed|crash(?:es)?|throws?|broken|b
 _FOLLOW_WORDS = re.compile(r"\b(?:it|that|this|now|also|still|again|same|too|undo|revert|amend|redo|instead|"
                            r"anymore)\b", re.I)
 
+# Whether a message in a conversation with jobs is about one of them: pointers back at earlier work …
+_ANAPHOR = re.compile(r"\b(?:it|its|it's|that|those|them|these)\b(?!\s+(?:would|'d)\b)", re.I)
+_EXPLETIVE = re.compile(r"\b(?:is|was|would)\s+it\s+(?:safe|possible|ok|okay|worth|true|normal|better|bad|fine|a\s+good)\b"
+                        r"|\bit\s+would\s+be\b|\bit\s+(?:takes|seems|looks\s+like)\b|\bwhat\s+would\s+it\s+take\b", re.I)
+_YOUR_WORK = re.compile(r"\byour\s+(?:\w+\s+)?(?:fix|change|changes|patch|diff|commit|pr|version|code|edit|edits|approach|"
+                        r"work|refactor|migration|tests?)\b|\b(?:did|didn't|have|haven't)\s+you\b|"
+                        r"\b(?:why'd|why\s+did|how'd|how\s+did)\s+you\b|"
+                        r"\byou\s+(?:\w+ed|did|made|wrote|ran|broke|left|forgot|chose|built|put|took|threw|pick|picked)\b|"
+                        r"\b(?:after|since|with)\s+(?:your|the|that)\s+(?:last\s+)?(?:change|fix|patch|update|upgrade)\b", re.I)
+_THE_WORK = re.compile(r"\b(?:the|that|this)\s+(?:change|changes|fix|patch|diff|upgrade|refactor|migration|new\s+\w+|"
+                       r"[\w-]+\s+(?:one|job|thing|task|run|change|fix))\b|\b(?:cancelled|failed|stopped|finished)\s+one\b", re.I)
+_CARRY_ON = re.compile(r"^(?:\W*(?:ok|okay|nice|great|cool|good|thanks|hmm|so|and|but|now|wait|also)\b[\s,.!:\-]*)*"
+                       r"(?:also|continue|resume|retry|redo|revert|undo|roll\s+back|keep\s+going|pick\s+up|finish|"
+                       r"same|now\s+(?:do|make|add|also)|do\s+the\s+same|again)\b"
+                       r"|\b(?:too|as\s+well|again|still|anymore|instead|the\s+same|the\s+other|the\s+rest)\b"
+                       r"|\balso\s+" + signals.WORK_VERB_BASE.pattern, re.I)
+# … or cues of a new subject: the project as a whole, the assistant itself.
+_WHOLE_PROJECT = re.compile(r"\b(?:this|the|our)\s+(?:project|repo|repository|codebase|code\s+base|app|application|"
+                            r"service|team|cli|site|module|package)\b|\bwe\b|\bour\b|\bwhere(?:'s|\s+is|\s+do|\s+are)\b", re.I)
+_META = re.compile(r"\b(?:are\s+you|can\s+you\s+(?:see|run|read|remember|access)|what\s+can\s+you|do\s+you\s+"
+                   r"(?:keep|remember|run|change|see|store|have)|this\s+(?:chat|conversation)|how\s+many\s+jobs|"
+                   r"/ask|/code|which\s+model|what\s+model|asking\s+you|ask\s+you)\b", re.I)
+# Asking to be told, shown or advised, not to change anything: "can you tell me …", "walk me through …",
+# "what's the difference …", "give me a plan …, I'll do it myself".
+_READ_REQUEST = re.compile(r"^(?:\W*(?:ok|okay|so|hey|hi|quick\s+q(?:uestion)?|btw)\b[\s,.!:\-]*)*(?:please\s+)?"
+                           r"(?:(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?)?(?:tell\s+me|show\s+me|list|summari[sz]e|"
+                           r"explain|describe|walk\s+me\s+through|outline|compare|give\s+me\s+(?:a|an|the|some)\s+"
+                           r"(?:rough\s+)?(?:plan|estimate|overview|summary|outline|idea|list|rundown|breakdown)|"
+                           r"what's\s+the\s+difference|whats\s+the\s+difference|what\s+is\s+the\s+difference|"
+                           r"difference\s+between|point\s+me)\b"
+                           r"|\b(?:just\s+(?:the\s+plan|an?\s+outline|your\s+opinion|curious|thinking)|opinion\s+only|"
+                           r"i'll\s+(?:do|implement|write|build)\s+(?:it|the\s+\w+\s+\w+|the\s+\w+)\s+myself|"
+                           r"not\s+asking\s+(?:you\s+)?(?:to|for)|don't\s+(?:do|build|implement|change)\s+(?:it|anything)\s+yet|"
+                           r"no\s+changes|(?:i\s+want|i'd\s+like|help\s+me)\s+to\s+understand|help\s+me\s+understand|"
+                           r"where\s+would\s+you\s+(?:start|look)|how\s+would\s+you\s+(?:approach|go\s+about|tackle)|"
+                           r"before\s+(?:we|i)\s+(?:change|touch|fix)\s+anything)\b", re.I)
+
+
+def pointers(body: str) -> dict[str, bool]:
+    """How a message points back at earlier work, or away from it (evidence for the follow-up head)."""
+    unexpleted = _EXPLETIVE.sub(" ", body)
+    return {"anaphor": bool(_ANAPHOR.search(unexpleted)), "your_work": bool(_YOUR_WORK.search(body)),
+            "the_work": bool(_THE_WORK.search(body)), "carry_on": bool(_CARRY_ON.search(body)),
+            "whole_project": bool(_WHOLE_PROJECT.search(body)), "meta": bool(_META.search(body))}
+
 
 def _words(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
@@ -80,6 +125,7 @@ def features(text: str, jobs: list[Job]) -> dict[str, float]:
         "several_sentences": re.search(r"[.?!;:]\s+\S", body), "several_lines": "\n" in text.strip(),
         "short": len(words) <= 3,
         "later_order": signals.LATER_ORDER.search(body),
+        "read_request": _READ_REQUEST.search(body), "meta": _META.search(body),
         "run_order": signals.RUN_ORDER.match(body), "find_and_fix": signals.FIND_AND_FIX.search(body),
         "log_no_question": signals.PASTED_LOG.search(text) and "?" not in signals.log_prose(text),
         "log_and_question": signals.PASTED_LOG.search(text) and re.search(r"\?\s*$", text, re.M),
@@ -97,6 +143,12 @@ def features(text: str, jobs: list[Job]) -> dict[str, float]:
         f["ctx:follow_words"] = min(len(_FOLLOW_WORDS.findall(body)), 3) / 3
         f["ctx:points_back"] = 1.0 if signals.points_back(body) else 0.0
         f["ctx:latest_" + signals.latest(jobs).state] = 1.0
+        points = pointers(body)
+        f.update({"ctx:p_" + name: 1.0 for name, present in points.items() if present})
+        backward = ref is not None or f["ctx:title_overlap"] > 0 or any(
+            points[k] for k in ("anaphor", "your_work", "the_work", "carry_on"))
+        if not backward:
+            f["ctx:points_nowhere"] = 1.0
         for name in [k for k in f if k.startswith("s:")]:  # the same shape reads differently once jobs exist
             f["ctx+" + name] = 1.0
     return f

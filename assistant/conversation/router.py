@@ -37,7 +37,7 @@ class Route:
     job_id: str | None = None
     reason: str = ""
     decided_by: str = "rules"  # rules | model | classifier | command | fallback
-    reference: str = ""        # how a follow-up's job was named: number | ordinal | last | title | default | model
+    reference: str = ""        # how a follow-up's job was named: number | ordinal | last | state | title | default | model
 
     @property
     def is_job(self) -> bool:
