@@ -231,6 +231,9 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
                 print(event.text, end="", flush=True)
             elif event.kind == "tool":
                 _err(f"  ({event.text} {json.dumps(event.data.get('arguments'))[:120]})")
+            elif event.kind == "retract":  # the rest of that reply was unusable and is not shown
+                print(flush=True)
+                _err(f"(the model's reply was cut off: {event.text}; answering again)")
             elif event.kind == "error":
                 _err(f"error: {event.text}")
                 return 1

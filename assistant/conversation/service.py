@@ -46,7 +46,7 @@ ANSWER_KIND = "answer"
 
 @dataclass
 class AnswerEvent:
-    kind: str                      # about | token | tool | done | error
+    kind: str                      # about | token | tool | retract (drop the reply shown so far) | done | error
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -283,9 +283,7 @@ class _AnswerRun:
         messages.append({"role": "user", "content": render_prompt(
             "answer_excerpts_task.md", followup=followup, excerpts=self.retrieval.as_prompt(),
             question=self.question).strip()})
-        instructions = Instructions.from_prompts("answer_excerpts_system.md", "answer_excerpts_task.md",
-                                                 "answer_retry.md", "followup_context.md")
-        return (yield from self._guarded(messages, None, instructions))
+        return (yield from self._guarded(messages, None, Instructions.every_prompt()))
 
     def with_tools(self, history: list[dict[str, str]]):
         """A capable model: it looks things up itself with the read-only tools, a few turns at most."""
@@ -296,8 +294,7 @@ class _AnswerRun:
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         messages += self.c._trimmed_history(history)
         messages.append({"role": "user", "content": self.question})
-        instructions = Instructions.from_prompts("answer_system.md", "answer_retry.md", "followup_context.md")
-        return (yield from self._guarded(messages, tools, instructions))
+        return (yield from self._guarded(messages, tools, Instructions.every_prompt()))
 
     # ------------------------------------------------------------------ guard, retry, fallback
     def _guarded(self, messages: list[dict[str, Any]], tools: list[dict] | None, instructions: Instructions):

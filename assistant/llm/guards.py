@@ -8,12 +8,13 @@ before its second copy is shown.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from ..prompts import load_prompt
+from ..prompts import PROMPTS_DIR, load_prompt
 
 ECHO_WORDS = 10            # this many consecutive words of the instructions in a reply is an echo
 ECHO_LINE_CHARS = 25       # a line of the instructions this long, repeated verbatim, is an echo
@@ -28,7 +29,8 @@ SEPARATOR_RUN = 100        # ... for characters that draw rules and tables
 SEPARATORS = set("-=_*#~`.─━|+")
 BAD_CHARS = 2              # replacement / private-use characters tolerated below this count
 FOREIGN_RUN = 8            # CJK characters in a row, in a conversation that has none
-HOLD_CHARS = 300           # a line longer than this is judged and released without waiting for its end
+REPEAT_SPAN_WORDS = 10     # a run of this many words of prose seen before is a loop
+HOLD_WORDS = 12            # a stream is shown this many words behind the newest (> ECHO_WORDS, REPEAT_SPAN_WORDS)
 
 _WORD = re.compile(r"[a-z0-9_]+")
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -82,6 +84,12 @@ class Instructions:
     def from_prompts(cls, *names: str, extra: Sequence[str] = ()) -> "Instructions":
         return cls([*(load_prompt(n) for n in names), *extra])
 
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def every_prompt() -> "Instructions":
+        """All of the product's prompts: no reply to a user has reason to recite any of them."""
+        return Instructions(load_prompt(p.name) for p in sorted(PROMPTS_DIR.iterdir()) if p.is_file())
+
     def echoed_in(self, text: str) -> bool:
         words = _words(text)
         if any(tuple(words[i:i + ECHO_WORDS]) in self.ngrams for i in range(len(words) - ECHO_WORDS + 1)):
@@ -127,6 +135,9 @@ def _repetition(text: str) -> str | None:
     if sentences and sentences.most_common(1)[0][1] >= 2:
         return "the reply repeats itself"
     words = _words(" ".join(prose))
+    spans = Counter(tuple(words[i:i + REPEAT_SPAN_WORDS]) for i in range(len(words) - REPEAT_SPAN_WORDS + 1))
+    if spans and spans.most_common(1)[0][1] >= 2:
+        return "the reply repeats itself"
     grams = Counter(tuple(words[i:i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1))
     if grams and grams.most_common(1)[0][1] >= REPEAT_NGRAM_TIMES:
         return "the reply repeats itself"
@@ -139,9 +150,10 @@ def _repetition(text: str) -> str | None:
 class StreamGuard:
     """Judges a streamed reply as it grows; ``feed`` returns the text that may be shown now.
 
-    Complete lines are released once the whole text so far passes ``find_problem``; a long line without
-    an end is released up to its last space. The first problem stops all release (``problem`` says why):
-    the caller stops the stream and replaces the reply."""
+    Text is released word by word, HOLD_WORDS behind the newest word, once the whole text so far passes
+    ``find_problem``: a recitation (ECHO_WORDS words of a prompt) or the start of a repeat (REPEAT_SPAN_WORDS
+    words seen before) is caught before its first word is shown. The first problem stops all release
+    (``problem`` says why): the caller stops the stream and replaces the reply."""
 
     def __init__(self, instructions: Instructions | None = None, conversation: str = ""):
         self.instructions = instructions
@@ -149,17 +161,18 @@ class StreamGuard:
         self.text = ""
         self.released = 0
         self.problem: str | None = None
+        self._starts: list[int] = []     # where each whitespace-separated word of the text begins
 
     def feed(self, delta: str) -> str:
-        if self.problem:
+        if self.problem or not delta:
             return ""
+        # The last word may have grown: rescan from its start.
+        scan_from = self._starts.pop() if self._starts else 0
         self.text += delta
-        cut = self.text.rfind("\n") + 1
-        if cut <= self.released and len(self.text) - self.released > HOLD_CHARS:
-            cut = self.text.rfind(" ", self.released) + 1
-        if cut <= self.released:
+        self._starts += [m.start() + scan_from for m in re.finditer(r"\S+", self.text[scan_from:])]
+        if len(self._starts) <= HOLD_WORDS or self._starts[-HOLD_WORDS] <= self.released:
             return ""
-        return self._release(cut)
+        return self._release(self._starts[-HOLD_WORDS])
 
     def finish(self) -> str:
         """The rest, once the stream has ended (judged as a whole)."""
@@ -168,7 +181,7 @@ class StreamGuard:
         return self._release(len(self.text))
 
     def _release(self, cut: int) -> str:
-        self.problem = find_problem(self.text[:cut], self.instructions, conversation=self.conversation)
+        self.problem = find_problem(self.text, self.instructions, conversation=self.conversation)
         if self.problem:
             return ""
         out, self.released = self.text[self.released:cut], cut
