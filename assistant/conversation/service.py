@@ -278,7 +278,13 @@ class _AnswerRun:
         followup = ""
         if self.job is not None:
             followup = self.c._followup_context(self.job, self.job_files, max_diff=EXCERPT_DIFF_CHARS) + "\n\n"
-        messages: list[dict[str, Any]] = [{"role": "system", "content": load_prompt("answer_excerpts_system.md").strip()}]
+        example_question, example_answer = load_prompt("answer_excerpts_example.md").split("\n=====\n")
+        # A worked example shows a small model what a cited answer looks like; the same prefix on every
+        # question, so the server's prompt cache keeps it evaluated.
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": load_prompt("answer_excerpts_system.md").strip()},
+            {"role": "user", "content": example_question.strip()},
+            {"role": "assistant", "content": example_answer.strip()}]
         messages += self.c._trimmed_history(history)[-4:]
         messages.append({"role": "user", "content": render_prompt(
             "answer_excerpts_task.md", followup=followup, excerpts=self.retrieval.as_prompt(),
