@@ -68,6 +68,22 @@ class Retrieval:
         return "\n\n".join(parts)
 
 
+_JOINED = re.compile(r"【([^】]*[,;][^】]*)】")
+_ONE_FILE_CITATION = re.compile(r"^(?:F:)?([^†,;】\s][^†,;】]*)†(L\d+(?:-L\d+)?)$")
+
+
+def split_joined_citations(text: str) -> str:
+    """Small models join citations (【F:a.py†L1-L6, F:b.py†L8-L9】); the checker reads one per bracket, so
+    each becomes its own. Anything that is not a list of file citations is left as written (and unverified)."""
+    def split(match: re.Match) -> str:
+        parts = [p.strip() for p in re.split(r"[,;]", match.group(1))]
+        found = [_ONE_FILE_CITATION.match(p) for p in parts]
+        if not all(found):
+            return match.group(0)
+        return "".join(f"【F:{m.group(1).strip()}†{m.group(2)}】" for m in found)
+    return _JOINED.sub(split, text)
+
+
 def question_terms(question: str) -> list[str]:
     """Identifiers first (in backticks, snake_case, CamelCase, dotted, file names), then plain words."""
     idents, words = [], []

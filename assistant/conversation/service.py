@@ -24,7 +24,7 @@ from ..prompts import load_prompt, render_prompt
 from ..store import Job, NotFound, Store
 from .checkout import CheckoutError, reading_checkout
 from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
-from .retrieval import Retrieval, retrieve
+from .retrieval import Retrieval, retrieve, split_joined_citations
 from .route_classifier import shipped_classifier
 from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message
 
@@ -145,6 +145,7 @@ class Conversation:
             final = yield from answer.with_tools(history or [])
         if final is None:
             return
+        final = split_joined_citations(final)
         citations = self._check(final, repo_view, job, job_files)
         if answer.retrieval is not None and not any(c.valid for c in citations) and answer.retrieval.excerpts:
             # The answer came from these excerpts; when it cites none of them, say what it was based on.

@@ -300,3 +300,12 @@ def test_question_terms_put_identifiers_first():
     assert question_terms("Why does `parse_date` fail for ISO strings in utils/dates.py?") == [
         "parse_date", "ISO", "dates.py", "fail", "strings", "utils"]
     assert question_terms("What does the add function return?") == ["add"]
+
+
+def test_joined_citations_of_a_small_model_are_split_and_checked():
+    from assistant.conversation.retrieval import split_joined_citations
+    assert split_joined_citations("It is used 【F:calc.py†L1-L6, F:test_calc.py†L8-L15】.") == \
+        "It is used 【F:calc.py†L1-L6】【F:test_calc.py†L8-L15】."
+    assert split_joined_citations("x 【F:a.py†L1; b.py†L2-L3】") == "x 【F:a.py†L1】【F:b.py†L2-L3】"
+    assert split_joined_citations("not 【a list, of things】 here") == "not 【a list, of things】 here"
+    assert split_joined_citations("one 【F:a.py†L1-L2】") == "one 【F:a.py†L1-L2】"
