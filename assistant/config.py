@@ -55,7 +55,7 @@ class Settings(BaseModel):
     local_ctx: int = Field(8192, ge=512, description="Context size of the embedded model server.")
     local_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded model server (default: all cores but one).")
     local_batch: int = Field(512, ge=8, description="Prompt tokens the embedded model server evaluates per batch.")
-    local_prompt_cache_mb: int = Field(0, ge=0, description="RAM for the embedded model server's cache of earlier prompts' states, MiB (0: off; the live prompt's shared prefix is always reused).")
+    local_prompt_cache_mb: int = Field(512, ge=0, description="RAM for the embedded model server's cache of earlier prompts' states, MiB (0: off; the live prompt's shared prefix is always reused). With it, a quick answer after a routing or agent request starts from its evaluated prompt instead of evaluating it again (bench/local_model.py).")
 
     # Storage.
     data_dir: Path = Field(default_factory=_default_data_dir, description="Where the database, workspaces, logs and caches live.")

@@ -43,7 +43,7 @@ class LocalModelConfig:
     n_ctx: int = 8192
     n_threads: int | None = None  # None means all cores but one (see _default_threads)
     n_batch: int = 512
-    prompt_cache_mb: int = 0      # 0: no cache of whole prompt states beside the live one
+    prompt_cache_mb: int = 512    # 0: no cache of whole prompt states beside the live one
     chat_format: str | None = None  # a llama-cpp-python chat format; None lets the GGUF's own template decide
 
     @classmethod
