@@ -194,7 +194,8 @@ def test_agent_conversation_with_system_tool_calls_and_results(client, server):
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "3 passed in 0.01s"},
         {"role": "assistant", "content": '{"tool": "shell", "arguments": {"command": "git status"}}'},
-        {"role": "user", "content": [{"type": "text", "text": "On branch main, nothing to commit."}]},
+        # Plain text, as the product sends every message (the GGUF's template takes no content-part lists).
+        {"role": "user", "content": "On branch main, nothing to commit."},
     ]
     action = next_action(client, server.model_name, messages, TOOLS, temperature=0, max_tokens=300)
     assert isinstance(action, (ParsedCall, FinalAnswer))
