@@ -549,6 +549,9 @@ async def answer(text: str, route: Route, user_message_id: str | None, history: 
             about = f"**About job {event.data['number']}** · {plain(event.data.get('title') or '')}\n\n"
         elif event.kind == "token":
             await reply.stream_token(event.text if reply.content else about + event.text)
+        elif event.kind == "retract":  # the reply streamed so far is withdrawn (it went wrong); another follows
+            reply.content = about
+            await reply.update()
         elif event.kind == "tool":
             async with cl.Step(name=event.text, type="tool") as step:
                 step.input = event.data.get("arguments")

@@ -29,10 +29,29 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if args.no_workers:
         env["ASSISTANT_SERVE_WORKERS"] = "false"
+    if settings.uses_local_model and not _prepare_local_model(settings):
+        return 2
     _err(f"assistant: serving on http://{host}:{port} (data in {settings.data_dir})")
     cmd = [chainlit, "run", str(REPO_ROOT / "assistant" / "app.py"), "--headless", "--host", host, "--port", port]
     from .serve import serve
     return serve(settings, cmd, env, REPO_ROOT)
+
+
+def _prepare_local_model(settings: Settings) -> bool:
+    """Before the server starts: which embedded model, assembled and verified (a minute the first time), said once."""
+    from .llm.local import LocalModelConfig, LocalModelError, LocalModelServer, weights_verified
+    server = LocalModelServer(LocalModelConfig.from_settings(settings))
+    weights = server.config.bundled
+    if weights is not None and not weights_verified(server.config):
+        _err(f"assistant: first start: assembling {weights.description} ({weights.size_text}) from its packages "
+             "and checking its sha256")
+    try:
+        server.resolve_model()
+    except LocalModelError as exc:
+        _err(f"assistant: the embedded model cannot start: {exc}")
+        return False
+    _err(f"assistant: embedded model {server.describe()}")
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -212,6 +231,9 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
                 print(event.text, end="", flush=True)
             elif event.kind == "tool":
                 _err(f"  ({event.text} {json.dumps(event.data.get('arguments'))[:120]})")
+            elif event.kind == "retract":  # the rest of that reply was unusable and is not shown
+                print(flush=True)
+                _err(f"(the model's reply was cut off: {event.text}; answering again)")
             elif event.kind == "error":
                 _err(f"error: {event.text}")
                 return 1

@@ -51,9 +51,11 @@ class Settings(BaseModel):
     context_window: int = Field(128_000, ge=2048, description="Model context window in tokens; long jobs are compacted before they reach it.")
 
     # Embedded local model (used when neither OPENAI_API_KEY nor OPENAI_BASE_URL is set).
-    local_model: Path | None = Field(None, description="Path of a GGUF file for the embedded model server (default: the bundled Gemma 3 270M).")
+    local_model: str | None = Field(None, description="The embedded model: `qwen2.5-coder-1.5b` (default), `qwen2.5-coder-0.5b` (faster, weaker), or the path of a GGUF file of your own. The bundled models are assembled from pinned packages and their sha256 verified at first start.")
     local_ctx: int = Field(8192, ge=512, description="Context size of the embedded model server.")
     local_threads: int | None = Field(None, ge=1, description="CPU threads of the embedded model server (default: all cores but one).")
+    local_batch: int = Field(512, ge=8, description="Prompt tokens the embedded model server evaluates per batch.")
+    local_prompt_cache_mb: int = Field(512, ge=0, description="RAM for the embedded model server's cache of earlier prompts' states, MiB (0: off; the live prompt's shared prefix is always reused). With it, a quick answer after a routing or agent request starts from its evaluated prompt instead of evaluating it again (bench/local_model.py).")
 
     # Storage.
     data_dir: Path = Field(default_factory=_default_data_dir, description="Where the database, workspaces, logs and caches live.")
@@ -117,6 +119,7 @@ class Settings(BaseModel):
 
     # Conversation.
     answer_max_tokens: int = Field(2048, ge=16, description="Longest quick answer, in tokens (400 with the embedded model).")
+    answer_mode: Literal["auto", "tools", "excerpts"] = Field("auto", description="How quick answers read the code: tools (the model searches and reads with read-only tools), excerpts (the assistant searches for the question's words and gives the model numbered excerpts to answer from and cite: what a small model can do), or auto (excerpts with the embedded model, else tools).")
     answer_token_budget: int = Field(400_000, ge=1000, description="Tokens quick answers may spend per conversation.")
     default_repo: str | None = Field(None, description="Repository (path or git URL) a new conversation starts with.")
     default_ref: str | None = Field(None, description="Git ref a new conversation starts with.")

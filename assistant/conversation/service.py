@@ -18,11 +18,13 @@ from ..agent.tools import parse_arguments
 from ..config import Settings
 from ..jobs.manager import JobManager, JobRequest
 from ..llm.client import ModelClient, ModelError
+from ..llm.guards import Instructions, StreamGuard
 from ..llm.tokens import count_message_tokens
-from ..prompts import render_prompt
+from ..prompts import load_prompt, render_prompt
 from ..store import Job, NotFound, Store
 from .checkout import CheckoutError, reading_checkout
 from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
+from .retrieval import Retrieval, retrieve, split_joined_citations
 from .route_classifier import shipped_classifier
 from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message
 
@@ -44,7 +46,7 @@ ANSWER_KIND = "answer"
 
 @dataclass
 class AnswerEvent:
-    kind: str                      # about | token | tool | done | error
+    kind: str                      # about | token | tool | retract (drop the reply shown so far) | done | error
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -134,41 +136,22 @@ class Conversation:
             yield AnswerEvent("about", f"About job {job.number} · {job.title or job.task[:60]}",
                               {"job_id": job.id, "number": job.number, "title": job.title})
         repo_view = ReadOnlyRepo(root, self.policy)
-        tools = list(READ_TOOLS) + ([READ_LOG_TOOL] if job else [])
-        system = render_prompt("answer_system.md", repo=repo,
-                               followup=self._followup_context(job, job_files) if job else "")
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        messages += self._trimmed_history(history or [])
-        messages.append({"role": "user", "content": text})
-        final = ""
-        for _turn in range(MAX_ANSWER_TURNS):
-            completion = None
-            try:
-                for kind, value in self.model.stream_turn("answer", messages, tools=tools, thread_id=thread_id,
-                                                          max_tokens=self.settings.answer_max_tokens):
-                    if kind == "text":
-                        yield AnswerEvent("token", value)
-                    else:
-                        completion = value
-            except ModelError as exc:
-                yield AnswerEvent("error", str(exc))
-                return
-            assert completion is not None
-            if not completion.tool_calls:
-                final = completion.content or ""
-                break
-            messages.append(completion.as_message())
-            for call in completion.tool_calls:
-                try:
-                    args = parse_arguments(call.arguments)
-                    output = self._run_read_tool(repo_view, job, job_files, call.name, args)
-                except ValueError as exc:
-                    args, output = {}, f"error: {exc}"
-                yield AnswerEvent("tool", call.name, {"arguments": args, "output": output[:2000]})
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
+        answer = _AnswerRun(self, thread_id, text, repo, repo_view, job, job_files)
+        if self.settings.answer_mode == "excerpts" or (self.settings.answer_mode == "auto"
+                                                        and self.settings.uses_local_model):
+            final = yield from answer.from_excerpts(history or [])
         else:
-            final = final or "(I ran out of lookup turns before answering; ask a narrower question.)"
+            final = yield from answer.with_tools(history or [])
+        if final is None:
+            return
+        final = split_joined_citations(final)
         citations = self._check(final, repo_view, job, job_files)
+        if answer.retrieval is not None and not any(c.valid for c in citations) and answer.retrieval.excerpts:
+            # The answer came from these excerpts; when it cites none of them, say what it was based on.
+            read = "\n\n" + "Based on: " + ", ".join(e.citation for e in answer.retrieval.excerpts)
+            yield AnswerEvent("token", read)
+            final += read
+            citations = self._check(final, repo_view, job, job_files)
         yield AnswerEvent("done", final, {"citations": [c.as_dict() for c in citations],
                                           "job_id": job.id if job else None, "job_files": sorted(job_files),
                                           "repo_root": str(root)})
@@ -221,10 +204,10 @@ class Conversation:
             parent = self.store.get_job(parent).parent_job_id
         return ids
 
-    def _followup_context(self, job: Job, job_files: dict[str, str]) -> str:
+    def _followup_context(self, job: Job, job_files: dict[str, str], max_diff: int = 12_000) -> str:
         diff = self.store.get_artifact(job.id, "diff") or "(no diff)"
-        if len(diff) > 12_000:
-            diff = diff[:12_000] + "\n… (diff shortened)"
+        if len(diff) > max_diff:
+            diff = diff[:max_diff] + "\n… (diff shortened)"
         commands = "\n".join(f"- {c.id} (exit {c.exit_code}): {c.command[:160]}" for c in self.store.list_chunks(job.id)) or "(none)"
         kept = ", ".join(sorted(job_files)) or "(none)"
         return render_prompt("followup_context.md", number=str(job.number), title=job.title, state=job.state,
@@ -261,6 +244,142 @@ class Conversation:
             target = f"F:{c['target']}" if c["kind"] == "file" else c["target"]
             return f"{link_base}/{target}?L={c['start']}-{c['end']}"
         return render_markdown(text, citations, link)
+
+
+CUT_NOTE = ("\n\n*(The answer was cut here at the length limit of {limit} tokens; ask a narrower question, or raise "
+            "ASSISTANT_ANSWER_MAX_TOKENS.)*")
+LOOKUP_TURNS_NOTE = "(I ran out of lookup turns before answering; ask a narrower question.)"
+EXCERPT_DIFF_CHARS = 1500   # a follow-up's diff, for a small model's prompt
+
+
+class _AnswerRun:
+    """One quick answer: the model's turns streamed through an output guard, retried once when the reply is
+    unusable (an echo of its prompt, a loop, garbage), and replaced by the search result when the retry is
+    no better. Methods are generators of AnswerEvents that return the final text (None after an error)."""
+
+    def __init__(self, conversation: "Conversation", thread_id: str, question: str, repo: str,
+                 repo_view: ReadOnlyRepo, job: Job | None, job_files: dict[str, str]):
+        self.c = conversation
+        self.repo = repo
+        self.thread_id = thread_id
+        self.question = question
+        self.repo_view = repo_view
+        self.job = job
+        self.job_files = job_files
+        self.retrieval: Retrieval | None = None
+        self.limit = conversation.settings.answer_max_tokens
+
+    # ------------------------------------------------------------------ the two ways to answer
+    def from_excerpts(self, history: list[dict[str, str]]):
+        """A small model: the product searches and reads, the model answers from numbered excerpts."""
+        self.retrieval = retrieve(self.repo_view, self.question)
+        for name, args, output in self.retrieval.lookups:
+            yield AnswerEvent("tool", name, {"arguments": args, "output": output[:2000]})
+        followup = ""
+        if self.job is not None:
+            followup = self.c._followup_context(self.job, self.job_files, max_diff=EXCERPT_DIFF_CHARS) + "\n\n"
+        example_question, example_answer = load_prompt("answer_excerpts_example.md").split("\n=====\n")
+        # A worked example shows a small model what a cited answer looks like; the same prefix on every
+        # question, so the server's prompt cache keeps it evaluated.
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": load_prompt("answer_excerpts_system.md").strip()},
+            {"role": "user", "content": example_question.strip()},
+            {"role": "assistant", "content": example_answer.strip()}]
+        messages += self.c._trimmed_history(history)[-4:]
+        messages.append({"role": "user", "content": render_prompt(
+            "answer_excerpts_task.md", followup=followup, excerpts=self.retrieval.as_prompt(),
+            question=self.question).strip()})
+        return (yield from self._guarded(messages, None, Instructions.every_prompt()))
+
+    def with_tools(self, history: list[dict[str, str]]):
+        """A capable model: it looks things up itself with the read-only tools, a few turns at most."""
+        job = self.job
+        tools = list(READ_TOOLS) + ([READ_LOG_TOOL] if job else [])
+        system = render_prompt("answer_system.md", repo=self.repo,
+                               followup=self.c._followup_context(job, self.job_files) if job else "")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+        messages += self.c._trimmed_history(history)
+        messages.append({"role": "user", "content": self.question})
+        return (yield from self._guarded(messages, tools, Instructions.every_prompt()))
+
+    # ------------------------------------------------------------------ guard, retry, fallback
+    def _guarded(self, messages: list[dict[str, Any]], tools: list[dict] | None, instructions: Instructions):
+        problem = None
+        for attempt in range(2):
+            turn_messages = list(messages)
+            if attempt:
+                turn_messages.append({"role": "user", "content": render_prompt("answer_retry.md", problem=problem)})
+            result = yield from self._turns(turn_messages, tools, instructions)
+            if result is None:
+                return None
+            final, problem, shown, cut = result
+            if problem is None:
+                if cut:
+                    note = CUT_NOTE.format(limit=self.limit)
+                    yield AnswerEvent("token", note)
+                    final += note
+                return final
+            log.warning("quick answer withheld (attempt %d): %s", attempt + 1, problem)
+            if shown:
+                yield AnswerEvent("retract", problem)
+        if self.retrieval is None:
+            self.retrieval = retrieve(self.repo_view, self.question)
+            for name, args, output in self.retrieval.lookups:
+                yield AnswerEvent("tool", name, {"arguments": args, "output": output[:2000]})
+        fallback = self.retrieval.fallback_answer(problem or "no usable reply")
+        yield AnswerEvent("token", fallback)
+        return fallback
+
+    def _turns(self, messages: list[dict[str, Any]], tools: list[dict] | None, instructions: Instructions):
+        """Model turns until one answers without tool calls: (final, problem, shown text, cut) or None on error."""
+        shown = ""
+        for _turn in range(MAX_ANSWER_TURNS):
+            guard = StreamGuard(instructions, conversation=self.question)
+            completion = None
+            stream = self.c.model.stream_turn("answer", messages, tools=tools, thread_id=self.thread_id,
+                                              max_tokens=self.limit)
+            try:
+                for kind, value in stream:
+                    if kind == "text":
+                        released = guard.feed(value)
+                        if released:
+                            shown += released
+                            yield AnswerEvent("token", released)
+                        if guard.problem:
+                            break   # closing the stream stops the generation
+                    else:
+                        completion = value
+            except ModelError as exc:
+                yield AnswerEvent("error", str(exc))
+                return None
+            finally:
+                stream.close()
+            if guard.problem:
+                return "", guard.problem, shown, False
+            assert completion is not None
+            if not completion.tool_calls:
+                rest = guard.finish()
+                if guard.problem:
+                    return "", guard.problem, shown, False
+                if rest:
+                    shown += rest
+                    yield AnswerEvent("token", rest)
+                return guard.text, None, shown, completion.finish_reason == "length"
+            rest = guard.finish() if (completion.content or "").strip() else ""
+            if rest:
+                shown += rest
+                yield AnswerEvent("token", rest)
+            messages.append(completion.as_message())
+            for call in completion.tool_calls:
+                try:
+                    args = parse_arguments(call.arguments)
+                    output = self.c._run_read_tool(self.repo_view, self.job, self.job_files, call.name, args)
+                except ValueError as exc:
+                    args, output = {}, f"error: {exc}"
+                yield AnswerEvent("tool", call.name, {"arguments": args, "output": output[:2000]})
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
+        yield AnswerEvent("token", LOOKUP_TURNS_NOTE)
+        return LOOKUP_TURNS_NOTE, None, shown + LOOKUP_TURNS_NOTE, False
 
 
 __all__ = ["Conversation", "AnswerEvent", "Route", "ANSWER", "JOB", "FOLLOWUP_ANSWER", "FOLLOWUP_JOB"]

