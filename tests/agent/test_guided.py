@@ -239,3 +239,25 @@ def test_a_summary_saying_the_tests_pass_after_a_failing_last_run_is_unsupported
     assert outcome.state == states.SUCCEEDED and jobs.kind(outcome) == "draft"
     [claim] = check_claims(outcome.summary, jobs.log.records(), named_tests=outcome.outcome["test_commands"])
     assert not claim.supported and "the last test run failed" in claim.reason, claim
+
+
+# ---------------------------------------------------------------------------------------------- a real container
+@pytest.mark.docker
+def test_the_guided_harness_fixes_a_repository_in_a_real_container(tmp_path, docker_engine, scripted_model,
+                                                                   assistant_for):
+    from assistant.jobs.manager import JobRequest
+
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(GUIDED, [
+        action(action="replace_text", path="calc.py", old="return a - b", new="return a + b")])
+    assistant = assistant_for(scripted_model, ASSISTANT_AGENT_HARNESS="guided")
+    job = assistant.jobs.submit(JobRequest(task="Fix the failing test", repo=str(repo), setup=[]))[0]
+    job = assistant.jobs.wait(job.id, timeout=180)
+
+    assert job.state == "succeeded", job.reason
+    assert job.backend == "docker" and "lo" in job.agent_network
+    assert "+    return a + b" in assistant.store.get_artifact(job.id, "diff")
+    assert job.outcome["kind"] == "fix" and job.outcome["tests_passed"] is True
+    assert all(c["valid"] for c in job.citations) and all(c["supported"] for c in job.outcome["claims"])
+    commands = [c.command for c in assistant.store.list_chunks(job.id)]
+    assert commands[-2:] == ["apply_patch", "python3 -m unittest -v"], commands
