@@ -303,6 +303,7 @@ def main() -> int:
                            "note": outcome.get("note", ""), "load_before": load_before, "load_after": load(),
                            "patch": outcome["patch"][:4000]}
                     rows.append(row)
+                    write_results(args, rows, sets, agents, partial=True)
                     print(f"{set_name:8} {task.name:20} {agent:8} {'SOLVED' if solved else 'failed':7} "
                           f"{row['wall_s']:7.1f} s {row['tokens']:7d} tok  {row['status']}  load {row['load_after']}",
                           flush=True)
@@ -310,15 +311,21 @@ def main() -> int:
         relay.close()
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
-    summary = summarise(rows, sets, agents)
-    print_table(summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": args.model.name, "threads": args.threads, "ctx": args.ctx,
-                                    "job_seconds": args.job_seconds, "cpus": os.cpu_count(), "summary": summary,
-                                    "rows": rows, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    print_table(write_results(args, rows, sets, agents, partial=False))
     print(f"wrote {args.out}")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def write_results(args, rows: list[dict], sets: list[str], agents: list[str], *, partial: bool) -> list[dict]:
+    """The JSON after every task (a long run on a busy machine still leaves its figures), complete at the end."""
+    summary = summarise(rows, sets, agents)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": args.model.name, "threads": args.threads, "ctx": args.ctx,
+                                    "job_seconds": args.job_seconds, "cpus": os.cpu_count(), "partial": partial,
+                                    "summary": summary, "rows": rows,
+                                    "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    return summary
 
 
 def summarise(rows: list[dict], sets: list[str], agents: list[str]) -> list[dict]:

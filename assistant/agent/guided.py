@@ -160,6 +160,7 @@ class GuidedAgent:
         self.step = 0
         self.messages: list[dict[str, Any]] = []   # the last model request, for inspection
         self._started = 0.0
+        self._finalizing = False   # rolling back or keeping a candidate: budgets no longer stop the harness
         self._result = AgentResult(status="failed", summary="")
 
     # ------------------------------------------------------------------ entry point
@@ -197,33 +198,52 @@ class GuidedAgent:
         best: tuple[int, dict[str, str | None], Attempt] | None = None
         notes: list[str] = []
         any_edit = False
-        for number in range(1, self.candidates + 1):
-            attempt = Attempt(number)
-            prompt = self._first_message(task, context, instructions, command, baseline, code, notes)
-            self._attempt(attempt, prompt, command, files)
+        stopped = ""
+        attempt = Attempt(0)
+        try:
+            for number in range(1, self.candidates + 1):
+                attempt = Attempt(number)
+                prompt = self._first_message(task, context, instructions, command, baseline, code, notes)
+                self._attempt(attempt, prompt, command, files)
+                any_edit = any_edit or bool(attempt.edits)
+                if attempt.edits and (command is None or (attempt.last_run is not None and attempt.last_run.passed)):
+                    self._succeed(attempt, baseline, command)
+                    return
+                best = self._better(best, attempt)
+                notes.append(self._note(attempt))
+                if attempt.edits:
+                    self._restore(attempt.originals, f"roll back candidate {number}")
+                if number < self.candidates:
+                    self._say(f"Candidate {number} did not make the tests pass; trying another from the original code.")
+        except OutOfBudget as exc:
+            # Out of time or tokens in the middle of a candidate: its edits are judged like a finished one's,
+            # and the workspace is left as the candidates' outcome says (the budget no longer applies to that).
+            stopped = str(exc)
+            self._finalizing = True
             any_edit = any_edit or bool(attempt.edits)
-            if attempt.edits and (command is None or (attempt.last_run is not None and attempt.last_run.passed)):
-                self._succeed(attempt, baseline, command)
-                return
-            if attempt.score is not None and (best is None or attempt.score < best[0]):
-                best = (attempt.score, self._read(list(attempt.originals)), attempt)
-            notes.append(self._note(attempt))
+            best = self._better(best, attempt)
             if attempt.edits:
-                self._restore(attempt.originals, f"roll back candidate {number}")
-            if number < self.candidates:
-                self._say(f"Candidate {number} did not make the tests pass; trying another from the original code.")
+                self._restore(attempt.originals, f"roll back candidate {attempt.number}")
+        self._finalizing = True
         baseline_score = baseline.score if baseline else 100
         result.status = "failed"
+        prefix = f"{stopped}; " if stopped else ""
         if best is not None and best[0] < baseline_score:
-            _score, texts_after, attempt = best
-            self._restore(texts_after, f"keep candidate {attempt.number}")
-            attempt.last_run = self._run_tests(command) if command else attempt.last_run
-            result.summary = self._summary(attempt, baseline, command, kept_failing=True)
-            result.reason = (f"no candidate made the tests pass; candidate {attempt.number} (fewest failures) is kept "
-                             "as a draft")
+            _score, texts_after, kept = best
+            self._restore(texts_after, f"keep candidate {kept.number}")
+            kept.last_run = self._run_tests(command) if command else kept.last_run
+            result.summary = self._summary(kept, baseline, command, kept_failing=True)
+            result.reason = (f"{prefix}no candidate made the tests pass; candidate {kept.number} (fewest failures) is "
+                             "kept as a draft")
             return
-        result.reason = ("no candidate edit made the tests pass; the code is left as it was" if any_edit else
-                         "the model proposed no applicable change; the code is left as it was")
+        result.reason = prefix + ("no candidate edit made the tests pass; the code is left as it was" if any_edit else
+                                  "the model proposed no applicable change; the code is left as it was")
+
+    def _better(self, best, attempt: Attempt):
+        """The best candidate so far: (score, the files' texts after it, the attempt)."""
+        if attempt.score is not None and (best is None or attempt.score < best[0]):
+            return attempt.score, self._read(list(attempt.originals)), attempt
+        return best
 
     # ------------------------------------------------------------------ survey and tests
     def _survey(self) -> tuple[set[str], bool]:
@@ -519,6 +539,8 @@ class GuidedAgent:
     def _check_budget(self) -> None:
         if self.cancel.is_set():
             raise Cancelled()
+        if self._finalizing:
+            return
         elapsed = time.monotonic() - self._started
         if elapsed > self.budgets.max_seconds:
             raise OutOfBudget(f"time budget exhausted ({self.budgets.max_seconds:.0f} s; ASSISTANT_JOB_MAX_SECONDS)")

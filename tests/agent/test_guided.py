@@ -75,8 +75,9 @@ def jobs(tmp_path, scripted_model, settings_for):
         log = MemoryLog()
         events: list = []
 
-        def run(self, repo, task="Fix the failing test", harness="guided", protocol="grammar", candidates=3):
-            settings = settings_for(scripted_model, ASSISTANT_AGENT_HARNESS=harness,
+        def run(self, repo, task="Fix the failing test", harness="guided", protocol="grammar", candidates=3,
+                max_steps=60):
+            settings = settings_for(scripted_model, ASSISTANT_AGENT_HARNESS=harness, ASSISTANT_JOB_MAX_STEPS=max_steps,
                                     ASSISTANT_TOOL_PROTOCOL=protocol, ASSISTANT_GUIDED_CANDIDATES=candidates)
             return run_job(JobSpec(job_id="job1", task=task, repo=str(repo), setup=[]),
                            prepare=lambda request, **cb: prepare(request, config, start=start, **cb), config=config,
@@ -261,3 +262,15 @@ def test_the_guided_harness_fixes_a_repository_in_a_real_container(tmp_path, doc
     assert all(c["valid"] for c in job.citations) and all(c["supported"] for c in job.outcome["claims"])
     commands = [c.command for c in assistant.store.list_chunks(job.id)]
     assert commands[-2:] == ["apply_patch", "python3 -m unittest -v"], commands
+
+
+def test_out_of_budget_in_the_middle_of_a_candidate_rolls_it_back(tmp_path, scripted_model, jobs):
+    """A step budget that ends inside a failing candidate leaves the original code, and says why."""
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(GUIDED, [
+        action(action="replace_lines", path="calc.py", start=2, end=2, text="    return a * b"),
+        action(action="view", path="calc.py", start=1, end=6)], repeat_last=True)
+    outcome = jobs.run(repo, max_steps=3)
+
+    assert outcome.state == states.FAILED and outcome.reason.startswith("step budget exhausted"), outcome.reason
+    assert "left as it was" in outcome.reason and outcome.patch.strip() == ""
