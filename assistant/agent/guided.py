@@ -507,7 +507,7 @@ class GuidedAgent:
 
     # ------------------------------------------------------------------ tools, budgets, events
     def _shell(self, command: str) -> ToolOutcome:
-        self._check_budget()
+        self._check_cancel()
         self.step += 1
         self.on_event("tool_start", {"step": self.step, "tool": "shell", "arguments": {"command": command}})
         outcome = self.env.shell(command)
@@ -523,7 +523,7 @@ class GuidedAgent:
         return outcome
 
     def _apply(self, patch: str, title: str = "") -> ToolOutcome:
-        self._check_budget()
+        self._check_cancel()
         self.step += 1
         self.on_event("tool_start", {"step": self.step, "tool": "apply_patch", "arguments": {"patch": patch}})
         outcome = self.env.apply_patch(patch)
@@ -536,9 +536,13 @@ class GuidedAgent:
     def _say(self, text: str) -> None:
         self.on_event("message", {"text": text, "step": self.step})
 
-    def _check_budget(self) -> None:
+    def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled()
+
+    def _check_budget(self) -> None:
+        """Before a model turn (the expensive part): an answer already paid for is still applied and tested."""
+        self._check_cancel()
         if self._finalizing:
             return
         elapsed = time.monotonic() - self._started
