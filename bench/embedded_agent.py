@@ -103,6 +103,8 @@ class CountingRelay:
                 except urllib.error.HTTPError as exc:
                     status, data, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
                 relay.count(data)
+                if relay.transcript is not None and body:
+                    relay.record(body, data)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype or "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -119,6 +121,20 @@ class CountingRelay:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    transcript: Path | None = None
+
+    def record(self, body: bytes, data: bytes) -> None:
+        """The last message of each request and the reply, one JSON line each (what the model saw and said)."""
+        try:
+            request = json.loads(body)
+            reply = json.loads(data)["choices"][0]["message"].get("content")
+        except (ValueError, KeyError, IndexError, TypeError):
+            reply = data[:500].decode("utf-8", "replace")
+            request = {} if not body.startswith(b"{") else json.loads(body)
+        last = (request.get("messages") or [{}])[-1].get("content")
+        with self._lock, self.transcript.open("a") as out:
+            out.write(json.dumps({"last_message": str(last)[-1500:], "reply": reply}) + "\n")
 
     def count(self, data: bytes) -> None:
         usages = []
@@ -282,6 +298,9 @@ def main() -> int:
     os.chmod(scratch, 0o711)
     server, upstream = start_llama_server(args.model, args.threads, args.ctx, scratch / "llama-server.log")
     relay = CountingRelay(upstream)
+    relay.transcript = args.out.with_suffix(".transcript.jsonl")
+    relay.transcript.parent.mkdir(parents=True, exist_ok=True)
+    relay.transcript.write_text("")
     rows: list[dict] = []
     print(f"model {args.model.name}, {args.threads} threads, ctx {args.ctx}; load before: {load()}", flush=True)
     try:

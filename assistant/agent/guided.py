@@ -294,9 +294,12 @@ class GuidedAgent:
         named = named_files(task, files)
         code_first = [p for p in from_output + definitions + named if not is_test_path(p.path)]
         tests = [p for p in from_output + definitions + named if is_test_path(p.path)]
-        overview = [Place(path, 1, "overview") for path in source_files(files)[:8]]
+        overview = [Place(path, 1, "overview") for path in source_files(files)[:8] if not is_test_path(path)]
+        # Tests are shown only when nothing else was found: the failure output already quotes the failing line,
+        # and a small model shown a test file tends to edit the test instead of the code.
+        shown_tests = [] if code_first or overview else tests
         ordered: list[Place] = []
-        for place in code_first + tests + overview:
+        for place in code_first + shown_tests + overview:
             if all((p.path, p.line) != (place.path, place.line) for p in ordered):
                 ordered.append(place)
         shown = ", ".join(f"{p.path}:{p.line}" for p in (code_first + tests)[:6]) or "nothing specific"
