@@ -211,8 +211,12 @@ def run_product(task: Task, repo: Path, base_url: str, work: Path, job_seconds: 
            "ASSISTANT_CONTEXT_WINDOW": "8192", "ASSISTANT_WARM_POOL": "false",
            "ASSISTANT_CONFIG": str(work / "none.toml"), "NO_PROXY": "127.0.0.1,localhost"}
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "assistant.cli", "run", "--repo", str(repo), "--json", task.task],
-                         capture_output=True, text=True, env=env, timeout=job_seconds + 600)
+    try:
+        run = subprocess.run([sys.executable, "-m", "assistant.cli", "run", "--repo", str(repo), "--json", task.task],
+                             capture_output=True, text=True, env=env, timeout=job_seconds + 900)
+    except subprocess.TimeoutExpired:
+        return {"wall_s": time.monotonic() - started, "patch": "", "status": "timed out",
+                "note": f"`assistant run` did not end within {job_seconds + 900} s"}
     wall = time.monotonic() - started
     try:
         result = json.loads(run.stdout[run.stdout.index("{"):])
@@ -329,7 +333,10 @@ def main() -> int:
     finally:
         relay.close()
         os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
     print_table(write_results(args, rows, sets, agents, partial=False))
     print(f"wrote {args.out}")
     shutil.rmtree(scratch, ignore_errors=True)
