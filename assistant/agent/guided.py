@@ -160,6 +160,7 @@ class GuidedAgent:
         self.step = 0
         self.messages: list[dict[str, Any]] = []   # the last model request, for inspection
         self._started = 0.0
+        self._shown_code: list[str] = []   # code files (no tests) whose windows the model was shown
         self._finalizing = False   # rolling back or keeping a candidate: budgets no longer stop the harness
         self._result = AgentResult(status="failed", summary="")
 
@@ -309,6 +310,7 @@ class GuidedAgent:
     def _render_code(self, places: list[Place], texts: dict[str, str | None]) -> str:
         present = {k: v for k, v in texts.items() if v is not None}
         chosen = windows_for(places, present)
+        self._shown_code = [path for path in chosen if not is_test_path(path)]
         parts = [render_window(path, present[path], first, last)
                  for path in chosen for first, last in chosen[path]]
         return "\n\n".join(parts) or "(no code could be located; use view or run to look around)"
@@ -379,6 +381,8 @@ class GuidedAgent:
         kind = action["action"]
         try:
             path = clean_path(action["path"])
+            if kind == "replace_text":
+                path = self._file_holding(path, action["old"])
             if is_test_path(path) and path in files:
                 raise EditError(f"{path} is a test file: change the code under test, not the tests")
             before = self._read([path]).get(path)
@@ -414,6 +418,20 @@ class GuidedAgent:
             return "Edit applied; the tests pass."
         return (f"Edit applied:\n{window}\nThe tests still fail:\n```\n{failure_excerpt(run.output)}\n```\n"
                 "Fix the code further, or finish if you cannot.")
+
+    def _file_holding(self, path: str, old: str) -> str:
+        """Where a snippet edit belongs. A small model often copies the path from the traceback (the test file)
+        while its snippet is the code under test it was shown: when the snippet is not in the named file (or
+        that is a test) but in exactly one shown code file, that file is meant."""
+        texts = self._read([path, *self._shown_code])
+        named = texts.get(path)
+        if named is not None and not is_test_path(path) and _holds(named, old):
+            return path
+        holders = [p for p in self._shown_code if p != path and texts.get(p) is not None and _holds(texts[p], old)]
+        if len(holders) == 1:
+            self._say(f"The edit named {path}, but its text is in {holders[0]}: applied there.")
+            return holders[0]
+        return path
 
     def _window_after(self, path: str, text: str, first: int, last: int) -> str:
         count = len(text.splitlines())
@@ -557,6 +575,14 @@ class GuidedAgent:
                               "ASSISTANT_JOB_MAX_TOKENS)")
         if self._result.steps > self.budgets.max_steps:
             raise OutOfBudget(f"step budget exhausted ({self.budgets.max_steps} model turns; ASSISTANT_JOB_MAX_STEPS)")
+
+
+def _holds(text: str, snippet: str) -> bool:
+    try:
+        replace_snippet(text, snippet, snippet + "\u0000")
+        return True
+    except EditError:
+        return False
 
 
 def _cite(run: TestRun) -> str:

@@ -274,3 +274,16 @@ def test_out_of_budget_in_the_middle_of_a_candidate_rolls_it_back(tmp_path, scri
 
     assert outcome.state == states.FAILED and outcome.reason.startswith("step budget exhausted"), outcome.reason
     assert "left as it was" in outcome.reason and outcome.patch.strip() == ""
+
+
+def test_a_snippet_edit_that_names_the_test_file_from_the_traceback_goes_to_the_code_shown(tmp_path, scripted_model,
+                                                                                        jobs):
+    """What the real 1.5B model did: the right snippet, with the path copied from the traceback."""
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(GUIDED, [
+        action(action="replace_text", path="/workspace/test_calc.py", old="return a - b", new="return a + b")])
+    outcome = jobs.run(repo)
+
+    assert outcome.state == states.SUCCEEDED, outcome.reason
+    assert outcome.outcome["files"] == [["modified", "calc.py"]]
+    assert any("its text is in calc.py" in e.text for e in jobs.events if isinstance(e, ev.AgentMessage))
