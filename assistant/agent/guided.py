@@ -321,7 +321,9 @@ class GuidedAgent:
         if baseline is None:
             tests = "No test command is known for this repository."
         elif baseline.passed:
-            tests = f"The tests (`{command}`) pass now; the task asks for a change they do not cover yet."
+            tests = (f"The tests (`{command}`) pass now; the task asks for a change they do not cover yet. "
+                     "To add new code, use insert_lines after the last line of a file, so the code there stays "
+                     "as it is.")
         else:
             tests = f"The tests (`{command}`) fail:\n```\n{failure_excerpt(baseline.output)}\n```"
         extra = context
