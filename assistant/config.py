@@ -46,6 +46,8 @@ class Settings(BaseModel):
     agent_model: str | None = Field(None, description="Model that drives coding jobs.")
     summary_model: str | None = Field(None, description="Model that writes the summary of a job that ended without one (failed, cancelled, out of budget) from its log.")
     tool_protocol: Literal["auto", "native", "text", "grammar"] = Field("auto", description="How the agent calls tools: native function calls, a fenced-block text protocol, grammar (JSON-schema-constrained actions, for llama.cpp servers), or auto (native, falling back to text when the endpoint rejects tools; grammar with the embedded model).")
+    agent_harness: Literal["auto", "guided", "free"] = Field("auto", description="How a coding job is driven: free (the model navigates with shell and apply_patch), guided (the product runs the tests, localizes the failure, shows the code with line numbers, and the model picks constrained edits that the tests validate; for small models), or auto (guided when the agent uses grammar-constrained actions, as with the embedded model; free otherwise).")
+    guided_candidates: int = Field(3, ge=1, le=10, description="Candidate edits the guided harness tries in one job: one that leaves the tests failing is rolled back and the next starts from the original code; the first passing one is kept.")
     model_timeout_s: float = Field(120.0, gt=0, description="Timeout of one model request, in seconds.")
     model_max_retries: int = Field(4, ge=0, le=20, description="Retries (with exponential backoff) on 429, 5xx, timeouts, dropped connections, cut streams and 200 answers that are no completion.")
     context_window: int = Field(128_000, ge=2048, description="Model context window in tokens; long jobs are compacted before they reach it.")

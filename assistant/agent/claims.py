@@ -15,7 +15,7 @@ from .evidence import LogRecord, is_test_command, last_edit, verdict
 
 UNSUPPORTED = "⚠ not supported by the log"
 
-_TESTS = re.compile(r"\b(tests?|testing|test[- ]suites?|suites?|specs?|pytest|py\.test|unittest|tox|nox|jest|vitest|"
+_TESTS = re.compile(r"\b(test_\w+|\w+_tests?|Test[A-Z]\w*|tests?|testing|test[- ]suites?|suites?|specs?|pytest|py\.test|unittest|tox|nox|jest|vitest|"
                     r"mocha|rspec|go test|cargo test|make (?:test|check)|checks?|regression)\b", re.I)
 _BUILD = re.compile(r"\b(builds?|built|compil\w*|lint\w*|type[- ]?check\w*|mypy|ruff|flake8|pyright|tsc|"
                     r"installs?|installed|installation|setup)\b", re.I)
@@ -26,6 +26,14 @@ _PASS = re.compile(r"\b(pass(?:es|ed|ing)?|succeed(?:s|ed)?|success(?:ful(?:ly)?
 # Phrases that say "passed" with a negative word in them; they are read as passing before negations are looked for.
 _POSITIVE_NEGATIONS = re.compile(r"\b(?:with(?:out)?\s+(?:any\s+)?|no\s+|zero\s+|0\s+)(?:errors?|failures?|failed|"
                                  r"problems?|issues?|regressions?|warnings?)\b|\bno longer fail\w*", re.I)
+# Words that describe which test (the one that was failing) rather than how it ends: "the failing test now
+# passes" claims a pass. They are taken out before negations are looked for.
+_DESCRIBED_FAILURE = re.compile(r"\b(?:(?:previously|originally|formerly|initially|once)[- ])?failing\s+(?=(?:`[^`]*`\s+)?"
+                                r"(?:tests?|test_\w+|specs?|cases?|checks?|assertions?|suites?|unit tests?|`))|"
+                                r"\b(?:which|that|who)\s+(?:was|were|had been|used to be)\s+failing"
+                                r"(?:\s+(?:before|earlier|previously|initially|at first))?\b|"
+                                r"\b(?:which|that)\s+(?:failed|used to fail)(?:\s+(?:before|earlier|previously|initially|"
+                                r"at first|before the (?:fix|change|edit)))?\b", re.I)
 _NEGATION = re.compile(r"\b(not|no|never|none|cannot|can't|couldn't|didn't|don't|doesn't|won't|isn't|aren't|wasn't|"
                        r"weren't|haven't|hasn't|unable|fail\w*|broken|errors?|unverified|yet to|until|before|if|"
                        r"should|would|could|might|may|whether|make sure|to (?:check|verify|confirm|ensure|see))\b", re.I)
@@ -73,7 +81,7 @@ def _topic(text: str) -> str | None:
 
 
 def _passing_clause(clause: str) -> bool:
-    plain = _POSITIVE_NEGATIONS.sub(" PASSMARK ", CITATION_RE.sub(" ", clause))
+    plain = _POSITIVE_NEGATIONS.sub(" PASSMARK ", _DESCRIBED_FAILURE.sub(" ", CITATION_RE.sub(" ", clause)))
     if _EXIT_ZERO.search(plain):
         return True
     return bool(_PASS.search(plain)) and not _NEGATION.search(plain)
@@ -145,6 +153,18 @@ def _judge(claim: Claim, cited: Sequence[LogRecord], records: Sequence[LogRecord
     return False, f"the cited run {_describe(last)} is not a test run"
 
 
+def _last_run_contradicts(claim: Claim, records: Sequence[LogRecord], named_tests: Sequence[str]) -> str:
+    """", and the last test run failed: …" when the log contradicts an uncited test claim outright."""
+    if claim.topic != "tests":
+        return ""
+    runs = [r for r in records if r.phase == "agent" and is_test_command(r.command, named_tests)]
+    if not runs:
+        return ", and no test ran in this job"
+    if not verdict(runs[-1]).passed:
+        return f", and the last test run failed: {_describe(runs[-1])} {_failure(runs[-1])}"
+    return ""
+
+
 def check_claims(summary: str, records: Sequence[LogRecord], *, named_tests: Sequence[str] = ()) -> list[Claim]:
     """Every pass claim of the summary, judged against the job's own log records."""
     by_id = {r.chunk_id: r for r in records}
@@ -155,7 +175,7 @@ def check_claims(summary: str, records: Sequence[LogRecord], *, named_tests: Seq
         claim.chunk_ids = cited_ids
         cited = [by_id[c] for c in cited_ids if c in by_id]
         if not cited_ids:
-            claim.reason = "it cites no log output"
+            claim.reason = "it cites no log output" + _last_run_contradicts(claim, records, named_tests)
         elif not cited:
             claim.reason = f"it cites log output this job did not log ({', '.join(cited_ids)})"
         else:

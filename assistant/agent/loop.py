@@ -28,6 +28,7 @@ SAME_CALL_LIMIT = 6       # … and this many stops the job (a small model can l
 COMPACT_AT = 0.75         # share of the context window that triggers compaction
 KEEP_RECENT = 6           # messages never compacted
 INVALID_ACTION = "invalid_action"
+MALFORMED = "error: malformed call"
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Agent:
         result = AgentResult(status="failed", summary="", test_commands=tuple(getattr(self.env, "test_commands", ())))
         last_failures: list[str] = []
         same_calls: list[str] = []
+        worked = False           # a tool call ran (whatever its outcome)
+        told_to_work = False
         for step in range(1, self.budgets.max_steps + 1):
             result.steps = step
             stop = self._over_budget(started, result)
@@ -124,6 +127,19 @@ class Agent:
                 self.messages.append({"role": "assistant", "content": completion.content or ""})
                 self.messages.append({"role": "user", "content": protocol_error})
                 continue
+            if not calls and not worked:
+                # A final answer before any command ran or any file changed can only be invented: a small
+                # model's first reply often "reports" a fix. It is sent back to work once, then the job fails.
+                if not told_to_work:
+                    told_to_work = True
+                    self.messages.append({"role": "assistant", "content": completion.content or ""})
+                    self.messages.append({"role": "user", "content": load_prompt("loop_no_work.md").strip()})
+                    self.on_event("message", {"text": "The agent answered before running any command; it was "
+                                                      "told to do the work first.", "step": step})
+                    continue
+                result.reason = ("the agent ended without running a command or changing a file; its final answer "
+                                 "was dropped, since nothing in the log could support it")
+                return result
             if not calls:
                 result.status, result.summary = "succeeded", (completion.content or "").strip()
                 if not result.summary:
@@ -143,6 +159,7 @@ class Agent:
                                      else f"the sandbox failed while running {name}: {type(exc).__name__}: {exc}")
                     return result
                 self._append_result(call_id, name, outcome_text)
+                worked = worked or not outcome_text.startswith(MALFORMED)
                 last_failures = last_failures + [key] if failed else []
                 if len(last_failures) >= REPEAT_LIMIT and len(set(last_failures[-REPEAT_LIMIT:])) == 1:
                     result.reason = (f"stopped: the agent repeated the same failing call {REPEAT_LIMIT} times in a row "
@@ -221,7 +238,7 @@ class Agent:
             self.on_event("tool_start", {"step": step, "tool": name, "arguments": args})
             outcome = self.env.run(name, args)
         except (ValueError, TypeError) as exc:
-            text = f"error: malformed call to {name}: {exc}. Fix the call and try again."
+            text = f"{MALFORMED} to {name}: {exc}. Fix the call and try again."
             self.on_event("step", {"step": step, "tool": name, "title": f"malformed {name} call", "ok": False})
             return text, key, True
         if outcome.is_test:

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from ..agent.agents_md import commands_in, discover_agents_md
 from ..agent.citations import check_citations, find_citations
-from ..agent.loop import Agent, AgentBudgets, AgentResult
+from ..agent.harness import make_agent
+from ..agent.loop import AgentResult
 from ..agent.tools import ToolEnv
 from ..llm.client import ModelClient
 from ..sandbox import PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed
@@ -82,12 +83,15 @@ class JobLimits:
     max_tokens: int = 3_000_000
     context_window: int = 128_000
     tool_protocol: str = "auto"
+    harness: str = "auto"          # auto | guided | free (agent/harness.py)
+    candidates: int = 3            # candidate edits the guided harness may try
 
     @classmethod
     def from_settings(cls, settings) -> "JobLimits":
         return cls(command_timeout_s=settings.command_timeout_s, max_steps=settings.job_max_steps,
                    max_seconds=settings.job_max_seconds, max_tokens=settings.job_max_tokens,
-                   context_window=settings.context_window, tool_protocol=settings.tool_protocol)
+                   context_window=settings.context_window, tool_protocol=settings.tool_protocol,
+                   harness=settings.agent_harness, candidates=settings.guided_candidates)
 
 
 @dataclass
@@ -225,10 +229,8 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
     instructions = discover_agents_md(lambda paths: read_in_sandbox(sandbox, paths))
     env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
                   on_output=on_output, test_commands=commands_in(instructions))
-    agent = Agent(model, env, budgets=AgentBudgets(
-        max_steps=limits.max_steps, max_seconds=limits.max_seconds, max_tokens=limits.max_tokens,
-        context_window=limits.context_window), protocol=limits.tool_protocol, job_id=spec.job_id,
-        cancel=control.cancelled, on_event=lambda kind, data: emit(decode(kind, data)))
+    agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled,
+                       on_event=lambda kind, data: emit(decode(kind, data)))
     result = agent.run(spec.task, context=context, instructions=instructions)
     return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
 

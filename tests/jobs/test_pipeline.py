@@ -180,7 +180,9 @@ def test_only_the_job_and_its_ancestors_logs_are_citable(tmp_path, scripted_mode
     repo = make_calc_repo(tmp_path / "calc")
     mine = harness.log.add_chunk(job_id="ancestor", command="ls", text="a\nb\n", exit_code=0)
     other = harness.log.add_chunk(job_id="stranger", command="ls", text="a\nb\n", exit_code=0)
-    scripted_model.when_system_contains(AGENT, [Reply.text(f"See 【{mine.id}†L1-L2】 and 【{other.id}†L1-L2】.")],
+    # (a job must do something before it answers: a first reply without a tool call is sent back to work)
+    scripted_model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command="ls"),
+                                                        Reply.text(f"See 【{mine.id}†L1-L2】 and 【{other.id}†L1-L2】."))],
                                         repeat_last=True)
     outcome = harness.run(JobSpec(job_id="job7", task="look", repo=str(repo), setup=[],
                                   citable_jobs=frozenset({"ancestor"})))
