@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import Settings
 from .conversation.checkout import CHECKOUTS_DIR, clone_lock_path, lock_path
-from .jobs.states import ACTIVE
+from .domain.states import ACTIVE
 from .sandbox.repo import mirror_lock_path, mirror_path, repo_identity
 from .store import NotFound, Store
 

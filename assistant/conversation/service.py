@@ -8,7 +8,6 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from ..access import RepoPolicy
 from ..agent.citations import check_citations, render_markdown
 from ..agent.tools import parse_arguments
 from ..config import Settings
+from ..domain.answers import AnswerAbout, AnswerDone, AnswerError, AnswerEvent, AnswerLookup, AnswerToken
 from ..jobs.manager import JobManager, JobRequest
 from ..llm.client import ModelClient, ModelError
 from ..llm.tokens import count_message_tokens
@@ -40,13 +40,6 @@ READ_LOG_TOOL = {"type": "function", "function": {
 # Messages of a thread that are the assistant's answers carry this kind in their metadata; everything
 # else the app posts (headers, notices, job cards) is not conversation and never goes back to the model.
 ANSWER_KIND = "answer"
-
-
-@dataclass
-class AnswerEvent:
-    kind: str                      # about | token | tool | done | error
-    text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 class Conversation:
@@ -117,7 +110,7 @@ class Conversation:
             try:
                 root = held.enter_context(reading_checkout(repo, ref, self.settings.data_dir, self.policy))
             except CheckoutError as exc:
-                yield AnswerEvent("error", str(exc))
+                yield AnswerError(str(exc))
                 return
             yield from self._grounded_answer(thread_id, text, route, history, repo, root)
 
@@ -125,15 +118,14 @@ class Conversation:
                          repo: str, root: Path) -> Iterator[AnswerEvent]:
         spent = sum(self.store.usage_totals(thread_id=thread_id))
         if spent >= self.settings.answer_token_budget:
-            yield AnswerEvent("error", f"this conversation has used its quick-answer budget ({spent} of "
-                                       f"{self.settings.answer_token_budget} tokens; ASSISTANT_ANSWER_TOKEN_BUDGET). "
-                                       "Start a new conversation or raise the budget.")
+            yield AnswerError(f"this conversation has used its quick-answer budget ({spent} of "
+                              f"{self.settings.answer_token_budget} tokens; ASSISTANT_ANSWER_TOKEN_BUDGET). "
+                              "Start a new conversation or raise the budget.")
             return
         job = self.store.get_job(route.job_id) if route.kind == FOLLOWUP_ANSWER and route.job_id else None
         job_files = self._job_files(job)
         if job is not None:
-            yield AnswerEvent("about", f"About job {job.number} · {job.title or job.task[:60]}",
-                              {"job_id": job.id, "number": job.number, "title": job.title})
+            yield AnswerAbout(job.id, job.number, job.title, job.task)
         repo_view = ReadOnlyRepo(root, self.policy)
         tools = list(READ_TOOLS) + ([READ_LOG_TOOL] if job else [])
         system = render_prompt("answer_system.md", repo=repo,
@@ -148,11 +140,11 @@ class Conversation:
                 for kind, value in self.model.stream_turn("answer", messages, tools=tools, thread_id=thread_id,
                                                           max_tokens=self.settings.answer_max_tokens):
                     if kind == "text":
-                        yield AnswerEvent("token", value)
+                        yield AnswerToken(value)
                     else:
                         completion = value
             except ModelError as exc:
-                yield AnswerEvent("error", str(exc))
+                yield AnswerError(str(exc))
                 return
             assert completion is not None
             if not completion.tool_calls:
@@ -165,14 +157,13 @@ class Conversation:
                     output = self._run_read_tool(repo_view, job, job_files, call.name, args)
                 except ValueError as exc:
                     args, output = {}, f"error: {exc}"
-                yield AnswerEvent("tool", call.name, {"arguments": args, "output": output[:2000]})
+                yield AnswerLookup(call.name, args, output[:2000])
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
         else:
             final = final or "(I ran out of lookup turns before answering; ask a narrower question.)"
         citations = self._check(final, repo_view, job, job_files)
-        yield AnswerEvent("done", final, {"citations": [c.as_dict() for c in citations],
-                                          "job_id": job.id if job else None, "job_files": sorted(job_files),
-                                          "repo_root": str(root)})
+        yield AnswerDone(final, [c.as_dict() for c in citations], job.id if job else None, sorted(job_files),
+                         str(root))
 
     def history(self, thread_id: str, exclude_id: str | None = None) -> list[dict[str, str]]:
         """The conversation as the model sees it: the user's messages and the assistant's answers (as the

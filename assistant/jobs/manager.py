@@ -24,8 +24,8 @@ from ..sandbox import SandboxConfig, prepare
 from ..sandbox.pool import EnginePool
 from ..sandbox.warm import CLOSE_WAIT_S, WarmPool
 from ..store import Job, Store
-from . import states
-from .events import JobEventRecord, JobUpdate, Notice, StateChanged
+from ..domain import states
+from ..domain.events import JobEventRecord, JobUpdate, Notice, StateChanged
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, run_job
 from .recorder import JobRecorder, model_summariser
 

@@ -2,7 +2,7 @@
 check the summary's citations.
 
 `run_job` knows no store, no web app and no queue. What it learns about the job comes in a JobSpec; what
-happens goes out as typed events (jobs/events.py) to `emit`; command output goes to a JobLog (whatever keeps
+happens goes out as typed events (assistant/domain/events.py) to `emit`; command output goes to a JobLog (whatever keeps
 citable log chunks); the result comes back as a JobOutcome. The job manager (one process, threads) and the
 queue workers (many processes) both call it and record what it says, so the same code runs a job wherever.
 """
@@ -19,11 +19,12 @@ from ..agent.agents_md import commands_in, discover_agents_md
 from ..agent.citations import check_citations, find_citations
 from ..agent.loop import Agent, AgentBudgets, AgentResult
 from ..agent.tools import ToolEnv
+from ..domain.outcome import Outcome
 from ..llm.client import ModelClient
 from ..sandbox import PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed
 from ..sandbox.diff import workspace_diff
-from . import states
-from .events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, SandboxReady, SetupCommandRan,
+from ..domain import states
+from ..domain.events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, SandboxReady, SetupCommandRan,
                      StateChanged, decode)
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ class JobOutcome:
     diff: str | None = None                     # readable diff (or why it could not be computed)
     patch: str | None = None
     cited_files: dict[str, str] = field(default_factory=dict)
-    outcome: dict[str, Any] = field(default_factory=dict)  # files, diff_lines, tests, tests_passed, diff_notes,
-    #                                                        test_commands
+    outcome: Outcome = field(default_factory=Outcome)  # the diff's shape and the agent's test runs
     prompt_tokens: int = 0
     completion_tokens: int = 0
     steps: int = 0
@@ -286,9 +286,9 @@ def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, con
     diff_lines = sum(1 for line in (outcome.diff or "").splitlines()
                      if line[:1] in "+-" and not line.startswith(("+++", "---")))
     last_test = result.tests[-1] if result.tests else None
-    outcome.outcome = {"files": files, "diff_lines": diff_lines, "tests": result.tests, "diff_notes": notes,
-                       "tests_passed": None if last_test is None else last_test["exit_code"] == 0,
-                       "test_commands": list(result.test_commands)}
+    outcome.outcome = Outcome().replace(files=files, diff_lines=diff_lines, tests=result.tests, diff_notes=notes,
+                                        tests_passed=None if last_test is None else last_test["exit_code"] == 0,
+                                        test_commands=list(result.test_commands))
     if cancelled or result.status == "cancelled":
         outcome.state, outcome.reason = states.CANCELLED, "cancelled by the user"
     elif result.status == "succeeded":

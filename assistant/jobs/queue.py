@@ -25,8 +25,8 @@ from procrastinate.schema import SchemaManager
 from ..config import Settings
 from ..llm.client import ModelClient
 from ..store import Job, Store
-from . import states
-from .events import JobUpdate, Notice, StateChanged
+from ..domain import states
+from ..domain.events import JobUpdate, Notice, StateChanged
 from .feed import DatabaseFeed
 from .manager import JobManager, JobRequest
 from .recorder import JobRecorder

@@ -29,8 +29,8 @@ from ..sandbox import prepare
 from ..sandbox.engine import EngineSpec
 from ..sandbox.pool import EnginePool
 from ..store import StaleRun, Store
-from . import states
-from .events import JobUpdate, Notice
+from ..domain import states
+from ..domain.events import JobUpdate, Notice
 from .feed import DatabaseFeed
 from .manager import job_spec, sandbox_config
 from .pipeline import JobLimits, RunControl, RunLost, run_job

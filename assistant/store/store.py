@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from ..jobs.events import JobEventRecord, decode, encode
-from ..jobs.states import ACTIVE, INTERRUPTED, check_transition
+from ..domain.events import JobEventRecord, decode, encode
+from ..domain.states import ACTIVE, INTERRUPTED, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
 from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, SandboxEngine, Thread,
@@ -454,7 +454,7 @@ class Store:
             return list(s.exec(q.order_by(col(JobEvent.seq))))
 
     def append_event(self, job_id: str, event: JobEventRecord) -> JobEvent:
-        """Store a typed job event in its one encoding (jobs/events.py)."""
+        """Store a typed job event in its one encoding (assistant/domain/events.py)."""
         kind, data = encode(event)
         return self.add_event(job_id, kind, data)
 
