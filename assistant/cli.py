@@ -363,10 +363,9 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
-    from .jobs.manager import sandbox_config
-    from .sandbox import SandboxError, build_image
+    from .sandbox import SandboxConfig, SandboxError, build_image
     try:
-        name = build_image(sandbox_config(settings), on_log=lambda line: _err(line), force=args.force)
+        name = build_image(SandboxConfig.from_settings(settings), on_log=lambda line: _err(line), force=args.force)
     except SandboxError as exc:
         _err(f"error: {exc}")
         return 1

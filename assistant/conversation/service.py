@@ -196,7 +196,7 @@ class Conversation:
                                     note=f" as job {job.number} left it")
         if name == "read_log":
             chunk = self.store.get_chunk(str(args.get("chunk", "")))
-            if chunk is None or job is None or chunk.job_id not in self._job_lineage(job):
+            if chunk is None or job is None or chunk.job_id not in self.store.lineage(job):
                 return f"error: no logged output {args.get('chunk')!r} in this job"
             lines = chunk.text.splitlines()
             first = max(1, int(args.get("start") or 1))
@@ -204,14 +204,6 @@ class Conversation:
             body = "\n".join(f"{i:>5} | {lines[i - 1]}" for i in range(first, last + 1))
             return f"chunk {chunk.id}: $ {chunk.command} (exit {chunk.exit_code}; lines {first}-{last} of {len(lines)})\n{body}"
         return repo_view.run(name, args)
-
-    def _job_lineage(self, job: Job) -> set[str]:
-        ids = {job.id}
-        parent = job.parent_job_id
-        while parent and parent not in ids:
-            ids.add(parent)
-            parent = self.store.get_job(parent).parent_job_id
-        return ids
 
     def _followup_context(self, job: Job, job_files: dict[str, str]) -> str:
         diff = self.store.get_artifact(job.id, "diff") or "(no diff)"
@@ -232,7 +224,7 @@ class Conversation:
 
     def _check(self, text: str, repo_view: ReadOnlyRepo, job: Job | None, job_files: dict[str, str]):
         """File citations resolve against the job's kept files first, then the conversation's checkout."""
-        lineage = self._job_lineage(job) if job is not None else set()
+        lineage = self.store.lineage(job) if job is not None else set()
 
         def chunk_lookup(chunk_id: str):
             chunk = self.store.get_chunk(chunk_id)

@@ -39,11 +39,7 @@ class Assessment:
 
 def _chunk_lookup(store: Store, job: Job):
     """Chunks of this job and of the jobs it follows (their logs are part of its story)."""
-    allowed = {job.id}
-    parent = job.parent_job_id
-    while parent and parent not in allowed:
-        allowed.add(parent)
-        parent = store.get_job(parent).parent_job_id
+    allowed = store.lineage(job)
 
     def lookup(chunk_id: str):
         chunk = store.get_chunk(chunk_id)

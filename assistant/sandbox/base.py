@@ -49,6 +49,22 @@ class SandboxConfig:
     egress_settings: Any = None            # the settings' agent-internet layer (an egress EgressSpec)
     egress_image: str = "assistant-egress:latest"
 
+    @classmethod
+    def from_settings(cls, settings) -> "SandboxConfig":
+        """The sandbox part of the settings (assistant.config.Settings), as every command and runner reads it."""
+        from ..egress import spec_from_settings
+
+        return cls(
+            data_dir=settings.data_dir, backend=settings.sandbox_backend, image=settings.sandbox_image,
+            memory_mb=settings.sandbox_memory_mb, cpus=settings.sandbox_cpus, pids_limit=settings.sandbox_pids,
+            job_wall_clock_s=settings.job_max_seconds, ca_bundle=settings.sandbox_ca_bundle,
+            cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
+            maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
+            allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
+            diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6),
+            diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
+            egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
+
     @property
     def workspaces_dir(self) -> Path:
         return Path(self.data_dir) / "workspaces"

@@ -245,6 +245,18 @@ class Store:
                 raise NotFound(f"no job {job_id}")
             return job
 
+    def lineage(self, job: Job) -> set[str]:
+        """The job and every job it follows (a follow-up's parent, that one's parent, …): the jobs whose logs and
+        results are part of its story. Stops at a loop or a missing row."""
+        ids = {job.id}
+        parent = job.parent_job_id
+        with self.session() as s:
+            while parent and parent not in ids:
+                ids.add(parent)
+                row = s.get(Job, parent)
+                parent = row.parent_job_id if row is not None else None
+        return ids
+
     def find_job(self, ref: str) -> Job:
         """A job by full id or unique id prefix."""
         with self.session() as s:
