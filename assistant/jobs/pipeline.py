@@ -8,7 +8,6 @@ queue workers (many processes) both call it and record what it says, so the same
 """
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from collections.abc import Callable
@@ -22,14 +21,13 @@ from ..agent.tools import ToolEnv
 from ..domain.outcome import Outcome
 from ..llm.client import ModelClient
 from ..sandbox import PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed
-from ..sandbox.diff import workspace_diff
+from ..sandbox.workspace import Workspace, workspace_diff
 from ..domain import states
 from ..domain.events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, SandboxReady, SetupCommandRan,
                      StateChanged, decode)
 
 log = logging.getLogger(__name__)
 
-CITED_FILE_MAX_BYTES = 2_000_000
 MAX_LISTED_FILES = 1000  # files named in the job's records and card; the patch holds them all
 EGRESS_CHUNK_PREFIX = "egress proxy:"  # log chunks of requests the egress proxy refused (agent/tools.py)
 
@@ -191,10 +189,8 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
 
     def on_sandbox(sandbox) -> None:
         control.attach(sandbox)  # a cancel from now on closes it, even in the middle of setup
-        container = getattr(getattr(sandbox, "container", None), "id", None)
-        if container:
-            engine = getattr(sandbox, "engine", None)
-            emit(SandboxPlaced(engine.name if engine is not None else "default", container))
+        if sandbox.placement is not None:
+            emit(SandboxPlaced(*sandbox.placement))
 
     try:
         prepared = prepare(PrepareRequest(job_id=spec.job_id, repo=spec.repo, ref=spec.ref, setup=spec.setup,
@@ -250,12 +246,12 @@ def _context(spec: JobSpec, prepared: PreparedSandbox, setup_chunks: list[Logged
 def _apply_parent(parent: ParentResult, sandbox, emit: Emit) -> str:
     """A follow-up job starts from its parent's result: the parent's patch is applied first, in the sandbox."""
     if parent.patch.strip():
-        reply = sandbox.call("apply_parent_patch", patch_b64=base64.b64encode(parent.patch.encode()).decode())
-        if not reply["ok"]:
-            emit(Notice(f"job {parent.number}'s patch did not apply here ({reply['error'][:300]}); "
+        applied = Workspace(sandbox).apply_parent_patch(parent.patch)
+        if not applied.ok:
+            emit(Notice(f"job {parent.number}'s patch did not apply here ({applied.error[:300]}); "
                         "the job starts from the repository as it is", "warning"))
             return (f"This job follows job {parent.number}, but its patch did not apply here "
-                    f"({reply['error'][:300]}); start from the repository as it is.")
+                    f"({applied.error[:300]}); start from the repository as it is.")
     return (f"This job follows job {parent.number} (\"{parent.title}\"), whose changes are already applied "
             f"in the workspace (uncommitted; `git diff` shows them). Its summary was:\n{parent.summary or '(none)'}")
 
@@ -301,7 +297,7 @@ def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, con
 def _report_blocked(spec: JobSpec, prepared: PreparedSandbox, job_log: "_ChunkTally", emit: Emit) -> str:
     """Every request the egress proxy refused, for the summary and the card: what, where it is logged, and how
     to allow it. "" when nothing was blocked (or the job had no internet at all)."""
-    egress = getattr(prepared.sandbox, "egress", None)
+    egress = prepared.sandbox.egress
     if egress is None:
         return ""
     from ..egress.report import blocked_summary
@@ -358,7 +354,4 @@ def _check_citations(spec: JobSpec, summary: str, sandbox, job_log: JobLog):
 
 def read_in_sandbox(sandbox, paths) -> dict[str, str | None]:
     """Workspace files as text, read inside the sandbox (the host has no path to the workspace)."""
-    paths = list(paths)
-    if not paths:
-        return {}
-    return sandbox.call("read_files", paths=paths, max_bytes=CITED_FILE_MAX_BYTES)["texts"]
+    return Workspace(sandbox).read_files(paths).texts

@@ -94,10 +94,16 @@ class ExecResult:
 @runtime_checkable
 class Sandbox(Protocol):
     """One job's computer. The host reaches its workspace only through these calls: commands, workspace
-    operations run inside as the sandbox user (call), and bytes written in (put_file). No host path to the
-    workspace exists in this protocol, so a sandbox may live on another host's engine."""
+    operations run inside as the sandbox user (call, which only sandbox/workspace.py names), and bytes written
+    in (put_file). No host path to the workspace exists in this protocol, so a sandbox may live on another
+    host's engine."""
 
     backend: str
+    egress: Any  # the job's egress proxy (blocked_requests()) when the agent phase has internet by allowlist; else None
+
+    @property
+    def placement(self) -> tuple[str, str] | None:
+        """(engine name, container id) where the sandbox runs on a Docker engine; None for other backends."""
 
     def exec(
         self,
@@ -115,7 +121,11 @@ class Sandbox(Protocol):
 
     def reap(self) -> int: ...
 
-    def go_offline(self) -> str: ...
+    def go_offline(self) -> str:
+        """Cut every network; says what is left (for the job's record)."""
+
+    def confine_to_proxy(self, policy: Any, config: SandboxConfig) -> str:
+        """Instead of going offline: reach only the job's egress proxy, which allows what `policy` allows."""
 
     def network_interfaces(self) -> list[str]: ...
 

@@ -62,6 +62,11 @@ class DockerSandbox(ChannelSandbox):
         self._wall_clock.daemon = True
         self._wall_clock.start()
 
+    @property
+    def placement(self) -> tuple[str, str] | None:
+        container = getattr(self.container, "id", None)
+        return (self.engine.name if self.engine is not None else "default", container) if container else None
+
     @classmethod
     def start(cls, *, job_id: str, config: SandboxConfig, image: str, network: bool,
               engine: EngineSpec | None = None, run: int = 1) -> "DockerSandbox":

@@ -16,6 +16,7 @@ from .cache import SetupCache, cache_key
 from .engine import BackendChoice, EngineSpec, docker_client, resolve_backend
 from .repo import RepoSource, prepare_source, repo_identity
 from .setup_commands import setup_commands
+from .workspace import Workspace
 
 SETUP_COMMAND_TIMEOUT_S = 1800.0
 BUNDLE_PATH = "/tmp/assistant-repo.bundle"
@@ -115,7 +116,7 @@ def prepare(
                 failed = _run_setup(sandbox, commands, results, config, on_command, on_output, mask)
                 timings["setup_s"] = time.monotonic() - clock
                 setup_network = _online_name(choice.backend)
-                setup_changes = sandbox.call("snapshot", base=source.commit)
+                setup_changes = Workspace(sandbox).snapshot(source.commit).as_dict()
                 if failed is None and cache is not None and key is not None:
                     clock = time.monotonic()
                     cache.store(key, sandbox, setup_changes)
@@ -201,8 +202,7 @@ def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, 
     sandbox = started.result()
     try:
         sandbox.put_file(BUNDLE_PATH, data)
-        sandbox.call("clone", bundle=BUNDLE_PATH, ref=ref, commit=source.commit, branch=source.branch,
-                     origin=source.origin)
+        Workspace(sandbox).clone(BUNDLE_PATH, ref, source.commit, source.branch, source.origin)
     except BaseException:
         sandbox.close()
         raise
