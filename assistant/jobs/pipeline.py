@@ -24,7 +24,7 @@ from ..sandbox import PreparedSandbox, PrepareRequest, SandboxConfig, SandboxErr
 from ..sandbox.workspace import Workspace, workspace_diff
 from ..domain import states
 from ..domain.events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, SandboxReady, SetupCommandRan,
-                     StateChanged, decode)
+                             StateChanged)
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
     agent = Agent(model, env, budgets=AgentBudgets(
         max_steps=limits.max_steps, max_seconds=limits.max_seconds, max_tokens=limits.max_tokens,
         context_window=limits.context_window), protocol=limits.tool_protocol, job_id=spec.job_id,
-        cancel=control.cancelled, on_event=lambda kind, data: emit(decode(kind, data)))
+        cancel=control.cancelled, on_event=emit)
     result = agent.run(spec.task, context=context, instructions=instructions)
     return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
 
