@@ -290,7 +290,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"job {job.id} already ended: {job.state}")
                 return 1
             if settings.uses_queue:  # reaches the job on whichever worker runs it
-                from .jobs.queue import cancel_from_command_line
+                from .jobs.manager import cancel_from_command_line
                 cancel_from_command_line(settings, store, job.id)
             else:
                 store.transition(job.id, CANCELLED, "cancelled from the command line")

@@ -27,14 +27,17 @@ class AnswerAbout:
 
 
 @dataclass(frozen=True)
-class AnswerToken:
-    """A piece of the streamed reply."""
-    kind: ClassVar[str] = "token"
+class _Text:
     text: str
 
     @property
     def data(self) -> dict[str, Any]:
         return {}
+
+
+class AnswerToken(_Text):
+    """A piece of the streamed reply."""
+    kind: ClassVar[str] = "token"
 
 
 @dataclass(frozen=True)
@@ -70,15 +73,9 @@ class AnswerDone:
                 "repo_root": self.repo_root}
 
 
-@dataclass(frozen=True)
-class AnswerError:
+class AnswerError(_Text):
     """The answer could not be given; the text says why and what to do."""
     kind: ClassVar[str] = "error"
-    text: str
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return {}
 
 
 AnswerEvent = Union[AnswerAbout, AnswerToken, AnswerLookup, AnswerDone, AnswerError]

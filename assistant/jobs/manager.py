@@ -235,6 +235,18 @@ class JobManager:
             log.exception("re-warming after %s", job.id)
 
 
+def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> bool:
+    """`assistant jobs cancel` with the queue: the manager's one cancel path (record the end, then ask the run's
+    worker to stop, which reaches it within about a second)."""
+    from .queue import QueueExecution
+
+    execution = QueueExecution(settings, store, lambda _update: None)
+    try:
+        return JobManager(settings, store, None, execution).cancel(job_id, "cancelled from the command line")
+    finally:
+        execution.shutdown(False, None)
+
+
 class ThreadExecution:
     """Jobs run in this process: a thread pool as wide as ASSISTANT_MAX_CONCURRENT_JOBS, a watch for cancels
     written by other processes (`assistant jobs cancel`), and (on the environment's engine) the warm pool."""

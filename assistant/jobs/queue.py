@@ -189,18 +189,6 @@ def request_abort(app: App, store: Store, job_id: str) -> int:
         raw.close()
 
 
-def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> bool:
-    """`assistant jobs cancel` with the queue: the manager's one cancel path (record the end, then ask the run's
-    worker to stop, which reaches it within about a second), without the manager's thread pool or engines."""
-    from .manager import JobManager
-
-    execution = QueueExecution(settings, store, lambda _update: None)
-    try:
-        return JobManager(settings, store, None, execution).cancel(job_id, "cancelled from the command line")
-    finally:
-        execution.shutdown(False, None)
-
-
 def announce_lost_run(store: Store, job: Job, run: int, reason: str, publish) -> None:
     """The events of a lost run: interrupted, then either queued again (retried) or finished."""
     recorder = JobRecorder(store, job, publish)
