@@ -5,6 +5,7 @@ Started by `assistant serve` as `chainlit run assistant/app.py` with CHAINLIT_AP
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import sys
@@ -21,6 +22,7 @@ from chainlit.input_widget import NumberInput, TextInput  # noqa: E402
 from chainlit.server import app as http_app  # noqa: E402
 from sqlalchemy.exc import IntegrityError  # noqa: E402
 
+from assistant import ownership  # noqa: E402
 from assistant.access import RepoNotAllowed  # noqa: E402
 from assistant.conversation.checkout import CheckoutError, check_repository  # noqa: E402
 from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, Route  # noqa: E402
@@ -29,13 +31,14 @@ from assistant.core import load_assistant  # noqa: E402
 from assistant.jobs import states  # noqa: E402
 from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
-from assistant.web.auth import PasswordBook, ensure_auth_secret, header_user  # noqa: E402
+from assistant.web.auth import AccessBook, LoginThrottle, PasswordBook, ensure_auth_secret, header_user  # noqa: E402
 from assistant.web.cards import (MAX_STEPS_SHOWN, STATE_BADGES, cite_url, link_citations,  # noqa: E402
                                  plain, progress_count)
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
+from assistant.web.gate import GATE, GateMiddleware, limit_cors  # noqa: E402
 from assistant.web.nosleep import install_resume_without_sleep, new_message  # noqa: E402
 from assistant.web.relay import JobRelay, card_message_id, web_card  # noqa: E402
-from assistant.web.routes import install_routes, make_router  # noqa: E402
+from assistant.web.routes import install_routes, make_router, translations_router  # noqa: E402
 from assistant.web.threadview import ThreadJobsView  # noqa: E402
 from assistant.web.viewer import ViewerMiddleware  # noqa: E402
 
@@ -43,12 +46,16 @@ log = logging.getLogger("assistant.web")
 
 core = load_assistant()
 store = core.store
-ensure_auth_secret(core.settings)
 passwords = PasswordBook(core.settings)
+access = AccessBook(passwords, store.user_revocations, ensure_auth_secret(core.settings))
+GATE.access, GATE.throttle, GATE.origins = access, LoginThrottle.from_settings(core.settings), core.settings.origins()
 print(f"[assistant] {passwords.login_notice()}", flush=True)
 http_app.add_middleware(ViewerMiddleware)
+http_app.add_middleware(GateMiddleware)  # added last: runs first, so the viewer never sees a stale login
+limit_cors(http_app, core.settings.origins())
 install_resume_without_sleep()
 install_routes(http_app, make_router(lambda: store, core.conversation.policy))
+install_routes(http_app, translations_router(passwords), first=True)
 relay: JobRelay | None = None
 # Jobs started by routing (not by /code or a button): "Answer instead" undoes the route until the agent starts.
 answerable_jobs: set[str] = set()
@@ -97,6 +104,7 @@ async def _start_relay():
     global relay
     relay = JobRelay(store, asyncio.get_running_loop(), job_actions)
     core.jobs.subscribe(relay.on_update)
+    asyncio.ensure_future(end_stale_sessions())
 
 
 @cl.on_app_shutdown
@@ -109,7 +117,9 @@ async def _stop():
 @cl.password_auth_callback
 async def _password_login(username: str, password: str):
     if passwords.check(username, password):
-        return cl.User(identifier=username, metadata={"provider": "credentials"})
+        # The token carries the access it was made with; it stops working when that access changes.
+        stamp = await asyncio.to_thread(access.stamp, username, "credentials")
+        return cl.User(identifier=username, metadata={"provider": "credentials", "access": stamp})
     return None
 
 
@@ -117,7 +127,117 @@ if core.settings.header_auth:
     @cl.header_auth_callback
     async def _header_login(headers):
         name = header_user(core.settings, headers)
-        return cl.User(identifier=name, metadata={"provider": "header"}) if name else None
+        if not name:
+            return None
+        stamp = await asyncio.to_thread(access.stamp, name, "header")
+        return cl.User(identifier=name, metadata={"provider": "header", "access": stamp})
+
+
+# ---------------------------------------------------------------------- who may touch what
+class SessionEnded(PermissionError):
+    pass
+
+
+def session_user() -> str:
+    """The identifier of the user behind this socket session, while their login still stands."""
+    session = context.session
+    if session.user is None or not GATE.token_valid(getattr(session, "token", None)):
+        raise SessionEnded("your session has ended; log in again")
+    return session.user.identifier
+
+
+def checked_thread() -> str:
+    """The session's thread id, once ownership.thread_for said this user may touch it (theirs, or new)."""
+    ownership.thread_for(store, thread_id(), session_user())
+    return thread_id()
+
+
+async def refuse(exc: Exception) -> None:
+    """Tell the socket no, store nothing (a toast is not a message), and drop a session that must not go on."""
+    from chainlit.server import sio
+
+    session = context.session
+    log.warning("refused %s for session %s (thread %s): %s", getattr(session.user, "identifier", None), session.id,
+                session.thread_id, exc)  # the ids stay in the log: the user learns nothing about others' threads
+    text = str(exc) if isinstance(exc, SessionEnded) else f"Refused: {exc}."
+    try:
+        await context.emitter.send_toast(text, "error")
+    except Exception:
+        pass
+    if isinstance(exc, SessionEnded) or session.thread_id and not await asyncio.to_thread(thread_is_users, session):
+        await sio.disconnect(session.socket_id)
+
+
+def thread_is_users(session) -> bool:
+    try:
+        ownership.thread_for(store, session.thread_id, session.user.identifier if session.user else "")
+        return True
+    except ownership.NotYours:
+        return False
+
+
+def guarded(handler):
+    """Every chat event checks, before it reads or writes anything, that the login stands and the session's
+    thread is the user's (Chainlit lets the client name it)."""
+    @functools.wraps(handler)
+    async def run(*args, **kwargs):
+        try:
+            await asyncio.to_thread(checked_thread)
+        except (ownership.NotYours, SessionEnded) as exc:
+            await refuse(exc)
+            return None
+        try:
+            return await handler(*args, **kwargs)
+        except (ownership.NotYours, SessionEnded) as exc:
+            await refuse(exc)
+            return None
+    return run
+
+
+def guard_socket_connect() -> None:
+    """Before Chainlit's own connect handler: a stale login, or a thread id of someone else's conversation,
+    is refused outright (the client gets connect_error; no session, no thread, nothing sent)."""
+    from chainlit.auth.jwt import decode_jwt
+    from chainlit.server import sio
+    from chainlit.socket import _get_token
+    from socketio.exceptions import ConnectionRefusedError
+
+    chainlit_connect = sio.handlers["/"]["connect"]
+
+    async def connect(sid, environ, auth=None):
+        token = _get_token(environ)
+        if not await asyncio.to_thread(GATE.token_valid, token):
+            raise ConnectionRefusedError("authentication failed")
+        user = decode_jwt(token).identifier
+        try:
+            await asyncio.to_thread(ownership.thread_for, store, (auth or {}).get("threadId"), user)
+        except ownership.NotYours:
+            log.warning("socket of %s refused: thread %s is not theirs", user, (auth or {}).get("threadId"))
+            raise ConnectionRefusedError("authorization failed: this conversation is not yours") from None
+        return await chainlit_connect(sid, environ, auth)
+
+    sio.handlers["/"]["connect"] = connect
+
+
+guard_socket_connect()
+SWEEP_INTERVAL_S = 2.0
+
+
+async def end_stale_sessions() -> None:
+    """Sockets opened before a revoke, a password change or a removal are closed, not left to run."""
+    from chainlit.server import sio
+    from chainlit.session import ws_sessions_id
+
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        try:
+            for session in list(ws_sessions_id.values()):
+                token = getattr(session, "token", None)
+                if session.user is not None and not await asyncio.to_thread(GATE.token_valid, token):
+                    log.warning("closing a session of %s: their login no longer stands", session.user.identifier)
+                    await sio.disconnect(session.socket_id)
+        except Exception:
+            log.exception("sweeping stale sessions failed")
 
 
 @cl.set_starters
@@ -156,12 +276,13 @@ def ensure_thread() -> None:
     repo, ref = cl.user_session.get("repo"), cl.user_session.get("ref")
     if cl.user_session.get("thread_saved") == (tid, repo, ref):
         return
-    if store.get_thread(tid) is None:
+    user = session_user()
+    if ownership.thread_for(store, tid, user) is None:
         try:
             store.create_thread(user_id=persisted_user_id(), thread_id=tid)
         except IntegrityError:
             pass
-    thread = store.get_thread(tid)
+    thread = ownership.thread_for(store, tid, user)  # created a moment ago by another request: whose?
     if thread is not None and repo and (thread.repo, thread.ref) != (repo, ref):
         store.update_thread(tid, repo=repo, ref=ref)
     cl.user_session.set("thread_saved", (tid, repo, ref))
@@ -241,6 +362,7 @@ def routed_text(route: Route) -> str:
 
 # ---------------------------------------------------------------------- lifecycle
 @cl.on_chat_start
+@guarded
 async def on_chat_start():
     repo, ref = core.settings.default_repo, core.settings.default_ref
     cl.user_session.set("repo", repo)
@@ -254,6 +376,7 @@ async def on_chat_start():
 
 
 @cl.on_chat_resume
+@guarded
 async def on_chat_resume(thread_dict):
     thread = await asyncio.to_thread(store.get_thread, thread_dict["id"])
     repo = (thread.repo if thread else None) or core.settings.default_repo
@@ -308,6 +431,7 @@ async def on_chat_end():
 
 
 @cl.on_settings_update
+@guarded
 async def on_settings_update(values: dict):
     repo = (values.get("repo") or "").strip() or None
     ref = (values.get("ref") or "").strip() or None
@@ -338,6 +462,7 @@ async def on_settings_update(values: dict):
 
 # ---------------------------------------------------------------------- messages
 @cl.on_message
+@guarded
 async def on_message(message: cl.Message):
     tid = thread_id()
     text, command = message.content.strip(), message.command
@@ -468,13 +593,15 @@ async def list_jobs() -> None:
 
 # ---------------------------------------------------------------------- actions
 def owned_job(action: cl.Action):
-    job = store.get_job(action.payload["job_id"])
+    """The job an action names, if the logged-in user owns it (ownership.owned_job) and it is of this conversation."""
+    job = ownership.owned_job(store, (action.payload or {}).get("job_id"), session_user())
     if job.thread_id != thread_id():
-        raise PermissionError("that job belongs to another conversation")
+        raise ownership.NotYours("that job belongs to another conversation")
     return job
 
 
 @cl.action_callback("cancel_job")
+@guarded
 async def on_cancel(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     cancelled = await asyncio.to_thread(core.jobs.cancel, job.id)
@@ -494,12 +621,14 @@ async def rerun(job, attempts: int, routed: str) -> None:
 
 
 @cl.action_callback("retry_job")
+@guarded
 async def on_retry(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     await rerun(job, 1, f"Retry of job {job.number}, with its own repository, ref, setup and starting point.")
 
 
 @cl.action_callback("attempts_job")
+@guarded
 async def on_attempts(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     n = max(2, min(int(action.payload.get("n") or 3), 8))
@@ -507,14 +636,18 @@ async def on_attempts(action: cl.Action):
 
 
 @cl.action_callback("run_as_job")
+@guarded
 async def on_run_as_job(action: cl.Action):
     await asyncio.to_thread(ensure_thread)
     job_id = action.payload.get("job_id")
+    if job_id:
+        await asyncio.to_thread(owned_job, action)  # a follow-up of a job of this user's conversation only
     await delegate(action.payload["text"], Route(FOLLOWUP_JOB if job_id else JOB, job_id,
                                                  "you asked to run it as a job", "command"))
 
 
 @cl.action_callback("answer_instead")
+@guarded
 async def on_answer_instead(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     if job.state not in BEFORE_AGENT:
@@ -527,6 +660,7 @@ async def on_answer_instead(action: cl.Action):
 
 
 @cl.action_callback("toggle_steps")
+@guarded
 async def on_toggle_steps(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     if relay:
@@ -535,6 +669,7 @@ async def on_toggle_steps(action: cl.Action):
 
 
 @cl.action_callback("apply_job")
+@guarded
 async def on_apply(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     repo = await asyncio.to_thread(gitops.local_repo, job.repo)
@@ -552,6 +687,7 @@ async def on_apply(action: cl.Action):
 
 
 @cl.action_callback("branch_job")
+@guarded
 async def on_branch(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     repo = await asyncio.to_thread(gitops.local_repo, job.repo)

@@ -362,6 +362,25 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- users
+def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
+    from .store import Store
+    name = (args.name or "").strip()
+    if not name:
+        _err("assistant users revoke NAME: give the user name to log out")
+        return 2
+    store = Store(settings.resolved_database_url)
+    try:
+        count = store.revoke_user(name)
+    finally:
+        store.close()
+    known = name in settings.user_passwords() or (not settings.users and name == "admin") or settings.header_auth
+    print(f"ended every session of {name} (revocation {count}): their browsers are logged out now"
+          + ("; they can log in again with their password" if known else
+             f"; {name} is not among the password users (ASSISTANT_USERS) and cannot log in"))
+    return 0
+
+
 def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     from .sandbox import SandboxConfig, SandboxError, build_image
     try:
@@ -454,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gc", help="apply the retention limits to checkouts, setup-cache images, job files and repository mirrors")
     g.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     g.set_defaults(func=cmd_gc)
+
+    u = sub.add_parser("users", help="web users: revoke NAME ends every session of that user at once")
+    u.add_argument("action", choices=["revoke"])
+    u.add_argument("name", help="the user name (as in ASSISTANT_USERS, or as the proxy header names it)")
+    u.set_defaults(func=cmd_users)
 
     sb = sub.add_parser("sandbox", help="sandbox image")
     sbs = sb.add_subparsers(dest="sandbox_command", required=True)

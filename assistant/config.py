@@ -126,6 +126,11 @@ class Settings(BaseModel):
     users: str | None = Field(None, description="Password logins as `name:password,name2:password2`; default one user `admin` with a password generated into <data_dir>/admin-password.")
     header_auth: str | None = Field(None, description="Trust this request header (set by a reverse proxy) as the user name.")
     repo_roots: str | None = Field(None, description="Colon-separated directories local repositories must be under when more than one user can log in (several ASSISTANT_USERS, or ASSISTANT_HEADER_AUTH); unset, such a server takes git URLs only. One user may name any path; the data dir is never a repository.")
+    allowed_origins: str | None = Field(None, description="Comma-separated origins (`https://host[:port]`) whose pages may call the app with the user's login (CORS, and the chat socket); the app's own origin always may. Default: only the app's own origin; `*` is refused.")
+    login_failures_per_name: int = Field(5, ge=1, description="Wrong passwords for one user name before logins for that name are locked for a while (a right password ends the count).")
+    login_failures_per_address: int = Field(20, ge=1, description="Wrong passwords from one client address (any names) before logins from it are locked for a while.")
+    login_lock_s: float = Field(30.0, gt=0, description="The first lock after too many wrong passwords, in seconds; it doubles with each wrong password after a lock, up to ASSISTANT_LOGIN_LOCK_MAX_S. A right password during a lock is refused too.")
+    login_lock_max_s: float = Field(900.0, gt=0, description="The longest login lock, in seconds.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Log level of the CLI and the server (logs go to stderr).")
 
     @field_validator("price_table")
@@ -143,6 +148,21 @@ class Settings(BaseModel):
                 name, sep, password = pair.strip().partition(":")
                 if not sep or not name or not password:
                     raise ValueError("expected name:password pairs separated by commas")
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_well_formed(cls, value: str | None) -> str | None:
+        for origin in (value or "").split(","):
+            origin = origin.strip().rstrip("/")
+            if not origin:
+                continue
+            if "*" in origin:
+                raise ValueError("list the origins one by one (https://host[:port]); a wildcard would let any "
+                                 "web page act with the user's login")
+            scheme, sep, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin; write scheme://host[:port], e.g. https://assistant.example.org")
         return value
 
     @field_validator("docker_hosts")
@@ -224,6 +244,10 @@ class Settings(BaseModel):
                 raise SettingsError(f"ASSISTANT_SETUP_SECRETS names {name}, which is not set in the environment")
             pairs.append((name, value))
         return tuple(pairs)
+
+    def origins(self) -> tuple[str, ...]:
+        """The configured extra origins (ASSISTANT_ALLOWED_ORIGINS), without a trailing slash."""
+        return tuple(o.strip().rstrip("/") for o in (self.allowed_origins or "").split(",") if o.strip())
 
     def user_passwords(self) -> dict[str, str]:
         if not self.users:

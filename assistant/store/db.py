@@ -65,4 +65,5 @@ MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE job ADD COLUMN fence INTEGER NOT NULL DEFAULT 1",
         "ALTER TABLE job ADD COLUMN engine VARCHAR",
         "ALTER TABLE job ADD COLUMN container VARCHAR"],
+    3: ['ALTER TABLE "user" ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0'],
 }

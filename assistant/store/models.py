@@ -8,7 +8,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2  # 2: job.fence, job.engine, job.container; the sandbox_engine table (scale-out)
+SCHEMA_VERSION = 3  # 2: job.fence, job.engine, job.container; the sandbox_engine table (scale-out); 3: user.revoked
 
 
 def utcnow() -> datetime:
@@ -29,6 +29,7 @@ class User(SQLModel, table=True):
     identifier: str = Field(index=True, unique=True)
     created_at: datetime = Field(default_factory=utcnow)
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    revoked: int = 0  # `assistant users revoke` counts up: every login token made before it stops working
 
 
 class Thread(SQLModel, table=True):

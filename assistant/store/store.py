@@ -92,6 +92,19 @@ class Store:
         with self.session() as s:
             return s.exec(select(User).where(User.identifier == identifier)).first()
 
+    def revoke_user(self, identifier: str) -> int:
+        """End every session of the user made so far (their login tokens name an older count); the new count."""
+        self.get_or_create_user(identifier)
+        with self.session() as s:
+            s.execute(update(User).where(User.identifier == identifier).values(revoked=User.revoked + 1))
+            s.commit()
+            return s.exec(select(User.revoked).where(User.identifier == identifier)).one()
+
+    def user_revocations(self, identifier: str) -> int:
+        """How often the user's sessions were revoked (0 for a user never seen)."""
+        with self.session() as s:
+            return s.exec(select(User.revoked).where(User.identifier == identifier)).first() or 0
+
     # ------------------------------------------------------------------ threads
     def create_thread(self, *, user_id: str | None, thread_id: str | None = None, name: str | None = None,
                       repo: str | None = None, ref: str | None = None) -> Thread:

@@ -1,8 +1,9 @@
 """Chainlit's persistence on the project's own store: users, threads, steps, elements, feedback.
 
-Every read and write checks that the user asking owns the thread, because several Chainlit endpoints
-(feedback, shared threads, the socket's resume) do not. Calls from our own background tasks carry no
-user and are trusted.
+Every read and write checks that the user asking owns the thread (through ownership.py), because several
+Chainlit endpoints (feedback, shared threads, the socket's resume) do not. Calls from our own background
+tasks carry no user and are trusted. A thread that exists but is someone else's is never read as a new
+one: get_thread answers it as a thread of nobody anyone can be, which Chainlit's own checks refuse.
 
 Job cards are messages with a ``job_id``; their text is rendered from the job row at read time, so a
 reopened thread shows the job as it is now, whatever happened while no browser was connected.
@@ -23,6 +24,7 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser, User
 from sqlalchemy.exc import IntegrityError
 
+from .. import ownership
 from ..store import models
 from ..store.store import Store
 from .threadview import ThreadJobsView
@@ -86,6 +88,7 @@ def queue_until_user_message():
     return decorator
 
 
+NOBODY = "\0someone else"  # no user identifier can be this
 WRITERS_KEPT = 4096
 # A socket that resumes a thread reads it whole twice within milliseconds: Chainlit's connect handler (only to
 # check its author), then the resume. The resume takes a read this recent, with no write since, as its own.
@@ -111,18 +114,10 @@ class StoreDataLayer(BaseDataLayer):
 
     # ------------------------------------------------------------------ ownership
     def _owner_identifier(self, thread: models.Thread | None) -> str | None:
-        if thread is None or thread.user_id is None:
-            return None
-        with self.store.session() as s:
-            user = s.get(models.User, thread.user_id)
-            return user.identifier if user else None
+        return ownership.owner_of(self.store, thread)
 
     def _may_see(self, thread: models.Thread | None, viewer: str | None) -> bool:
-        if thread is None:
-            return False
-        if viewer is None:
-            return True
-        return viewer != ANONYMOUS and self._owner_identifier(thread) == viewer
+        return ownership.may_touch(self.store, thread, viewer)
 
     def _check_write(self, thread_id: str, viewer: str | None) -> None:
         """A write to a thread that exists must come from its owner; a new thread is created for the writer."""
@@ -165,7 +160,7 @@ class StoreDataLayer(BaseDataLayer):
         return self._persisted(user) if user else None
 
     async def create_user(self, user: User) -> Optional[PersistedUser]:
-        meta = dict(user.metadata or {})
+        meta = {k: v for k, v in (user.metadata or {}).items() if k != "access"}  # the login's, not the user's
         if user.display_name:
             meta["display_name"] = user.display_name
         row = await asyncio.to_thread(self.store.get_or_create_user, user.identifier, meta)
@@ -406,8 +401,10 @@ class StoreDataLayer(BaseDataLayer):
             if resuming and recent is not None and time.monotonic() - recent[0] < RECENT_READ_S and recent[1] == version:
                 return {**recent[2], "steps": list(recent[2]["steps"]), "elements": list(recent[2]["elements"])}
             thread = self.store.get_thread(thread_id)
-            if not self._may_see(thread, viewer):
+            if thread is None or viewer == ANONYMOUS:
                 return None
+            if not self._may_see(thread, viewer):
+                return self._someone_elses(thread)
             read_at, found = time.monotonic(), self._thread_dict(thread, with_steps=True)
             for key in [k for k, v in self._recent.items() if read_at - v[0] >= RECENT_READ_S]:
                 self._recent.pop(key, None)
@@ -416,6 +413,13 @@ class StoreDataLayer(BaseDataLayer):
             return {**found, "steps": list(found["steps"]), "elements": list(found["elements"])}
 
         return await asyncio.to_thread(read)
+
+    @staticmethod
+    def _someone_elses(thread: models.Thread) -> ThreadDict:
+        """A thread that exists but is not the viewer's: no name, no steps, and an author no user can be, so
+        Chainlit's connect and resume refuse it instead of taking its id for a new thread."""
+        return {"id": thread.id, "createdAt": _iso(thread.created_at) or "", "name": None, "userId": None,
+                "userIdentifier": NOBODY, "tags": [], "metadata": {}, "steps": [], "elements": []}
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         viewer = current_viewer()

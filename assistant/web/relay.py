@@ -15,6 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
+from .. import ownership
 from ..jobs import states
 from ..jobs.events import Finished, OutputDelta, SetupCommandRan, StateChanged, StepFinished, ToolStarted
 from ..store import Store, models
@@ -51,12 +52,18 @@ def action_id(job_id: str, name: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"action:{job_id}:{name}"))
 
 
-def sessions_of(thread_id: str | None) -> list:
+def sessions_of(thread_id: str | None, owner: str | None) -> list:
+    """The live sessions showing this thread that belong to its owner, with a login that still stands: a
+    session can name any thread id, so the id alone says nothing about who is watching."""
     from chainlit.session import ws_sessions_id
 
-    if not thread_id:
+    from .gate import GATE
+
+    if not thread_id or not owner:
         return []
-    return [s for s in list(ws_sessions_id.values()) if s.thread_id == thread_id]
+    return [s for s in list(ws_sessions_id.values())
+            if s.thread_id == thread_id and s.user is not None and s.user.identifier == owner
+            and GATE.token_valid(getattr(s, "token", None))]
 
 
 class JobRelay:
@@ -74,7 +81,8 @@ class JobRelay:
         self._sent_diffs: dict[tuple[str, str], str] = {}  # (session, job) -> digest of the props it has
         self._shown: set[tuple[str, str]] = set()  # (session, job) whose card this process has put in the browser
         self._on_new_job: list[Callable[[str], None]] = []
-        self.all_steps: set[str] = set()  # jobs whose card lists every step (the user unfolded them)
+        self.all_steps: set[str] = set()
+        self._owners: dict[str, str] = {}  # jobs whose card lists every step (the user unfolded them)
 
     # ------------------------------------------------------------------ from worker threads
     def on_update(self, update) -> None:
@@ -92,6 +100,19 @@ class JobRelay:
             self._tails.pop(update.job_id, None)  # the next command's output starts a fresh tail
         urgent = not isinstance(event, OutputDelta)
         self.loop.call_soon_threadsafe(self._schedule, update.job_id, update.thread_id, urgent)
+
+    def owner_of(self, thread_id: str | None) -> str | None:
+        """Who owns a thread (remembered: an owner never changes)."""
+        if not thread_id:
+            return None
+        if thread_id not in self._owners:
+            owner = ownership.owner_of(self.store, self.store.get_thread(thread_id))
+            if owner is None:
+                return None
+            if len(self._owners) > 4096:
+                self._owners.clear()
+            self._owners[thread_id] = owner
+        return self._owners[thread_id]
 
     def tail(self, job_id: str) -> str | None:
         lines = self._tails.get(job_id)
@@ -138,7 +159,11 @@ class JobRelay:
             await asyncio.to_thread(self._persist_card, job_id, thread_id)
             diff_props = await asyncio.to_thread(job_diff_view, self.store, job_id)
             await asyncio.to_thread(self._persist_diff, job, diff_props)
-        for session in sessions_of(thread_id or job.thread_id):
+        tid = thread_id or job.thread_id
+        owner = self._owners.get(tid) if tid else None
+        if owner is None:
+            owner = await asyncio.to_thread(self.owner_of, tid)
+        for session in sessions_of(tid, owner):
             await self.show_card(session, job, content, diff_props)
         if job.state in states.TERMINAL:
             self._locks.pop(job_id, None)

@@ -1,6 +1,8 @@
-"""HTTP routes beside Chainlit's: cited lines of a job's logs or files, and a job's patch as a download.
+"""HTTP routes beside Chainlit's: cited lines of a job's logs or files, a job's patch as a download, and the
+login page's words.
 
-Each checks that the logged-in user owns the thread the job belongs to.
+Each checks through ownership.py that the logged-in user owns the thread the job belongs to; a thread or
+job of someone else's gets the same 404 as a missing one.
 """
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import json
 import re
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from .. import ownership
 from ..access import RepoNotAllowed, RepoPolicy
 from ..conversation.checkout import existing_checkout
 from ..conversation.repo_tools import ReadOnlyRepo
@@ -34,25 +37,17 @@ def _viewer(request: Request) -> str:
 
 
 def _owned_thread(store: Store, thread_id: str | None, viewer: str):
-    thread = store.get_thread(thread_id) if thread_id else None
-    owner = None
-    if thread is not None and thread.user_id:
-        with store.session() as s:
-            from ..store.models import User
-            user = s.get(User, thread.user_id)
-            owner = user.identifier if user else None
-    if thread is None or owner != viewer:
-        raise HTTPException(status_code=404, detail="not found")  # the same answer as for a missing one
-    return thread
+    try:
+        return ownership.owned_thread(store, thread_id, viewer)
+    except ownership.NotYours:
+        raise HTTPException(status_code=404, detail="not found") from None  # the same answer as for a missing one
 
 
 def _owned_job(store: Store, job_id: str, viewer: str) -> Job:
     try:
-        job = store.get_job(job_id)
-    except LookupError:
+        return ownership.owned_job(store, job_id, viewer)
+    except ownership.NotYours:
         raise HTTPException(status_code=404, detail="not found") from None
-    _owned_thread(store, job.thread_id, viewer)
-    return job
 
 
 def _line_range(spec: str | None, line_count: int) -> tuple[int, int]:
@@ -120,7 +115,10 @@ def make_router(store_of, policy: RepoPolicy) -> APIRouter:
             raise HTTPException(status_code=403, detail=str(exc)) from None
         if root is None:
             raise HTTPException(status_code=404, detail="this conversation's repository is not checked out here")
-        text = ReadOnlyRepo(root, policy).text_of(path.removeprefix("F:"))
+        try:
+            text = ReadOnlyRepo(root, policy).text_of(path.removeprefix("F:"))
+        except (OSError, RuntimeError, ValueError, UnicodeError):  # a symlink loop, an unreadable or odd path
+            text = None
         if text is None:
             raise HTTPException(status_code=404, detail="no such file in the repository")
         start, end = _line_range(L, len(text.splitlines()))
@@ -146,11 +144,33 @@ def _serves_catch_all(route) -> bool:
     return any(_serves_catch_all(r) for r in getattr(inner, "routes", []) or [])
 
 
-def install_routes(app, router: APIRouter) -> None:
-    """Chainlit ends its routes with a catch-all that serves the UI; ours must come before it."""
+def install_routes(app, router: APIRouter, first: bool = False) -> None:
+    """Chainlit ends its routes with a catch-all that serves the UI; ours must come before it (`first`: before
+    all of Chainlit's, to answer a path Chainlit also serves)."""
     before = list(app.router.routes)
     app.include_router(router)
     ours = [r for r in app.router.routes if not any(r is b for b in before)]
     rest = before
-    position = next((i for i, r in enumerate(rest) if _serves_catch_all(r)), len(rest))
+    position = 0 if first else next((i for i, r in enumerate(rest) if _serves_catch_all(r)), len(rest))
     app.router.routes[:] = rest[:position] + ours + rest[position:]
+
+
+def translations_router(passwords) -> APIRouter:
+    """Chainlit's translations with the login page's words: what the user name is and where the generated admin
+    password lives. (Why a login was refused is put on the page by public/composer.js, in the server's words.)"""
+    from chainlit.config import config
+
+    router = APIRouter()
+
+    @router.get("/project/translations")
+    async def project_translations(language: str = "en-US"):
+        if not re.fullmatch(r"[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8}){0,3}", language):
+            raise HTTPException(status_code=422, detail="language must look like en-US")
+        translation = json.loads(json.dumps(config.load_translation(config.ui.language or language)))
+        login = translation.setdefault("auth", {}).setdefault("login", {})
+        login["title"] = passwords.login_hint()
+        if not passwords.settings.users:
+            login.setdefault("form", {}).setdefault("email", {})["placeholder"] = "admin"
+        return JSONResponse(content={"translation": translation})
+
+    return router

@@ -21,14 +21,17 @@ def url(request, tmp_path):
 
 
 def _make_first_release_database(url: str) -> str:
-    """A database as release 1 left it: no fence, engine or container on jobs, schema version 1, one job."""
+    """A database as release 1 left it: no fence, engine or container on jobs, no revocation count on users,
+    schema version 1, one job and one user."""
     store = Store(url)
     job = store.create_job(task="old", repo="/r")
+    store.get_or_create_user("ada")
     store.close()
     engine = make_engine(url)
     with engine.begin() as conn:
         for column in ("fence", "engine", "container"):
             conn.execute(text(f"ALTER TABLE job DROP COLUMN {column}"))
+        conn.execute(text('ALTER TABLE "user" DROP COLUMN revoked'))
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     engine.dispose()
     return job.id
@@ -38,14 +41,17 @@ def test_a_first_release_database_is_migrated(url):
     old_job = _make_first_release_database(url)
     store = Store(url)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert {"fence", "engine", "container"} <= {c["name"] for c in inspect(store.engine).get_columns("job")}
         job = store.get_job(old_job)
         assert job.fence == 1 and job.engine is None and job.task == "old"
+        assert store.user_revocations("ada") == 0 and store.user_revocations("nobody") == 0
+        assert store.revoke_user("ada") == 1 and store.revoke_user("ada") == 2 and store.user_revocations("ada") == 2
+        assert store.revoke_user("newcomer") == 1  # a user who never logged in can be revoked ahead
     finally:
         store.close()
     again = Store(url)  # a second start finds nothing to do
-    assert again.schema_version == 2
+    assert again.schema_version == 3 and again.user_revocations("ada") == 2
     again.close()
 
 

@@ -114,3 +114,131 @@ def send(page, text: str) -> None:
     page.keyboard.press("Enter")
     page.wait_for_function(f"document.querySelectorAll(\".step[data-step-type='user_message']\").length > {before}",
                            timeout=30_000)
+
+
+# ---------------------------------------------------------------------- HTTP and socket.io as a script would
+def http(method: str, url: str, *, token: str | None = None, headers: dict | None = None, data: bytes | None = None,
+         timeout: float = 30) -> tuple[int, dict, bytes]:
+    """One request; (status, headers in lower case, body), errors included."""
+    import urllib.error
+
+    request = urllib.request.Request(url, method=method, data=data, headers=dict(headers or {}))
+    if token:
+        request.add_header("Cookie", f"access_token={token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def password_login(url: str, user: str, password: str) -> tuple[int, str | None, bytes]:
+    """POST /login as the login page does: (status, the access token from the cookie or None, body)."""
+    from http.cookies import SimpleCookie
+    from urllib.parse import urlencode
+
+    status, headers, body = http("POST", url + "/login", data=urlencode({"username": user, "password": password}).encode(),
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    jar = SimpleCookie()
+    for key, value in headers.items():
+        if key == "set-cookie":
+            jar.load(value)
+    token = jar["access_token"].value if "access_token" in jar else None
+    if token is None and status == 200:
+        import json
+        token = json.loads(body or b"{}").get("access_token")
+    return status, token, body
+
+
+class SocketClient:
+    """A chat socket as the browser opens it (python-socketio), recording every event it receives."""
+
+    def __init__(self, url: str, token: str, thread_id: str | None = None):
+        import threading
+        import uuid
+
+        import socketio
+
+        self.url, self.token = url, token
+        self.session_id = str(uuid.uuid4())
+        self.thread_id = thread_id
+        self.events: list[tuple[str, object]] = []
+        self.error: object = None
+        self.disconnected = threading.Event()
+        self._lock = threading.Lock()
+        self.sio = socketio.Client(reconnection=False)
+
+        @self.sio.on("*")
+        def _any(event, *args):
+            with self._lock:
+                self.events.append((event, args[0] if len(args) == 1 else list(args)))
+
+        self.refused = threading.Event()
+
+        @self.sio.event
+        def connect_error(data):
+            self.error = data
+            self.refused.set()
+
+        @self.sio.event
+        def disconnect(*_args):
+            self.disconnected.set()
+
+    def connect(self) -> bool:
+        """True when the server accepted the socket; else self.error says why."""
+        import socketio
+
+        auth = {"sessionId": self.session_id, "clientType": "webapp", "userEnv": "{}", "chatProfile": None,
+                "threadId": self.thread_id}
+        try:
+            self.sio.connect(self.url, socketio_path="/ws/socket.io", transports=["polling"], auth=auth,
+                             headers={"Cookie": f"access_token={self.token}"}, wait_timeout=30)
+        except socketio.exceptions.ConnectionError as exc:
+            if not self.refused.wait(10):  # the server's reason arrives on the client's own thread
+                self.error = str(exc)
+            return False
+        self.sio.emit("connection_successful")
+        return True
+
+    def send(self, text: str) -> str:
+        import datetime
+        import uuid
+
+        message_id = str(uuid.uuid4())
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        self.sio.emit("client_message", {"message": {"id": message_id, "name": "User", "type": "user_message",
+                                                     "output": text, "createdAt": now, "threadId": self.thread_id or ""},
+                                         "fileReferences": None})
+        return message_id
+
+    def action(self, name: str, payload: dict) -> tuple[int, bytes]:
+        """Press a button (Chainlit's POST /project/action for this session)."""
+        import json
+        import uuid
+
+        body = json.dumps({"sessionId": self.session_id, "action": {"name": name, "payload": payload, "label": name,
+                                                                     "id": str(uuid.uuid4()), "forId": None}})
+        status, _, text = http("POST", self.url + "/project/action", token=self.token, data=body.encode(),
+                               headers={"Content-Type": "application/json"})
+        return status, text
+
+    def received(self) -> str:
+        import json
+
+        with self._lock:
+            return json.dumps(self.events, default=str)
+
+    def wait_for(self, predicate, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if predicate(list(self.events)):
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        try:
+            self.sio.disconnect()
+        except Exception:
+            pass

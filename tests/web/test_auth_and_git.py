@@ -110,3 +110,56 @@ def test_split_diff_gives_one_section_per_file():
     two = PATCH + "diff --git a/new.py b/new.py\nnew file mode 100644\n--- /dev/null\n+++ b/new.py\n@@ -0,0 +1 @@\n+x = 1\n"
     assert [path for path, _ in split_diff(two)] == ["calc.py", "new.py"]
     assert split_diff(two)[1][1].endswith("+x = 1")
+
+
+def test_login_throttle_locks_a_name_for_a_growing_while_and_a_right_password_clears_it():
+    from assistant.web.auth import LoginThrottle, TooManyAttempts
+
+    now = [1000.0]
+    throttle = LoginThrottle(per_name=3, per_address=5, lock_s=10, lock_max_s=25, clock=lambda: now[0])
+    for _ in range(3):
+        throttle.check("Ada", "10.0.0.1")
+        throttle.failed("Ada", "10.0.0.1")
+    with pytest.raises(TooManyAttempts, match=r"too many attempts, try again in 10 s"):
+        throttle.check("ada", "10.0.0.2")  # the name, whatever its case or address
+    throttle.check("bob", "10.0.0.2")  # another name from another address is free
+    now[0] += 10
+    throttle.check("ada", "10.0.0.1")
+    throttle.failed("ada", "10.0.0.1")  # one more wrong password after the lock: twice as long
+    with pytest.raises(TooManyAttempts, match=r"in 20 s"):
+        throttle.check("ada", None)
+    now[0] += 20
+    throttle.failed("ada", None)  # and then capped
+    with pytest.raises(TooManyAttempts, match=r"in 25 s"):
+        throttle.check("ada", None)
+    # The address counts every name: five wrong passwords from it lock it for everyone there.
+    for name in ("c1", "c2", "c3", "c4"):
+        throttle.failed(name, "10.0.0.9")
+    throttle.check("dora", "10.0.0.9")
+    throttle.failed("dora", "10.0.0.9")
+    with pytest.raises(TooManyAttempts):
+        throttle.check("erin", "10.0.0.9")
+    now[0] += 10
+    throttle.succeeded("erin", "10.0.0.9")  # a right password clears its name and address
+    throttle.check("erin", "10.0.0.9")
+    throttle.failed("frank", "10.0.0.9")
+    throttle.check("frank", "10.0.0.9")
+
+
+def test_a_token_stands_for_the_access_it_was_made_with(settings_for):
+    from assistant.web.auth import AccessBook
+
+    counts = {"ada": 0}
+    book = AccessBook(PasswordBook(settings_for(ASSISTANT_USERS="ada:pw1,bob:pw2")), lambda n: counts.get(n, 0),
+                      "secret", ttl_s=0)
+    stamp = book.stamp("ada", "credentials")
+    assert book.valid("ada", {"provider": "credentials", "access": stamp})
+    assert not book.valid("ada", {"provider": "credentials"}) and not book.valid("bob", {"access": stamp})
+    counts["ada"] = 1  # revoked
+    assert not book.valid("ada", {"provider": "credentials", "access": stamp})
+    changed = AccessBook(PasswordBook(settings_for(ASSISTANT_USERS="ada:new,bob:pw2")), lambda n: 0, "secret", 0)
+    assert not changed.valid("ada", {"provider": "credentials", "access": book.passwords.access_stamp(
+        "ada", "credentials", 0, "secret")})
+    removed = AccessBook(PasswordBook(settings_for(ASSISTANT_USERS="bob:pw2")), lambda n: 0, "secret", 0)
+    assert removed.stamp("ada", "credentials") is None
+    assert removed.stamp("ada", "header") is None  # no header login configured

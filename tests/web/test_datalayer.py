@@ -1,6 +1,8 @@
 """The Chainlit data layer on a real SQLite store: round trips, paging, and ownership through every method."""
 from __future__ import annotations
 
+import json
+
 import asyncio
 import uuid
 
@@ -100,7 +102,12 @@ async def test_second_user_sees_nothing_through_any_method(layer, store):
 
     token = as_viewer("bob")
     try:
-        assert await layer.get_thread(thread_id) is None
+        # Not None (Chainlit would take the id for a new thread of bob's): a thread of nobody bob can be,
+        # carrying nothing of ada's, which Chainlit's connect and resume refuse.
+        foreign = await layer.get_thread(thread_id)
+        assert foreign is not None and foreign["userIdentifier"] not in ("bob", "ada", "")
+        assert foreign["steps"] == [] and foreign["elements"] == [] and foreign["metadata"] == {}
+        assert "secret" not in json.dumps(foreign) and "private" not in json.dumps(foreign)
         assert await layer.get_element(thread_id, element.id) is None
         listed = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=ada.id))
         assert listed.data == []
@@ -275,7 +282,8 @@ async def test_a_resume_takes_the_read_its_socket_connect_made_unless_the_thread
         viewer._request_viewer.reset(token)
     token = as_viewer("bob")
     try:
-        assert await read_as_resume(layer, thread_id) is None  # another viewer is checked, not served the read
+        other = await read_as_resume(layer, thread_id)  # another viewer is checked, not served the read
+        assert other["userIdentifier"] != "bob" and other["steps"] == []
     finally:
         viewer._request_viewer.reset(token)
     assert read_by_page == 0 and len(seen) > 0
