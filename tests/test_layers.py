@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "assistant"
 LAYERS: list[tuple[str, set[str]]] = [
     ("vocabulary", {"domain", "procs", "prompts", "__init__"}),   # standard library only (prompts: files)
     ("storage", {"store"}),
-    ("services", {"config", "access", "llm", "sandbox", "egress"}),
+    ("services", {"config", "access", "ownership", "llm", "sandbox", "egress"}),
     ("agent", {"agent"}),
     ("jobs", {"jobs"}),
     ("conversation", {"conversation"}),
