@@ -224,6 +224,11 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
                 if cites:
                     print("\ncitations: " + "; ".join(render_plain(c["text"], cites) for c in cites))
         return 0
+    except Exception as exc:  # an answer that failed: one line, no traceback (it would show host paths); the log has it
+        import logging
+        logging.getLogger("assistant.cli").debug("ask failed", exc_info=True)
+        _err(f"error: the answer failed ({type(exc).__name__}); ASSISTANT_LOG_LEVEL=DEBUG shows where")
+        return 1
     finally:
         assistant.close()
 

@@ -65,6 +65,7 @@ class Settings(BaseModel):
     sandbox_memory_mb: int = Field(4096, ge=128, description="Memory limit per job container, MiB.")
     sandbox_cpus: float = Field(2.0, gt=0, description="CPU limit per job container.")
     sandbox_pids: int = Field(512, ge=16, description="Process limit per job container.")
+    sandbox_disk_mb: int = Field(4096, ge=0, description="Disk cap per job, MiB: everything its sandbox writes (workspace, /tmp, home, installed packages) beyond the image; enforced by the kernel (a btrfs quota on engines that scripts/ensure-docker.sh starts, a loop-mounted file system under bubblewrap). A job that hits it ends with \"the job wrote more than N GB (the disk cap)\". 0 = no cap. On an engine that cannot enforce it, a job runs with a visible \"disk not capped\" note when ASSISTANT_SANDBOX_FALLBACK allows weaker sandboxes, else it is refused.")
     sandbox_ca_bundle: str | None = Field(None, description="CA bundle copied into the sandbox image at build (default: the file SSL_CERT_FILE names); empty string turns it off.")
     setup_cache: bool = Field(True, description="Commit the container after a successful setup and reuse it for the same repo, commit and setup.")
     setup_cache_size: int = Field(8, ge=1, description="How many setup-cache images to keep (least recently used are evicted).")

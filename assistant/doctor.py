@@ -31,6 +31,8 @@ def run_checks(settings: Settings) -> list[Check]:
         proxy_ok, proxy_detail = proxy_image_status(settings.egress_image)
         checks.append(Check("agent-internet proxy image", proxy_ok, proxy_detail, "assistant egress build",
                             required=settings.agent_internet == "allowlist"))
+        if img_ok:
+            checks.extend(_disk_cap_checks(settings))
     bwrap = shutil.which("bwrap")
     checks.append(Check("bubblewrap (local fallback)", bool(bwrap), bwrap or "not installed",
                         "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
@@ -42,10 +44,60 @@ def run_checks(settings: Settings) -> list[Check]:
     except Exception as exc:
         checks.append(Check("sandbox backend", False, f"{settings.sandbox_backend} ({exc})", "./run.sh"))
 
+    if bwrap and settings.sandbox_backend != "docker" and settings.sandbox_disk_mb:
+        checks.append(_bwrap_disk_cap_check(settings))
+
     checks.append(_model_check(settings))
     checks.append(_database_check(settings))
     checks.append(_disk_check(settings))
     return checks
+
+
+def _disk_cap_checks(settings: Settings) -> list[Check]:
+    """Per engine: whether it enforces the per-job disk cap (it is asked: a container is created with the cap)."""
+    from .sandbox.diskcap import cap_text
+    from .sandbox.docker_backend import FIX_ENGINE, disk_cap_status
+    from .sandbox.engine import DEFAULT_ENGINE
+    from .sandbox.pool import parse_engines
+
+    if not settings.sandbox_disk_mb:
+        return [Check("disk cap", True, "none: ASSISTANT_SANDBOX_DISK_MB=0, a job may write until the engine's disk "
+                      "is full", required=False)]
+    cap = f"{cap_text(settings.sandbox_disk_mb)} per job"
+    try:
+        engines = (parse_engines(settings.docker_hosts, str(settings.docker_cert_dir or "") or None)
+                   if settings.docker_hosts else (DEFAULT_ENGINE,))
+    except ValueError as exc:
+        return [Check("disk cap", False, f"not measured: ASSISTANT_DOCKER_HOSTS: {exc}", "fix ASSISTANT_DOCKER_HOSTS")]
+    checks = []
+    for engine in engines:
+        name = "disk cap" + (f" ({engine.name})" if len(engines) > 1 or engine.url else "")
+        try:
+            enforced, detail = disk_cap_status(engine, settings.sandbox_image, settings.sandbox_disk_mb)
+        except Exception as exc:
+            checks.append(Check(name, False, f"{cap}: not measured ({exc})", FIX_ENGINE, required=False))
+            continue
+        if enforced:
+            checks.append(Check(name, True, f"{cap}: {detail}"))
+        else:
+            then = ("jobs run with a \"disk not capped\" note" if settings.allow_weaker_fallback
+                    else "jobs are refused (several users)")
+            checks.append(Check(name, False, f"{cap}: not enforced: {detail}; {then}", FIX_ENGINE,
+                                required=not settings.allow_weaker_fallback))
+    return checks
+
+
+def _bwrap_disk_cap_check(settings: Settings) -> Check:
+    import os
+    from .sandbox.diskcap import cap_text
+
+    cap = f"{cap_text(settings.sandbox_disk_mb)} per job"
+    if os.geteuid() == 0 and shutil.which("mkfs.ext4"):
+        return Check("disk cap (bubblewrap)", True, f"{cap}: enforced by a loop-mounted ext4 file system of that "
+                     f"size per job under {settings.data_dir / 'disks'}", required=False)
+    return Check("disk cap (bubblewrap)", False, f"{cap}: not enforced: the bubblewrap backend needs root (and "
+                 "mkfs.ext4) to mount a file system per job, so its jobs are refused",
+                 "run the server as root, or ASSISTANT_SANDBOX_DISK_MB=0", required=settings.sandbox_backend == "local")
 
 
 def _model_check(settings: Settings) -> Check:

@@ -1,13 +1,19 @@
 """The labelled routing set (bench/routing_set.jsonl): loading, the fixed held-out split, and the
 conversation's jobs as store records.
 
-Each line: id, split (tune | heldout), class, route (answer | job | followup_answer | followup_job),
+Each line: id, split (tune | heldout | dev2 | dev3), class, route (answer | job | followup_answer | followup_job),
 job (the expected job number of a follow-up, else null), text, repo (the conversation's repository) and
 jobs (number, title, state, repo of each job the conversation has so far).
 
 The held-out part was fixed before any rule or classifier was tuned: an item is held out when the first
 byte of sha256("routing-split-1:" + id) is divisible by 3 (about one in three). `split_of` recomputes it,
 and a test checks every line against it.
+
+The dev2 part (ids d001 …) was written later, apart from everything the router was tuned on, in the words
+real users write (bug reports stated as facts, pasted tracebacks, "find and fix …", "run the tests and tell
+me …", "also …" follow-ups, questions about a job by pronoun, typos): it measures whether routing carries
+over to messages unlike the training set. The dev3 part (ids e001 …), written after the first changes and
+likewise never trained on, holds longer, chattier messages (greetings, context, several sentences).
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ ROUTES = ("answer", "job", "followup_answer", "followup_job")
 
 
 def split_of(item_id: str) -> str:
+    if item_id.startswith("d"):
+        return "dev2"
+    if item_id.startswith("e"):
+        return "dev3"
     return "heldout" if hashlib.sha256(f"routing-split-1:{item_id}".encode()).digest()[0] % 3 == 0 else "tune"
 
 

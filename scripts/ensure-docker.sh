@@ -12,6 +12,18 @@
 # Installs Debian's docker.io when dockerd is missing, starts dockerd when it does not answer, waits up to
 # 30 s. A dead daemon (a zombie no one reaped, or a stale pid file) counts as not running. Exits non-zero
 # with a message saying what to do otherwise.
+#
+# Per-job disk caps: every engine this script starts keeps its data root (images and containers) on its own
+# btrfs file system with quotas on, in a sparse image file mounted through a loop device, and runs the btrfs
+# storage driver. That lets each container be created with storage_opt size=…, which the kernel enforces (a
+# btrfs qgroup) for everything the container writes, and it bounds the whole engine by the image's size.
+# (overlay2's size option needs XFS project quotas, which this kind of kernel may lack: CONFIG_XFS_QUOTA.)
+#   default engine: /var/lib/assistant-docker.img mounted at /var/lib/assistant-docker (the data root)
+#   extra engine:   /var/lib/assistant-engines/NAME.img mounted at /var/lib/assistant-engines/NAME.root
+# The image is made once, sparse, sized from the free space then (3/4 of it for the default engine, 1/4 for an
+# extra one; ENGINE_DISK_SIZE=40G says otherwise); it is mounted again when it exists but is not mounted (after
+# a reboot). ENGINE_DISK_QUOTA=0 keeps the plain data root (no caps). An engine that already answers is left
+# as it is, with a warning when it cannot cap disks.
 set -u
 
 NAME="${1:-}"
@@ -22,6 +34,9 @@ if [ -z "$NAME" ]; then
     PIDFILE="/var/run/docker.pid"
     EXEC_ROOT="/var/run/docker"
     LOG="/var/log/dockerd.log"
+    DISK_IMAGE="/var/lib/assistant-docker.img"
+    DATA_ROOT="/var/lib/assistant-docker"
+    DISK_SHARE=3   # quarters of the free space
     ARGS=()
 else
     case "$NAME" in *[!a-z0-9-]*|"") log "an engine name is lower-case letters, digits and dashes"; exit 2 ;; esac
@@ -31,7 +46,10 @@ else
     EXEC_ROOT="$RUN/$NAME-exec"
     LOG="/var/log/dockerd-$NAME.log"
     BRIDGE="br-${NAME:0:12}"
-    ARGS=(--host "$HOST" --data-root "/var/lib/assistant-engines/$NAME" --exec-root "$EXEC_ROOT"
+    DISK_IMAGE="/var/lib/assistant-engines/$NAME.img"
+    DATA_ROOT="/var/lib/assistant-engines/$NAME.root"
+    DISK_SHARE=1
+    ARGS=(--host "$HOST" --exec-root "$EXEC_ROOT"
           --pidfile "$PIDFILE" --bridge "$BRIDGE" --iptables=false --ip-masq=false)
     if [ -n "${ENGINE_TCP:-}" ]; then
         ARGS+=(--host "tcp://$ENGINE_TCP" --tlsverify --tlscacert "$ENGINE_TLS_DIR/ca.pem"
@@ -40,6 +58,7 @@ else
 fi
 
 engine_answers() { docker -H "$HOST" info >/dev/null 2>&1; }
+QUOTA="${ENGINE_DISK_QUOTA:-1}"
 
 # The process a pid file names is alive: it exists and is not a zombie.
 pid_alive() {
@@ -51,21 +70,76 @@ pid_alive() {
     return 0
 }
 
-if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+wanted=()
+command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || wanted+=(docker.io)
+[ "$QUOTA" = 0 ] || command -v mkfs.btrfs >/dev/null 2>&1 || wanted+=(btrfs-progs)
+if [ "${#wanted[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        log "docker is not installed and installing it needs root: run 'sudo apt-get install -y docker.io'"
+        log "${wanted[*]} not installed and installing needs root: run 'sudo apt-get install -y ${wanted[*]}'"
         exit 1
     fi
-    log "installing docker.io with apt-get"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io; } >/var/log/ensure-docker-apt.log 2>&1; then
-        log "apt-get install docker.io failed; see /var/log/ensure-docker-apt.log"
+    log "installing ${wanted[*]} with apt-get"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}"; } >/var/log/ensure-docker-apt.log 2>&1; then
+        log "apt-get install ${wanted[*]} failed; see /var/log/ensure-docker-apt.log"
         exit 1
     fi
 fi
 
 if engine_answers; then
+    driver=$(docker -H "$HOST" info --format '{{.Driver}} {{.DockerRootDir}}' 2>/dev/null)
+    if [ "$QUOTA" != 0 ] && [ "${driver%% *}" != btrfs ]; then
+        # Restarting an engine stops every container on it (other people's too): only say what to do.
+        then_image="./run.sh or ./test.sh build the sandbox image on the new data root"
+        [ -n "$NAME" ] && then_image="assistant sandbox push $NAME copies the sandbox image there"
+        log "the running engine stores containers with ${driver%% *} in ${driver#* }, so per-job disk caps are not" \
+            "enforced on it (it was started before this script moved engines onto a btrfs data root). To move it:" \
+            "stop it (kill \$(cat $PIDFILE)) and run this script again; then $then_image."
+    fi
     exit 0
 fi
+
+# The engine's data root: a btrfs file system with quotas on, in a sparse image file on a loop device (see the top).
+# Idempotent: made once, mounted when not mounted, quotas turned on when off. Prints nothing on success.
+data_root_ready() {
+    local fstype size free loopdev
+    mkdir -p "$DATA_ROOT" "$(dirname "$DISK_IMAGE")" || return 1
+    fstype=$(findmnt -n -o FSTYPE --mountpoint "$DATA_ROOT" 2>/dev/null | head -n1)
+    if [ -n "$fstype" ] && [ "$fstype" != btrfs ]; then
+        log "$DATA_ROOT is mounted, but as $fstype, not the btrfs image $DISK_IMAGE; unmount it and run this again"
+        return 1
+    fi
+    if [ -z "$fstype" ]; then
+        if [ ! -f "$DISK_IMAGE" ]; then
+            if [ -n "${ENGINE_DISK_SIZE:-}" ]; then
+                size="$ENGINE_DISK_SIZE"
+            else
+                free=$(df --output=avail -B1 "$(dirname "$DISK_IMAGE")" | tail -n1 | tr -d ' ')
+                size=$(( free / 4 * DISK_SHARE / 1073741824 ))G
+                if [ "${size%G}" -lt 4 ]; then
+                    log "only $(( free / 1073741824 )) GiB free beside $DISK_IMAGE: too little for the engine's data" \
+                        "(at least 4 GiB); free some disk or set ENGINE_DISK_SIZE (e.g. 8G)"
+                    return 1
+                fi
+            fi
+            log "making the engine's data file system: $DISK_IMAGE ($size, sparse: it takes disk only as used)"
+            truncate -s "$size" "$DISK_IMAGE.new" && mkfs.btrfs -q "$DISK_IMAGE.new" >/dev/null \
+                && mv "$DISK_IMAGE.new" "$DISK_IMAGE" || { rm -f "$DISK_IMAGE.new"; log "could not make $DISK_IMAGE"; return 1; }
+        fi
+        # A loop device still holding the image but mounted nowhere (a mount that failed half-way) is let go.
+        for loopdev in $(losetup -n -O NAME -j "$DISK_IMAGE" 2>/dev/null); do
+            findmnt -n "$loopdev" >/dev/null 2>&1 || losetup -d "$loopdev" 2>/dev/null
+        done
+        if ! mount -o loop "$DISK_IMAGE" "$DATA_ROOT"; then
+            log "could not mount $DISK_IMAGE at $DATA_ROOT (does the kernel have btrfs and loop devices?)"
+            return 1
+        fi
+    fi
+    # Quotas on before the engine writes anything: turned on later, the counts start inconsistent until a rescan.
+    if ! btrfs qgroup show "$DATA_ROOT" >/dev/null 2>&1; then
+        btrfs quota enable "$DATA_ROOT" && btrfs quota rescan -w "$DATA_ROOT" >/dev/null \
+            || { log "could not turn on btrfs quotas on $DATA_ROOT"; return 1; }
+    fi
+}
 
 if [ "$(id -u)" -ne 0 ]; then
     log "the docker engine is not answering and starting dockerd needs root: run 'sudo dockerd &' or 'sudo systemctl start docker'"
@@ -90,8 +164,17 @@ else
         [ -S "$CONTAINERD_DIR/containerd.sock" ] && break
         sleep 0.2
     done
+    if [ "$QUOTA" != 0 ] && data_root_ready; then
+        ARGS+=(--data-root "$DATA_ROOT" --storage-driver btrfs)
+    elif [ "$QUOTA" != 0 ]; then
+        # Better an engine without disk caps than none: the app sees it and says "disk not capped" (or refuses).
+        log "WARNING: starting the engine without per-job disk caps (see above); ENGINE_DISK_QUOTA=0 silences this"
+        [ -n "$NAME" ] && ARGS+=(--data-root "/var/lib/assistant-engines/$NAME")
+    else
+        [ -n "$NAME" ] && ARGS+=(--data-root "/var/lib/assistant-engines/$NAME")
+    fi
     if [ -n "$NAME" ]; then
-        mkdir -p "$RUN" "/var/lib/assistant-engines/$NAME"
+        mkdir -p "$RUN"
         if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
             ip link add "$BRIDGE" type bridge && ip link set "$BRIDGE" up || { log "could not create bridge $BRIDGE"; exit 1; }
         fi

@@ -5,7 +5,9 @@ resolve keeps valid=False and a reason, and renderers never present it as true.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,17 +50,64 @@ def _check_range(c: Citation, line_count: int, what: str) -> None:
         c.valid, c.reason = True, ""
 
 
+MAX_TEXT_BYTES = 8 * 1024 * 1024   # a file larger than this is not read whole (search it instead)
+BINARY_SNIFF_BYTES = 8192
+# What resolving or opening a name a client chose can raise: a missing file, a symlink loop (RuntimeError from
+# Path.resolve before Python 3.13, OSError ELOOP after), a name the file system refuses, an embedded NUL byte.
+UNRESOLVABLE = (OSError, RuntimeError, ValueError)
+
+
+class NotText(ValueError):
+    """A regular file whose text is not shown: too large to read whole, or binary. The message names no host path."""
+
+
 def safe_file(roots: Iterable[Path], rel: str) -> Path | None:
-    """The file a citation names, only if it stays inside one of the roots (no .., absolute paths, symlink escapes)."""
+    """The file a citation names, only if it stays inside one of the roots (no .., absolute paths, symlink escapes)
+    and is a regular file. A symlink loop, a dangling link, a directory or a FIFO is no file: None, never an error."""
     rel = rel.strip().removeprefix("./")
     if not rel or rel.startswith("/") or any(part == ".." for part in Path(rel).parts):
         return None
     for root in roots:
-        root = Path(root).resolve()
-        candidate = (root / rel).resolve()
-        if candidate.is_relative_to(root) and candidate.is_file():
-            return candidate
+        try:
+            root = Path(root).resolve()
+            candidate = (root / rel).resolve()
+            if candidate.is_relative_to(root) and candidate.is_file():
+                return candidate
+        except UNRESOLVABLE:
+            continue
     return None
+
+
+def file_text(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> str | None:
+    """The text of a regular file (undecodable bytes replaced), or None when there is no regular file to read there
+    any more (removed, replaced by a link, a FIFO or a directory since it was resolved, or not readable by this
+    process). Raises NotText for a file too large to read whole or a binary one. Never blocks on a FIFO: the open is
+    non-blocking and the kind is checked on the opened descriptor, not on the name."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    except UNRESOLVABLE:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > max_bytes:
+            raise NotText(f"is {_size(info.st_size)}, more than the {_size(max_bytes)} that are read whole")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew since fstat
+        raise NotText(f"is more than the {_size(max_bytes)} that are read whole")
+    if b"\0" in data[:BINARY_SNIFF_BYTES]:
+        raise NotText(f"is a binary file ({_size(len(data))})")
+    return data.decode("utf-8", errors="replace")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
 ChunkLookup = Callable[[str], "tuple[int, str] | None"]   # chunk id -> (line_count, owner job id) or None
@@ -72,12 +121,17 @@ def check_citations(text: str, *, file_roots: Iterable[Path] = (), chunk_lookup:
     for c in find_citations(text):
         if c.kind == "file":
             count = file_lines(c.target) if file_lines else None
+            reason = f"no file {c.target} in the workspace"
             if count is None:
                 path = safe_file(roots, c.target)
-                if path is not None:
-                    count = len(path.read_text(errors="replace").splitlines())
+                try:
+                    text = file_text(path) if path is not None else None
+                except NotText as exc:
+                    text, reason = None, f"{c.target} {exc}"
+                if text is not None:
+                    count = len(text.splitlines())
             if count is None:
-                c.valid, c.reason = False, f"no file {c.target} in the workspace"
+                c.valid, c.reason = False, reason
             else:
                 _check_range(c, count, c.target)
         else:

@@ -20,6 +20,7 @@ from ..llm.client import Completion, ModelClient, ModelError, ToolCall, ToolsUns
 from ..llm.constrained import ModelOutputError
 from ..llm.tokens import count_message_tokens
 from ..prompts import load_prompt, render_prompt
+from ..sandbox.base import SandboxLimitReached
 from .tools import TOOL_SPECS, ToolEnv, parse_arguments
 
 REPEAT_LIMIT = 3          # the same failing call this many times in a row stops the job
@@ -139,7 +140,8 @@ class Agent:
                 except Exception as exc:  # the sandbox itself broke (container died, or the job was cancelled)
                     if self.cancel.is_set():
                         return self._cancelled(result)
-                    result.reason = f"the sandbox failed while running {name}: {type(exc).__name__}: {exc}"
+                    result.reason = (str(exc) if isinstance(exc, SandboxLimitReached)  # e.g. its disk cap
+                                     else f"the sandbox failed while running {name}: {type(exc).__name__}: {exc}")
                     return result
                 self._append_result(call_id, name, outcome_text)
                 last_failures = last_failures + [key] if failed else []

@@ -33,9 +33,11 @@ _MODAL = re.compile(r"\b(?:should|must|needs?\s+to|need\s+an?|ought|would\s+be\s
 _CONDITIONAL_WORK = re.compile(r"\bif\s+(?:not|it\s+(?:doesn't|isn't|does\s+not)|there\s+isn't|it's\s+not)\b"
                                r"|\b(?:and|then)\s+(?:fix|repair|change|make|add|write|move|switch|speed|clean)\b"
                                r"|\bwhile\s+you're\s+at\s+it\b|\bafterwards\b", re.I)
-_PROBLEM = re.compile(r"\b(?:fails?|failing|crash(?:es)?|throws?|broken|breaks|bug|wrong|hangs?|off\s+by|"
-                      r"doesn't|can't|cannot|won't|invisible|blank|duplicates?|truncated|slow|regressed|red|leaks?|"
-                      r"error|exception|500|404)\b", re.I)
+_PROBLEM = re.compile(r"\b(?:fails?|failing|failed|crash(?:es)?|throws?|broken|breaks|bug|wrong|hangs?|off\s+by|"
+                      r"doesn't|don't|isn't|aren't|can't|cannot|won't|invisible|blank|duplicates?|truncated|slow|"
+                      r"regressed|red|leaks?|error|exception|500|404|chokes?|blows?\s+up|does\s+nothing|"
+                      r"silently|twice|never|always|missing|stale|accepts?|instead\s+of|no\s+longer|anymore|"
+                      r"since)\b", re.I)
 _FOLLOW_WORDS = re.compile(r"\b(?:it|that|this|now|also|still|again|same|too|undo|revert|amend|redo|instead|"
                            r"anymore)\b", re.I)
 
@@ -78,6 +80,8 @@ def features(text: str, jobs: list[Job]) -> dict[str, float]:
         "several_sentences": re.search(r"[.?!;:]\s+\S", body), "several_lines": "\n" in text.strip(),
         "short": len(words) <= 3,
         "later_order": signals.LATER_ORDER.search(body),
+        "run_order": signals.RUN_ORDER.match(body), "find_and_fix": signals.FIND_AND_FIX.search(body),
+        "log_no_question": signals.PASTED_LOG.search(text) and "?" not in signals.log_prose(text),
         "log_and_question": signals.PASTED_LOG.search(text) and re.search(r"\?\s*$", text, re.M),
         "log_and_order": signals.PASTED_LOG.search(text) and signals.WORK_VERB_BASE.search(body),
     }
@@ -102,6 +106,10 @@ def features(text: str, jobs: list[Job]) -> dict[str, float]:
 class Guess:
     work: bool       # asks for changes (a job), not an answer
     followup: bool   # about one of the conversation's jobs
+    certainty: float = 1.0  # 0 (a coin toss) … 1 (sure): the least sure of the heads that decided
+
+    def sure(self, threshold: float) -> bool:
+        return self.certainty >= threshold
 
 
 class RouteClassifier:
@@ -130,11 +138,14 @@ class RouteClassifier:
 
     def predict(self, text: str, jobs: list[Job]) -> Guess:
         feats = features(text, jobs)
-        work = self.probability("work", feats) >= 0.5
+        p_work = self.probability("work", feats)
+        certainty = abs(2 * p_work - 1)
         if not jobs:
-            return Guess(work, False)
-        named = feats.get("ctx:ref_explicit") == 1.0  # "job 2", "the last one": about that job, whatever the words
-        return Guess(work, named or self.probability("followup", feats) >= 0.5)
+            return Guess(p_work >= 0.5, False, certainty)
+        if feats.get("ctx:ref_explicit") == 1.0:  # "job 2", "the last one": about that job, whatever the words
+            return Guess(p_work >= 0.5, True, certainty)
+        p_followup = self.probability("followup", feats)
+        return Guess(p_work >= 0.5, p_followup >= 0.5, min(certainty, abs(2 * p_followup - 1)))
 
 
 @functools.lru_cache(maxsize=1)

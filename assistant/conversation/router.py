@@ -4,8 +4,10 @@ Deciders, in order:
 - /ask and /code force either way;
 - first-pass rules settle only the shapes they get right every time on the labelled set
   (bench/routing_set.jsonl; zero misroutes is the bar, bench/routing.py measures it);
-- the rest goes to the router model, which is told the conversation's jobs, or, when no model is asked
-  (the embedded demonstration model cannot judge this), to the shipped classifier (route_classifier.py).
+- the rest: with a configured model endpoint, the router model, which is told the conversation's jobs;
+  with the small embedded model or none, the shipped classifier (route_classifier.py), which routes
+  better than the embedded model (bench/routing.py; the model may be asked where the classifier is unsure,
+  see EMBEDDED_MODEL_BELOW).
   An unreadable model reply also goes to the classifier, so routing never fails.
 
 A follow-up job starts from its parent's result, so the parent must be one worth building on: see
@@ -103,8 +105,14 @@ def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
     """Once a conversation has jobs, whether a message is about one of them takes judgement ("Add a test for
     the 429 response" follows a rate-limiting job): the rules then decide only messages that name a job."""
     body = " ".join(text.split())
-    if not body or signals.PASTED_LOG.search(text):
-        return None  # whether a pasted log asks for a fix or an explanation needs judgement
+    if not body:
+        return None
+    if signals.PASTED_LOG.search(text):
+        # A pasted log with no question around it reports a failure to fix; with a question, whether it asks
+        # for a fix or an explanation needs judgement.
+        if jobs or "?" in signals.log_prose(text) or signals.READ_ONLY.search(body):
+            return None
+        return Route(JOB, None, "a pasted error, no question")
     if signals.SMALL_TALK.match(body):
         return Route(ANSWER, None, "small talk")
     ref = find_job_reference(body, jobs)
@@ -121,6 +129,8 @@ def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
             return _route_from(body, jobs, repo, work=False, followup=True, reason="asks about a job, no changes",
                                decided_by="rules")
         return None if jobs else Route(ANSWER, None, "asks for no changes")
+    if not jobs and (signals.RUN_ORDER.match(body) or signals.FIND_AND_FIX.search(body)):
+        return Route(JOB, None, "asks to run or to find and fix something")
     if not jobs and signals.LATER_ORDER.search(body):
         return Route(JOB, None, "asks a question, then for a change")
     if _orders(body):
@@ -154,19 +164,36 @@ def _orders(body: str) -> bool:
 
 
 # ---------------------------------------------------------------------- the model and the classifier
-ROUTE_SCHEMA = {"type": "object", "properties": {
-    "route": {"type": "string", "enum": ["answer", "job"]}, "followup": {"type": "boolean"},
-    "job": {"type": "string"}, "reason": {"type": "string"}}, "required": ["route", "followup", "reason"]}
+ROUTER_PROMPT_MARKER = "You route messages"  # how the router's system prompt begins (tests and benches script on it)
+ROUTES = (ANSWER, JOB, FOLLOWUP_ANSWER, FOLLOWUP_JOB)
+# With the embedded model, the model decides only what the classifier is less sure of than this (see
+# Guess.certainty). 0: never. Measured with bench/routing.py (--model-below): Qwen2.5-Coder-1.5B through
+# prompts/router.md, asked about the messages the classifier was least sure of (below 0.6), routed dev2 90%
+# and dev3 77% right against the classifier's 95% and 92%, at about 1 s a message on a quiet machine
+# (7 s under load): it misses follow-ups and bug reports. So the classifier decides them all.
+EMBEDDED_MODEL_BELOW = 0.0
+
+
+def route_schema(jobs: list[Job]) -> dict:
+    """The decision a constrained model must give: one of the routes (follow-ups only when there are jobs).
+    No job number and no reason: every generated token costs a small local model about 0.1 s; the job a
+    follow-up is about comes from the message ("job 2", a title) or is the latest."""
+    routes = list(ROUTES) if jobs else [ANSWER, JOB]
+    return {"type": "object", "properties": {"route": {"type": "string", "enum": routes}}, "required": ["route"]}
 
 
 def _parse_decision(content: str) -> dict:
+    """{"route": one of ROUTES, "job": …} or the older {"route": "answer" | "job", "followup": bool, "job": …}."""
     match = re.search(r"\{.*\}", content or "", re.S)
     if not match:
         raise ValueError("no JSON object in the reply")
     data = json.loads(match.group(0))
-    if data.get("route") not in ("answer", "job"):
-        raise ValueError(f"route must be answer or job, got {data.get('route')!r}")
-    return data
+    if not isinstance(data, dict) or data.get("route") not in ROUTES:
+        raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {data.get('route') if isinstance(data, dict) else data!r}")
+    route = data["route"]
+    followup = route.startswith("followup") or bool(data.get("followup"))
+    return {"work": route in (JOB, FOLLOWUP_JOB), "followup": followup, "job": data.get("job"),
+            "reason": str(data.get("reason") or "")}
 
 
 def job_listing(jobs: list[Job], repo: str | None) -> str:
@@ -182,25 +209,35 @@ def _ask_model(text: str, jobs: list[Job], model: ModelClient, repo: str | None,
                constrained: bool) -> dict:
     messages = [{"role": "system", "content": render_prompt("router.md", jobs=job_listing(jobs, repo))},
                 {"role": "user", "content": text}]
-    if constrained:  # small local models: a JSON-schema grammar keeps the reply well formed
-        return _parse_decision(json.dumps(model.constrained_json("router", messages, ROUTE_SCHEMA, thread_id=thread_id)))
-    reply = model.complete("router", messages, thread_id=thread_id, temperature=0, max_tokens=120)
+    if constrained:
+        # Small local models: a JSON-schema grammar (llama.cpp) keeps the reply well formed and short, and
+        # temperature 0 makes the same message route the same way every time.
+        reply = model.complete("router", messages, thread_id=thread_id, temperature=0, max_tokens=24,
+                               response_format={"type": "json_object", "schema": route_schema(jobs)})
+    else:
+        reply = model.complete("router", messages, thread_id=thread_id, temperature=0, max_tokens=120)
     return _parse_decision(reply.content or "")
 
 
-def _classify(text: str, jobs: list[Job], repo: str | None, classifier: RouteClassifier, note: str = "") -> Route:
-    guess = classifier.predict(text, jobs)
+def _from_guess(text: str, jobs: list[Job], repo: str | None, guess, note: str = "") -> Route:
     what = ("a follow-up " if guess.followup else "a ") + ("job" if guess.work else "question")
     return _route_from(text, jobs, repo, work=guess.work, followup=guess.followup, reason=f"reads as {what}{note}",
                        decided_by="classifier")
 
 
+def _classify(text: str, jobs: list[Job], repo: str | None, classifier: RouteClassifier, note: str = "") -> Route:
+    return _from_guess(text, jobs, repo, classifier.predict(text, jobs), note)
+
+
 def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, command: str | None = None,
                   thread_id: str | None = None, constrained: bool = False, repo: str | None = None,
-                  classifier: RouteClassifier | None = None) -> Route:
+                  classifier: RouteClassifier | None = None, embedded: bool = False,
+                  model_below: float = EMBEDDED_MODEL_BELOW) -> Route:
     """Route one message of a conversation that has `jobs` and works on `repo`.
 
     `model` None: the classifier (when given) decides what the rules leave open, else it is answered.
+    `embedded` (the model is the small embedded one): the classifier decides what it is at least
+    `model_below` sure of, the model the rest (by default nothing: see EMBEDDED_MODEL_BELOW).
     """
     if command in ("ask", "code"):
         ref = find_job_reference(text, jobs)
@@ -212,16 +249,21 @@ def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, comm
     quick = _first_pass(text, jobs, repo)
     if quick is not None:
         return quick
+    guess = None
+    if classifier is not None and (model is None or embedded):
+        guess = classifier.predict(text, jobs)
+        if model is None or guess.sure(model_below):
+            return _from_guess(text, jobs, repo, guess)
     if model is None:
-        if classifier is not None:
-            return _classify(text, jobs, repo, classifier)
         return Route(ANSWER, None, "no router model; answering", "fallback")
     try:
         data = _ask_model(text, jobs, model, repo, thread_id, constrained)
     except (ModelError, ModelOutputError, ValueError, json.JSONDecodeError) as exc:
         problem = f"; the router model could not decide: {str(exc)[:120]}"
         if classifier is not None:
-            return _classify(text, jobs, repo, classifier, problem)
+            return _from_guess(text, jobs, repo, guess or classifier.predict(text, jobs), problem)
         return Route(ANSWER, None, f"answering{problem}", "fallback")
-    return _route_from(text, jobs, repo, work=data["route"] == "job", followup=bool(data.get("followup")),
-                       reason=str(data.get("reason", "")), decided_by="model", named=data.get("job"))
+    what = ("a follow-up " if data["followup"] else "a ") + ("job" if data["work"] else "question")
+    return _route_from(text, jobs, repo, work=data["work"], followup=data["followup"],
+                       reason=data["reason"] or f"the router model reads it as {what}", decided_by="model",
+                       named=data.get("job"))

@@ -53,11 +53,29 @@ ABOUT_DONE_WORK = re.compile(r"\b(?:did|didn't|have|haven't|has|hasn't)\s+(?:you
 SMALL_TALK = re.compile(r"^(?:hi|hello|hey|yo|thanks|thank\s+you|thx|ty|ok|okay|cool|nice|great|bye|good\s+(?:morning|"
                         r"night|evening|afternoon)|never\s*mind|nvm)(?:\s+(?:there|a\s+lot|so\s+much|very\s+much))?"
                         r"[\s!.]*$", re.I)
+# "run the tests and tell me what fails", "can you run mypy and report the errors": running is work for a job
+# (a quick answer only reads the code).
+RUN_ORDER = re.compile(r"^(?:(?:please|pls|ok|okay|so|now|then|hey)[,\s]+)*(?:(?:can|could|would|will)\s+(?:you|u)\s+"
+                       r"(?:please\s+)?)?(?:(?:re-?)?run|execute)\s+(?!into\b)", re.I)
+# "find and fix …", "track down … and fix it": investigating ends in a change.
+FIND_AND_FIX = re.compile(r"\b(?:find|track\s+down|hunt\s+down|figure\s+out|look\s+into|dig\s+into|investigate|see|check)"
+                          r"\b[^.?!]*?\b(?:and|then|&|\+)\s+(?:fix|repair|patch|resolve)\b|^(?:please\s+)?find\s+and\s+fix\b",
+                          re.I)
 PASTED_LOG = re.compile(r"Traceback \(most recent call last\)|^\s*File \".*\", line \d+|^\S*(?:Error|Exception)\b:|"
                         r"^(?:FAILED|ERROR|E\s{2,}|npm ERR!|error\[)", re.M)
 
 
 _POLITE_OPENING = re.compile(r"^(?:please\s+)?(?:can|could|would|will)\s+(?:you|u)\b", re.I)
+
+
+_LOG_LINE = re.compile(r"^\s*(?:Traceback|File \"|\S*(?:Error|Exception|Warning)\b|FAILED|ERROR|E\s|npm ERR!|error\[|-->|at\s|"
+                       r"\^|\s{2,}\S)", re.I)
+
+
+def log_prose(text: str) -> str:
+    """The words around a pasted log: the message without its fenced blocks and log-looking lines."""
+    outside = re.sub(r"```.*?(?:```|$)", " ", text, flags=re.S)
+    return " ".join(line for line in outside.splitlines() if not _LOG_LINE.match(line))
 
 
 def points_back(text: str) -> bool:

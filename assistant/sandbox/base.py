@@ -34,6 +34,7 @@ class SandboxConfig:
     memory_mb: int = 4096
     cpus: float = 2.0
     pids_limit: int = 512
+    disk_mb: int = 0  # disk cap per job (MiB) beyond the image, enforced by the kernel; 0 = none
     job_wall_clock_s: int = 3600
     output_cap_bytes: int = 1_000_000
     ca_bundle: str | None = None  # None = SSL_CERT_FILE or the system bundle; "" = do not copy
@@ -57,7 +58,8 @@ class SandboxConfig:
         return cls(
             data_dir=settings.data_dir, backend=settings.sandbox_backend, image=settings.sandbox_image,
             memory_mb=settings.sandbox_memory_mb, cpus=settings.sandbox_cpus, pids_limit=settings.sandbox_pids,
-            job_wall_clock_s=settings.job_max_seconds, ca_bundle=settings.sandbox_ca_bundle,
+            disk_mb=settings.sandbox_disk_mb, job_wall_clock_s=settings.job_max_seconds,
+            ca_bundle=settings.sandbox_ca_bundle,
             cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
             maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
             allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
@@ -100,6 +102,7 @@ class Sandbox(Protocol):
 
     backend: str
     egress: Any  # the job's egress proxy (blocked_requests()) when the agent phase has internet by allowlist; else None
+    disk_note: str | None  # "disk not capped: …" when the engine could not enforce the job's disk cap
 
     @property
     def placement(self) -> tuple[str, str] | None:
@@ -162,6 +165,10 @@ class PreparedSandbox:
 
 class SandboxError(Exception):
     """A failure a user can act on: the message says what happened and what to do."""
+
+
+class SandboxLimitReached(SandboxError):
+    """A limit of the sandbox stopped the job (its disk cap): the message is the job's reason as it stands."""
 
 
 class RepoError(SandboxError):

@@ -10,13 +10,14 @@ import threading
 import time
 
 from .base import (
-    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, SandboxConfig, SandboxError,
+    AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, ExecResult, OutputCallback, SandboxConfig, SandboxError,
 )
 from .bootstrap import BOOTSTRAP, payload
 from .channel import ChannelSandbox, CommandChannel
+from .diskcap import MIB, cap_text, check_after
 from .image import IMAGE_LABEL
-from .engine import (DEPLOYMENT_LABEL, JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_LABEL, EngineSpec, docker_client,
-                     engine_lost_message, owner_tag)
+from .engine import (DEFAULT_ENGINE, DEPLOYMENT_LABEL, JOB_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_LABEL, EngineSpec,
+                     docker_client, engine_lost_message, owner_tag)
 from .transports import DockerAttachTransport
 
 OFFLINE = "none (verified: lo only)"
@@ -35,12 +36,112 @@ def _agent_dirs_archive() -> bytes:
     return buffer.getvalue()
 
 
-def _built_here(client, image: str) -> bool:
+def _built_here(image_attrs: dict) -> bool:
+    return ((image_attrs.get("Config") or {}).get("Labels") or {}).get(IMAGE_LABEL) == "1"
+
+
+def _image_attrs(client, image: str) -> dict:
+    import docker
+
     try:
-        labels = client.images.get(image).labels or {}
-    except Exception:
-        return False
-    return labels.get(IMAGE_LABEL) == "1"
+        return client.api.inspect_image(image)
+    except docker.errors.ImageNotFound:
+        raise SandboxError(f"the sandbox image {image} does not exist: run `assistant sandbox build`") from None
+    except docker.errors.APIError as exc:
+        raise SandboxError(f"docker could not read the sandbox image {image}: {exc.explanation or exc}") from exc
+
+
+# ---------------------------------------------------------------- the per-job disk cap (ASSISTANT_SANDBOX_DISK_MB)
+# A container created with storage_opt size=… has its writable layer capped by the kernel: a btrfs quota on engines
+# that scripts/ensure-docker.sh starts (btrfs storage driver), or an XFS project quota (overlay2 on xfs with pquota).
+# Whether an engine can is learned once per engine and process: from its storage driver, and for good from the
+# first create it refuses.
+_drivers: dict = {}
+_uncapped: dict = {}   # engine key -> why it cannot cap (it refused storage_opt)
+_disk_lock = threading.Lock()
+
+
+def _key(engine: EngineSpec):
+    """The environment's engine is whichever DOCKER_HOST names at the time."""
+    return engine if engine.url else (engine, os.environ.get("DOCKER_HOST", ""))
+FIX_ENGINE = ("start the engine with scripts/ensure-docker.sh, which puts its data root on a btrfs file system with "
+              "quotas (an engine it started earlier keeps its old data root: stop that dockerd first)")
+
+
+def _storage(client, engine: EngineSpec) -> dict:
+    """The engine's storage driver and backing file system, asked once per engine."""
+    with _disk_lock:
+        if _key(engine) in _drivers:
+            return _drivers[_key(engine)]
+    info = client.info()
+    status = dict((pair[0], pair[1]) for pair in info.get("DriverStatus") or [] if len(pair) == 2)
+    found = {"driver": info.get("Driver", "?"), "backing": status.get("Backing Filesystem", ""),
+             "root": info.get("DockerRootDir", "")}
+    with _disk_lock:
+        _drivers[_key(engine)] = found
+    return found
+
+
+def _why_uncapped(storage: dict, engine: EngineSpec) -> str:
+    on = f" on {storage['backing']}" if storage.get("backing") else ""
+    return (f"{engine.describe()} stores containers with the {storage['driver']} storage driver{on} "
+            f"({storage.get('root') or 'its data root'}), which cannot limit a container's size")
+
+
+def _refused_storage_opt(exc) -> bool:
+    text = str(getattr(exc, "explanation", "") or exc).lower()
+    return "storage-opt" in text or "storage opt" in text or "storage option" in text
+
+
+def _uncapped_policy(config: SandboxConfig, engine: EngineSpec, why: str) -> str:
+    """Run without the cap (the note is the job card's warning) where weaker sandboxes are allowed; refuse otherwise."""
+    if config.allow_weaker_fallback:
+        return (f"disk not capped: {why}, so this job's writes are not limited to {cap_text(config.disk_mb)}. "
+                f"Fix: {FIX_ENGINE}.")
+    raise SandboxError(f"the per-job disk cap ({cap_text(config.disk_mb)}, ASSISTANT_SANDBOX_DISK_MB) cannot be "
+                       f"enforced: {why}, and with several users jobs do not run uncapped. Fix: {FIX_ENGINE}; or set "
+                       "ASSISTANT_SANDBOX_DISK_MB=0 (no cap) or ASSISTANT_SANDBOX_FALLBACK=allow (run with a note).")
+
+
+def _disk_options(client, engine: EngineSpec, config: SandboxConfig, image_attrs: dict) -> tuple[dict | None, str | None]:
+    """(storage_opt for the container, the job's "disk not capped" note)."""
+    if not config.disk_mb:
+        return None, None
+    with _disk_lock:
+        why = _uncapped.get(_key(engine))
+    if why is not None:
+        return None, _uncapped_policy(config, engine, why)
+    storage = _storage(client, engine)
+    size = config.disk_mb * MIB
+    if storage["driver"] == "btrfs":
+        size += int(image_attrs.get("Size") or 0)  # a btrfs quota counts the image's blocks as well as the job's
+    return {"size": str(size)}, None
+
+
+def disk_cap_status(engine: EngineSpec | None = None, image: str = "", disk_mb: int = 0) -> tuple[bool, str]:
+    """(enforced, how or why not) for `assistant doctor`: a container is created with the cap (never started) and
+    removed again, so the engine itself answers whether it enforces it."""
+    import docker
+
+    engine = engine or DEFAULT_ENGINE
+    client = docker_client(engine)
+    storage = _storage(client, engine)
+    host_config = client.api.create_host_config(storage_opt={"size": str(max(disk_mb, 64) * MIB)}, network_mode="none")
+    try:
+        created = client.api.create_container(image, command=["true"], labels={MANAGED_LABEL: "1", OWNER_LABEL: owner_tag()},
+                                              host_config=host_config)
+    except docker.errors.APIError as exc:
+        if _refused_storage_opt(exc):
+            return False, f"{_why_uncapped(storage, engine)} (the engine said: {exc.explanation or exc})"
+        raise
+    client.api.remove_container(created["Id"], force=True)
+    if storage["driver"] == "btrfs":
+        how = "a btrfs quota on the engine's data root"
+    elif storage["driver"] == "overlay2":
+        how = f"an XFS project quota on the engine's data root ({storage.get('backing') or 'xfs'})"
+    else:
+        how = f"the {storage['driver']} storage driver's size limit"
+    return True, f"enforced by {how} ({storage.get('root')}) on {engine.describe()}"
 
 
 class DockerSandbox(ChannelSandbox):
@@ -61,6 +162,8 @@ class DockerSandbox(ChannelSandbox):
         self._wall_clock = threading.Timer(config.job_wall_clock_s, self._expire)
         self._wall_clock.daemon = True
         self._wall_clock.start()
+        self.disk_note: str | None = None  # "disk not capped: …" when the engine could not take the job's disk cap
+        self._disk_capped = False
 
     @property
     def placement(self) -> tuple[str, str] | None:
@@ -78,9 +181,13 @@ class DockerSandbox(ChannelSandbox):
 
         client = docker_client(engine)
         cpus = min(float(config.cpus), float(os.cpu_count() or 1))
-        try:
+        image_attrs = _image_attrs(client, image)
+        spec = engine or DEFAULT_ENGINE
+        storage_opt, disk_note = _disk_options(client, spec, config, image_attrs)
+
+        def host_config(storage_opt):
             # The low-level calls skip the inspect that containers.create() makes after creating.
-            host_config = client.api.create_host_config(
+            return client.api.create_host_config(
                 network_mode="bridge" if network else "none",
                 mem_limit=f"{config.memory_mb}m",
                 memswap_limit=f"{config.memory_mb}m",
@@ -90,8 +197,11 @@ class DockerSandbox(ChannelSandbox):
                 security_opt=["no-new-privileges"],
                 privileged=False,
                 init=True,
+                storage_opt=storage_opt,
             )
-            created = client.api.create_container(
+
+        def create(storage_opt):
+            return client.api.create_container(
                 image,
                 command=["python3", "-c", BOOTSTRAP],
 
@@ -108,15 +218,28 @@ class DockerSandbox(ChannelSandbox):
                 hostname="sandbox",
                 labels={MANAGED_LABEL: "1", JOB_LABEL: job_id, OWNER_LABEL: owner_tag(), RUN_LABEL: str(run),
                         **({DEPLOYMENT_LABEL: config.deployment} if config.deployment else {})},
-                host_config=host_config,
+                host_config=host_config(storage_opt),
             )
+
+        try:
+            try:
+                created = create(storage_opt)
+            except docker.errors.APIError as exc:
+                if not storage_opt or not _refused_storage_opt(exc):
+                    raise
+                # This engine cannot cap a container's disk: learned once, then the policy decides.
+                why = _why_uncapped(_storage(client, spec), spec)
+                with _disk_lock:
+                    _uncapped[_key(spec)] = why
+                storage_opt, disk_note = None, _uncapped_policy(config, spec, why)
+                created = create(None)
             container = client.containers.prepare_model({"Id": created["Id"]})
         except docker.errors.ImageNotFound:
             raise SandboxError(f"the sandbox image {image} does not exist: run `assistant sandbox build`") from None
         except docker.errors.APIError as exc:
             raise SandboxError(f"docker could not create the sandbox container: {exc.explanation or exc}") from exc
         try:
-            if not _built_here(client, image):
+            if not _built_here(image_attrs):
                 container.put_archive("/", _agent_dirs_archive())
             raw = client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             transport = DockerAttachTransport(getattr(raw, "_sock", raw))
@@ -125,6 +248,7 @@ class DockerSandbox(ChannelSandbox):
             channel = CommandChannel(transport,
                                      describe_failure=lambda: _describe_exit(container, transport, image, engine))
             sandbox = cls(container, channel, config, network, engine, job_id)
+            sandbox.disk_note, sandbox._disk_capped = disk_note, bool(storage_opt)
         except Exception:
             _remove(container)
             raise
@@ -135,6 +259,14 @@ class DockerSandbox(ChannelSandbox):
             raise
         return sandbox
 
+    def exec(self, command: str, timeout_s: float = 120.0, workdir: str | None = None,
+             env: dict[str, str] | None = None, on_output: OutputCallback | None = None) -> ExecResult:
+        """A command; when it failed and the container is at its disk cap, the job ends (SandboxLimitReached)."""
+        result = super().exec(command, timeout_s, workdir, env, on_output)
+        if self._disk_capped:
+            check_after(lambda probe: super(DockerSandbox, self).exec(probe, timeout_s=30), result,
+                        self._config.disk_mb, full_is_cap=False)
+        return result
 
     def go_offline(self) -> str:
         """Disconnect every network, then prove from inside that only loopback is left."""

@@ -19,7 +19,9 @@ from pathlib import Path
 from .base import (
     AGENT_ENV, AGENT_GID, AGENT_HOME, AGENT_UID, WORKSPACE, SandboxConfig, SandboxError,
 )
+from .base import ExecResult, OutputCallback
 from .channel import ChannelSandbox, CommandChannel
+from .diskcap import cap_text, check_after
 from .image import host_ca_bundle
 from .bootstrap import BOOTSTRAP, payload
 from .transports import ProcessTransport
@@ -39,9 +41,12 @@ TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 class LocalSandbox(ChannelSandbox):
     backend = "local"
 
-    def __init__(self, *, job_id: str, workspace: Path, home: Path, config: SandboxConfig):
+    def __init__(self, *, job_id: str, workspace: Path, home: Path, config: SandboxConfig,
+                 disk: "LoopDisk | None" = None):
         self._workspace = workspace
         self.home = home
+        self._disk = disk  # the job's capped file system (workspace, home, /tmp, /var/tmp), when a cap is set
+        self.disk_note: str | None = None
         self._job_id = job_id
         self._config = config
         self._process: subprocess.Popen | None = None
@@ -61,18 +66,44 @@ class LocalSandbox(ChannelSandbox):
         not follow links); everything else happens inside, through the command server."""
         if not shutil.which("bwrap"):
             raise SandboxError("the local backend needs bubblewrap: apt-get install bubblewrap (or start a Docker engine)")
-        workspace, home = config.workspaces_dir / job_id, config.homes_dir / job_id
-        for directory in (workspace, home):
-            shutil.rmtree(directory, ignore_errors=True)  # a retried job starts clean, as a container would
-            directory.mkdir(parents=True)
-            _own_empty_dir(directory)
-        if os.geteuid() == 0:
-            _require_reachable_by_agent([workspace, home])
-        sandbox = cls(job_id=job_id, workspace=workspace, home=home, config=config)
-        sandbox._write_identity()
-        sandbox._launch(network)
+        disk = None
+        if config.disk_mb:
+            # Everything the job writes lives on one file system of the cap's size, so the kernel refuses the
+            # write past it (ENOSPC) and the host's disk never gives more than the cap.
+            disk = LoopDisk(config.data_dir / "disks" / job_id, config.disk_mb)
+            disk.create()
+            workspace, home = disk.root / "workspace", disk.root / "home"
+        else:
+            workspace, home = config.workspaces_dir / job_id, config.homes_dir / job_id
+        try:
+            for directory in (workspace, home) + ((disk.root / "tmp", disk.root / "var-tmp") if disk else ()):
+                shutil.rmtree(directory, ignore_errors=True)  # a retried job starts clean, as a container would
+                directory.mkdir(parents=True)
+                _own_empty_dir(directory)
+            if os.geteuid() == 0:
+                _require_reachable_by_agent([workspace, home])
+            sandbox = cls(job_id=job_id, workspace=workspace, home=home, config=config, disk=disk)
+        except BaseException:
+            if disk is not None:
+                disk.remove()
+            raise
+        try:
+            sandbox._write_identity()
+            sandbox._launch(network)
+        except BaseException:
+            sandbox.close()
+            raise
         sandbox._wall_clock.start()
         return sandbox
+
+    def exec(self, command: str, timeout_s: float = 120.0, workdir: str | None = None,
+             env: dict[str, str] | None = None, on_output: OutputCallback | None = None) -> ExecResult:
+        """A command; when it failed and the job's file system is full (its cap), the job ends (SandboxLimitReached)."""
+        result = super().exec(command, timeout_s, workdir, env, on_output)
+        if self._disk is not None:
+            check_after(lambda probe: super(LocalSandbox, self).exec(probe, timeout_s=30), result,
+                        self._config.disk_mb, full_is_cap=True)
+        return result
 
     def _write_identity(self) -> None:
         self._etc.mkdir(parents=True, exist_ok=True)
@@ -100,8 +131,12 @@ class LocalSandbox(ChannelSandbox):
                 argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
         for name in ("passwd", "group", "hostname"):
             argv += ["--ro-bind", str(self._etc / name), f"/etc/{name}"]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
-                 "--bind", str(self._workspace.resolve()), WORKSPACE,
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        if self._disk is not None:  # /tmp and /var/tmp count against the cap too (a tmpfs would take memory instead)
+            argv += ["--bind", str(self._disk.root / "tmp"), "/tmp", "--bind", str(self._disk.root / "var-tmp"), "/var/tmp"]
+        else:
+            argv += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
+        argv += ["--bind", str(self._workspace.resolve()), WORKSPACE,
                  "--bind", str(self.home.resolve()), AGENT_HOME,
                  "--chdir", WORKSPACE, "--clearenv"]
         env = dict(AGENT_ENV)
@@ -173,8 +208,58 @@ class LocalSandbox(ChannelSandbox):
     def _teardown(self) -> None:
         self._stop_server()
         # rmtree removes links without following them; nothing here reads what the job wrote.
+        if self._disk is not None:
+            shutil.rmtree(self._etc, ignore_errors=True)
+            self._disk.remove()  # the job's whole file system goes at once: unmounted, its image deleted
+            return
         for directory in (self._etc, self._workspace, self.home):
             shutil.rmtree(directory, ignore_errors=True)
+
+
+class LoopDisk:
+    """A job's own file system of `size_mb`: a sparse image file, formatted ext4 and mounted through a loop device
+    at `root` (nosuid, nodev). Mounting needs root; without it a cap cannot be enforced and the job is refused."""
+
+    def __init__(self, root: Path, size_mb: int):
+        self.root = root
+        self.image = root.with_name(root.name + ".img")
+        self.size_mb = size_mb
+
+    def create(self) -> None:
+        if os.geteuid() != 0:
+            raise SandboxError(
+                f"the disk cap ({cap_text(self.size_mb)} per job, ASSISTANT_SANDBOX_DISK_MB) cannot be enforced by the "
+                "bubblewrap backend without root: it gives each job a loop-mounted file system of that size. Run the "
+                "server as root, use the Docker backend, or set ASSISTANT_SANDBOX_DISK_MB=0 (no cap).")
+        for tool in ("mkfs.ext4", "mount", "umount"):
+            if not shutil.which(tool):
+                raise SandboxError(f"the bubblewrap backend's disk cap needs {tool}: apt-get install e2fsprogs mount")
+        self.remove()  # what a crashed run of the same job left
+        self.root.mkdir(parents=True)
+        os.chmod(self.root.parent, 0o711)
+        try:
+            with open(self.image, "wb") as image:
+                image.truncate(self.size_mb * 1024 * 1024)  # sparse: the host's disk is taken only as the job writes
+            _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", str(self.image)], "format")
+            _run(["mount", "-o", "loop,nosuid,nodev", str(self.image), str(self.root)], "mount")
+            os.chmod(self.root, 0o711)
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        if os.path.ismount(self.root):
+            # Lazy: a process the namespace left behind (it dies with it) must not keep the mount and the image.
+            subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
+        if self.root.exists() and not os.path.ismount(self.root):
+            shutil.rmtree(self.root, ignore_errors=True)
+        self.image.unlink(missing_ok=True)
+
+
+def _run(argv: list[str], what: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SandboxError(f"could not {what} the job's disk ({' '.join(argv[:2])}): {done.stderr.strip()[-300:]}")
 
 
 def _own_empty_dir(path: Path) -> None:

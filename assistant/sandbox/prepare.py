@@ -129,7 +129,8 @@ def _from_warm_pool(job: _Preparation, warm, key: str | None, on_sandbox) -> Pre
         ready.sandbox.close()
         raise
     return dataclasses.replace(ready, egress_policy=job.policy,
-                               timings={**job.timings, "warm_take_s": time.monotonic() - clock})
+                               timings={**job.timings, "warm_take_s": time.monotonic() - clock},
+                               backend_fallback=_notes(ready.backend_fallback, ready.sandbox))
 
 
 def _from_setup_cache(job: _Preparation, entry) -> PreparedSandbox:
@@ -207,9 +208,15 @@ def _offline(job: _Preparation, sandbox: Sandbox, results: list[ExecResult], fai
         timings=job.timings,
         setup_changes=setup_changes,
         backend=job.choice.backend,
-        backend_fallback=job.choice.fallback,
+        backend_fallback=_notes(job.choice.fallback, sandbox),
         egress_policy=job.policy,
     )
+
+
+def _notes(fallback: str | None, sandbox) -> str | None:
+    """The job card's warning: a weaker backend than configured, and/or a disk cap the engine could not enforce."""
+    notes = [note for note in (fallback, sandbox.disk_note) if note]
+    return "; ".join(notes) or None
 
 
 def _cached_setup(repo: str, config: SandboxConfig, backend: str, source: RepoSource, commands: list[str],

@@ -1,7 +1,8 @@
 import pytest
 
 from assistant.conversation.route_classifier import RouteClassifier, shipped_classifier
-from assistant.conversation.router import continuation_refusal, resolve_job_reference, route_message
+from assistant.conversation.router import (ROUTER_PROMPT_MARKER, continuation_refusal, resolve_job_reference,
+                                           route_message, route_schema)
 from assistant.conversation.signals import find_job_reference
 from assistant.llm.client import ModelClient
 from assistant.store import Job
@@ -25,6 +26,7 @@ def jobs(*titles, state="succeeded", repo=REPO):
     ("Where is the SQL for search built? Move it into the repository layer.", "job"),
     ("Should we split the module? Just tell me, don't change anything.", "answer"),
     ("thanks!", "answer"),
+    ("How do I run the tests?", "answer"),   # a question about running is no order to run
 ])
 def test_obvious_cases_need_no_model(text, kind):
     route = route_message(text, [], None)
@@ -33,11 +35,25 @@ def test_obvious_cases_need_no_model(text, kind):
 
 @pytest.mark.parametrize("text", [
     "Saving a profile with an emoji in the name throws a 500.",
-    "Traceback (most recent call last):\n  File \"a.py\", line 1\nKeyError: 'x'",
+    "What does this mean?\nTraceback (most recent call last):\n  File \"a.py\", line 1\nKeyError: 'x'",
+    "got this, is it my config?\n```\nKeyError: 'SECRET_KEY'\n```",
     "How would I add a subcommand?",   # a question that names a change: judgement, not a rule
 ])
 def test_rules_leave_what_needs_judgement_open(text):
     assert route_message(text, [], None).decided_by == "fallback"
+
+
+@pytest.mark.parametrize("text", [
+    "Traceback (most recent call last):\n  File \"a.py\", line 1\nKeyError: 'x'",
+    "this blows up on startup\n\nImportError: cannot import name 'x' from 'y'",
+    "run the tests and tell me what fails",
+    "can you run mypy and report the errors?",
+    "find and fix the memory leak in the resizer",
+    "look into why the export is slow and fix it",
+])
+def test_rules_send_pasted_errors_runs_and_find_and_fix_to_a_job(text):
+    route = route_message(text, [], None)
+    assert (route.kind, route.decided_by) == ("job", "rules")
 
 
 @pytest.mark.parametrize("text,number,by", [
@@ -164,6 +180,60 @@ def test_garbage_from_the_router_model_falls_back(scripted_model, settings_for, 
     assert (r.kind, r.decided_by) == ("answer", "fallback")
     r = route_message("the login page breaks with long emails", [], client, classifier=shipped_classifier())
     assert (r.kind, r.decided_by) == ("job", "classifier") and "could not decide" in r.reason
+
+
+# ---------------------------------------------------------------------- the embedded model: classifier, then model
+SURE = RouteClassifier({"work": {"bias": 8.0, "weights": {}}, "followup": {"bias": -8.0, "weights": {}}})
+UNSURE = RouteClassifier({"work": {"bias": 0.0, "weights": {}}, "followup": {"bias": 0.0, "weights": {}}})
+
+
+def test_with_the_embedded_model_the_classifier_decides_what_it_is_sure_of(scripted_model, settings_for):
+    scripted_model.when_system_contains(ROUTER, [Reply.text('{"route": "answer"}')], repeat_last=True)
+    client = ModelClient(settings_for(scripted_model))
+    r = route_message("the login page breaks with long emails", [], client, classifier=SURE, embedded=True,
+                      constrained=True, model_below=0.6)
+    assert (r.kind, r.decided_by) == ("job", "classifier")
+    # by default the embedded model is never asked (it routes worse than the classifier), however unsure
+    r = route_message("the numbers look odd", [], client, classifier=UNSURE, embedded=True, constrained=True)
+    assert r.decided_by == "classifier"
+    assert scripted_model.requests == []
+
+
+def test_with_the_embedded_model_an_unsure_classifier_asks_the_model_under_a_schema(scripted_model, settings_for):
+    scripted_model.when_system_contains(ROUTER, [Reply.text('{"route": "followup_job"}'),
+                                                 Reply.text('{"route": "answer"}')])
+    client = ModelClient(settings_for(scripted_model))
+    js = jobs("Fix the off-by-one in paginate()", "Add CSV export")
+    r = route_message("the numbers look odd now", js, client, classifier=UNSURE, embedded=True, constrained=True,
+                      repo=REPO, model_below=0.6)
+    assert (r.kind, r.job_id, r.decided_by, r.reference) == ("followup_job", "j2", "model", "default")
+    request = scripted_model.requests[-1]
+    assert request["messages"][0]["content"].startswith(ROUTER_PROMPT_MARKER)
+    assert request["temperature"] == 0
+    assert request["response_format"] == {"type": "json_object", "schema": route_schema(js)}
+    assert route_schema(js)["properties"]["route"]["enum"] == ["answer", "job", "followup_answer", "followup_job"]
+    # with no jobs, the model cannot pick a follow-up
+    r = route_message("the numbers look odd", [], client, classifier=UNSURE, embedded=True, constrained=True,
+                      model_below=0.6)
+    assert (r.kind, r.decided_by) == ("answer", "model")
+    assert scripted_model.requests[-1]["response_format"]["schema"]["properties"]["route"]["enum"] == ["answer", "job"]
+
+
+def test_a_follow_up_the_model_names_goes_to_that_job(scripted_model, settings_for):
+    scripted_model.when_system_contains(ROUTER, [Reply.text('{"route": "followup_answer", "job": 1}')])
+    client = ModelClient(settings_for(scripted_model))
+    r = route_message("and the numbers there?", jobs("Fix paginate", "Add CSV export"), client, repo=REPO)
+    assert (r.kind, r.job_id, r.reference, r.decided_by) == ("followup_answer", "j1", "model", "model")
+
+
+def test_with_the_embedded_model_an_unreadable_reply_leaves_it_to_the_classifier(scripted_model, settings_for):
+    scripted_model.when_system_contains(ROUTER, [Reply.text('{"route": "perhaps"}')], repeat_last=True)
+    client = ModelClient(settings_for(scripted_model, ASSISTANT_MODEL_MAX_RETRIES=0))
+    lean_job = RouteClassifier({"work": {"bias": 0.1, "weights": {}}, "followup": {"bias": -8.0, "weights": {}}})
+    r = route_message("the numbers look odd", [], client, classifier=lean_job, embedded=True, constrained=True,
+                      model_below=0.6)
+    assert (r.kind, r.decided_by) == ("job", "classifier") and "could not decide" in r.reason
+    assert len(scripted_model.requests) == 1
 
 
 def test_the_classifier_decides_what_the_rules_leave_open_without_a_model():

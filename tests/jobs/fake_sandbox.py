@@ -29,6 +29,7 @@ class FakeSandbox:
     backend = "fake"
     egress = None
     placement = None
+    disk_note = None
 
     def __init__(self, root: Path):
         self.root = root

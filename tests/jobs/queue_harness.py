@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +101,21 @@ def sleeping_agent(model, seconds: float):
     from assistant.testing.scripted_model import Reply, by_turn
     model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command=f"sleep {seconds}; echo slept"),
                                                Reply.text("Done sleeping."))], repeat_last=True)
+
+
+def held_agent(model, seconds: float, hold_limit_s: float = 100) -> threading.Event:
+    """Like sleeping_agent, but each job's last model turn waits until the returned event is set (at most
+    hold_limit_s, below the model timeout): what a test does to running jobs happens while they run, however
+    slowly a loaded machine started them."""
+    from assistant.testing.scripted_model import Reply, by_turn
+    release = threading.Event()
+
+    def held_last_turn(_request: dict) -> Reply:
+        release.wait(hold_limit_s)
+        return Reply.text("Done sleeping.")
+    model.when_system_contains(AGENT, [by_turn(Reply.call("shell", command=f"sleep {seconds}; echo slept"),
+                                               held_last_turn)], repeat_last=True)
+    return release
 
 
 class Deployment:

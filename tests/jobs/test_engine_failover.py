@@ -8,7 +8,7 @@ import collections
 import pytest
 
 from assistant.domain import events as ev
-from tests.jobs.queue_harness import Deployment, managed_containers, private_postgres, sleeping_agent, wait_for  # noqa: F401
+from tests.jobs.queue_harness import Deployment, held_agent, managed_containers, private_postgres, wait_for  # noqa: F401
 from tests.sandbox.engines import DEFAULT_URL, ensure_engine, extra_engines, hosts_setting, kill_engine, socket_url  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
@@ -29,7 +29,7 @@ def everywhere(job_id):
 
 def test_jobs_fill_the_engines_and_fail_over_when_one_dies(pool_deployment):
     d = pool_deployment
-    sleeping_agent(d.model, 12)
+    release = held_agent(d.model, 12)  # every job still runs when the engine dies, however slowly they started
     d.workers.start("w", concurrency=6)
     jobs = [j for _ in range(6) for j in d.submit()]
     wait_for(lambda: all(d.heard(j.id, "tool_start") for j in jobs), 120, "all six jobs to run")
@@ -38,6 +38,7 @@ def test_jobs_fill_the_engines_and_fail_over_when_one_dies(pool_deployment):
     on_b = [job_id for job_id, engine in placed.items() if engine == "scale-b"]
     try:
         kill_engine("scale-b")
+        release.set()
         done = [d.web.jobs.wait(j.id, timeout=180) for j in jobs]
         assert [j.state for j in done] == ["succeeded"] * 6, [j.reason for j in done]
         for job in done:
@@ -53,6 +54,7 @@ def test_jobs_fill_the_engines_and_fail_over_when_one_dies(pool_deployment):
         retry = d.submit()[0]  # a new job goes nowhere near the dead engine
         assert d.web.jobs.wait(retry.id, timeout=120).engine in ("default", "scale-a")
     finally:
+        release.set()
         ensure_engine("scale-b")
     wait_for(lambda: d.web.store.engine_states()["scale-b"].state == "up", 60, "scale-b to be marked up again")
     wait_for(lambda: not [c for j in jobs for c in everywhere(j.id)], 60, "scale-b's leftovers to be swept")

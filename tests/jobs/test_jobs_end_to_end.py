@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from assistant.jobs.manager import JobRequest
-from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
+from assistant.testing.scripted_model import Reply, by_turn, chunk_ids, system_text
 from tests.fixtures.repos import FIX_PATCH, git, make_calc_repo
 
 pytestmark = pytest.mark.docker
@@ -165,9 +165,9 @@ def test_cancel_stops_a_running_job(tmp_path, docker_engine, scripted_model, ass
     job = assistant.jobs.submit(JobRequest(task="wait", repo=str(repo), setup=[]))[0]
     import time
     deadline = time.time() + 60
-    while assistant.store.get_job(job.id).state != "running" and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    while not any(AGENT in system_text(r) for r in list(scripted_model.requests)) and time.time() < deadline:
+        time.sleep(0.1)  # the agent has asked for its command: the cancel meets a running job, whatever the load
+    assert assistant.store.get_job(job.id).state == "running"
     started = time.time()
     assert assistant.jobs.cancel(job.id)
     final = assistant.jobs.wait(job.id, timeout=60)

@@ -105,15 +105,46 @@ def login(page, url: str, user: str) -> None:
     page.locator("text=Repository:").first.wait_for(timeout=60_000)  # greeted: the composer takes Enter now
 
 
-def send(page, text: str) -> None:
-    """Submit once the previous message's handler has finished, and check that the message went."""
-    page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
-    page.wait_for_selector("#stop-button", state="detached", timeout=60_000)
-    before = page.locator(".step[data-step-type='user_message']").count()
+USER_MESSAGES = ".step[data-step-type='user_message']"
+COMPOSER_HOLDS_JS = ("text => { const norm = t => t.replace(/\\s+/g, ' ').trim();"
+                     " return norm(document.querySelector('#chat-input')?.innerText || '') === norm(text); }")
+
+
+def send(page, text: str, timeout: float = 180) -> None:
+    """Submit a message and check that it went.
+
+    The composer ignores Enter while the previous message's handler runs (Chainlit's `loading`, set when the
+    server's task_start arrives), and that start can reach the browser after the previous message already showed:
+    on a busy machine a message typed right after the previous one is dropped and its text left in the composer.
+    So: Enter when no handler is running, then wait until the composer has taken the text; while it has not, press
+    Enter again once no handler runs. A second Enter cannot send twice: taking a message empties the composer at
+    once. `timeout` bounds the whole (a loaded two-core machine answers slowly, but it answers)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout
+
+    def left_ms() -> float:
+        return max(1.0, (deadline - time.monotonic()) * 1000)
+
+    page.wait_for_selector("#chat-input:not([disabled])", timeout=left_ms())
+    before = page.locator(USER_MESSAGES).count()
     page.fill("#chat-input", text)
-    page.keyboard.press("Enter")
-    page.wait_for_function(f"document.querySelectorAll(\".step[data-step-type='user_message']\").length > {before}",
-                           timeout=30_000)
+    presses = 0
+    while True:
+        page.wait_for_selector("#stop-button", state="detached", timeout=left_ms())
+        page.press("#chat-input", "Enter")  # "/jobs" too: it runs at once, no second Enter (public/composer.js)
+        presses += 1
+        try:  # taken: the composer emptied (or the message already shows)
+            page.wait_for_function(
+                f"text => !({COMPOSER_HOLDS_JS})(text) || document.querySelectorAll(\"{USER_MESSAGES}\").length"
+                f" > {before}", arg=text, timeout=min(left_ms(), 2_000))
+            break
+        except PlaywrightTimeout:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the composer never took {text!r} ({presses} presses of Enter)") from None
+    if presses > 1:  # worth seeing in a test's output: how often the race above happens
+        print(f"send({text[:40]!r}): taken at Enter {presses}, {timeout - (deadline - time.monotonic()):.1f} s")
+    page.wait_for_function(f"document.querySelectorAll(\"{USER_MESSAGES}\").length > {before}", timeout=left_ms())
 
 
 # ---------------------------------------------------------------------- HTTP and socket.io as a script would

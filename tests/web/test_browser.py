@@ -19,7 +19,7 @@ from assistant.store import Store
 from assistant.testing.scripted_model import ScriptedModelServer
 
 from . import scripts
-from .harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, USERS, AppProcess, make_repo
+from .harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, USERS, AppProcess, make_repo, send
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -94,20 +94,6 @@ def login(page, url: str, user: str, screenshot: str | None = None) -> None:
     page.click("button[type=submit]")
     page.wait_for_selector("#chat-input", timeout=30_000)
     page.wait_for_selector("text=Repository:", timeout=30_000)
-
-
-def send(page, text: str) -> None:
-    """Type and submit once the previous message's handler has finished (the composer ignores Enter until then)."""
-    page.wait_for_selector("#chat-input:not([disabled])", timeout=30_000)
-    page.wait_for_selector("#stop-button", state="detached", timeout=60_000)
-    users = page.locator(".step[data-step-type='user_message']")
-    before = users.count()
-    page.fill("#chat-input", text)
-    page.keyboard.press("Enter")  # "/jobs" too: it runs at once, no second Enter (public/composer.js)
-    deadline = time.monotonic() + 30
-    while users.count() == before and time.monotonic() < deadline:
-        page.wait_for_timeout(100)
-    assert users.count() > before, f"the message {text!r} was not sent"
 
 
 def answers(page):
