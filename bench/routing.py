@@ -4,7 +4,9 @@
                                       [--local-model GGUF] [--oracle]
 
 Without --set: the labelled set bench/routing_set.jsonl, by its parts (tune: what the classifier is trained
-on; heldout: fixed by a seeded hash, paraphrase-like; dev2 and dev3: written apart, in real users' words). With
+on; heldout: fixed by a seeded hash, paraphrase-like; dev2 and dev3: written apart, in real users' words),
+and dev_v2 (bench/routing_dev_v2.jsonl: written independently by someone else; used for tuning decisions in
+round 2, never trained on). With
 --set FILE: any JSON-lines file in the same format (keys id, split, class, route, job, text, repo, jobs;
 `split` may be anything, the file is scored as one part), e.g. a set the router has never seen.
 
@@ -44,7 +46,7 @@ from assistant.conversation.route_classifier import WEIGHTS_PATH, RouteClassifie
 from assistant.conversation.router import EMBEDDED_MODEL_BELOW, ROUTER_PROMPT_MARKER, Route, route_message  # noqa: E402
 from assistant.llm.client import ModelClient  # noqa: E402
 from assistant.testing.scripted_model import Reply, ScriptedModelServer  # noqa: E402
-from bench.routing_set import ROUTES, SET_PATH, Item, load_set  # noqa: E402
+from bench.routing_set import DEV_V2_PATH, ROUTES, SET_PATH, Item, load_set  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODES = ("rules", "classifier", "model", "shipped")
@@ -194,7 +196,7 @@ def main() -> int:
 
     path = args.set or SET_PATH
     try:
-        items = load_set(path)
+        items = load_set(path) + ([] if args.set else load_set(DEV_V2_PATH))
     except (OSError, ValueError, KeyError) as exc:
         print(f"cannot read the labelled set {path}: {exc}", file=sys.stderr)
         return 2
@@ -202,7 +204,7 @@ def main() -> int:
         items = [Item(**{**i.__dict__, "split": "set"}) for i in items]
         splits = ["set"]
     else:
-        splits = [s for s in ("tune", "heldout", "dev2", "dev3") if any(i.split == s for i in items)]
+        splits = [s for s in ("tune", "heldout", "dev2", "dev3", "dev_v2") if any(i.split == s for i in items)]
         if args.splits:
             splits = [s for s in splits if s in args.splits.split(",")]
             items = [i for i in items if i.split in splits]

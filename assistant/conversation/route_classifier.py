@@ -41,6 +41,78 @@ _PROBLEM = re.compile(r"\b(?:fails?|failing|failed|crash(?:es)?|throws?|broken|b
 _FOLLOW_WORDS = re.compile(r"\b(?:it|that|this|now|also|still|again|same|too|undo|revert|amend|redo|instead|"
                            r"anymore)\b", re.I)
 
+# Whether a message in a conversation with jobs is about one of them: pointers back at earlier work …
+_ANAPHOR = re.compile(r"\b(?:it|its|it's|them)\b(?!\s+(?:would|'d)\b)"
+                      # "that"/"those"/"these" pointing back, not joining a clause ("endpoints that skip …")
+                      r"|(?:^|[,.;:!?\u2014-]\s*|\b(?:and|but|so|then|now|of|for|to|in|on|with|about|from|after|"
+                      r"since|like|than|undo|revert|fix|change|did|do|does|make|made|keep|redo|extend|test|cover)\s+)"
+                      r"(?:that|those|these|this)\b(?!\s+(?:project|repo|repository|codebase|app|chat)\b)", re.I)
+_EXPLETIVE = re.compile(r"\b(?:is|was|would)\s+it\s+(?:safe|possible|ok|okay|worth|true|normal|better|bad|fine|a\s+good)\b"
+                        r"|\bit\s+would\s+be\b|\bit\s+(?:takes|seems|looks\s+like)\b|\bwhat\s+would\s+it\s+take\b", re.I)
+_YOUR_WORK = re.compile(r"\byour\s+(?:\w+\s+)?(?:fix|change|changes|patch|diff|commit|pr|version|code|edit|edits|approach|"
+                        r"work|refactor|migration|tests?)\b|\b(?:did|didn't|have|haven't)\s+you\b|"
+                        r"\b(?:why'd|why\s+did|how'd|how\s+did)\s+you\b|"
+                        r"\byou\s+(?:\w+ed|did|made|wrote|ran|broke|left|forgot|chose|built|put|took|threw|pick|picked)\b|"
+                        r"\b(?:after|since|with)\s+(?:your|the|that)\s+(?:last\s+)?(?:change|fix|patch|update|upgrade)\b", re.I)
+_THE_WORK = re.compile(r"\b(?:the|that|this)\s+(?:change|changes|fix|patch|diff|upgrade|refactor|migration|new\s+\w+|"
+                       r"[\w-]+\s+(?:one|job|thing|task|run|change|fix))\b|\b(?:cancelled|failed|stopped|finished)\s+one\b", re.I)
+_CARRY_ON = re.compile(r"^(?:\W*(?:ok|okay|nice|great|cool|good|thanks|hmm|so|and|but|now|wait|also)\b[\s,.!:\-]*)*"
+                       r"(?:also|continue|resume|retry|redo|revert|undo|roll\s+back|keep\s+going|pick\s+up|finish|"
+                       r"same|now\s+(?:do|make|add|also)|do\s+the\s+same|again)\b"
+                       r"|\b(?:as\s+well|the\s+same|the\s+other|the\s+rest)\b"
+                       r"|\balso\s+" + signals.WORK_VERB_BASE.pattern, re.I)
+# Adverbs that often, not always, mean "compared with what the job did" ("it still fails", "X still uploads …")
+_STILL = re.compile(r"\b(?:too|again|still|anymore|any\s+more|instead|now)\b(?<!hi again)(?<!hello again)(?<!back again)",
+                    re.I)
+# Feedback on a result, then what to change: "works, but …", "looks good but rename …", "close, just make …"
+_FEEDBACK = re.compile(r"^\W*(?:\w+\s+){0,3}?(?:works|worked|looks\s+(?:good|great|fine|ok)|lgtm|nice|great|good|perfect|"
+                       r"close|almost|better)\b[^?]*?\b(?:but|just|except|only)\b", re.I)
+# Something the job brought: "why is there a new file …", "the new column"
+_NEW_THING = re.compile(r"\bnew\s+(?:file|files|dependency|dependencies|dep|test|tests|column|function|class|module|import|"
+                        r"flag|option|setting|migration|endpoint|warning|warnings)\b", re.I)
+# Short questions about how a job went: "what happened?", "any progress?", "did the tests pass?", "what was the
+# actual bug?", "so what was the root cause in the end"
+_OUTCOME = re.compile(r"\bthe\s+job\b|\bwhat\s+(?:happened|went\s+wrong)\b|\bany\s+(?:progress|luck|news)\b|"
+                      r"\bthe\s+(?:actual\s+|real\s+)?(?:bug|root\s+cause|cause|culprit|result|outcome|status|problem)\b|"
+                      r"\bthe\s+tests?\s+(?:pass|passed|fail|failed|green|red)\b", re.I)
+# … or cues of a new subject: the project as a whole, the assistant itself.
+_WHOLE_PROJECT = re.compile(r"\b(?:this|the|our)\s+(?:project|repo|repository|codebase|code\s+base|app|application|"
+                            r"service|team|cli|site|module|package)\b|\bwe\b|\bour\b|\bwhere(?:'s|\s+is|\s+do|\s+are)\b", re.I)
+_META = re.compile(r"\b(?:are\s+you|can\s+you\s+(?:see|run|read|remember|access)|what\s+can\s+you|do\s+you\s+"
+                   r"(?:keep|remember|run|change|see|store|have)|this\s+(?:chat|conversation)|how\s+many\s+jobs|"
+                   r"/ask|/code|which\s+model|what\s+model|asking\s+you|ask\s+you)\b", re.I)
+# Asking to be told, shown or advised, not to change anything: "can you tell me …", "walk me through …",
+# "what's the difference …", "give me a plan …, I'll do it myself".
+_READ_REQUEST = re.compile(r"^(?:\W*(?:ok|okay|so|hey|hi|quick\s+q(?:uestion)?|btw)\b[\s,.!:\-]*)*(?:please\s+)?"
+                           r"(?:(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?)?(?:tell\s+me|show\s+me|list|summari[sz]e|"
+                           r"explain|describe|walk\s+me\s+through|outline|compare|give\s+me\s+(?:a|an|the|some)\s+"
+                           r"(?:rough\s+)?(?:plan|estimate|overview|summary|outline|idea|list|rundown|breakdown)|"
+                           r"what's\s+the\s+difference|whats\s+the\s+difference|what\s+is\s+the\s+difference|"
+                           r"difference\s+between|point\s+me)\b"
+                           r"|\b(?:just\s+(?:the\s+plan|an?\s+outline|your\s+opinion|curious|thinking)|opinion\s+only|"
+                           r"i'll\s+(?:do|implement|write|build)\s+(?:it|the\s+\w+\s+\w+|the\s+\w+)\s+myself|"
+                           r"not\s+asking\s+(?:you\s+)?(?:to|for)|don't\s+(?:do|build|implement|change)\s+(?:it|anything)\s+yet|"
+                           r"no\s+changes|(?:i\s+want|i'd\s+like|help\s+me)\s+to\s+understand|help\s+me\s+understand|"
+                           r"where\s+would\s+you\s+(?:start|look)|how\s+would\s+you\s+(?:approach|go\s+about|tackle)|"
+                           r"before\s+(?:we|i)\s+(?:change|touch|fix)\s+anything)\b", re.I)
+_CLAUSE_END = re.compile(r"[,;\u2014\u2013]|[.!?](?:\s|$)|\s-\s")
+
+
+def pointers(body: str) -> dict[str, bool]:
+    """How a message points back at earlier work, or away from it (evidence for the follow-up head)."""
+    unexpleted = _EXPLETIVE.sub(" ", body)
+    # A pronoun in the first clause points outside the message ("it still fails", "can you make it …"); one in a
+    # later clause often points at what the message itself named ("X ignores NO_COLOR, it's unreadable").
+    end = _CLAUSE_END.search(unexpleted)
+    first, rest = (unexpleted[:end.start()], unexpleted[end.end():]) if end else (unexpleted, "")
+    return {"anaphor": bool(_ANAPHOR.search(unexpleted)), "anaphor_first": bool(_ANAPHOR.search(first)),
+            "anaphor_later": bool(_ANAPHOR.search(rest)) and not _ANAPHOR.search(first), "your_work": bool(_YOUR_WORK.search(body)),
+            "the_work": bool(_THE_WORK.search(body)), "carry_on": bool(_CARRY_ON.search(body)),
+            "still": bool(_STILL.search(body)), "feedback": bool(_FEEDBACK.search(body)),
+            "new_thing": bool(_NEW_THING.search(body)),
+            "outcome": bool(_OUTCOME.search(body)) and len(_words(body)) <= 10 and not re.search(r"[`_/()]|\w\.\w", body),
+            "whole_project": bool(_WHOLE_PROJECT.search(body)), "meta": bool(_META.search(body))}
+
 
 def _words(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
@@ -80,6 +152,7 @@ def features(text: str, jobs: list[Job]) -> dict[str, float]:
         "several_sentences": re.search(r"[.?!;:]\s+\S", body), "several_lines": "\n" in text.strip(),
         "short": len(words) <= 3,
         "later_order": signals.LATER_ORDER.search(body),
+        "read_request": _READ_REQUEST.search(body), "meta": _META.search(body),
         "run_order": signals.RUN_ORDER.match(body), "find_and_fix": signals.FIND_AND_FIX.search(body),
         "log_no_question": signals.PASTED_LOG.search(text) and "?" not in signals.log_prose(text),
         "log_and_question": signals.PASTED_LOG.search(text) and re.search(r"\?\s*$", text, re.M),
@@ -97,6 +170,12 @@ def features(text: str, jobs: list[Job]) -> dict[str, float]:
         f["ctx:follow_words"] = min(len(_FOLLOW_WORDS.findall(body)), 3) / 3
         f["ctx:points_back"] = 1.0 if signals.points_back(body) else 0.0
         f["ctx:latest_" + signals.latest(jobs).state] = 1.0
+        points = pointers(body)
+        f.update({"ctx:p_" + name: 1.0 for name, present in points.items() if present})
+        backward = ref is not None or f["ctx:title_overlap"] > 0 or any(
+            points[k] for k in ("anaphor", "your_work", "the_work", "carry_on", "still", "feedback", "new_thing", "outcome"))
+        if not backward:
+            f["ctx:points_nowhere"] = 1.0
         for name in [k for k in f if k.startswith("s:")]:  # the same shape reads differently once jobs exist
             f["ctx+" + name] = 1.0
     return f
@@ -144,6 +223,11 @@ class RouteClassifier:
             return Guess(p_work >= 0.5, False, certainty)
         if feats.get("ctx:ref_explicit") == 1.0:  # "job 2", "the last one": about that job, whatever the words
             return Guess(p_work >= 0.5, True, certainty)
+        if feats.get("ctx:points_nowhere") == 1.0:
+            # Nothing points back at a job (no pronoun, no "your change", no "also", no title, no job named):
+            # a new subject, however much the conversation has done so far. On the labelled set this never
+            # misroutes a follow-up; the head, trained on far fewer conversations, did.
+            return Guess(p_work >= 0.5, False, certainty)
         p_followup = self.probability("followup", feats)
         return Guess(p_work >= 0.5, p_followup >= 0.5, min(certainty, abs(2 * p_followup - 1)))
 

@@ -44,15 +44,23 @@ _POINTS_BACK = re.compile(r"\b(?:it|its|it's|that|this|those|them|these|same|als
 # Questions that propose work: "why not cache it?", "how about adding …?", "should we split …?"
 SUGGESTION = re.compile(r"^(?:why\s+(?:don't|not|dont)|how\s+about|what\s+about|should\s+(?:we|i|you)\s)", re.I)
 # "… just tell me, don't change anything", "no code changes yet": the user wants an answer.
-READ_ONLY = re.compile(r"\b(?:don't|do\s+not|dont)\s+(?:change|edit|touch|modify)\s+anything|\bno\s+need\s+to\s+change|"
+READ_ONLY = re.compile(r"\b(?:don't|do\s+not|dont)\s+(?:change|edit|touch|modify|fix)\s+anything|\bno\s+need\s+to\s+change|"
+                       r"\b(?:don't|do\s+not|dont)\s+want\s+(?:a\s+fix|you\s+to\s+(?:change|fix|touch))|"
+                       r"\bnot\s+asking\s+(?:you\s+)?(?:for\s+a\s+fix|to\s+(?:fix|change|build))|"
                        r"\bdon't\s+do\s+it|\bjust\s+(?:tell\s+me|explain|outline|curious)|\bno\s+code\s+changes?\b", re.I)
 # About what a job did: "did you …", "you changed …", "has job 2 …"
 ABOUT_DONE_WORK = re.compile(r"\b(?:did|didn't|have|haven't|has|hasn't)\s+(?:you|it|the\s+job|job\s*#?\d+)\b"
                              r"|\byou\s+(?:\w+ed|did|ran|wrote|made|chose|forgot|left|broke)\b",
                              re.I)
-SMALL_TALK = re.compile(r"^(?:hi|hello|hey|yo|thanks|thank\s+you|thx|ty|ok|okay|cool|nice|great|bye|good\s+(?:morning|"
-                        r"night|evening|afternoon)|never\s*mind|nvm)(?:\s+(?:there|a\s+lot|so\s+much|very\s+much))?"
-                        r"[\s!.]*$", re.I)
+# Greetings, thanks and acknowledgements, alone (a few of them, an emoji): "thanks!", "ok cool", "lol ok",
+# "good morning ☕", "thanks, that's super helpful 🙏". Anything more ("nice, now add …") is not small talk.
+_SMALL_WORD = (r"(?:hi|hello|hey|yo|morning|thanks|thank\s+you|thx|ty|ok|okay|k|cool|nice|great|perfect|awesome|"
+               r"lol|haha|ha|sweet|neat|bye|cheers|got\s+it|sounds\s+good|good\s+(?:morning|night|evening|afternoon)|"
+               r"never\s*mind|nvm|makes\s+sense|that's\s+all(?:\s+for\s+(?:now|today))?|alright|all\s+right|"
+               r"appreciate\s+it)(?:\s+(?:there|a\s+lot|so\s+much|very\s+much|again))?")
+_NOT_WORDS = r"[\s!.,:;)(\-~\u2014]|[^\w\s?`'\"/\\#@<>\[\]{}=*&|$%^+]"   # spaces, punctuation, emoji
+SMALL_TALK = re.compile(rf"^(?:{_SMALL_WORD}(?:{_NOT_WORDS})*)+(?:that's\s+(?:(?:super|very|really|so)\s+)?"
+                        rf"(?:helpful|great|perfect|awesome|useful)(?:{_NOT_WORDS})*)?$", re.I)
 # "run the tests and tell me what fails", "can you run mypy and report the errors": running is work for a job
 # (a quick answer only reads the code).
 RUN_ORDER = re.compile(r"^(?:(?:please|pls|ok|okay|so|now|then|hey)[,\s]+)*(?:(?:can|could|would|will)\s+(?:you|u)\s+"
@@ -100,7 +108,8 @@ def one_question(text: str) -> bool:
 # How a message named its job. Only the explicit ways may pick a failed, interrupted or cancelled job
 # as the starting point of a new job; a title or the default (the latest job) may not.
 BY_NUMBER, BY_ORDINAL, BY_LAST, BY_TITLE, BY_DEFAULT, BY_MODEL = "number", "ordinal", "last", "title", "default", "model"
-EXPLICIT = (BY_NUMBER, BY_ORDINAL, BY_LAST)
+BY_STATE = "state"   # "the cancelled one", "the failed job": the latest job in that state
+EXPLICIT = (BY_NUMBER, BY_ORDINAL, BY_LAST, BY_STATE)
 
 _ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
              "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5}
@@ -108,6 +117,10 @@ _NUMBER_REF = re.compile(r"\b(?:job|attempt|task)\s*(?:#|no\.?\s*|number\s*)?(\d
 _ORDINAL_REF = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\s+(?:job|one|attempt|task|run)\b", re.I)
 _LAST_REF = re.compile(r"\b(?:last|latest|previous|prior|most\s+recent)\s+(?:job|one|change|run|attempt|fix|diff|"
                        r"patch|task)\b", re.I)
+_STATE_WORDS = {"cancelled": ("cancelled",), "canceled": ("cancelled",), "stopped": ("cancelled", "interrupted"),
+                "interrupted": ("interrupted",), "failed": ("failed",), "broken": ("failed",),
+                "unfinished": ("cancelled", "interrupted", "failed", "running"), "running": ("running",)}
+_STATE_REF = re.compile(r"\b(?:the|that)\s+(" + "|".join(_STATE_WORDS) + r")\s+(?:job|one|attempt|task|run)\b", re.I)
 _WORD = re.compile(r"[a-z0-9][a-z0-9_\-.]*[a-z0-9]|[a-z0-9]", re.I)
 # Words that say nothing about which job is meant: they occur in most titles and most requests.
 _TITLE_NOISE = frozenset("""a an the to of in on for and or with from into by at as is it its this that these those
@@ -119,7 +132,7 @@ me my our we so but not no do did does""".split())
 @dataclass(frozen=True)
 class JobReference:
     job: Job
-    by: str                   # number | ordinal | last | title | default | model
+    by: str                   # number | ordinal | last | state | title | default | model
 
     @property
     def explicit(self) -> bool:
@@ -141,7 +154,8 @@ def latest(jobs: list[Job]) -> Job:
 
 
 def find_job_reference(text: str, jobs: list[Job]) -> JobReference | None:
-    """"job 2", "#2", "the second job", "the last one", or the one job whose title shares the most words."""
+    """"job 2", "#2", "the second job", "the last one", "the cancelled one", or the one job whose title shares the
+    most words."""
     if not jobs:
         return None
     by_number = {job.number: job for job in jobs}
@@ -154,6 +168,11 @@ def find_job_reference(text: str, jobs: list[Job]) -> JobReference | None:
         return JobReference(by_number[_ORDINALS[m[1].lower()]], BY_ORDINAL)
     if _LAST_REF.search(text):
         return JobReference(latest(jobs), BY_LAST)
+    m = _STATE_REF.search(text)
+    if m:
+        in_state = [job for job in jobs if job.state in _STATE_WORDS[m[1].lower()]]
+        if in_state:
+            return JobReference(latest(in_state), BY_STATE)
     scores = sorted(((title_overlap(text, job), job.number, job) for job in jobs), key=lambda s: (-s[0], -s[1]))
     if scores[0][0] >= 1 and (len(scores) == 1 or scores[0][0] > scores[1][0]):
         return JobReference(scores[0][2], BY_TITLE)

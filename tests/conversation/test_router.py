@@ -131,6 +131,44 @@ def test_naming_a_failed_job_builds_on_it():
     assert (r.kind, r.job_id, r.reference) == ("followup_job", "j1", "last")
 
 
+def test_a_job_named_by_its_state_is_named_explicitly():
+    js = [Job(id="j1", number=1, title="Bump lodash", task="x", state="failed", repo=REPO),
+          Job(id="j2", number=2, title="Rename userId", task="x", state="succeeded", repo=REPO),
+          Job(id="j3", number=3, title="Speed up ingest", task="x", state="cancelled", repo=REPO)]
+    ref = find_job_reference("carry on from where the cancelled one stopped", js)
+    assert (ref.job.number, ref.by, ref.explicit) == (3, "state", True)
+    assert find_job_reference("retry the failed job with the flaky test skipped", js).job.number == 1
+    assert find_job_reference("the running one", js) is None          # none is running: no guess
+    r = route_message("pick up where the cancelled one left off", js, None, repo=REPO, classifier=shipped_classifier())
+    assert (r.kind, r.job_id, r.reference) == ("followup_job", "j3", "state")
+
+
+@pytest.mark.parametrize("text", ["good morning ☕", "lol ok", "thanks, that's super helpful 🙏", "ok cool, makes sense",
+                                  "alright, that's all for now, cheers"])
+def test_small_talk_is_answered_even_in_a_conversation_with_jobs(text):
+    r = route_message(text, jobs("Add pagination"), None, repo=REPO)
+    assert (r.kind, r.decided_by) == ("answer", "rules")
+
+
+@pytest.mark.parametrize("text", ["nice 👍 now add the same progress bar to downloads", "thanks. also add a test",
+                                  "ok so where is the cache built?"])
+def test_small_talk_with_more_to_it_is_not_small_talk(text):
+    assert route_message(text, jobs("Add a progress bar"), None, repo=REPO).reason != "small talk"
+
+
+def test_a_question_in_a_conversation_with_jobs_is_not_about_them_unless_it_points_back():
+    clf = shipped_classifier()
+    js = jobs("Add --json flag to the status command")
+    r = route_message("which python versions does this project support", js, None, classifier=clf, repo=REPO)
+    assert r.kind == "answer"
+    r = route_message("can you tell me where the CORS headers get set", js, None, classifier=clf, repo=REPO)
+    assert r.kind == "answer"
+    r = route_message("did it change the help text too?", js, None, classifier=clf, repo=REPO)
+    assert (r.kind, r.job_id) == ("followup_answer", "j1")
+    r = route_message("the login form loses the email on a failed submit", js, None, classifier=clf, repo=REPO)
+    assert r.kind == "job"
+
+
 def test_a_running_job_is_no_starting_point():
     js = jobs("Upgrade pydantic", state="running")
     r = route_message("job 1: also bump fastapi", js, None, repo=REPO, command="code")
