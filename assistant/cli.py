@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from .config import Settings, SettingsError, load_settings
+from .domain.answers import AnswerAbout, AnswerDone, AnswerError, AnswerLookup, AnswerRetract, AnswerToken
+from .domain.outcome import Outcome
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +66,7 @@ def _assistant(settings: Settings):
 
 def _progress_line(event) -> str | None:
     """One stderr line for a job event, or None for events the CLI does not show."""
-    from .jobs import events as ev
+    from .domain import events as ev
     match event:
         case ev.StateChanged(state=state, reason=reason):
             return state + (f": {reason}" if reason else "")
@@ -98,7 +100,7 @@ def _progress_printer(job_ids: set[str]):
 
 
 def _job_json(assistant, job) -> dict:
-    from .jobs.events import Notice
+    from .domain.events import Notice
     from .jobs.results import job_usage
     return {
         "job_id": job.id, "number": job.number, "status": job.state, "reason": job.reason, "title": job.title,
@@ -119,7 +121,7 @@ def _checked_summary(job) -> str:
     """The summary with citations marked ✓/✗ and claims the log does not support marked ⚠."""
     from .agent.citations import render_plain
     from .agent.claims import mark_claims, plain_mark
-    return render_plain(mark_claims(job.summary or "", (job.outcome or {}).get("claims") or [], plain_mark),
+    return render_plain(mark_claims(job.summary or "", Outcome.from_dict(job.outcome).claims, plain_mark),
                         job.citations or [])
 
 
@@ -183,19 +185,20 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 assistant.jobs.cancel(j.id)
             done = _wait_all(assistant, jobs)
         unsubscribe()
-        ranked = sorted(done, key=lambda j: (j.outcome or {}).get("rank", j.attempt))
+        ranked = sorted(done, key=lambda j: Outcome.from_dict(j.outcome).rank or j.attempt)
         best = ranked[0]
         if args.json:
             out = _job_json(assistant, best)
             if len(done) > 1:
                 out["attempts_results"] = [_job_json(assistant, j) for j in ranked]
-                out["recommended"] = next((j.id for j in ranked if (j.outcome or {}).get("recommended")), None)
+                out["recommended"] = next((j.id for j in ranked if Outcome.from_dict(j.outcome).recommended), None)
             print(json.dumps(out, indent=2, default=str))
         else:
             for j in ranked:
                 if len(done) > 1:
-                    rec = " (recommended)" if (j.outcome or {}).get("recommended") else ""
-                    print(f"=== attempt {j.attempt} of {j.attempts}, rank {(j.outcome or {}).get('rank')}{rec}")
+                    outcome = Outcome.from_dict(j.outcome)
+                    rec = " (recommended)" if outcome.recommended else ""
+                    print(f"=== attempt {j.attempt} of {j.attempts}, rank {outcome.rank}{rec}")
                 _print_job_result(assistant, j)
         return 0 if best.state == "succeeded" else 1
     finally:
@@ -225,20 +228,20 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
                 _print_job_result(assistant, j)
             return 0 if all(j.state == "succeeded" for j in done) else 1
         for event in assistant.conversation.answer(thread.id, args.question, route):
-            if event.kind == "about":
+            if isinstance(event, AnswerAbout):
                 _err(event.text)
-            elif event.kind == "token":
+            elif isinstance(event, AnswerToken):
                 print(event.text, end="", flush=True)
-            elif event.kind == "tool":
-                _err(f"  ({event.text} {json.dumps(event.data.get('arguments'))[:120]})")
-            elif event.kind == "retract":  # the rest of that reply was unusable and is not shown
+            elif isinstance(event, AnswerLookup):
+                _err(f"  ({event.tool} {json.dumps(event.arguments)[:120]})")
+            elif isinstance(event, AnswerRetract):  # the rest of that reply was unusable and is not shown
                 print(flush=True)
                 _err(f"(the model's reply was cut off: {event.text}; answering again)")
-            elif event.kind == "error":
+            elif isinstance(event, AnswerError):
                 _err(f"error: {event.text}")
                 return 1
-            elif event.kind == "done":
-                cites = event.data["citations"]
+            elif isinstance(event, AnswerDone):
+                cites = event.citations
                 print()
                 if cites:
                     print("\ncitations: " + "; ".join(render_plain(c["text"], cites) for c in cites))
@@ -265,7 +268,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if not rows:
                 print("no jobs yet")
             for j in rows:
-                kind = (j.outcome or {}).get("kind") or "-"
+                kind = Outcome.from_dict(j.outcome).kind or "-"
                 print(f"{j.id}  {j.state:<11} {kind:<9} {j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
             return 0
         if not args.id:
@@ -309,12 +312,12 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             print(store.get_artifact(job.id, "patch" if args.patch else "diff") or "(no diff)")
             return 0
         if args.action == "cancel":
-            from .jobs.states import CANCELLED, TERMINAL
+            from .domain.states import CANCELLED, TERMINAL
             if job.state in TERMINAL:
                 print(f"job {job.id} already ended: {job.state}")
                 return 1
             if settings.uses_queue:  # reaches the job on whichever worker runs it
-                from .jobs.queue import cancel_from_command_line
+                from .jobs.manager import cancel_from_command_line
                 cancel_from_command_line(settings, store, job.id)
             else:
                 store.transition(job.id, CANCELLED, "cancelled from the command line")
@@ -406,10 +409,9 @@ def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
-    from .jobs.manager import sandbox_config
-    from .sandbox import SandboxError, build_image
+    from .sandbox import SandboxConfig, SandboxError, build_image
     try:
-        name = build_image(sandbox_config(settings), on_log=lambda line: _err(line), force=args.force)
+        name = build_image(SandboxConfig.from_settings(settings), on_log=lambda line: _err(line), force=args.force)
     except SandboxError as exc:
         _err(f"error: {exc}")
         return 1

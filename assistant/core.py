@@ -39,11 +39,8 @@ class Assistant:
                 "tool_protocol": protocol, "answer_max_tokens": min(settings.answer_max_tokens, 400)})
         self.settings = settings
         self.model = ModelClient(settings, base_url=base_url, usage_sink=self._record_usage)
-        if settings.uses_queue:  # PostgreSQL: jobs go to the durable queue, workers run them
-            from .jobs.queue import QueuedJobManager
-            self.jobs = QueuedJobManager(settings, self.store, self.model)
-        else:
-            self.jobs = JobManager(settings, self.store, self.model)
+        # In this process's threads, or with PostgreSQL on the durable queue that workers serve.
+        self.jobs = JobManager(settings, self.store, self.model)
         self.conversation = Conversation(settings, self.store, self.model, self.jobs)
         self.worker = None
         self._started = False
@@ -103,11 +100,13 @@ class Assistant:
 
         self.worker = QueueWorker(self.settings, self.store, self.model, concurrency=concurrency,
                                   feed=self.jobs.feed)
-        self.jobs.run_worker_here(self.worker)  # stopped by jobs.shutdown(): its running jobs go back to the queue
+        self.worker.start_in_thread()  # stopped by close(): its running jobs go back to the queue
 
     def close(self, wait_s: float | None = None) -> None:
         """Interrupt running jobs (retryable; with the queue, hand them back), stop the embedded model, close
         the store. wait_s bounds the wait for the job workers (see JobManager.shutdown)."""
+        if self.worker is not None:  # before the feed it publishes through closes
+            self.worker.stop_and_wait(wait_s)
         self.jobs.shutdown(wait_s=wait_s)
         if self.local_server is not None:
             self.local_server.stop()

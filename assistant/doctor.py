@@ -18,8 +18,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    from .jobs.manager import sandbox_config
-    from .sandbox import docker_status, image_status, resolve_backend
+    from .sandbox import SandboxConfig, docker_status, image_status, resolve_backend
     checks: list[Check] = []
 
     engine_ok, engine_detail = docker_status()
@@ -38,7 +37,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(Check("bubblewrap (local fallback)", bool(bwrap), bwrap or "not installed",
                         "apt-get install -y bubblewrap", required=settings.sandbox_backend == "local"))
     try:
-        choice = resolve_backend(sandbox_config(settings))
+        choice = resolve_backend(SandboxConfig.from_settings(settings))
         usable = engine_ok if choice.backend == "docker" else bool(bwrap)
         checks.append(Check("sandbox backend", usable, f"{choice.backend} ({choice.fallback or choice.detail})",
                             "./run.sh, or ASSISTANT_SANDBOX_BACKEND=auto to fall back to bubblewrap"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import Settings
 from .conversation.checkout import CHECKOUTS_DIR, clone_lock_path, lock_path
-from .jobs.states import ACTIVE
+from .domain.states import ACTIVE
 from .sandbox.repo import mirror_lock_path, mirror_path, repo_identity
 from .store import NotFound, Store
 
@@ -227,8 +227,7 @@ def _remove_checkout(path: Path) -> None:
 def setup_cache(settings: Settings) -> tuple[list[Item], str | None]:
     """The cache's entries (each an image holding the set-up workspace). Cache images outside the index are
     left alone: the engine may serve other data directories, whose indexes this one cannot see."""
-    from .jobs.manager import sandbox_config
-    from .sandbox import docker_status
+    from .sandbox import SandboxConfig, docker_status
     from .sandbox.cache import SetupCache
     from .sandbox.engine import docker_client
 
@@ -236,7 +235,7 @@ def setup_cache(settings: Settings) -> tuple[list[Item], str | None]:
     if not ok:
         return [], f"setup cache not inspected: {detail}"
     client = docker_client()
-    cache = SetupCache(sandbox_config(settings))
+    cache = SetupCache(SandboxConfig.from_settings(settings))
     now = time.time()
     users = _image_users(client)
     items = []

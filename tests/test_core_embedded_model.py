@@ -12,7 +12,7 @@ import pytest
 from assistant.config import load_settings
 from assistant.core import Assistant
 from assistant.jobs.manager import JobRequest
-from assistant.jobs.states import TERMINAL
+from assistant.domain.states import TERMINAL
 from assistant.llm.local import local_model_available
 from tests.fixtures.repos import make_calc_repo
 

@@ -17,7 +17,7 @@ import pytest
 from assistant import retention
 from assistant.access import RepoPolicy
 from assistant.conversation.checkout import lock_path, reading_checkout
-from assistant.jobs.manager import sandbox_config
+from assistant.sandbox import SandboxConfig
 from tests.fixtures.repos import git, make_repo
 
 DAY = 86_400
@@ -150,7 +150,7 @@ def cache_entry(docker_engine, settings_for, reachable_data_dir, tmp_path):
     from assistant.sandbox.cache import SetupCache
     settings = settings_for(ASSISTANT_DATA_DIR=reachable_data_dir, ASSISTANT_SANDBOX_BACKEND="docker")
     repo = make_repo(tmp_path / "cached", {"main.py": "print(1)\n", ".gitignore": "build/\n"})
-    config = sandbox_config(settings)
+    config = SandboxConfig.from_settings(settings)
     prepared = prepare(PrepareRequest(job_id="cachejob", repo=str(repo),
                                       setup=["mkdir -p build && head -c 300000 /dev/urandom > build/out"]), config)
     prepared.sandbox.close()
@@ -422,7 +422,7 @@ def test_a_job_whose_mirror_went_still_prepares(docker_engine, settings_for, sto
     from assistant.sandbox import PrepareRequest, prepare
     settings = settings_for(ASSISTANT_DATA_DIR=reachable_data_dir, ASSISTANT_SANDBOX_BACKEND="docker")
     repo = make_repo(tmp_path / "app", {"main.py": "print('first')\n"})
-    first = prepare(PrepareRequest(job_id="mirror1", repo=str(repo), setup=[]), sandbox_config(settings))
+    first = prepare(PrepareRequest(job_id="mirror1", repo=str(repo), setup=[]), SandboxConfig.from_settings(settings))
     first.sandbox.close()
     [mirror] = (reachable_data_dir / "mirrors").glob("*.git")
     unused_for(mirror, 40)
@@ -430,7 +430,7 @@ def test_a_job_whose_mirror_went_still_prepares(docker_engine, settings_for, sto
 
     (repo / "main.py").write_text("print('second')\n")
     git(repo, "commit", "-qam", "second")
-    again = prepare(PrepareRequest(job_id="mirror2", repo=str(repo), setup=[]), sandbox_config(settings))
+    again = prepare(PrepareRequest(job_id="mirror2", repo=str(repo), setup=[]), SandboxConfig.from_settings(settings))
     try:
         assert mirror.is_dir() and again.base_commit != first.base_commit
         shown = again.sandbox.exec("cat main.py && git log --format=%s")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from assistant.jobs import events as ev
+from assistant.domain import events as ev
 from assistant.sandbox.engine import DEPLOYMENT_LABEL
 from assistant.store import Store
 from tests.jobs.queue_harness import (Workers, fresh_database, held_agent, private_postgres, queue_env,  # noqa: F401

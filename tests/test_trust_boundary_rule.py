@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "assistant"
 # Module -> why host git is safe there.
 HOST_GIT_ALLOWED = {
     "sandbox/repo.py": "the bare mirror under <data dir>/mirrors: no job writes there",
-    "sandbox/workspace_ops.py": "runs inside the sandbox, as the sandbox user",
+    "sandbox/guest/workspace_ops.py": "runs inside the sandbox, as the sandbox user",
     "conversation/checkout.py": "the quick-answer checkout of a git URL: no job writes there",
     "web/gitops.py": "the user's own repository, on the user's request: git apply of patch data",
 }

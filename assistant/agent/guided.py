@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..domain.events import AgentMessage, StepFinished, ToolStarted
 from ..llm.client import ModelClient, ModelError
 from ..llm.constrained import ModelOutputError
 from ..llm.tokens import count_message_tokens, count_tokens
@@ -532,32 +533,30 @@ class GuidedAgent:
     def _shell(self, command: str) -> ToolOutcome:
         self._check_cancel()
         self.step += 1
-        self.on_event("tool_start", {"step": self.step, "tool": "shell", "arguments": {"command": command}})
+        self.on_event(ToolStarted(self.step, "shell", {"command": command}))
         outcome = self.env.shell(command)
         # The harness's own survey and grep mention test words; only a real test run counts as one.
         is_test = is_test_command(command, self._result.test_commands)
         if is_test:
             self._result.tests.append({"command": command, "exit_code": outcome.exit_code,
                                        "chunk_id": outcome.chunk_id})
-        self.on_event("step", {"step": self.step, "tool": "shell", "title": outcome.title,
-                               "chunk_id": outcome.chunk_id, "exit_code": outcome.exit_code,
-                               "duration_s": round(outcome.duration_s, 3), "ok": outcome.ok,
-                               "is_test": is_test})
+        self.on_event(StepFinished(self.step, "shell", outcome.title, chunk_id=outcome.chunk_id,
+                                   exit_code=outcome.exit_code, duration_s=round(outcome.duration_s, 3),
+                                   ok=outcome.ok, is_test=is_test))
         return outcome
 
     def _apply(self, patch: str, title: str = "") -> ToolOutcome:
         self._check_cancel()
         self.step += 1
-        self.on_event("tool_start", {"step": self.step, "tool": "apply_patch", "arguments": {"patch": patch}})
+        self.on_event(ToolStarted(self.step, "apply_patch", {"patch": patch}))
         outcome = self.env.apply_patch(patch)
-        self.on_event("step", {"step": self.step, "tool": "apply_patch",
-                               "title": f"{title}: {outcome.title}" if title else outcome.title,
-                               "chunk_id": outcome.chunk_id, "exit_code": outcome.exit_code,
-                               "duration_s": round(outcome.duration_s, 3), "ok": outcome.ok, "is_test": False})
+        self.on_event(StepFinished(self.step, "apply_patch", f"{title}: {outcome.title}" if title else outcome.title,
+                                   chunk_id=outcome.chunk_id, exit_code=outcome.exit_code,
+                                   duration_s=round(outcome.duration_s, 3), ok=outcome.ok, is_test=False))
         return outcome
 
     def _say(self, text: str) -> None:
-        self.on_event("message", {"text": text, "step": self.step})
+        self.on_event(AgentMessage(text, self.step))
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():

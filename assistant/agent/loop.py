@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..domain.events import AgentMessage, JobEventRecord, StepFinished, ToolStarted
 from ..llm import textproto
 from ..llm.client import Completion, ModelClient, ModelError, ToolCall, ToolsUnsupported
 from ..llm.constrained import ModelOutputError
@@ -72,7 +73,7 @@ def _trailing_repeats(keys: list[str]) -> int:
     return count
 
 
-EventSink = Callable[[str, dict[str, Any]], None]
+EventSink = Callable[[JobEventRecord], None]  # the job's typed events (assistant/domain/events.py)
 
 
 class Agent:
@@ -85,7 +86,7 @@ class Agent:
         self.protocol = "native" if protocol == "auto" else protocol  # native | text | grammar
         self.auto_protocol = protocol == "auto"
         self.job_id = job_id
-        self.on_event = on_event or (lambda _k, _d: None)
+        self.on_event = on_event or (lambda _event: None)
         self.cancel = cancel or threading.Event()
         self.messages: list[dict[str, Any]] = []
 
@@ -122,7 +123,7 @@ class Agent:
             result.completion_tokens += completion.completion_tokens
             calls, protocol_error = self._calls_of(completion)
             if completion.content and (calls or protocol_error):
-                self.on_event("message", {"text": completion.content, "step": step})
+                self.on_event(AgentMessage(completion.content, step))
             if protocol_error is not None:
                 self.messages.append({"role": "assistant", "content": completion.content or ""})
                 self.messages.append({"role": "user", "content": protocol_error})
@@ -134,8 +135,8 @@ class Agent:
                     told_to_work = True
                     self.messages.append({"role": "assistant", "content": completion.content or ""})
                     self.messages.append({"role": "user", "content": load_prompt("loop_no_work.md").strip()})
-                    self.on_event("message", {"text": "The agent answered before running any command; it was "
-                                                      "told to do the work first.", "step": step})
+                    self.on_event(AgentMessage("The agent answered before running any command; it was "
+                                               "told to do the work first.", step))
                     continue
                 result.reason = ("the agent ended without running a command or changing a file; its final answer "
                                  "was dropped, since nothing in the log could support it")
@@ -176,8 +177,8 @@ class Agent:
                                           limit=str(SAME_CALL_LIMIT)).strip()
             if nudge:  # after every result of the turn: tool results must follow their call directly
                 self.messages.append({"role": "user", "content": nudge})
-                self.on_event("message", {"text": f"The agent repeated the same call {NUDGE_AFTER} times; "
-                                                  "it was told to do something else.", "step": step})
+                self.on_event(AgentMessage(f"The agent repeated the same call {NUDGE_AFTER} times; "
+                                           "it was told to do something else.", step))
         result.reason = f"step budget exhausted ({self.budgets.max_steps} model turns; ASSISTANT_JOB_MAX_STEPS)"
         return result
 
@@ -195,7 +196,7 @@ class Agent:
         except ToolsUnsupported:
             if not self.auto_protocol:
                 raise
-            self.on_event("message", {"text": "The endpoint rejects native tool calls; switching to the text protocol."})
+            self.on_event(AgentMessage("The endpoint rejects native tool calls; switching to the text protocol."))
             self._switch_to_text()
             return self.model.complete("agent", self.messages, job_id=self.job_id)
 
@@ -235,18 +236,17 @@ class Agent:
             args = parse_arguments(raw_args)
             if name not in ("shell", "apply_patch"):
                 raise ValueError(f"there is no tool {name!r}; the tools are shell and apply_patch")
-            self.on_event("tool_start", {"step": step, "tool": name, "arguments": args})
+            self.on_event(ToolStarted(step, name, args))
             outcome = self.env.run(name, args)
         except (ValueError, TypeError) as exc:
             text = f"{MALFORMED} to {name}: {exc}. Fix the call and try again."
-            self.on_event("step", {"step": step, "tool": name, "title": f"malformed {name} call", "ok": False})
+            self.on_event(StepFinished(step, name, f"malformed {name} call", ok=False))
             return text, key, True
         if outcome.is_test:
             result.tests.append({"command": args.get("command", ""), "exit_code": outcome.exit_code,
                                  "chunk_id": outcome.chunk_id})
-        self.on_event("step", {"step": step, "tool": name, "title": outcome.title, "chunk_id": outcome.chunk_id,
-                               "exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 3),
-                               "ok": outcome.ok, "is_test": outcome.is_test})
+        self.on_event(StepFinished(step, name, outcome.title, outcome.chunk_id, outcome.exit_code,
+                                   round(outcome.duration_s, 3), outcome.ok, outcome.is_test))
         return outcome.text, key, not outcome.ok
 
     # ------------------------------------------------------------------ safety nets
@@ -283,4 +283,4 @@ class Agent:
                         call["function"]["arguments"] = json.dumps({"patch": "[compacted: a patch that was applied]"})
                         compacted += 1
         if compacted:
-            self.on_event("message", {"text": f"Compacted {compacted} older tool results to stay within the context window."})
+            self.on_event(AgentMessage(f"Compacted {compacted} older tool results to stay within the context window."))

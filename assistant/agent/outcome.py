@@ -11,16 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from ..domain.outcome import DRAFT, FINDINGS, FIX, KINDS, NO_RESULT, kind_rank  # noqa: F401  (the kinds are shared vocabulary)
 from .evidence import LogRecord, is_test_command, last_edit, test_key, verdict
 
-FIX, DRAFT, FINDINGS, NO_RESULT = "fix", "draft", "findings", "no result"
-KINDS = (FIX, DRAFT, FINDINGS, NO_RESULT)
 STOPPED = "the agent stopped before it finished (the job's reason says why)"
-
-
-def kind_rank(kind: str | None) -> int:
-    """Best first: fix, draft, findings, no result; an unknown kind (a job from before kinds) last."""
-    return KINDS.index(kind) if kind in KINDS else len(KINDS)
 
 
 @dataclass(frozen=True)
@@ -35,13 +29,15 @@ class TestEvidence:
 
 
 @dataclass
-class Outcome:
+class KindDecision:
+    """The kind of result and what it rests on: the part of a job's Outcome (assistant.domain) decided here."""
     kind: str
     reason: str
     evidence: list[TestEvidence] = field(default_factory=list)
     last_edit: dict | None = None          # {"chunk_id", "command"} of the last logged edit
 
     def as_dict(self) -> dict:
+        """The Outcome keys this decision sets."""
         return {"kind": self.kind, "kind_reason": self.reason, "evidence": [asdict(e) for e in self.evidence],
                 "last_edit": self.last_edit}
 
@@ -81,7 +77,7 @@ def last_test_runs(records: Sequence[LogRecord], named_tests: Sequence[str] = ()
 
 def decide_outcome(records: Sequence[LogRecord], *, changed_files: Sequence, named_tests: Sequence[str] = (),
                    agent_finished: bool = True, summary_located: bool = False,
-                   tests_changed: Sequence[str] = ()) -> Outcome:
+                   tests_changed: Sequence[str] = ()) -> KindDecision:
     """The kind of result, with the runs it rests on.
 
     ``changed_files`` is the diff's file list; ``summary_located`` says the agent's own final summary
@@ -96,8 +92,8 @@ def decide_outcome(records: Sequence[LogRecord], *, changed_files: Sequence, nam
     evidence = [_evidence(r, edit_order) for r in sorted({**stale, **after}.values(), key=lambda r: r.order)]
     edit_info = {"chunk_id": edit.chunk_id, "command": edit.command} if edit else None
 
-    def outcome(kind: str, reason: str) -> Outcome:
-        return Outcome(kind, reason, evidence, edit_info)
+    def outcome(kind: str, reason: str) -> KindDecision:
+        return KindDecision(kind, reason, evidence, edit_info)
 
     if not changed_files:
         if summary_located and agent_finished:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..sandbox.base import ExecResult, Sandbox
+from ..sandbox.workspace import Workspace
 from ..store import Store
 
 SHELL_SPEC = {"type": "function", "function": {
@@ -141,7 +142,7 @@ class ToolEnv:
     def _blocked_during(self, command: str, started: datetime) -> str:
         """Requests the job's egress proxy refused while the command ran: stored as a citable chunk of their own
         (time, method, host, target, why) and told to the model, so it can say so instead of guessing."""
-        egress = getattr(self.sandbox, "egress", None)
+        egress = self.sandbox.egress
         if egress is None:
             return ""
         from ..egress.report import blocked_lines
@@ -162,12 +163,12 @@ class ToolEnv:
         patch = WORKSPACE_PREFIX.sub(r"\1", patch)
         # The patch engine runs inside the sandbox as the sandbox user: a path check made here and a write made
         # later would race the agent's background processes (and follow their symlinks) on the host.
-        reply = self.sandbox.call("apply_patch", patch=patch)
-        if reply["ok"]:
-            text, ok, code = "Patch applied.\n" + reply["summary"], True, 0
-            title = "apply_patch: " + ", ".join(reply["summary"].splitlines())[:200]
+        applied = Workspace(self.sandbox).apply_patch(patch)
+        if applied.ok:
+            text, ok, code = "Patch applied.\n" + applied.summary, True, 0
+            title = "apply_patch: " + ", ".join(applied.summary.splitlines())[:200]
         else:
-            text, ok, code = f"Patch refused: {reply['error']}", False, 1
+            text, ok, code = f"Patch refused: {applied.error}", False, 1
             title = "apply_patch refused"
         duration = time.monotonic() - started
         chunk = self.store.add_chunk(job_id=self.job_id, command="apply_patch", text=text, exit_code=code,

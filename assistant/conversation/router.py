@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..jobs import states
+from ..domain import states
 from ..llm.client import ModelClient, ModelError
 from ..llm.constrained import ModelOutputError
 from ..prompts import render_prompt

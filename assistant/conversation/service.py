@@ -8,7 +8,6 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ from ..access import RepoPolicy
 from ..agent.citations import check_citations, render_markdown
 from ..agent.tools import parse_arguments
 from ..config import Settings
+from ..domain.answers import (AnswerAbout, AnswerDone, AnswerError, AnswerEvent, AnswerLookup, AnswerRetract,
+                               AnswerToken)
 from ..jobs.manager import JobManager, JobRequest
 from ..llm.client import ModelClient, ModelError
 from ..llm.guards import Instructions, StreamGuard
@@ -42,13 +43,6 @@ READ_LOG_TOOL = {"type": "function", "function": {
 # Messages of a thread that are the assistant's answers carry this kind in their metadata; everything
 # else the app posts (headers, notices, job cards) is not conversation and never goes back to the model.
 ANSWER_KIND = "answer"
-
-
-@dataclass
-class AnswerEvent:
-    kind: str                      # about | token | tool | retract (drop the reply shown so far) | done | error
-    text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 class Conversation:
@@ -118,7 +112,7 @@ class Conversation:
             try:
                 root = held.enter_context(reading_checkout(repo, ref, self.settings.data_dir, self.policy))
             except CheckoutError as exc:
-                yield AnswerEvent("error", str(exc))
+                yield AnswerError(str(exc))
                 return
             yield from self._grounded_answer(thread_id, text, route, history, repo, root)
 
@@ -126,15 +120,14 @@ class Conversation:
                          repo: str, root: Path) -> Iterator[AnswerEvent]:
         spent = sum(self.store.usage_totals(thread_id=thread_id))
         if spent >= self.settings.answer_token_budget:
-            yield AnswerEvent("error", f"this conversation has used its quick-answer budget ({spent} of "
-                                       f"{self.settings.answer_token_budget} tokens; ASSISTANT_ANSWER_TOKEN_BUDGET). "
-                                       "Start a new conversation or raise the budget.")
+            yield AnswerError(f"this conversation has used its quick-answer budget ({spent} of "
+                              f"{self.settings.answer_token_budget} tokens; ASSISTANT_ANSWER_TOKEN_BUDGET). "
+                              "Start a new conversation or raise the budget.")
             return
         job = self.store.get_job(route.job_id) if route.kind == FOLLOWUP_ANSWER and route.job_id else None
         job_files = self._job_files(job)
         if job is not None:
-            yield AnswerEvent("about", f"About job {job.number} · {job.title or job.task[:60]}",
-                              {"job_id": job.id, "number": job.number, "title": job.title})
+            yield AnswerAbout(job.id, job.number, job.title, job.task)
         repo_view = ReadOnlyRepo(root, self.policy)
         answer = _AnswerRun(self, thread_id, text, repo, repo_view, job, job_files)
         if self.settings.answer_mode == "excerpts" or (self.settings.answer_mode == "auto"
@@ -149,12 +142,11 @@ class Conversation:
         if answer.retrieval is not None and not any(c.valid for c in citations) and answer.retrieval.excerpts:
             # The answer came from these excerpts; when it cites none of them, say what it was based on.
             read = "\n\n" + "Based on: " + ", ".join(e.citation for e in answer.retrieval.excerpts)
-            yield AnswerEvent("token", read)
+            yield AnswerToken(read)
             final += read
             citations = self._check(final, repo_view, job, job_files)
-        yield AnswerEvent("done", final, {"citations": [c.as_dict() for c in citations],
-                                          "job_id": job.id if job else None, "job_files": sorted(job_files),
-                                          "repo_root": str(root)})
+        yield AnswerDone(final, [c.as_dict() for c in citations], job.id if job else None, sorted(job_files),
+                         str(root))
 
     def history(self, thread_id: str, exclude_id: str | None = None) -> list[dict[str, str]]:
         """The conversation as the model sees it: the user's messages and the assistant's answers (as the
@@ -187,7 +179,7 @@ class Conversation:
                                     note=f" as job {job.number} left it")
         if name == "read_log":
             chunk = self.store.get_chunk(str(args.get("chunk", "")))
-            if chunk is None or job is None or chunk.job_id not in self._job_lineage(job):
+            if chunk is None or job is None or chunk.job_id not in self.store.lineage(job):
                 return f"error: no logged output {args.get('chunk')!r} in this job"
             lines = chunk.text.splitlines()
             first = max(1, int(args.get("start") or 1))
@@ -195,14 +187,6 @@ class Conversation:
             body = "\n".join(f"{i:>5} | {lines[i - 1]}" for i in range(first, last + 1))
             return f"chunk {chunk.id}: $ {chunk.command} (exit {chunk.exit_code}; lines {first}-{last} of {len(lines)})\n{body}"
         return repo_view.run(name, args)
-
-    def _job_lineage(self, job: Job) -> set[str]:
-        ids = {job.id}
-        parent = job.parent_job_id
-        while parent and parent not in ids:
-            ids.add(parent)
-            parent = self.store.get_job(parent).parent_job_id
-        return ids
 
     def _followup_context(self, job: Job, job_files: dict[str, str], max_diff: int = 12_000) -> str:
         diff = self.store.get_artifact(job.id, "diff") or "(no diff)"
@@ -223,7 +207,7 @@ class Conversation:
 
     def _check(self, text: str, repo_view: ReadOnlyRepo, job: Job | None, job_files: dict[str, str]):
         """File citations resolve against the job's kept files first, then the conversation's checkout."""
-        lineage = self._job_lineage(job) if job is not None else set()
+        lineage = self.store.lineage(job) if job is not None else set()
 
         def chunk_lookup(chunk_id: str):
             chunk = self.store.get_chunk(chunk_id)
@@ -274,7 +258,7 @@ class _AnswerRun:
         """A small model: the product searches and reads, the model answers from numbered excerpts."""
         self.retrieval = retrieve(self.repo_view, self.question)
         for name, args, output in self.retrieval.lookups:
-            yield AnswerEvent("tool", name, {"arguments": args, "output": output[:2000]})
+            yield AnswerLookup(name, args, output[:2000])
         followup = ""
         if self.job is not None:
             followup = self.c._followup_context(self.job, self.job_files, max_diff=EXCERPT_DIFF_CHARS) + "\n\n"
@@ -316,18 +300,18 @@ class _AnswerRun:
             if problem is None:
                 if cut:
                     note = CUT_NOTE.format(limit=self.limit)
-                    yield AnswerEvent("token", note)
+                    yield AnswerToken(note)
                     final += note
                 return final
             log.warning("quick answer withheld (attempt %d): %s", attempt + 1, problem)
             if shown:
-                yield AnswerEvent("retract", problem)
+                yield AnswerRetract(problem)
         if self.retrieval is None:
             self.retrieval = retrieve(self.repo_view, self.question)
             for name, args, output in self.retrieval.lookups:
-                yield AnswerEvent("tool", name, {"arguments": args, "output": output[:2000]})
+                yield AnswerLookup(name, args, output[:2000])
         fallback = self.retrieval.fallback_answer(problem or "no usable reply")
-        yield AnswerEvent("token", fallback)
+        yield AnswerToken(fallback)
         return fallback
 
     def _turns(self, messages: list[dict[str, Any]], tools: list[dict] | None, instructions: Instructions):
@@ -344,13 +328,13 @@ class _AnswerRun:
                         released = guard.feed(value)
                         if released:
                             shown += released
-                            yield AnswerEvent("token", released)
+                            yield AnswerToken(released)
                         if guard.problem:
                             break   # closing the stream stops the generation
                     else:
                         completion = value
             except ModelError as exc:
-                yield AnswerEvent("error", str(exc))
+                yield AnswerError(str(exc))
                 return None
             finally:
                 stream.close()
@@ -363,12 +347,12 @@ class _AnswerRun:
                     return "", guard.problem, shown, False
                 if rest:
                     shown += rest
-                    yield AnswerEvent("token", rest)
+                    yield AnswerToken(rest)
                 return guard.text, None, shown, completion.finish_reason == "length"
             rest = guard.finish() if (completion.content or "").strip() else ""
             if rest:
                 shown += rest
-                yield AnswerEvent("token", rest)
+                yield AnswerToken(rest)
             messages.append(completion.as_message())
             for call in completion.tool_calls:
                 try:
@@ -376,9 +360,9 @@ class _AnswerRun:
                     output = self.c._run_read_tool(self.repo_view, self.job, self.job_files, call.name, args)
                 except ValueError as exc:
                     args, output = {}, f"error: {exc}"
-                yield AnswerEvent("tool", call.name, {"arguments": args, "output": output[:2000]})
+                yield AnswerLookup(call.name, args, output[:2000])
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
-        yield AnswerEvent("token", LOOKUP_TURNS_NOTE)
+        yield AnswerToken(LOOKUP_TURNS_NOTE)
         return LOOKUP_TURNS_NOTE, None, shown + LOOKUP_TURNS_NOTE, False
 
 

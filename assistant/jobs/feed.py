@@ -20,7 +20,7 @@ from collections.abc import Callable
 import psycopg
 
 from ..store import Store
-from .events import Finished, JobUpdate, OutputDelta, decode
+from ..domain.events import Finished, JobUpdate, OutputDelta, decode
 
 log = logging.getLogger(__name__)
 

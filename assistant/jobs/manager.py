@@ -1,9 +1,10 @@
-"""The job manager: a queue with a concurrency limit, one worker thread per running job, cancel,
-retry, best-of-N groups, and an event feed that any number of subscribers (web app, CLI) follow.
+"""The job manager: what the conversation, the CLI and the web app ask of jobs (submit, cancel, retry, wait,
+subscribe), over an execution that runs them: threads of this process (`ThreadExecution`, here) or the durable
+queue and its workers (`QueueExecution`, jobs/queue.py).
 
-The work itself is the pipeline's (pipeline.run_job); the manager only queues, cancels and records
-(recorder.JobRecorder). Jobs are keyed by id and thread id, never by a browser session; every update is
-written to the store before subscribers hear of it, so a reopened conversation rebuilds from the store alone.
+Either way a run is carried out by the one runner (runner.JobRunner) and recorded by the recorder
+(recorder.JobRecorder). Jobs are keyed by id and thread id, never by a browser session; every update is written
+to the store before subscribers hear of it, so a reopened conversation rebuilds from the store alone.
 """
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ..access import RepoNotAllowed, RepoPolicy
 from ..config import Settings
-from ..egress import spec_from_settings
+from ..domain import states
+from ..domain.events import JobEventRecord, JobUpdate, StateChanged
 from ..llm.client import ModelClient
-from ..sandbox import SandboxConfig, prepare
+from ..sandbox import SandboxConfig
 from ..sandbox.pool import EnginePool
 from ..sandbox.warm import CLOSE_WAIT_S, WarmPool
 from ..store import Job, Store
-from . import states
-from .events import JobEventRecord, JobUpdate, Notice, StateChanged
-from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, run_job
-from .recorder import JobRecorder, model_summariser
+from .pipeline import RunControl
+from .recorder import JobRecorder
+from .runner import SHUTDOWN_REASON, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -49,45 +51,78 @@ class JobRequest:
 Subscriber = Callable[[JobUpdate], None]
 
 
-def sandbox_config(settings: Settings) -> SandboxConfig:
-    return SandboxConfig(
-        data_dir=settings.data_dir, backend=settings.sandbox_backend, image=settings.sandbox_image,
-        memory_mb=settings.sandbox_memory_mb, cpus=settings.sandbox_cpus, pids_limit=settings.sandbox_pids,
-        disk_mb=settings.sandbox_disk_mb,
-        job_wall_clock_s=settings.job_max_seconds, ca_bundle=settings.sandbox_ca_bundle,
-        cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
-        maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
-        allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
-        diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6), diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
-        egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
+def cancel_reason(state: str) -> str:
+    """What a user's cancel says, by how far the job had come."""
+    if state == states.QUEUED:
+        return "cancelled by the user before it started"
+    if state in (states.PREPARING, states.SETTING_UP):
+        return "cancelled by the user before the agent started"
+    return "cancelled by the user"
+
+
+class Execution(Protocol):
+    """Where jobs run. The manager records; an execution only starts, stops and waits for runs, and carries
+    updates to this process's subscribers (directly, or through the database feed from any worker)."""
+
+    warm: WarmPool | None
+
+    def admit(self, fields: dict) -> Job:
+        """Create the job's row (with whatever must be written in the same transaction)."""
+
+    def start(self, job: Job) -> None:
+        """The job is announced queued: let it run."""
+
+    def stop(self, job_id: str) -> bool:
+        """Stop the job's run wherever it runs (its end is already recorded). True if a run was told to stop."""
+
+    def publish(self, update: JobUpdate) -> None: ...
+
+    def wait(self, job_id: str, timeout: float | None) -> Job: ...
+
+    def shutdown(self, cancel_running: bool, wait_s: float | None) -> None: ...
 
 
 class JobManager:
-    def __init__(self, settings: Settings, store: Store, model: ModelClient):
+    """`execution` makes one for the settings when not given: threads of this process, or with PostgreSQL the
+    durable queue (workers run the jobs)."""
+
+    def __init__(self, settings: Settings, store: Store, model: ModelClient, execution: Execution | None = None):
         self.settings = settings
         self.store = store
-        self.model = model
-        self.sandbox_config = sandbox_config(settings)
+        self.sandbox_config = SandboxConfig.from_settings(settings)
         self.pool = EnginePool.from_settings(settings, store)  # ASSISTANT_DOCKER_HOSTS: placement on a pool
         if self.pool is not None:
             self.sandbox_config = replace(self.sandbox_config, deployment=store.deployment_id())
         self._lock = threading.Lock()
-        self._controls: dict[str, RunControl] = {}
-        self._finished: dict[str, threading.Event] = {}
         self._subscribers: list[Subscriber] = []
-        self._closed = threading.Event()
         self._stopping = False
-        self.warm: WarmPool | None = None
-        self._start_local_execution()
+        self.runner = JobRunner(settings, store, model, self.sandbox_config, pool=self.pool,
+                                stopping=lambda: self._stopping, after_prepare=self._rewarm)
+        if execution is None:
+            if settings.uses_queue:
+                from .queue import QueueExecution
+                execution = QueueExecution(settings, store, self._deliver)
+            else:
+                execution = ThreadExecution(self)
+        self.execution = execution
+        self.runner.warm = execution.warm
 
-    def _start_local_execution(self) -> None:
-        """Jobs run in this process: a thread pool, a watch for cancels written by other processes, and (on the
-        environment's engine) the warm pool."""
-        self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrent_jobs, thread_name_prefix="job")
-        if self.settings.warm_pool and self.pool is None:
-            self.warm = WarmPool(self.sandbox_config, capacity=self.settings.warm_pool_size,
-                                 idle_s=self.settings.warm_pool_idle_s)
-        threading.Thread(target=self._watch_external_cancels, name="job-cancel-watch", daemon=True).start()
+    @property
+    def model(self) -> ModelClient:
+        return self.runner.model
+
+    @model.setter
+    def model(self, model: ModelClient) -> None:  # the embedded model's client, once its server is up
+        self.runner.model = model
+
+    @property
+    def warm(self) -> WarmPool | None:
+        return self.execution.warm
+
+    @property
+    def feed(self):
+        """The database feed of a queue deployment (a worker in this process publishes through it)."""
+        return getattr(self.execution, "feed", None)
 
     # ------------------------------------------------------------------ public API
     def _new_jobs(self, req: JobRequest) -> list[dict]:
@@ -108,14 +143,11 @@ class JobManager:
     def submit(self, req: JobRequest) -> list[Job]:
         jobs = []
         for fields in self._new_jobs(req):
-            job = self.store.create_job(**fields)
-            with self._lock:
-                self._controls[job.id] = RunControl()
-                self._finished[job.id] = threading.Event()
+            job = self.execution.admit(fields)
             self._emit(job, StateChanged(states.QUEUED, attempt=job.attempt, attempts=job.attempts))
             jobs.append(job)
         for job in jobs:
-            self._pool.submit(self._run_guarded, job.id)
+            self.execution.start(job)
         return jobs
 
     def prewarm(self, repo: str, ref: str | None = None, setup: list[str] | None = None,
@@ -132,21 +164,15 @@ class JobManager:
             return False
         return self.warm.request(repo, ref, setup, agent_internet)
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, reason: str | None = None) -> bool:
+        """The one way a job is cancelled: its end is recorded now (so a queued job never starts and every
+        process sees it at once), then its run is stopped wherever it runs (closing its sandbox kills whatever
+        command runs). A run that was already told records what its agent left when it stops."""
         job = self.store.get_job(job_id)
-        with self._lock:
-            control = self._controls.get(job_id)
-        if job.state in states.TERMINAL and not (job.state == states.CANCELLED and control is not None):
-            return False
-        if control is None:  # not ours (another process, or before a restart): just record it
-            self._finish(job, states.CANCELLED, "cancelled by the user")
-            return True
-        if job.state == states.QUEUED:
-            self._finish(job, states.CANCELLED, "cancelled by the user before it started")
-        elif job.state in (states.PREPARING, states.SETTING_UP):  # say so now; the run stops as its sandbox closes
-            self._finish(job, states.CANCELLED, "cancelled by the user before the agent started")
-        control.cancel()  # closing the sandbox kills whatever command runs; the pipeline then sees the flag
-        return True
+        ended = job.state not in states.TERMINAL and self._finish(job, states.CANCELLED,
+                                                                 reason or cancel_reason(job.state))
+        stopped = self.execution.stop(job_id)
+        return ended or stopped
 
     def retry(self, job_id: str, attempts: int = 1) -> list[Job]:
         job = self.store.get_job(job_id)
@@ -167,59 +193,17 @@ class JobManager:
         return unsubscribe
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
-        event = self._finished.get(job_id)
-        if event is not None:
-            event.wait(timeout)
-        return self.store.get_job(job_id)
+        return self.execution.wait(job_id, timeout)
 
     def shutdown(self, cancel_running: bool = True, wait_s: float | None = None) -> None:
-        """Stop taking work; with cancel_running, end every active job as interrupted (retryable).
-        wait_s bounds the wait for the workers (a server being stopped has seconds, not a job's length):
-        a job whose worker has not finished by then is recorded as interrupted without it."""
-        self._closed.set()
+        """Stop taking work; with cancel_running, end every job running here as interrupted (retryable).
+        wait_s bounds the wait for the runs (a server being stopped has seconds, not a job's length)."""
         self._stopping = True
-        active = list(self._controls)
-        if cancel_running:
-            for job_id in active:
-                try:
-                    self.cancel(job_id)
-                except Exception:
-                    log.exception("cancelling %s at shutdown", job_id)
-        self._pool.shutdown(wait=wait_s is None, cancel_futures=True)
-        if self.warm is not None:
-            self.warm.close(CLOSE_WAIT_S if wait_s is None else min(wait_s, CLOSE_WAIT_S))
-        if wait_s is not None and cancel_running:
-            self._interrupt_stragglers(active, time.monotonic() + wait_s)
-
-    def _interrupt_stragglers(self, job_ids: list[str], deadline: float) -> None:
-        for job_id in job_ids:
-            done = self._finished.get(job_id)
-            if done is not None and done.wait(max(0.0, deadline - time.monotonic())):
-                continue
-            try:
-                self._finish(self.store.get_job(job_id), states.INTERRUPTED,
-                             "the server shut down while this job was active; retry it")
-            except Exception:
-                log.exception("interrupting %s at shutdown", job_id)
-
-    def _watch_external_cancels(self) -> None:
-        """`assistant jobs cancel` from another process only writes the store; notice it and stop the work."""
-        while not self._closed.wait(1.0):
-            with self._lock:
-                mine = [job_id for job_id, control in self._controls.items() if not control.cancelled.is_set()]
-            try:
-                cancelled = self.store.job_ids_in_state(mine, states.CANCELLED)
-            except Exception:
-                log.exception("checking %d jobs for an external cancel", len(mine))
-                continue
-            for job_id in cancelled:
-                try:
-                    self.cancel(job_id)
-                except Exception:
-                    log.exception("cancelling %s after an external cancel", job_id)
+        self.execution.shutdown(cancel_running, wait_s)
 
     # ------------------------------------------------------------------ events
-    def _publish(self, update: JobUpdate) -> None:
+    def _deliver(self, update: JobUpdate) -> None:
+        """An update reaches this process's subscribers."""
         with self._lock:
             subscribers = list(self._subscribers)
         for callback in subscribers:
@@ -228,58 +212,17 @@ class JobManager:
             except Exception:  # a broken subscriber must not break the job
                 log.exception("job subscriber failed")
 
+    def _publish(self, update: JobUpdate) -> None:
+        self.execution.publish(update)
+
     def _recorder(self, job: Job, control: RunControl | None = None) -> JobRecorder:
-        """Records a job's events and end; a running job's (with its control) may ask the summary model for
-        a summary it lacks, unless the server is stopping (it has seconds, not a model call's length)."""
-        summarise = model_summariser(self.model, job.id, lambda: self._stopping) if control else None
-        return JobRecorder(self.store, job, self._publish, control, summarise=summarise,
-                           price_table=self.settings.price_table, currency=self.settings.price_currency)
+        return self.runner.recorder(job, self._publish, control)
 
     def _emit(self, job: Job, event: JobEventRecord) -> None:
         self._recorder(job).publish_event(event)
 
-    def _finish(self, job: Job, state: str, reason: str, recorder: JobRecorder | None = None) -> None:
-        if state == states.CANCELLED and self._stopping:  # nobody cancelled it: the server is going away
-            state, reason = states.INTERRUPTED, "the server shut down while this job was active; retry it"
-        (recorder or self._recorder(job)).finish(state, reason)
-        with self._lock:
-            done = self._finished.get(job.id)
-        if done:
-            done.set()
-
-    # ------------------------------------------------------------------ the work
-    def _run_guarded(self, job_id: str) -> None:
-        job = self.store.get_job(job_id)
-        control = self._controls.get(job_id)
-        try:
-            if job.state != states.QUEUED or control is None or control.cancelled.is_set():
-                return
-            recorder = self._recorder(job, control)
-
-            def prepare_placed(request, **callbacks):
-                engine = None if self.pool is None else self.pool.place(
-                    job.id, job.fence, control.cancelled, on_wait=lambda text: recorder.emit(Notice(text)))
-                prepared = prepare(request, self.sandbox_config, engine=engine, warm=self.warm, **callbacks)
-                self._rewarm(job)  # the next job on this repository finds one ready, even straight after this one
-                return prepared
-            outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.sandbox_config,
-                              model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
-                              emit=recorder.emit, control=control)
-            recorder.record_outcome(outcome)
-            self._finish(recorder.job, outcome.state, outcome.reason, recorder)
-        except Exception as exc:  # whatever happens, the job ends in a defined state with the reason
-            if control is not None and control.cancelled.is_set():
-                self._finish(job, states.CANCELLED, "cancelled by the user")
-            else:
-                log.exception("job %s crashed", job_id)
-                self._finish(job, states.FAILED, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            with self._lock:
-                self._controls.pop(job_id, None)
-                done = self._finished.get(job_id)
-            if done:
-                done.set()
-            self._rewarm(job)
+    def _finish(self, job: Job, state: str, reason: str) -> bool:
+        return self.runner.finish(self._recorder(job), state, reason)
 
     def _rewarm(self, job: Job) -> None:
         """The next job on this repository most likely asks for the same sandbox: ready one now."""
@@ -292,18 +235,127 @@ class JobManager:
             log.exception("re-warming after %s", job.id)
 
 
-def job_spec(store: Store, job: Job) -> JobSpec:
-    """What the pipeline needs to know of a job, read from the store: its parent's result, its ancestors."""
-    parent = None
-    ancestors: set[str] = set()
-    if job.parent_job_id:
-        row = store.get_job(job.parent_job_id)
-        parent = ParentResult(row.number, row.title, row.summary, store.get_artifact(row.id, "patch") or "")
-        parent_id = job.parent_job_id
-        while parent_id and parent_id not in ancestors and parent_id != job.id:
-            ancestors.add(parent_id)
-            parent_id = store.get_job(parent_id).parent_job_id
-    internet = store.get_artifact(job.id, "agent_internet")
-    return JobSpec(job_id=job.id, task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, parent=parent,
-                   citable_jobs=frozenset(ancestors), run=job.fence,
-                   agent_internet=json.loads(internet) if internet else None)
+def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> bool:
+    """`assistant jobs cancel` with the queue: the manager's one cancel path (record the end, then ask the run's
+    worker to stop, which reaches it within about a second)."""
+    from .queue import QueueExecution
+
+    execution = QueueExecution(settings, store, lambda _update: None)
+    try:
+        return JobManager(settings, store, None, execution).cancel(job_id, "cancelled from the command line")
+    finally:
+        execution.shutdown(False, None)
+
+
+class ThreadExecution:
+    """Jobs run in this process: a thread pool as wide as ASSISTANT_MAX_CONCURRENT_JOBS, a watch for cancels
+    written by other processes (`assistant jobs cancel`), and (on the environment's engine) the warm pool."""
+
+    def __init__(self, manager: JobManager):
+        self.manager = manager
+        settings = manager.settings
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs, thread_name_prefix="job")
+        self._lock = threading.Lock()
+        self._controls: dict[str, RunControl] = {}
+        self._started: set[str] = set()
+        self._done: dict[str, threading.Event] = {}
+        self._closed = threading.Event()
+        self.warm: WarmPool | None = None
+        if settings.warm_pool and manager.pool is None:
+            self.warm = WarmPool(manager.sandbox_config, capacity=settings.warm_pool_size,
+                                 idle_s=settings.warm_pool_idle_s)
+        threading.Thread(target=self._watch_external_cancels, name="job-cancel-watch", daemon=True).start()
+
+    def admit(self, fields: dict) -> Job:
+        job = self.manager.store.create_job(**fields)
+        with self._lock:
+            self._controls[job.id] = RunControl()
+            self._done[job.id] = threading.Event()
+        return job
+
+    def start(self, job: Job) -> None:
+        self._pool.submit(self._run, job.id)
+
+    def stop(self, job_id: str) -> bool:
+        with self._lock:
+            control = self._controls.get(job_id)
+            done = self._done.get(job_id)
+            waiting = job_id not in self._started
+        if control is None:
+            return False
+        control.cancel()
+        if waiting and done is not None:  # its run, should it still start, returns at once: nobody waits for it
+            done.set()
+        return True
+
+    def publish(self, update: JobUpdate) -> None:
+        self.manager._deliver(update)
+
+    def wait(self, job_id: str, timeout: float | None) -> Job:
+        done = self._done.get(job_id)
+        if done is not None:
+            done.wait(timeout)
+        return self.manager.store.get_job(job_id)
+
+    def _run(self, job_id: str) -> None:
+        manager = self.manager
+        with self._lock:
+            self._started.add(job_id)
+            control = self._controls.get(job_id)
+        job = manager.store.get_job(job_id)
+        try:
+            if job.state == states.QUEUED and control is not None and not control.cancelled.is_set():
+                manager.runner.run(job, control, self.publish)
+        finally:
+            with self._lock:
+                self._controls.pop(job_id, None)
+                self._started.discard(job_id)
+                done = self._done.get(job_id)
+            if done:
+                done.set()
+            manager._rewarm(job)
+
+    def shutdown(self, cancel_running: bool, wait_s: float | None) -> None:
+        self._closed.set()
+        with self._lock:
+            active = list(self._controls)
+        if cancel_running:
+            for job_id in active:
+                try:
+                    self.manager.cancel(job_id)
+                except Exception:
+                    log.exception("cancelling %s at shutdown", job_id)
+        self._pool.shutdown(wait=wait_s is None, cancel_futures=True)
+        if self.warm is not None:
+            self.warm.close(CLOSE_WAIT_S if wait_s is None else min(wait_s, CLOSE_WAIT_S))
+        if wait_s is not None and cancel_running:
+            self._interrupt_stragglers(active, time.monotonic() + wait_s)
+
+    def _interrupt_stragglers(self, job_ids: list[str], deadline: float) -> None:
+        """A job whose run has not finished by the deadline is recorded as interrupted without it."""
+        for job_id in job_ids:
+            done = self._done.get(job_id)
+            if done is not None and done.wait(max(0.0, deadline - time.monotonic())):
+                continue
+            try:
+                recorder = self.manager._recorder(self.manager.store.get_job(job_id))
+                recorder.finish(states.INTERRUPTED, SHUTDOWN_REASON)
+            except Exception:
+                log.exception("interrupting %s at shutdown", job_id)
+
+    def _watch_external_cancels(self) -> None:
+        """`assistant jobs cancel` from another process only writes the store; notice it and stop the work."""
+        store = self.manager.store
+        while not self._closed.wait(1.0):
+            with self._lock:
+                mine = [job_id for job_id, control in self._controls.items() if not control.cancelled.is_set()]
+            try:
+                cancelled = store.job_ids_in_state(mine, states.CANCELLED)
+            except Exception:
+                log.exception("checking %d jobs for an external cancel", len(mine))
+                continue
+            for job_id in cancelled:
+                try:
+                    self.manager.cancel(job_id)
+                except Exception:
+                    log.exception("cancelling %s after an external cancel", job_id)

@@ -2,13 +2,12 @@
 check the summary's citations.
 
 `run_job` knows no store, no web app and no queue. What it learns about the job comes in a JobSpec; what
-happens goes out as typed events (jobs/events.py) to `emit`; command output goes to a JobLog (whatever keeps
+happens goes out as typed events (assistant/domain/events.py) to `emit`; command output goes to a JobLog (whatever keeps
 citable log chunks); the result comes back as a JobOutcome. The job manager (one process, threads) and the
 queue workers (many processes) both call it and record what it says, so the same code runs a job wherever.
 """
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from collections.abc import Callable
@@ -20,16 +19,16 @@ from ..agent.citations import check_citations, find_citations
 from ..agent.harness import make_agent
 from ..agent.loop import AgentResult
 from ..agent.tools import ToolEnv
+from ..domain.outcome import Outcome
 from ..llm.client import ModelClient
 from ..sandbox import PreparedSandbox, PrepareRequest, SandboxConfig, SandboxError, SetupFailed
-from ..sandbox.diff import workspace_diff
-from . import states
-from .events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, SandboxReady, SetupCommandRan,
-                     StateChanged, decode)
+from ..sandbox.workspace import Workspace, workspace_diff
+from ..domain import states
+from ..domain.events import (JobEventRecord, Notice, OutputDelta, SandboxPlaced, SandboxReady, SetupCommandRan,
+                             StateChanged)
 
 log = logging.getLogger(__name__)
 
-CITED_FILE_MAX_BYTES = 2_000_000
 MAX_LISTED_FILES = 1000  # files named in the job's records and card; the patch holds them all
 EGRESS_CHUNK_PREFIX = "egress proxy:"  # log chunks of requests the egress proxy refused (agent/tools.py)
 
@@ -105,8 +104,7 @@ class JobOutcome:
     diff: str | None = None                     # readable diff (or why it could not be computed)
     patch: str | None = None
     cited_files: dict[str, str] = field(default_factory=dict)
-    outcome: dict[str, Any] = field(default_factory=dict)  # files, diff_lines, tests, tests_passed, diff_notes,
-    #                                                        test_commands
+    outcome: Outcome = field(default_factory=Outcome)  # the diff's shape and the agent's test runs
     prompt_tokens: int = 0
     completion_tokens: int = 0
     steps: int = 0
@@ -195,10 +193,8 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
 
     def on_sandbox(sandbox) -> None:
         control.attach(sandbox)  # a cancel from now on closes it, even in the middle of setup
-        container = getattr(getattr(sandbox, "container", None), "id", None)
-        if container:
-            engine = getattr(sandbox, "engine", None)
-            emit(SandboxPlaced(engine.name if engine is not None else "default", container))
+        if sandbox.placement is not None:
+            emit(SandboxPlaced(*sandbox.placement))
 
     try:
         prepared = prepare(PrepareRequest(job_id=spec.job_id, repo=spec.repo, ref=spec.ref, setup=spec.setup,
@@ -229,8 +225,7 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
     instructions = discover_agents_md(lambda paths: read_in_sandbox(sandbox, paths))
     env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
                   on_output=on_output, test_commands=commands_in(instructions))
-    agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled,
-                       on_event=lambda kind, data: emit(decode(kind, data)))
+    agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled, on_event=emit)
     result = agent.run(spec.task, context=context, instructions=instructions)
     return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
 
@@ -252,12 +247,12 @@ def _context(spec: JobSpec, prepared: PreparedSandbox, setup_chunks: list[Logged
 def _apply_parent(parent: ParentResult, sandbox, emit: Emit) -> str:
     """A follow-up job starts from its parent's result: the parent's patch is applied first, in the sandbox."""
     if parent.patch.strip():
-        reply = sandbox.call("apply_parent_patch", patch_b64=base64.b64encode(parent.patch.encode()).decode())
-        if not reply["ok"]:
-            emit(Notice(f"job {parent.number}'s patch did not apply here ({reply['error'][:300]}); "
+        applied = Workspace(sandbox).apply_parent_patch(parent.patch)
+        if not applied.ok:
+            emit(Notice(f"job {parent.number}'s patch did not apply here ({applied.error[:300]}); "
                         "the job starts from the repository as it is", "warning"))
             return (f"This job follows job {parent.number}, but its patch did not apply here "
-                    f"({reply['error'][:300]}); start from the repository as it is.")
+                    f"({applied.error[:300]}); start from the repository as it is.")
     return (f"This job follows job {parent.number} (\"{parent.title}\"), whose changes are already applied "
             f"in the workspace (uncommitted; `git diff` shows them). Its summary was:\n{parent.summary or '(none)'}")
 
@@ -288,9 +283,9 @@ def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, con
     diff_lines = sum(1 for line in (outcome.diff or "").splitlines()
                      if line[:1] in "+-" and not line.startswith(("+++", "---")))
     last_test = result.tests[-1] if result.tests else None
-    outcome.outcome = {"files": files, "diff_lines": diff_lines, "tests": result.tests, "diff_notes": notes,
-                       "tests_passed": None if last_test is None else last_test["exit_code"] == 0,
-                       "test_commands": list(result.test_commands)}
+    outcome.outcome = Outcome().replace(files=files, diff_lines=diff_lines, tests=result.tests, diff_notes=notes,
+                                        tests_passed=None if last_test is None else last_test["exit_code"] == 0,
+                                        test_commands=list(result.test_commands))
     if cancelled or result.status == "cancelled":
         outcome.state, outcome.reason = states.CANCELLED, "cancelled by the user"
     elif result.status == "succeeded":
@@ -303,7 +298,7 @@ def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, con
 def _report_blocked(spec: JobSpec, prepared: PreparedSandbox, job_log: "_ChunkTally", emit: Emit) -> str:
     """Every request the egress proxy refused, for the summary and the card: what, where it is logged, and how
     to allow it. "" when nothing was blocked (or the job had no internet at all)."""
-    egress = getattr(prepared.sandbox, "egress", None)
+    egress = prepared.sandbox.egress
     if egress is None:
         return ""
     from ..egress.report import blocked_summary
@@ -360,7 +355,4 @@ def _check_citations(spec: JobSpec, summary: str, sandbox, job_log: JobLog):
 
 def read_in_sandbox(sandbox, paths) -> dict[str, str | None]:
     """Workspace files as text, read inside the sandbox (the host has no path to the workspace)."""
-    paths = list(paths)
-    if not paths:
-        return {}
-    return sandbox.call("read_files", paths=paths, max_bytes=CITED_FILE_MAX_BYTES)["texts"]
+    return Workspace(sandbox).read_files(paths).texts

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 
 import psycopg
@@ -23,12 +24,10 @@ from procrastinate import App, PsycopgConnector, SyncPsycopgConnector, exception
 from procrastinate.schema import SchemaManager
 
 from ..config import Settings
-from ..llm.client import ModelClient
+from ..domain import states
+from ..domain.events import JobUpdate, Notice, StateChanged
 from ..store import Job, Store
-from . import states
-from .events import JobUpdate, Notice, StateChanged
 from .feed import DatabaseFeed
-from .manager import JobManager, JobRequest
 from .recorder import JobRecorder
 
 log = logging.getLogger(__name__)
@@ -190,25 +189,6 @@ def request_abort(app: App, store: Store, job_id: str) -> int:
         raw.close()
 
 
-def cancel_job(app: App, store: Store, job_id: str, reason: str, publish) -> bool:
-    """Cancel a job wherever it is: queued (its entry is cancelled) or running on any worker (asked to abort,
-    which reaches it within about a second). False when it had already ended."""
-    job = store.get_job(job_id)
-    if job.state in states.TERMINAL or not JobRecorder(store, job, publish).finish(states.CANCELLED, reason):
-        return False
-    request_abort(app, store, job_id)
-    return True
-
-
-def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> bool:
-    feed = DatabaseFeed(settings.resolved_database_url, store)
-    try:
-        return cancel_job(queue_app(settings.resolved_database_url, worker=False), store, job_id,
-                          "cancelled from the command line", feed.publish)
-    finally:
-        feed.close()
-
-
 def announce_lost_run(store: Store, job: Job, run: int, reason: str, publish) -> None:
     """The events of a lost run: interrupted, then either queued again (retried) or finished."""
     recorder = JobRecorder(store, job, publish)
@@ -231,34 +211,37 @@ def hand_back(app: App, store: Store, job_id: str, fence: int, reason: str, publ
     return job
 
 
-class QueuedJobManager(JobManager):
-    """The job manager of a PostgreSQL deployment: jobs go to the durable queue and run in worker processes
-    (`assistant worker`, or the one `assistant serve` starts); updates of every job, wherever it runs, arrive
-    through the database feed and reach this process's subscribers."""
+class QueueExecution:
+    """The execution of a PostgreSQL deployment (see manager.Execution): jobs go to the durable queue in the
+    transaction that creates them and run in worker processes (`assistant worker`, or the one `assistant serve`
+    starts); updates of every job, wherever it runs, arrive through the database feed."""
 
-    def __init__(self, settings: Settings, store: Store, model: ModelClient):
+    warm = None  # sandboxes are readied where jobs run, not here
+
+    def __init__(self, settings: Settings, store: Store, deliver: Callable[[JobUpdate], None]):
         url = settings.resolved_database_url
         ensure_queue_schema(url)
+        self.store = store
         self.queue = queue_app(url, worker=False)
         self.feed = DatabaseFeed(url, store)
-        super().__init__(settings, store, model)
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._finished: dict[str, threading.Event] = {}
         self.feed.start(self._dispatch)
 
-    def _start_local_execution(self) -> None:
-        """Nothing runs here: workers do."""
+    def admit(self, fields: dict) -> Job:
+        return self.store.create_job(**fields, in_transaction=lambda conn, row: enqueue(self.queue, conn, row))
 
-    def submit(self, req: JobRequest) -> list[Job]:
-        jobs = []
-        for fields in self._new_jobs(req):
-            job = self.store.create_job(**fields, in_transaction=lambda conn, row: enqueue(self.queue, conn, row))
-            self._emit(job, StateChanged(states.QUEUED, attempt=job.attempt, attempts=job.attempts))
-            jobs.append(job)
-        return jobs
+    def start(self, job: Job) -> None:
+        """Nothing to do: its queue entry was written with it, and a worker claims it."""
 
-    def cancel(self, job_id: str) -> bool:
-        return cancel_job(self.queue, self.store, job_id, "cancelled by the user", self._publish)
+    def stop(self, job_id: str) -> bool:
+        return request_abort(self.queue, self.store, job_id) > 0
 
-    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+    def publish(self, update: JobUpdate) -> None:
+        self.feed.publish(update)
+
+    def wait(self, job_id: str, timeout: float | None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             finished = self._finished.setdefault(job_id, threading.Event())
@@ -271,28 +254,12 @@ class QueuedJobManager(JobManager):
                 return job
             finished.wait(left)  # set by the feed; the 1 s poll covers a notification lost to an outage
 
-    def run_worker_here(self, worker) -> None:
-        """Run a queue worker in this process (the web app's own, unless --no-workers) until shutdown()."""
-        self._worker = worker
-        self._worker_thread = threading.Thread(target=worker.run, name="queue-worker", daemon=True)
-        self._worker_thread.start()
-        worker.started.wait(30)
-
-    def shutdown(self, cancel_running: bool = True, wait_s: float | None = None) -> None:
-        """Queued jobs, and running ones, belong to the workers: they go on without this process. A worker in
-        this process hands its running jobs back to the queue for another one (waiting up to wait_s, else 60 s)."""
-        self._closed.set()
-        worker = getattr(self, "_worker", None)
-        if worker is not None:
-            worker.stop()
-            self._worker_thread.join(timeout=60 if wait_s is None else wait_s)
+    def shutdown(self, cancel_running: bool, wait_s: float | None) -> None:
+        """Queued jobs, and running ones, belong to the workers: they go on without this process."""
         self.feed.close()
 
-    def _publish(self, update: JobUpdate) -> None:
-        self.feed.publish(update)
-
     def _dispatch(self, update: JobUpdate) -> None:
-        super()._publish(update)
+        self._deliver(update)
         if update.kind == "finished":
             with self._lock:
                 finished = self._finished.get(update.job_id)

@@ -15,10 +15,10 @@ import json
 import logging
 from collections.abc import Callable
 
-from ..agent.outcome import kind_rank
 from ..store import Job, StaleRun, Store
-from . import states
-from .events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxPlaced, SandboxReady,
+from ..domain import states
+from ..domain.outcome import Outcome, kind_rank
+from ..domain.events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxPlaced, SandboxReady,
                      StateChanged, SummaryWritten)
 from .pipeline import JobOutcome, RunControl
 from .results import Summarise, assess_job
@@ -99,11 +99,11 @@ class JobRecorder:
         self._write(self.store.add_job_tokens, job_id, outcome.prompt_tokens, outcome.completion_tokens,
                     outcome.steps)
         self.job = self._write(self.store.update_job, job_id, summary=outcome.summary, citations=outcome.citations,
-                               outcome=outcome.outcome)
+                               outcome=outcome.outcome.to_dict())
         if outcome.summary:
             self.publish_event(SummaryWritten(outcome.summary, outcome.citations))
-        self.publish_event(DiffComputed(outcome.outcome.get("files") or [], outcome.outcome.get("diff_lines", 0),
-                                        outcome.outcome.get("diff_notes") or []))
+        self.publish_event(DiffComputed(outcome.outcome.files, outcome.outcome.diff_lines or 0,
+                                        outcome.outcome.diff_notes))
 
     def finish(self, state: str, reason: str) -> bool:
         """Assess the result, then end the job (unless it already ended); rank its group when it was the last
@@ -113,7 +113,7 @@ class JobRecorder:
             self.job = current
             # Ended from outside (a cancel, `jobs cancel`): still owed its assessment, or a new one now that
             # this run has recorded what the agent left.
-            if self._recorded_run or not (current.outcome or {}).get("kind"):
+            if self._recorded_run or not Outcome.from_dict(current.outcome).assessed:
                 self.assess(current.state, current.reason or reason)
             return False
         self.assess(state, reason)
@@ -163,9 +163,9 @@ def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> Non
         return
     ranked = sorted(jobs, key=rank_key)
     for position, job in enumerate(ranked, start=1):
-        outcome = dict(job.outcome or {})
-        outcome.update(rank=position, recommended=position == 1 and job.state == states.SUCCEEDED)
-        store.update_job(job.id, outcome=outcome)
+        outcome = Outcome.from_dict(job.outcome).replace(
+            rank=position, recommended=position == 1 and job.state == states.SUCCEEDED)
+        store.update_job(job.id, outcome=outcome.to_dict())
     best = ranked[0]
     JobRecorder(store, best, publish).publish_event(
         GroupRanked(group_id, [j.id for j in ranked], best.id if best.state == states.SUCCEEDED else None))
@@ -174,7 +174,7 @@ def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> Non
 def rank_key(job: Job) -> tuple:
     """The kind of result first (fix, draft, findings, no result); then succeeded before anything else; then
     fewer review flags, a passing last test run, any test run at all; then the smaller diff."""
-    outcome = job.outcome or {}
-    passed = outcome.get("tests_passed")
-    return (kind_rank(outcome.get("kind")), job.state != states.SUCCEEDED, len(outcome.get("flags") or []),
-            passed is not True, passed is None, outcome.get("diff_lines", 10**9))
+    outcome = Outcome.from_dict(job.outcome)
+    passed = outcome.tests_passed
+    return (kind_rank(outcome.kind), job.state != states.SUCCEEDED, len(outcome.flags),
+            passed is not True, passed is None, outcome.size)

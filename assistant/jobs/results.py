@@ -16,11 +16,12 @@ from ..agent.digest import log_excerpt, plain_digest
 from ..agent.evidence import LogRecord, records_from_chunks
 from ..agent.outcome import decide_outcome
 from ..agent.review import parse_diff, review_diff, tampered_tests
+from ..domain.outcome import Outcome
 from ..llm.guards import Instructions, find_problem
 from ..llm.pricing import Cost, UsageRow, cost_of, format_cost, format_tokens, parse_price_table
 from ..prompts import load_prompt, render_prompt
 from ..store import Job, Store
-from . import states
+from ..domain import states
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,13 @@ Summarise = Callable[[list[dict]], str]   # chat messages -> the summary model's
 class Assessment:
     summary: str
     citations: list[dict]
-    outcome: dict
+    outcome: Outcome
     summary_written: bool       # a summary was written here (the job had none)
 
 
 def _chunk_lookup(store: Store, job: Job):
     """Chunks of this job and of the jobs it follows (their logs are part of its story)."""
-    allowed = {job.id}
-    parent = job.parent_job_id
-    while parent and parent not in allowed:
-        allowed.add(parent)
-        parent = store.get_job(parent).parent_job_id
+    allowed = store.lineage(job)
 
     def lookup(chunk_id: str):
         chunk = store.get_chunk(chunk_id)
@@ -55,7 +52,7 @@ def _chunk_lookup(store: Store, job: Job):
 
 def changed_files(job: Job, diff: str) -> list[list[str]]:
     """The diff's (status, path) list as the job row holds it, else read from the diff text."""
-    files = (job.outcome or {}).get("files")
+    files = Outcome.from_dict(job.outcome).files
     if files:
         return [list(f) for f in files]
     return [[c.status, c.path] for c in parse_diff(diff)]
@@ -115,8 +112,8 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
     """Everything a reviewer needs to trust (or not) the job's result, stored on the job row's outcome
     (with the job's token usage, so a card can show it from stored data alone)."""
     records = records_from_chunks(store.list_chunks(job.id))
-    outcome = dict(job.outcome or {})
-    named_tests = list(outcome.get("test_commands") or [])
+    outcome = Outcome.from_dict(job.outcome)
+    named_tests = list(outcome.test_commands)
     diff = store.get_artifact(job.id, "diff") or ""
     files = changed_files(job, diff)
     summary, citations, source = job.summary or "", list(job.citations or []), SOURCE_AGENT
@@ -134,11 +131,11 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
         records, changed_files=files, named_tests=named_tests, agent_finished=state == states.SUCCEEDED,
         summary_located=source == SOURCE_AGENT and any(c.get("valid") for c in citations),
         tests_changed=tampered_tests(flags))
-    outcome.update(decided.as_dict())
-    outcome.update(claims=[c.as_dict() for c in check_claims(summary, records, named_tests=named_tests)],
-                   flags=[f.as_dict() for f in flags], summary_source=source,
-                   usage=usage_of(store, job_ids=[job.id], price_table=price_table, currency=currency))
-    store.update_job(job.id, summary=summary, citations=citations, outcome=outcome)
+    outcome = outcome.replace(**decided.as_dict()).replace(
+        claims=[c.as_dict() for c in check_claims(summary, records, named_tests=named_tests)],
+        flags=[f.as_dict() for f in flags], summary_source=source,
+        usage=usage_of(store, job_ids=[job.id], price_table=price_table, currency=currency))
+    store.update_job(job.id, summary=summary, citations=citations, outcome=outcome.to_dict())
     return Assessment(summary, citations, outcome, written)
 
 
@@ -182,15 +179,15 @@ def conversation_usage(store: Store, thread_id: str, settings) -> dict:
 # ---------------------------------------------------------------------------------------------- plain text
 def result_lines(job: Job) -> list[str]:
     """The kind of result, what it rests on, and the review flags, as lines for a terminal."""
-    outcome = job.outcome or {}
-    if not outcome.get("kind"):
+    outcome = Outcome.from_dict(job.outcome)
+    if not outcome.assessed:
         return []
-    lines = [f"result: {outcome['kind']} — {outcome.get('kind_reason', '')}"]
-    for e in outcome.get("evidence") or []:
+    lines = [f"result: {outcome.kind} — {outcome.kind_reason}"]
+    for e in outcome.evidence:
         when = "after the last edit" if e.get("after_last_edit") else "before the last edit"
         lines.append(f"  test run: `{e['command']}` exit {e['exit_code']} (chunk {e['chunk_id']}, {when})"
                      + (f" — {e['note']}" if e.get("note") else ""))
-    for flag in outcome.get("flags") or []:
+    for flag in outcome.flags:
         lines.append(f"  ⚠ {flag['path']}: {flag['detail']}")
     return lines
 

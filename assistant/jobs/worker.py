@@ -1,5 +1,5 @@
 """A job worker of a PostgreSQL deployment: procrastinate's worker claims runs from the durable queue and this
-module runs each through the job pipeline, in a thread of its own, as long as the run owns its job.
+module hands each to the job runner (runner.JobRunner), in a thread of its own, as long as the run owns its job.
 
 `assistant worker` runs one (until SIGTERM or SIGINT); `assistant serve` runs one inside the web process unless
 told not to. Besides the claiming, a worker sweeps for runs whose worker went silent: procrastinate's stalled
@@ -24,18 +24,17 @@ from procrastinate.jobs import Status
 from procrastinate.worker import Worker
 
 from ..config import Settings
+from ..domain import states
+from ..domain.events import JobUpdate
 from ..llm.client import ModelClient
-from ..sandbox import prepare
+from ..sandbox import SandboxConfig
 from ..sandbox.engine import EngineSpec
 from ..sandbox.pool import EnginePool
 from ..store import StaleRun, Store
-from . import states
-from .events import JobUpdate, Notice
 from .feed import DatabaseFeed
-from .manager import job_spec, sandbox_config
-from .pipeline import JobLimits, RunControl, RunLost, run_job
+from .pipeline import RunControl
 from .queue import TASK_NAME, PatientStore, ensure_queue_schema, hand_back, queue_app
-from .recorder import JobRecorder, model_summariser
+from .runner import ENGINE_DOWN, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ QUEUE_ABORT_POLL_S = 1.0  # procrastinate's own poll for abort requests, in case
 
 
 STOPPING = "the worker is stopping"
-ENGINE_DOWN = "the sandbox engine "   # a lost run's reason that starts so is handed back to the queue
 SWEEP_EVERY = 10                      # sweep the engines for orphaned containers every this many health checks
 ORPHAN_GRACE_S = 60.0                 # a younger container may still be on its way to being recorded on its job
 
@@ -85,13 +83,15 @@ class QueueWorker:
         self.app.tasks[TASK_NAME].func = self._run_task
         self.queue = queue_app(url, worker=False)  # enqueues retries inside the store's transactions
         self.feed = feed or DatabaseFeed(url, store)
-        self.sandbox_config = replace(sandbox_config(settings), deployment=store.deployment_id())
-        self.limits = JobLimits.from_settings(settings)
+        self.sandbox_config = replace(SandboxConfig.from_settings(settings), deployment=store.deployment_id())
         self.pool = EnginePool.from_settings(settings, self.store)
+        self.runner = JobRunner(settings, self.store, model, self.sandbox_config, pool=self.pool,
+                                stopping=lambda: self._stopping.is_set(), engine_loss_is_lost=True)
         self.running: dict[str, Run] = {}
         self._worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
         self.started = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
@@ -102,6 +102,18 @@ class QueueWorker:
     def stop(self) -> None:
         """Stop claiming; hand running jobs back to the queue (another worker retries them) and return."""
         self._stopping.set()
+
+    def start_in_thread(self) -> None:
+        """Run in a thread of this process (the web app's own worker, unless --no-workers) until stop()."""
+        self._thread = threading.Thread(target=self.run, name="queue-worker", daemon=True)
+        self._thread.start()
+        self.started.wait(30)
+
+    def stop_and_wait(self, wait_s: float | None = None) -> None:
+        """stop(), then wait (up to wait_s, else 60 s) for the thread to have handed its runs back."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=60 if wait_s is None else wait_s)
 
     async def _main(self, handle_signals: bool) -> None:
         self._loop = asyncio.get_running_loop()
@@ -146,45 +158,14 @@ class QueueWorker:
         control = run.control
         threading.Thread(target=self._watch_abort, args=(context, control), daemon=True,
                          name=f"abort-watch-{job_id}").start()
-        recorder = JobRecorder(fenced, job, self.publish, control, summarise=model_summariser(self.model, job_id, self._stopping.is_set),
-                               price_table=self.settings.price_table, currency=self.settings.price_currency)
-
-        def prepare_placed(request, **callbacks):
-            if self.pool is not None:
-                run.engine = self.pool.place(job_id, fence, control.cancelled,
-                                             on_wait=lambda text: recorder.emit(Notice(text)))
-            return prepare(request, self.sandbox_config, engine=run.engine, **callbacks)
         try:
-            outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.sandbox_config,
-                              model=self.model, limits=self.limits, job_log=recorder, emit=recorder.emit,
-                              control=control)
-            engine_lost = self._engine_lost(run.engine) if outcome.state == states.FAILED else None
-            if engine_lost:  # not the job's failure: it goes to another engine
-                self._after_lost_run(job_id, fence, engine_lost)
-                return
-            recorder.record_outcome(outcome)
-            recorder.finish(outcome.state, outcome.reason)
-        except (RunLost, StaleRun) as lost:
-            self._after_lost_run(job_id, fence, control.lost or str(lost))
-        except Exception as exc:
-            if control.lost:
-                self._after_lost_run(job_id, fence, control.lost)
-            else:
-                log.exception("job %s crashed", job_id)
-                self._end_quietly(recorder, control, exc)
+            end = self.runner.run(job, control, self.publish, store=fenced,
+                                  on_placed=lambda engine: setattr(run, "engine", engine))
+            if end.lost:
+                self._after_lost_run(job_id, fence, end.lost)
         finally:
             self.running.pop(job_id, None)
             control.cancelled.set()  # ends the watcher
-
-    def _engine_lost(self, engine: EngineSpec | None) -> str | None:
-        """Why the run's engine is gone (then it is marked down), or None if it answers."""
-        if self.pool is None or engine is None:
-            return None
-        reason = self.pool.answers(engine)
-        if reason is None:
-            return None
-        self.pool.mark_down(engine, reason)
-        return f"{ENGINE_DOWN}{engine.name} stopped answering ({reason})"
 
     def _after_lost_run(self, job_id: str, fence: int, reason: str) -> None:
         if reason == STOPPING:  # this worker is going away: give the run back, another worker retries it
@@ -193,16 +174,6 @@ class QueueWorker:
             hand_back(self.queue, self.store, job_id, fence, reason, self.publish)
         else:
             log.warning("run %s of job %s lost: %s", fence, job_id, reason)
-
-    @staticmethod
-    def _end_quietly(recorder: JobRecorder, control: RunControl, exc: Exception) -> None:
-        try:
-            if control.cancelled.is_set():
-                recorder.finish(states.CANCELLED, "cancelled by the user")
-            else:
-                recorder.finish(states.FAILED, f"internal error: {type(exc).__name__}: {exc}")
-        except Exception:
-            log.exception("recording the end of job %s", recorder.job.id)
 
     def _watch_abort(self, context: JobContext, control: RunControl) -> None:
         while not control.cancelled.wait(ABORT_POLL_S):

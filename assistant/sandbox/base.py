@@ -50,6 +50,23 @@ class SandboxConfig:
     egress_settings: Any = None            # the settings' agent-internet layer (an egress EgressSpec)
     egress_image: str = "assistant-egress:latest"
 
+    @classmethod
+    def from_settings(cls, settings) -> "SandboxConfig":
+        """The sandbox part of the settings (assistant.config.Settings), as every command and runner reads it."""
+        from ..egress import spec_from_settings
+
+        return cls(
+            data_dir=settings.data_dir, backend=settings.sandbox_backend, image=settings.sandbox_image,
+            memory_mb=settings.sandbox_memory_mb, cpus=settings.sandbox_cpus, pids_limit=settings.sandbox_pids,
+            disk_mb=settings.sandbox_disk_mb, job_wall_clock_s=settings.job_max_seconds,
+            ca_bundle=settings.sandbox_ca_bundle,
+            cache_enabled=settings.setup_cache, cache_max_entries=settings.setup_cache_size,
+            maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
+            allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
+            diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6),
+            diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
+            egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
+
     @property
     def workspaces_dir(self) -> Path:
         return Path(self.data_dir) / "workspaces"
@@ -79,10 +96,17 @@ class ExecResult:
 @runtime_checkable
 class Sandbox(Protocol):
     """One job's computer. The host reaches its workspace only through these calls: commands, workspace
-    operations run inside as the sandbox user (call), and bytes written in (put_file). No host path to the
-    workspace exists in this protocol, so a sandbox may live on another host's engine."""
+    operations run inside as the sandbox user (call, which only sandbox/workspace.py names), and bytes written
+    in (put_file). No host path to the workspace exists in this protocol, so a sandbox may live on another
+    host's engine."""
 
     backend: str
+    egress: Any  # the job's egress proxy (blocked_requests()) when the agent phase has internet by allowlist; else None
+    disk_note: str | None  # "disk not capped: …" when the engine could not enforce the job's disk cap
+
+    @property
+    def placement(self) -> tuple[str, str] | None:
+        """(engine name, container id) where the sandbox runs on a Docker engine; None for other backends."""
 
     def exec(
         self,
@@ -100,7 +124,11 @@ class Sandbox(Protocol):
 
     def reap(self) -> int: ...
 
-    def go_offline(self) -> str: ...
+    def go_offline(self) -> str:
+        """Cut every network; says what is left (for the job's record)."""
+
+    def confine_to_proxy(self, policy: Any, config: SandboxConfig) -> str:
+        """Instead of going offline: reach only the job's egress proxy, which allows what `policy` allows."""
 
     def network_interfaces(self) -> list[str]: ...
 

@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-SERVER_SOURCE = _HERE / "cmdserver.py"
+SERVER_SOURCE = _HERE / "guest" / "cmdserver.py"
 # Module name -> source file; the server compiles them at its first workspace operation (not at start, where
 # compiling them would delay every sandbox's first command), in this order.
-MODULES = (("apply_patch", _HERE.parent / "agent" / "apply_patch.py"), ("workspace_ops", _HERE / "workspace_ops.py"))
+MODULES = (("apply_patch", _HERE / "guest" / "apply_patch.py"), ("workspace_ops", _HERE / "guest" / "workspace_ops.py"))
 
-# Python 3.6-compatible on purpose: it runs in whatever image a user names. It reads exactly the payload's
-# bytes, so nothing meant for the server is consumed.
+# Python 3.6-compatible on purpose (the guest code it starts keeps to 3.7, sandbox/guest): it runs in whatever
+# image a user names. It reads exactly the payload's bytes, so nothing meant for the server is consumed.
 BOOTSTRAP = (
     "import json, os, sys\n"
     "def _read(n):\n"

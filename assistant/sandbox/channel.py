@@ -186,6 +186,8 @@ class ChannelSandbox(ABC):
     _teardown."""
 
     egress = None  # the job's egress proxy handle when the agent phase has internet by allowlist
+    placement = None  # (engine name, container id) on a Docker engine
+    disk_note: str | None = None  # set by the backend when the job's disk cap could not be enforced
     _extra_env: dict[str, str] = {}  # merged into every command's environment (the proxy variables)
 
     def confine_to_proxy(self, policy, config) -> str:

@@ -1,4 +1,5 @@
-"""The job's result: the agent's change, computed inside the sandbox (workspace_ops.diff) and received as data.
+"""The job's result: the agent's change, computed inside the sandbox (guest/workspace_ops.diff, asked for through
+workspace.Workspace.diff) and received as data.
 
 The host only decodes bytes and rewrites text here; it never runs git on, or opens, the workspace.
 """
@@ -37,13 +38,6 @@ class WorkspaceDiff:
             notes.append(f"the patch was truncated at the patch size cap ({self.total_bytes:,} bytes in all); "
                          "the last files are missing from it")
         return notes
-
-
-def workspace_diff(sandbox, base_commit: str, setup_changes: dict | None = None, *,
-                   file_cap: int = 5_000_000, patch_cap: int = 20_000_000) -> WorkspaceDiff:
-    """Everything the job changed since base_commit, less what setup changed, computed in the sandbox."""
-    return from_sandbox(sandbox.call("diff", base=base_commit, setup=setup_changes, file_cap=file_cap,
-                                     patch_cap=patch_cap))
 
 
 def from_sandbox(result: dict[str, Any]) -> WorkspaceDiff:

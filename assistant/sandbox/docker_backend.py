@@ -165,6 +165,11 @@ class DockerSandbox(ChannelSandbox):
         self.disk_note: str | None = None  # "disk not capped: …" when the engine could not take the job's disk cap
         self._disk_capped = False
 
+    @property
+    def placement(self) -> tuple[str, str] | None:
+        container = getattr(self.container, "id", None)
+        return (self.engine.name if self.engine is not None else "default", container) if container else None
+
     @classmethod
     def start(cls, *, job_id: str, config: SandboxConfig, image: str, network: bool,
               engine: EngineSpec | None = None, run: int = 1) -> "DockerSandbox":

@@ -8,7 +8,8 @@ import functools
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .base import (ExecResult, PreparedSandbox, PrepareRequest, Sandbox, SandboxConfig, SandboxError, SetupFailed,
                    WORKSPACE)
@@ -16,6 +17,7 @@ from .cache import SetupCache, cache_key
 from .engine import BackendChoice, EngineSpec, docker_client, resolve_backend
 from .repo import RepoSource, prepare_source, repo_identity
 from .setup_commands import setup_commands
+from .workspace import Workspace
 
 SETUP_COMMAND_TIMEOUT_S = 1800.0
 BUNDLE_PATH = "/tmp/assistant-repo.bundle"
@@ -29,6 +31,26 @@ def _ignore(*_args) -> None:
 
 # start(job_id=, config=, image=, network=) -> a started Sandbox; with a `backend` attribute naming it.
 SandboxStarter = Callable[..., Sandbox]
+
+
+@dataclass
+class _Preparation:
+    """One prepare() call on its way: what every way of starting a sandbox reads and adds to."""
+    req: PrepareRequest
+    config: SandboxConfig
+    choice: BackendChoice
+    start: SandboxStarter
+    on_state: Callable[[str], None]
+    on_command: Callable[[str, ExecResult], None]
+    on_output: Callable[[str], None]
+    source: RepoSource | None = None
+    commands: list[str] = field(default_factory=list)
+    policy: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run_setup(self, sandbox: Sandbox, commands: list[str], results: list[ExecResult]):
+        return _run_setup(sandbox, commands, results, self.config, self.on_command, self.on_output,
+                          _masker(self.config))
 
 
 def prepare(
@@ -47,111 +69,153 @@ def prepare(
     job was placed on (the environment's engine by default); `start` overrides how the sandbox is started (a
     test's own sandbox). `on_sandbox` hears of the sandbox as soon as it runs, before setup (to cancel it).
     `warm` is a WarmPool (assistant/sandbox/warm.py): on the environment's engine, a sandbox it readied for
-    exactly this repository, commit, setup and network is taken instead of a new one."""
+    exactly this repository, commit, setup and network is taken instead of a new one.
+
+    Four ways to a sandbox, each below on its own: taken from the warm pool (_from_warm_pool), started from the
+    setup cache's image (_from_setup_cache), or started cold and set up (_cold); the engine pool only decides
+    where the last two start (_starter)."""
     if start is not None or engine is not None:
         warm = None  # a pool engine or the caller's own sandbox: the warm pool readies on the local engine only
-    timings: dict[str, float] = {}
     clock = time.monotonic()
-    if start is not None:
-        choice = BackendChoice(getattr(start, "backend", "custom"), "started by the caller")
-    elif engine is not None:
-        choice = BackendChoice("docker", engine.describe())
-        start = functools.partial(_start, "docker", engine=engine, run=req.run)
-    else:
-        choice = resolve_backend(config)
-        start = functools.partial(_start, choice.backend, run=req.run)
-    start = _announcing(start, on_sandbox)
+    choice, start = _starter(req, config, start, engine)
+    job = _Preparation(req, config, choice, _announcing(start, on_sandbox), on_state, on_command, on_output)
     on_state("preparing")
-    early = None if warm is not None and warm.may_hold(req.repo) else _early_start(req, config, choice.backend, start)
+    early = None if warm is not None and warm.may_hold(req.repo) else _early_start(req, config, choice.backend,
+                                                                                 job.start)
     try:
-        source = prepare_source(req.repo, req.ref, config.data_dir)
-        commands = setup_commands(source, req.setup)
-        policy = _egress_policy(req, config, source, choice.backend)  # a bad policy fails before anything starts
+        job.source = prepare_source(req.repo, req.ref, config.data_dir)
+        job.commands = setup_commands(job.source, req.setup)
+        job.policy = _egress_policy(req, config, job.source, choice.backend)  # a bad policy fails before any start
     except BaseException:
         if early is not None:
             _close_when_started(early)
         raise
-    timings["source_s"] = time.monotonic() - clock
+    job.timings["source_s"] = time.monotonic() - clock
 
-    cache, key, entry = _cached_setup(req.repo, config, choice.backend, source, commands, engine)
+    cache, key, entry = _cached_setup(req.repo, config, choice.backend, job.source, job.commands, engine)
     if warm is not None:
-        clock = time.monotonic()
-        ready = warm.take(config, choice.backend, source, commands, policy, key)
+        ready = _from_warm_pool(job, warm, key, on_sandbox)
         if ready is not None:
             if early is not None:
                 _close_when_started(early)
-            try:
-                on_sandbox(ready.sandbox)
-            except BaseException:
-                ready.sandbox.close()
-                raise
-            return dataclasses.replace(ready, egress_policy=policy,
-                                       timings={**timings, "warm_take_s": time.monotonic() - clock},
-                                       backend_fallback=_notes(ready.backend_fallback, ready.sandbox))
+            return ready
+    if entry is not None:
+        return _from_setup_cache(job, entry)
+    return _cold(job, cache, key, early)
 
-    sandbox = None
-    results: list[ExecResult] = []
-    failed: tuple[str, ExecResult] | None = None
-    setup_changes: dict = {"created": [], "modified": {}}
-    mask = _masker(config)
+
+def _starter(req: PrepareRequest, config: SandboxConfig, start: SandboxStarter | None,
+             engine: EngineSpec | None) -> tuple[BackendChoice, SandboxStarter]:
+    """Where the sandbox starts: the caller's own starter, the engine of the pool the job was placed on, or the
+    backend the settings resolve to on this host."""
+    if start is not None:
+        return BackendChoice(getattr(start, "backend", "custom"), "started by the caller"), start
+    if engine is not None:
+        return (BackendChoice("docker", engine.describe()),
+                functools.partial(_start, "docker", engine=engine, run=req.run))
+    choice = resolve_backend(config)
+    return choice, functools.partial(_start, choice.backend, run=req.run)
+
+
+def _from_warm_pool(job: _Preparation, warm, key: str | None, on_sandbox) -> PreparedSandbox | None:
+    """A sandbox the warm pool readied for exactly this request (set up, offline), or None."""
+    clock = time.monotonic()
+    ready = warm.take(job.config, job.choice.backend, job.source, job.commands, job.policy, key)
+    if ready is None:
+        return None
     try:
-        clock = time.monotonic()
-        if entry is not None:
-            maintenance = [config.maintenance_command] if config.maintenance_command else []
-            sandbox = start(job_id=req.job_id, config=config, image=entry.image, network=bool(maintenance))
-            timings["start_s"] = time.monotonic() - clock
-            setup_changes = entry.setup_changes
-            if maintenance:
-                on_state("setting_up")
-                failed = _run_setup(sandbox, maintenance, results, config, on_command, on_output, mask)
-                setup_network = f"{_online_name(choice.backend)} (setup cache hit: setup skipped, maintenance ran)"
-            else:
-                setup_network = "none (setup cache hit: setup skipped)"
-        else:
-            sandbox = _start_with_repo(start, req.job_id, config, source, network=bool(commands), started=early)
-            timings["start_s"] = time.monotonic() - clock
-            if commands:
-                on_state("setting_up")
-                clock = time.monotonic()
-                failed = _run_setup(sandbox, commands, results, config, on_command, on_output, mask)
-                timings["setup_s"] = time.monotonic() - clock
-                setup_network = _online_name(choice.backend)
-                setup_changes = sandbox.call("snapshot", base=source.commit)
-                if failed is None and cache is not None and key is not None:
-                    clock = time.monotonic()
-                    cache.store(key, sandbox, setup_changes)
-                    timings["cache_store_s"] = time.monotonic() - clock
-            else:
-                setup_network = "none (no setup commands)"
-        clock = time.monotonic()
-        if results or config.setup_secrets:
-            sandbox.reap()  # what setup left running keeps its environment (and any secret) otherwise
-        agent_network = (sandbox.confine_to_proxy(policy, config) if policy.allowlist else sandbox.go_offline())
-        timings["offline_s"] = time.monotonic() - clock
+        on_sandbox(ready.sandbox)
     except BaseException:
-        if sandbox is not None:
-            sandbox.close()
+        ready.sandbox.close()
         raise
+    return dataclasses.replace(ready, egress_policy=job.policy,
+                               timings={**job.timings, "warm_take_s": time.monotonic() - clock},
+                               backend_fallback=_notes(ready.backend_fallback, ready.sandbox))
+
+
+def _from_setup_cache(job: _Preparation, entry) -> PreparedSandbox:
+    """Start from the cache's image of a workspace these setup commands already set up: only the maintenance
+    command (if any) runs, with network."""
+    config = job.config
+    maintenance = [config.maintenance_command] if config.maintenance_command else []
+    results: list[ExecResult] = []
+    failed = None
+    clock = time.monotonic()
+    sandbox = job.start(job_id=job.req.job_id, config=config, image=entry.image, network=bool(maintenance))
+    try:
+        job.timings["start_s"] = time.monotonic() - clock
+        if maintenance:
+            job.on_state("setting_up")
+            failed = job.run_setup(sandbox, maintenance, results)
+            setup_network = f"{_online_name(job.choice.backend)} (setup cache hit: setup skipped, maintenance ran)"
+        else:
+            setup_network = "none (setup cache hit: setup skipped)"
+        return _offline(job, sandbox, results, failed, setup_network, entry.setup_changes, cache_hit=True)
+    except BaseException:
+        sandbox.close()
+        raise
+
+
+def _cold(job: _Preparation, cache: SetupCache | None, key: str | None, early) -> PreparedSandbox:
+    """Start a new sandbox (or take the one started early), clone the repository in, run setup with network,
+    note what setup changed, and keep the result in the setup cache."""
+    results: list[ExecResult] = []
+    failed = None
+    setup_changes: dict = {"created": [], "modified": {}}
+    clock = time.monotonic()
+    sandbox = _start_with_repo(job.start, job.req.job_id, job.config, job.source, network=bool(job.commands),
+                               started=early)
+    try:
+        job.timings["start_s"] = time.monotonic() - clock
+        if job.commands:
+            job.on_state("setting_up")
+            clock = time.monotonic()
+            failed = job.run_setup(sandbox, job.commands, results)
+            job.timings["setup_s"] = time.monotonic() - clock
+            setup_network = _online_name(job.choice.backend)
+            setup_changes = Workspace(sandbox).snapshot(job.source.commit).as_dict()
+            if failed is None and cache is not None and key is not None:
+                clock = time.monotonic()
+                cache.store(key, sandbox, setup_changes)
+                job.timings["cache_store_s"] = time.monotonic() - clock
+        else:
+            setup_network = "none (no setup commands)"
+        return _offline(job, sandbox, results, failed, setup_network, setup_changes, cache_hit=False)
+    except BaseException:
+        sandbox.close()
+        raise
+
+
+def _offline(job: _Preparation, sandbox: Sandbox, results: list[ExecResult], failed, setup_network: str,
+             setup_changes: dict, *, cache_hit: bool) -> PreparedSandbox:
+    """Kill what setup left running, cut the network (or confine it to the job's egress proxy): the sandbox is
+    the agent's."""
+    clock = time.monotonic()
+    if results or job.config.setup_secrets:
+        sandbox.reap()  # what setup left running keeps its environment (and any secret) otherwise
+    agent_network = (sandbox.confine_to_proxy(job.policy, job.config) if job.policy.allowlist
+                     else sandbox.go_offline())
+    job.timings["offline_s"] = time.monotonic() - clock
     return PreparedSandbox(
         sandbox=sandbox,
-        base_commit=source.commit,
-        setup_commands=commands,
+        base_commit=job.source.commit,
+        setup_commands=job.commands,
         setup_results=results,
-        cache_hit=entry is not None,
+        cache_hit=cache_hit,
         setup_network=setup_network,
         agent_network=agent_network,
         failed_setup=failed,
-        timings=timings,
+        timings=job.timings,
         setup_changes=setup_changes,
-        backend=choice.backend,
-        backend_fallback=_notes(choice.fallback, sandbox),
-        egress_policy=policy,
+        backend=job.choice.backend,
+        backend_fallback=_notes(job.choice.fallback, sandbox),
+        egress_policy=job.policy,
     )
 
 
 def _notes(fallback: str | None, sandbox) -> str | None:
     """The job card's warning: a weaker backend than configured, and/or a disk cap the engine could not enforce."""
-    notes = [note for note in (fallback, getattr(sandbox, "disk_note", None)) if note]
+    notes = [note for note in (fallback, sandbox.disk_note) if note]
     return "; ".join(notes) or None
 
 
@@ -208,8 +272,7 @@ def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, 
     sandbox = started.result()
     try:
         sandbox.put_file(BUNDLE_PATH, data)
-        sandbox.call("clone", bundle=BUNDLE_PATH, ref=ref, commit=source.commit, branch=source.branch,
-                     origin=source.origin)
+        Workspace(sandbox).clone(BUNDLE_PATH, ref, source.commit, source.branch, source.origin)
     except BaseException:
         sandbox.close()
         raise

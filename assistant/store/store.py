@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from ..jobs.events import JobEventRecord, decode, encode
-from ..jobs.states import ACTIVE, INTERRUPTED, check_transition
+from ..domain.events import JobEventRecord, decode, encode
+from ..domain.states import ACTIVE, INTERRUPTED, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
 from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, SandboxEngine, Thread,
@@ -258,6 +258,18 @@ class Store:
                 raise NotFound(f"no job {job_id}")
             return job
 
+    def lineage(self, job: Job) -> set[str]:
+        """The job and every job it follows (a follow-up's parent, that one's parent, …): the jobs whose logs and
+        results are part of its story. Stops at a loop or a missing row."""
+        ids = {job.id}
+        parent = job.parent_job_id
+        with self.session() as s:
+            while parent and parent not in ids:
+                ids.add(parent)
+                row = s.get(Job, parent)
+                parent = row.parent_job_id if row is not None else None
+        return ids
+
     def find_job(self, ref: str) -> Job:
         """A job by full id or unique id prefix."""
         with self.session() as s:
@@ -467,7 +479,7 @@ class Store:
             return list(s.exec(q.order_by(col(JobEvent.seq))))
 
     def append_event(self, job_id: str, event: JobEventRecord) -> JobEvent:
-        """Store a typed job event in its one encoding (jobs/events.py)."""
+        """Store a typed job event in its one encoding (assistant/domain/events.py)."""
         kind, data = encode(event)
         return self.add_event(job_id, kind, data)
 

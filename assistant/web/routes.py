@@ -79,18 +79,6 @@ tr.cited{{background:#3a3413}} tr.cited td.n{{color:#fc6}}</style></head>
     return HTMLResponse(body)
 
 
-def _ancestors(store: Store, job: Job) -> set[str]:
-    seen = {job.id}
-    parent = job.parent_job_id
-    while parent and parent not in seen:
-        seen.add(parent)
-        try:
-            parent = store.get_job(parent).parent_job_id
-        except LookupError:
-            break
-    return seen
-
-
 def make_router(store_of, policy: RepoPolicy) -> APIRouter:
     """store_of: a callable returning the Store, so the router can exist before the Assistant starts;
     policy: which repositories may be read (checked again here: the thread's setting may predate it)."""
@@ -109,7 +97,7 @@ def make_router(store_of, policy: RepoPolicy) -> APIRouter:
             start, end = _line_range(L, len(text.splitlines()))
             return _page(f"{path} L{start}-{end}", f"job {job.number} · {job.title} · final workspace", text, start, end)
         chunk = store.get_chunk(target)
-        if chunk is None or chunk.job_id not in _ancestors(store, job):
+        if chunk is None or chunk.job_id not in store.lineage(job):
             raise HTTPException(status_code=404, detail="no such log in this job")
         start, end = _line_range(L, chunk.line_count)
         exit_text = f"exit {chunk.exit_code}" if chunk.exit_code is not None else "no exit code"

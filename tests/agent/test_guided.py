@@ -85,7 +85,7 @@ def jobs(tmp_path, scripted_model, settings_for):
                            emit=self.events.append)
 
         def kind(self, outcome) -> str:
-            files = [f[1] for f in outcome.outcome["files"]]
+            files = [f[1] for f in outcome.outcome.files]
             return decide_outcome(self.log.records(), changed_files=files,
                                   agent_finished=outcome.state == states.SUCCEEDED).kind
     return Jobs()
@@ -115,10 +115,10 @@ def test_the_harness_runs_the_tests_shows_the_code_and_applies_the_models_edit(t
     assert "python3 -m unittest -v" in prompt                   # the AGENTS.md test command was used
     assert "anyOf" in json.dumps(request.get("response_format"))
     # The tests ran before and after the edit; the summary is built from the log, and every citation holds.
-    tests = outcome.outcome["tests"]
-    assert [t["exit_code"] == 0 for t in tests] == [False, True] and outcome.outcome["tests_passed"] is True
+    tests = outcome.outcome.tests
+    assert [t["exit_code"] == 0 for t in tests] == [False, True] and outcome.outcome.tests_passed is True
     assert outcome.citations and all(c["valid"] for c in outcome.citations), outcome.citations
-    claims = check_claims(outcome.summary, jobs.log.records(), named_tests=outcome.outcome["test_commands"])
+    claims = check_claims(outcome.summary, jobs.log.records(), named_tests=outcome.outcome.test_commands)
     assert claims and all(c.supported for c in claims), claims
     assert jobs.kind(outcome) == "fix"
     assert "return a - b" in (repo / "calc.py").read_text()     # the user's repository was never touched
@@ -142,7 +142,7 @@ def test_a_failing_candidate_is_rolled_back_and_the_next_starts_from_the_origina
     # Within the first candidate the model saw its edit's failing run.
     second = guided_requests(scripted_model)[1]["messages"]
     assert "The tests still fail" in second[-1]["content"]
-    assert [t["exit_code"] == 0 for t in outcome.outcome["tests"]] == [False, False, True]
+    assert [t["exit_code"] == 0 for t in outcome.outcome.tests] == [False, False, True]
     assert "(candidate 2 of up to 3)" in outcome.summary and jobs.kind(outcome) == "fix"
 
 
@@ -168,7 +168,7 @@ def test_a_small_models_sloppy_snippet_and_test_edits_are_handled(tmp_path, scri
     outcome = jobs.run(repo)
 
     assert outcome.state == states.SUCCEEDED, outcome.reason
-    assert outcome.outcome["files"] == [["modified", "calc.py"]] and "+    return a + b" in outcome.diff
+    assert outcome.outcome.files == [["modified", "calc.py"]] and "+    return a + b" in outcome.diff
     turns = guided_requests(scripted_model)[2]["messages"]
     assert "test_calc.py is a test file" in turns[3]["content"]
     assert turns[5]["content"].startswith("### calc.py (lines 1-2 of 6)")
@@ -187,7 +187,7 @@ def test_a_task_without_a_failing_test_is_localized_from_its_words(tmp_path, scr
     prompt = guided_requests(scripted_model)[0]["messages"][1]["content"]
     assert "pass now" in prompt and "### parity.py" in prompt and "1| def is_even(n):" in prompt
     # No AGENTS.md: the test command was detected from the files.
-    assert outcome.outcome["tests"][0]["command"].startswith("python3 -m")
+    assert outcome.outcome.tests[0]["command"].startswith("python3 -m")
     assert "+def is_odd(n):" in outcome.diff and jobs.kind(outcome) == "fix"
 
 
@@ -238,7 +238,7 @@ def test_a_summary_saying_the_tests_pass_after_a_failing_last_run_is_unsupported
     outcome = jobs.run(repo, harness="free", protocol="native")
 
     assert outcome.state == states.SUCCEEDED and jobs.kind(outcome) == "draft"
-    [claim] = check_claims(outcome.summary, jobs.log.records(), named_tests=outcome.outcome["test_commands"])
+    [claim] = check_claims(outcome.summary, jobs.log.records(), named_tests=outcome.outcome.test_commands)
     assert not claim.supported and "the last test run failed" in claim.reason, claim
 
 
@@ -285,5 +285,5 @@ def test_a_snippet_edit_that_names_the_test_file_from_the_traceback_goes_to_the_
     outcome = jobs.run(repo)
 
     assert outcome.state == states.SUCCEEDED, outcome.reason
-    assert outcome.outcome["files"] == [["modified", "calc.py"]]
+    assert outcome.outcome.files == [["modified", "calc.py"]]
     assert any("its text is in calc.py" in e.text for e in jobs.events if isinstance(e, ev.AgentMessage))

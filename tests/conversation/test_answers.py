@@ -6,6 +6,7 @@ import pytest
 
 from assistant.access import RepoNotAllowed, RepoPolicy
 from assistant.conversation.checkout import CheckoutError, check_repository
+from assistant.domain.answers import AnswerAbout, AnswerDone, AnswerError, AnswerLookup, AnswerToken
 from assistant.conversation.router import FOLLOWUP_ANSWER, Route
 from assistant.testing.scripted_model import Reply, by_turn
 from tests.fixtures.repos import make_calc_repo
@@ -15,8 +16,8 @@ ANSWER = "You answer questions about a codebase"
 
 def collect(events):
     events = list(events)
-    tokens = "".join(e.text for e in events if e.kind == "token")
-    return events, tokens, next((e for e in events if e.kind in ("done", "error")), None)
+    tokens = "".join(e.text for e in events if isinstance(e, AnswerToken))
+    return events, tokens, next((e for e in events if isinstance(e, (AnswerDone, AnswerError))), None)
 
 
 def test_streamed_answer_with_checked_citations(tmp_path, scripted_model, assistant_for):
@@ -30,13 +31,13 @@ def test_streamed_answer_with_checked_citations(tmp_path, scripted_model, assist
     a = assistant_for(scripted_model)
     thread = a.store.create_thread(user_id=None, repo=str(repo))
     events, tokens, done = collect(a.conversation.answer(thread.id, "What does add do?"))
-    assert done.kind == "done" and tokens == done.text
-    assert sum(1 for e in events if e.kind == "token") > 3          # really streamed, in pieces (a few words behind)
-    tools = [e for e in events if e.kind == "tool"]
-    assert tools[0].text == "search" and "calc.py:1:def add" in tools[0].data["output"]
-    assert "    2 |     return a - b" in tools[1].data["output"]
-    assert [(c["valid"], c["start"]) for c in done.data["citations"]] == [(True, 1), (False, 40)]
-    md = a.conversation.render_citations(done.text, done.data["citations"], "/cite/t")
+    assert isinstance(done, AnswerDone) and tokens == done.text
+    assert sum(1 for e in events if isinstance(e, AnswerToken)) > 3          # really streamed, in pieces (a few words behind)
+    tools = [e for e in events if isinstance(e, AnswerLookup)]
+    assert tools[0].tool == "search" and "calc.py:1:def add" in tools[0].output
+    assert "    2 |     return a - b" in tools[1].output
+    assert [(c["valid"], c["start"]) for c in done.citations] == [(True, 1), (False, 40)]
+    md = a.conversation.render_citations(done.text, done.citations, "/cite/t")
     assert "[calc.py \\#L1-2](/cite/t/F:calc.py?L=1-2)" in md and "unverified" in md
     assert a.store.usage_totals(thread_id=thread.id)[0] > 0
     assert (repo / "calc.py").read_text().count("a - b") == 1        # read-only
@@ -50,20 +51,20 @@ def test_answers_refuse_paths_outside_the_repo(tmp_path, scripted_model, assista
     a = assistant_for(scripted_model)
     thread = a.store.create_thread(user_id=None, repo=str(repo))
     events, _tokens, done = collect(a.conversation.answer(thread.id, "show me ../secret.txt"))
-    tool = next(e for e in events if e.kind == "tool")
-    assert "error" in tool.data["output"] and "top secret" not in tool.data["output"]
+    tool = next(e for e in events if isinstance(e, AnswerLookup))
+    assert "error" in tool.output and "top secret" not in tool.output
 
 
 def test_missing_repo_and_dead_model_are_clear_errors(tmp_path, scripted_model, assistant_for):
     a = assistant_for(scripted_model, ASSISTANT_MODEL_MAX_RETRIES=0)
     thread = a.store.create_thread(user_id=None, repo=str(tmp_path / "missing"))
     _e, _t, done = collect(a.conversation.answer(thread.id, "what is this?"))
-    assert done.kind == "error" and "does not exist" in done.text
+    assert isinstance(done, AnswerError) and "does not exist" in done.text
     repo = make_calc_repo(tmp_path / "calc")
     a.store.update_thread(thread.id, repo=str(repo))
     scripted_model.when_system_contains(ANSWER, [Reply.error(502)], repeat_last=True)
     _e, _t, done = collect(a.conversation.answer(thread.id, "what is this?"))
-    assert done.kind == "error" and "502" in done.text
+    assert isinstance(done, AnswerError) and "502" in done.text
     assert a.store.get_thread(thread.id).repo == str(repo)   # nothing lost
 
 
@@ -74,9 +75,9 @@ def test_answer_budget_per_conversation(tmp_path, scripted_model, assistant_for)
     thread = a.store.create_thread(user_id=None, repo=str(repo))
     for _ in range(20):
         _e, _t, done = collect(a.conversation.answer(thread.id, "x?"))
-        if done.kind == "error":
+        if isinstance(done, AnswerError):
             break
-    assert done.kind == "error" and "ASSISTANT_ANSWER_TOKEN_BUDGET" in done.text
+    assert isinstance(done, AnswerError) and "ASSISTANT_ANSWER_TOKEN_BUDGET" in done.text
 
 
 def finished_job(store, thread_id, repo, final_calc):
@@ -102,13 +103,13 @@ def test_follow_up_answer_names_the_job_and_reads_its_stored_artifacts(tmp_path,
     )], repeat_last=True)
     route = Route(FOLLOWUP_ANSWER, job.id, "asks about the job")
     events, _tokens, done = collect(a.conversation.answer(thread.id, "Why did you change add in job 1?", route))
-    assert events[0].kind == "about" and events[0].text == "About job 1 · Fix the sign in add"
-    tools = [e for e in events if e.kind == "tool"]
-    assert "as job 1 left it" in tools[0].data["output"] and "# added by the job" in tools[0].data["output"]
-    assert "    2 | OK" in tools[1].data["output"]
+    assert isinstance(events[0], AnswerAbout) and events[0].text == "About job 1 · Fix the sign in add"
+    tools = [e for e in events if isinstance(e, AnswerLookup)]
+    assert "as job 1 left it" in tools[0].output and "# added by the job" in tools[0].output
+    assert "    2 | OK" in tools[1].output
     # Line 10 exists only in the job's version of calc.py (the checkout has 6 lines): checked against what it kept.
-    assert [c["valid"] for c in done.data["citations"]] == [True, True]
-    assert done.data["job_id"] == job.id and done.data["job_files"] == ["calc.py"]
+    assert [c["valid"] for c in done.citations] == [True, True]
+    assert done.job_id == job.id and done.job_files == ["calc.py"]
     system = scripted_model.requests[-1]["messages"][0]["content"]
     assert "Fixed add" in system and "+    return a + b" in system and "calc.py" in system
 
@@ -138,7 +139,7 @@ def test_a_clone_failure_reads_as_one_clean_sentence(tmp_path, scripted_model, a
     a = assistant_for(scripted_model)
     thread = a.store.create_thread(user_id=None, repo="http://127.0.0.1:9/org/missing.git")
     _e, _t, done = collect(a.conversation.answer(thread.id, "what is this?"))
-    assert done.kind == "error" and done.text.startswith("cannot clone http://127.0.0.1:9/org/missing.git: unable to access")
+    assert isinstance(done, AnswerError) and done.text.startswith("cannot clone http://127.0.0.1:9/org/missing.git: unable to access")
     assert str(a.settings.data_dir) not in done.text and "stderr" not in done.text and "Cloning" not in done.text
     assert "'http" not in done.text and "'\n" not in done.text and not done.text.endswith("'")  # no quotes of git's
     # no half-made clone left to pass for a good one (the lock files beside it may stay)
@@ -156,7 +157,7 @@ def test_answers_refuse_a_repository_outside_the_roots(tmp_path, scripted_model,
     (root / "current").unlink()
     (root / "current").symlink_to(tmp_path / "outside")
     _e, _t, done = collect(a.conversation.answer(thread.id, "what is this?"))
-    assert done.kind == "error" and "outside the directories" in done.text
+    assert isinstance(done, AnswerError) and "outside the directories" in done.text
     assert not any(scripted_model.requests)  # the model was never asked, so it read nothing
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from assistant.conversation.router import FOLLOWUP_JOB, Route
 from assistant.conversation.service import Conversation
-from assistant.jobs.states import TERMINAL
+from assistant.domain.states import TERMINAL
 from assistant.llm.client import ModelClient
 from assistant.testing.scripted_model import Reply
 

@@ -1,7 +1,7 @@
 """A sandbox over a temporary directory, for testing the job pipeline without Docker.
 
 It implements the Sandbox protocol (assistant/sandbox/base.py): commands run as host subprocesses in the
-directory, and `call` runs the real workspace operations (assistant/sandbox/workspace_ops.py) in-process with
+directory, and `call` runs the real workspace operations (assistant/sandbox/guest/workspace_ops.py) in-process with
 their WORKSPACE pointed at it. It isolates nothing: only test code and test repositories run in it.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from assistant.agent import apply_patch as apply_patch_engine
-from assistant.sandbox import workspace_ops
+from assistant.sandbox.guest import apply_patch as apply_patch_engine
+from assistant.sandbox.guest import workspace_ops
 from assistant.sandbox.base import WORKSPACE, ExecResult, SandboxError
 
 # workspace_ops is one module with one WORKSPACE: calls from several fake sandboxes take turns.
@@ -27,6 +27,9 @@ _OPS_LOCK = threading.Lock()
 
 class FakeSandbox:
     backend = "fake"
+    egress = None
+    placement = None
+    disk_note = None
 
     def __init__(self, root: Path):
         self.root = root

@@ -7,7 +7,7 @@ import collections
 
 import pytest
 
-from assistant.jobs import events as ev
+from assistant.domain import events as ev
 from tests.jobs.queue_harness import Deployment, held_agent, managed_containers, private_postgres, wait_for  # noqa: F401
 from tests.sandbox.engines import DEFAULT_URL, ensure_engine, extra_engines, hosts_setting, kill_engine, socket_url  # noqa: F401
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from assistant.cli import _progress_line
-from assistant.jobs import events as ev
+from assistant.domain import events as ev
 from assistant.web.cards import render_job_card
 
 ALL = [

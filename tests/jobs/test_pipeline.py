@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.jobs import events as ev
-from assistant.jobs import states
+from assistant.domain import events as ev
+from assistant.domain import states
 from assistant.jobs.pipeline import JobLimits, JobSpec, ParentResult, RunControl, RunLost, run_job
 from assistant.llm.client import ModelClient
 from assistant.sandbox import SandboxConfig, prepare
@@ -99,7 +99,7 @@ def test_a_job_runs_to_a_checked_summary_and_a_diff(tmp_path, scripted_model, ha
     assert "+    return a + b" in outcome.diff and "-    return a - b" in outcome.patch
     subprocess.run(["git", "apply", "--check", "-"], input=outcome.patch, text=True, cwd=repo, check=True)
     assert outcome.cited_files["calc.py"].startswith("def add")
-    assert outcome.outcome["tests_passed"] is True and outcome.outcome["files"] == [["modified", "calc.py"]]
+    assert outcome.outcome.tests_passed is True and outcome.outcome.files == [["modified", "calc.py"]]
     assert outcome.steps == 4 and outcome.prompt_tokens > 0
     kinds = [type(e).__name__ for e in harness.events if not isinstance(e, ev.OutputDelta)]
     assert kinds[:3] == ["StateChanged", "SandboxReady", "StateChanged"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from assistant.jobs import events as ev
+from assistant.domain import events as ev
 from tests.jobs.queue_harness import (Deployment, managed_containers, private_postgres,  # noqa: F401
                                       sleeping_agent, wait_for)
 

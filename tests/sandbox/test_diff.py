@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from assistant.sandbox import PrepareRequest, prepare
-from assistant.sandbox.diff import workspace_diff
+from assistant.sandbox.workspace import workspace_diff
 
 from .conftest import git, make_repo
 

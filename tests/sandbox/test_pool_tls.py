@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.sandbox import PrepareRequest, SandboxConfig, SandboxError, prepare
+from assistant.sandbox import PrepareRequest, SandboxConfig, SandboxError, Workspace, prepare
 from assistant.sandbox.engine import docker_client, forget_client
 from assistant.sandbox.pool import EnginePool, parse_engines
 from tests.sandbox.conftest import make_repo
@@ -93,7 +93,7 @@ def test_a_tls_engine_takes_a_job_and_refuses_a_stranger(tls_engine, store, tmp_
             assert prepared.sandbox.engine == engine
             result = prepared.sandbox.exec("cat a.txt && echo done", timeout_s=30)
             assert result.exit_code == 0 and result.output == "over tls\ndone\n"
-            assert prepared.sandbox.call("read_files", paths=["a.txt"])["texts"]["a.txt"] == "over tls\n"
+            assert Workspace(prepared.sandbox).read_files(["a.txt"]).texts["a.txt"] == "over tls\n"
             assert prepared.agent_network.startswith("none")
         finally:
             prepared.sandbox.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, text
 
-from assistant.jobs import events as ev
+from assistant.domain import events as ev
 from assistant.store import StaleRun, Store
 from assistant.store.db import make_engine
 from assistant.store.models import SCHEMA_VERSION

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from assistant.jobs.states import IllegalTransition
+from assistant.domain.states import IllegalTransition
 from assistant.store import NotFound, Store
 from assistant.store.models import SCHEMA_VERSION
 

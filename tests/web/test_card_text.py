@@ -1,8 +1,8 @@
 """What a card and an answer say in Markdown: invented links made plain, user text escaped, steps as commands."""
 from __future__ import annotations
 
-from assistant.jobs import states
-from assistant.jobs.events import Routed
+from assistant.domain import states
+from assistant.domain.events import Routed
 from assistant.web import cards
 from assistant.web.cards import link_citations, plain, render_job_card, unlinked
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Command server: runs inside a sandbox and executes commands for the host.
 
-Standard library only, and nothing newer than Python 3.6, because it is copied into
-whatever image a user names. The host writes JSON lines on stdin and reads JSON lines
+Standard library only, and nothing newer than Python 3.7 (see sandbox/guest/__init__.py), because it
+is sent into whatever image a user names. The host writes JSON lines on stdin and reads JSON lines
 from stdout (the container's attached stdio), which keeps working after the network is
 cut and costs about a millisecond or two per command instead of a `docker exec`.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.agent.apply_patch import (
+from assistant.sandbox.guest.apply_patch import (
     AddFile,
     DeleteFile,
     PatchError,
