@@ -58,7 +58,8 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         maintenance_command=settings.maintenance_command, allow_setup_failure=settings.allow_setup_failure,
         allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
         diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6), diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
-        egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
+        egress_settings=spec_from_settings(settings), egress_image=settings.egress_image,
+        toolchain_images=settings.sandbox_toolchain_images, allowed_images=settings.allowed_sandbox_images)
 
 
 class JobManager:

@@ -48,6 +48,8 @@ class SandboxConfig:
     deployment: str | None = None  # the database's deployment id, labelled on containers: sweeps touch only ours
     egress_settings: Any = None            # the settings' agent-internet layer (an egress EgressSpec)
     egress_image: str = "assistant-egress:latest"
+    toolchain_images: bool = True          # a repository whose files call for Node.js, Go, … gets that toolchain image
+    allowed_images: tuple[str, ...] | None = None  # images a repository may name; None: any (one user)
 
     @property
     def workspaces_dir(self) -> Path:
@@ -132,6 +134,8 @@ class PreparedSandbox:
     backend_fallback: str | None = None  # why a weaker backend than configured runs this job
     egress_policy: Any = None            # the agent phase's internet policy (an egress EgressPolicy)
     warm_pool: bool = False              # taken ready from the warm pool (started before the job asked)
+    image: str = ""                      # the image the sandbox runs (default, toolchain or the repository's)
+    test_commands: list[str] = field(default_factory=list)  # what the repository's manifests say runs its tests
 
 
 class SandboxError(Exception):

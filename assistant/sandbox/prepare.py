@@ -15,7 +15,8 @@ from .base import (ExecResult, PreparedSandbox, PrepareRequest, Sandbox, Sandbox
 from .cache import SetupCache, cache_key
 from .engine import BackendChoice, EngineSpec, docker_client, resolve_backend
 from .repo import RepoSource, prepare_source, repo_identity
-from .setup_commands import setup_commands
+from .image_choice import choose_image
+from .setup_commands import KnownFiles, detect_test_commands, setup_commands
 
 SETUP_COMMAND_TIMEOUT_S = 1800.0
 BUNDLE_PATH = "/tmp/assistant-repo.bundle"
@@ -64,14 +65,21 @@ def prepare(
     on_state("preparing")
     early = None if warm is not None and warm.may_hold(req.repo) else _early_start(req, config, choice.backend, start)
     try:
-        source = prepare_source(req.repo, req.ref, config.data_dir)
+        source = KnownFiles(prepare_source(req.repo, req.ref, config.data_dir))
         commands = setup_commands(source, req.setup)
         policy = _egress_policy(req, config, source, choice.backend)  # a bad policy fails before anything starts
+        chosen = choose_image(config, source, backend=choice.backend, engine=engine,
+                              on_log=lambda line: on_output(line + "\n"))
     except BaseException:
         if early is not None:
             _close_when_started(early)
         raise
     timings["source_s"] = time.monotonic() - clock
+    base_config, config = config, _with_image(config, chosen.image)
+    if early is not None and config is not base_config:  # started on the default image, before the files were read
+        _close_when_started(early)
+        early = None
+    tests = detect_test_commands(source)
 
     cache, key, entry = _cached_setup(req.repo, config, choice.backend, source, commands, engine)
     if warm is not None:
@@ -85,7 +93,7 @@ def prepare(
             except BaseException:
                 ready.sandbox.close()
                 raise
-            return dataclasses.replace(ready, egress_policy=policy,
+            return dataclasses.replace(ready, egress_policy=policy, image=chosen.image, test_commands=tests,
                                        timings={**timings, "warm_take_s": time.monotonic() - clock})
 
     sandbox = None
@@ -125,7 +133,7 @@ def prepare(
         clock = time.monotonic()
         if results or config.setup_secrets:
             sandbox.reap()  # what setup left running keeps its environment (and any secret) otherwise
-        agent_network = (sandbox.confine_to_proxy(policy, config) if policy.allowlist else sandbox.go_offline())
+        agent_network = (sandbox.confine_to_proxy(policy, base_config) if policy.allowlist else sandbox.go_offline())
         timings["offline_s"] = time.monotonic() - clock
     except BaseException:
         if sandbox is not None:
@@ -145,6 +153,8 @@ def prepare(
         backend=choice.backend,
         backend_fallback=choice.fallback,
         egress_policy=policy,
+        image=chosen.image,
+        test_commands=tests,
     )
 
 
@@ -158,6 +168,11 @@ def _cached_setup(repo: str, config: SandboxConfig, backend: str, source: RepoSo
                     [name for name, _ in config.setup_secrets])
     cache = SetupCache(config, engine)
     return cache, key, cache.lookup(key)
+
+
+def _with_image(config: SandboxConfig, image: str) -> SandboxConfig:
+    """The job's configuration with the image it runs on (the setup cache and the warm pool key on it)."""
+    return config if image == config.image else dataclasses.replace(config, image=image)
 
 
 def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSource, backend: str):
