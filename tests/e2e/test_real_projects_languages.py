@@ -139,7 +139,8 @@ import org.junit.Test;
 public class WordsTest {
     @Test
     public void countsWordsSeparatedByAnyWhiteSpace() {
-        assertEquals(3, Words.count("one  two\\tthree"));
+        assertEquals(3, Words.count("one two\\tthree"));
+        assertEquals(3, Words.count("one  two three"));
         assertEquals(2, Words.count("  leading and"));
         assertEquals(0, Words.count("   "));
     }
@@ -180,8 +181,8 @@ PROJECTS = [
                 ("cargo fetch", "cargo test --no-run"),
                 Site("lib.rs", "            hash = hash ^ (*byte as u64);", "            hash = hash | (*byte as u64);")),
     LangProject("words", "java", _java_project, "mvn -B test", ("mvn -B -q test-compile",),
-                Site("src/main/java/org/example/words/Words.java", 'return trimmed.split("\\\\s+").length;',
-                     'return trimmed.split(" ").length;')),
+                Site("src/main/java/org/example/words/Words.java", '        return trimmed.split("\\\\s+").length;',
+                     '        return trimmed.split(" ").length;')),
 ]
 
 
