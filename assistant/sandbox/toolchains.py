@@ -170,6 +170,17 @@ def toolchain_image_status(base: str, names: list[str] | tuple[str, ...], engine
     return name, True, f"image {name} ({size_mb:.0f} MB)"
 
 
+def built_toolchain_images(engine: EngineSpec | None = None) -> list[tuple[str, float]]:
+    """(name, size in MB) of the toolchain images on the engine (what `assistant doctor` lists)."""
+    found = []
+    for image in docker_client(engine).images.list(filters={"label": RECIPE_LABEL}):
+        if "assistant.setup-cache" in (image.labels or {}):  # a set-up job's commit inherits the labels
+            continue
+        for tag in image.tags:
+            found.append((tag, image.attrs.get("Size", 0) / 1e6))
+    return sorted(found)
+
+
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
