@@ -141,7 +141,7 @@ def detect_test_commands(repo: RepoFiles) -> list[str]:
     folders = {name.rstrip("/") for name in repo.top_level() if name.endswith("/")}
     found: list[str] = []
     if _uses_pytest(repo, files):
-        found.append("python -m pytest")
+        found.append("python3 -m pytest")
     for toolchain in ecosystems(repo):
         found += _TESTS[toolchain](repo, files, folders)
     return found

@@ -109,7 +109,7 @@ def test_a_mixed_repository_sets_up_python_first_then_the_others(tmp_path):
     assert ecosystems(Files(tmp_path)) == ["node", "go"]
     assert setup_commands(tmp_path, None) == ["python3 -m venv /home/agent/.venv", "pip install -e .", "npm install",
                                               "go build ./..."]
-    assert detect_test_commands(Files(tmp_path)) == ["python -m pytest", "go test ./..."]
+    assert detect_test_commands(Files(tmp_path)) == ["python3 -m pytest", "go test ./..."]
 
 
 def test_known_files_ask_git_once_and_never_for_a_name_not_at_the_top(tmp_path):
