@@ -410,8 +410,13 @@ def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
     from .sandbox import SandboxConfig, SandboxError, build_image
+    config = SandboxConfig.from_settings(settings)
     try:
-        name = build_image(SandboxConfig.from_settings(settings), on_log=lambda line: _err(line), force=args.force)
+        name = build_image(config, on_log=lambda line: _err(line), force=args.force and not args.lang)
+        if args.lang:
+            from .sandbox.toolchains import ensure_toolchain_image
+            names = [part.strip() for part in args.lang.split(",") if part.strip()]
+            name = ensure_toolchain_image(config.image, names, on_log=_err, force=args.force)
     except SandboxError as exc:
         _err(f"error: {exc}")
         return 1
@@ -508,8 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("sandbox", help="sandbox image")
     sbs = sb.add_subparsers(dest="sandbox_command", required=True)
-    b = sbs.add_parser("build", help="build the default sandbox image from Debian packages")
+    b = sbs.add_parser("build", help="build the default sandbox image (or a toolchain image) from Debian packages")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--lang", help="also build the toolchain image for these (comma-separated: node, go, rust, java, "
+                                  "ruby, php; jobs build the one they need on first use)")
     b.set_defaults(func=cmd_sandbox_build)
     pu = sbs.add_parser("push", help="copy the sandbox image to an engine of ASSISTANT_DOCKER_HOSTS")
     pu.add_argument("engine", help="the engine's name in ASSISTANT_DOCKER_HOSTS")

@@ -66,6 +66,8 @@ class Settings(BaseModel):
     # Sandbox.
     sandbox_backend: Literal["auto", "docker", "local"] = Field("auto", description="docker, local (bubblewrap) or auto (docker when an engine answers, else local).")
     sandbox_image: str = Field("assistant-sandbox:latest", description="Image for job containers; `assistant sandbox build` makes the default one.")
+    sandbox_toolchain_images: bool = Field(True, description="Run a repository whose top-level files call for Node.js (package.json), Go (go.mod), Rust (Cargo.toml), Java (pom.xml, build.gradle), Ruby (Gemfile) or PHP (composer.json) in a toolchain image: the sandbox image plus that ecosystem's Debian packages, built on first use (`assistant sandbox build --lang NAME` builds one ahead). Off: every repository runs on ASSISTANT_SANDBOX_IMAGE.")
+    sandbox_allowed_images: str | None = Field(None, description="Comma-separated images a repository may name in its .assistant/config.toml (`[sandbox] image = ...`) when more than one user can log in; the default and toolchain images are always allowed. With one user any image on the engine may be named.")
     sandbox_memory_mb: int = Field(4096, ge=128, description="Memory limit per job container, MiB.")
     sandbox_cpus: float = Field(2.0, gt=0, description="CPU limit per job container.")
     sandbox_pids: int = Field(512, ge=16, description="Process limit per job container.")
@@ -88,7 +90,7 @@ class Settings(BaseModel):
     # Agent-phase internet (assistant/egress); a repository's .assistant/config.toml and a job request override it.
     agent_internet: Literal["off", "allowlist"] = Field("off", description="Internet in the agent phase: off (none), or allowlist (only the allowed domains, through a filtering proxy; Docker backend only).")
     agent_internet_domains: str | None = Field(None, description="With allowlist: comma-separated host names the agent may reach; `*.example.org` is example.org and every name under it.")
-    agent_internet_presets: str | None = Field(None, description="With allowlist: comma-separated presets whose hosts are read from this machine's package clients at job start: python-packages (pip), npm-packages (npm), debian-packages (apt), package-registries (all three).")
+    agent_internet_presets: str | None = Field(None, description="With allowlist: comma-separated presets whose hosts are read from this machine's package clients at job start: python-packages (pip), npm-packages (npm), debian-packages (apt), go-modules (go env), ruby-gems (gem sources), php-packages (composer), package-registries (all of them); the last three read the client in the toolchain image when this machine has none.")
     agent_internet_methods: str = Field("read-only", description="With allowlist: HTTP methods allowed, read-only (GET, HEAD, OPTIONS), all, or a comma-separated list. Per request for plain HTTP; HTTPS is a tunnel the proxy does not open, so there the rule is per host only.")
     agent_internet_private_addresses: bool = Field(False, description="With allowlist: let allowed names resolve to private, loopback or link-local addresses (a package mirror on your LAN). Off, so no name can lead the agent to this machine or a cloud metadata service.")
     egress_image: str = Field("assistant-egress:latest", description="Image of the per-job egress proxy (Debian's squid); `assistant egress build` makes it.")
@@ -219,6 +221,13 @@ class Settings(BaseModel):
     def several_users(self) -> bool:
         """More than one person can log in: several password users, or a proxy that names the user."""
         return bool(self.header_auth) or len(self.user_passwords()) > 1
+
+    @property
+    def allowed_sandbox_images(self) -> tuple[str, ...] | None:
+        """The images a repository may name: any (None) with one user, else only the listed ones."""
+        if not self.several_users:
+            return None
+        return tuple(part.strip() for part in (self.sandbox_allowed_images or "").split(",") if part.strip())
 
     @property
     def allow_weaker_fallback(self) -> bool:

@@ -27,6 +27,7 @@ def run_checks(settings: Settings) -> list[Check]:
     if engine_ok:
         img_ok, img_detail = image_status(settings.sandbox_image)
         checks.append(Check("sandbox image", img_ok, img_detail, "assistant sandbox build"))
+        checks.append(_toolchain_check(settings))
         from .egress import proxy_image_status
         proxy_ok, proxy_detail = proxy_image_status(settings.egress_image)
         checks.append(Check("agent-internet proxy image", proxy_ok, proxy_detail, "assistant egress build",
@@ -98,6 +99,21 @@ def _bwrap_disk_cap_check(settings: Settings) -> Check:
     return Check("disk cap (bubblewrap)", False, f"{cap}: not enforced: the bubblewrap backend needs root (and "
                  "mkfs.ext4) to mount a file system per job, so its jobs are refused",
                  "run the server as root, or ASSISTANT_SANDBOX_DISK_MB=0", required=settings.sandbox_backend == "local")
+
+
+def _toolchain_check(settings: Settings) -> Check:
+    from .sandbox.toolchains import built_toolchain_images
+    try:
+        built = built_toolchain_images()
+    except Exception as exc:
+        return Check("toolchain images", False, f"could not list them ({exc})", required=False)
+    if not built:
+        detail = "none built yet (each is built on first use by a job that needs it)"
+    else:
+        detail = ", ".join(f"{name} ({size:.0f} MB)" for name, size in built)
+    enabled = "" if settings.sandbox_toolchain_images else " [off: ASSISTANT_SANDBOX_TOOLCHAIN_IMAGES=false]"
+    return Check("toolchain images", True, detail + enabled, "assistant sandbox build --lang node,go,rust,java,ruby,php",
+                 required=False)
 
 
 def _model_check(settings: Settings) -> Check:

@@ -1,12 +1,15 @@
 """Sandbox benchmark: our sandbox side by side with the peer way (the docker CLI, as mini-swe-agent drives it).
 
-    python bench/sandbox.py [--runs 7] [--exec-n 100] [--no-local]
+    python bench/sandbox.py [--runs 7] [--exec-n 100] [--no-local] [--images node,go,...|none] [--rebuild]
 
 Measures, in one run:
   cold start   request -> a ready shell in /workspace with a small repo in it, no setup (ours: the repo
                streamed in as a bundle and cloned inside; the peer: a host clone bind-mounted)
   warm start   a job whose setup installs a package: from the setup cache vs running the setup
   exec         per-command cost of `true`
+  images       per toolchain image (and one image with every toolchain, the other shape): build time (when
+               built in this run: --rebuild, or missing), size (and the layer on top of the default image),
+               cold start of a repository that calls for it (the image chosen from its files) vs the docker CLI
 Prints a table and writes bench/results/sandbox.json (medians, ratios, targets).
 """
 
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from assistant.sandbox import PrepareRequest, SandboxConfig, build_image, prepare  # noqa: E402
 from assistant.sandbox.cache import SetupCache  # noqa: E402
 from assistant.sandbox.engine import docker_client, ensure_docker  # noqa: E402
+from assistant.sandbox.toolchains import TOOLCHAINS, ensure_toolchain_image, toolchain_image_status  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sandbox.json"
 SETUP = ["python3 -m venv /home/agent/.venv", "pip install --no-cache-dir six"]
@@ -187,6 +191,72 @@ def bench_local(base: SandboxConfig, repo: Path, runs: int, count: int) -> dict:
     return {"cold_s": starts, "exec_s": execs}
 
 
+MARKERS = {"node": {"package.json": "{}"}, "go": {"go.mod": "module example.org/bench\n"},
+           "rust": {"Cargo.toml": "[package]\nname = \"bench\"\nversion = \"0.1.0\"\n"},
+           "java": {"pom.xml": "<project/>\n"}, "ruby": {"Gemfile": ""}, "php": {"composer.json": "{}"}}
+
+
+def marked_repo(root: Path, names: list[str]) -> Path:
+    """The small repository with the files that call for these toolchains (all of them: named in its config)."""
+    repo = root / f"repo-{'-'.join(names)}"
+    subprocess.run(["git", "clone", "-q", str(root / "repo"), str(repo)], check=True)
+    files = {}
+    if len(names) == 1:
+        files.update(MARKERS[names[0]])
+    else:
+        files[".assistant/config.toml"] = f"[sandbox]\ntoolchains = {json.dumps(names)}\n"
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "toolchain"], cwd=repo, check=True)
+    return repo
+
+
+def bench_images(config: SandboxConfig, root: Path, shapes: list[list[str]], rebuild: bool, runs: int,
+                 scratch: Path) -> dict:
+    client = docker_client()
+    base_size = client.images.get(config.image).attrs["Size"]
+    out = {}
+    for names in shapes:
+        label = "+".join(names) if len(names) < len(TOOLCHAINS) else "all toolchains"
+        image, ready, _ = toolchain_image_status(config.image, names)
+        build_s = None
+        if rebuild or not ready:
+            print(f"building {image} ...", file=sys.stderr)
+            started = time.perf_counter()
+            ensure_toolchain_image(config.image, names, on_log=lambda line: print("  " + line, file=sys.stderr),
+                                   force=rebuild)
+            build_s = time.perf_counter() - started
+        size = client.images.get(image).attrs["Size"]
+        repo = marked_repo(root, names)
+        ours, peer = [], []
+        for run in range(runs):
+            holder = {}
+
+            def our_start() -> None:
+                prepared = prepare(PrepareRequest(job_id=f"img-{run}", repo=str(repo), setup=[]), config)
+                assert prepared.image == image, prepared.image
+                assert prepared.sandbox.exec("pwd").output == "/workspace\n"
+                holder["sandbox"] = prepared.sandbox
+
+            ours.append(timed(our_start))
+            holder["sandbox"].close()
+
+            def peer_start() -> None:
+                workspace = scratch / f"peer-img-{label}-{run}"
+                host_clone(repo, workspace)
+                holder["peer"] = CliPeer(image, workspace, "none")
+                assert holder["peer"].exec("pwd").stdout == "/workspace\n"
+
+            peer.append(timed(peer_start))
+            holder["peer"].close()
+        out[label] = {"image": image, "build_s": build_s, "size_mb": size / 1e6, "layer_mb": (size - base_size) / 1e6,
+                      "cold_ours_s": ours, "cold_peer_s": peer}
+    out["default"] = {"image": config.image, "size_mb": base_size / 1e6}
+    return out
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -196,7 +266,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--exec-n", type=int, default=100)
     parser.add_argument("--no-local", action="store_true", help="skip the bubblewrap backend's figures")
+    parser.add_argument("--images", default=",".join(TOOLCHAINS) + ",all",
+                        help="toolchain images to measure, comma-separated (all: one image with every toolchain); none")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the toolchain images to time their builds")
     args = parser.parse_args()
+    shapes = [] if args.images == "none" else [
+        list(TOOLCHAINS) if name == "all" else [name] for name in args.images.split(",") if name.strip()]
 
     ensure_docker()
     scratch = Path(tempfile.mkdtemp(prefix="sandbox-bench-", dir="/tmp"))
@@ -212,6 +287,8 @@ def main() -> int:
         print("exec overhead ...", file=sys.stderr)
         execs = bench_exec(config, repo, args.exec_n, scratch)
         local = None if args.no_local else bench_local(config, repo, args.runs, args.exec_n)
+        print("toolchain images ...", file=sys.stderr)
+        images = bench_images(config, scratch, shapes, args.rebuild, max(3, args.runs // 2), scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -258,9 +335,30 @@ def main() -> int:
         mark = "" if met is None else ("yes" if met else "NO")
         print(f"{name:34} {ours:>10} {peer:>14}  {target:16} {mark}")
 
+    summary["images"] = {}
+    if shapes:
+        print(f"\n{'image':42} {'build s':>8} {'size MB':>8} {'layer MB':>9} {'cold s':>7} {'CLI s':>7} {'ratio':>6}")
+        print(f"{images['default']['image']:42} {'':>8} {images['default']['size_mb']:8.0f} {'':>9} "
+              f"{summary['cold_start_s']['ours']:7.3f} {summary['cold_start_s']['peer_cli']:7.3f} "
+              f"{summary['ratios']['cold_ours_over_cli']:5.2f}x")
+        for label, row in images.items():
+            if label == "default":
+                continue
+            cold, cli = median(row["cold_ours_s"]), median(row["cold_peer_s"])
+            summary["images"][label] = {"image": row["image"], "build_s": row["build_s"], "size_mb": row["size_mb"],
+                                        "layer_mb": row["layer_mb"], "cold_start_s": cold, "cold_peer_cli_s": cli,
+                                        "cold_ours_over_cli": cold / cli}
+            build = f"{row['build_s']:.0f}" if row["build_s"] is not None else "(kept)"
+            print(f"{row['image']:42} {build:>8} {row['size_mb']:8.0f} {row['layer_mb']:9.0f} {cold:7.3f} {cli:7.3f} "
+                  f"{cold / cli:5.2f}x")
+        singles = [row for label, row in summary["images"].items() if label in TOOLCHAINS]
+        if singles:
+            print(f"per-language layers together: {sum(r['layer_mb'] for r in singles):.0f} MB"
+                  + (f", built in {sum(r['build_s'] for r in singles):.0f} s" if all(r['build_s'] for r in singles) else ""))
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"summary": summary, "targets_met": targets, "raw": {
-        "cold": cold, "warm": warm, "exec": execs, "local": local}, "runs": args.runs, "exec_n": args.exec_n,
+        "cold": cold, "warm": warm, "exec": execs, "local": local, "images": images}, "runs": args.runs, "exec_n": args.exec_n,
         "setup_commands": SETUP}, indent=1))
     print(f"wrote {RESULTS}")
     return 0 if all(targets.values()) else 1

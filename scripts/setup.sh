@@ -9,6 +9,10 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 # 1. Debian packages (docker.io is scripts/ensure-docker.sh's business).
 want=(git bubblewrap debootstrap ripgrep ca-certificates procps)
 [ "$MODE" = test ] && want+=(postgresql chromium chromium-driver)
+# The other-language real-project tests take a Go and a Rust library's source from Debian's packages, and a
+# JavaScript library with npm (any npm on PATH will do: another Node.js install may already bring one).
+[ "$MODE" = test ] && want+=(golang-github-google-uuid-dev librust-fnv-dev)
+[ "$MODE" = test ] && ! command -v npm >/dev/null 2>&1 && want+=(npm)
 missing=()
 for pkg in "${want[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -33,6 +33,7 @@ from ..llm.client import ModelClient, ModelError
 from ..llm.constrained import ModelOutputError
 from ..llm.tokens import count_message_tokens, count_tokens
 from ..prompts import load_prompt, render_prompt
+from ..sandbox.workspace import Workspace
 from .agents_md import commands_in
 from .edits import (EditError, add_patch, changed_span, clean_path, delete_patch, insert_lines, replace_lines,
                     replace_snippet, update_patch)
@@ -469,7 +470,7 @@ class GuidedAgent:
         unique = list(dict.fromkeys(paths))
         if not unique:
             return {}
-        return self.env.sandbox.call("read_files", paths=unique, max_bytes=MAX_FILE_BYTES)["texts"]
+        return Workspace(self.env.sandbox).read_files(unique, max_bytes=MAX_FILE_BYTES).texts
 
     def _restore(self, wanted: dict[str, str | None], why: str) -> None:
         """Bring the touched files to the wanted texts (None: absent), through the patch engine."""

@@ -213,6 +213,8 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
                       prepared.cache_hit))
     if prepared.backend_fallback:
         emit(Notice(prepared.backend_fallback, "warning"))
+    if prepared.image and prepared.image != config.image:
+        emit(Notice(f"sandbox image: {prepared.image}"))
     touched = sorted(prepared.setup_changes.get("modified") or {})
     if touched:
         emit(Notice("setup changed tracked files (left out of the diff unless the agent changed them again): "
@@ -224,7 +226,7 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
     emit(StateChanged(states.RUNNING))
     instructions = discover_agents_md(lambda paths: read_in_sandbox(sandbox, paths))
     env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
-                  on_output=on_output, test_commands=commands_in(instructions))
+                  on_output=on_output, test_commands=commands_in(instructions) + tuple(prepared.test_commands))
     agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled, on_event=emit)
     result = agent.run(spec.task, context=context, instructions=instructions)
     return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
@@ -239,6 +241,10 @@ def _context(spec: JobSpec, prepared: PreparedSandbox, setup_chunks: list[Logged
                      + (f" (its output is chunk {chunk[0].id})" if chunk else "") + "; the environment may be incomplete.")
     elif prepared.setup_commands:
         parts.append("Setup already ran: " + "; ".join(f"`{c}`" for c in prepared.setup_commands))
+    if prepared.test_commands:
+        parts.append("The repository's manifests say its tests run with: "
+                     + "; ".join(f"`{c}`" for c in prepared.test_commands)
+                     + " (where AGENTS.md names other commands, follow AGENTS.md).")
     if spec.parent is not None:
         parts.append(_apply_parent(spec.parent, prepared.sandbox, emit))
     return "\n\n".join(parts)

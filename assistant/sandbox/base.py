@@ -49,6 +49,8 @@ class SandboxConfig:
     deployment: str | None = None  # the database's deployment id, labelled on containers: sweeps touch only ours
     egress_settings: Any = None            # the settings' agent-internet layer (an egress EgressSpec)
     egress_image: str = "assistant-egress:latest"
+    toolchain_images: bool = True          # a repository whose files call for Node.js, Go, … gets that toolchain image
+    allowed_images: tuple[str, ...] | None = None  # images a repository may name; None: any (one user)
 
     @classmethod
     def from_settings(cls, settings) -> "SandboxConfig":
@@ -65,7 +67,8 @@ class SandboxConfig:
             allow_weaker_fallback=settings.allow_weaker_fallback, setup_secrets=settings.setup_secret_values(),
             diff_file_cap_bytes=int(settings.diff_file_cap_mb * 1e6),
             diff_patch_cap_bytes=int(settings.diff_patch_cap_mb * 1e6),
-            egress_settings=spec_from_settings(settings), egress_image=settings.egress_image)
+            egress_settings=spec_from_settings(settings), egress_image=settings.egress_image,
+            toolchain_images=settings.sandbox_toolchain_images, allowed_images=settings.allowed_sandbox_images)
 
     @property
     def workspaces_dir(self) -> Path:
@@ -161,6 +164,8 @@ class PreparedSandbox:
     backend_fallback: str | None = None  # why a weaker backend than configured runs this job
     egress_policy: Any = None            # the agent phase's internet policy (an egress EgressPolicy)
     warm_pool: bool = False              # taken ready from the warm pool (started before the job asked)
+    image: str = ""                      # the image the sandbox runs (default, toolchain or the repository's)
+    test_commands: list[str] = field(default_factory=list)  # what the repository's manifests say runs its tests
 
 
 class SandboxError(Exception):

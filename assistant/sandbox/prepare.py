@@ -16,7 +16,8 @@ from .base import (ExecResult, PreparedSandbox, PrepareRequest, Sandbox, Sandbox
 from .cache import SetupCache, cache_key
 from .engine import BackendChoice, EngineSpec, docker_client, resolve_backend
 from .repo import RepoSource, prepare_source, repo_identity
-from .setup_commands import setup_commands
+from .image_choice import choose_image
+from .setup_commands import KnownFiles, detect_test_commands, setup_commands
 from .workspace import Workspace
 
 SETUP_COMMAND_TIMEOUT_S = 1800.0
@@ -47,6 +48,9 @@ class _Preparation:
     commands: list[str] = field(default_factory=list)
     policy: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    image: str = ""                          # the image the job runs on (a toolchain image, or the repository's)
+    tests: list[str] = field(default_factory=list)  # test commands detected from the repository's files
+    base_config: SandboxConfig | None = None  # the settings' own (the egress proxy's image derives from it)
 
     def run_setup(self, sandbox: Sandbox, commands: list[str], results: list[ExecResult]):
         return _run_setup(sandbox, commands, results, self.config, self.on_command, self.on_output,
@@ -83,14 +87,21 @@ def prepare(
     early = None if warm is not None and warm.may_hold(req.repo) else _early_start(req, config, choice.backend,
                                                                                  job.start)
     try:
-        job.source = prepare_source(req.repo, req.ref, config.data_dir)
+        job.source = KnownFiles(prepare_source(req.repo, req.ref, config.data_dir))
         job.commands = setup_commands(job.source, req.setup)
         job.policy = _egress_policy(req, config, job.source, choice.backend)  # a bad policy fails before any start
+        chosen = choose_image(config, job.source, backend=choice.backend, engine=engine,
+                              on_log=lambda line: on_output(line + "\n"))
     except BaseException:
         if early is not None:
             _close_when_started(early)
         raise
     job.timings["source_s"] = time.monotonic() - clock
+    job.base_config, config = config, _with_image(config, chosen.image)
+    job.config, job.image, job.tests = config, chosen.image, detect_test_commands(job.source)
+    if early is not None and config is not job.base_config:  # started on the default image, before the files were read
+        _close_when_started(early)
+        early = None
 
     cache, key, entry = _cached_setup(req.repo, config, choice.backend, job.source, job.commands, engine)
     if warm is not None:
@@ -128,7 +139,7 @@ def _from_warm_pool(job: _Preparation, warm, key: str | None, on_sandbox) -> Pre
     except BaseException:
         ready.sandbox.close()
         raise
-    return dataclasses.replace(ready, egress_policy=job.policy,
+    return dataclasses.replace(ready, egress_policy=job.policy, image=job.image, test_commands=job.tests,
                                timings={**job.timings, "warm_take_s": time.monotonic() - clock},
                                backend_fallback=_notes(ready.backend_fallback, ready.sandbox))
 
@@ -193,7 +204,7 @@ def _offline(job: _Preparation, sandbox: Sandbox, results: list[ExecResult], fai
     clock = time.monotonic()
     if results or job.config.setup_secrets:
         sandbox.reap()  # what setup left running keeps its environment (and any secret) otherwise
-    agent_network = (sandbox.confine_to_proxy(job.policy, job.config) if job.policy.allowlist
+    agent_network = (sandbox.confine_to_proxy(job.policy, job.base_config or job.config) if job.policy.allowlist
                      else sandbox.go_offline())
     job.timings["offline_s"] = time.monotonic() - clock
     return PreparedSandbox(
@@ -210,6 +221,8 @@ def _offline(job: _Preparation, sandbox: Sandbox, results: list[ExecResult], fai
         backend=job.choice.backend,
         backend_fallback=_notes(job.choice.fallback, sandbox),
         egress_policy=job.policy,
+        image=job.image,
+        test_commands=job.tests,
     )
 
 
@@ -229,6 +242,11 @@ def _cached_setup(repo: str, config: SandboxConfig, backend: str, source: RepoSo
                     [name for name, _ in config.setup_secrets])
     cache = SetupCache(config, engine)
     return cache, key, cache.lookup(key)
+
+
+def _with_image(config: SandboxConfig, image: str) -> SandboxConfig:
+    """The job's configuration with the image it runs on (the setup cache and the warm pool key on it)."""
+    return config if image == config.image else dataclasses.replace(config, image=image)
 
 
 def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSource, backend: str):

@@ -17,6 +17,7 @@ the orphan sweep leaves them alone while the process lives and removes them afte
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -29,9 +30,10 @@ from typing import Callable
 
 from .base import PreparedSandbox, PrepareRequest, SandboxConfig
 from .engine import resolve_backend
-from .prepare import _cached_setup, _egress_policy, _image_id, _start, _start_with_repo
+from .image_choice import choose_image
+from .prepare import _cached_setup, _egress_policy, _image_id, _start, _start_with_repo, _with_image
 from .repo import RepoSource, prepare_source, repo_identity
-from .setup_commands import setup_commands
+from .setup_commands import KnownFiles, setup_commands
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +102,13 @@ def plan_warm(want: WarmRequest, config: SandboxConfig) -> WarmPlan | None:
     req = PrepareRequest(job_id=name, repo=want.repo, ref=want.ref,
                          setup=None if want.setup is None else list(want.setup),
                          agent_internet=json.loads(want.agent_internet) if want.agent_internet else None)
-    source = prepare_source(req.repo, req.ref, config.data_dir)
+    source = KnownFiles(prepare_source(req.repo, req.ref, config.data_dir))
     commands = setup_commands(source, req.setup)
     policy = _egress_policy(req, config, source, backend)
+    chosen = choose_image(config, source, build=False)  # a toolchain image is never built ahead of a job
+    if chosen is None:
+        return None
+    config = _with_image(config, chosen.image)
     _, setup_key, entry = _cached_setup(req.repo, config, backend, source, commands)
     key = warm_key(config, backend, source, commands, policy, setup_key)
     if key is None or (commands and entry is None):  # never run setup ahead of a job
@@ -128,7 +134,7 @@ def _ready_sandbox(name: str, config: SandboxConfig, source: RepoSource, command
     return PreparedSandbox(sandbox=sandbox, base_commit=source.commit, setup_commands=list(commands),
                            setup_results=[], cache_hit=entry is not None, setup_network=setup_network,
                            agent_network=agent_network, setup_changes=setup_changes, backend="docker",
-                           egress_policy=policy, warm_pool=True)
+                           egress_policy=policy, warm_pool=True, image=config.image)
 
 
 class WarmPool:
@@ -236,7 +242,8 @@ class WarmPool:
         """The ready sandbox for exactly this job's resolved request, removed from the pool (waiting up to
         ON_ITS_WAY_WAIT_S for one on its way); None on a miss."""
         key = None
-        if config == self.config and self.may_hold(source.repo):
+        # The pool's configuration but for the image (a toolchain image or the repository's): the key holds that.
+        if dataclasses.replace(config, image=self.config.image) == self.config and self.may_hold(source.repo):
             key = warm_key(config, backend, source, commands, policy, setup_key)
         identity = repo_identity(source.repo)
         deadline = time.monotonic() + ON_ITS_WAY_WAIT_S
