@@ -38,6 +38,7 @@ class Outcome:
     claims: list[dict[str, Any]] = field(default_factory=list)
     flags: list[dict[str, Any]] = field(default_factory=list)
     summary_source: str = ""
+    summary_withheld: str = ""                                  # why the agent's own last words are not shown
     usage: dict[str, Any] = field(default_factory=dict)
     # the group ranking of a best-of-N request
     rank: int | None = None

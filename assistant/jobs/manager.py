@@ -316,6 +316,7 @@ class ThreadExecution:
             manager._rewarm(job)
 
     def shutdown(self, cancel_running: bool, wait_s: float | None) -> None:
+        deadline = None if wait_s is None else time.monotonic() + wait_s  # one budget for the whole stop
         self._closed.set()
         with self._lock:
             active = list(self._controls)
@@ -327,9 +328,9 @@ class ThreadExecution:
                     log.exception("cancelling %s at shutdown", job_id)
         self._pool.shutdown(wait=wait_s is None, cancel_futures=True)
         if self.warm is not None:
-            self.warm.close(CLOSE_WAIT_S if wait_s is None else min(wait_s, CLOSE_WAIT_S))
-        if wait_s is not None and cancel_running:
-            self._interrupt_stragglers(active, time.monotonic() + wait_s)
+            self.warm.close(CLOSE_WAIT_S if deadline is None else min(max(0.0, deadline - time.monotonic()), CLOSE_WAIT_S))
+        if deadline is not None and cancel_running:
+            self._interrupt_stragglers(active, deadline)
 
     def _interrupt_stragglers(self, job_ids: list[str], deadline: float) -> None:
         """A job whose run has not finished by the deadline is recorded as interrupted without it."""

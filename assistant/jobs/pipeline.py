@@ -136,11 +136,17 @@ class RunControl:
         return sandbox
 
     def cancel(self) -> None:
+        """Stop the run: its sandbox starts closing (which kills whatever command runs) and this returns at once;
+        the run's own thread waits for the teardown before the run ends."""
         self.cancelled.set()
         with self._lock:
             sandbox = self._sandbox
         if sandbox is not None:
-            _close(sandbox)
+            close_soon = getattr(sandbox, "close_soon", None)
+            if close_soon is not None:
+                close_soon()
+            else:
+                _close(sandbox)
 
     def lose(self, reason: str) -> None:
         """Another run owns the job now: stop this one without recording anything."""

@@ -121,7 +121,7 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
     unfit = find_problem(summary, Instructions.every_prompt()) if summary.strip() else None
     if unfit:   # the agent's last words recite its prompt, loop or degenerate: not shown as its summary
         log.warning("the agent's summary of job %s is not shown: %s", job.id, unfit)
-        outcome["summary_withheld"] = unfit
+        outcome = outcome.replace(summary_withheld=unfit)
     if not summary.strip() or unfit:
         summary, citations, source = write_summary(store, job, state=state, reason=reason, records=records, files=files,
                                                    named_tests=named_tests, summarise=summarise)

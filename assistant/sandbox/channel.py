@@ -6,6 +6,7 @@ import base64
 import itertools
 from abc import ABC, abstractmethod
 import json
+import logging
 import queue
 import threading
 import time
@@ -15,8 +16,11 @@ from typing import Any, Protocol
 from .base import ExecResult, OutputCallback, SandboxError
 from .interfaces import parse_proc_net_dev
 
+log = logging.getLogger(__name__)
+
 # How long past a command's own timeout the host waits for the server before calling it dead.
 SERVER_GRACE_S = 15.0
+TEARDOWN_WAIT_S = 120.0  # how long a second closer waits for the first one's teardown (a container removal)
 CALL_TIMEOUT_S = 900.0
 # A call's whole reply must fit (it is JSON, not a log to elide): the patch cap, base64, and room besides.
 CALL_OUTPUT_CAP = 256 * 1024 * 1024
@@ -182,7 +186,7 @@ class CommandChannel:
 class ChannelSandbox(ABC):
     """What both backends share once their command server is up: exec under the job's wall clock, and
     the interface listing that proves the network cut, and closing once (by the user or by the wall clock).
-    Subclasses set _channel, _config, _deadline, _expired, _closed, _close_lock, _wall_clock and implement
+    Subclasses set _channel, _config, _deadline, _expired, _closed, _close_lock, _torn_down (an Event), _wall_clock and implement
     _teardown."""
 
     egress = None  # the job's egress proxy handle when the agent phase has internet by allowlist
@@ -214,12 +218,29 @@ class ChannelSandbox(ABC):
         return True
 
     def close(self) -> None:
+        """Tear the sandbox down once; a second caller waits for the first one's teardown (so whoever returns
+        from close knows the sandbox is gone, however many threads asked)."""
         with self._close_lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
-        self._wall_clock.cancel()
-        self._teardown()
+        if not first:
+            self._torn_down.wait(TEARDOWN_WAIT_S)
+            return
+        try:
+            self._wall_clock.cancel()
+            self._teardown()
+        finally:
+            self._torn_down.set()
+
+    def close_soon(self) -> None:
+        """Start closing on a thread of its own and return: a cancel must not wait on a busy engine's container
+        removal (the run's own thread, which closes it too, waits for it)."""
+        def close() -> None:
+            try:
+                self.close()
+            except Exception:
+                log.exception("closing a %s sandbox", self.backend)
+        threading.Thread(target=close, name="sandbox-close", daemon=True).start()
 
     @abstractmethod
     def _teardown(self) -> None:

@@ -159,6 +159,7 @@ class DockerSandbox(ChannelSandbox):
         self._expired = False
         self._closed = False
         self._close_lock = threading.Lock()
+        self._torn_down = threading.Event()
         self._wall_clock = threading.Timer(config.job_wall_clock_s, self._expire)
         self._wall_clock.daemon = True
         self._wall_clock.start()

@@ -55,6 +55,7 @@ class LocalSandbox(ChannelSandbox):
         self._expired = False
         self._closed = False
         self._close_lock = threading.Lock()
+        self._torn_down = threading.Event()
         self._etc = config.homes_dir / f".{job_id}-etc"
         self._wall_clock = threading.Timer(config.job_wall_clock_s, self._expire)
         self._wall_clock.daemon = True

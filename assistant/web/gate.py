@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 TOKEN_COOKIE = "access_token"  # chainlit.auth.cookie._auth_cookie_name; long tokens: access_token_0, _1, ...
 SOCKET_PATH = "/ws/socket.io"
 WRONG_PASSWORD = "wrong user name or password"
+LOGIN_BODY_MAX = 64 * 1024  # a login form is two short fields
 
 
 def _headers(scope) -> list[tuple[bytes, bytes]]:
@@ -137,9 +138,11 @@ class GateMiddleware:
             if message["type"] != "http.request":
                 return
             body += message.get("body", b"")
-            if not message.get("more_body"):
+            if not message.get("more_body") or len(body) > LOGIN_BODY_MAX:
                 break
-        name = (parse_qs(body.decode("utf-8", "replace")).get("username") or [""])[0]
+        if len(body) > LOGIN_BODY_MAX:
+            return await _json(send, 413, {"detail": "the login form is too large"})
+        name = await login_name(scope, body)
         address = (scope.get("client") or (None,))[0]
         throttle = self.gate.throttle
         try:
@@ -179,6 +182,24 @@ class GateMiddleware:
             await send(message)
 
         await self.app(scope, replay, watch)
+
+
+async def login_name(scope, body: bytes) -> str:
+    """The user name a login form names, however it was encoded: the login page posts multipart form data,
+    scripts post urlencoded; a body that is neither names nobody ("")."""
+    content_type = (_header(scope, b"content-type") or "").lower()
+    if content_type.startswith("multipart/form-data"):
+        from starlette.requests import Request
+
+        async def once():
+            return {"type": "http.request", "body": body, "more_body": False}
+        try:
+            form = await Request(scope, once).form(max_files=0, max_fields=20)
+        except Exception:  # malformed: nobody, and Chainlit refuses it too
+            return ""
+        value = form.get("username")
+        return value if isinstance(value, str) else ""
+    return (parse_qs(body.decode("utf-8", "replace")).get("username") or [""])[0]
 
 
 def _without_cors(send):

@@ -11,7 +11,7 @@ from assistant.egress import (
     EgressPolicyError, resolve_policy, spec_from_mapping, spec_from_repo_config, spec_from_request, spec_from_settings,
 )
 from assistant.egress.policy import AllowedDomain, parse_domain, parse_methods, parse_presets
-from assistant.egress.presets import preset_hosts
+from assistant.egress.presets import PRESET_TOOLCHAIN, preset_hosts, toolchain_client_hosts
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -154,7 +154,11 @@ def test_presets_take_hosts_from_the_package_clients(monkeypatch, tmp_path):
     apt = tmp_path / "apt"
     (apt / "sources.list.d").mkdir(parents=True)
     (apt / "sources.list").write_text("deb http://debian.example.invalid/debian bookworm main\n")
-    lookup = functools.partial(preset_hosts, apt_dir=apt, npm="")  # npm="": as on a machine without npm
+    def lookup(preset):
+        """As on a machine without npm and without the go, ruby and php clients or their toolchain images."""
+        if preset in PRESET_TOOLCHAIN:
+            return toolchain_client_hosts(preset, run=lambda argv: None)
+        return preset_hosts(preset, apt_dir=apt, npm="")
     policy = resolve_policy(spec_from_mapping({"mode": "allowlist", "presets": ["package-registries"]}, "t"),
                             lookup=lookup)
     assert [(d.pattern, d.origin) for d in policy.domains] == [

@@ -193,11 +193,12 @@ def test_a_job_cancelled_from_another_process_gets_its_summary(tmp_path, docker_
 
 
 def test_the_embedded_models_ls_loop_stops_at_the_guard(tmp_path, docker_engine, scripted_model, assistant_for):
-    """The grammar protocol, as the embedded model drives jobs, with the call it repeated 60 times."""
+    """The grammar protocol, as the embedded model drives the free harness, with the call it repeated 60 times
+    (with grammar actions the harness is guided unless the free one is asked for)."""
     repo = make_calc_repo(tmp_path / "calc")
     scripted_model.when_system_contains(AGENT, [Reply.text(json.dumps({"tool": "shell", "arguments": {"command": "ls -la"}}))],
                                         repeat_last=True)
-    assistant = assistant_for(scripted_model, ASSISTANT_TOOL_PROTOCOL="grammar")
+    assistant = assistant_for(scripted_model, ASSISTANT_TOOL_PROTOCOL="grammar", ASSISTANT_AGENT_HARNESS="free")
     job = run_job(assistant, repo)
     assert job.state == "failed"
     assert job.reason == 'stopped: the agent repeated the same call 6 times in a row (shell {"command": "ls -la"})'
