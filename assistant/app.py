@@ -700,7 +700,7 @@ async def on_branch(action: cl.Action):
                      author="Jobs")
         return
     branch = gitops.branch_name_for(job.number, job.title or job.task)
-    message = f"{job.title or job.task.splitlines()[0]}\n\n{job.summary or ''}".strip()
+    message = gitops.commit_message_for(job.title or job.task.splitlines()[0], job.summary)
     try:
         commit = await asyncio.to_thread(gitops.create_branch, repo, patch, base_commit=job.base_commit,
                                          branch=branch, message=message)

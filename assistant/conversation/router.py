@@ -38,6 +38,8 @@ class Route:
     reason: str = ""
     decided_by: str = "rules"  # rules | model | classifier | command | fallback
     reference: str = ""        # how a follow-up's job was named: number | ordinal | last | state | title | default | model
+    context_job_id: str | None = None  # a follow-up that must not start from this job's result (it failed, was
+                                       # cancelled, still runs) still carries its task and result as context
 
     @property
     def is_job(self) -> bool:
@@ -77,7 +79,10 @@ def continuation_refusal(parent: Job, repo: str | None, by: str) -> str | None:
 def _followup_job(ref: JobReference, repo: str | None, reason: str, decided_by: str) -> Route:
     refusal = continuation_refusal(ref.job, repo, ref.by)
     if refusal:
-        return Route(JOB, None, f"{reason}; a new job, not building on {refusal}", decided_by)
+        # Not its result, but still what it was about (never a job of another repository: that is not this work).
+        about = ref.job.id if repo is None or same_repo(ref.job.repo, repo) else None
+        return Route(JOB, None, f"{reason}; a new job, not building on {refusal}", decided_by, ref.by,
+                     context_job_id=about)
     return Route(FOLLOWUP_JOB, ref.job.id, f"{reason}; continues job {ref.job.number}", decided_by, ref.by)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..access import RepoPolicy
 from ..agent.citations import check_citations, render_markdown
 from ..agent.tools import parse_arguments
 from ..config import Settings
+from ..domain.outcome import Outcome
 from ..domain.answers import (AnswerAbout, AnswerDone, AnswerError, AnswerEvent, AnswerLookup, AnswerRetract,
                                AnswerToken)
 from ..jobs.manager import JobManager, JobRequest
@@ -27,7 +29,8 @@ from .checkout import CheckoutError, reading_checkout
 from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
 from .retrieval import Retrieval, retrieve, split_joined_citations
 from .route_classifier import shipped_classifier
-from .router import ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message
+from .router import (ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message,
+                     same_repo)
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,28 @@ class Conversation:
                                 "(a local path or a git URL)")
         parent = self._parent_for(route, thread_id, repo)
         ref = (thread.ref if thread else None) or self.settings.default_ref
-        return self.jobs.submit(JobRequest(task=text, repo=repo, ref=ref, attempts=attempts, thread_id=thread_id,
-                                           user_id=user_id, parent_job_id=parent))
+        about = self._followed_job(route, parent, thread_id, repo)
+        if about is None:
+            return self.jobs.submit(JobRequest(task=text, repo=repo, ref=ref, attempts=attempts, thread_id=thread_id,
+                                               user_id=user_id))
+        return self.jobs.submit(JobRequest(
+            task=followup_task(self.store, about, text, starts_from_result=parent is not None), repo=repo, ref=ref,
+            attempts=attempts, thread_id=thread_id, user_id=user_id, parent_job_id=parent,
+            title=followup_title(about, text), request=text))
+
+    def _followed_job(self, route: Route | None, parent: str | None, thread_id: str, repo: str) -> Job | None:
+        """The job a follow-up job is about: the parent it starts from, else the job of this conversation (and
+        repository) the message followed up on though the new job may not build on it (failed, cancelled)."""
+        wanted = parent or (route and (route.context_job_id or (route.job_id if route.kind == FOLLOWUP_JOB else None)))
+        if not wanted:
+            return None
+        try:
+            job = self.store.get_job(wanted)
+        except NotFound:
+            return None
+        if job.thread_id != thread_id or not same_repo(job.repo, repo):
+            return None
+        return job
 
     def _parent_for(self, route: Route | None, thread_id: str, repo: str) -> str | None:
         """The job a follow-up job starts from: a job of this conversation that is worth building on
@@ -367,3 +390,55 @@ class _AnswerRun:
 
 
 __all__ = ["Conversation", "AnswerEvent", "Route", "ANSWER", "JOB", "FOLLOWUP_ANSWER", "FOLLOWUP_JOB"]
+
+
+# ---------------------------------------------------------------------- follow-up jobs
+TITLE_CHARS = 80
+FOLLOWUP_TASK_CHARS = 4_000      # the followed job's task and summary, each, as context
+_FILLER = re.compile(r"^(?:(?:also|and|plus|please|pls|now|then|next|ok|okay|so|great|thanks|"
+                     r"(?:can|could|would|will)\s+(?:you|u))\b[,\s]*)+", re.I)
+_TRAILING_FILLER = re.compile(r"(?:[,\s]+(?:please|pls|thanks|thank\s+you|too|as\s+well))+$", re.I)
+
+
+def _shortened(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit].rstrip() + "\n… (shortened)"
+
+
+def followup_task(store: Store, about: Job, request: str, *, starts_from_result: bool) -> str:
+    """The task of a follow-up job: the user's words, then the job they follow up on (its task, how it ended,
+    the kind of its result and its summary), so the agent knows what "it" is (prompts/followup_job.md)."""
+    outcome = Outcome.from_dict(about.outcome)
+    kind = outcome.kind or "not assessed"
+    if outcome.kind_reason:
+        kind += f" ({outcome.kind_reason})"
+    if starts_from_result:
+        start = f"This job starts from job {about.number}'s result: its changes are applied first (see below)."
+    else:
+        start = (f"This job does not start from job {about.number}'s result: the workspace is the repository as it "
+                 "is, without its changes.")
+    own_words = store.get_artifact(about.id, "request") or about.task   # its own request, not its context again
+    return render_prompt("followup_job.md", request=request.strip(), number=str(about.number),
+                         title=about.title or own_words.strip().splitlines()[0][:80], state=about.state, kind=kind,
+                         starting_point=start, task=_shortened(own_words, FOLLOWUP_TASK_CHARS),
+                         summary=_shortened(about.summary or "(no summary)", FOLLOWUP_TASK_CHARS)).strip()
+
+
+def followup_title(about: Job, request: str) -> str:
+    """"Fix the add function: add a test for it": the followed job's title and what this job adds, trimmed (at
+    most 80 characters, cut at a word)."""
+    base = (about.title or about.task.strip().splitlines()[0]).strip().rstrip(" .!?…")
+    lines = request.strip().splitlines()
+    ask = _FILLER.sub("", " ".join(lines[0].split()) if lines else "").strip().rstrip(" .!?")
+    ask = _TRAILING_FILLER.sub("", ask).rstrip(" ,.!?")
+    if not ask:
+        return _trimmed(base or "Follow-up", TITLE_CHARS)
+    title = f"{base}{'; ' if ':' in base else ': '}{ask}" if base else ask[:1].upper() + ask[1:]
+    return _trimmed(title, TITLE_CHARS)
+
+
+def _trimmed(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:-—") + "…"

@@ -123,7 +123,8 @@ class GroupRanked(JobEventRecord):
     kind: ClassVar[str] = "group_ranked"
     group_id: str = ""
     order: list[str] = field(default_factory=list)
-    recommended: str | None = None
+    recommended: str | None = None  # None: no attempt is recommended (none succeeded with a result)
+    note: str = ""                  # the group's verdict in a sentence ("No attempt produced a change …")
 
 
 @dataclass(frozen=True)

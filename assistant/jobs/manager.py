@@ -46,6 +46,7 @@ class JobRequest:
     parent_job_id: str | None = None
     title: str | None = None
     agent_internet: dict | str | None = None  # this job's agent-internet layer over the settings and the repo's
+    request: str | None = None  # the user's own words when `task` adds context to them (a follow-up's)
 
 
 Subscriber = Callable[[JobUpdate], None]
@@ -132,6 +133,8 @@ class JobManager:
         RepoPolicy.from_settings(self.settings).check(req.repo)  # RepoNotAllowed says why and what to do
         # The request's agent internet is kept with the job (written with it), so a retry asks for the same.
         artifacts = {} if req.agent_internet is None else {"agent_internet": json.dumps(req.agent_internet)}
+        if req.request is not None:
+            artifacts["request"] = req.request
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
@@ -180,7 +183,8 @@ class JobManager:
         return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=attempts,
                                       thread_id=job.thread_id, user_id=job.user_id,
                                       parent_job_id=job.parent_job_id, title=job.title,
-                                      agent_internet=json.loads(internet) if internet else None))
+                                      agent_internet=json.loads(internet) if internet else None,
+                                      request=self.store.get_artifact(job.id, "request")))
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         with self._lock:

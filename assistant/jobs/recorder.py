@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..store import Job, StaleRun, Store
 from ..domain import states
-from ..domain.outcome import Outcome, kind_rank
+from ..domain.outcome import KINDS, NO_RESULT, Outcome, kind_rank
 from ..domain.events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxPlaced, SandboxReady,
                      StateChanged, SummaryWritten)
 from .pipeline import JobOutcome, RunControl
@@ -158,17 +158,39 @@ def model_summariser(model, job_id: str, stopping: Callable[[], bool]) -> Summar
 
 
 def rank_group_if_complete(store: Store, group_id: str, publish: Publish) -> None:
+    """Rank a best-of-N group once its last attempt has ended, and recommend the best one: an attempt that
+    succeeded with a result (fix, draft or findings). Attempts with no result rank below every attempt with
+    one; when no attempt produced a result, none is recommended and the group's message says so."""
     jobs = store.list_jobs(group_id=group_id)
     if any(j.state not in states.TERMINAL for j in jobs):
         return
     ranked = sorted(jobs, key=rank_key)
-    for position, job in enumerate(ranked, start=1):
-        outcome = Outcome.from_dict(job.outcome).replace(
-            rank=position, recommended=position == 1 and job.state == states.SUCCEEDED)
-        store.update_job(job.id, outcome=outcome.to_dict())
     best = ranked[0]
+    pick = best if recommendable(best) else None
+    for position, job in enumerate(ranked, start=1):
+        outcome = Outcome.from_dict(job.outcome).replace(rank=position, recommended=job is pick)
+        store.update_job(job.id, outcome=outcome.to_dict())
     JobRecorder(store, best, publish).publish_event(
-        GroupRanked(group_id, [j.id for j in ranked], best.id if best.state == states.SUCCEEDED else None))
+        GroupRanked(group_id, [j.id for j in ranked], pick.id if pick else None, group_note(ranked, pick)))
+
+
+def recommendable(job: Job) -> bool:
+    """An attempt worth recommending: it succeeded and left a result (not "no result", nor an unknown kind)."""
+    kind = Outcome.from_dict(job.outcome).kind
+    return job.state == states.SUCCEEDED and kind in KINDS and kind != NO_RESULT
+
+
+def group_note(ranked: list[Job], pick: Job | None) -> str:
+    """The group's verdict in one sentence, for the card of its best attempt."""
+    count = len(ranked)
+    if pick is not None:
+        kind = Outcome.from_dict(pick.outcome).kind
+        return f"Attempt {pick.attempt} of {count} is recommended ({kind})."
+    if all(Outcome.from_dict(j.outcome).kind in (NO_RESULT, None) for j in ranked):
+        return f"No attempt produced a change: none of the {count} attempts is recommended."
+    best = ranked[0]
+    return (f"The best-ranked attempt ({best.attempt}) {best.state}: none of the {count} attempts is recommended; "
+            "review them before using one.")
 
 
 def rank_key(job: Job) -> tuple:

@@ -14,7 +14,7 @@ from ..agent.claims import mark_claims, markdown_mark, markdown_reason
 from ..agent.review import git_path
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
-from ..jobs.events import AgentMessage, JobEventRecord, Notice, Routed, SetupCommandRan, StepFinished
+from ..jobs.events import AgentMessage, GroupRanked, JobEventRecord, Notice, Routed, SetupCommandRan, StepFinished
 from ..store import Job, Store
 
 # Symbols from the basic fonts every system has; emoji render as empty boxes where no emoji font is installed.
@@ -343,7 +343,12 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         out += _usage_lines(store, job, outcome)
     if outcome.get("rank"):
         pick = " — **recommended**" if outcome.get("recommended") else ""
+        if not pick and outcome.get("rank") == 1:
+            pick = " — none of the attempts is recommended"
         out.append(f"Rank {outcome['rank']} of {job.attempts}{pick}")
+        note = next((ev.note for ev in events if isinstance(ev, GroupRanked) and ev.note), "")
+        if note:
+            out.append(f"*{plain(note)}*")
     diff = store.get_artifact(job.id, "diff")
     if job.state in states.TERMINAL and outcome.get("flags"):
         out.append(_flags_section(outcome["flags"]))

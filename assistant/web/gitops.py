@@ -74,9 +74,47 @@ def apply_to_working_copy(repo: Path, patch: str) -> str:
     return _git(repo, "diff", "--stat").strip()
 
 
+BRANCH_SLUG_CHARS = 40
+SUBJECT_CHARS = 72
+
+
 def branch_name_for(number: int, title: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40].strip("-") or "change"
-    return f"assistant/job-{number}-{slug}"
+    """assistant/job-<number>-<slug of the title's first line>, the slug cut at a word (at most 40 characters)."""
+    first = clean_prose((title or "").strip().splitlines()[0] if (title or "").strip() else "")
+    slug = re.sub(r"[^a-z0-9]+", "-", first.lower()).strip("-")
+    if len(slug) > BRANCH_SLUG_CHARS:
+        head = slug[:BRANCH_SLUG_CHARS]
+        slug = head if slug[BRANCH_SLUG_CHARS] == "-" or "-" not in head else head.rsplit("-", 1)[0]
+    return f"assistant/job-{number}-{slug.strip('-') or 'change'}"
+
+
+# 【F:calc.py†L1-L2】, 【3fa9c1†L4-L9】 and any other 【…†…】 token (a malformed one too).
+_FILE_CITATION = re.compile(r"【F:([^†】]+)†L(\d+)(?:-L?(\d+))?】")
+_ANY_CITATION = re.compile(r"【[^】]*】")
+
+
+def clean_prose(text: str) -> str:
+    """Text with its citations rendered for a reader without the job's log: a file citation becomes
+    "(calc.py:1-2)", a log citation (and any other 【…】 token) is dropped; no space is left before punctuation."""
+    def file_ref(m: re.Match) -> str:
+        start, end = m[2], m[3]
+        return f"({m[1].strip()}:{start}{'-' + end if end and end != start else ''})"
+    text = _FILE_CITATION.sub(file_ref, text or "")
+    text = _ANY_CITATION.sub("", text)
+    text = re.sub(r"[ \t]+([.,;:!?)])", r"\1", text)
+    text = re.sub(r"\(\s*\)", "", text)
+    return "\n".join(re.sub(r"[ \t]{2,}", " ", line).rstrip() for line in text.splitlines()).strip()
+
+
+def commit_message_for(title: str, summary: str | None) -> str:
+    """A commit message for a job's branch: a short subject (the title's first line, at most 72 characters, cut
+    at a word), a blank line, then the summary as clean prose (citations rendered or dropped)."""
+    first = (title or "").strip().splitlines()[0] if (title or "").strip() else ""
+    subject = " ".join(clean_prose(first).split()) or "Change made by the assistant"
+    if len(subject) > SUBJECT_CHARS:
+        subject = subject[:SUBJECT_CHARS - 1].rsplit(" ", 1)[0].rstrip(" ,;:-—") + "…"
+    body = re.sub(r"\n{3,}", "\n\n", clean_prose(summary or ""))
+    return f"{subject}\n\n{body}" if body else subject
 
 
 def create_branch(repo: Path, patch: str, *, base_commit: str, branch: str, message: str) -> str:

@@ -296,3 +296,12 @@ def test_unreadable_classifier_weights_say_how_to_fix_them(tmp_path):
         RouteClassifier.load(bad)
     with pytest.raises(ValueError, match="lack the head"):
         RouteClassifier({"work": {"bias": 0, "weights": {}}})
+
+
+@pytest.mark.parametrize("state", ["failed", "cancelled"])
+def test_a_follow_up_that_may_not_build_on_a_job_still_names_it_as_context(state):
+    js = jobs("Upgrade Django to 5.0", state=state)
+    r = route_message("also add a test for it", js, None, repo=REPO, classifier=shipped_classifier())
+    assert (r.kind, r.job_id, r.context_job_id) == ("job", None, "j1"), r
+    elsewhere = route_message("also add a test for it", js, None, repo="/srv/other", command="code")
+    assert (elsewhere.kind, elsewhere.context_job_id) == ("job", None), elsewhere

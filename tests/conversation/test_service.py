@@ -1,0 +1,111 @@
+"""Conversation.delegate without Docker: the jobs are written to a real store by a real JobManager whose
+execution keeps them queued. What a follow-up job's task, title and branch say about the job it follows."""
+from __future__ import annotations
+
+import pytest
+
+from assistant.conversation.router import FOLLOWUP_JOB, JOB, Route
+from assistant.conversation.service import Conversation, followup_title
+from assistant.jobs.manager import JobManager
+from assistant.llm.client import ModelClient
+from assistant.store import Job, Store
+from assistant.web.gitops import branch_name_for
+
+PARENT_TASK = "Handle None in merge_configs: a None section must be skipped, not raise TypeError."
+PARENT_SUMMARY = "merge_configs now skips None sections 【F:config.py†L10-L14】; the tests pass."
+
+
+class HeldExecution:
+    """Writes the job rows and runs nothing (the tests look at what was asked, not at a run)."""
+    warm = None
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def admit(self, fields: dict) -> Job:
+        return self.store.create_job(**fields)
+
+    def start(self, job: Job) -> None:
+        pass
+
+    def stop(self, job_id: str) -> bool:
+        return False
+
+    def publish(self, update) -> None:
+        pass
+
+    def wait(self, job_id: str, timeout: float | None) -> Job:
+        return self.store.get_job(job_id)
+
+    def shutdown(self, cancel_running: bool, wait_s: float | None) -> None:
+        pass
+
+
+@pytest.fixture
+def conversation(settings_for, scripted_model, data_dir):
+    settings = settings_for(scripted_model)
+    store = Store(f"sqlite:///{data_dir / 'conversation.db'}")
+    model = ModelClient(settings)
+    jobs = JobManager(settings, store, model, execution=HeldExecution(store))
+    yield Conversation(settings, store, model, jobs)
+    store.close()
+
+
+def parent_job(conversation, thread, state, kind):
+    return conversation.store.create_job(
+        task=PARENT_TASK, title="Handle None in merge_configs", repo=thread.repo, thread_id=thread.id, state=state,
+        summary=PARENT_SUMMARY if state == "succeeded" else "The agent stopped: the model timed out.",
+        outcome={"kind": kind, "kind_reason": "the tests pass after the last edit" if kind == "fix" else ""})
+
+
+@pytest.mark.parametrize("state,kind", [("failed", "no result"), ("cancelled", "draft")])
+def test_a_follow_up_after_a_failed_or_cancelled_job_carries_that_job_as_context(conversation, tmp_path, state, kind):
+    thread = conversation.store.create_thread(user_id=None, repo=str(tmp_path / "calc"))
+    parent = parent_job(conversation, thread, state, kind)
+    route = Route(JOB, None, "a new job, not building on job 1", "classifier", "default", context_job_id=parent.id)
+    job = conversation.delegate(thread.id, None, "also add a test for it", route)[0]
+    assert job.parent_job_id is None                       # it does not start from a failed job's result
+    assert job.task.startswith("also add a test for it\n")
+    assert f"job 1 (\"Handle None in merge_configs\"), which ended {state}" in job.task
+    assert f"the kind of its result: {kind}" in job.task
+    assert PARENT_TASK in job.task and "The agent stopped: the model timed out." in job.task
+    assert "does not start from job 1's result" in job.task
+    assert job.title == "Handle None in merge_configs: add a test for it"
+    assert branch_name_for(job.number, job.title) == "assistant/job-2-handle-none-in-merge-configs-add-a-test"
+    assert conversation.store.get_artifact(job.id, "request") == "also add a test for it"
+
+
+def test_a_follow_up_that_builds_on_a_job_carries_its_task_and_result(conversation, tmp_path):
+    thread = conversation.store.create_thread(user_id=None, repo=str(tmp_path / "calc"))
+    parent = parent_job(conversation, thread, "succeeded", "fix")
+    route = Route(FOLLOWUP_JOB, parent.id, "continues job 1", "model", "last")
+    job = conversation.delegate(thread.id, None, "Also add a test for it, please.", route)[0]
+    assert job.parent_job_id == parent.id
+    assert "which ended succeeded; the kind of its result: fix (the tests pass after the last edit)" in job.task
+    assert PARENT_TASK in job.task and PARENT_SUMMARY in job.task
+    assert "starts from job 1's result" in job.task and job.title == "Handle None in merge_configs: add a test for it"
+    # a follow-up of the follow-up shows its parent's own words, not the context again; a retry keeps them
+    route = Route(FOLLOWUP_JOB, job.id, "continues job 2", "model", "last")
+    conversation.store.transition(job.id, "preparing")
+    conversation.store.transition(job.id, "running")
+    conversation.store.transition(job.id, "succeeded")
+    third = conversation.delegate(thread.id, None, "now cover the empty dict too", route)[0]
+    assert third.task.count(PARENT_TASK) == 0 and "Job 2's task was:\nAlso add a test for it, please." in third.task
+    assert third.title == "Handle None in merge_configs: add a test for it; cover the empty dict"
+    retried = conversation.jobs.retry(third.id)[0]
+    assert retried.task == third.task and conversation.store.get_artifact(retried.id, "request") == \
+        "now cover the empty dict too"
+
+
+def test_a_new_job_with_nothing_to_follow_is_the_message_itself(conversation, tmp_path):
+    thread = conversation.store.create_thread(user_id=None, repo=str(tmp_path / "calc"))
+    job = conversation.delegate(thread.id, None, "Add a mul function", Route(JOB, None, "asks for a change"))[0]
+    assert (job.task, job.title, job.parent_job_id) == ("Add a mul function", "Add a mul function", None)
+    assert conversation.store.get_artifact(job.id, "request") is None
+
+
+def test_follow_up_titles_are_trimmed_at_a_word():
+    parent = Job(id="j1", number=1, title="Speed up the CSV export of the monthly report", task="x", repo="/r")
+    title = followup_title(parent, "could you also make the export stream rows instead of building one big list?")
+    assert len(title) <= 80 and title.endswith("…") and " " not in title[-2:]
+    assert title.startswith("Speed up the CSV export of the monthly report: make the export stream rows")
