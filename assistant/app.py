@@ -659,7 +659,8 @@ async def on_answer_instead(action: cl.Action):
     answerable_jobs.discard(job.id)
     await asyncio.to_thread(core.jobs.cancel, job.id)
     route = Route(ANSWER, None, "you asked for an answer instead of job " + str(job.number), "command")
-    asyncio.ensure_future(answer(job.task, route, None))  # an action runs inside an HTTP request: stream apart
+    question = await asyncio.to_thread(store.get_artifact, job.id, "request") or job.task  # the user's own words
+    asyncio.ensure_future(answer(question, route, None))  # an action runs inside an HTTP request: stream apart
 
 
 @cl.action_callback("toggle_steps")
