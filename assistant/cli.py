@@ -291,6 +291,9 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{'conversation usage':>18}: {usage_line(conversation_usage(store, job.thread_id, settings))}")
             for line in result_lines(job):
                 print(line)
+            from .notify import delivery_line
+            for row in store.list_notifications(job.id):  # one per webhook URL (ASSISTANT_WEBHOOK_URLS)
+                print(f"{'notification':>18}: {delivery_line(row)}")
             if job.summary:
                 print("\n" + _checked_summary(job))
             return 0

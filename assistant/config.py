@@ -139,6 +139,13 @@ class Settings(BaseModel):
     login_failures_per_address: int = Field(20, ge=1, description="Wrong passwords from one client address (any names) before logins from it are locked for a while.")
     login_lock_s: float = Field(30.0, gt=0, description="The first lock after too many wrong passwords, in seconds; it doubles with each wrong password after a lock, up to ASSISTANT_LOGIN_LOCK_MAX_S. A right password during a lock is refused too.")
     login_lock_max_s: float = Field(900.0, gt=0, description="The longest login lock, in seconds.")
+    public_url: str | None = Field(None, description="The address people reach the app at (`https://host[:port][/path]`), for links that leave the app: a job notification links to its conversation as <public_url>/thread/<id>. Unset: notifications carry no link.")
+
+    # Job notifications (assistant/notify): a signed JSON POST to each URL when a job ends.
+    webhook_urls: str | None = Field(None, description="Comma-separated http(s) URLs that get a JSON POST when a job ends (any end: succeeded, failed, cancelled, interrupted): job id and number, title, task and summary excerpts, state, reason, kind of result, repository, link, and a one-line `text` (so a Slack-style incoming webhook takes it as it is). Sent from a background thread, retried, recorded per job and URL (`assistant jobs show`); see Job notifications.")
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 key of the notifications: each POST carries `X-Assistant-Timestamp` and `X-Assistant-Signature: sha256=<hex HMAC of \"<timestamp>.<raw body>\">`. Unset: notifications are sent unsigned.")
+    webhook_attempts: int = Field(3, ge=1, le=10, description="Tries per notification and URL: a connection error, a timeout or an answer other than 2xx is tried again after 1 s, then 2 s, 4 s, …; after the last one it is recorded as failed.")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="Seconds one notification POST may take to connect and to answer.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Log level of the CLI and the server (logs go to stderr).")
 
     @field_validator("price_table")
@@ -171,6 +178,21 @@ class Settings(BaseModel):
             scheme, sep, rest = origin.partition("://")
             if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
                 raise ValueError(f"{origin!r} is not an origin; write scheme://host[:port], e.g. https://assistant.example.org")
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls_well_formed(cls, value: str | None) -> str | None:
+        for url in (value or "").split(","):
+            if url.strip():
+                _check_http_url(url.strip(), "https://hooks.example.org/assistant")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_well_formed(cls, value: str | None) -> str | None:
+        if value and value.strip():
+            _check_http_url(value.strip(), "https://assistant.example.org")
         return value
 
     @field_validator("docker_hosts")
@@ -264,10 +286,31 @@ class Settings(BaseModel):
         """The configured extra origins (ASSISTANT_ALLOWED_ORIGINS), without a trailing slash."""
         return tuple(o.strip().rstrip("/") for o in (self.allowed_origins or "").split(",") if o.strip())
 
+    def webhook_targets(self) -> tuple[str, ...]:
+        """The notification URLs (ASSISTANT_WEBHOOK_URLS), in the order given, each once."""
+        return tuple(dict.fromkeys(u.strip() for u in (self.webhook_urls or "").split(",") if u.strip()))
+
+    @property
+    def public_base_url(self) -> str | None:
+        """ASSISTANT_PUBLIC_URL without a trailing slash, or None."""
+        return (self.public_url or "").strip().rstrip("/") or None
+
     def user_passwords(self) -> dict[str, str]:
         if not self.users:
             return {}
         return dict(p.strip().split(":", 1) for p in self.users.split(","))
+
+
+def _check_http_url(url: str, example: str) -> None:
+    """A ValueError naming the URL unless it is http(s)://host… with nothing that would split it."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ValueError(f"{url!r} is not an http(s) URL; write e.g. {example}")
 
 
 def env_name(field: str) -> str:

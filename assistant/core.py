@@ -67,6 +67,7 @@ class Assistant:
                     log.warning("removed %d sandbox containers and egress proxies left by a previous run", removed)
             except Exception as exc:  # no engine: nothing to sweep
                 log.info("no orphan sweep: %s", exc)
+        self.jobs.notifier.start()  # job notifications an earlier process left unsent
         if self.local_server is not None:
             base_url = self.local_server.start()
             self.model = ModelClient(self.settings, base_url=base_url, api_key=self.local_server.api_key,
@@ -99,7 +100,7 @@ class Assistant:
         from .jobs.worker import QueueWorker
 
         self.worker = QueueWorker(self.settings, self.store, self.model, concurrency=concurrency,
-                                  feed=self.jobs.feed)
+                                  feed=self.jobs.feed, notifier=self.jobs.notifier)
         self.worker.start_in_thread()  # stopped by close(): its running jobs go back to the queue
 
     def close(self, wait_s: float | None = None) -> None:

@@ -214,3 +214,28 @@ def test_a_cancel_from_another_process_stops_the_running_job(tmp_path, docker_en
     while containers() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert containers() == []
+
+
+def test_jobs_show_prints_a_notification_line_per_url(cli_env, tmp_path):
+    from datetime import datetime, timezone
+
+    from assistant.store import Store
+    store = Store(f"sqlite:///{tmp_path / 'data' / 'assistant.db'}")
+    job = store.create_job(task="Fix it", repo="/src/calc", title="Fix it", runner="none:0")
+    store.transition(job.id, "cancelled", "cancelled by the user")
+    good, bad = store.add_notifications(job.id, "ended", ["https://hooks.example.org/services/T0/KEY",
+                                                          "http://127.0.0.1:9/hook"], {"event": "ended"})
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    for row_id in (good, bad):
+        assert store.claim_notification(row_id, "test", now)
+    store.end_notification_attempt(good, state="delivered", now=now, status=200)
+    store.end_notification_attempt(bad, state="failed", now=now, error="could not connect: [Errno 111] Connection refused")
+    store.close()
+    proc = cli(["jobs", "show", job.id], cli_env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("notification:")]
+    assert lines == ["notification: ended → https://hooks.example.org/services/…: delivered at 2025-01-02 03:04:05 UTC "
+                     "after 1 attempt",
+                     "notification: ended → http://127.0.0.1:9/hook: failed after 1 attempt; last error: could not "
+                     "connect: [Errno 111] Connection refused"]
+    assert "KEY" not in proc.stdout

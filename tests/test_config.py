@@ -49,3 +49,16 @@ def test_every_setting_is_documented_in_the_readme():
     assert not missing, f"README lacks: {missing}"
     assert all(row.description for row in settings_table())
     assert len(settings_table()) == len(Settings.model_fields)
+
+
+def test_webhook_settings_are_read_and_bad_urls_are_named(tmp_path):
+    settings = load_settings({"ASSISTANT_WEBHOOK_URLS": " https://a.example.org/h , http://127.0.0.1:9/x,https://a.example.org/h",
+                              "ASSISTANT_PUBLIC_URL": "https://assistant.example.org/", "ASSISTANT_CONFIG": str(tmp_path / "n.toml")})
+    assert settings.webhook_targets() == ("https://a.example.org/h", "http://127.0.0.1:9/x")
+    assert settings.public_base_url == "https://assistant.example.org" and settings.webhook_attempts == 3
+    for name, value in (("ASSISTANT_WEBHOOK_URLS", "https://ok.example.org,hooks.example.org/x"),
+                        ("ASSISTANT_PUBLIC_URL", "ftp://assistant.example.org")):
+        with pytest.raises(SettingsError, match=f"{name}=.*is not an http\\(s\\) URL; write e.g. https://"):
+            load_settings({name: value, "ASSISTANT_CONFIG": str(tmp_path / "n.toml")})
+    with pytest.raises(SettingsError, match="ASSISTANT_WEBHOOK_ATTEMPTS='0'"):
+        load_settings({"ASSISTANT_WEBHOOK_ATTEMPTS": "0", "ASSISTANT_CONFIG": str(tmp_path / "n.toml")})

@@ -13,6 +13,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("storage", {"store"}),
     ("services", {"config", "access", "ownership", "llm", "sandbox", "egress"}),
     ("agent", {"agent"}),
+    ("notifications", {"notify"}),
     ("jobs", {"jobs"}),
     ("conversation", {"conversation"}),
     ("composition", {"core", "retention", "doctor"}),

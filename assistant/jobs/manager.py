@@ -23,6 +23,7 @@ from ..config import Settings
 from ..domain import states
 from ..domain.events import JobEventRecord, JobUpdate, StateChanged
 from ..llm.client import ModelClient
+from ..notify import Notifier
 from ..sandbox import SandboxConfig
 from ..sandbox.pool import EnginePool
 from ..sandbox.warm import CLOSE_WAIT_S, WarmPool
@@ -85,9 +86,11 @@ class Execution(Protocol):
 
 class JobManager:
     """`execution` makes one for the settings when not given: threads of this process, or with PostgreSQL the
-    durable queue (workers run the jobs)."""
+    durable queue (workers run the jobs). `notifier` sends the webhook notifications of the jobs that end here
+    (one for the settings when not given)."""
 
-    def __init__(self, settings: Settings, store: Store, model: ModelClient, execution: Execution | None = None):
+    def __init__(self, settings: Settings, store: Store, model: ModelClient, execution: Execution | None = None,
+                 notifier: Notifier | None = None):
         self.settings = settings
         self.store = store
         self.sandbox_config = SandboxConfig.from_settings(settings)
@@ -97,8 +100,10 @@ class JobManager:
         self._lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
         self._stopping = False
+        self.notifier = notifier or Notifier(settings, store)
         self.runner = JobRunner(settings, store, model, self.sandbox_config, pool=self.pool,
-                                stopping=lambda: self._stopping, after_prepare=self._rewarm)
+                                stopping=lambda: self._stopping, after_prepare=self._rewarm,
+                                on_end=self.notifier.job_ended)
         if execution is None:
             if settings.uses_queue:
                 from .queue import QueueExecution
@@ -203,7 +208,11 @@ class JobManager:
         """Stop taking work; with cancel_running, end every job running here as interrupted (retryable).
         wait_s bounds the wait for the runs (a server being stopped has seconds, not a job's length)."""
         self._stopping = True
+        started = time.monotonic()
         self.execution.shutdown(cancel_running, wait_s)
+        # Attempts under way may finish within what is left; notifications not yet sent wait for the next start.
+        left = None if wait_s is None else max(0.0, wait_s - (time.monotonic() - started))
+        self.notifier.close(None if left is None else min(left, self.notifier.timeout_s))
 
     # ------------------------------------------------------------------ events
     def _deliver(self, update: JobUpdate) -> None:
@@ -245,8 +254,9 @@ def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> b
     from .queue import QueueExecution
 
     execution = QueueExecution(settings, store, lambda _update: None)
-    try:
-        return JobManager(settings, store, None, execution).cancel(job_id, "cancelled from the command line")
+    try:  # the end's notifications are recorded here and sent by a running server or worker
+        return JobManager(settings, store, None, execution, Notifier(settings, store, deliver=False)).cancel(
+            job_id, "cancelled from the command line")
     finally:
         execution.shutdown(False, None)
 

@@ -28,7 +28,7 @@ from ..domain import states
 from ..domain.events import JobUpdate, Notice, StateChanged
 from ..store import Job, Store
 from .feed import DatabaseFeed
-from .recorder import JobRecorder
+from .recorder import EndHook, JobRecorder
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,9 @@ def request_abort(app: App, store: Store, job_id: str) -> int:
         raw.close()
 
 
-def announce_lost_run(store: Store, job: Job, run: int, reason: str, publish) -> None:
-    """The events of a lost run: interrupted, then either queued again (retried) or finished."""
-    recorder = JobRecorder(store, job, publish)
+def announce_lost_run(store: Store, job: Job, run: int, reason: str, publish, on_end: EndHook | None = None) -> None:
+    """The events of a lost run: interrupted, then either queued again (retried) or finished (told to `on_end`)."""
+    recorder = JobRecorder(store, job, publish, on_end=on_end)
     recorder.publish_event(StateChanged(states.INTERRUPTED, reason))
     if job.state == states.QUEUED:
         recorder.publish_event(Notice(RETRIED_NOTICE.format(run=run, reason=reason, next=run + 1, max=MAX_RUNS),
@@ -202,12 +202,14 @@ def announce_lost_run(store: Store, job: Job, run: int, reason: str, publish) ->
         recorder.announce_end(states.INTERRUPTED, reason)
 
 
-def hand_back(app: App, store: Store, job_id: str, fence: int, reason: str, publish) -> Job | None:
-    """Give a run back to the queue (its worker lost it, or is stopping): retry it, once, as a new run."""
+def hand_back(app: App, store: Store, job_id: str, fence: int, reason: str, publish,
+              on_end: EndHook | None = None) -> Job | None:
+    """Give a run back to the queue (its worker lost it, or is stopping): retry it, once, as a new run; a job
+    that used its runs ends interrupted (told to `on_end`)."""
     job = store.requeue_lost(job_id, fence, reason, max_runs=MAX_RUNS,
                              in_transaction=lambda connection, row: enqueue(app, connection, row))
     if job is not None:
-        announce_lost_run(store, job, fence, reason, publish)
+        announce_lost_run(store, job, fence, reason, publish, on_end)
     return job
 
 

@@ -26,14 +26,17 @@ from .results import Summarise, assess_job
 log = logging.getLogger(__name__)
 
 Publish = Callable[[JobUpdate], None]
+EndHook = Callable[[Job, str, str], None]  # (the ended job as stored, its state, its reason)
 
 
 class JobRecorder:
     """`summarise` lets the summary model write the summary of a job that ended without one (else a digest of
-    its log does); `price_table`/`currency` price its tokens (settings.price_table)."""
+    its log does); `price_table`/`currency` price its tokens (settings.price_table); `on_end` hears of the job's
+    end once it is announced (the webhook notifier, assistant/notify)."""
 
     def __init__(self, store: Store, job: Job, publish: Publish, control: RunControl | None = None, *,
-                 summarise: Summarise | None = None, price_table: str | None = None, currency: str = "USD"):
+                 summarise: Summarise | None = None, price_table: str | None = None, currency: str = "USD",
+                 on_end: EndHook | None = None):
         self.store = store
         self.job = job
         self.publish = publish
@@ -41,6 +44,7 @@ class JobRecorder:
         self.summarise = summarise
         self.price_table = price_table
         self.currency = currency
+        self.on_end = on_end
         self._recorded_run = False  # this run recorded what its agent left (then the end re-assesses it)
 
     def _write(self, write, *args, **kwargs):
@@ -141,10 +145,18 @@ class JobRecorder:
             self.publish_event(SummaryWritten(assessment.summary, assessment.citations))
 
     def announce_end(self, state: str, reason: str) -> None:
-        """The job has ended in the store: rank its group if it was the last one, and say it is finished."""
+        """The job has ended in the store: rank its group if it was the last one, say it is finished, and tell
+        the end hook (it only records; a failure there costs the notification, never the end)."""
         if self.job.group_id:
             rank_group_if_complete(self.store, self.job.group_id, self.publish)
         self.publish_event(Finished(state, reason))
+        if self.on_end is not None:
+            try:
+                self.on_end(self._write(self.store.get_job, self.job.id), state, reason)
+            except StaleRun:
+                raise
+            except Exception:
+                log.exception("the end hook of %s failed", self.job.id)
 
 
 def model_summariser(model, job_id: str, stopping: Callable[[], bool]) -> Summarise:

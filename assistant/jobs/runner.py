@@ -22,7 +22,7 @@ from ..sandbox.pool import EnginePool
 from ..sandbox.warm import WarmPool
 from ..store import Job, StaleRun, Store
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, RunLost, run_job
-from .recorder import JobRecorder, Publish, model_summariser
+from .recorder import EndHook, JobRecorder, Publish, model_summariser
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,13 @@ class JobRunner:
     """`stopping` says the process is going away: a summary is then left to the log digest (no model call), and
     a run cancelled by that ends interrupted (retryable), not cancelled. `warm` readies the next sandbox for the
     repository as soon as this one is prepared. `engine_loss_is_lost`: a failed run whose engine stopped answering
-    is lost, not failed (a queue can give it to another engine)."""
+    is lost, not failed (a queue can give it to another engine). `on_end` is every recorder's end hook: the
+    webhook notifier (assistant/notify), wherever the job ends."""
 
     def __init__(self, settings: Settings, store: Store, model: ModelClient, config: SandboxConfig, *,
                  pool: EnginePool | None, stopping: Callable[[], bool], warm: WarmPool | None = None,
-                 after_prepare: Callable[[Job], None] | None = None, engine_loss_is_lost: bool = False):
+                 after_prepare: Callable[[Job], None] | None = None, engine_loss_is_lost: bool = False,
+                 on_end: EndHook | None = None):
         self.settings = settings
         self.store = store
         self.model = model
@@ -55,6 +57,7 @@ class JobRunner:
         self.stopping = stopping
         self.after_prepare = after_prepare
         self.engine_loss_is_lost = engine_loss_is_lost
+        self.on_end = on_end
 
     def recorder(self, job: Job, publish: Publish, control: RunControl | None = None,
                  store: Store | None = None) -> JobRecorder:
@@ -62,7 +65,8 @@ class JobRunner:
         summary it lacks, unless the process is stopping (it has seconds, not a model call's length)."""
         summarise = model_summariser(self.model, job.id, self.stopping) if control else None
         return JobRecorder(store or self.store, job, publish, control, summarise=summarise,
-                           price_table=self.settings.price_table, currency=self.settings.price_currency)
+                           price_table=self.settings.price_table, currency=self.settings.price_currency,
+                           on_end=self.on_end)
 
     def finish(self, recorder: JobRecorder, state: str, reason: str) -> bool:
         """End the job (see JobRecorder.finish); a cancel that only the process's stop caused is an interruption."""

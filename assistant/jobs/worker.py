@@ -27,6 +27,7 @@ from ..config import Settings
 from ..domain import states
 from ..domain.events import JobUpdate
 from ..llm.client import ModelClient
+from ..notify import Notifier
 from ..sandbox import SandboxConfig
 from ..sandbox.engine import EngineSpec
 from ..sandbox.pool import EnginePool
@@ -71,7 +72,7 @@ def worker_name() -> str:
 
 class QueueWorker:
     def __init__(self, settings: Settings, store: Store, model: ModelClient, *, name: str | None = None,
-                 concurrency: int | None = None, feed: DatabaseFeed | None = None):
+                 concurrency: int | None = None, feed: DatabaseFeed | None = None, notifier: Notifier | None = None):
         self.settings = settings
         self.store = PatientStore(store)
         self.model = model
@@ -85,8 +86,12 @@ class QueueWorker:
         self.feed = feed or DatabaseFeed(url, store)
         self.sandbox_config = replace(SandboxConfig.from_settings(settings), deployment=store.deployment_id())
         self.pool = EnginePool.from_settings(settings, self.store)
+        # The jobs that end on this worker are notified from here (a notifier of the process's own, or this one's).
+        self._own_notifier = notifier is None
+        self.notifier = notifier or Notifier(settings, self.store)
         self.runner = JobRunner(settings, self.store, model, self.sandbox_config, pool=self.pool,
-                                stopping=lambda: self._stopping.is_set(), engine_loss_is_lost=True)
+                                stopping=lambda: self._stopping.is_set(), engine_loss_is_lost=True,
+                                on_end=self.notifier.job_ended)
         self.running: dict[str, Run] = {}
         self._worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,12 +135,15 @@ class QueueWorker:
             side = [asyncio.create_task(self._sweep_lost_runs(), name="sweep-lost-runs"),
                     asyncio.create_task(self._stop_when_asked(), name="stop-when-asked")]
             self.started.set()
+            self.notifier.start()  # notifications left pending by a stopped process go out too
             try:
                 await self._worker.run()
             finally:
                 for task in side:
                     task.cancel()
                 self._stopping.set()
+                if self._own_notifier:
+                    await asyncio.to_thread(self.notifier.close)
 
     async def _stop_when_asked(self) -> None:
         while not self._stopping.is_set():
@@ -169,9 +177,10 @@ class QueueWorker:
 
     def _after_lost_run(self, job_id: str, fence: int, reason: str) -> None:
         if reason == STOPPING:  # this worker is going away: give the run back, another worker retries it
-            hand_back(self.queue, self.store, job_id, fence, f"the worker {self.name} stopped", self.publish)
+            hand_back(self.queue, self.store, job_id, fence, f"the worker {self.name} stopped", self.publish,
+                      self.runner.on_end)
         elif reason.startswith(ENGINE_DOWN):
-            hand_back(self.queue, self.store, job_id, fence, reason, self.publish)
+            hand_back(self.queue, self.store, job_id, fence, reason, self.publish, self.runner.on_end)
         else:
             log.warning("run %s of job %s lost: %s", fence, job_id, reason)
 
@@ -232,7 +241,7 @@ class QueueWorker:
         if self.pool is not None and job.fence == fence:  # the dead worker's container goes with its run
             self.pool.remove_container(job.engine, job.container)
         reason = f"its worker stopped answering (no heartbeat for {lost_after:.0f} s)"
-        hand_back(self.queue, self.store, job_id, fence, reason, self.publish)
+        hand_back(self.queue, self.store, job_id, fence, reason, self.publish, self.runner.on_end)
 
     async def _close_entry(self, queue_id: int) -> None:
         """The dead worker's queue entry ends failed, so no sweep finds it again (the retry is a new entry)."""

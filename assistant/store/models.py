@@ -1,4 +1,5 @@
-"""SQLModel tables: users, threads, messages (Chainlit steps), jobs, job events, log chunks, artifacts, usage."""
+"""SQLModel tables: users, threads, messages (Chainlit steps), jobs, job events, log chunks, artifacts, usage,
+notifications."""
 from __future__ import annotations
 
 import uuid
@@ -8,7 +9,8 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3  # 2: job.fence, job.engine, job.container; the sandbox_engine table (scale-out); 3: user.revoked
+SCHEMA_VERSION = 4  # 2: job.fence, job.engine, job.container; the sandbox_engine table (scale-out); 3: user.revoked;
+                    # 4: the notification table (job webhooks)
 
 
 def utcnow() -> datetime:
@@ -175,4 +177,25 @@ class TokenUsage(SQLModel, table=True):
     model: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Notification(SQLModel, table=True):
+    """One notification of one job event to one webhook URL, and how its delivery went (assistant/notify).
+    The unique (job, event, url) is what makes a delivery happen at most once, whichever process records it.
+    state: pending (due at next_at), sending (an attempt is under way: claimed_by, claimed_at), delivered, failed."""
+    __table_args__ = (UniqueConstraint("job_id", "event", "url"),)
+    id: str = Field(default_factory=new_id, primary_key=True)
+    job_id: str = Field(index=True)
+    event: str                           # ended (a job's end); later: waiting (the agent asks the user)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    state: str = Field(default="pending", index=True)
+    attempts: int = 0
+    next_at: Optional[datetime] = Field(default_factory=utcnow, index=True)
+    claimed_by: Optional[str] = None
+    claimed_at: Optional[datetime] = None
+    last_status: Optional[int] = None    # the HTTP status of the last answer (None: no answer)
+    last_error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    delivered_at: Optional[datetime] = None
     created_at: datetime = Field(default_factory=utcnow)

@@ -18,8 +18,8 @@ from ..domain.events import JobEventRecord, decode, encode
 from ..domain.states import ACTIVE, INTERRUPTED, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
-from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, SandboxEngine, Thread,
-                     TokenUsage, User, utcnow)
+from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, Notification,
+                     SandboxEngine, Thread, TokenUsage, User, utcnow)
 
 
 PLACEMENT_LOCK_KEY = 0x61737370  # advisory lock: one placement at a time across processes
@@ -572,6 +572,74 @@ class Store:
                  .where(or_(*conditions)).group_by(TokenUsage.role, TokenUsage.model)
                  .order_by(TokenUsage.role, TokenUsage.model))
             return [(role, model, int(p or 0), int(c or 0)) for role, model, p, c in s.exec(q)]
+
+    # ------------------------------------------------------------------ notifications (assistant/notify)
+    def add_notifications(self, job_id: str, event: str, urls: Iterable[str], payload: dict[str, Any]) -> list[str]:
+        """Record a pending notification of a job's event for each URL; one already recorded for the same
+        (job, event, url), by this process or any other, is left as it is. The ids of the new ones."""
+        made = []
+        for url in urls:
+            row = Notification(job_id=job_id, event=event, url=url, payload=payload)
+            with self.session() as s:
+                s.add(row)
+                try:
+                    s.commit()
+                except IntegrityError:  # recorded before: at most one delivery per (job, event, url)
+                    s.rollback()
+                    continue
+            made.append(row.id)
+        return made
+
+    def list_notifications(self, job_id: str) -> list[Notification]:
+        with self.session() as s:
+            return list(s.exec(select(Notification).where(Notification.job_id == job_id)
+                               .order_by(col(Notification.created_at), col(Notification.url))))
+
+    def due_notifications(self, now: datetime, limit: int = 20) -> list[Notification]:
+        """Pending notifications whose time has come, oldest first."""
+        with self.session() as s:
+            return list(s.exec(select(Notification).where(Notification.state == "pending",
+                                                          col(Notification.next_at) <= now)
+                               .order_by(col(Notification.next_at)).limit(limit)))
+
+    def next_notification_due(self) -> datetime | None:
+        with self.session() as s:
+            return s.exec(select(func.min(Notification.next_at)).where(Notification.state == "pending")).one()
+
+    def claim_notification(self, notification_id: str, by: str, now: datetime) -> Notification | None:
+        """Take a pending notification for one attempt (counted now); None if another process took it first."""
+        with self.session() as s:
+            taken = s.execute(update(Notification)
+                              .where(Notification.id == notification_id, Notification.state == "pending")
+                              .values(state="sending", attempts=Notification.attempts + 1, claimed_by=by,
+                                      claimed_at=now)).rowcount
+            s.commit()
+            return s.get(Notification, notification_id) if taken == 1 else None
+
+    def end_notification_attempt(self, notification_id: str, *, state: str, now: datetime,
+                                 status: int | None = None, error: str | None = None,
+                                 next_at: datetime | None = None) -> None:
+        """How the attempt went: delivered, failed (no more tries) or pending again (tried again at next_at)."""
+        values: dict[str, Any] = dict(state=state, last_status=status, last_error=error, claimed_by=None)
+        if state == "delivered":
+            values["delivered_at"] = now
+        if next_at is not None:
+            values["next_at"] = next_at
+        with self.session() as s:
+            s.execute(update(Notification).where(Notification.id == notification_id,
+                                                 Notification.state == "sending").values(**values))
+            s.commit()
+
+    def abandon_notifications(self, claimed_before: datetime, error: str) -> int:
+        """Attempts under way since before `claimed_before` belong to a process that stopped during them: they
+        end failed, never sent again (the receiver may have had it; a delivery is made at most once)."""
+        with self.session() as s:
+            count = s.execute(update(Notification)
+                              .where(Notification.state == "sending", col(Notification.claimed_at) < claimed_before)
+                              .values(state="failed", last_error=error, claimed_by=None)).rowcount
+            s.commit()
+            return count
+
 
 class FencedStore(Store):
     """See Store.fenced."""

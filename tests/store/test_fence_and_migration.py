@@ -21,8 +21,8 @@ def url(request, tmp_path):
 
 
 def _make_first_release_database(url: str) -> str:
-    """A database as release 1 left it: no fence, engine or container on jobs, no revocation count on users,
-    schema version 1, one job and one user."""
+    """A database as release 1 left it: no fence, engine or container on jobs, no revocation count on users, no
+    notification table, schema version 1, one job and one user."""
     store = Store(url)
     job = store.create_job(task="old", repo="/r")
     store.get_or_create_user("ada")
@@ -32,6 +32,7 @@ def _make_first_release_database(url: str) -> str:
         for column in ("fence", "engine", "container"):
             conn.execute(text(f"ALTER TABLE job DROP COLUMN {column}"))
         conn.execute(text('ALTER TABLE "user" DROP COLUMN revoked'))
+        conn.execute(text("DROP TABLE notification"))
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     engine.dispose()
     return job.id
@@ -41,7 +42,9 @@ def test_a_first_release_database_is_migrated(url):
     old_job = _make_first_release_database(url)
     store = Store(url)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
+        assert "notification" in inspect(store.engine).get_table_names()
+        assert store.add_notifications(old_job, "ended", ["https://h.example.org/x"], {"event": "ended"})
         assert {"fence", "engine", "container"} <= {c["name"] for c in inspect(store.engine).get_columns("job")}
         job = store.get_job(old_job)
         assert job.fence == 1 and job.engine is None and job.task == "old"
@@ -51,7 +54,7 @@ def test_a_first_release_database_is_migrated(url):
     finally:
         store.close()
     again = Store(url)  # a second start finds nothing to do
-    assert again.schema_version == 3 and again.user_revocations("ada") == 2
+    assert again.schema_version == 4 and again.user_revocations("ada") == 2
     again.close()
 
 
