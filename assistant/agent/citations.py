@@ -174,8 +174,11 @@ def render_plain(text: str, citations: list[dict]) -> str:
 
     def sub(m: re.Match) -> str:
         d = by_text.get(m[0])
-        if d is None:
-            return f"[{m[0]} unchecked]"
+        if d is None:  # never checked: named the same way, and said so
+            start = int(m["start"])
+            named = {"kind": "file" if m["path"] else "chunk", "target": (m["path"] or m["chunk"]).strip(),
+                     "start": start, "end": int(m["end"] or start)}
+            return f"[{_label(named)} unchecked]"
         mark = "✓" if d["valid"] else f"✗ {d['reason']}"
         return f"[{_label(d)} {mark}]"
     return CITATION_RE.sub(sub, text or "")

@@ -32,3 +32,8 @@ def test_renderers_never_show_an_invalid_citation_as_valid(tmp_path):
     plain = render_plain(text, cites)
     assert "[a.py:L1-2 ✓]" in plain and "[a.py:L5 ✗ a.py has 2 lines" in plain
     assert "unverified" in render_markdown("【F:x.py†L1】", [], lambda c: "")   # unchecked: never a link
+
+
+def test_plain_rendering_names_an_unchecked_citation_without_its_raw_marker():
+    plain = render_plain("see 【F:src/a.py†L3-L7】 and 【3fa9c1†L4】", [])
+    assert plain == "see [src/a.py:L3-7 unchecked] and [log 3fa9c1:L4 unchecked]"
