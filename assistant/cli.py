@@ -103,7 +103,8 @@ def _job_json(assistant, job) -> dict:
     from .domain.events import Notice
     from .jobs.results import job_usage
     return {
-        "job_id": job.id, "number": job.number, "status": job.state, "reason": job.reason, "title": job.title,
+        "job_id": job.id, "number": job.number if job.thread_id else None, "thread_id": job.thread_id,
+        "status": job.state, "reason": job.reason, "title": job.title,
         "summary": job.summary or "", "diff": assistant.store.get_artifact(job.id, "diff") or "",
         "patch": assistant.store.get_artifact(job.id, "patch") or "",
         "citations": job.citations or [], "setup_network": job.setup_network, "agent_network": job.agent_network,
@@ -127,7 +128,7 @@ def _checked_summary(job) -> str:
 
 def _print_job_result(assistant, job) -> None:
     from .jobs.results import result_lines
-    print(f"job {job.id}: {job.state}" + (f" ({job.reason})" if job.reason else ""))
+    print(f"{_job_name(job)}: {job.state}" + (f" ({job.reason})" if job.reason else ""))
     for line in result_lines(job):
         print(line)
     if job.summary:
@@ -207,7 +208,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
     from .access import RepoNotAllowed
-    from .agent.citations import render_plain
+    from .agent.citations import PlainStream, render_plain
     try:
         repo = _repo_arg(settings, args.repo)
     except RepoNotAllowed as exc:
@@ -227,25 +228,44 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
             for j in done:
                 _print_job_result(assistant, j)
             return 0 if all(j.state == "succeeded" for j in done) else 1
+        # On a terminal the reply streams as it comes (citations shown as [calc.py:L1-5]) and their checks follow
+        # on one line; into a pipe or file the finished reply is printed once, each citation marked where it
+        # stands ([calc.py:L1-5 ✓]), as `run` prints a summary. What it looks up shows on stderr meanwhile.
+        live = PlainStream() if sys.stdout.isatty() else None
+        streamed = ""
         for event in assistant.conversation.answer(thread.id, args.question, route):
             if isinstance(event, AnswerAbout):
                 _err(event.text)
             elif isinstance(event, AnswerToken):
-                print(event.text, end="", flush=True)
+                streamed += event.text
+                if live is not None:
+                    print(live.feed(event.text), end="", flush=True)
             elif isinstance(event, AnswerLookup):
                 _err(f"  ({event.tool} {json.dumps(event.arguments)[:120]})")
             elif isinstance(event, AnswerRetract):  # the rest of that reply was unusable and is not shown
-                print(flush=True)
+                streamed = ""
+                if live is not None:
+                    print(live.end(), flush=True)
+                    live = PlainStream()
                 _err(f"(the model's reply was cut off: {event.text}; answering again)")
             elif isinstance(event, AnswerError):
+                if live is not None:
+                    print(live.end(), flush=True)
+                elif streamed.strip():  # what came before the error, its citations unchecked
+                    print(render_plain(streamed, []))
                 _err(f"error: {event.text}")
                 return 1
             elif isinstance(event, AnswerDone):
-                cites = event.citations
-                print()
-                if cites:
-                    print("\ncitations: " + "; ".join(render_plain(c["text"], cites) for c in cites))
+                if live is None:
+                    print(render_plain(event.text, event.citations))
+                else:
+                    print(live.end())
+                    if event.citations:
+                        print("citations: " + " · ".join(render_plain(c["text"], event.citations)
+                                                         for c in event.citations))
         return 0
+    except BrokenPipeError:  # the reader went away: main() ends quietly
+        raise
     except Exception as exc:  # an answer that failed: one line, no traceback (it would show host paths); the log has it
         import logging
         logging.getLogger("assistant.cli").debug("ask failed", exc_info=True)
@@ -255,8 +275,61 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
         assistant.close()
 
 
+def _job_name(job) -> str:
+    """A job as the web app names it: "job 2 (id ab12cd34)" in a conversation; "job ab12cd34" without one."""
+    return f"job {job.number} (id {job.id})" if job.thread_id else f"job {job.id}"
+
+
+def _thread_label(thread) -> str:
+    return f"conversation {thread.id[:8]}" + (f" \u201c{thread.name[:50]}\u201d" if thread.name else "")
+
+
+def _find_thread(store, ref: str):
+    """The conversation --thread names, or None after saying why not."""
+    threads = store.find_threads(ref)
+    if len(threads) == 1:
+        return threads[0]
+    if not threads:
+        _err(f"assistant: no conversation {ref!r}: give its id (or the start of it, as `assistant jobs list` shows "
+             "it) or its name")
+        return None
+    _err(f"assistant: {ref!r} names {len(threads)} conversations; give more of the id:\n"
+         + "\n".join(f"  {t.id}  {t.name or ''}" for t in threads))
+    return None
+
+
+def _find_job(store, ref: str, thread_ref: str | None, action: str = "show"):
+    """The job a command names: a full id, a unique start of one, or the number the web app shows ("Job 2"),
+    within --thread when given. None after saying why not, listing the jobs an ambiguous reference could mean."""
+    thread = None
+    if thread_ref:
+        thread = _find_thread(store, thread_ref)
+        if thread is None:
+            return None
+    jobs = store.find_jobs(ref, thread_id=thread.id if thread else None)
+    if len(jobs) == 1:
+        return jobs[0]
+    where = f" in {_thread_label(thread)}" if thread else ""
+    if not jobs:
+        _err(f"assistant: no job {ref!r}{where}: give a job's id or its number (`assistant jobs list` shows both)")
+        return None
+    threads = {j.thread_id: store.get_thread(j.thread_id) for j in jobs if j.thread_id}
+    lines = []
+    for j in jobs:
+        t = threads.get(j.thread_id)
+        owner = (_thread_label(t) if t else f"conversation {j.thread_id[:8]}") if j.thread_id else "no conversation"
+        lines.append(f"  {j.id}  job {j.number if j.thread_id else '-'} of {owner}, {j.state}: {j.title[:50]}")
+    example = next((j.thread_id[:8] for j in jobs if j.thread_id and j.number == int(ref)), None) \
+        if ref.isdigit() and not thread else None
+    hint = "give the job's id" + (f", or its conversation, e.g. assistant jobs {action} {ref} --thread {example}"
+                                  if example else "")
+    _err(f"assistant: {ref!r} could mean {len(jobs)}{'+' if len(jobs) >= 20 else ''} jobs{where}; {hint}:\n"
+         + "\n".join(lines))
+    return None
+
+
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from .store import NotFound, Store
+    from .store import Store
     store = Store(settings.resolved_database_url)
     try:
         # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is;
@@ -264,27 +337,39 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         if not settings.uses_queue:
             store.interrupt_orphaned_jobs("the process running this job died; retry it")
         if args.action == "list":
-            rows = store.list_jobs(limit=10_000)[-args.limit:]
+            thread = _find_thread(store, args.thread) if args.thread else None
+            if args.thread and thread is None:
+                return 2
+            rows = store.list_jobs(thread_id=thread.id if thread else None, limit=10_000)[-args.limit:]
             if not rows:
-                print("no jobs yet")
+                print("no jobs yet" + (f" in {_thread_label(thread)}" if thread else ""))
+                return 0
+            # JOB is the number the web app shows ("Job 2"), counted per conversation; jobs of `assistant run`
+            # belong to none and have no number.
+            print(f"{'ID':<8}  {'JOB':>3}  {'CONVERSATION':<12}  {'STATE':<11} {'KIND':<9} {'CREATED':<16}  TITLE")
             for j in rows:
                 kind = Outcome.from_dict(j.outcome).kind or "-"
-                print(f"{j.id}  {j.state:<11} {kind:<9} {j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
+                number = str(j.number) if j.thread_id else "-"
+                print(f"{j.id:<8}  {number:>3}  {(j.thread_id or '-')[:8]:<12}  {j.state:<11} {kind:<9} "
+                      f"{j.created_at:%Y-%m-%d %H:%M}  {j.title[:70]}")
             return 0
         if not args.id:
-            _err(f"assistant jobs {args.action} needs a job id (see `assistant jobs list`)")
+            _err(f"assistant jobs {args.action} needs a job: its id or its number (see `assistant jobs list`)")
             return 2
-        try:
-            job = store.find_job(args.id)
-        except NotFound as exc:
-            _err(str(exc))
-            return 1
+        job = _find_job(store, args.id, args.thread, args.action)
+        if job is None:
+            return 2
         if args.action == "show":
             from .jobs.results import conversation_usage, job_usage, result_lines, usage_line
             for key in ("id", "state", "reason", "title", "repo", "ref", "backend", "base_commit", "setup_network",
                         "agent_network", "cache_hit", "steps", "model", "prompt_tokens", "completion_tokens", "created_at",
                         "running_at", "finished_at"):
                 print(f"{key:>18}: {getattr(job, key)}")
+                if key == "id" and job.thread_id:
+                    thread = store.get_thread(job.thread_id)
+                    print(f"{'job':>18}: {job.number} of "
+                          + (_thread_label(thread) if thread else f"conversation {job.thread_id[:8]}")
+                          + f" ({job.thread_id})")
             print(f"{'task':>18}: {job.task}")
             print(f"{'usage':>18}: {usage_line(job_usage(store, job, settings), job)}")
             if job.thread_id:
@@ -302,7 +387,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if args.chunk:
                 chunk = next((c for c in chunks if c.id == args.chunk), None)
                 if chunk is None:
-                    _err(f"job {job.id} has no chunk {args.chunk}")
+                    _err(f"{_job_name(job)} has no chunk {args.chunk}")
                     return 1
                 print(f"$ {chunk.command}   (exit {chunk.exit_code}, {chunk.duration_s:.2f} s)")
                 for i, line in enumerate(chunk.text.splitlines(), 1):
@@ -317,14 +402,14 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "cancel":
             from .domain.states import CANCELLED, TERMINAL
             if job.state in TERMINAL:
-                print(f"job {job.id} already ended: {job.state}")
+                print(f"{_job_name(job)} already ended: {job.state}")
                 return 1
             if settings.uses_queue:  # reaches the job on whichever worker runs it
                 from .jobs.manager import cancel_from_command_line
                 cancel_from_command_line(settings, store, job.id)
             else:
                 store.transition(job.id, CANCELLED, "cancelled from the command line")
-            print(f"job {job.id} cancelled")
+            print(f"{_job_name(job)} cancelled")
             return 0
         return 2
     finally:
@@ -496,7 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     j = sub.add_parser("jobs", help="list, show, logs, diff, cancel")
     j.add_argument("action", choices=["list", "show", "logs", "diff", "cancel"])
-    j.add_argument("id", nargs="?")
+    j.add_argument("id", nargs="?", help="the job: its id (or the start of it) or its number, as the web app's "
+                                         "\"Job 2\" and `assistant jobs list` show it")
+    j.add_argument("--thread", metavar="CONVERSATION", help="the conversation whose job number ID is (its id, the "
+                   "start of it, or its name); with list: only its jobs")
     j.add_argument("--chunk", help="with logs: print one chunk's numbered lines")
     j.add_argument("--patch", action="store_true", help="with diff: the git-apply-able patch")
     j.add_argument("--limit", type=int, default=50)
@@ -535,6 +623,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader of the output went away (`assistant jobs logs ID | head`): stop without a traceback and with the
+    status of a Unix tool that SIGPIPE ended (128 + 13), like `cat` or `grep` in the same place. The broken stream
+    is pointed at /dev/null so that the final flush at exit does not complain either."""
+    import signal
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):
+                pass
+    return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

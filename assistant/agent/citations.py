@@ -174,11 +174,52 @@ def render_plain(text: str, citations: list[dict]) -> str:
 
     def sub(m: re.Match) -> str:
         d = by_text.get(m[0])
-        if d is None:
-            return f"[{m[0]} unchecked]"
+        if d is None:  # never checked: named the same way, and said so
+            return f"[{_label(_named(m))} unchecked]"
         mark = "✓" if d["valid"] else f"✗ {d['reason']}"
         return f"[{_label(d)} {mark}]"
     return CITATION_RE.sub(sub, text or "")
+
+
+class PlainStream:
+    """A reply streamed to a terminal: text as it comes, each citation marker shown as [path:L10-20] once it is
+    whole (its check comes with the finished reply). `feed` returns what can be printed now, `end` the rest."""
+
+    MARKER_MAX = 400  # a 【 with no 】 within this many characters is not a marker
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        self._held += text
+        out = []
+        while self._held:
+            start = self._held.find("【")
+            if start < 0:
+                out.append(self._held)
+                self._held = ""
+                break
+            out.append(self._held[:start])
+            self._held = self._held[start:]
+            close = self._held.find("】")
+            if close < 0:
+                if len(self._held) > self.MARKER_MAX:
+                    out.append(self._held)
+                    self._held = ""
+                break
+            marker, self._held = self._held[:close + 1], self._held[close + 1:]
+            out.append(CITATION_RE.sub(lambda m: f"[{_label(_named(m))}]", marker))
+        return "".join(out)
+
+    def end(self) -> str:
+        rest, self._held = self._held, ""
+        return rest
+
+
+def _named(m: re.Match) -> dict:
+    start = int(m["start"])
+    return {"kind": "file" if m["path"] else "chunk", "target": (m["path"] or m["chunk"]).strip(),
+            "start": start, "end": int(m["end"] or start)}
 
 
 def _label(d: dict) -> str:

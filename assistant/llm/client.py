@@ -38,6 +38,10 @@ class ModelUnavailable(ModelError):
     pass
 
 
+class ModelUnreachable(ModelUnavailable):
+    """Nothing answers at the endpoint's address (no server there, a wrong host or port)."""
+
+
 class ModelGarbage(ModelError):
     pass
 
@@ -140,8 +144,9 @@ class ModelClient:
             return ModelUnavailable(f"the model endpoint at {where} did not answer within {self.settings.model_timeout_s:.0f} s "
                                     f"(after {self.settings.model_max_retries} retries); try again, or raise ASSISTANT_MODEL_TIMEOUT_S")
         if isinstance(exc, openai.APIConnectionError):
-            return ModelUnavailable(f"cannot reach the model endpoint at {where} ({exc.__cause__ or exc}); "
-                                    "check OPENAI_BASE_URL and that the server runs (`assistant doctor` checks it)")
+            return ModelUnreachable(f"cannot reach the model endpoint at {where} ({exc.__cause__ or exc}); "
+                                    f"start the model server that serves {where}, or set OPENAI_BASE_URL to the /v1 "
+                                    "URL of one that runs")
         if isinstance(exc, openai.AuthenticationError):
             return ModelError(f"the model endpoint at {where} refused the API key (401); set OPENAI_API_KEY")
         if isinstance(exc, openai.NotFoundError):

@@ -270,16 +270,37 @@ class Store:
                 parent = row.parent_job_id if row is not None else None
         return ids
 
-    def find_job(self, ref: str) -> Job:
-        """A job by full id or unique id prefix."""
+    def find_jobs(self, ref: str, *, thread_id: str | None = None, limit: int = 20) -> list[Job]:
+        """The jobs `ref` may name, oldest first: the job whose full id it is; else every job whose id starts with it
+        and, when it is a number, every job of a conversation numbered so there (the web app's "Job 2"). Only the
+        jobs of `thread_id` when given. The caller refuses more than one."""
+        ref = ref.strip()
+        if not ref:
+            return []
         with self.session() as s:
-            job = s.get(Job, ref)
-            if job:
-                return job
-            matches = list(s.exec(select(Job).where(col(Job.id).startswith(ref)).limit(2)))
-        if len(matches) == 1:
-            return matches[0]
-        raise NotFound(f"no job {ref!r}" if not matches else f"{ref!r} names several jobs; give more of the id")
+            exact = s.get(Job, ref)
+            if exact is not None and (thread_id is None or exact.thread_id == thread_id):
+                return [exact]
+            named = col(Job.id).startswith(ref)
+            if ref.isdigit():
+                named = or_(named, (Job.number == int(ref)) & col(Job.thread_id).is_not(None))
+            q = select(Job).where(named)
+            if thread_id is not None:
+                q = q.where(Job.thread_id == thread_id)
+            return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
+
+    def find_threads(self, ref: str, *, limit: int = 20) -> list[Thread]:
+        """The conversations `ref` may name: the one whose full id it is; else those whose id starts with it or whose
+        name it is (any case). The caller refuses more than one."""
+        ref = ref.strip()
+        if not ref:
+            return []
+        with self.session() as s:
+            exact = s.get(Thread, ref)
+            if exact is not None:
+                return [exact]
+            q = select(Thread).where(or_(col(Thread.id).startswith(ref), func.lower(Thread.name) == ref.lower()))
+            return list(s.exec(q.order_by(col(Thread.created_at)).limit(limit)))
 
     def list_jobs(self, *, thread_id: str | None = None, user_id: str | None = None,
                   states: Iterable[str] | None = None, group_id: str | None = None, limit: int = 200) -> list[Job]:

@@ -32,3 +32,20 @@ def test_renderers_never_show_an_invalid_citation_as_valid(tmp_path):
     plain = render_plain(text, cites)
     assert "[a.py:L1-2 ✓]" in plain and "[a.py:L5 ✗ a.py has 2 lines" in plain
     assert "unverified" in render_markdown("【F:x.py†L1】", [], lambda c: "")   # unchecked: never a link
+
+
+def test_plain_rendering_names_an_unchecked_citation_without_its_raw_marker():
+    plain = render_plain("see 【F:src/a.py†L3-L7】 and 【3fa9c1†L4】", [])
+    assert plain == "see [src/a.py:L3-7 unchecked] and [log 3fa9c1:L4 unchecked]"
+
+
+def test_a_streamed_reply_shows_each_citation_once_it_is_whole():
+    from assistant.agent.citations import PlainStream
+    stream = PlainStream()
+    pieces = ["`add` returns `a - b` 【F:calc", ".py†L1", "-L2】; see ", "【3fa9c1†L4-L9】", " and 【not a marker", "】 end"]
+    shown = [stream.feed(piece) for piece in pieces]
+    assert shown[:3] == ["`add` returns `a - b` ", "", "[calc.py:L1-2]; see "]
+    assert "".join(shown) + stream.end() == ("`add` returns `a - b` [calc.py:L1-2]; see [log 3fa9c1:L4-9] and "
+                                             "【not a marker】 end")
+    held = PlainStream()
+    assert held.feed("【" + "x" * 500) == "【" + "x" * 500  # an unclosed 【 is not held for ever

@@ -292,7 +292,7 @@ def test_cli_ask_shows_nothing_of_an_echoing_or_looping_model(tmp_path, scripted
     assert "You answer questions about a codebase" not in proc.stdout
     assert proc.stdout.count("gives back their difference") <= 1
     assert "search of the repository" in proc.stdout and "return a - b" in proc.stdout
-    assert "\ncitations: [calc.py:L1-6 ✓]" in proc.stdout
+    assert "[calc.py:L1-6 ✓]" in proc.stdout and "【" not in proc.stdout   # rendered as `run` renders them
 
 
 

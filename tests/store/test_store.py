@@ -89,11 +89,24 @@ def test_usage_totals(store):
     assert store.usage_totals(thread_id="t") == (15, 5)
 
 
-def test_find_job_by_prefix(store):
-    job = store.create_job(task="t", repo="/r", id="abcd1234")
-    assert store.find_job("abcd").id == job.id
-    with pytest.raises(NotFound):
-        store.find_job("zzzz")
+def test_find_jobs_by_id_prefix_and_by_number_in_a_conversation(store):
+    one = store.create_thread(user_id=None, name="Fix the calc")
+    two = store.create_thread(user_id=None, name="Add docs")
+    a = store.create_job(task="t", repo="/r", thread_id=one.id, id="abcd1234")
+    b = store.create_job(task="t", repo="/r", thread_id=one.id, id="2bcd1234")
+    c = store.create_job(task="t", repo="/r", thread_id=two.id, id="ef011234")
+    store.create_job(task="t", repo="/r", id="99990000")     # no conversation: no number
+    ids = lambda jobs: [j.id for j in jobs]  # noqa: E731
+    assert ids(store.find_jobs("abcd")) == [a.id] and ids(store.find_jobs("abcd1234")) == [a.id]
+    assert ids(store.find_jobs("zzzz")) == [] and ids(store.find_jobs("")) == []
+    assert ids(store.find_jobs("1")) == [a.id, c.id]                 # job 1 of each conversation
+    assert ids(store.find_jobs("2")) == [b.id]                       # job 2, and the start of its own id
+    assert ids(store.find_jobs("1", thread_id=two.id)) == [c.id]
+    assert ids(store.find_jobs("abcd", thread_id=two.id)) == []
+    assert ids(store.find_jobs("9")) == ["99990000"]                 # an id prefix of digits still works
+    assert [t.id for t in store.find_threads(one.id[:6])] == [one.id]
+    assert [t.id for t in store.find_threads("add DOCS")] == [two.id]
+    assert store.find_threads("nothing") == []
 
 
 def test_schema_version_recorded_and_newer_refused(data_dir):
