@@ -29,6 +29,7 @@ from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, Route  # no
 from assistant.conversation.service import ANSWER_KIND  # noqa: E402
 from assistant.core import load_assistant  # noqa: E402
 from assistant.jobs import states  # noqa: E402
+from assistant.jobs.apply import ApplyError, apply_job  # noqa: E402
 from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import AccessBook, LoginThrottle, PasswordBook, ensure_auth_secret, header_user  # noqa: E402
@@ -682,12 +683,13 @@ async def on_apply(action: cl.Action):
         await notice("Nothing to apply: the repository is not a local working copy, or the job changed nothing.",
                      author="Jobs")
         return
-    try:
-        stat = await asyncio.to_thread(gitops.apply_to_working_copy, repo, patch)
-    except gitops.GitOpError as exc:
-        await notice(f"⚠ The patch of job {job.number} does not apply to `{repo}`: {plain(str(exc))}", author="Jobs")
+    try:  # a follow-up whose parent is applied brings only its own change (assistant/jobs/apply.py)
+        applied = await asyncio.to_thread(apply_job, store, job, repo)
+    except ApplyError as exc:
+        await notice(f"⚠ {plain(str(exc))}", author="Jobs")
         return
-    await notice(f"Applied job {job.number} to `{repo}` (uncommitted):\n\n```text\n{stat}\n```", author="Jobs")
+    stat = f"\n\n```text\n{applied.stat}\n```" if applied.stat else ""
+    await notice(f"{plain(applied.message)}{stat}", author="Jobs")
 
 
 @cl.action_callback("branch_job")

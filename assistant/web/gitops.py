@@ -1,4 +1,4 @@
-"""A job's patch brought home: applied to the working copy, or committed on a new branch.
+"""A job's patch committed on a new branch (Apply to the working copy is assistant/jobs/apply.py).
 
 The branch is built with a scratch index (read-tree, apply --cached, commit-tree) so the user's
 working copy, index and checked-out branch are never touched by it.
@@ -65,13 +65,6 @@ def _signature(path: Path, toplevel: Path | None) -> tuple:
             return None
         return st.st_ino, st.st_mtime_ns
     return stamp(path), stamp(path / ".git"), stamp(toplevel / ".git") if toplevel else None
-
-
-def apply_to_working_copy(repo: Path, patch: str) -> str:
-    """Apply the patch to the working copy; checks first, so a patch that does not fit changes nothing."""
-    _git(repo, "apply", "--check", "--whitespace=nowarn", "-", input=patch)
-    _git(repo, "apply", "--whitespace=nowarn", "-", input=patch)
-    return _git(repo, "diff", "--stat").strip()
 
 
 BRANCH_SLUG_CHARS = 40
