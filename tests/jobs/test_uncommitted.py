@@ -105,3 +105,27 @@ def test_changes_that_do_not_apply_fail_the_preparation_with_what_to_do(tmp_path
     with pytest.raises(SandboxError, match="your uncommitted changes did not apply to commit .*calc.py.*; commit "
                                            "them, or run the job without them"):
         _prepare(tmp_path, dirty, patch)
+
+
+def test_the_notice_is_on_the_job_card(store, dirty):
+    from assistant.web.cards import render_job_card
+    changes = inspect(str(dirty), None, include=False)
+    store.create_thread(user_id=None, thread_id="th", name="c")
+    job = store.create_job(task="fix add", repo=str(dirty), thread_id="th", title="fix add",
+                           artifacts=changes.artifacts())
+    card = render_job_card(store, job.id)
+    assert "⚠ Your working copy has uncommitted changes in 2 files" in card
+    assert f"this job starts from commit {changes.commit[:12]} without them." in card
+    other = store.create_job(task="t", repo=str(dirty), thread_id="th", title="t")
+    assert "uncommitted" not in render_job_card(store, other.id)
+
+
+def test_a_branch_of_a_job_that_started_from_them_holds_them_and_the_job_change(tmp_path, dirty):
+    from assistant.web import gitops
+    changes = inspect(str(dirty), None, include=True)
+    job_patch = ("diff --git a/helpers.py b/helpers.py\n--- a/helpers.py\n+++ b/helpers.py\n@@ -1 +1,2 @@\n"
+                 " HELP = 1\n+MORE = 2\n")
+    commit = gitops.create_branch(dirty, job_patch, base_commit=changes.commit, branch="b", message="m",
+                                  before=changes.patch)
+    assert git(dirty, "show", f"{commit}:helpers.py") == "HELP = 1\nMORE = 2\n"
+    assert "a + b" in git(dirty, "show", f"{commit}:calc.py")
