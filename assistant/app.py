@@ -29,6 +29,8 @@ from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, Route  # no
 from assistant.conversation.service import ANSWER_KIND  # noqa: E402
 from assistant.core import load_assistant  # noqa: E402
 from assistant.jobs import states  # noqa: E402
+from assistant.jobs.apply import START_PATCH, ApplyError, apply_job  # noqa: E402
+from assistant.jobs.uncommitted import read as read_uncommitted  # noqa: E402
 from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import AccessBook, LoginThrottle, PasswordBook, ensure_auth_secret, header_user  # noqa: E402
@@ -82,6 +84,10 @@ def job_actions(job, source=store) -> list[cl.Action]:
         actions.append(cl.Action(name="apply_job", payload=payload, label="Apply to working copy", icon="download"))
         actions.append(cl.Action(name="branch_job", payload=payload, label="Create branch", icon="git-branch"))
     actions.append(cl.Action(name="retry_job", payload=payload, label="Retry", icon="rotate-ccw"))
+    uncommitted = read_uncommitted(source, job.id)
+    if uncommitted and not uncommitted.get("included"):
+        actions.append(cl.Action(name="retry_uncommitted_job", payload=payload, icon="file-diff",
+                                 label="Run again with my uncommitted changes"))
     actions.append(cl.Action(name="attempts_job", payload={**payload, "n": 3}, label="Run 3 attempts", icon="layers"))
     return actions
 
@@ -612,10 +618,11 @@ async def on_cancel(action: cl.Action):
         await notice(f"Job {job.number} had already ended.", author="Jobs")
 
 
-async def rerun(job, attempts: int, routed: str) -> None:
-    """Retry and best-of-N run the job as it was: its own repository, ref, setup and starting point."""
+async def rerun(job, attempts: int, routed: str, include_uncommitted: bool | None = None) -> None:
+    """Retry and best-of-N run the job as it was: its own repository, ref, setup and starting point (with the
+    working copy's uncommitted changes when it had them, or when asked)."""
     try:
-        jobs = await asyncio.to_thread(core.jobs.retry, job.id, attempts)
+        jobs = await asyncio.to_thread(core.jobs.retry, job.id, attempts, include_uncommitted)
     except Exception as exc:
         await notice(f"⚠ Could not start the job: {plain(str(exc))}", author="Jobs")
         return
@@ -628,6 +635,14 @@ async def rerun(job, attempts: int, routed: str) -> None:
 async def on_retry(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     await rerun(job, 1, f"Retry of job {job.number}, with its own repository, ref, setup and starting point.")
+
+
+@cl.action_callback("retry_uncommitted_job")
+@guarded
+async def on_retry_uncommitted(action: cl.Action):
+    job = await asyncio.to_thread(owned_job, action)
+    await rerun(job, 1, f"Job {job.number} again, starting from your working copy's uncommitted changes.",
+                include_uncommitted=True)
 
 
 @cl.action_callback("attempts_job")
@@ -682,12 +697,13 @@ async def on_apply(action: cl.Action):
         await notice("Nothing to apply: the repository is not a local working copy, or the job changed nothing.",
                      author="Jobs")
         return
-    try:
-        stat = await asyncio.to_thread(gitops.apply_to_working_copy, repo, patch)
-    except gitops.GitOpError as exc:
-        await notice(f"⚠ The patch of job {job.number} does not apply to `{repo}`: {plain(str(exc))}", author="Jobs")
+    try:  # a follow-up whose parent is applied brings only its own change (assistant/jobs/apply.py)
+        applied = await asyncio.to_thread(apply_job, store, job, repo)
+    except ApplyError as exc:
+        await notice(f"⚠ {plain(str(exc))}", author="Jobs")
         return
-    await notice(f"Applied job {job.number} to `{repo}` (uncommitted):\n\n```text\n{stat}\n```", author="Jobs")
+    stat = f"\n\n```text\n{applied.stat}\n```" if applied.stat else ""
+    await notice(f"{plain(applied.message)}{stat}", author="Jobs")
 
 
 @cl.action_callback("branch_job")
@@ -703,9 +719,11 @@ async def on_branch(action: cl.Action):
     branch = gitops.branch_name_for(job.number, job.title or job.task)
     message = gitops.commit_message_for(job.title or job.task.splitlines()[0], job.summary)
     try:
+        start = await asyncio.to_thread(store.get_artifact, job.id, START_PATCH)
         commit = await asyncio.to_thread(gitops.create_branch, repo, patch, base_commit=job.base_commit,
-                                         branch=branch, message=message)
+                                         branch=branch, message=message, before=start)
     except gitops.GitOpError as exc:
         await notice(f"⚠ Could not create the branch: {plain(str(exc))}", author="Jobs")
         return
-    await notice(f"Created branch `{branch}` in `{repo}` with commit `{commit[:12]}`.", author="Jobs")
+    with_start = " (with the uncommitted changes the job started from)" if start else ""
+    await notice(f"Created branch `{branch}` in `{repo}` with commit `{commit[:12]}`{with_start}.", author="Jobs")

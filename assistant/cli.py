@@ -173,11 +173,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     except RepoNotAllowed as exc:
         _err(f"assistant: --repo refused: {exc}")
         return 2
+    from .jobs.uncommitted import UncommittedError
     assistant = _assistant(settings)
     try:
-        jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
-                                                setup=args.setup if args.setup else None, attempts=args.attempts,
-                                                agent_internet=_agent_internet_arg(args)))
+        try:
+            jobs = assistant.jobs.submit(JobRequest(task=args.task, repo=repo, ref=args.ref,
+                                                    setup=args.setup if args.setup else None,
+                                                    attempts=args.attempts, agent_internet=_agent_internet_arg(args),
+                                                    include_uncommitted=args.include_uncommitted))
+        except UncommittedError as exc:
+            _err(f"assistant: --include-uncommitted: {exc}")
+            return 2
         unsubscribe = assistant.jobs.subscribe(_progress_printer({j.id for j in jobs}))
         try:
             done = _wait_all(assistant, jobs)
@@ -371,6 +377,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                           + (_thread_label(thread) if thread else f"conversation {job.thread_id[:8]}")
                           + f" ({job.thread_id})")
             print(f"{'task':>18}: {job.task}")
+            from .jobs.uncommitted import notice_text
+            from .jobs.uncommitted import read as read_uncommitted
+            uncommitted = read_uncommitted(store, job.id)
+            if uncommitted:
+                print(f"{'working copy':>18}: {notice_text(uncommitted)}")
             print(f"{'usage':>18}: {usage_line(job_usage(store, job, settings), job)}")
             if job.thread_id:
                 print(f"{'conversation usage':>18}: {usage_line(conversation_usage(store, job.thread_id, settings))}")
@@ -569,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-methods", metavar="METHODS", help="with an allowlist: read-only (default), all, or GET,POST,...")
     r.add_argument("--no-internet", action="store_true", help="agent internet off for this job, whatever the settings say")
     r.add_argument("--attempts", type=int, default=1, help="independent attempts, ranked (best of N)")
+    r.add_argument("--include-uncommitted", action="store_true",
+                   help="a local repository: start from its uncommitted changes too (tracked and new files), "
+                        "not only from its last commit")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("task")
     r.set_defaults(func=cmd_run)

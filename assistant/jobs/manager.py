@@ -29,8 +29,11 @@ from ..sandbox.pool import EnginePool
 from ..sandbox.warm import CLOSE_WAIT_S, WarmPool
 from ..store import Job, Store
 from .pipeline import RunControl
+from .apply import START_PATCH
 from .recorder import JobRecorder
 from .runner import SHUTDOWN_REASON, JobRunner
+from .uncommitted import UNCOMMITTED
+from .uncommitted import inspect as inspect_working_copy
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class JobRequest:
     title: str | None = None
     agent_internet: dict | str | None = None  # this job's agent-internet layer over the settings and the repo's
     request: str | None = None  # the user's own words when `task` adds context to them (a follow-up's)
+    include_uncommitted: bool = False  # a local working copy's uncommitted changes go into the job (uncommitted.py)
 
 
 Subscriber = Callable[[JobUpdate], None]
@@ -140,6 +144,7 @@ class JobManager:
         artifacts = {} if req.agent_internet is None else {"agent_internet": json.dumps(req.agent_internet)}
         if req.request is not None:
             artifacts["request"] = req.request
+        artifacts.update(self._working_copy(req))
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
@@ -182,14 +187,31 @@ class JobManager:
         stopped = self.execution.stop(job_id)
         return ended or stopped
 
-    def retry(self, job_id: str, attempts: int = 1) -> list[Job]:
+    def retry(self, job_id: str, attempts: int = 1, include_uncommitted: bool | None = None) -> list[Job]:
+        """The job again; with the working copy's uncommitted changes (taken anew) if it had them or when asked."""
         job = self.store.get_job(job_id)
         internet = self.store.get_artifact(job.id, "agent_internet")
+        if include_uncommitted is None:
+            include_uncommitted = self.store.has_artifact(job.id, START_PATCH)
         return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=attempts,
                                       thread_id=job.thread_id, user_id=job.user_id,
                                       parent_job_id=job.parent_job_id, title=job.title,
                                       agent_internet=json.loads(internet) if internet else None,
-                                      request=self.store.get_artifact(job.id, "request")))
+                                      request=self.store.get_artifact(job.id, "request"),
+                                      include_uncommitted=include_uncommitted))
+
+    def _working_copy(self, req: JobRequest) -> dict[str, str]:
+        """The artifacts of a local working copy's uncommitted changes (uncommitted.py). A follow-up whose parent
+        started from them starts from the same ones (its parent's patch is taken against them)."""
+        if req.parent_job_id:
+            inherited = self.store.get_artifact(req.parent_job_id, START_PATCH)
+            if inherited:
+                return {START_PATCH: inherited, UNCOMMITTED: self.store.get_artifact(req.parent_job_id, UNCOMMITTED)
+                        or "{}"}
+        changes = inspect_working_copy(req.repo, req.ref, include=req.include_uncommitted)
+        if changes is None:
+            return {}
+        return changes.artifacts()
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         with self._lock:

@@ -72,6 +72,7 @@ class JobSpec:
     citable_jobs: frozenset[str] = frozenset()  # whose log chunks the summary may cite: the job and its ancestors
     run: int = 1                                # which run of the job this is (its fence)
     agent_internet: dict | str | None = None    # the job request's agent-internet layer (see assistant/egress)
+    start_patch: str | None = None              # the user's uncommitted changes, applied before setup
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
 
     try:
         prepared = prepare(PrepareRequest(job_id=spec.job_id, repo=spec.repo, ref=spec.ref, setup=spec.setup,
-                                          run=spec.run, agent_internet=spec.agent_internet),
+                                          run=spec.run, agent_internet=spec.agent_internet,
+                                          start_patch=spec.start_patch),
                            on_state=on_state, on_command=on_command, on_output=on_output, on_sandbox=on_sandbox)
     except SetupFailed as exc:
         last = setup_chunks[-1] if setup_chunks else None
@@ -277,7 +279,7 @@ def _conclude(spec: JobSpec, result: AgentResult, prepared: PreparedSandbox, con
     notes: list[str] = []
     files: list[list[str]] = []
     try:
-        diff = workspace_diff(prepared.sandbox, prepared.base_commit, prepared.setup_changes,
+        diff = workspace_diff(prepared.sandbox, prepared.diff_base or prepared.base_commit, prepared.setup_changes,
                               file_cap=config.diff_file_cap_bytes, patch_cap=config.diff_patch_cap_bytes)
         outcome.diff, outcome.patch = diff.display, diff.patch
         files = [list(f) for f in diff.files[:MAX_LISTED_FILES]]

@@ -21,8 +21,10 @@ from ..sandbox.engine import EngineSpec
 from ..sandbox.pool import EnginePool
 from ..sandbox.warm import WarmPool
 from ..store import Job, StaleRun, Store
+from .apply import START_PATCH
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, RunLost, run_job
 from .recorder import EndHook, JobRecorder, Publish, model_summariser
+from .uncommitted import UNCOMMITTED
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,10 @@ def job_spec(store: Store, job: Job) -> JobSpec:
         row = store.get_job(job.parent_job_id)
         parent = ParentResult(row.number, row.title, row.summary, store.get_artifact(row.id, "patch") or "")
     internet = store.get_artifact(job.id, "agent_internet")
-    return JobSpec(job_id=job.id, task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, parent=parent,
-                   citable_jobs=frozenset(store.lineage(job)), run=job.fence,
-                   agent_internet=json.loads(internet) if internet else None)
+    # With the working copy's uncommitted changes: from the commit they were taken against, whatever came since.
+    start_patch = store.get_artifact(job.id, START_PATCH) or None
+    started_at = (json.loads(store.get_artifact(job.id, UNCOMMITTED) or "{}").get("commit") if start_patch
+                  else None)
+    return JobSpec(job_id=job.id, task=job.task, repo=job.repo, ref=started_at or job.ref, setup=job.setup,
+                   parent=parent, citable_jobs=frozenset(store.lineage(job)), run=job.fence,
+                   agent_internet=json.loads(internet) if internet else None, start_patch=start_patch)

@@ -146,6 +146,7 @@ class PrepareRequest:
     setup: list[str] | None = None  # None = the repo's .assistant/setup.sh, else detection; [] = no setup
     run: int = 1                    # which run of the job (its fence): labelled on the sandbox
     agent_internet: dict | str | None = None  # the job request's agent-internet layer (see assistant/egress)
+    start_patch: str | None = None  # the user's uncommitted changes, applied (and committed) after the clone
 
 
 @dataclass
@@ -166,6 +167,7 @@ class PreparedSandbox:
     warm_pool: bool = False              # taken ready from the warm pool (started before the job asked)
     image: str = ""                      # the image the sandbox runs (default, toolchain or the repository's)
     test_commands: list[str] = field(default_factory=list)  # what the repository's manifests say runs its tests
+    diff_base: str | None = None  # the commit the job's diff is taken against when not base_commit (start_patch's)
 
 
 class SandboxError(Exception):

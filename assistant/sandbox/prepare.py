@@ -51,6 +51,7 @@ class _Preparation:
     image: str = ""                          # the image the job runs on (a toolchain image, or the repository's)
     tests: list[str] = field(default_factory=list)  # test commands detected from the repository's files
     base_config: SandboxConfig | None = None  # the settings' own (the egress proxy's image derives from it)
+    diff_base: str | None = None             # the commit of the user's uncommitted changes (req.start_patch)
 
     def run_setup(self, sandbox: Sandbox, commands: list[str], results: list[ExecResult]):
         return _run_setup(sandbox, commands, results, self.config, self.on_command, self.on_output,
@@ -78,8 +79,10 @@ def prepare(
     Four ways to a sandbox, each below on its own: taken from the warm pool (_from_warm_pool), started from the
     setup cache's image (_from_setup_cache), or started cold and set up (_cold); the engine pool only decides
     where the last two start (_starter)."""
-    if start is not None or engine is not None:
-        warm = None  # a pool engine or the caller's own sandbox: the warm pool readies on the local engine only
+    if start is not None or engine is not None or req.start_patch:
+        # A pool engine or the caller's own sandbox: the warm pool readies on the local engine only. The user's
+        # uncommitted changes: no sandbox readied (or set up and cached) without them will do.
+        warm = None
     clock = time.monotonic()
     choice, start = _starter(req, config, start, engine)
     job = _Preparation(req, config, choice, _announcing(start, on_sandbox), on_state, on_command, on_output)
@@ -103,7 +106,8 @@ def prepare(
         _close_when_started(early)
         early = None
 
-    cache, key, entry = _cached_setup(req.repo, config, choice.backend, job.source, job.commands, engine)
+    cache, key, entry = (None, None, None) if req.start_patch else _cached_setup(req.repo, config, choice.backend,
+                                                                                job.source, job.commands, engine)
     if warm is not None:
         ready = _from_warm_pool(job, warm, key, on_sandbox)
         if ready is not None:
@@ -178,13 +182,15 @@ def _cold(job: _Preparation, cache: SetupCache | None, key: str | None, early) -
                                started=early)
     try:
         job.timings["start_s"] = time.monotonic() - clock
+        if job.req.start_patch:
+            job.diff_base = _apply_start_patch(sandbox, job)
         if job.commands:
             job.on_state("setting_up")
             clock = time.monotonic()
             failed = job.run_setup(sandbox, job.commands, results)
             job.timings["setup_s"] = time.monotonic() - clock
             setup_network = _online_name(job.choice.backend)
-            setup_changes = Workspace(sandbox).snapshot(job.source.commit).as_dict()
+            setup_changes = Workspace(sandbox).snapshot(job.diff_base or job.source.commit).as_dict()
             if failed is None and cache is not None and key is not None:
                 clock = time.monotonic()
                 cache.store(key, sandbox, setup_changes)
@@ -223,7 +229,21 @@ def _offline(job: _Preparation, sandbox: Sandbox, results: list[ExecResult], fai
         egress_policy=job.policy,
         image=job.image,
         test_commands=job.tests,
+        diff_base=job.diff_base,
     )
+
+
+START_COMMIT_MESSAGE = "Uncommitted changes of the working copy the job was started from"
+
+
+def _apply_start_patch(sandbox: Sandbox, job: _Preparation) -> str:
+    """The user's uncommitted changes, applied after the clone and before setup, and committed in the sandbox:
+    the commit the job's diff is taken against (so the job's patch holds only its own change)."""
+    applied = Workspace(sandbox).apply_start_patch(job.req.start_patch, START_COMMIT_MESSAGE)
+    if not applied.ok:
+        raise SandboxError(f"your uncommitted changes did not apply to commit {job.source.commit[:12]} "
+                           f"({' '.join(applied.error.split())[:300]}); commit them, or run the job without them")
+    return applied.summary
 
 
 def _notes(fallback: str | None, sandbox) -> str | None:

@@ -78,6 +78,13 @@ class Workspace:
         return PatchResult(bool(reply["ok"]), "", reply.get("error") or "")
 
 
+    def apply_start_patch(self, patch: str, message: str) -> PatchResult:
+        """The user's uncommitted changes, applied after the clone and committed (the summary is the new commit)."""
+        reply = self.sandbox.call("apply_start_patch", patch_b64=base64.b64encode(patch.encode()).decode(),
+                                  message=message)
+        return PatchResult(bool(reply["ok"]), reply.get("commit") or "", reply.get("error") or "")
+
+
 def workspace_diff(sandbox: Sandbox, base_commit: str, setup_changes: dict | None = None, *,
                    file_cap: int = 5_000_000, patch_cap: int = 20_000_000) -> WorkspaceDiff:
     """Everything the job changed since base_commit, less what setup changed, computed in the sandbox."""

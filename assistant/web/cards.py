@@ -15,6 +15,8 @@ from ..agent.review import git_path
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
 from ..jobs.events import AgentMessage, GroupRanked, JobEventRecord, Notice, Routed, SetupCommandRan, StepFinished
+from ..jobs.uncommitted import notice_text
+from ..jobs.uncommitted import read as read_uncommitted
 from ..store import Job, Store
 
 # Symbols from the basic fonts every system has; emoji render as empty boxes where no emoji font is installed.
@@ -319,6 +321,9 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
             out.append(f"Starts from the result of job {parent.number} · {plain(parent.title or parent.task[:60])}")
         except LookupError:
             pass
+    working_copy = uncommitted_notice(store, job)
+    if working_copy:
+        out.append(working_copy)
     for ev in events:  # notices (a weaker sandbox than configured, setup touching tracked files) stay visible
         if isinstance(ev, Notice) and ev.text:
             out.append(f"{'⚠' if ev.warning else 'ℹ'} {plain(str(ev.text))}")
@@ -361,6 +366,12 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
             if store.has_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
+
+
+def uncommitted_notice(store: Store, job: Job) -> str | None:
+    """The card's line on the local working copy's uncommitted changes when the job was created (jobs/uncommitted.py)."""
+    info = read_uncommitted(store, job.id)
+    return f"{'ℹ' if info.get('included') else '⚠'} {plain(notice_text(info))}" if info else None
 
 
 KIND_BADGES = {"fix": "✔ fix", "draft": "✎ draft", "findings": "⌕ findings", "no result": "∅ no result"}

@@ -1,4 +1,4 @@
-"""A job's patch brought home: applied to the working copy, or committed on a new branch.
+"""A job's patch committed on a new branch (Apply to the working copy is assistant/jobs/apply.py).
 
 The branch is built with a scratch index (read-tree, apply --cached, commit-tree) so the user's
 working copy, index and checked-out branch are never touched by it.
@@ -67,13 +67,6 @@ def _signature(path: Path, toplevel: Path | None) -> tuple:
     return stamp(path), stamp(path / ".git"), stamp(toplevel / ".git") if toplevel else None
 
 
-def apply_to_working_copy(repo: Path, patch: str) -> str:
-    """Apply the patch to the working copy; checks first, so a patch that does not fit changes nothing."""
-    _git(repo, "apply", "--check", "--whitespace=nowarn", "-", input=patch)
-    _git(repo, "apply", "--whitespace=nowarn", "-", input=patch)
-    return _git(repo, "diff", "--stat").strip()
-
-
 BRANCH_SLUG_CHARS = 40
 SUBJECT_CHARS = 72
 
@@ -117,14 +110,18 @@ def commit_message_for(title: str, summary: str | None) -> str:
     return f"{subject}\n\n{body}" if body else subject
 
 
-def create_branch(repo: Path, patch: str, *, base_commit: str, branch: str, message: str) -> str:
-    """A new branch at base_commit plus one commit holding the patch; returns the commit id."""
+def create_branch(repo: Path, patch: str, *, base_commit: str, branch: str, message: str,
+                  before: str | None = None) -> str:
+    """A new branch at base_commit plus one commit holding the patch (after `before`: the uncommitted changes a
+    job started from, which its patch is taken against); returns the commit id."""
     if _git_ok(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
         raise GitOpError(f"branch {branch} already exists")
     with tempfile.TemporaryDirectory(prefix="assistant-branch-") as scratch:
         env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
         _git(repo, "read-tree", base_commit, env=env)
-        _git(repo, "apply", "--cached", "--whitespace=nowarn", "-", input=patch, env=env)
+        for part in (before, patch):
+            if part and part.strip():
+                _git(repo, "apply", "--cached", "--whitespace=nowarn", "-", input=part, env=env)
         tree = _git(repo, "write-tree", env=env).strip()
         identity = {"GIT_AUTHOR_NAME": "assistant", "GIT_AUTHOR_EMAIL": "assistant@localhost",
                     "GIT_COMMITTER_NAME": "assistant", "GIT_COMMITTER_EMAIL": "assistant@localhost"}

@@ -61,16 +61,6 @@ def test_header_auth_only_trusts_the_named_header(settings_for):
     assert header_user(settings_for(), {"X-Forwarded-User": "ada"}) is None
 
 
-def test_apply_to_working_copy_and_refuse_a_patch_that_does_not_fit(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    stat = gitops.apply_to_working_copy(gitops.local_repo(str(repo)), PATCH)
-    assert "calc.py" in stat and "def mul" in (repo / "calc.py").read_text()
-    before = (repo / "calc.py").read_text()
-    with pytest.raises(gitops.GitOpError):
-        gitops.apply_to_working_copy(repo, PATCH)  # already applied: the check refuses, nothing changes
-    assert (repo / "calc.py").read_text() == before
-
-
 def test_create_branch_commits_the_patch_without_touching_the_working_copy(tmp_path):
     repo = make_repo(tmp_path / "repo")
     base = git(repo, "rev-parse", "HEAD").strip()

@@ -146,6 +146,24 @@ def apply_parent_patch(patch_b64):
     return {"ok": completed.returncode == 0, "error": completed.stderr.decode("utf-8", "replace").strip()[-800:]}
 
 
+def apply_start_patch(patch_b64, message):
+    """The user's uncommitted changes (a patch git made from their own working copy) applied after the clone and
+    committed, so the job starts from them and its diff is taken against them. Data only: git apply reads it."""
+    fd, path = tempfile.mkstemp(prefix="start-", suffix=".patch", dir=SCRATCH_ROOT)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(base64.b64decode(patch_b64))
+    try:
+        applied = _git(["apply", "--index", "--binary", "--whitespace=nowarn", path], check=False)
+    finally:
+        os.unlink(path)
+    if applied.returncode != 0:
+        return {"ok": False, "error": applied.stderr.decode("utf-8", "replace").strip()[-800:]}
+    identity = {"GIT_AUTHOR_NAME": "assistant", "GIT_AUTHOR_EMAIL": "assistant@localhost",
+                "GIT_COMMITTER_NAME": "assistant", "GIT_COMMITTER_EMAIL": "assistant@localhost"}
+    _git(["commit", "-q", "--no-verify", "--allow-empty", "-m", message], env=identity)
+    return {"ok": True, "commit": _git(["rev-parse", "HEAD"]).stdout.decode().strip()}
+
+
 # --------------------------------------------------------------------------- comparing with the base commit
 
 
