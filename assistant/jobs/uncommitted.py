@@ -53,7 +53,8 @@ class WorkingCopyChanges:
 
 
 def _git(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), "--no-optional-locks", "-c", "core.hooksPath=/dev/null", *args],
+    return subprocess.run(["git", "-C", str(repo), "--no-optional-locks", "-c", "core.hooksPath=/dev/null",
+                           "-c", "core.fsmonitor=false", *args],
                           capture_output=True, env={**os.environ, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0",
                                                     **(env or {})}, timeout=300)
 
