@@ -43,7 +43,8 @@ class Applied:
 
 
 def _git(repo: Path, *args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args], input=input, text=True,
+    return subprocess.run(["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+                           *args], input=input, text=True,
                           capture_output=True, env={**os.environ, "LC_ALL": "C", **(env or {})}, timeout=120)
 
 
