@@ -14,8 +14,8 @@
 # with a message saying what to do otherwise.
 #
 # Per-job disk caps: every engine this script starts keeps its data root (images and containers) on its own
-# btrfs file system with quotas on, in a sparse image file mounted through a loop device, and runs the btrfs
-# storage driver. That lets each container be created with storage_opt size=…, which the kernel enforces (a
+# btrfs file system with quotas on (simple quotas on kernels 6.7 and later: scripts/btrfs-quota.py), in a sparse
+# image file mounted through a loop device, and runs the btrfs storage driver. That lets each container be created with storage_opt size=…, which the kernel enforces (a
 # btrfs qgroup) for everything the container writes, and it bounds the whole engine by the image's size.
 # (overlay2's size option needs XFS project quotas, which this kind of kernel may lack: CONFIG_XFS_QUOTA.)
 #   default engine: /var/lib/assistant-docker.img mounted at /var/lib/assistant-docker (the data root)
@@ -27,6 +27,7 @@
 set -u
 
 NAME="${1:-}"
+SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
 log() { printf 'ensure-docker%s: %s\n' "${NAME:+ ($NAME)}" "$*" >&2; }
 
 if [ -z "$NAME" ]; then
@@ -134,10 +135,14 @@ data_root_ready() {
             return 1
         fi
     fi
-    # Quotas on before the engine writes anything: turned on later, the counts start inconsistent until a rescan.
-    if ! btrfs qgroup show "$DATA_ROOT" >/dev/null 2>&1; then
-        btrfs quota enable "$DATA_ROOT" && btrfs quota rescan -w "$DATA_ROOT" >/dev/null \
-            || { log "could not turn on btrfs quotas on $DATA_ROOT"; return 1; }
+    # Quotas on before the engine writes anything: simple quotas where the kernel has them (no back-reference
+    # walks, which made a busy engine's every container create take a minute), else full qgroups.
+    local before
+    before=$(python3 "$SCRIPT_DIR/btrfs-quota.py" mode "$DATA_ROOT") || before=off
+    QUOTA_MODE=$(python3 "$SCRIPT_DIR/btrfs-quota.py" enable "$DATA_ROOT") \
+        || { log "could not turn on btrfs quotas on $DATA_ROOT"; return 1; }
+    if [ "$before" = off ] && [ "$QUOTA_MODE" = full ] && ! btrfs quota rescan -w "$DATA_ROOT" >/dev/null 2>&1; then
+        log "could not count the existing data of $DATA_ROOT (btrfs quota rescan)"; return 1
     fi
 }
 
@@ -165,7 +170,9 @@ else
         sleep 0.2
     done
     if [ "$QUOTA" != 0 ] && data_root_ready; then
-        ARGS+=(--data-root "$DATA_ROOT" --storage-driver btrfs)
+        # The label tells the app how the engine counts a container's disk: simple quotas count what it writes,
+        # full qgroups its image too (the app adds the image's size to the cap there).
+        ARGS+=(--data-root "$DATA_ROOT" --storage-driver btrfs --label "assistant.disk-quota=$QUOTA_MODE")
     elif [ "$QUOTA" != 0 ]; then
         # Better an engine without disk caps than none: the app sees it and says "disk not capped" (or refuses).
         log "WARNING: starting the engine without per-job disk caps (see above); ENGINE_DISK_QUOTA=0 silences this"

@@ -57,6 +57,7 @@ def _image_attrs(client, image: str) -> dict:
 # Whether an engine can is learned once per engine and process: from its storage driver, and for good from the
 # first create it refuses.
 _drivers: dict = {}
+QUOTA_LABEL = "assistant.disk-quota"  # engine label set by scripts/ensure-docker.sh: simple | full (btrfs quotas)
 _uncapped: dict = {}   # engine key -> why it cannot cap (it refused storage_opt)
 _disk_lock = threading.Lock()
 
@@ -75,8 +76,9 @@ def _storage(client, engine: EngineSpec) -> dict:
             return _drivers[_key(engine)]
     info = client.info()
     status = dict((pair[0], pair[1]) for pair in info.get("DriverStatus") or [] if len(pair) == 2)
+    labels = dict(label.split("=", 1) for label in info.get("Labels") or [] if "=" in label)
     found = {"driver": info.get("Driver", "?"), "backing": status.get("Backing Filesystem", ""),
-             "root": info.get("DockerRootDir", "")}
+             "root": info.get("DockerRootDir", ""), "quota": labels.get(QUOTA_LABEL, "")}
     with _disk_lock:
         _drivers[_key(engine)] = found
     return found
@@ -113,8 +115,10 @@ def _disk_options(client, engine: EngineSpec, config: SandboxConfig, image_attrs
         return None, _uncapped_policy(config, engine, why)
     storage = _storage(client, engine)
     size = config.disk_mb * MIB
-    if storage["driver"] == "btrfs":
-        size += int(image_attrs.get("Size") or 0)  # a btrfs quota counts the image's blocks as well as the job's
+    if storage["driver"] == "btrfs" and storage.get("quota") != "simple":
+        # Full qgroups count the image's blocks (shared with the container's snapshot) as well as the job's;
+        # simple quotas count only what the container writes.
+        size += int(image_attrs.get("Size") or 0)
     return {"size": str(size)}, None
 
 
@@ -136,7 +140,8 @@ def disk_cap_status(engine: EngineSpec | None = None, image: str = "", disk_mb: 
         raise
     client.api.remove_container(created["Id"], force=True)
     if storage["driver"] == "btrfs":
-        how = "a btrfs quota on the engine's data root"
+        kind = {"simple": "simple quota", "full": "qgroup quota"}.get(storage.get("quota") or "", "quota")
+        how = f"a btrfs {kind} on the engine's data root"
     elif storage["driver"] == "overlay2":
         how = f"an XFS project quota on the engine's data root ({storage.get('backing') or 'xfs'})"
     else:
