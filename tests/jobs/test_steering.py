@@ -157,3 +157,31 @@ def test_a_message_left_unread_is_dropped_when_the_job_ends(tmp_path, scripted_m
     manager.tell(job.id, "never read")
     manager.cancel(job.id)
     assert [m.state for m in manager.store.list_steer_messages(job.id)] == ["dropped"]
+
+
+@pytest.mark.docker
+def test_now_stops_sleep_60_in_a_real_container_and_the_job_goes_on(tmp_path, docker_engine, scripted_model,
+                                                                    assistant_for):
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("shell", command="sleep 60"),
+        lambda r: Reply.call("shell", command="echo after" if "stopped by the user's message" in str(r["messages"])
+                             else "echo not-stopped"),
+        lambda r: Reply.text(f"Went on 【{chunk_ids(r)[-1]}†L1-L1】."))], repeat_last=True)
+    a = assistant_for(scripted_model)
+    running = threading.Event()
+    a.jobs.subscribe(lambda u: running.set() if isinstance(u.event, ev.ToolStarted) else None)
+    job = a.jobs.submit(JobRequest(task="wait", repo=str(repo), setup=[]))[0]
+    assert running.wait(120)
+    time.sleep(1)
+    told_at = time.monotonic()
+    a.jobs.tell(job.id, "Do not wait for that.", now=True)
+    job = a.jobs.wait(job.id, timeout=120)
+    assert job.state == "succeeded", job.reason
+    sleep, after = a.store.list_chunks(job.id)[:2]
+    assert sleep.command == "sleep 60" and sleep.exit_code is None and sleep.duration_s < 10
+    assert after.command == "echo after" and after.text == "after\n"   # the same container went on
+    [row] = a.store.list_steer_messages(job.id)
+    assert (row.state, row.stopped, row.delivered_step) == ("acknowledged", "sleep 60", 2)
+    assert (row.delivered_at.replace(tzinfo=None) - row.created_at.replace(tzinfo=None)).total_seconds() < 5
+    assert time.monotonic() - told_at < 60
