@@ -85,6 +85,13 @@ def _progress_line(event) -> str | None:
             return f"sandbox on engine {engine}"
         case ev.GroupRanked(recommended=recommended) if recommended:
             return f"recommended attempt: {recommended}"
+        case ev.SteerQueued(text=text, now=now):
+            return f"message queued{' (now)' if now else ''}: {text[:200]}"
+        case ev.SteerDelivered(step=step, how=how, stopped=stopped):
+            return (f"message delivered at step {step}" + (" as guidance" if how == "guidance" else "")
+                    + (f", stopping $ {stopped[:120]}" if stopped else ""))
+        case ev.SteerAcknowledged(excerpt=excerpt):
+            return f"message acknowledged: {excerpt}"
     return None
 
 
@@ -390,6 +397,9 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             from .notify import delivery_line
             for row in store.list_notifications(job.id):  # one per webhook URL (ASSISTANT_WEBHOOK_URLS)
                 print(f"{'notification':>18}: {delivery_line(row)}")
+            from .jobs.steering import receipt_line
+            for message in store.list_steer_messages(job.id):  # `assistant jobs tell`, the web app's messages
+                print(f"{'steering':>18}: {receipt_line(message)}")
             if job.summary:
                 print("\n" + _checked_summary(job))
             return 0
@@ -409,6 +419,22 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.action == "diff":
             print(store.get_artifact(job.id, "patch" if args.patch else "diff") or "(no diff)")
+            return 0
+        if args.action == "tell":
+            if not args.text or not args.text.strip():
+                _err('assistant jobs tell needs the message after the job, e.g. assistant jobs tell 2 "use the v2 API"')
+                return 2
+            from .jobs.manager import tell_from_command_line
+            from .jobs.steering import SteerRefused
+            try:
+                message = tell_from_command_line(settings, store, job.id, args.text, now=args.now)
+            except SteerRefused as exc:
+                _err(f"assistant: {exc}")
+                return 1
+            when = ("now: the command it runs is stopped and it reads the message at its next step" if message.now
+                    else "at its next step")
+            print(f"told {_job_name(job)} ({job.state}); its agent reads it {when} "
+                  f"(`assistant jobs show {job.id}` shows the receipt)")
             return 0
         if args.action == "cancel":
             from .domain.states import CANCELLED, TERMINAL
@@ -593,10 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("question")
     a.set_defaults(func=cmd_ask)
 
-    j = sub.add_parser("jobs", help="list, show, logs, diff, cancel")
-    j.add_argument("action", choices=["list", "show", "logs", "diff", "cancel"])
+    j = sub.add_parser("jobs", help="list, show, logs, diff, tell, cancel")
+    j.add_argument("action", choices=["list", "show", "logs", "diff", "tell", "cancel"])
     j.add_argument("id", nargs="?", help="the job: its id (or the start of it) or its number, as the web app's "
                                          "\"Job 2\" and `assistant jobs list` show it")
+    j.add_argument("text", nargs="?", help="with tell: the message to the running job's agent")
+    j.add_argument("--now", action="store_true", help="with tell: also stop the command it is running, so it reads "
+                   "the message at once")
     j.add_argument("--thread", metavar="CONVERSATION", help="the conversation whose job number ID is (its id, the "
                    "start of it, or its name); with list: only its jobs")
     j.add_argument("--chunk", help="with logs: print one chunk's numbered lines")

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from assistant.domain.events import SteerQueued
 from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
 from tests.fixtures.repos import FIX_PATCH, make_calc_repo
 
@@ -360,3 +361,35 @@ def test_ask_on_a_terminal_streams_the_reply_then_checks_its_citations(tmp_path,
     lines = shown.decode().replace("\r\n", "\n").splitlines()
     assert "`add` returns `a - b` [calc.py:L1-2]; not in [calc.py:L40-41]." in lines, lines
     assert any(line.startswith("citations: [calc.py:L1-2 ✓] · [calc.py:L40-41 ✗ calc.py has ") for line in lines), lines
+
+
+def test_jobs_tell_stores_a_message_for_a_running_job_and_show_lists_its_receipt(cli_env):
+    calc, _docs, jobs, _chunk = _two_conversations(cli_env)   # jobs of this (live) process: not orphaned
+    store = _store(cli_env)
+    try:
+        store.transition("e5f6a7b8", "preparing")
+        store.transition("e5f6a7b8", "running")
+    finally:
+        store.close()
+    told = cli(["jobs", "tell", "2", "Use the v2 API.", "--now", "--thread", calc.id[:8]], cli_env)
+    assert told.returncode == 0, told.stderr
+    assert told.stdout.startswith("told job 2 (id e5f6a7b8) (running); its agent reads it now")
+    store = _store(cli_env)
+    try:
+        [row] = store.list_steer_messages("e5f6a7b8")
+        assert (row.text, row.now, row.state) == ("Use the v2 API.", True, "queued")
+        assert [e for e in store.read_events("e5f6a7b8") if e.kind == "steer_queued"] == [
+            SteerQueued(row.id, "Use the v2 API.", True)]
+        store.mark_steer_delivered([row.id], step=3, how="turn", stopped="sleep 60")
+        store.mark_steer_acknowledged([row.id], "shell: $ grep -rn v2 .")
+    finally:
+        store.close()
+    show = cli(["jobs", "show", "e5f6a7b8"], cli_env)
+    [line] = [line.strip() for line in show.stdout.splitlines() if line.strip().startswith("steering:")]
+    assert line.endswith("[now] “Use the v2 API.”: delivered at step 3 as a user turn, stopping `sleep 60`; "
+                         "acknowledged: “shell: $ grep -rn v2 .”"), line
+    missing = cli(["jobs", "tell", "e5f6a7b8"], cli_env)
+    assert missing.returncode == 2 and "needs the message" in missing.stderr
+    cli(["jobs", "cancel", "e5f6a7b8"], cli_env)
+    ended = cli(["jobs", "tell", "e5f6a7b8", "one more thing"], cli_env)
+    assert ended.returncode == 1 and "already ended (cancelled)" in ended.stderr and "follow-up" in ended.stderr

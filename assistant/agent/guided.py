@@ -41,6 +41,7 @@ from .evidence import is_test_command
 from .localize import (Place, definition_pattern, identifiers, is_test_path, named_files, places_in_grep,
                        places_in_output, render_window, source_files, windows_for)
 from .loop import AgentBudgets, AgentResult, EventSink
+from .steering import SteerInbox, SteerNote, excerpt_of, steer_guidance
 from .tools import ToolEnv, ToolOutcome
 
 EDIT_ACTIONS = ("replace_lines", "replace_text", "insert_lines", "create_file")
@@ -150,7 +151,7 @@ class GuidedAgent:
 
     def __init__(self, model: ModelClient, env: ToolEnv, *, budgets: AgentBudgets, job_id: str | None = None,
                  on_event: EventSink | None = None, cancel: threading.Event | None = None, candidates: int = 3,
-                 turns_per_candidate: int = 4):
+                 turns_per_candidate: int = 4, steering: SteerInbox | None = None):
         self.model = model
         self.env = env
         self.budgets = budgets
@@ -165,6 +166,12 @@ class GuidedAgent:
         self._shown_code: list[str] = []   # code files (no tests) whose windows the model was shown
         self._finalizing = False   # rolling back or keeping a candidate: budgets no longer stop the harness
         self._result = AgentResult(status="failed", summary="")
+        self.steering = steering
+        self._guidance: list[str] = []   # the user's steering messages so far, given to every later candidate too
+
+    # The harness's own commands (tests, survey) are what validates an edit: a `now` steering message does not stop
+    # them; it is read as guidance before the next model turn, and its receipt says so (how="guidance").
+    interruptible = False
 
     # ------------------------------------------------------------------ entry point
     def run(self, task: str, *, context: str = "", instructions: str = "") -> AgentResult:
@@ -334,6 +341,8 @@ class GuidedAgent:
         note_text = "\n".join(notes)
         if note_text:
             note_text = "Earlier candidates (all rolled back; try something different):\n" + note_text
+        if self._guidance:
+            note_text = "\n\n".join([note_text, *self._guidance]).strip()
         user = render_prompt("guided_task.md", task=task.strip(), context=extra, tests=tests, code=code,
                              notes=note_text)
         return [{"role": "system", "content": load_prompt("guided_system.md").strip()},
@@ -342,7 +351,11 @@ class GuidedAgent:
     def _attempt(self, attempt: Attempt, prompt: list[dict[str, Any]], command: str | None, files: set[str]) -> None:
         turns: list[dict[str, Any]] = []
         for _turn in range(self.turns):
-            action, raw = self._ask(prompt + turns)
+            messages = prompt + turns
+            steered = self._steer(messages)
+            action, raw = self._ask(messages)
+            if steered:
+                self.steering.acknowledged(steered, excerpt_of(raw))
             if action is None:
                 turns += [{"role": "assistant", "content": raw[:2000]},
                           {"role": "user", "content": "That was not one well-formed action. Reply with one JSON action."}]
@@ -364,6 +377,20 @@ class GuidedAgent:
                 reply = (outcome.text.split("\n", 1)[0] + "\n" +
                          failure_excerpt(strip_numbering(outcome.text)))
             turns += [{"role": "assistant", "content": json.dumps(action)}, {"role": "user", "content": reply}]
+
+    def _steer(self, messages: list[dict[str, Any]]) -> list[SteerNote]:
+        """Before a model turn: the user's messages not read yet join the turn's last (user) message as extra
+        guidance, and stay with every later candidate's first message."""
+        if self.steering is None:
+            return []
+        notes = self.steering.take()
+        if not notes:
+            return []
+        text = steer_guidance(notes)
+        self._guidance.append(text)
+        messages[-1]["content"] = f"{messages[-1].get('content') or ''}\n\n{text}"
+        self.steering.delivered(notes, self.step, "guidance")
+        return notes
 
     def _ask(self, messages: list[dict[str, Any]]) -> tuple[dict | None, str]:
         self._check_budget()

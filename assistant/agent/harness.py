@@ -11,6 +11,7 @@ import threading
 from ..llm.client import ModelClient
 from .guided import GuidedAgent
 from .loop import Agent, AgentBudgets, EventSink
+from .steering import SteerInbox
 from .tools import ToolEnv
 
 HARNESSES = ("auto", "guided", "free")
@@ -23,12 +24,13 @@ def uses_guided(harness: str, tool_protocol: str) -> bool:
 
 
 def make_agent(model: ModelClient, env: ToolEnv, limits, *, job_id: str | None, cancel: threading.Event,
-               on_event: EventSink) -> Agent | GuidedAgent:
-    """The agent for one job, from its JobLimits (budgets, protocol, harness)."""
+               on_event: EventSink, steering: SteerInbox | None = None) -> Agent | GuidedAgent:
+    """The agent for one job, from its JobLimits (budgets, protocol, harness); `steering` carries the messages the
+    user tells the job while it runs."""
     budgets = AgentBudgets(max_steps=limits.max_steps, max_seconds=limits.max_seconds, max_tokens=limits.max_tokens,
                            context_window=limits.context_window)
     if uses_guided(limits.harness, limits.tool_protocol):
         return GuidedAgent(model, env, budgets=budgets, job_id=job_id, cancel=cancel, on_event=on_event,
-                           candidates=limits.candidates)
+                           candidates=limits.candidates, steering=steering)
     return Agent(model, env, budgets=budgets, protocol=limits.tool_protocol, job_id=job_id, cancel=cancel,
-                 on_event=on_event)
+                 on_event=on_event, steering=steering)

@@ -21,6 +21,7 @@ from ..llm.constrained import ModelOutputError
 from ..llm.tokens import count_message_tokens
 from ..prompts import load_prompt, render_prompt
 from ..sandbox.base import SandboxLimitReached
+from .steering import SteerInbox, SteerNote, excerpt_of, steer_turn
 from .tools import TOOL_SPECS, ToolEnv, parse_arguments
 
 REPEAT_LIMIT = 3          # the same failing call this many times in a row stops the job
@@ -30,6 +31,7 @@ COMPACT_AT = 0.75         # share of the context window that triggers compaction
 KEEP_RECENT = 6           # messages never compacted
 INVALID_ACTION = "invalid_action"
 MALFORMED = "error: malformed call"
+NOT_RUN = "not run: the user's message stopped this turn; read it below and decide what to do next"
 
 
 @dataclass
@@ -79,7 +81,7 @@ EventSink = Callable[[JobEventRecord], None]  # the job's typed events (assistan
 class Agent:
     def __init__(self, model: ModelClient, env: ToolEnv, *, budgets: AgentBudgets, protocol: str = "auto",
                  job_id: str | None = None, on_event: EventSink | None = None,
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, steering: SteerInbox | None = None):
         self.model = model
         self.env = env
         self.budgets = budgets
@@ -89,6 +91,10 @@ class Agent:
         self.on_event = on_event or (lambda _event: None)
         self.cancel = cancel or threading.Event()
         self.messages: list[dict[str, Any]] = []
+        self.steering = steering
+        self._steered: list[dict[str, Any]] = []   # the turns that carry steering messages: never compacted
+
+    interruptible = True  # a `now` steering message may stop its command (ToolEnv.interrupt)
 
     # ------------------------------------------------------------------ entry point
     def run(self, task: str, *, context: str = "", instructions: str = "") -> AgentResult:
@@ -113,12 +119,16 @@ class Agent:
                 return result
             if self.cancel.is_set():
                 return self._cancelled(result)
+            steered = self._deliver_steering(step)
             self._compact_if_needed()
             try:
                 completion = self._ask()
             except ModelError as exc:
                 result.reason = f"model error: {exc}"
                 return result
+            if steered:
+                self.steering.acknowledged(steered, excerpt_of(
+                    completion.content, [(c.name, c.arguments) for c in completion.tool_calls]))
             result.prompt_tokens += completion.prompt_tokens
             result.completion_tokens += completion.completion_tokens
             calls, protocol_error = self._calls_of(completion)
@@ -148,9 +158,13 @@ class Agent:
                 return result
             self.messages.append(self._assistant_message(completion, calls))
             nudge = ""
+            stopped_turn = False
             for call_id, name, raw_args in calls:
                 if self.cancel.is_set():
                     return self._cancelled(result)
+                if stopped_turn:  # every call gets its result; the rest of a stopped turn does not run
+                    self._append_result(call_id, name, NOT_RUN)
+                    continue
                 try:
                     outcome_text, key, failed = self._run_call(step, name, raw_args, result)
                 except Exception as exc:  # the sandbox itself broke (container died, or the job was cancelled)
@@ -161,6 +175,9 @@ class Agent:
                     return result
                 self._append_result(call_id, name, outcome_text)
                 worked = worked or not outcome_text.startswith(MALFORMED)
+                if getattr(self.env, "stopped", None):  # a `now` message stopped it: the message comes next
+                    stopped_turn = True
+                    continue
                 last_failures = last_failures + [key] if failed else []
                 if len(last_failures) >= REPEAT_LIMIT and len(set(last_failures[-REPEAT_LIMIT:])) == 1:
                     result.reason = (f"stopped: the agent repeated the same failing call {REPEAT_LIMIT} times in a row "
@@ -181,6 +198,30 @@ class Agent:
                                            "it was told to do something else.", step))
         result.reason = f"step budget exhausted ({self.budgets.max_steps} model turns; ASSISTANT_JOB_MAX_STEPS)"
         return result
+
+    # ------------------------------------------------------------------ steering
+    def _deliver_steering(self, step: int) -> list[SteerNote]:
+        """At a step boundary, before the model call: the user's messages not read yet join the conversation as a
+        user turn (merged into the last message when that is the user's already, since some chat templates want
+        the roles to alternate), kept verbatim through compaction."""
+        take_stopped = getattr(self.env, "take_stopped", None)
+        stopped = take_stopped() if take_stopped else None
+        if self.steering is None:
+            return []
+        notes = self.steering.take()
+        if not notes:
+            return []
+        turn = steer_turn(notes)
+        last = self.messages[-1]
+        if last.get("role") == "user":
+            last["content"] = f"{last.get('content') or ''}\n\n{turn}"
+            if not any(m is last for m in self._steered):
+                self._steered.append(last)
+        else:
+            self.messages.append({"role": "user", "content": turn})
+            self._steered.append(self.messages[-1])
+        self.steering.delivered(notes, step, "turn", stopped)
+        return notes
 
     # ------------------------------------------------------------------ model turns
     def _ask(self) -> Completion:
@@ -271,6 +312,8 @@ class Agent:
             return
         compacted = 0
         for msg in self.messages[2:-KEEP_RECENT]:
+            if any(m is msg for m in self._steered):  # the user's own words stay as they were
+                continue
             content = msg.get("content") or ""
             if msg.get("role") in ("tool", "user") and len(content) > 400 and not content.startswith("[compacted"):
                 first = content.splitlines()[0][:300]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from ..sandbox.base import ExecResult, Sandbox
 from ..sandbox.workspace import Workspace
 from ..store import Store
+from .steering import stopped_note
 
 SHELL_SPEC = {"type": "function", "function": {
     "name": "shell",
@@ -100,6 +102,7 @@ class ToolOutcome:
     exit_code: int | None = None
     duration_s: float = 0.0
     is_test: bool = False
+    stopped: bool = False   # a `now` steering message stopped it (agent/steering.py)
 
 
 class ToolEnv:
@@ -113,6 +116,29 @@ class ToolEnv:
         self.command_timeout_s = command_timeout_s
         self.on_output = on_output
         self.test_commands = test_commands
+        self._lock = threading.Lock()
+        self._running: str | None = None    # the shell command under way
+        self._interrupted = False
+        self.stopped: str | None = None     # the last command a steering message stopped, until taken
+
+    def interrupt(self) -> str | None:
+        """Stop the shell command under way (a steering message sent with `now`): its result says the user's
+        message stopped it and the agent goes on. The command, or None when none runs."""
+        with self._lock:
+            command = self._running
+            if command is None:
+                return None
+            self._interrupted = True
+        interrupt = getattr(self.sandbox, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+        return command
+
+    def take_stopped(self) -> str | None:
+        """The command a steering message stopped since the last call (for the message's receipt)."""
+        with self._lock:
+            command, self.stopped = self.stopped, None
+            return command
 
     def run(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
         if name == "shell":
@@ -128,16 +154,28 @@ class ToolEnv:
         if workdir and not workdir.startswith("/"):
             workdir = "/workspace/" + workdir
         started = datetime.now(timezone.utc)
-        result: ExecResult = self.sandbox.exec(command, timeout_s=timeout, workdir=workdir, env=AGENT_ENV,
-                                               on_output=self.on_output)
+        with self._lock:
+            self._running, self._interrupted = command, False
+        try:
+            result: ExecResult = self.sandbox.exec(command, timeout_s=timeout, workdir=workdir, env=AGENT_ENV,
+                                                   on_output=self.on_output)
+        finally:
+            with self._lock:
+                stopped, self._running, self._interrupted = self._interrupted, None, False
+                if stopped:
+                    self.stopped = command
         chunk = self.store.add_chunk(job_id=self.job_id, command=command, text=result.output, exit_code=result.exit_code,
                                      duration_s=result.duration_s, truncated=result.truncated,
                                      timed_out=result.timed_out)
         text = format_result(chunk.id, result.exit_code, result.duration_s, result.output,
                              timed_out=result.timed_out, truncated=result.truncated)
+        if stopped:
+            text += "\n" + stopped_note(result.duration_s)
         text += self._blocked_during(command, started)
-        return ToolOutcome(text, result.exit_code == 0 and not result.timed_out, chunk.id, f"$ {command}",
-                           result.exit_code, result.duration_s, looks_like_tests(command, self.test_commands))
+        return ToolOutcome(text, result.exit_code == 0 and not result.timed_out and not stopped, chunk.id,
+                           f"$ {command}" + (" (stopped by the user's message)" if stopped else ""),
+                           result.exit_code, result.duration_s, looks_like_tests(command, self.test_commands),
+                           stopped=stopped)
 
     def _blocked_during(self, command: str, started: datetime) -> str:
         """Requests the job's egress proxy refused while the command ran: stored as a citable chunk of their own

@@ -162,6 +162,35 @@ class Finished(JobEventRecord):
 
 
 @dataclass(frozen=True)
+class SteerQueued(JobEventRecord):
+    """The user told the running job something (`JobManager.tell`): kept until the agent's next step reads it.
+    `now`: the command running at that moment is stopped for it."""
+    kind: ClassVar[str] = "steer_queued"
+    message_id: str = ""
+    text: str = ""
+    now: bool = False
+
+
+@dataclass(frozen=True)
+class SteerDelivered(JobEventRecord):
+    """A steering message reached the agent at `step`: as a user turn of the conversation (`how` "turn"), as extra
+    guidance of the guided harness ("guidance"). `stopped` names the command it stopped (a `now` message)."""
+    kind: ClassVar[str] = "steer_delivered"
+    message_id: str = ""
+    step: int | None = None
+    how: str = "turn"
+    stopped: str | None = None
+
+
+@dataclass(frozen=True)
+class SteerAcknowledged(JobEventRecord):
+    """The agent's next turn after a steering message, quoted (its text or its tool call): the receipt."""
+    kind: ClassVar[str] = "steer_acknowledged"
+    message_id: str = ""
+    excerpt: str = ""
+
+
+@dataclass(frozen=True)
 class UnknownEvent(JobEventRecord):
     """A kind this release does not know (written by a newer one, or by another part of the app): kept as is."""
     raw_kind: str = ""
@@ -173,7 +202,8 @@ class UnknownEvent(JobEventRecord):
 
 EVENT_TYPES: dict[str, type[JobEventRecord]] = {cls.kind: cls for cls in (
     StateChanged, SetupCommandRan, ToolStarted, StepFinished, AgentMessage, OutputDelta, Notice, SummaryWritten,
-    DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Routed, Finished)}
+    DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Routed, Finished, SteerQueued, SteerDelivered,
+    SteerAcknowledged)}
 
 
 def kind_of(event: JobEventRecord) -> str:
@@ -228,4 +258,5 @@ class JobUpdate:
 
 __all__ = ["JobEventRecord", "StateChanged", "SetupCommandRan", "ToolStarted", "StepFinished", "AgentMessage",
            "OutputDelta", "Notice", "SummaryWritten", "DiffComputed", "GroupRanked", "SandboxReady", "SandboxPlaced",
-           "Routed", "Finished", "UnknownEvent", "EVENT_TYPES", "kind_of", "encode", "decode", "JobUpdate"]
+           "Routed", "Finished", "SteerQueued", "SteerDelivered", "SteerAcknowledged", "UnknownEvent", "EVENT_TYPES",
+           "kind_of", "encode", "decode", "JobUpdate"]

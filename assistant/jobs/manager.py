@@ -27,11 +27,12 @@ from ..notify import Notifier
 from ..sandbox import SandboxConfig
 from ..sandbox.pool import EnginePool
 from ..sandbox.warm import CLOSE_WAIT_S, WarmPool
-from ..store import Job, Store
+from ..store import Job, SteerMessage, Store
 from .pipeline import RunControl
 from .apply import START_PATCH
 from .recorder import JobRecorder
 from .runner import SHUTDOWN_REASON, JobRunner
+from .steering import queued_event, tell
 from .uncommitted import UNCOMMITTED
 from .uncommitted import inspect as inspect_working_copy
 
@@ -187,6 +188,18 @@ class JobManager:
         stopped = self.execution.stop(job_id)
         return ended or stopped
 
+    def tell(self, job_id: str, text: str, *, now: bool = False, user_id: str | None = None) -> SteerMessage:
+        """Steer a running (or queued) job: the message is stored, so its run reads it wherever it runs, at the
+        agent's next step (before its next model call); with `now` the command running at that moment is stopped
+        too. SteerRefused (a ValueError saying what to do instead) for a job that has ended or an empty message.
+        The receipt follows as events: SteerQueued now, SteerDelivered(step) and SteerAcknowledged(excerpt)."""
+        job = self.store.get_job(job_id)
+        message = tell(self.store, job, text, now=now, user_id=user_id)
+        self._emit(job, queued_event(message))
+        if now:
+            self.runner.nudge(job.id)
+        return message
+
     def retry(self, job_id: str, attempts: int = 1, include_uncommitted: bool | None = None) -> list[Job]:
         """The job again; with the working copy's uncommitted changes (taken anew) if it had them or when asked."""
         job = self.store.get_job(job_id)
@@ -281,6 +294,23 @@ def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> b
             job_id, "cancelled from the command line")
     finally:
         execution.shutdown(False, None)
+
+
+def tell_from_command_line(settings: Settings, store: Store, job_id: str, text: str, *, now: bool = False) -> SteerMessage:
+    """`assistant jobs tell`: the message goes to the store (the job's run reads it there, in whichever process);
+    with the queue its SteerQueued event also reaches the web replicas through the database feed."""
+    message = tell(store, store.get_job(job_id), text, now=now)
+    execution = None
+    if settings.uses_queue:
+        from .queue import QueueExecution
+        execution = QueueExecution(settings, store, lambda _update: None)
+    try:
+        JobRecorder(store, store.get_job(job_id), execution.publish if execution else (lambda _update: None)
+                    ).publish_event(queued_event(message))
+    finally:
+        if execution is not None:
+            execution.shutdown(False, None)
+    return message
 
 
 class ThreadExecution:

@@ -18,6 +18,7 @@ from ..agent.agents_md import commands_in, discover_agents_md
 from ..agent.citations import check_citations, find_citations
 from ..agent.harness import make_agent
 from ..agent.loop import AgentResult
+from ..agent.steering import SteerInbox
 from ..agent.tools import ToolEnv
 from ..domain.outcome import Outcome
 from ..llm.client import ModelClient
@@ -116,13 +117,27 @@ class RunLost(Exception):
 
 
 class RunControl:
-    """Cancel, and the sandbox to close when cancelled (closing it kills whatever command runs)."""
+    """Cancel, and the sandbox to close when cancelled (closing it kills whatever command runs); interrupt, which
+    stops only the agent's command under way (a steering message sent with `now`)."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.lost: str | None = None
         self._sandbox = None
+        self._interrupter: Callable[[], str | None] | None = None
         self._lock = threading.Lock()
+
+    def set_interrupter(self, interrupter: Callable[[], str | None] | None) -> None:
+        """What stops the agent's command under way (ToolEnv.interrupt), once the agent phase has begun."""
+        with self._lock:
+            self._interrupter = interrupter
+
+    def interrupt(self) -> str | None:
+        """Stop the agent's command under way, if there is one and its agent can be interrupted: the command
+        stopped, or None (nothing ran, or the run is not in its agent phase)."""
+        with self._lock:
+            interrupter = self._interrupter
+        return interrupter() if interrupter is not None and not self.cancelled.is_set() else None
 
     def attach(self, sandbox) -> None:
         with self._lock:
@@ -163,12 +178,15 @@ def _close(sandbox) -> None:
 
 
 def run_job(spec: JobSpec, *, prepare: Prepare, config: SandboxConfig, model: ModelClient, limits: JobLimits,
-            job_log: JobLog, emit: Emit, control: RunControl | None = None) -> JobOutcome:
-    """Run one job to its outcome. The sandbox is closed when this returns (or raises)."""
+            job_log: JobLog, emit: Emit, control: RunControl | None = None,
+            steering: SteerInbox | None = None) -> JobOutcome:
+    """Run one job to its outcome. The sandbox is closed when this returns (or raises). `steering` is where the
+    agent reads the messages the user tells the job while it runs (agent/steering.py)."""
     control = control or RunControl()
     try:
-        return _run(spec, prepare, config, model, limits, job_log, emit, control)
+        return _run(spec, prepare, config, model, limits, job_log, emit, control, steering)
     finally:
+        control.set_interrupter(None)
         sandbox = control.detach()
         if sandbox is not None:
             _close(sandbox)
@@ -176,7 +194,7 @@ def run_job(spec: JobSpec, *, prepare: Prepare, config: SandboxConfig, model: Mo
             raise RunLost(control.lost)
 
 
-def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOutcome:
+def _run(spec, prepare, config, model, limits, job_log, emit, control, steering) -> JobOutcome:
     job_log = _ChunkTally(job_log)
     emit(StateChanged(states.PREPARING))
     setup_chunks: list[LoggedChunk] = []
@@ -235,7 +253,10 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control) -> JobOut
     instructions = discover_agents_md(lambda paths: read_in_sandbox(sandbox, paths))
     env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
                   on_output=on_output, test_commands=commands_in(instructions) + tuple(prepared.test_commands))
-    agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled, on_event=emit)
+    agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled, on_event=emit,
+                       steering=steering)
+    if agent.interruptible:  # the guided harness's commands validate its edits: it reads messages, never stops them
+        control.set_interrupter(env.interrupt)
     result = agent.run(spec.task, context=context, instructions=instructions)
     return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
 

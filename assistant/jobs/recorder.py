@@ -47,6 +47,10 @@ class JobRecorder:
         self.on_end = on_end
         self._recorded_run = False  # this run recorded what its agent left (then the end re-assesses it)
 
+    def write(self, write, *args, **kwargs):
+        """One store call of the run (steering's inbox reads and writes this way): see _write."""
+        return self._write(write, *args, **kwargs)
+
     def _write(self, write, *args, **kwargs):
         """One store write; a write refused by the job's fence loses the run."""
         try:
@@ -115,6 +119,7 @@ class JobRecorder:
         current = self._write(self.store.get_job, self.job.id)
         if current.state in states.TERMINAL:
             self.job = current
+            self._write(self.store.drop_steer_messages, current.id)
             # Ended from outside (a cancel, `jobs cancel`): still owed its assessment, or a new one now that
             # this run has recorded what the agent left.
             if self._recorded_run or not Outcome.from_dict(current.outcome).assessed:
@@ -125,6 +130,7 @@ class JobRecorder:
             self.job = self._write(self.store.transition, current.id, state, reason)
         except states.IllegalTransition:  # it ended elsewhere between the read and the write
             return False
+        self._write(self.store.drop_steer_messages, current.id)  # messages its agent never read: the receipt says so
         self.publish_event(StateChanged(state, reason))
         self.announce_end(state, reason)
         return True

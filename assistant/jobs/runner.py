@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from ..store import Job, StaleRun, Store
 from .apply import START_PATCH
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, RunLost, run_job
 from .recorder import EndHook, JobRecorder, Publish, model_summariser
+from .steering import SteerWatch, StoreInbox
 from .uncommitted import UNCOMMITTED
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,17 @@ class JobRunner:
         self.after_prepare = after_prepare
         self.engine_loss_is_lost = engine_loss_is_lost
         self.on_end = on_end
+        self._watches: dict[str, SteerWatch] = {}   # the steering watch of each run under way here
+        self._watch_lock = threading.Lock()
+
+    def nudge(self, job_id: str) -> bool:
+        """A message sent with `now` was stored for this job: if its run is here, look at once (not within the
+        second). False when the job does not run in this process (its run's own watch finds it)."""
+        with self._watch_lock:
+            watch = self._watches.get(job_id)
+        if watch is not None:
+            watch.wake()
+        return watch is not None
 
     def recorder(self, job: Job, publish: Publish, control: RunControl | None = None,
                  store: Store | None = None) -> JobRecorder:
@@ -82,7 +95,19 @@ class JobRunner:
         queue run); `on_placed` hears which engine of the pool the run went to."""
         recorder = self.recorder(job, publish, control, store)
         end = RunEnd()
+        watch = SteerWatch(store or self.store, job.id, control).start()
+        with self._watch_lock:
+            self._watches[job.id] = watch
+        try:
+            return self._run(job, control, recorder, end, on_placed)
+        finally:
+            watch.stop()
+            with self._watch_lock:
+                if self._watches.get(job.id) is watch:
+                    del self._watches[job.id]
 
+    def _run(self, job: Job, control: RunControl, recorder: JobRecorder, end: RunEnd,
+             on_placed: Callable[[EngineSpec | None], None] | None) -> RunEnd:
         def prepare_placed(request, **callbacks):
             if self.pool is not None:
                 end.engine = self.pool.place(job.id, job.fence, control.cancelled,
@@ -96,7 +121,7 @@ class JobRunner:
         try:
             outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.config,
                               model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
-                              emit=recorder.emit, control=control)
+                              emit=recorder.emit, control=control, steering=StoreInbox(recorder))
             if outcome.state == states.FAILED and self.engine_loss_is_lost:
                 end.lost = self._engine_lost(end.engine)  # not the job's failure: it goes to another engine
                 if end.lost:

@@ -127,6 +127,10 @@ class Sandbox(Protocol):
 
     def reap(self) -> int: ...
 
+    def interrupt(self) -> int:
+        """Stop the commands running now (their exec returns what they printed, without an exit code), leaving
+        the sandbox up; how many were stopped."""
+
     def go_offline(self) -> str:
         """Cut every network; says what is left (for the job's record)."""
 

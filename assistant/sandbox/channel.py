@@ -50,6 +50,7 @@ class CommandChannel:
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
+        self._execs: set[str] = set()   # the ids of the exec requests under way (interrupt stops them)
         self.gone_reason: str | None = None
         self.stray_lines: deque[str] = deque(maxlen=50)
         self._reader = threading.Thread(target=self._read_loop, name="cmdchannel-reader", daemon=True)
@@ -151,6 +152,9 @@ class CommandChannel:
         """Send an exec or call request and collect its output until it is done."""
         started = time.monotonic()
         request_id, replies = self._send(request)
+        if request.get("op") == "exec":
+            with self._pending_lock:
+                self._execs.add(request_id)
         deadline = started + timeout_s + SERVER_GRACE_S
         pieces: list[str] = []
         try:
@@ -165,6 +169,8 @@ class CommandChannel:
                     break
         finally:
             self._forget(request_id)
+            with self._pending_lock:
+                self._execs.discard(request_id)
         error = message.get("error")
         if error and error != "cancelled":
             pieces.append(f"\n[sandbox: {error}]\n")
@@ -175,6 +181,22 @@ class CommandChannel:
             timed_out=bool(message.get("timed_out")),
             truncated=bool(message.get("truncated")),
         )
+
+    def interrupt(self) -> int:
+        """Stop every command under way (exec requests only, never a workspace call): the server kills each one's
+        process tree (the protocol's cancel op) and its exec returns what it printed so far, with no exit code. The
+        sandbox stays up. How many commands were told to stop."""
+        with self._pending_lock:
+            targets = sorted(self._execs)
+        told = 0
+        for target in targets:
+            try:
+                reply = self.request({"op": "cancel", "target": target}, timeout_s=10)
+            except SandboxError as exc:
+                log.warning("could not stop command %s: %s", target, exc)
+                continue
+            told += bool(reply.get("cancelled"))
+        return told
 
     def close(self) -> None:
         try:
@@ -267,6 +289,11 @@ class ChannelSandbox(ABC):
             if self._expired:
                 raise self._wall_clock_error() from None
             raise
+
+    def interrupt(self) -> int:
+        """Stop the commands running now, and only them (a steering message sent with `now`); the sandbox stays."""
+        channel = self._channel
+        return channel.interrupt() if channel is not None and not self._closed else 0
 
     def _wall_clock_error(self) -> SandboxError:
         return SandboxError(

@@ -67,4 +67,5 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE job ADD COLUMN container VARCHAR"],
     3: ['ALTER TABLE "user" ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0'],
     4: [],  # the notification table is new: create_all above makes it
+    5: [],  # the steer_message table (and its index) is new: create_all above makes it
 }

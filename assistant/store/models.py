@@ -6,11 +6,11 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4  # 2: job.fence, job.engine, job.container; the sandbox_engine table (scale-out); 3: user.revoked;
-                    # 4: the notification table (job webhooks)
+SCHEMA_VERSION = 5  # 2: job.fence, job.engine, job.container; the sandbox_engine table (scale-out); 3: user.revoked;
+                    # 4: the notification table (job webhooks); 5: the steer_message table (steering a running job)
 
 
 def utcnow() -> datetime:
@@ -199,3 +199,25 @@ class Notification(SQLModel, table=True):
     last_error: Optional[str] = Field(default=None, sa_column=Column(Text))
     delivered_at: Optional[datetime] = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class SteerMessage(SQLModel, table=True):
+    """A message the user told a running job (`assistant jobs tell`, JobManager.tell), and its receipt.
+    state: queued (waiting for the agent's next step), delivered (at delivered_step), acknowledged (the agent's next
+    turn, quoted in ack_excerpt), dropped (the job ended before its agent read it). The run polls its job's queued
+    messages once per step through the (job_id, state) index."""
+    __tablename__ = "steer_message"
+    __table_args__ = (Index("ix_steer_message_job_state", "job_id", "state"),)
+    id: str = Field(default_factory=new_id, primary_key=True)
+    job_id: str
+    user_id: Optional[str] = None
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    now: bool = False                    # stop the command running when it arrives
+    state: str = "queued"
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: Optional[datetime] = None
+    delivered_step: Optional[int] = None
+    delivered_how: Optional[str] = None  # turn (the free agent's conversation) | guidance (the guided harness)
+    stopped: Optional[str] = Field(default=None, sa_column=Column(Text))  # the command a `now` message stopped
+    acknowledged_at: Optional[datetime] = None
+    ack_excerpt: Optional[str] = Field(default=None, sa_column=Column(Text))

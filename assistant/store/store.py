@@ -19,7 +19,7 @@ from ..domain.states import ACTIVE, INTERRUPTED, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
 from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, Notification,
-                     SandboxEngine, Thread, TokenUsage, User, utcnow)
+                     SandboxEngine, SteerMessage, Thread, TokenUsage, User, utcnow)
 
 
 PLACEMENT_LOCK_KEY = 0x61737370  # advisory lock: one placement at a time across processes
@@ -658,6 +658,60 @@ class Store:
             count = s.execute(update(Notification)
                               .where(Notification.state == "sending", col(Notification.claimed_at) < claimed_before)
                               .values(state="failed", last_error=error, claimed_by=None)).rowcount
+            s.commit()
+            return count
+
+    # ------------------------------------------------------------------ steering messages (jobs/steering.py)
+    def add_steer_message(self, job_id: str, text: str, *, now: bool = False, user_id: str | None = None) -> SteerMessage:
+        row = SteerMessage(job_id=job_id, text=text, now=now, user_id=user_id)
+        with self.session() as s:
+            s.add(row)
+            s.commit()
+        return row
+
+    def queued_steer_messages(self, job_id: str) -> list[SteerMessage]:
+        """The job's messages its agent has not read yet, oldest first: one query on the (job, state) index, made
+        by the run at every step."""
+        with self.session() as s:
+            return list(s.exec(select(SteerMessage).where(SteerMessage.job_id == job_id, SteerMessage.state == "queued")
+                               .order_by(col(SteerMessage.created_at))))
+
+    def list_steer_messages(self, job_id: str) -> list[SteerMessage]:
+        with self.session() as s:
+            return list(s.exec(select(SteerMessage).where(SteerMessage.job_id == job_id)
+                               .order_by(col(SteerMessage.created_at))))
+
+    def mark_steer_delivered(self, message_ids: Iterable[str], *, step: int | None, how: str,
+                             stopped: str | None = None) -> int:
+        """Queued messages reached the agent at `step`; how many were still queued (a message is delivered once)."""
+        ids = list(message_ids)
+        if not ids:
+            return 0
+        with self.session() as s:
+            count = s.execute(update(SteerMessage)
+                              .where(col(SteerMessage.id).in_(ids), SteerMessage.state == "queued")
+                              .values(state="delivered", delivered_at=utcnow(), delivered_step=step, delivered_how=how,
+                                      stopped=stopped)).rowcount
+            s.commit()
+            return count
+
+    def mark_steer_acknowledged(self, message_ids: Iterable[str], excerpt: str) -> int:
+        ids = list(message_ids)
+        if not ids:
+            return 0
+        with self.session() as s:
+            count = s.execute(update(SteerMessage)
+                              .where(col(SteerMessage.id).in_(ids), SteerMessage.state == "delivered")
+                              .values(state="acknowledged", acknowledged_at=utcnow(), ack_excerpt=excerpt)).rowcount
+            s.commit()
+            return count
+
+    def drop_steer_messages(self, job_id: str) -> int:
+        """The job ended: messages its agent never read are dropped (the receipt says so)."""
+        with self.session() as s:
+            count = s.execute(update(SteerMessage)
+                              .where(SteerMessage.job_id == job_id, SteerMessage.state == "queued")
+                              .values(state="dropped")).rowcount
             s.commit()
             return count
 

@@ -15,6 +15,7 @@ from assistant.agent.evidence import LogRecord
 from assistant.agent.guided import failure_score
 from assistant.agent.harness import uses_guided
 from assistant.agent.outcome import decide_outcome
+from assistant.agent.steering import SteerNote
 from assistant.jobs import events as ev
 from assistant.jobs import states
 from assistant.jobs.pipeline import JobLimits, JobSpec, run_job
@@ -76,13 +77,13 @@ def jobs(tmp_path, scripted_model, settings_for):
         events: list = []
 
         def run(self, repo, task="Fix the failing test", harness="guided", protocol="grammar", candidates=3,
-                max_steps=60):
+                max_steps=60, steering=None):
             settings = settings_for(scripted_model, ASSISTANT_AGENT_HARNESS=harness, ASSISTANT_JOB_MAX_STEPS=max_steps,
                                     ASSISTANT_TOOL_PROTOCOL=protocol, ASSISTANT_GUIDED_CANDIDATES=candidates)
             return run_job(JobSpec(job_id="job1", task=task, repo=str(repo), setup=[]),
                            prepare=lambda request, **cb: prepare(request, config, start=start, **cb), config=config,
                            model=ModelClient(settings), limits=JobLimits.from_settings(settings), job_log=self.log,
-                           emit=self.events.append)
+                           emit=self.events.append, steering=steering)
 
         def kind(self, outcome) -> str:
             files = [f[1] for f in outcome.outcome.files]
@@ -144,6 +145,41 @@ def test_a_failing_candidate_is_rolled_back_and_the_next_starts_from_the_origina
     assert "The tests still fail" in second[-1]["content"]
     assert [t["exit_code"] == 0 for t in outcome.outcome.tests] == [False, False, True]
     assert "(candidate 2 of up to 3)" in outcome.summary and jobs.kind(outcome) == "fix"
+
+
+class OneMessage:
+    """A SteerInbox holding one message the user sent before the harness's first model turn."""
+
+    def __init__(self, text):
+        self.waiting = [SteerNote("m1", text)]
+        self.receipts: list[tuple] = []
+
+    def take(self):
+        notes, self.waiting = self.waiting, []
+        return notes
+
+    def delivered(self, notes, step, how, stopped=None):
+        self.receipts += [("delivered", n.id, how, stopped) for n in notes]
+
+    def acknowledged(self, notes, excerpt):
+        self.receipts += [("acknowledged", n.id, excerpt) for n in notes]
+
+
+def test_a_steering_message_is_guidance_for_this_candidate_and_the_later_ones(tmp_path, scripted_model, jobs):
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(GUIDED, [
+        action(action="replace_text", path="calc.py", old="a - b", new="a * b"),
+        action(action="finish", summary="done"),
+        action(action="replace_text", path="calc.py", old="return a - b", new="return a + b")])
+    inbox = OneMessage("Only change calc.py; keep the function names.")
+    outcome = jobs.run(repo, steering=inbox)
+    assert outcome.state == states.SUCCEEDED, outcome.reason
+    first, _second, third = guided_requests(scripted_model)
+    assert "> Only change calc.py; keep the function names." in first["messages"][-1]["content"]
+    assert "> Only change calc.py; keep the function names." in third["messages"][1]["content"]  # candidate 2 too
+    assert inbox.receipts == [
+        ("delivered", "m1", "guidance", None),
+        ("acknowledged", "m1", '{"action": "replace_text", "path": "calc.py", "old": "a - b", "new": "a * b"}')]
 
 
 def test_no_passing_candidate_leaves_the_code_as_it_was_and_fails(tmp_path, scripted_model, jobs):

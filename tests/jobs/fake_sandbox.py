@@ -112,6 +112,14 @@ class FakeSandbox:
     def reap(self) -> int:
         return 0
 
+    def interrupt(self) -> int:
+        """Kill the commands running now (their exec returns), leaving the sandbox open."""
+        with self._lock:
+            running = list(self._running)
+        for process in running:
+            self._kill(process)
+        return len(running)
+
     def go_offline(self) -> str:
         self.online = False
         return "none (fake sandbox)"

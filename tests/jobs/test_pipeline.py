@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from assistant.agent.steering import SteerNote
 from assistant.domain import events as ev
 from assistant.domain import states
 from assistant.jobs.pipeline import JobLimits, JobSpec, ParentResult, RunControl, RunLost, run_job
@@ -72,10 +73,10 @@ def harness(tmp_path, scripted_model, settings_for):
         events: list[ev.JobEventRecord] = []
         sandboxes = started
 
-        def run(self, spec: JobSpec, control: RunControl | None = None, emit=None):
+        def run(self, spec: JobSpec, control: RunControl | None = None, emit=None, steering=None, limits=None):
             return run_job(spec, prepare=lambda request, **cb: prepare(request, config, start=start, **cb),
-                           config=config, model=model, limits=JobLimits.from_settings(settings), job_log=self.log,
-                           emit=emit or self.events.append, control=control)
+                           config=config, model=model, limits=limits or JobLimits.from_settings(settings),
+                           job_log=self.log, emit=emit or self.events.append, control=control, steering=steering)
     return Harness()
 
 
@@ -187,6 +188,115 @@ def test_only_the_job_and_its_ancestors_logs_are_citable(tmp_path, scripted_mode
     outcome = harness.run(JobSpec(job_id="job7", task="look", repo=str(repo), setup=[],
                                   citable_jobs=frozenset({"ancestor"})))
     assert [(c["target"], c["valid"]) for c in outcome.citations] == [(mine.id, True), (other.id, False)]
+
+
+class MemoryInbox:
+    """The agent's SteerInbox port, kept in lists: what was told, delivered (note, step, how, stopped), acknowledged."""
+
+    def __init__(self):
+        self.queued: list[SteerNote] = []
+        self.delivered_to: list[tuple[str, int, str, str | None]] = []
+        self.acks: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def tell(self, text: str, now: bool = False) -> SteerNote:
+        note = SteerNote(secrets.token_hex(4), text, now)
+        with self._lock:
+            self.queued.append(note)
+        return note
+
+    def take(self):
+        with self._lock:
+            notes, self.queued = self.queued, []
+        return notes
+
+    def delivered(self, notes, step, how, stopped=None):
+        self.delivered_to += [(n.id, step, how, stopped) for n in notes]
+
+    def acknowledged(self, notes, excerpt):
+        self.acks += [(n.id, excerpt) for n in notes]
+
+
+def _user_turns(request) -> list[str]:
+    return [m.get("content") or "" for m in request["messages"] if m.get("role") == "user"]
+
+
+def test_a_message_told_while_the_agent_works_reaches_its_next_request(tmp_path, scripted_model, harness):
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("shell", command="sleep 0.5; echo looked"), Reply.call("shell", command="echo using v2"),
+        lambda r: Reply.text(f"Switched to v2 【{chunk_ids(r)[-1]}†L1-L1】."))], repeat_last=True)
+    inbox = MemoryInbox()
+    told: list[SteerNote] = []
+
+    def tell_during_step_one(event):
+        harness.events.append(event)
+        if isinstance(event, ev.ToolStarted) and event.step == 1:
+            told.append(inbox.tell("Use the v2 API, not v1."))
+    outcome = harness.run(JobSpec(job_id="job8", task="Look around", repo=str(repo), setup=[]),
+                          emit=tell_during_step_one, steering=inbox)
+    assert outcome.state == states.SUCCEEDED, outcome.reason
+    first, second = scripted_model.requests[0], scripted_model.requests[1]
+    assert not any("Use the v2 API" in turn for turn in _user_turns(first))
+    last = second["messages"][-1]
+    assert last["role"] == "user" and "The user sent a message while you work" in last["content"]
+    assert "> Use the v2 API, not v1." in last["content"]
+    assert second["messages"][-2]["role"] == "tool"  # it follows the step's tool result, as the protocol wants
+    assert inbox.delivered_to == [(told[0].id, 2, "turn", None)]
+    assert inbox.acks == [(told[0].id, "shell: $ echo using v2")]      # the next turn, quoted
+
+
+def test_now_stops_the_running_command_and_the_job_goes_on(tmp_path, scripted_model, harness):
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("shell", command="sleep 60"),
+        lambda r: Reply.text("Stopped waiting as asked." if "stopped by the user's message" in str(r["messages"])
+                             else "the command was not stopped"))], repeat_last=True)
+    inbox = MemoryInbox()
+    control = RunControl()
+
+    def tell_now_once_running(event):
+        harness.events.append(event)
+        if isinstance(event, ev.ToolStarted):
+            def tell():
+                inbox.tell("Stop waiting, that sleep is pointless.", now=True)
+                control.interrupt()
+            threading.Timer(0.5, tell).start()
+    started = time.monotonic()
+    outcome = harness.run(JobSpec(job_id="job9", task="wait", repo=str(repo), setup=[]), control,
+                          tell_now_once_running, steering=inbox)
+    assert time.monotonic() - started < 20
+    assert outcome.state == states.SUCCEEDED and outcome.summary == "Stopped waiting as asked.", outcome.reason
+    tool_result = scripted_model.requests[1]["messages"][-2]
+    assert tool_result["role"] == "tool" and "stopped by the user's message" in tool_result["content"]
+    assert "Stop waiting" in scripted_model.requests[1]["messages"][-1]["content"]
+    assert [(step, stopped) for _id, step, _how, stopped in inbox.delivered_to] == [(2, "sleep 60")]
+    finished = next(e for e in harness.events if isinstance(e, ev.StepFinished))
+    assert finished.title == "$ sleep 60 (stopped by the user's message)" and finished.ok is False
+
+
+def test_a_steering_turn_survives_compaction_verbatim(tmp_path, scripted_model, harness, settings_for):
+    repo = make_calc_repo(tmp_path / "calc")
+    flood = "python3 -c \"print('\\n'.join('line %d of a long and chatty output' % i for i in range(400)))\""
+    steps = [Reply.call("shell", command=f"{flood} && echo run {i}") for i in range(8)] + [Reply.text("Done looking.")]
+    scripted_model.when_system_contains(AGENT, [by_turn(*steps)], repeat_last=True)
+    inbox = MemoryInbox()
+    long_message = "Keep the public API as it is. " * 20   # over the 400 characters compaction shrinks
+
+    def tell_during_step_one(event):
+        harness.events.append(event)
+        if isinstance(event, ev.ToolStarted) and event.step == 1:
+            inbox.tell(long_message)
+    limits = JobLimits(context_window=6000)
+    outcome = harness.run(JobSpec(job_id="job10", task="look around", repo=str(repo), setup=[]),
+                          emit=tell_during_step_one, steering=inbox, limits=limits)
+    assert outcome.state == states.SUCCEEDED, outcome.reason
+    assert any(isinstance(e, ev.AgentMessage) and "Compacted" in e.text for e in harness.events)
+    last = scripted_model.requests[-1]["messages"]
+    assert any((m.get("content") or "").startswith("[compacted") for m in last)
+    steering = [m for m in last if "The user sent a message while you work" in (m.get("content") or "")]
+    assert len(steering) == 1 and long_message.strip() in steering[0]["content"]
+    assert last.index(steering[0]) < len(last) - 6   # old enough to have been compacted, and kept
 
 
 def test_the_pipeline_imports_no_store_and_no_web_code():

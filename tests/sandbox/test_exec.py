@@ -151,3 +151,27 @@ def test_wall_clock_cap_ends_the_sandbox(open_sandbox):
     time.sleep(0.5)
     with pytest.raises(SandboxError, match="wall-clock"):
         sandbox.exec("echo too late")
+
+
+def test_interrupt_stops_the_command_under_way_and_the_sandbox_stays(open_sandbox):
+    """A steering message sent with `now`: the command's whole tree is killed (the protocol's cancel op), its exec
+    returns what it printed, and the next command runs in the same sandbox."""
+    sandbox = open_sandbox()
+    results = []
+    runner = threading.Thread(target=lambda: results.append(
+        sandbox.exec("echo started; (sleep 60; touch /workspace/from_child) & sleep 60", timeout_s=120)))
+    started = time.monotonic()
+    runner.start()
+    deadline = time.monotonic() + 10
+    told = 0
+    while not told and time.monotonic() < deadline:
+        time.sleep(0.2)
+        told = sandbox.interrupt()
+    runner.join(15)
+    assert told == 1 and results, "the command was not stopped"
+    result = results[0]
+    assert result.exit_code is None and not result.timed_out and result.output.startswith("started")
+    assert time.monotonic() - started < 10
+    assert sandbox.interrupt() == 0  # nothing runs any more
+    assert "sleep 60" not in sandbox.exec("ps -eo args").output
+    assert sandbox.exec("echo still here").output == "still here\n"

@@ -22,7 +22,7 @@ def url(request, tmp_path):
 
 def _make_first_release_database(url: str) -> str:
     """A database as release 1 left it: no fence, engine or container on jobs, no revocation count on users, no
-    notification table, schema version 1, one job and one user."""
+    notification or steer_message table, schema version 1, one job and one user."""
     store = Store(url)
     job = store.create_job(task="old", repo="/r")
     store.get_or_create_user("ada")
@@ -33,6 +33,7 @@ def _make_first_release_database(url: str) -> str:
             conn.execute(text(f"ALTER TABLE job DROP COLUMN {column}"))
         conn.execute(text('ALTER TABLE "user" DROP COLUMN revoked'))
         conn.execute(text("DROP TABLE notification"))
+        conn.execute(text("DROP TABLE steer_message"))
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     engine.dispose()
     return job.id
@@ -42,8 +43,11 @@ def test_a_first_release_database_is_migrated(url):
     old_job = _make_first_release_database(url)
     store = Store(url)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 4
-        assert "notification" in inspect(store.engine).get_table_names()
+        assert store.schema_version == SCHEMA_VERSION == 5
+        assert {"notification", "steer_message"} <= set(inspect(store.engine).get_table_names())
+        assert "ix_steer_message_job_state" in {i["name"] for i in inspect(store.engine).get_indexes("steer_message")}
+        told = store.add_steer_message(old_job, "use the v2 API")
+        assert [m.id for m in store.queued_steer_messages(old_job)] == [told.id]
         assert store.add_notifications(old_job, "ended", ["https://h.example.org/x"], {"event": "ended"})
         assert {"fence", "engine", "container"} <= {c["name"] for c in inspect(store.engine).get_columns("job")}
         job = store.get_job(old_job)
@@ -54,7 +58,7 @@ def test_a_first_release_database_is_migrated(url):
     finally:
         store.close()
     again = Store(url)  # a second start finds nothing to do
-    assert again.schema_version == 4 and again.user_revocations("ada") == 2
+    assert again.schema_version == 5 and again.user_revocations("ada") == 2
     again.close()
 
 
