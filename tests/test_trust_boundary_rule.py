@@ -13,6 +13,10 @@ HOST_GIT_ALLOWED = {
     "sandbox/guest/workspace_ops.py": "runs inside the sandbox, as the sandbox user",
     "conversation/checkout.py": "the quick-answer checkout of a git URL: no job writes there",
     "web/gitops.py": "the user's own repository, on the user's request: git apply of patch data",
+    "jobs/apply.py": "the user's own repository, on the user's request: git apply of patch data (a stack's delta is "
+                     "worked out in a scratch index)",
+    "jobs/uncommitted.py": "the user's own working copy, read only (status; a patch made in a scratch index): no job "
+                           "writes there",
 }
 GIT_CALL = re.compile(r"""(\[\s*["']git["']|\bgit\.Repo\b|\bimport git\b|GIT\s*\+)""")
 

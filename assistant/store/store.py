@@ -5,7 +5,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ class ThreadJobs:
     events: dict[str, list[JobEvent]]   # job id -> its events in seq order (absent: none)
     diffs: dict[str, str]               # job id -> its diff artifact (absent: none stored)
     patched: set[str]                   # jobs whose patch artifact is not empty
+    uncommitted: dict[str, str] = field(default_factory=dict)  # job id -> its 'uncommitted' artifact (jobs/uncommitted.py)
 
 
 def this_runner() -> str:
@@ -317,7 +318,7 @@ class Store:
             return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
 
     def thread_jobs(self, thread_id: str) -> ThreadJobs:
-        """All jobs of a thread with their events, diffs and whether they have a patch, in three queries
+        """All jobs of a thread with their events, diffs, uncommitted-changes notes and whether they have a patch, in three queries
         whatever the number of jobs: a reopened thread renders every job card from it."""
         in_thread = select(Job.id).where(Job.thread_id == thread_id)
         with self.session() as s:
@@ -330,10 +331,12 @@ class Store:
             patched: set[str] = set()
             seen: set[tuple[str, str]] = set()
             # The diff's text, but only the patch's presence (a patch can be large and the card links to it).
+            uncommitted: dict[str, str] = {}
             rows = s.exec(select(Artifact.job_id, Artifact.kind,
-                                 case((Artifact.kind == "diff", Artifact.content), else_=None),
+                                 case((col(Artifact.kind).in_(["diff", "uncommitted"]), Artifact.content), else_=None),
                                  func.length(Artifact.content) > 0)
-                          .where(col(Artifact.job_id).in_(in_thread), col(Artifact.kind).in_(["diff", "patch"]))
+                          .where(col(Artifact.job_id).in_(in_thread),
+                                 col(Artifact.kind).in_(["diff", "patch", "uncommitted"]))
                           .order_by(col(Artifact.id)))
             for job_id, kind, content, non_empty in rows:
                 if (job_id, kind) in seen:  # get_artifact reads the first row of a kind
@@ -341,9 +344,11 @@ class Store:
                 seen.add((job_id, kind))
                 if kind == "diff":
                     diffs[job_id] = content or ""
+                elif kind == "uncommitted":
+                    uncommitted[job_id] = content or ""
                 elif non_empty:
                     patched.add(job_id)
-        return ThreadJobs(jobs, events, diffs, patched)
+        return ThreadJobs(jobs, events, diffs, patched, uncommitted)
 
     def job_ids_in_state(self, job_ids: Iterable[str], state: str) -> set[str]:
         """Which of these jobs are in `state`: one query for a watcher that polls many jobs at once."""

@@ -41,6 +41,8 @@ class ThreadJobsView:
     def get_artifact(self, job_id: str, kind: str) -> str | None:
         if job_id in self._jobs and kind == "diff":
             return self.loaded.diffs.get(job_id)
+        if job_id in self._jobs and kind == "uncommitted":
+            return self.loaded.uncommitted.get(job_id)
         return self.store.get_artifact(job_id, kind)
 
     def has_artifact(self, job_id: str, kind: str) -> bool:
