@@ -6,19 +6,8 @@ import subprocess
 from assistant.web import gitops
 
 from .harness import make_repo
+from .test_auth_and_git import PATCH  # the mul function added to the harness's calc repository
 
-PATCH = """diff --git a/calc.py b/calc.py
---- a/calc.py
-+++ b/calc.py
-@@ -7,3 +7,7 @@ def add(a, b):
- 
- def sub(a, b):
-     return a - b
-+
-+
-+def mul(a, b):
-+    return a * b
-"""
 
 SUMMARY = ("Added `mul` 【F:calc.py†L11-L12】 next to `sub` 【F:calc.py†L8】. The tests pass 【3fa9c1†L1-L4】.\n\n"
            "From the log:\n- The last test run, `python3 -m pytest -q`, passed 【chunk†L1-L2】")
