@@ -51,7 +51,17 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(_model_check(settings))
     checks.append(_database_check(settings))
     checks.append(_disk_check(settings))
+    if not engine_ok:
+        _said_once(checks, engine_detail)
     return checks
+
+
+def _said_once(checks: list[Check], engine_detail: str) -> None:
+    """The engine's error is long (the client's exception and the fix): the first line says it, later lines point there."""
+    said = engine_detail.rstrip(".")
+    for check in checks[1:]:
+        check.detail = (check.detail.replace(f"no Docker engine answered ({said})", "no Docker engine answered")
+                        .replace(said + ".", "no Docker engine answers").replace(said, "no Docker engine answers"))
 
 
 def _disk_cap_checks(settings: Settings) -> list[Check]:
