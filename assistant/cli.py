@@ -348,7 +348,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is;
         # with the queue, workers' heartbeats decide that instead.
         if not settings.uses_queue:
-            store.interrupt_orphaned_jobs("the process running this job died; retry it")
+            from .jobs.manager import interrupt_orphans  # assessed; their end notified by the next server
+            interrupt_orphans(settings, store, "the process running this job died; retry it")
         if args.action == "list":
             thread = _find_thread(store, args.thread) if args.thread else None
             if args.thread and thread is None:
@@ -437,15 +438,16 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                   f"(`assistant jobs show {job.id}` shows the receipt)")
             return 0
         if args.action == "cancel":
-            from .domain.states import CANCELLED, TERMINAL
+            from .domain.states import TERMINAL
             if job.state in TERMINAL:
                 print(f"{_job_name(job)} already ended: {job.state}")
                 return 1
             if settings.uses_queue:  # reaches the job on whichever worker runs it
                 from .jobs.manager import cancel_from_command_line
                 cancel_from_command_line(settings, store, job.id)
-            else:
-                store.transition(job.id, CANCELLED, "cancelled from the command line")
+            else:  # recorded and notified here; a server running the job sees it in the store and stops the run
+                from .jobs.manager import cancel_here
+                cancel_here(settings, store, job.id)
             print(f"{_job_name(job)} cancelled")
             return 0
         return 2

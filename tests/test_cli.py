@@ -393,3 +393,30 @@ def test_jobs_tell_stores_a_message_for_a_running_job_and_show_lists_its_receipt
     cli(["jobs", "cancel", "e5f6a7b8"], cli_env)
     ended = cli(["jobs", "tell", "e5f6a7b8", "one more thing"], cli_env)
     assert ended.returncode == 1 and "already ended (cancelled)" in ended.stderr and "follow-up" in ended.stderr
+
+
+def test_jobs_cancel_without_the_queue_sends_the_webhook(cli_env, tmp_path):
+    from assistant.notify import verify
+    from assistant.store import Store
+    from tests.notify.receiver import Receiver
+
+    os.makedirs(cli_env["ASSISTANT_DATA_DIR"], exist_ok=True)
+    store = Store(f"sqlite:///{cli_env['ASSISTANT_DATA_DIR']}/assistant.db")
+    try:
+        job = store.create_job(task="Fix it", repo="/src/calc", title="Fix it")   # of this (live) process
+        store.transition(job.id, "preparing")
+    finally:
+        store.close()
+    with Receiver() as receiver:
+        env = {**cli_env, "ASSISTANT_WEBHOOK_URLS": receiver.url, "ASSISTANT_WEBHOOK_SECRET": "cli-secret"}
+        proc = cli(["jobs", "cancel", job.id], env)
+        assert proc.returncode == 0 and proc.stdout == f"job {job.id} cancelled\n", proc.stderr
+        [got] = receiver.wait_for(1, timeout=30)
+    assert got.headers["X-Assistant-Event"] == "ended" and got.json["state"] == "cancelled"
+    assert verify("cli-secret", got.body, got.headers["X-Assistant-Timestamp"], got.headers["X-Assistant-Signature"])
+    store = Store(f"sqlite:///{cli_env['ASSISTANT_DATA_DIR']}/assistant.db")
+    try:
+        assert store.get_job(job.id).state == "cancelled"
+        assert [r.state for r in store.list_notifications(job.id)] == ["delivered"]
+    finally:
+        store.close()

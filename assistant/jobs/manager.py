@@ -295,6 +295,35 @@ def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> b
         execution.shutdown(False, None)
 
 
+def cancel_here(settings: Settings, store: Store, job_id: str, reason: str = "cancelled from the command line") -> bool:
+    """`assistant jobs cancel` without the queue: the job's end is recorded through its recorder, so it is assessed
+    and its webhook notification goes out (a server running the job sees the cancel in the store within a second and
+    stops the run, which records what its agent left). The notification is tried before the command returns."""
+    notifier = Notifier(settings, store)
+    try:
+        job = store.get_job(job_id)
+        ended = JobRecorder(store, job, lambda _update: None, on_end=notifier.job_ended).finish(states.CANCELLED,
+                                                                                               reason)
+        if ended:
+            notifier.flush(job_id, 2 * notifier.timeout_s)
+        return ended
+    finally:
+        notifier.close(notifier.timeout_s)
+
+
+def interrupt_orphans(settings: Settings, store: Store, reason: str | None = None,
+                      notifier: Notifier | None = None) -> list[str]:
+    """Active jobs whose process died are interrupted, assessed (the log digest: no model here) and notified as
+    ended: recorded, and sent by `notifier` when it delivers (a server's), else by the next server or worker."""
+    from .results import assess_interrupted
+
+    interrupted = store.interrupt_orphaned_jobs(reason) if reason else store.interrupt_orphaned_jobs()
+    if interrupted:
+        assess_interrupted(store, interrupted)
+        (notifier or Notifier(settings, store, deliver=False)).jobs_interrupted(interrupted)
+    return interrupted
+
+
 def tell_from_command_line(settings: Settings, store: Store, job_id: str, text: str, *, now: bool = False) -> SteerMessage:
     """`assistant jobs tell`: the message goes to the store (the job's run reads it there, in whichever process);
     with the queue its SteerQueued event also reaches the web replicas through the database feed."""

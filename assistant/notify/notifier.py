@@ -149,7 +149,32 @@ class Notifier:
             self._wake.set()
         return made
 
+    def jobs_interrupted(self, job_ids) -> None:
+        """Jobs found interrupted at start-up (their process died, so nothing announced their end): notified
+        as ended."""
+        for job_id in job_ids:
+            try:
+                self.job_ended(self.store.get_job(job_id), "interrupted", "")
+            except Exception:
+                log.exception("notifying the interrupted job %s", job_id)
+
     # ------------------------------------------------------------------ delivering
+    def flush(self, job_id: str, wait_s: float) -> bool:
+        """Have the job's notifications tried once before a short-lived command exits: wait up to wait_s while any
+        is untried or under way. True when none is; those left pending are sent by the next server or worker."""
+        if not self.urls:
+            return True
+        self.start()
+        self._wake.set()
+        deadline = _utcnow() + timedelta(seconds=wait_s)
+        while True:
+            rows = self.store.list_notifications(job_id)
+            if not any(r.state == "sending" or (r.state == "pending" and r.attempts == 0) for r in rows):
+                return True
+            if _utcnow() >= deadline:
+                return False
+            self._closed.wait(0.05)
+
     def start(self) -> None:
         """Start the delivery thread (once; not after close, not without URLs, not for a recording-only one)."""
         if not self.urls or not self.deliver or self._closed.is_set():
