@@ -92,6 +92,14 @@ def _progress_line(event) -> str | None:
                     + (f", stopping $ {stopped[:120]}" if stopped else ""))
         case ev.SteerAcknowledged(excerpt=excerpt):
             return f"message acknowledged: {excerpt}"
+        case ev.QuestionAsked(question=question, choices=choices, timeout_s=timeout_s):
+            offered = f" (choices: {' | '.join(choices)})" if choices else ""
+            return (f"the agent asks: {question[:500]}{offered}\n  waiting for your answer (up to {timeout_s:.0f} s): "
+                    'assistant jobs tell JOB "your answer"')
+        case ev.QuestionAnswered(answer=answer, waited_s=waited_s):
+            return f"answered after {waited_s:.0f} s: {answer[:200]}"
+        case ev.QuestionTimedOut(waited_s=waited_s):
+            return f"no answer came within {waited_s:.0f} s"
     return None
 
 
@@ -398,6 +406,14 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             from .notify import delivery_line
             for row in store.list_notifications(job.id):  # one per webhook URL (ASSISTANT_WEBHOOK_URLS)
                 print(f"{'notification':>18}: {delivery_line(row)}")
+            from .jobs.asking import pending_question
+            from .domain.states import WAITING
+            asked = pending_question(store.read_events(job.id)) if job.state == WAITING else None
+            if asked is not None:
+                print(f"{'question':>18}: {asked.question}")
+                if asked.choices:
+                    print(f"{'choices':>18}: {' | '.join(asked.choices)}")
+                print(f"{'answer with':>18}: assistant jobs tell {job.id} \"…\" (waits up to {asked.timeout_s:.0f} s)")
             from .jobs.steering import receipt_line
             for message in store.list_steer_messages(job.id):  # `assistant jobs tell`, the web app's messages
                 print(f"{'steering':>18}: {receipt_line(message)}")
@@ -432,6 +448,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             except SteerRefused as exc:
                 _err(f"assistant: {exc}")
                 return 1
+            from .domain.states import WAITING
+            if job.state == WAITING:
+                print(f"answered {_job_name(job)}'s question; its agent goes on with your answer "
+                      f"(`assistant jobs show {job.id}` shows the receipt)")
+                return 0
             when = ("now: the command it runs is stopped and it reads the message at its next step" if message.now
                     else "at its next step")
             print(f"told {_job_name(job)} ({job.state}); its agent reads it {when} "
@@ -625,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("action", choices=["list", "show", "logs", "diff", "tell", "cancel"])
     j.add_argument("id", nargs="?", help="the job: its id (or the start of it) or its number, as the web app's "
                                          "\"Job 2\" and `assistant jobs list` show it")
-    j.add_argument("text", nargs="?", help="with tell: the message to the running job's agent")
+    j.add_argument("text", nargs="?", help="with tell: the message to the running job's agent (to a waiting job: "
+                   "the answer to its agent's question)")
     j.add_argument("--now", action="store_true", help="with tell: also stop the command it is running, so it reads "
                    "the message at once")
     j.add_argument("--thread", metavar="CONVERSATION", help="the conversation whose job number ID is (its id, the "
