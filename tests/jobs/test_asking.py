@@ -249,3 +249,27 @@ def test_question_events_decode_from_their_stored_form():
         ev.QuestionAnswered("a", 2.5, ["m1"])
     assert ev.decode("question_timed_out", json.loads('{"question": "Which?", "waited_s": 60}')) == \
         ev.QuestionTimedOut("Which?", 60)
+
+
+@pytest.mark.docker
+def test_a_real_sandbox_outlives_its_time_limit_while_waiting_and_the_job_goes_on_in_it(tmp_path, docker_engine,
+                                                                                       scripted_model, assistant_for):
+    """The container is kept and its wall clock paused: a wait longer than ASSISTANT_JOB_MAX_SECONDS costs
+    nothing, and the command after the answer runs in the same container (it reads the file the first one wrote)."""
+    repo = make_calc_repo(tmp_path / "calc")
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("shell", command="echo kept > /tmp/marker && echo wrote"),
+        Reply.call("ask_user", question=QUESTION),
+        lambda r: Reply.call("shell", command="cat /tmp/marker" if answered_in_tool_result(r) else "echo unanswered"),
+        lambda r: Reply.text(f"Same sandbox 【{chunk_ids(r)[-1]}†L1-L1】."))], repeat_last=True)
+    limit = 30
+    a = assistant_for(scripted_model, ASSISTANT_JOB_MAX_SECONDS=limit)
+    job = a.jobs.submit(JobRequest(task="Fix the API use", repo=str(repo), setup=[]))[0]
+    wait_for(lambda: a.store.get_job(job.id).state == states.WAITING, "the job waits", timeout=120)
+    time.sleep(limit + 5)                              # longer than the whole time limit, waiting
+    assert a.store.get_job(job.id).state == states.WAITING
+    a.jobs.tell(job.id, ANSWER)
+    job = a.jobs.wait(job.id, timeout=120)
+    assert job.state == states.SUCCEEDED, job.reason
+    first, after = a.store.list_chunks(job.id)[:2]
+    assert (first.text, after.command, after.exit_code, after.text) == ("wrote\n", "cat /tmp/marker", 0, "kept\n")
