@@ -64,7 +64,7 @@ def _assistant(settings: Settings):
     return a
 
 
-def _progress_line(event) -> str | None:
+def _progress_line(event, job_id: str = "JOB") -> str | None:
     """One stderr line for a job event, or None for events the CLI does not show."""
     from .domain import events as ev
     match event:
@@ -95,7 +95,7 @@ def _progress_line(event) -> str | None:
         case ev.QuestionAsked(question=question, choices=choices, timeout_s=timeout_s):
             offered = f" (choices: {' | '.join(choices)})" if choices else ""
             return (f"the agent asks: {question[:500]}{offered}\n  waiting for your answer (up to {timeout_s:.0f} s): "
-                    'assistant jobs tell JOB "your answer"')
+                    f'assistant jobs tell {job_id} "your answer"')
         case ev.QuestionAnswered(answer=answer, waited_s=waited_s):
             return f"answered after {waited_s:.0f} s: {answer[:200]}"
         case ev.QuestionTimedOut(waited_s=waited_s):
@@ -108,7 +108,7 @@ def _progress_printer(job_ids: set[str]):
     def on_update(update) -> None:
         if update.job_id not in job_ids:
             return
-        line = _progress_line(update.event)
+        line = _progress_line(update.event, update.job_id)
         if line:
             _err(f"[{update.job_id}] {line}")
     return on_update
