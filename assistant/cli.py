@@ -64,7 +64,7 @@ def _assistant(settings: Settings):
     return a
 
 
-def _progress_line(event) -> str | None:
+def _progress_line(event, job_id: str = "JOB") -> str | None:
     """One stderr line for a job event, or None for events the CLI does not show."""
     from .domain import events as ev
     match event:
@@ -92,6 +92,14 @@ def _progress_line(event) -> str | None:
                     + (f", stopping $ {stopped[:120]}" if stopped else ""))
         case ev.SteerAcknowledged(excerpt=excerpt):
             return f"message acknowledged: {excerpt}"
+        case ev.QuestionAsked(question=question, choices=choices, timeout_s=timeout_s):
+            offered = f" (choices: {' | '.join(choices)})" if choices else ""
+            return (f"the agent asks: {question[:500]}{offered}\n  waiting for your answer (up to {timeout_s:.0f} s): "
+                    f'assistant jobs tell {job_id} "your answer"')
+        case ev.QuestionAnswered(answer=answer, waited_s=waited_s):
+            return f"answered after {waited_s:.0f} s: {answer[:200]}"
+        case ev.QuestionTimedOut(waited_s=waited_s):
+            return f"no answer came within {waited_s:.0f} s"
     return None
 
 
@@ -100,7 +108,7 @@ def _progress_printer(job_ids: set[str]):
     def on_update(update) -> None:
         if update.job_id not in job_ids:
             return
-        line = _progress_line(update.event)
+        line = _progress_line(update.event, update.job_id)
         if line:
             _err(f"[{update.job_id}] {line}")
     return on_update
@@ -348,7 +356,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         # A job whose runner died (kill -9 of `assistant run`, a crashed server) is shown as what it is;
         # with the queue, workers' heartbeats decide that instead.
         if not settings.uses_queue:
-            store.interrupt_orphaned_jobs("the process running this job died; retry it")
+            from .jobs.manager import interrupt_orphans  # assessed; their end notified by the next server
+            interrupt_orphans(settings, store, "the process running this job died; retry it")
         if args.action == "list":
             thread = _find_thread(store, args.thread) if args.thread else None
             if args.thread and thread is None:
@@ -397,6 +406,14 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             from .notify import delivery_line
             for row in store.list_notifications(job.id):  # one per webhook URL (ASSISTANT_WEBHOOK_URLS)
                 print(f"{'notification':>18}: {delivery_line(row)}")
+            from .jobs.asking import pending_question
+            from .domain.states import WAITING
+            asked = pending_question(store.read_events(job.id)) if job.state == WAITING else None
+            if asked is not None:
+                print(f"{'question':>18}: {asked.question}")
+                if asked.choices:
+                    print(f"{'choices':>18}: {' | '.join(asked.choices)}")
+                print(f"{'answer with':>18}: assistant jobs tell {job.id} \"…\" (waits up to {asked.timeout_s:.0f} s)")
             from .jobs.steering import receipt_line
             for message in store.list_steer_messages(job.id):  # `assistant jobs tell`, the web app's messages
                 print(f"{'steering':>18}: {receipt_line(message)}")
@@ -431,21 +448,27 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             except SteerRefused as exc:
                 _err(f"assistant: {exc}")
                 return 1
+            from .domain.states import WAITING
+            if job.state == WAITING:
+                print(f"answered {_job_name(job)}'s question; its agent goes on with your answer "
+                      f"(`assistant jobs show {job.id}` shows the receipt)")
+                return 0
             when = ("now: the command it runs is stopped and it reads the message at its next step" if message.now
                     else "at its next step")
             print(f"told {_job_name(job)} ({job.state}); its agent reads it {when} "
                   f"(`assistant jobs show {job.id}` shows the receipt)")
             return 0
         if args.action == "cancel":
-            from .domain.states import CANCELLED, TERMINAL
+            from .domain.states import TERMINAL
             if job.state in TERMINAL:
                 print(f"{_job_name(job)} already ended: {job.state}")
                 return 1
             if settings.uses_queue:  # reaches the job on whichever worker runs it
                 from .jobs.manager import cancel_from_command_line
                 cancel_from_command_line(settings, store, job.id)
-            else:
-                store.transition(job.id, CANCELLED, "cancelled from the command line")
+            else:  # recorded and notified here; a server running the job sees it in the store and stops the run
+                from .jobs.manager import cancel_here
+                cancel_here(settings, store, job.id)
             print(f"{_job_name(job)} cancelled")
             return 0
         return 2
@@ -623,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("action", choices=["list", "show", "logs", "diff", "tell", "cancel"])
     j.add_argument("id", nargs="?", help="the job: its id (or the start of it) or its number, as the web app's "
                                          "\"Job 2\" and `assistant jobs list` show it")
-    j.add_argument("text", nargs="?", help="with tell: the message to the running job's agent")
+    j.add_argument("text", nargs="?", help="with tell: the message to the running job's agent (to a waiting job: "
+                   "the answer to its agent's question)")
     j.add_argument("--now", action="store_true", help="with tell: also stop the command it is running, so it reads "
                    "the message at once")
     j.add_argument("--thread", metavar="CONVERSATION", help="the conversation whose job number ID is (its id, the "

@@ -110,7 +110,8 @@ class Settings(BaseModel):
     # Jobs.
     max_concurrent_jobs: int = Field(4, ge=1, le=64, description="Jobs that run at once; more wait in the queue.")
     job_max_steps: int = Field(60, ge=1, description="Model turns per job before it is stopped.")
-    job_max_seconds: int = Field(3600, ge=10, description="Wall-clock budget per job, seconds.")
+    job_max_seconds: int = Field(3600, ge=10, description="Wall-clock budget per job, seconds (time spent waiting for your answer to the agent's question does not count).")
+    ask_timeout_s: float = Field(1800, ge=1, description="How long a job whose agent asked you something (state `waiting`) waits for your answer (`assistant jobs tell`, or the core's `JobManager.tell`), seconds; then it ends failed, its summary saying the answer did not come. Its sandbox is kept meanwhile.")
     job_max_tokens: int = Field(3_000_000, ge=1000, description="Tokens (prompt + completion) per job.")
     command_timeout_s: int = Field(300, ge=1, description="Default timeout of one agent shell command, seconds.")
 
@@ -142,7 +143,7 @@ class Settings(BaseModel):
     public_url: str | None = Field(None, description="The address people reach the app at (`https://host[:port][/path]`), for links that leave the app: a job notification links to its conversation as <public_url>/thread/<id>. Unset: notifications carry no link.")
 
     # Job notifications (assistant/notify): a signed JSON POST to each URL when a job ends.
-    webhook_urls: str | None = Field(None, description="Comma-separated http(s) URLs that get a JSON POST when a job ends (any end: succeeded, failed, cancelled, interrupted): job id and number, title, task and summary excerpts, state, reason, kind of result, repository, link, and a one-line `text` (so a Slack-style incoming webhook takes it as it is). Sent from a background thread, retried, recorded per job and URL (`assistant jobs show`); see Job notifications.")
+    webhook_urls: str | None = Field(None, description="Comma-separated http(s) URLs that get a JSON POST when a job ends (any end: succeeded, failed, cancelled, interrupted) or waits for your answer to its agent's question: job id and number, title, task and summary excerpts, state, reason, kind of result, repository, link, and a one-line `text` (so a Slack-style incoming webhook takes it as it is). Sent from a background thread, retried, recorded per job and URL (`assistant jobs show`); see Job notifications.")
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key of the notifications: each POST carries `X-Assistant-Timestamp` and `X-Assistant-Signature: sha256=<hex HMAC of \"<timestamp>.<raw body>\">`. Unset: notifications are sent unsigned.")
     webhook_attempts: int = Field(3, ge=1, le=10, description="Tries per notification and URL: a connection error, a timeout or an answer other than 2xx is tried again after 1 s, then 2 s, 4 s, …; after the last one it is recorded as failed.")
     webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="Seconds one notification POST may take to connect and to answer.")

@@ -9,8 +9,7 @@ import threading
 
 from .config import Settings, load_settings
 from .conversation.service import Conversation
-from .jobs.manager import JobManager
-from .jobs.results import assess_interrupted
+from .jobs.manager import JobManager, interrupt_orphans
 from .llm.client import ModelClient
 from .store import Store
 
@@ -54,10 +53,11 @@ class Assistant:
         if self._started:
             return
         # With the queue, a job's runner is judged by its worker's heartbeat (jobs/worker.py), not by this host.
-        interrupted = [] if self.settings.uses_queue else self.store.interrupt_orphaned_jobs()
+        # Each is assessed and its end notified (the webhooks), as if its own process had ended it.
+        interrupted = [] if self.settings.uses_queue else interrupt_orphans(self.settings, self.store,
+                                                                            notifier=self.jobs.notifier)
         if interrupted:
             log.warning("marked %d jobs interrupted (the server stopped under them): %s", len(interrupted), interrupted)
-            assess_interrupted(self.store, interrupted)
         if sweep:
             try:
                 from .egress import sweep_orphan_egress

@@ -101,7 +101,8 @@ def _clean_up_after(settings: Settings) -> None:
 
     store = Store(settings.resolved_database_url)
     try:
-        interrupted = store.interrupt_orphaned_jobs("the server stopped while this job was active; retry it")
+        from .jobs.manager import interrupt_orphans  # assessed, and their end notified by the next start
+        interrupted = interrupt_orphans(settings, store, "the server stopped while this job was active; retry it")
     finally:
         store.close()
     if interrupted:

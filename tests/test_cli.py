@@ -11,6 +11,7 @@ import pytest
 from assistant.domain.events import SteerQueued
 from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
 from tests.fixtures.repos import FIX_PATCH, make_calc_repo
+from tests.jobs.test_asking import fake_sandboxes  # noqa: F401  (a fixture)
 
 AGENT = "You are a careful software engineer"
 TEST_CMD = "python3 -m unittest -v 2>&1"
@@ -394,3 +395,67 @@ def test_jobs_tell_stores_a_message_for_a_running_job_and_show_lists_its_receipt
     cli(["jobs", "cancel", "e5f6a7b8"], cli_env)
     ended = cli(["jobs", "tell", "e5f6a7b8", "one more thing"], cli_env)
     assert ended.returncode == 1 and "already ended (cancelled)" in ended.stderr and "follow-up" in ended.stderr
+
+
+def test_jobs_tell_answers_a_waiting_job_and_show_prints_its_question(tmp_path, scripted_model, cli_env,
+                                                                      settings_for, fake_sandboxes):
+    """A job of this process (the fake sandbox, no Docker) waits for an answer; `jobs show` in another process
+    prints the question, `jobs tell` there answers it, and the agent goes on with it as its tool result."""
+    from assistant.jobs.manager import JobManager, JobRequest
+    from assistant.llm.client import ModelClient
+    from assistant.store import Store
+    from tests.jobs.test_asking import ANSWER, QUESTION, asking_script, wait_for
+
+    asking_script(scripted_model)
+    settings = settings_for(scripted_model, ASSISTANT_DATA_DIR=cli_env["ASSISTANT_DATA_DIR"])
+    store = Store(settings.resolved_database_url)
+    manager = JobManager(settings, store, ModelClient(settings))
+    try:
+        job = manager.submit(JobRequest(task="Fix the API use", repo=str(make_calc_repo(tmp_path / "calc")),
+                                        setup=[]))[0]
+        wait_for(lambda: store.get_job(job.id).state == "waiting", "the job waits")
+        listing = cli(["jobs", "list"], cli_env)
+        assert re.search(rf"{job.id}\s+-\s+-\s+waiting ", listing.stdout), listing.stdout
+        show = cli(["jobs", "show", job.id], cli_env)
+        assert show.returncode == 0, show.stderr
+        assert f"question: {QUESTION}" in show.stdout and "choices: keep v1 | move to v2" in show.stdout
+        assert f'answer with: assistant jobs tell {job.id} "…"' in show.stdout
+        told = cli(["jobs", "tell", job.id, ANSWER], cli_env)
+        assert told.returncode == 0, told.stderr
+        assert told.stdout.startswith(f"answered job {job.id}'s question; its agent goes on with your answer")
+        job = manager.wait(job.id, timeout=60)
+        assert job.state == "succeeded", job.reason
+        assert [c.command for c in store.list_chunks(job.id)] == ["echo looked", "echo v2"]
+        show = cli(["jobs", "show", job.id], cli_env)
+        assert "question:" not in show.stdout
+        assert f"“{ANSWER}”: delivered at step 2 as the answer to its question; acknowledged" in show.stdout
+    finally:
+        manager.shutdown(wait_s=10)
+        store.close()
+
+
+def test_jobs_cancel_without_the_queue_sends_the_webhook(cli_env, tmp_path):
+    from assistant.notify import verify
+    from assistant.store import Store
+    from tests.notify.receiver import Receiver
+
+    os.makedirs(cli_env["ASSISTANT_DATA_DIR"], exist_ok=True)
+    store = Store(f"sqlite:///{cli_env['ASSISTANT_DATA_DIR']}/assistant.db")
+    try:
+        job = store.create_job(task="Fix it", repo="/src/calc", title="Fix it")   # of this (live) process
+        store.transition(job.id, "preparing")
+    finally:
+        store.close()
+    with Receiver() as receiver:
+        env = {**cli_env, "ASSISTANT_WEBHOOK_URLS": receiver.url, "ASSISTANT_WEBHOOK_SECRET": "cli-secret"}
+        proc = cli(["jobs", "cancel", job.id], env)
+        assert proc.returncode == 0 and proc.stdout == f"job {job.id} cancelled\n", proc.stderr
+        [got] = receiver.wait_for(1, timeout=30)
+    assert got.headers["X-Assistant-Event"] == "ended" and got.json["state"] == "cancelled"
+    assert verify("cli-secret", got.body, got.headers["X-Assistant-Timestamp"], got.headers["X-Assistant-Signature"])
+    store = Store(f"sqlite:///{cli_env['ASSISTANT_DATA_DIR']}/assistant.db")
+    try:
+        assert store.get_job(job.id).state == "cancelled"
+        assert [r.state for r in store.list_notifications(job.id)] == ["delivered"]
+    finally:
+        store.close()

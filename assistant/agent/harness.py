@@ -10,6 +10,7 @@ import threading
 
 from ..llm.client import ModelClient
 from .guided import GuidedAgent
+from .asking import Asker
 from .loop import Agent, AgentBudgets, EventSink
 from .steering import SteerInbox
 from .tools import ToolEnv
@@ -24,13 +25,15 @@ def uses_guided(harness: str, tool_protocol: str) -> bool:
 
 
 def make_agent(model: ModelClient, env: ToolEnv, limits, *, job_id: str | None, cancel: threading.Event,
-               on_event: EventSink, steering: SteerInbox | None = None) -> Agent | GuidedAgent:
+               on_event: EventSink, steering: SteerInbox | None = None,
+               asker: Asker | None = None) -> Agent | GuidedAgent:
     """The agent for one job, from its JobLimits (budgets, protocol, harness); `steering` carries the messages the
-    user tells the job while it runs."""
+    user tells the job while it runs; `asker` lets the free agent ask the user (the guided harness picks among
+    constrained edits the tests decide on: it has nothing to ask)."""
     budgets = AgentBudgets(max_steps=limits.max_steps, max_seconds=limits.max_seconds, max_tokens=limits.max_tokens,
                            context_window=limits.context_window)
     if uses_guided(limits.harness, limits.tool_protocol):
         return GuidedAgent(model, env, budgets=budgets, job_id=job_id, cancel=cancel, on_event=on_event,
                            candidates=limits.candidates, steering=steering)
     return Agent(model, env, budgets=budgets, protocol=limits.tool_protocol, job_id=job_id, cancel=cancel,
-                 on_event=on_event, steering=steering)
+                 on_event=on_event, steering=steering, asker=asker)

@@ -21,6 +21,7 @@ from ..llm.constrained import ModelOutputError
 from ..llm.tokens import count_message_tokens
 from ..prompts import load_prompt, render_prompt
 from ..sandbox.base import SandboxLimitReached
+from .asking import ASK_USER, ASK_USER_SPEC, Asker, answer_result, parse_question, unanswered_reason
 from .steering import SteerInbox, SteerNote, excerpt_of, steer_turn
 from .tools import TOOL_SPECS, ToolEnv, parse_arguments
 
@@ -58,6 +59,10 @@ class Cancelled(Exception):
     pass
 
 
+class _Unanswered(Exception):
+    """The agent's question got no answer in time: the job ends here (the text is the reason)."""
+
+
 def _call_key(name: str, raw_args: str) -> str:
     """A call as comparable text: the same arguments with other spacing or key order are the same call."""
     try:
@@ -81,7 +86,8 @@ EventSink = Callable[[JobEventRecord], None]  # the job's typed events (assistan
 class Agent:
     def __init__(self, model: ModelClient, env: ToolEnv, *, budgets: AgentBudgets, protocol: str = "auto",
                  job_id: str | None = None, on_event: EventSink | None = None,
-                 cancel: threading.Event | None = None, steering: SteerInbox | None = None):
+                 cancel: threading.Event | None = None, steering: SteerInbox | None = None,
+                 asker: Asker | None = None):
         self.model = model
         self.env = env
         self.budgets = budgets
@@ -93,6 +99,10 @@ class Agent:
         self.messages: list[dict[str, Any]] = []
         self.steering = steering
         self._steered: list[dict[str, Any]] = []   # the turns that carry steering messages: never compacted
+        self.asker = asker                          # with one, the agent may ask the user (its ask_user tool)
+        self.tools = TOOL_SPECS + [ASK_USER_SPEC] if asker is not None else TOOL_SPECS
+        self.paused_s = 0.0                         # time spent waiting for the user's answers: not the job's
+        self._answered: list[SteerNote] = []        # the messages that answered a question, acknowledged next turn
 
     interruptible = True  # a `now` steering message may stop its command (ToolEnv.interrupt)
 
@@ -126,7 +136,8 @@ class Agent:
             except ModelError as exc:
                 result.reason = f"model error: {exc}"
                 return result
-            if steered:
+            steered, self._answered = steered + self._answered, []
+            if steered and self.steering is not None:
                 self.steering.acknowledged(steered, excerpt_of(
                     completion.content, [(c.name, c.arguments) for c in completion.tool_calls]))
             result.prompt_tokens += completion.prompt_tokens
@@ -167,6 +178,11 @@ class Agent:
                     continue
                 try:
                     outcome_text, key, failed = self._run_call(step, name, raw_args, result)
+                except _Unanswered as exc:
+                    if self.cancel.is_set():
+                        return self._cancelled(result)
+                    result.reason = str(exc)
+                    return result
                 except Exception as exc:  # the sandbox itself broke (container died, or the job was cancelled)
                     if self.cancel.is_set():
                         return self._cancelled(result)
@@ -174,7 +190,7 @@ class Agent:
                                      else f"the sandbox failed while running {name}: {type(exc).__name__}: {exc}")
                     return result
                 self._append_result(call_id, name, outcome_text)
-                worked = worked or not outcome_text.startswith(MALFORMED)
+                worked = worked or (name != ASK_USER and not outcome_text.startswith(MALFORMED))
                 if getattr(self.env, "stopped", None):  # a `now` message stopped it: the message comes next
                     stopped_turn = True
                     continue
@@ -227,11 +243,11 @@ class Agent:
     def _ask(self) -> Completion:
         if self.protocol == "grammar":
             try:
-                return self.model.next_action("agent", self.messages, TOOL_SPECS, job_id=self.job_id)
+                return self.model.next_action("agent", self.messages, self.tools, job_id=self.job_id)
             except ModelOutputError as exc:
                 return Completion(content=exc.raw or "", finish_reason=INVALID_ACTION,
                                   tool_calls=[ToolCall("invalid", "", exc.problem)])
-        tools = TOOL_SPECS if self.protocol == "native" else None
+        tools = self.tools if self.protocol == "native" else None
         try:
             return self.model.complete("agent", self.messages, tools=tools, job_id=self.job_id)
         except ToolsUnsupported:
@@ -244,7 +260,7 @@ class Agent:
     def _switch_to_text(self) -> None:
         self.protocol = "text"
         self.messages[0] = {**self.messages[0],
-                            "content": self.messages[0]["content"] + "\n\n" + textproto.render_tool_instructions(TOOL_SPECS)}
+                            "content": self.messages[0]["content"] + "\n\n" + textproto.render_tool_instructions(self.tools)}
 
     def _calls_of(self, completion: Completion) -> tuple[list[tuple[str, str, str]], str | None]:
         if completion.finish_reason == INVALID_ACTION:
@@ -253,7 +269,7 @@ class Agent:
         if self.protocol in ("native", "grammar"):
             return [(c.id, c.name, c.arguments) for c in completion.tool_calls], None
         try:
-            parsed = textproto.parse_tool_calls(completion.content or "", TOOL_SPECS)
+            parsed = textproto.parse_tool_calls(completion.content or "", self.tools)
         except textproto.TextProtocolError as exc:
             return [], exc.reminder
         return [(f"text_{i}", p.name, json.dumps(p.arguments)) for i, p in enumerate(parsed)], None
@@ -275,8 +291,12 @@ class Agent:
         key = f"{name} {raw_args}"
         try:
             args = parse_arguments(raw_args)
+            if name == ASK_USER and self.asker is not None:
+                return self._ask_user(step, args), key, False
             if name not in ("shell", "apply_patch"):
-                raise ValueError(f"there is no tool {name!r}; the tools are shell and apply_patch")
+                raise ValueError(f"there is no tool {name!r}; the tools are "
+                                 + ("shell, apply_patch and ask_user" if self.asker is not None
+                                    else "shell and apply_patch"))
             self.on_event(ToolStarted(step, name, args))
             outcome = self.env.run(name, args)
         except (ValueError, TypeError) as exc:
@@ -290,9 +310,25 @@ class Agent:
                                    round(outcome.duration_s, 3), outcome.ok, outcome.is_test))
         return outcome.text, key, not outcome.ok
 
+    def _ask_user(self, step: int, args: dict[str, Any]) -> str:
+        """Put the question to the user and wait (the asker blocks): the answer is the tool's result. The wait
+        does not count against the time budget. No answer in time (or a cancel) ends the job: _Unanswered."""
+        question = parse_question(args, step)   # a ValueError: a malformed call the model can fix
+        self.on_event(ToolStarted(step, ASK_USER, args))
+        reply = self.asker.ask(question)
+        self.paused_s += reply.waited_s
+        if reply.answer is None:
+            self.on_event(StepFinished(step, ASK_USER, f"asked: {question.text[:160]} (no answer)", ok=False))
+            raise _Unanswered("cancelled by the user" if reply.ended == "cancelled"
+                              else unanswered_reason(question, reply))
+        if self.steering is not None and reply.message_ids:
+            self._answered.extend(SteerNote(i, "") for i in reply.message_ids)
+        self.on_event(StepFinished(step, ASK_USER, f"asked: {question.text[:160]}", ok=True))
+        return answer_result(reply)
+
     # ------------------------------------------------------------------ safety nets
     def _over_budget(self, started: float, result: AgentResult) -> str | None:
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started - self.paused_s   # waiting for the user is not the job's time
         if elapsed > self.budgets.max_seconds:
             return f"time budget exhausted ({self.budgets.max_seconds:.0f} s; ASSISTANT_JOB_MAX_SECONDS)"
         used = result.prompt_tokens + result.completion_tokens

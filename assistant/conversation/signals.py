@@ -119,7 +119,8 @@ _LAST_REF = re.compile(r"\b(?:last|latest|previous|prior|most\s+recent)\s+(?:job
                        r"patch|task)\b", re.I)
 _STATE_WORDS = {"cancelled": ("cancelled",), "canceled": ("cancelled",), "stopped": ("cancelled", "interrupted"),
                 "interrupted": ("interrupted",), "failed": ("failed",), "broken": ("failed",),
-                "unfinished": ("cancelled", "interrupted", "failed", "running"), "running": ("running",)}
+                "unfinished": ("cancelled", "interrupted", "failed", "running", "waiting"),
+                "running": ("running", "waiting"), "waiting": ("waiting",)}   # waiting: its agent asked the user
 _STATE_REF = re.compile(r"\b(?:the|that)\s+(" + "|".join(_STATE_WORDS) + r")\s+(?:job|one|attempt|task|run)\b", re.I)
 _WORD = re.compile(r"[a-z0-9][a-z0-9_\-.]*[a-z0-9]|[a-z0-9]", re.I)
 # Words that say nothing about which job is meant: they occur in most titles and most requests.

@@ -191,6 +191,35 @@ class SteerAcknowledged(JobEventRecord):
 
 
 @dataclass(frozen=True)
+class QuestionAsked(JobEventRecord):
+    """The agent asked the user something (its ask_user tool) at `step`; the job waits in state `waiting` for the
+    answer (a message told to the job) at most `timeout_s` seconds (ASSISTANT_ASK_TIMEOUT_S)."""
+    kind: ClassVar[str] = "question_asked"
+    question: str = ""
+    choices: list[str] = field(default_factory=list)
+    step: int | None = None
+    timeout_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class QuestionAnswered(JobEventRecord):
+    """The user's answer reached the agent as its ask_user result after `waited_s` seconds (`message_ids`: the
+    steering messages that made it)."""
+    kind: ClassVar[str] = "question_answered"
+    answer: str = ""
+    waited_s: float = 0.0
+    message_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QuestionTimedOut(JobEventRecord):
+    """No answer came within the ask timeout: the job ends (failed) without one."""
+    kind: ClassVar[str] = "question_timed_out"
+    question: str = ""
+    waited_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class UnknownEvent(JobEventRecord):
     """A kind this release does not know (written by a newer one, or by another part of the app): kept as is."""
     raw_kind: str = ""
@@ -203,7 +232,7 @@ class UnknownEvent(JobEventRecord):
 EVENT_TYPES: dict[str, type[JobEventRecord]] = {cls.kind: cls for cls in (
     StateChanged, SetupCommandRan, ToolStarted, StepFinished, AgentMessage, OutputDelta, Notice, SummaryWritten,
     DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Routed, Finished, SteerQueued, SteerDelivered,
-    SteerAcknowledged)}
+    SteerAcknowledged, QuestionAsked, QuestionAnswered, QuestionTimedOut)}
 
 
 def kind_of(event: JobEventRecord) -> str:
@@ -258,5 +287,6 @@ class JobUpdate:
 
 __all__ = ["JobEventRecord", "StateChanged", "SetupCommandRan", "ToolStarted", "StepFinished", "AgentMessage",
            "OutputDelta", "Notice", "SummaryWritten", "DiffComputed", "GroupRanked", "SandboxReady", "SandboxPlaced",
-           "Routed", "Finished", "SteerQueued", "SteerDelivered", "SteerAcknowledged", "UnknownEvent", "EVENT_TYPES",
+           "Routed", "Finished", "SteerQueued", "SteerDelivered", "SteerAcknowledged", "QuestionAsked", "QuestionAnswered",
+           "QuestionTimedOut", "UnknownEvent", "EVENT_TYPES",
            "kind_of", "encode", "decode", "JobUpdate"]

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 QUEUED, PREPARING, SETTING_UP, RUNNING = "queued", "preparing", "setting_up", "running"
+WAITING = "waiting"   # the agent asked the user something (its ask_user tool) and waits for the answer
 SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "succeeded", "failed", "cancelled", "interrupted"
 
-ACTIVE = (QUEUED, PREPARING, SETTING_UP, RUNNING)
+ACTIVE = (QUEUED, PREPARING, SETTING_UP, RUNNING, WAITING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 ALL_STATES = ACTIVE + TERMINAL
 
@@ -13,7 +14,8 @@ TRANSITIONS: dict[str, set[str]] = {
     QUEUED: {PREPARING} | _STOPS,
     PREPARING: {SETTING_UP, RUNNING} | _STOPS,
     SETTING_UP: {RUNNING} | _STOPS,
-    RUNNING: {SUCCEEDED} | _STOPS,
+    RUNNING: {SUCCEEDED, WAITING} | _STOPS,
+    WAITING: {RUNNING} | _STOPS,   # answered: running again; unanswered in time: failed
     SUCCEEDED: set(),
     FAILED: set(),
     CANCELLED: set(),

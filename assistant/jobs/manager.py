@@ -108,7 +108,7 @@ class JobManager:
         self.notifier = notifier or Notifier(settings, store)
         self.runner = JobRunner(settings, store, model, self.sandbox_config, pool=self.pool,
                                 stopping=lambda: self._stopping, after_prepare=self._rewarm,
-                                on_end=self.notifier.job_ended)
+                                on_end=self.notifier.job_ended, on_wait=self.notifier.job_waiting)
         if execution is None:
             if settings.uses_queue:
                 from .queue import QueueExecution
@@ -191,13 +191,12 @@ class JobManager:
     def tell(self, job_id: str, text: str, *, now: bool = False, user_id: str | None = None) -> SteerMessage:
         """Steer a running (or queued) job: the message is stored, so its run reads it wherever it runs, at the
         agent's next step (before its next model call); with `now` the command running at that moment is stopped
-        too. SteerRefused (a ValueError saying what to do instead) for a job that has ended or an empty message.
+        too. A job whose agent waits for an answer (state waiting) takes the message as the answer and resumes. SteerRefused (a ValueError saying what to do instead) for a job that has ended or an empty message.
         The receipt follows as events: SteerQueued now, SteerDelivered(step) and SteerAcknowledged(excerpt)."""
         job = self.store.get_job(job_id)
         message = tell(self.store, job, text, now=now, user_id=user_id)
         self._emit(job, queued_event(message))
-        if now:
-            self.runner.nudge(job.id)
+        self.runner.nudge(job.id, now)   # a waiting agent reads it as its answer at once
         return message
 
     def retry(self, job_id: str, attempts: int = 1, include_uncommitted: bool | None = None) -> list[Job]:
@@ -294,6 +293,35 @@ def cancel_from_command_line(settings: Settings, store: Store, job_id: str) -> b
             job_id, "cancelled from the command line")
     finally:
         execution.shutdown(False, None)
+
+
+def cancel_here(settings: Settings, store: Store, job_id: str, reason: str = "cancelled from the command line") -> bool:
+    """`assistant jobs cancel` without the queue: the job's end is recorded through its recorder, so it is assessed
+    and its webhook notification goes out (a server running the job sees the cancel in the store within a second and
+    stops the run, which records what its agent left). The notification is tried before the command returns."""
+    notifier = Notifier(settings, store)
+    try:
+        job = store.get_job(job_id)
+        ended = JobRecorder(store, job, lambda _update: None, on_end=notifier.job_ended).finish(states.CANCELLED,
+                                                                                               reason)
+        if ended:
+            notifier.flush(job_id, 2 * notifier.timeout_s)
+        return ended
+    finally:
+        notifier.close(notifier.timeout_s)
+
+
+def interrupt_orphans(settings: Settings, store: Store, reason: str | None = None,
+                      notifier: Notifier | None = None) -> list[str]:
+    """Active jobs whose process died are interrupted, assessed (the log digest: no model here) and notified as
+    ended: recorded, and sent by `notifier` when it delivers (a server's), else by the next server or worker."""
+    from .results import assess_interrupted
+
+    interrupted = store.interrupt_orphaned_jobs(reason) if reason else store.interrupt_orphaned_jobs()
+    if interrupted:
+        assess_interrupted(store, interrupted)
+        (notifier or Notifier(settings, store, deliver=False)).jobs_interrupted(interrupted)
+    return interrupted
 
 
 def tell_from_command_line(settings: Settings, store: Store, job_id: str, text: str, *, now: bool = False) -> SteerMessage:

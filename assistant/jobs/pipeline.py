@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..agent.agents_md import commands_in, discover_agents_md
+from ..agent.asking import Asker, Question, Reply
 from ..agent.citations import check_citations, find_citations
 from ..agent.harness import make_agent
 from ..agent.loop import AgentResult
@@ -179,12 +180,13 @@ def _close(sandbox) -> None:
 
 def run_job(spec: JobSpec, *, prepare: Prepare, config: SandboxConfig, model: ModelClient, limits: JobLimits,
             job_log: JobLog, emit: Emit, control: RunControl | None = None,
-            steering: SteerInbox | None = None) -> JobOutcome:
+            steering: SteerInbox | None = None, asker: Asker | None = None) -> JobOutcome:
     """Run one job to its outcome. The sandbox is closed when this returns (or raises). `steering` is where the
-    agent reads the messages the user tells the job while it runs (agent/steering.py)."""
+    agent reads the messages the user tells the job while it runs (agent/steering.py); `asker` is whom it asks
+    when it is blocked (agent/asking.py): while it waits, the sandbox is kept and its wall clock paused."""
     control = control or RunControl()
     try:
-        return _run(spec, prepare, config, model, limits, job_log, emit, control, steering)
+        return _run(spec, prepare, config, model, limits, job_log, emit, control, steering, asker)
     finally:
         control.set_interrupter(None)
         sandbox = control.detach()
@@ -194,7 +196,7 @@ def run_job(spec: JobSpec, *, prepare: Prepare, config: SandboxConfig, model: Mo
             raise RunLost(control.lost)
 
 
-def _run(spec, prepare, config, model, limits, job_log, emit, control, steering) -> JobOutcome:
+def _run(spec, prepare, config, model, limits, job_log, emit, control, steering, asker) -> JobOutcome:
     job_log = _ChunkTally(job_log)
     emit(StateChanged(states.PREPARING))
     setup_chunks: list[LoggedChunk] = []
@@ -254,11 +256,31 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control, steering)
     env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
                   on_output=on_output, test_commands=commands_in(instructions) + tuple(prepared.test_commands))
     agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled, on_event=emit,
-                       steering=steering)
+                       steering=steering, asker=_PausingAsker(asker, sandbox) if asker is not None else None)
     if agent.interruptible:  # the guided harness's commands validate its edits: it reads messages, never stops them
         control.set_interrupter(env.interrupt)
     result = agent.run(spec.task, context=context, instructions=instructions)
     return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
+
+
+class _PausingAsker:
+    """While the agent waits for the user, its sandbox stays and the sandbox's wall clock (the job's time limit,
+    ASSISTANT_JOB_MAX_SECONDS) stands still: waiting for an answer is not the job's time."""
+
+    def __init__(self, asker: Asker, sandbox):
+        self.asker = asker
+        self.sandbox = sandbox
+
+    def ask(self, question: Question) -> Reply:
+        pause = getattr(self.sandbox, "pause_wall_clock", None)
+        resume = getattr(self.sandbox, "resume_wall_clock", None)
+        if pause is not None:
+            pause()
+        try:
+            return self.asker.ask(question)
+        finally:
+            if resume is not None:
+                resume()
 
 
 def _context(spec: JobSpec, prepared: PreparedSandbox, setup_chunks: list[LoggedChunk], emit: Emit) -> str:

@@ -23,6 +23,7 @@ from ..sandbox.pool import EnginePool
 from ..sandbox.warm import WarmPool
 from ..store import Job, StaleRun, Store
 from .apply import START_PATCH
+from .asking import StoreAsker, WaitHook
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, RunLost, run_job
 from .recorder import EndHook, JobRecorder, Publish, model_summariser
 from .steering import SteerWatch, StoreInbox
@@ -46,12 +47,13 @@ class JobRunner:
     a run cancelled by that ends interrupted (retryable), not cancelled. `warm` readies the next sandbox for the
     repository as soon as this one is prepared. `engine_loss_is_lost`: a failed run whose engine stopped answering
     is lost, not failed (a queue can give it to another engine). `on_end` is every recorder's end hook: the
-    webhook notifier (assistant/notify), wherever the job ends."""
+    webhook notifier (assistant/notify), wherever the job ends; `on_wait` hears of a job whose agent asks the user
+    something (the notifier's waiting webhook)."""
 
     def __init__(self, settings: Settings, store: Store, model: ModelClient, config: SandboxConfig, *,
                  pool: EnginePool | None, stopping: Callable[[], bool], warm: WarmPool | None = None,
                  after_prepare: Callable[[Job], None] | None = None, engine_loss_is_lost: bool = False,
-                 on_end: EndHook | None = None):
+                 on_end: EndHook | None = None, on_wait: WaitHook | None = None):
         self.settings = settings
         self.store = store
         self.model = model
@@ -62,15 +64,21 @@ class JobRunner:
         self.after_prepare = after_prepare
         self.engine_loss_is_lost = engine_loss_is_lost
         self.on_end = on_end
+        self.on_wait = on_wait
         self._watches: dict[str, SteerWatch] = {}   # the steering watch of each run under way here
+        self._askers: dict[str, StoreAsker] = {}    # … and whom its agent asks (woken by a message told here)
         self._watch_lock = threading.Lock()
 
-    def nudge(self, job_id: str) -> bool:
-        """A message sent with `now` was stored for this job: if its run is here, look at once (not within the
-        second). False when the job does not run in this process (its run's own watch finds it)."""
+    def nudge(self, job_id: str, now: bool = True) -> bool:
+        """A message was stored for this job: if its run is here, look at once (not within the second) — for an
+        answer when its agent waits for one, and with `now` for a command to stop. False when the job does not
+        run in this process (its run's own watch and asker find it)."""
         with self._watch_lock:
             watch = self._watches.get(job_id)
-        if watch is not None:
+            asker = self._askers.get(job_id)
+        if asker is not None:
+            asker.wake()
+        if watch is not None and now:
             watch.wake()
         return watch is not None
 
@@ -96,18 +104,22 @@ class JobRunner:
         recorder = self.recorder(job, publish, control, store)
         end = RunEnd()
         watch = SteerWatch(store or self.store, job.id, control).start()
+        asker = StoreAsker(recorder, control, self.settings.ask_timeout_s, on_wait=self.on_wait)
         with self._watch_lock:
             self._watches[job.id] = watch
+            self._askers[job.id] = asker
         try:
-            return self._run(job, control, recorder, end, on_placed)
+            return self._run(job, control, recorder, end, on_placed, asker)
         finally:
             watch.stop()
             with self._watch_lock:
                 if self._watches.get(job.id) is watch:
                     del self._watches[job.id]
+                if self._askers.get(job.id) is asker:
+                    del self._askers[job.id]
 
     def _run(self, job: Job, control: RunControl, recorder: JobRecorder, end: RunEnd,
-             on_placed: Callable[[EngineSpec | None], None] | None) -> RunEnd:
+             on_placed: Callable[[EngineSpec | None], None] | None, asker: StoreAsker) -> RunEnd:
         def prepare_placed(request, **callbacks):
             if self.pool is not None:
                 end.engine = self.pool.place(job.id, job.fence, control.cancelled,
@@ -121,7 +133,7 @@ class JobRunner:
         try:
             outcome = run_job(job_spec(self.store, job), prepare=prepare_placed, config=self.config,
                               model=self.model, limits=JobLimits.from_settings(self.settings), job_log=recorder,
-                              emit=recorder.emit, control=control, steering=StoreInbox(recorder))
+                              emit=recorder.emit, control=control, steering=StoreInbox(recorder), asker=asker)
             if outcome.state == states.FAILED and self.engine_loss_is_lost:
                 end.lost = self._engine_lost(end.engine)  # not the job's failure: it goes to another engine
                 if end.lost:

@@ -69,7 +69,8 @@ def receipt_line(message: SteerMessage) -> str:
         return f"{head}: queued, not read yet"
     if message.state == "dropped":
         return f"{head}: dropped, the job ended before its agent read it"
-    how = "as extra guidance of the guided harness" if message.delivered_how == "guidance" else "as a user turn"
+    how = {"guidance": "as extra guidance of the guided harness",
+           "answer": "as the answer to its question"}.get(message.delivered_how, "as a user turn")
     line = f"{head}: delivered at step {message.delivered_step} {how}"
     if message.stopped:
         line += f", stopping `{_clip(message.stopped, 80)}`"

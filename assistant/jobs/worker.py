@@ -91,7 +91,7 @@ class QueueWorker:
         self.notifier = notifier or Notifier(settings, self.store)
         self.runner = JobRunner(settings, self.store, model, self.sandbox_config, pool=self.pool,
                                 stopping=lambda: self._stopping.is_set(), engine_loss_is_lost=True,
-                                on_end=self.notifier.job_ended)
+                                on_end=self.notifier.job_ended, on_wait=self.notifier.job_waiting)
         self.running: dict[str, Run] = {}
         self._worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

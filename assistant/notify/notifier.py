@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from ..config import Settings
 from ..procs import process_tag
 from ..store import Job, Notification, Store
-from .payload import ENDED, job_notification
+from .payload import ENDED, WAITING, job_notification
 from .signing import DELIVERY_HEADER, EVENT_HEADER, signed_headers
 
 log = logging.getLogger(__name__)
@@ -132,19 +132,49 @@ class Notifier:
         """The recorder's end hook: the job (as the store has it, ended and assessed) is notified as ended."""
         self.notify(job, ENDED)
 
-    def notify(self, job: Job, event: str) -> list[str]:
-        """Record the event's notification for every URL (once per job, event and URL, whoever asks again) and
-        have it sent; the ids of the rows recorded now."""
+    def job_waiting(self, job: Job, question) -> None:
+        """The asker's wait hook (jobs/asking.py): the job (as stored, now waiting) asks the user `question` (an
+        agent.asking.Question). Each question of a run is notified once: its key is the run and the step."""
+        self.notify(job, WAITING, question=question.text, key=f"{job.fence}.{question.step}")
+
+    def notify(self, job: Job, event: str, *, question: str | None = None, key: str | None = None) -> list[str]:
+        """Record the event's notification for every URL (once per job, event — with `key`, once per key of that
+        event — and URL, whoever asks again) and have it sent; the ids of the rows recorded now."""
         if not self.urls:
             return []
-        body = job_notification(job, event, self.public_url).to_dict()
-        made = self.store.add_notifications(job.id, event, self.urls, body)
+        body = job_notification(job, event, self.public_url, question=question).to_dict()
+        made = self.store.add_notifications(job.id, event if key is None else f"{event}:{key}", self.urls, body)
         if made:
             self.start()
             self._wake.set()
         return made
 
+    def jobs_interrupted(self, job_ids) -> None:
+        """Jobs found interrupted at start-up (their process died, so nothing announced their end): notified
+        as ended."""
+        for job_id in job_ids:
+            try:
+                self.job_ended(self.store.get_job(job_id), "interrupted", "")
+            except Exception:
+                log.exception("notifying the interrupted job %s", job_id)
+
     # ------------------------------------------------------------------ delivering
+    def flush(self, job_id: str, wait_s: float) -> bool:
+        """Have the job's notifications tried once before a short-lived command exits: wait up to wait_s while any
+        is untried or under way. True when none is; those left pending are sent by the next server or worker."""
+        if not self.urls:
+            return True
+        self.start()
+        self._wake.set()
+        deadline = _utcnow() + timedelta(seconds=wait_s)
+        while True:
+            rows = self.store.list_notifications(job_id)
+            if not any(r.state == "sending" or (r.state == "pending" and r.attempts == 0) for r in rows):
+                return True
+            if _utcnow() >= deadline:
+                return False
+            self._closed.wait(0.05)
+
     def start(self) -> None:
         """Start the delivery thread (once; not after close, not without URLs, not for a recording-only one)."""
         if not self.urls or not self.deliver or self._closed.is_set():
@@ -216,7 +246,8 @@ class Notifier:
     def _attempt(self, row: Notification) -> None:
         try:
             body = json.dumps(row.payload, ensure_ascii=False, separators=(",", ":")).encode()
-            headers = {**signed_headers(self.secret, body), EVENT_HEADER: row.event, DELIVERY_HEADER: row.id}
+            event = row.payload.get("event") or row.event.split(":")[0]   # the row's event carries its key
+            headers = {**signed_headers(self.secret, body), EVENT_HEADER: event, DELIVERY_HEADER: row.id}
             result = post(row.url, body, headers, self.timeout_s)
             now = _utcnow()
             if result.ok:

@@ -15,7 +15,7 @@ from ..domain.outcome import Outcome
 from ..store import Job
 
 ENDED = "ended"       # a job reached a terminal state
-WAITING = "waiting"   # the agent asks the user something (not sent yet: the feature that asks is to come)
+WAITING = "waiting"   # the agent asks the user something (its ask_user tool): the job waits for the answer
 EVENTS = (ENDED, WAITING)
 
 TASK_CHARS = 300
@@ -44,6 +44,7 @@ class JobNotification:
     thread_id: str | None
     link: str | None             # <ASSISTANT_PUBLIC_URL>/thread/<thread id>
     occurred_at: str             # ISO 8601, UTC
+    question: str | None = None  # waiting: what the agent asks (excerpt; also the `summary`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,20 +68,25 @@ def thread_link(public_url: str | None, thread_id: str | None) -> str | None:
     return f"{public_url.rstrip('/')}/thread/{thread_id}"
 
 
-def job_notification(job: Job, event: str, public_url: str | None, now: datetime | None = None) -> JobNotification:
-    """The notification of `event` for a job as the store has it now."""
+def job_notification(job: Job, event: str, public_url: str | None, now: datetime | None = None, *,
+                     question: str | None = None) -> JobNotification:
+    """The notification of `event` for a job as the store has it now; a waiting one carries the agent's question
+    as its excerpt."""
     if event not in EVENTS:
         raise ValueError(f"unknown notification event {event!r}; known: {', '.join(EVENTS)}")
     kind = Outcome.from_dict(job.outcome).kind
     number = job.number if job.thread_id else None
     link = thread_link(public_url, job.thread_id)
     summary = plain_excerpt(job.summary, SUMMARY_CHARS) or None
+    asked = plain_excerpt(question, SUMMARY_CHARS) or None if event == WAITING else None
+    if event == WAITING:
+        summary = asked
     title = job.title or plain_excerpt(job.task, 80)
     return JobNotification(
         event=event, text=one_line(event, job, title, kind, number, summary, link), job_id=job.id,
         job_number=number, title=title, task=plain_excerpt(job.task, TASK_CHARS), state=job.state, reason=job.reason,
         outcome=kind, summary=summary, repo=job.repo, ref=job.ref, thread_id=job.thread_id, link=link,
-        occurred_at=(now or datetime.now(timezone.utc)).isoformat(timespec="seconds"))
+        occurred_at=(now or datetime.now(timezone.utc)).isoformat(timespec="seconds"), question=asked)
 
 
 def one_line(event: str, job: Job, title: str, kind: str | None, number: int | None, summary: str | None,
@@ -88,7 +94,7 @@ def one_line(event: str, job: Job, title: str, kind: str | None, number: int | N
     """`Job 2 “Fix the failing test” succeeded (fix) in /src/calc: The add function … <link>`"""
     name = f"Job {number}" if number is not None else f"Job {job.id}"
     if event == WAITING:
-        said = "is waiting for you"
+        said = "is waiting for your answer"
     else:
         said = _SAID.get(job.state, f"ended {job.state}")
         if kind:

@@ -215,6 +215,7 @@ class ChannelSandbox(ABC):
     placement = None  # (engine name, container id) on a Docker engine
     disk_note: str | None = None  # set by the backend when the job's disk cap could not be enforced
     _extra_env: dict[str, str] = {}  # merged into every command's environment (the proxy variables)
+    _paused_left: float | None = None  # while the wall clock is paused: the seconds it had left
 
     def confine_to_proxy(self, policy, config) -> str:
         raise SandboxError(f"the {self.backend} backend supports agent internet `off` only")
@@ -228,6 +229,27 @@ class ChannelSandbox(ABC):
         self._wall_clock.cancel()
         self._deadline = time.monotonic() + self._config.job_wall_clock_s
         self._wall_clock = threading.Timer(self._config.job_wall_clock_s, self._expire)
+        self._wall_clock.daemon = True
+        self._wall_clock.start()
+
+    def pause_wall_clock(self) -> None:
+        """The job waits for its user's answer (agent/asking.py): its wall clock stands still until resumed."""
+        if self._paused_left is not None:
+            return
+        self._wall_clock.cancel()
+        self._paused_left = max(0.0, self._deadline - time.monotonic())
+        self._deadline = float("inf")
+
+    def resume_wall_clock(self) -> None:
+        """The answer came (or the wait ended): the wall clock goes on with the time that was left."""
+        left = self._paused_left
+        if left is None:
+            return
+        self._paused_left = None
+        self._deadline = time.monotonic() + left
+        if self._closed:
+            return
+        self._wall_clock = threading.Timer(left, self._expire)
         self._wall_clock.daemon = True
         self._wall_clock.start()
 

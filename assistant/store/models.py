@@ -187,7 +187,7 @@ class Notification(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("job_id", "event", "url"),)
     id: str = Field(default_factory=new_id, primary_key=True)
     job_id: str = Field(index=True)
-    event: str                           # ended (a job's end); later: waiting (the agent asks the user)
+    event: str                           # ended (a job's end), or waiting:<run>.<step> (its agent asks the user)
     url: str = Field(sa_column=Column(Text, nullable=False))
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     state: str = Field(default="pending", index=True)

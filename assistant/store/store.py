@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ..domain.events import JobEventRecord, decode, encode
-from ..domain.states import ACTIVE, INTERRUPTED, check_transition
+from ..domain.states import ACTIVE, INTERRUPTED, WAITING, check_transition
 from ..procs import process_tag, tag_alive
 from .db import init_schema, make_engine
 from .models import (Artifact, Element, Feedback, Job, JobEvent, LogChunk, Message, Meta, Notification,
@@ -391,7 +391,7 @@ class Store:
             job.state = state
             now = utcnow()
             stamp = f"{state}_at"
-            if hasattr(job, stamp):
+            if hasattr(job, stamp) and getattr(job, stamp) is None:  # running again after waiting: still the first
                 setattr(job, stamp, now)
             if state in ("succeeded", "failed", "cancelled", "interrupted"):
                 job.finished_at = now
@@ -480,10 +480,14 @@ class Store:
     def interrupt_orphaned_jobs(self, reason: str = "the server stopped while this job was active; retry it") -> list[str]:
         """At start-up: active jobs whose runner process is gone (or unknown) are interrupted.
         Jobs of a live process on this host (a server beside a CLI run) are left alone."""
-        ids = [j.id for j in self.list_jobs(states=ACTIVE, limit=100_000) if not runner_alive(j.runner)]
-        for job_id in ids:
-            self.transition(job_id, INTERRUPTED, reason)
-        return ids
+        orphans = [j for j in self.list_jobs(states=ACTIVE, limit=100_000) if not runner_alive(j.runner)]
+        for job in orphans:
+            said = reason
+            if job.state == WAITING:  # its question goes unanswered: the retry asks it again
+                said = (f"{reason} (it was waiting for your answer to its agent's question; a retry starts over "
+                        "and may ask again)")
+            self.transition(job.id, INTERRUPTED, said)
+        return [j.id for j in orphans]
 
     # ------------------------------------------------------------------ events
     def add_event(self, job_id: str, kind: str, data: dict[str, Any] | None = None) -> JobEvent:

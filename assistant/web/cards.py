@@ -22,8 +22,8 @@ from ..store import Job, Store
 # Symbols from the basic fonts every system has; emoji render as empty boxes where no emoji font is installed.
 STATE_BADGES = {
     states.QUEUED: "○ queued", states.PREPARING: "◔ preparing", states.SETTING_UP: "◑ setting up",
-    states.RUNNING: "◕ running", states.SUCCEEDED: "✓ succeeded", states.FAILED: "✗ failed",
-    states.CANCELLED: "■ cancelled", states.INTERRUPTED: "⚠ interrupted",
+    states.RUNNING: "◕ running", states.WAITING: "◇ waiting for you", states.SUCCEEDED: "✓ succeeded",
+    states.FAILED: "✗ failed", states.CANCELLED: "■ cancelled", states.INTERRUPTED: "⚠ interrupted",
 }
 
 MAX_STEPS_SHOWN = 12

@@ -305,3 +305,13 @@ def test_a_follow_up_that_may_not_build_on_a_job_still_names_it_as_context(state
     assert (r.kind, r.job_id, r.context_job_id) == ("job", None, "j1"), r
     elsewhere = route_message("also add a test for it", js, None, repo="/srv/other", command="code")
     assert (elsewhere.kind, elsewhere.context_job_id) == ("job", None), elsewhere
+
+
+def test_a_waiting_job_is_the_running_one_and_can_be_named_as_waiting():
+    js = [Job(id="j1", number=1, title="Bump lodash", task="x", state="failed", repo=REPO),
+          Job(id="j2", number=2, title="Rename userId", task="x", state="waiting", repo=REPO)]
+    for text in ("what is the running job doing?", "the waiting one asked me something", "about the unfinished job"):
+        ref = find_job_reference(text, js)
+        assert (ref.job.number, ref.by) == (2, "state"), text
+    r = route_message("continue from the waiting job", js, None, repo=REPO)
+    assert r.kind != "followup_job"      # it has not finished: nothing to build on yet

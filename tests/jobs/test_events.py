@@ -105,3 +105,12 @@ def test_every_type_has_a_distinct_kind():
     for cls in ev.EVENT_TYPES.values():
         assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
                    for f in dataclasses.fields(cls)), f"{cls.__name__}: old rows may lack any field"
+
+
+def test_cli_lines_of_a_question_say_how_to_answer_it():
+    asked = _progress_line(ev.QuestionAsked("v1 or v2?", ["v1", "v2"], 2, 1800.0), "a1b2c3d4")
+    assert asked == ('the agent asks: v1 or v2? (choices: v1 | v2)\n  waiting for your answer (up to 1800 s): '
+                     'assistant jobs tell a1b2c3d4 "your answer"')
+    assert _progress_line(ev.QuestionAnswered("v2", 12.4, ["m1"])) == "answered after 12 s: v2"
+    assert _progress_line(ev.QuestionTimedOut("v1 or v2?", 1800.2)) == "no answer came within 1800 s"
+    assert _progress_line(ev.StateChanged("waiting")) == "waiting"

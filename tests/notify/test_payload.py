@@ -42,3 +42,13 @@ def test_the_waiting_event_takes_the_same_path_and_unknown_events_are_refused():
     assert "is waiting for you" in job_notification(job(state="running"), WAITING, None).text
     with pytest.raises(ValueError, match="unknown notification event 'started'; known: ended, waiting"):
         job_notification(job(), "started", None)
+
+
+def test_a_waiting_job_carries_its_question_as_the_excerpt():
+    note = job_notification(job(state="waiting", summary="an older summary"), WAITING, "https://a.example.org",
+                            question="Keep the v1 API 【F:api.py†L3】, or move to v2?")
+    assert (note.state, note.question, note.summary) == ("waiting", "Keep the v1 API, or move to v2?",
+                                                         "Keep the v1 API, or move to v2?")
+    assert note.text == ("Job 3 “Fix it” is waiting for your answer in /src/calc: Keep the v1 API, or move to v2? "
+                         "https://a.example.org/thread/t-1")
+    assert job_notification(job(), ENDED, None).question is None
