@@ -112,7 +112,10 @@ def capture_patch(top: Path) -> str:
         own_path = Path(own) if os.path.isabs(own) else top / own
         env = {"GIT_INDEX_FILE": str(index)}
         if own_path.is_file():
-            shutil.copyfile(own_path, index)
+            # copy2 keeps the index file's mtime: git trusts an entry's cached stat only when the file is older
+            # than the index ("racy git"); a fresh mtime would hide an edit of the same size made within the
+            # second of its last `git add`
+            shutil.copy2(own_path, index)
         elif _git(top, "read-tree", "HEAD", env=env).returncode != 0:
             raise UncommittedError(f"could not read the last commit of {top}")
         added = _git(top, "add", "-A", env=env)

@@ -129,3 +129,20 @@ def test_a_branch_of_a_job_that_started_from_them_holds_them_and_the_job_change(
                                   before=changes.patch)
     assert git(dirty, "show", f"{commit}:helpers.py") == "HELP = 1\nMORE = 2\n"
     assert "a + b" in git(dirty, "show", f"{commit}:calc.py")
+
+
+def test_an_edit_of_the_same_size_within_the_second_of_its_add_is_taken(tmp_path):
+    """Racy git: an entry whose file is not older than the index is checked by content. Copying the user's index
+    with a fresh mtime made git trust the cached stat and miss such an edit (seen as a flaky branch test)."""
+    import os
+    repo = make_repo(tmp_path / "repo", {"calc.py": CALC})
+    git(repo, "config", "core.trustctime", "false")  # the edit below changes ctime; only mtime and size may speak
+    then = 1_700_000_000
+    os.utime(repo / "calc.py", (then, then))
+    git(repo, "update-index", "--refresh")  # the entry now caches that mtime
+    (repo / "calc.py").write_text(CALC.replace("a - b", "a + b"))  # same size, same inode
+    os.utime(repo / "calc.py", (then, then))
+    os.utime(repo / ".git" / "index", (then, then))  # written in the same second as the file
+    changes = inspect(str(repo), None, include=True)  # before any git status (which would rewrite the index)
+    assert changes is not None and "+    return a + b" in changes.patch
+    assert git(repo, "status", "--porcelain") == " M calc.py\n"  # as git itself sees it
