@@ -90,9 +90,10 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def managed_containers(job_id: str | None = None, host: str | None = None) -> list[str]:
+def managed_containers(job_id: str | None = None, host: str | None = None, *, running: bool = False) -> list[str]:
+    """The engine's containers of a job (or of the product), stopped ones too unless only the running are asked."""
     label = f"assistant.job={job_id}" if job_id else "assistant.managed=1"
-    argv = ["docker"] + (["-H", host] if host else []) + ["ps", "-aq", "--filter", f"label={label}"]
+    argv = ["docker"] + (["-H", host] if host else []) + ["ps", "-q" if running else "-aq", "--filter", f"label={label}"]
     return subprocess.run(argv, capture_output=True, text=True).stdout.split()
 
 
