@@ -35,7 +35,7 @@ from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import AccessBook, LoginThrottle, PasswordBook, ensure_auth_secret, header_user  # noqa: E402
 from assistant.web.cards import (MAX_STEPS_SHOWN, STATE_BADGES, cite_url, link_citations,  # noqa: E402
-                                 plain, progress_count)
+                                 plain, progress_count, tool_output_block)
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
 from assistant.web.gate import GATE, GateMiddleware, limit_cors  # noqa: E402
 from assistant.web.nosleep import install_resume_without_sleep, new_message  # noqa: E402
@@ -92,6 +92,10 @@ def job_actions(job, source=store) -> list[cl.Action]:
     return actions
 
 
+JOB_ACTION_NAMES = ("toggle_steps", "answer_instead", "cancel_job", "apply_job", "branch_job", "retry_job",
+                    "attempts_job")  # every button job_actions can put on a card
+
+
 def steps_action(job) -> cl.Action:
     unfolded = relay is not None and job.id in relay.all_steps
     return cl.Action(name="toggle_steps", payload={"job_id": job.id}, icon="list",
@@ -108,7 +112,7 @@ def _data_layer():
 @cl.on_app_startup
 async def _start_relay():
     global relay
-    relay = JobRelay(store, asyncio.get_running_loop(), job_actions)
+    relay = JobRelay(store, asyncio.get_running_loop(), job_actions, JOB_ACTION_NAMES)
     core.jobs.subscribe(relay.on_update)
     asyncio.ensure_future(end_stale_sessions())
 
@@ -303,9 +307,10 @@ def where_text(repo: str | None, ref: str | None) -> str:
     return f"`{repo}`" + (f" @ `{ref}`" if ref else "")
 
 
-async def header_text(repo: str | None, ref: str | None) -> str:
+async def header_text(repo: str | None, ref: str | None, origin: str | None = None) -> str:
     info = await asyncio.to_thread(core.describe)
-    lines = [f"**Repository:** {where_text(repo, ref)}",
+    lines = [f"**Repository:** {where_text(repo, ref)}" + (f" *({origin}; change it in {SETTINGS_HINT})*"
+                                                          if origin and repo else ""),
              f"**Model:** `{info['model']}` · **Sandbox:** `{info['backend']}`"
              + (f" *({plain(info['backend_reason'])})*" if info.get("backend_reason") else "")]
     if info.get("notice"):
@@ -320,11 +325,11 @@ def stored_header_id(tid: str) -> str | None:
                  if ((m.meta or {}).get("metadata") or {}).get("kind") == "header"), None)
 
 
-async def show_header(repo: str | None, ref: str | None) -> None:
+async def show_header(repo: str | None, ref: str | None, origin: str | None = None) -> None:
     """The first message says where this conversation works; sent once, then kept current in place.
     A system message: it leaves the welcome screen (and its starters) up until the user writes."""
     header_id = cl.user_session.get("header_id") or await asyncio.to_thread(stored_header_id, thread_id())
-    message = cl.Message(content=await header_text(repo, ref), author="Assistant", type="system_message",
+    message = cl.Message(content=await header_text(repo, ref, origin), author="Assistant", type="system_message",
                          metadata={"kind": "header"}, **({"id": header_id} if header_id else {}))
     if header_id:
         await message.update()
@@ -367,10 +372,22 @@ def routed_text(route: Route) -> str:
 
 
 # ---------------------------------------------------------------------- lifecycle
+def last_repository() -> tuple[str, str | None] | None:
+    """The repository (and ref) of the user's most recent conversation that had one: a new chat starts there."""
+    user_id = persisted_user_id()
+    if not user_id:
+        return None
+    thread = next((t for t in store.list_threads(user_id, limit=50) if t.repo), None)
+    return (thread.repo, thread.ref) if thread else None
+
+
 @cl.on_chat_start
 @guarded
 async def on_chat_start():
     repo, ref = core.settings.default_repo, core.settings.default_ref
+    last = await asyncio.to_thread(last_repository)
+    if last:
+        repo, ref = last
     cl.user_session.set("repo", repo)
     cl.user_session.set("ref", ref)
     cl.user_session.set("attempts", 1)
@@ -378,7 +395,7 @@ async def on_chat_start():
         core.jobs.prewarm(repo, ref)
     await context.emitter.set_commands(COMMANDS)
     await send_settings(repo, ref)
-    await show_header(repo, ref)
+    await show_header(repo, ref, "your last conversation's repository" if last else None)
 
 
 @cl.on_chat_resume
@@ -561,7 +578,7 @@ async def answer(text: str, route: Route, user_message_id: str | None, history: 
         elif event.kind == "tool":
             async with cl.Step(name=event.text, type="tool") as step:
                 step.input = event.data.get("arguments")
-                step.output = event.data.get("output", "")
+                step.output = tool_output_block(event.text, event.data.get("arguments"), event.data.get("output", ""))
         elif event.kind == "done":
             final_text, citations = event.text, event.data.get("citations", [])
             job_id = event.data.get("job_id") or job_id

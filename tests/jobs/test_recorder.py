@@ -56,3 +56,33 @@ def test_a_group_is_ranked_only_when_its_last_attempt_has_ended(store):
     group(store, ("succeeded", "fix", 4), ("running", None, None))
     jobs, events = ranked(store)
     assert events == [] and not any("rank" in j.outcome for j in jobs)
+
+
+def test_the_step_under_way_when_a_job_is_cancelled_stays_on_the_record(store):
+    from assistant.domain import states
+    from assistant.domain.events import StepStopped, ToolStarted
+    from assistant.jobs.recorder import JobRecorder
+
+    job = store.create_job(task="Slowly count", repo="/r", thread_id="t1", state=states.RUNNING)
+    updates = []
+    recorder = JobRecorder(store, job, updates.append)
+    recorder.emit(ToolStarted(1, "shell", {"command": "sleep 300"}))
+    store.transition(job.id, states.CANCELLED, "cancelled by the user")  # the user's cancel, from elsewhere
+    assert recorder.finish(states.CANCELLED, "cancelled by the user") is False
+    stopped = [e for e in store.read_events(job.id) if isinstance(e, StepStopped)]
+    assert stopped == [StepStopped(1, "shell", "$ sleep 300", states.CANCELLED)]
+    assert any(isinstance(u.event, StepStopped) for u in updates)
+    assert "■ step 1: `$ sleep 300` — stopped by the cancel" in render_job_card(store, job.id)
+
+
+def test_a_finished_step_leaves_nothing_open(store):
+    from assistant.domain import states
+    from assistant.domain.events import StepFinished, StepStopped, ToolStarted
+    from assistant.jobs.recorder import JobRecorder
+
+    job = store.create_job(task="t", repo="/r", thread_id="t1", state=states.RUNNING)
+    recorder = JobRecorder(store, job, lambda _u: None)
+    recorder.emit(ToolStarted(1, "shell", {"command": "ls"}))
+    recorder.emit(StepFinished(1, "shell", "$ ls", exit_code=0))
+    recorder.finish(states.FAILED, "boom")
+    assert not [e for e in store.read_events(job.id) if isinstance(e, StepStopped)]
