@@ -53,3 +53,37 @@
 
   new MutationObserver(show).observe(document.documentElement, { childList: true, subtree: true });
 })();
+
+// A new job card is scrolled into view. Chainlit follows new messages only while the reader is at the bottom, and
+// only its own way: a card started from a button on an earlier card (Retry, Run as a job) or from another tab
+// appears below the fold and nobody sees it start. A page that opens a conversation shows all its cards at once:
+// those are not new.
+(function () {
+  var seen = {};
+  var path = window.location.pathname;
+  var quietUntil = Date.now() + 1500;
+
+  function scan() {
+    if (window.location.pathname !== path) {
+      if (/^\/thread\//.test(path)) {  // another conversation opened: the cards it shows are not new
+        seen = {};
+        quietUntil = Date.now() + 1500;
+      }  // else a new chat got its thread id: the same conversation goes on
+      path = window.location.pathname;
+    }
+    var heads = document.querySelectorAll(".step h3");
+    var fresh = [];
+    for (var i = 0; i < heads.length; i++) {
+      var match = /^Job (\d+) ·/.exec((heads[i].textContent || "").trim());
+      if (match && !seen[match[1]]) {
+        seen[match[1]] = true;
+        fresh.push(heads[i]);
+      }
+    }
+    if (!fresh.length || Date.now() < quietUntil || fresh.length > 3) return;
+    var card = fresh[fresh.length - 1].closest(".step");
+    if (card) card.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  }
+
+  new MutationObserver(scan).observe(document.documentElement, { childList: true, subtree: true });
+})();

@@ -103,8 +103,14 @@ def test_finished_cards_are_complete_in_both_sessions(world, pages):
     send(other, "Create division support")                             # job 2: routed, in the second session
     card(alice, 2).wait_for(timeout=60_000)                             # the first session sees it appear
     wait_finished(alice, 1)
+    alice.evaluate("window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => { e.scrollTop = 0; })")
     button(alice, 1, "Retry").click()                                   # job 3: a Retry
     card(other, 3).wait_for(timeout=60_000)
+    card(alice, 3).wait_for(timeout=60_000)
+    alice.wait_for_function(                                             # scrolled into view where it was started
+        "() => { const h = [...document.querySelectorAll('h3')].find(e => e.textContent.includes('Job 3 ·'));"
+        " if (!h) return false; const r = h.getBoundingClientRect();"
+        " return r.top >= 0 && r.top < window.innerHeight; }", timeout=15_000)
     send(alice, "Where is add defined?")                                # an answer, then "Run as a job": job 4
     answer = alice.locator(".step[data-step-type='assistant_message']", has_text="Answered directly").last
     answer.wait_for(timeout=120_000)
