@@ -261,13 +261,20 @@ class JobRelay:
         Each part is sent apart: text, diff element and buttons are separate things in Chainlit 2.x, and one
         that fails must not leave the others stale (a finished card with a Cancel button and no diff). The
         caller's Chainlit context is left as it was: a handler that refreshes a card goes on in its own session.
+
+        The card is a top-level message of the thread in every session. Chainlit nests a message under the step
+        open in the current context (`local_steps`: the `on_message` run of whoever started the job, carried
+        into every refresh made from that handler or from a worker thread it started); that step exists only in
+        the starter's browser, and every other browser drops a message whose parent it lacks, so a job started
+        in one tab would never show in another.
         """
-        from chainlit.context import ChainlitContext, context, context_var
+        from chainlit.context import ChainlitContext, context, context_var, local_steps
         from chainlit.session import WebsocketSession
 
         from .nosleep import new_message
 
         token = context_var.set(ChainlitContext(session))
+        steps_token = local_steps.set([])
         complete, final = True, job.state in states.TERMINAL
         try:
             if content is None:
@@ -291,6 +298,7 @@ class JobRelay:
                 self._final.add((session.id, job.id))
             return complete
         finally:
+            local_steps.reset(steps_token)
             context_var.reset(token)
 
     async def _sync_text(self, session, job, message, context) -> None:

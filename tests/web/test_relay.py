@@ -132,3 +132,25 @@ def test_writes_of_one_card_never_interleave(store):
 
     run(scenario())
     assert order == ["a in", "a out", "b in", "b out", "c in", "c out"]
+
+
+def test_a_card_shown_from_a_handler_is_a_top_level_message_in_every_session(store, sessions):
+    """A job started in one tab is refreshed from that tab's `on_message`, whose run step is open in the context:
+    the card must not name that step as its parent, which no other tab has (a browser drops such a message)."""
+    job = store.create_job(task="t", repo="/r", thread_id="t1", state=states.RUNNING)
+    starter, _ = sessions()
+    other, other_events = sessions()
+
+    async def scenario():
+        relay = JobRelay(store, asyncio.get_running_loop(), buttons, NAMES)
+        context_var.set(ChainlitContext(starter))
+        async with cl.Step(name="on_message", type="run") as run_step:
+            await relay.show_card(other, store.get_job(job.id), "running")
+            inner = cl.Message(content="after")  # the handler's own messages still nest under its run
+        return run_step.id, inner.parent_id
+
+    run_id, inner_parent = run(scenario())
+    assert inner_parent == run_id
+    cards = [data for event, data in other_events if event in ("new_message", "update_message")]
+    assert cards and all(data.get("parentId") is None for data in cards), cards
+    assert any(event == "new_message" for event, _ in other_events)
