@@ -268,6 +268,6 @@ class JobUpdate:
 
 
 __all__ = ["JobEventRecord", "StateChanged", "SetupCommandRan", "ToolStarted", "StepFinished", "StepStopped",
-           "AgentMessage", "OutputDelta", "Notice", "SummaryWritten", "DiffComputed", "GroupRanked", "SandboxReady", "SandboxPlaced",
-           "Routed", "Finished", "SteerQueued", "SteerDelivered", "SteerAcknowledged", "UnknownEvent", "EVENT_TYPES",
+           "AgentMessage", "OutputDelta", "Notice", "SummaryWritten", "DiffComputed", "GroupRanked", "SandboxReady",
+           "SandboxPlaced", "Routed", "Finished", "SteerQueued", "SteerDelivered", "SteerAcknowledged", "UnknownEvent", "EVENT_TYPES",
            "kind_of", "encode", "decode", "JobUpdate"]
