@@ -14,8 +14,8 @@ from ..agent.claims import mark_claims, markdown_mark, markdown_reason
 from ..agent.review import git_path
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
-from ..jobs.events import (AgentMessage, GroupRanked, JobEventRecord, Notice, Routed, SetupCommandRan, StepFinished,
-                           StepStopped)
+from ..jobs.events import (AgentMessage, GroupRanked, JobEventRecord, Notice, Routed, SetupCommandRan,
+                           SteerAcknowledged, SteerDelivered, SteerQueued, StepFinished, StepStopped)
 from ..jobs.uncommitted import notice_text
 from ..jobs.uncommitted import read as read_uncommitted
 from ..store import Job, Store
@@ -383,6 +383,9 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     steps = _step_lines(job, events, all_steps)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))
+    receipts = steer_receipts(job, events)
+    if receipts:
+        out.append("**Your messages to the job**\n\n" + "\n".join(f"- {line}" for line in receipts))
     if job.state in states.ACTIVE and current:
         out.append(f"▸ now: {_inline_code(current)}")
     if job.state in states.ACTIVE and tail:
@@ -421,6 +424,51 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
             if store.has_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
+
+
+STEER_QUOTE_CHARS = 160
+
+
+def _quoted(text: str, limit: int = STEER_QUOTE_CHARS) -> str:
+    text = " ".join(str(text or "").split())
+    return "\u201c" + plain(text if len(text) <= limit else text[:limit - 1] + "\u2026") + "\u201d"
+
+
+def steer_receipts(job: Job, events: list[JobEventRecord]) -> list[str]:
+    """Each steering message of the job with its receipt, from its stored events (so a reopened thread shows the
+    same): queued → delivered (step N) → acknowledged: “the agent's next turn”. A message still queued when the
+    job ended was never read: said so."""
+    order: list[str] = []
+    sent: dict[str, SteerQueued] = {}
+    delivered: dict[str, SteerDelivered] = {}
+    acked: dict[str, SteerAcknowledged] = {}
+    for ev in events:
+        if isinstance(ev, SteerQueued) and ev.message_id not in sent:
+            sent[ev.message_id] = ev
+            order.append(ev.message_id)
+        elif isinstance(ev, SteerDelivered):
+            delivered[ev.message_id] = ev
+        elif isinstance(ev, SteerAcknowledged):
+            acked[ev.message_id] = ev
+    lines = []
+    for message_id in order:
+        queued = sent[message_id]
+        head = f"{'**now** ' if queued.now else ''}{_quoted(queued.text)}"
+        got = delivered.get(message_id)
+        if got is None:
+            receipt = ("not delivered: the job ended before its agent read it" if job.state in states.TERMINAL
+                       else "queued" + (", stopping the command under way" if queued.now else
+                                        ": the agent reads it at its next step"))
+        else:
+            step = got.step if got.step is not None else "?"
+            receipt = f"delivered (step {step})" + (" as guidance" if got.how == "guidance" else "")
+            if got.stopped:
+                receipt += f", stopped {_inline_code(got.stopped)}"
+            ack = acked.get(message_id)
+            if ack is not None:
+                receipt += f" · acknowledged: {_quoted(ack.excerpt)}"
+        lines.append(f"{head} — {receipt}")
+    return lines
 
 
 def uncommitted_notice(store: Store, job: Job) -> str | None:

@@ -63,3 +63,42 @@ def test_tool_output_is_a_code_block_in_the_files_language():
     assert tool_output_block("read_file", {"path": "Makefile"}, "all:").startswith("```makefile\n")
     assert language_of("a/b/c.unknownext") == "text" and language_of(".bashrc") == "text"
     assert language_of("x.TSX") == "tsx"
+
+
+def steered_job(store, state, events):
+    from assistant.domain.events import SteerAcknowledged, SteerDelivered, SteerQueued
+    job = store.create_job(task="Sort", repo="/r", thread_id="t1", title="Sort the results", state=state)
+    kinds = {"queued": SteerQueued, "delivered": SteerDelivered, "acknowledged": SteerAcknowledged}
+    for kind, fields in events:
+        store.append_event(job.id, kinds[kind](**fields))
+    return job
+
+
+def test_a_card_shows_each_steering_message_with_its_receipt(store):
+    job = steered_job(store, states.RUNNING, [
+        ("queued", {"message_id": "m1", "text": "also handle the empty list case"}),
+        ("queued", {"message_id": "m2", "text": "stop, use pathlib instead", "now": True}),
+        ("queued", {"message_id": "m3", "text": "and keep the *old* name"}),
+        ("delivered", {"message_id": "m1", "step": 3}),
+        ("acknowledged", {"message_id": "m1", "excerpt": "I'll add a check for [] first."}),
+        ("delivered", {"message_id": "m2", "step": 4, "stopped": "$ sleep 100"}),
+    ])
+    card = render_job_card(store, job.id)
+    assert "**Your messages to the job**" in card
+    lines = card.split("**Your messages to the job**\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert lines == [
+        "- \u201calso handle the empty list case\u201d — delivered (step 3) · acknowledged: "
+        "\u201cI'll add a check for \\[\\] first.\u201d",
+        "- **now** \u201cstop, use pathlib instead\u201d — delivered (step 4), stopped `$ sleep 100`",
+        "- \u201cand keep the \\*old\\* name\u201d — queued: the agent reads it at its next step",
+    ]
+
+
+def test_a_message_the_job_never_read_says_so_once_it_ended(store):
+    job = steered_job(store, states.SUCCEEDED, [("queued", {"message_id": "m1", "text": "also do X"})])
+    assert "\u201calso do X\u201d — not delivered: the job ended before its agent read it" in render_job_card(store, job.id)
+
+
+def test_a_card_without_steering_has_no_such_section(store):
+    job = steered_job(store, states.RUNNING, [])
+    assert "Your messages" not in render_job_card(store, job.id)
