@@ -320,7 +320,8 @@ async def header_text(repo: str | None, ref: str | None, origin: str | None = No
     if info.get("notice"):
         lines.append(f"> ⚠ {info['notice']}")
     lines.append("Ask about the code, or ask for a change: it runs as a job in a sandbox. `/ask` forces an answer, "
-                 f"`/code` a job, `/jobs` lists them, `/steer` talks to a running job. Repository, ref and attempts are in {SETTINGS_HINT}.")
+                 "`/code` a job, `/jobs` lists them, `/steer` talks to a running job. Repository, ref and attempts are "
+                 f"in {SETTINGS_HINT}.")
     return "\n\n".join(lines)
 
 

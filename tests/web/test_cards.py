@@ -96,7 +96,8 @@ def test_a_card_shows_each_steering_message_with_its_receipt(store):
 
 def test_a_message_the_job_never_read_says_so_once_it_ended(store):
     job = steered_job(store, states.SUCCEEDED, [("queued", {"message_id": "m1", "text": "also do X"})])
-    assert "\u201calso do X\u201d — not delivered: the job ended before its agent read it" in render_job_card(store, job.id)
+    card = render_job_card(store, job.id)
+    assert "\u201calso do X\u201d — not delivered: the job ended before its agent read it" in card
 
 
 def test_a_card_without_steering_has_no_such_section(store):
