@@ -434,6 +434,18 @@ def _quoted(text: str, limit: int = STEER_QUOTE_CHARS) -> str:
     return "\u201c" + plain(text if len(text) <= limit else text[:limit - 1] + "\u2026") + "\u201d"
 
 
+_PATCHED_FILE = re.compile(r"\*\*\* (Update|Add|Delete) File: ([^\\\n\"]+)")
+
+
+def _ack_words(excerpt: str) -> str:
+    """The agent's turn as the receipt quotes it: its words, or its command; a patch by the files it touches (its
+    raw JSON says nothing to a reader)."""
+    if excerpt.startswith("apply_patch {"):
+        files = [f"{verb.lower()} {path.strip()}" for verb, path in _PATCHED_FILE.findall(excerpt)]
+        return "apply_patch: " + ", ".join(files) if files else "apply_patch"
+    return excerpt
+
+
 def steer_receipts(job: Job, events: list[JobEventRecord]) -> list[str]:
     """Each steering message of the job with its receipt, from its stored events (so a reopened thread shows the
     same): queued → delivered (step N) → acknowledged: “the agent's next turn”. A message still queued when the
@@ -466,7 +478,7 @@ def steer_receipts(job: Job, events: list[JobEventRecord]) -> list[str]:
                 receipt += f", stopped {_inline_code(got.stopped)}"
             ack = acked.get(message_id)
             if ack is not None:
-                receipt += f" · acknowledged: {_quoted(ack.excerpt)}"
+                receipt += f" · acknowledged: {_quoted(_ack_words(ack.excerpt))}"
         lines.append(f"{head} — {receipt}")
     return lines
 

@@ -103,3 +103,11 @@ def test_a_message_the_job_never_read_says_so_once_it_ended(store):
 def test_a_card_without_steering_has_no_such_section(store):
     job = steered_job(store, states.RUNNING, [])
     assert "Your messages" not in render_job_card(store, job.id)
+
+
+def test_a_patch_acknowledging_a_message_is_quoted_by_the_files_it_touches(store):
+    excerpt = 'apply_patch {"patch": "*** Begin Patch\\n*** Update File: calc.py\\n@@\\n def sub(a, b):\\n'
+    job = steered_job(store, states.RUNNING, [("queued", {"message_id": "m1", "text": "use a set"}),
+                                              ("delivered", {"message_id": "m1", "step": 2}),
+                                              ("acknowledged", {"message_id": "m1", "excerpt": excerpt})])
+    assert "— delivered (step 2) · acknowledged: \u201capply\\_patch: update calc.py\u201d" in render_job_card(store, job.id)
