@@ -65,7 +65,7 @@ relay: JobRelay | None = None
 answerable_jobs: set[str] = set()
 BEFORE_AGENT = (states.QUEUED, states.PREPARING, states.SETTING_UP)
 DECIDED_BY = {"rules": "by the first-pass rules", "model": "by the router model", "command": "by your command",
-              "classifier": "by the built-in classifier", "fallback": "by default"}
+              "classifier": "by the built-in classifier", "fallback": "by default", "choice": "by your pick"}
 RESUME_EVENT_WAIT_S = 5.0  # a Chainlit that emits no resume event through the emitter: refresh after this
 SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; assistant/serve.py kills the server after its STOP_GRACE_S
 
@@ -501,6 +501,8 @@ async def on_message(message: cl.Message):
         await list_jobs()
         return
     if not text:
+        if command == "steer":
+            await notice("⚠ Say what the job should do: /steer [job number] [now] your message.", author="Jobs")
         return
     # The history an answer needs is read while the message is routed (often a model call), not after.
     history = asyncio.ensure_future(asyncio.to_thread(core.conversation.history, tid, message.id))
@@ -587,7 +589,8 @@ async def close_offer(action: cl.Action) -> None:
 async def on_steer_offer_send(action: cl.Action):
     job = await asyncio.to_thread(owned_job, action)
     await close_offer(action)
-    await steer(action.payload["text"], Route(STEER, job.id, "you sent it to the job", "command",
+    # "choice", not "command": the words are the message as typed, not /steer arguments
+    await steer(action.payload["text"], Route(STEER, job.id, "you sent it to the job", "choice",
                                               now=bool(action.payload.get("now"))))
 
 

@@ -42,7 +42,7 @@ class Route:
     kind: str                 # answer | job | followup_answer | followup_job | steer
     job_id: str | None = None  # a follow-up's job, or the job a steer goes to
     reason: str = ""
-    decided_by: str = "rules"  # rules | model | classifier | command | fallback
+    decided_by: str = "rules"  # rules | model | classifier | command | fallback | choice (a button the user picked)
     reference: str = ""        # how a follow-up's job was named: number | ordinal | last | state | title | default | model
     context_job_id: str | None = None  # a follow-up that must not start from this job's result (it failed, was
                                        # cancelled, still runs) still carries its task and result as context

@@ -37,7 +37,7 @@ def job_signal(job: Job) -> dict:
     outcome = job.outcome or {}
     about = job.summary or job.reason or ""
     about = " ".join(unlinked_text(about).split())
-    return {"id": job.id, "number": job.number, "title": job.title or job.task.strip().splitlines()[0][:80],
+    return {"id": job.id, "number": job.number, "title": job.title or next(iter((job.task or "").strip().splitlines()), "")[:80],
             "state": job.state, "thread": job.thread_id, "card": card_message_id(job.id),
             "kind": outcome.get("kind") if job.state in TERMINAL else None,
             "notify": job.state in NOTIFY_STATES,

@@ -134,3 +134,13 @@ def test_a_steer_route_tells_its_job_and_an_ended_job_refuses(conversation, tmp_
     conversation.store.transition(job.id, "cancelled", reason="cancelled by the user")
     with pytest.raises(SteerRefused, match="already ended .cancelled.*follow-up"):
         conversation.steer(thread.id, None, "also x", Route(STEER, job.id, "", "command"))
+
+
+def test_only_the_steer_command_has_arguments_to_take_off():
+    from assistant.conversation.router import STEER
+    from assistant.conversation.service import steer_words
+    assert steer_words("2 now: use a set", Route(STEER, "j2", "/steer chosen", "command", now=True)) == "use a set"
+    assert steer_words("2 more tests please", Route(STEER, "j2", "you sent it to the job", "choice")) == \
+        "2 more tests please"
+    assert steer_words("now: use a set", Route(STEER, "j2", "", "rules", now=True)) == "use a set"
+    assert steer_words("stop, use a set", Route(STEER, "j2", "", "rules", now=True)) == "stop, use a set"
