@@ -123,6 +123,19 @@ def test_a_running_job_is_steered_twice_and_both_receipts_end_acknowledged(app):
             [(1, True), (2, True)]
         assert "now:" not in agent.told[1][1]                  # the "now:" said how, it is not part of the message
 
+        # The thread opened again (a reload): the card is rebuilt from the stored events, receipts and all.
+        with client._lock:
+            thread_id = next(d["thread_id"] for e, d in client.events if e == "first_interaction")
+        again = SocketClient(process.url, token, thread_id)
+        assert again.connect(), again.error
+        try:
+            reopened = has(again, "### Job 1", "succeeded", "Your messages to the job")
+            assert f"\u201c{FIRST}\u201d — delivered (step 2) · acknowledged:" in reopened
+            assert "— delivered (step 3), stopped" in reopened
+            assert "acknowledged: \u201capply\\_patch: update calc.py\u201d" in reopened
+        finally:
+            again.close()
+
         # The job has ended: a steer is refused, plainly, with a follow-up offered instead.
         client.send("/steer 1 also add a docstring")
         refusal = has(client, "Job 1 already ended (succeeded)")
