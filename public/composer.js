@@ -85,7 +85,15 @@
     if (card) card.scrollIntoView({ block: "nearest", behavior: "smooth" });
   }
 
-  new MutationObserver(scan).observe(document.documentElement, { childList: true, subtree: true });
+  // A streamed answer changes the page at every token: look at most every 200 ms, not at each change.
+  var pending = false;
+  function later() {
+    if (pending) return;
+    pending = true;
+    setTimeout(function () { pending = false; scan(); }, 200);
+  }
+
+  new MutationObserver(later).observe(document.documentElement, { childList: true, subtree: true });
 })();
 
 // Browser notifications when a job of the user's conversations ends or waits for them. The page polls /jobs/signals
