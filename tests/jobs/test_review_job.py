@@ -1,0 +1,229 @@
+"""Review jobs through the job manager: the real runner, pipeline, proof runs and citation checks over the fake
+sandbox (no Docker), the scripted reviewer over real HTTP. The product, not the model, decides what is verified."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from assistant.domain import states
+from assistant.jobs import runner as runner_module
+from assistant.jobs.manager import JobManager
+from assistant.jobs.review import (REVIEW_PROOFS, ReviewError, fix_blockers, fix_finding, load_review,
+                                   submit_review)
+from assistant.llm.client import ModelClient
+from assistant.sandbox import prepare as real_prepare
+from assistant.store import Store
+from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
+from tests.fixtures.repos import git, make_repo
+from tests.jobs.fake_sandbox import FakeSandbox
+
+REVIEWER = "You are a careful code reviewer"
+AGENT = "You are a careful software engineer"
+
+CHUNKS = ('def chunked(items, size):\n    """Split items into lists of at most `size` items."""\n'
+          '    return [items[i:i + size] for i in range(0, len(items), size)]\n')
+CHUNKS_BUGGY = CHUNKS.replace("range(0, len(items), size)", "range(0, len(items) - 1, size)")
+CHUNKS_REFACTOR = ('def chunked(items, size):\n    """Split items into lists of at most `size` items."""\n'
+                   '    starts = range(0, len(items), size)\n    return [items[i:i + size] for i in starts]\n')
+TESTS = ("import unittest\n\nfrom chunks import chunked\n\n\nclass ChunkTest(unittest.TestCase):\n"
+         "    def test_even(self):\n        self.assertEqual(chunked([1, 2, 3, 4], 2), [[1, 2], [3, 4]])\n\n\n"
+         "if __name__ == '__main__':\n    unittest.main()\n")
+PROOF_TEST = ("import unittest\n\nfrom chunks import chunked\n\n\nclass ProofTest(unittest.TestCase):\n"
+              "    def test_odd_length_keeps_the_last_item(self):\n"
+              "        self.assertEqual(chunked([1, 2, 3, 4, 5], 2), [[1, 2], [3, 4], [5]])\n")
+PROOF_CMD = "python3 -m unittest -v test_review_proof 2>&1"
+FIX_PATCH = """*** Begin Patch
+*** Update File: chunks.py
+@@
+-    return [items[i:i + size] for i in range(0, len(items) - 1, size)]
++    return [items[i:i + size] for i in range(0, len(items), size)]
+*** End Patch"""
+
+
+def make_chunks_repo(root, branch_text: str, branch="feature"):
+    """main holds the good chunks.py and a test that misses odd lengths; `branch` changes chunks.py."""
+    repo = make_repo(root, {"chunks.py": CHUNKS, "test_chunks.py": TESTS,
+                            "AGENTS.md": "Run the tests with `python3 -m unittest -v`.\n"})
+    git(repo, "checkout", "-q", "-b", branch)
+    (repo / "chunks.py").write_text(branch_text)
+    git(repo, "commit", "-qam", "change chunked")
+    git(repo, "checkout", "-q", "main")
+    return repo
+
+
+@pytest.fixture
+def fake_sandboxes(monkeypatch):
+    def start(**kw):
+        return FakeSandbox.start(**kw)
+    start.backend = "fake"
+
+    def prepare(request, config, *, engine=None, warm=None, **callbacks):
+        return real_prepare(request, config, start=start, **callbacks)
+    monkeypatch.setattr(runner_module, "prepare", prepare)
+
+
+@pytest.fixture
+def manager(settings_for, scripted_model, fake_sandboxes):
+    settings = settings_for(scripted_model)
+    store = Store(settings.resolved_database_url)
+    made = JobManager(settings, store, ModelClient(settings))
+    yield made
+    made.shutdown(wait_s=10)
+    store.close()
+
+
+def finding(title, severity, body, **extra):
+    return {"title": title, "severity": severity, "body": body, **extra}
+
+
+def reviewer(findings, verdict="changes_requested", summary="Reviewed."):
+    """Read the diff (a command must run first), then report; findings may be a function of the chunk ids."""
+    def report(request):
+        items = findings(chunk_ids(request)) if callable(findings) else findings
+        return Reply.text("Here is my review.\n```json\n" + json.dumps(
+            {"verdict": verdict, "summary": summary, "findings": items}) + "\n```")
+    return by_turn(Reply.call("shell", command="git diff HEAD~1 2>&1 | head -50"), report)
+
+
+def bug_findings(ids):
+    return [finding("chunked drops the last item of an odd-length list", "blocker",
+                    f"The range stops one short 【F:chunks.py†L3-L3】; see the diff 【{ids[-1]}†L1-L3】.",
+                    path="chunks.py", start_line=3, end_line=3, proof_command=PROOF_CMD,
+                    proof_test_path="test_review_proof.py", proof_test=PROOF_TEST),
+            finding("chunked is slow on huge lists", "major", "It copies slices 【F:chunks.py†L90-L95】."),
+            finding("the docstring could say more", "nit", "Say what happens to the rest.",
+                    proof_command="python3 -c 'import chunks' 2>&1")]
+
+
+def run_review(manager, **kw):
+    job = submit_review(manager, **kw)
+    return manager.wait(job.id, timeout=180)
+
+
+def test_a_branch_with_an_off_by_one_gets_a_verified_blocker(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    scripted_model.when_system_contains(REVIEWER, [reviewer(bug_findings)], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+
+    assert job.state == states.SUCCEEDED, job.reason
+    result = load_review(manager.store, job.id)
+    assert result.verdict == "changes_requested" and result.model_verdict_consistent
+    blocker, invented, nit = result.findings
+    # The proof the product ran fails on the head and passes on the base: verified.
+    assert blocker.verified and blocker.proof.status == "confirmed"
+    assert blocker.proof.head.exit_code != 0 and blocker.proof.base.exit_code == 0
+    chunks = {c.id: c for c in manager.store.list_chunks(job.id)}
+    assert "FAIL" in chunks[blocker.proof.head.chunk_id].text and "OK" in chunks[blocker.proof.base.chunk_id].text
+    assert [c["valid"] for c in blocker.citations] == [True, True]
+    assert blocker.citations[0]["excerpt"] == "    return [items[i:i + size] for i in range(0, len(items) - 1, size)]"
+    # An invented finding with no proof stays unverified; its citation past the file's end is marked invalid.
+    assert not invented.verified and invented.proof is None
+    assert [c["valid"] for c in invented.citations] == [False]
+    # A proof that does not fail on the head shows nothing.
+    assert not nit.verified and nit.proof.status == "passes_on_head"
+    # The tests ran on both sides before the reviewer started; both pass (they miss the bug).
+    assert [(t.side, t.exit_code) for t in result.tests] == [("base", 0), ("head", 0)]
+    # The proof test is offered as a patch of its own, which applies to the head.
+    proofs = manager.store.get_artifact(job.id, REVIEW_PROOFS)
+    assert proofs == result.proof_patch and "+++ b/test_review_proof.py" in proofs
+    git(repo, "checkout", "-q", "feature")
+    subprocess.run(["git", "apply", "--check", "-"], input=proofs, text=True, cwd=repo, check=True)
+    # The summary states only the verified finding as a fact, and its citations are checked.
+    assert "verified: its proof" in job.summary and "unverified: no proof was given" in job.summary
+    assert any(not c["valid"] for c in job.citations) and any(c["valid"] for c in job.citations)
+    assert "range(0, len(items) - 1, size)" in (repo / "chunks.py").read_text()  # the user's repo untouched
+
+
+def test_a_harmless_refactor_is_approved(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_REFACTOR)
+    scripted_model.when_system_contains(REVIEWER, [reviewer([], verdict="approve")], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+    result = load_review(manager.store, job.id)
+    assert job.state == states.SUCCEEDED and result.verdict == "approve" and result.findings == []
+    assert result.model_verdict_consistent and job.summary.startswith("**Review: approve**")
+
+
+def test_an_invented_blocker_without_proof_is_unverified_and_blocks_nothing(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_REFACTOR)
+    invented = [finding("chunked loses items", "blocker", "It drops the tail 【F:chunks.py†L4-L4】.",
+                        proof_command="python3 -m unittest -v test_review_proof 2>&1",
+                        proof_test_path="test_review_proof.py", proof_test=PROOF_TEST)]
+    scripted_model.when_system_contains(REVIEWER, [reviewer(invented)], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+    result = load_review(manager.store, job.id)
+    (f,) = result.findings
+    # The model said "changes requested" and called it a blocker; its proof passes on the head, so it is not a fact.
+    assert not f.verified and f.proof.status == "passes_on_head" and f.citations[0]["valid"]
+    assert result.verdict == "comment" and not result.model_verdict_consistent
+    assert "unverified: its proof passes on the head" in job.summary
+
+
+def test_a_patch_is_reviewed_on_its_base_and_fix_this_makes_the_proof_pass(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    patch = git(repo, "diff", "main", "feature")
+    scripted_model.when_system_contains(REVIEWER, [reviewer(bug_findings)], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", patch=patch)
+    result = load_review(manager.store, job.id)
+    assert job.state == states.SUCCEEDED and result.mode == "patch" and result.findings[0].verified
+    # The job's patch is what a follow-up starts from: the change under review and the proof test.
+    assert "range(0, len(items) - 1, size)" in manager.store.get_artifact(job.id, "patch")
+
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("shell", command=PROOF_CMD), Reply.call("apply_patch", patch=FIX_PATCH),
+        Reply.call("shell", command=PROOF_CMD),
+        lambda r: Reply.text(f"Fixed the range 【F:chunks.py†L3-L3】; the proof passes 【{chunk_ids(r)[-1]}†L1-L3】."))],
+        repeat_last=True)
+    follow = manager.wait(fix_finding(manager, job.id, "f1").id, timeout=180)
+    assert follow.state == states.SUCCEEDED, follow.reason
+    assert follow.parent_job_id == job.id and follow.title.startswith("Fix: chunked drops")
+    assert "python3 -m unittest -v test_review_proof" in follow.task and "test_review_proof.py" in follow.task
+    first, _patch, last = [c for c in manager.store.list_chunks(follow.id)][:3]
+    assert first.exit_code != 0 and last.exit_code == 0  # the proof test was in its workspace, failing, then passing
+    # Its diff, applied on the base, makes the proof test pass.
+    fixed = tmp_path / "fixed"
+    subprocess.run(["git", "clone", "-q", str(repo), str(fixed)], check=True)
+    subprocess.run(["git", "apply", "-"], input=manager.store.get_artifact(follow.id, "patch"), text=True,
+                   cwd=fixed, check=True)
+    ran = subprocess.run(["bash", "-c", PROOF_CMD], cwd=fixed, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout
+    # The follow-up's own diff can be reviewed in turn (job mode), against the commit it started from.
+    scripted_model.reset()
+    scripted_model.when_system_contains(REVIEWER, [reviewer([], verdict="approve")], repeat_last=True)
+    again = run_review(manager, repo=str(repo), job_id=follow.id)
+    result = load_review(manager.store, again.id)
+    assert again.state == states.SUCCEEDED, again.reason
+    assert result.mode == "job" and result.verdict == "approve"
+    assert ["added", "test_review_proof.py"] in result.changed_files
+    with pytest.raises(ReviewError, match="no blocker"):
+        fix_blockers(manager, again.id)
+
+
+def test_fix_all_blockers_starts_one_follow_up(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    scripted_model.when_system_contains(REVIEWER, [reviewer(bug_findings)], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+    scripted_model.when_system_contains(AGENT, [by_turn(
+        Reply.call("apply_patch", patch=FIX_PATCH), Reply.call("shell", command=PROOF_CMD),
+        lambda r: Reply.text(f"Fixed 【{chunk_ids(r)[-1]}†L1-L3】."))], repeat_last=True)
+    follow = manager.wait(fix_blockers(manager, job.id).id, timeout=180)
+    assert follow.state == states.SUCCEEDED, follow.reason
+    assert "chunked drops the last item" in follow.task and "slow on huge lists" not in follow.task
+    assert follow.ref == load_review(manager.store, job.id).head_commit  # a branch review's follow-up starts at the head
+    last = manager.store.list_chunks(follow.id)[-1]
+    assert last.exit_code == 0 and "OK" in last.text
+    with pytest.raises(KeyError, match="no finding 'f9'"):
+        fix_finding(manager, job.id, "f9")
+
+
+def test_asking_wrongly_says_what_to_give(tmp_path, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    with pytest.raises(ReviewError, match="exactly one of"):
+        submit_review(manager, repo=str(repo), base="main")
+    with pytest.raises(ReviewError, match="exactly one of"):
+        submit_review(manager, repo=str(repo), head="feature", patch="x")
+    with pytest.raises(ReviewError, match="patch is empty"):
+        submit_review(manager, repo=str(repo), patch="  \n")
+    with pytest.raises(ReviewError, match="nothing that"):
+        submit_review(manager, repo=str(repo), base="feature", head="main")
