@@ -2,7 +2,6 @@
 sandbox (no Docker), the scripted reviewer over real HTTP. The product, not the model, decides what is verified."""
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
@@ -16,41 +15,12 @@ from assistant.llm.client import ModelClient
 from assistant.sandbox import prepare as real_prepare
 from assistant.store import Store
 from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
-from tests.fixtures.repos import git, make_repo
+from tests.fixtures.chunks import (CHUNKS_BUGGY, CHUNKS_REFACTOR, FIX_PATCH, PROOF_CMD, PROOF_TEST, REVIEWER,
+                                   bug_findings, finding, make_chunks_repo, reviewer)
+from tests.fixtures.repos import git
 from tests.jobs.fake_sandbox import FakeSandbox
 
-REVIEWER = "You are a careful code reviewer"
 AGENT = "You are a careful software engineer"
-
-CHUNKS = ('def chunked(items, size):\n    """Split items into lists of at most `size` items."""\n'
-          '    return [items[i:i + size] for i in range(0, len(items), size)]\n')
-CHUNKS_BUGGY = CHUNKS.replace("range(0, len(items), size)", "range(0, len(items) - 1, size)")
-CHUNKS_REFACTOR = ('def chunked(items, size):\n    """Split items into lists of at most `size` items."""\n'
-                   '    starts = range(0, len(items), size)\n    return [items[i:i + size] for i in starts]\n')
-TESTS = ("import unittest\n\nfrom chunks import chunked\n\n\nclass ChunkTest(unittest.TestCase):\n"
-         "    def test_even(self):\n        self.assertEqual(chunked([1, 2, 3, 4], 2), [[1, 2], [3, 4]])\n\n\n"
-         "if __name__ == '__main__':\n    unittest.main()\n")
-PROOF_TEST = ("import unittest\n\nfrom chunks import chunked\n\n\nclass ProofTest(unittest.TestCase):\n"
-              "    def test_odd_length_keeps_the_last_item(self):\n"
-              "        self.assertEqual(chunked([1, 2, 3, 4, 5], 2), [[1, 2], [3, 4], [5]])\n")
-PROOF_CMD = "python3 -m unittest -v test_review_proof 2>&1"
-FIX_PATCH = """*** Begin Patch
-*** Update File: chunks.py
-@@
--    return [items[i:i + size] for i in range(0, len(items) - 1, size)]
-+    return [items[i:i + size] for i in range(0, len(items), size)]
-*** End Patch"""
-
-
-def make_chunks_repo(root, branch_text: str, branch="feature"):
-    """main holds the good chunks.py and a test that misses odd lengths; `branch` changes chunks.py."""
-    repo = make_repo(root, {"chunks.py": CHUNKS, "test_chunks.py": TESTS,
-                            "AGENTS.md": "Run the tests with `python3 -m unittest -v`.\n"})
-    git(repo, "checkout", "-q", "-b", branch)
-    (repo / "chunks.py").write_text(branch_text)
-    git(repo, "commit", "-qam", "change chunked")
-    git(repo, "checkout", "-q", "main")
-    return repo
 
 
 @pytest.fixture
@@ -72,29 +42,6 @@ def manager(settings_for, scripted_model, fake_sandboxes):
     yield made
     made.shutdown(wait_s=10)
     store.close()
-
-
-def finding(title, severity, body, **extra):
-    return {"title": title, "severity": severity, "body": body, **extra}
-
-
-def reviewer(findings, verdict="changes_requested", summary="Reviewed."):
-    """Read the diff (a command must run first), then report; findings may be a function of the chunk ids."""
-    def report(request):
-        items = findings(chunk_ids(request)) if callable(findings) else findings
-        return Reply.text("Here is my review.\n```json\n" + json.dumps(
-            {"verdict": verdict, "summary": summary, "findings": items}) + "\n```")
-    return by_turn(Reply.call("shell", command="git diff HEAD~1 2>&1 | head -50"), report)
-
-
-def bug_findings(ids):
-    return [finding("chunked drops the last item of an odd-length list", "blocker",
-                    f"The range stops one short 【F:chunks.py†L3-L3】; see the diff 【{ids[-1]}†L1-L3】.",
-                    path="chunks.py", start_line=3, end_line=3, proof_command=PROOF_CMD,
-                    proof_test_path="test_review_proof.py", proof_test=PROOF_TEST),
-            finding("chunked is slow on huge lists", "major", "It copies slices 【F:chunks.py†L90-L95】."),
-            finding("the docstring could say more", "nit", "Say what happens to the rest.",
-                    proof_command="python3 -c 'import chunks' 2>&1")]
 
 
 def run_review(manager, **kw):
