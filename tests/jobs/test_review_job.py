@@ -2,6 +2,7 @@
 sandbox (no Docker), the scripted reviewer over real HTTP. The product, not the model, decides what is verified."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -174,3 +175,31 @@ def test_asking_wrongly_says_what_to_give(tmp_path, manager):
         submit_review(manager, repo=str(repo), patch="  \n")
     with pytest.raises(ReviewError, match="nothing that"):
         submit_review(manager, repo=str(repo), base="feature", head="main")
+
+
+@pytest.fixture
+def small_model_manager(settings_for, scripted_model, fake_sandboxes):
+    """A manager whose agent is driven as the embedded model is: the guided harness."""
+    settings = settings_for(scripted_model, ASSISTANT_AGENT_HARNESS="guided")
+    store = Store(settings.resolved_database_url)
+    made = JobManager(settings, store, ModelClient(settings))
+    yield made
+    made.shutdown(wait_s=10)
+    store.close()
+
+
+def test_a_small_model_reviews_in_one_constrained_reply(tmp_path, scripted_model, small_model_manager):
+    """No tool loop for the embedded model: one short request with the diff and the test runs, one JSON reply;
+    the product still runs the proof and decides."""
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    report = {"verdict": "changes_requested", "findings": bug_findings(["abcdef"])[:1]}
+    scripted_model.when_system_contains(REVIEWER, [Reply.text(json.dumps(report))], repeat_last=True)
+    job = run_review(small_model_manager, repo=str(repo), base="main", head="feature")
+    assert job.state == states.SUCCEEDED, job.reason
+    (request,) = [r for r in scripted_model.requests if REVIEWER in r["messages"][0]["content"]]
+    assert "tools" not in request and len(json.dumps(request["messages"])) < 12_000
+    assert "range(0, len(items) - 1, size)" in request["messages"][1]["content"]  # the diff is in the prompt
+    (f,) = load_review(small_model_manager.store, job.id).findings
+    assert f.verified and f.proof.status == "confirmed"
+    # The chunk id the model made up does not resolve: that citation is marked invalid, the file one holds.
+    assert [(c["kind"], c["valid"]) for c in f.citations] == [("file", True), ("chunk", False)]
