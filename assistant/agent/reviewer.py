@@ -166,6 +166,9 @@ def render_summary(result: ReviewResult) -> str:
         parts.append(f"The reviewer's verdict agrees: {_VERDICT_WORDS.get(result.model_verdict, result.model_verdict)}.")
     elif result.model_verdict:
         parts.append("The reviewer's own verdict was not consistent with the checked findings and is not shown.")
+    if result.flags:
+        parts.append("Flags on the diff: " + "; ".join(f"{f['kind'].replace('_', ' ')} `{f['path']}`"
+                                                      for f in result.flags[:10]))
     for run in result.tests:
         where = "before the change (base)" if run.side == "base" else "after the change (head)"
         parts.append(f"Tests {where}: `{run.command}` exit {run.exit_code} 【{run.chunk_id}†L1-L{max(run.lines, 1)}】")

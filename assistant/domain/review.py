@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+REVIEW_ARTIFACT = "review"          # a review job's result (ReviewResult as JSON)
+PROOFS_ARTIFACT = "review_proofs"   # its proof tests, one git-apply-able patch
+
 SEVERITIES = ("blocker", "major", "minor", "nit")
 VERDICTS = ("approve", "changes_requested", "comment")
 
@@ -91,6 +94,7 @@ class ReviewResult:
     findings: list[Finding] = field(default_factory=list)
     tests: list[SuiteRun] = field(default_factory=list)
     changed_files: list[list[str]] = field(default_factory=list)
+    flags: list[dict] = field(default_factory=list)   # agent/review.py's flags on the change (ReviewFlag dicts)
     proof_patch: str = ""                     # every proof test, one patch
 
     def as_dict(self) -> dict:

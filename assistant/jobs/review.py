@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from ..agent.citations import check_citations, find_citations
 from ..agent.harness import uses_guided
 from ..agent.loop import Agent, AgentBudgets
+from ..agent.review import review_diff
 from ..agent.reviewer import (MAX_TEST_BYTES, Report, ReportMissing, ReportedFinding, REPORT_SCHEMA,
                               new_file_patch, normalized_test, parse_report, proof_path_problem, proof_status,
                               render_summary, report_from_json)
@@ -27,8 +28,8 @@ from ..agent.tools import AGENT_ENV, ToolEnv, looks_like_tests
 from ..domain import states
 from ..domain.events import Notice
 from ..domain.outcome import Outcome
-from ..domain.review import (PROOF_CONFIRMED, PROOF_NOT_RUN, Finding, Proof, ProofRun, ReviewResult, SuiteRun,
-                             decide_verdict)
+from ..domain.review import (PROOF_CONFIRMED, PROOF_NOT_RUN, PROOFS_ARTIFACT, REVIEW_ARTIFACT, Finding, Proof,
+                             ProofRun, ReviewResult, SuiteRun, decide_verdict)
 from ..llm.client import ModelError
 from ..llm.constrained import ModelOutputError
 from ..prompts import load_prompt, render_prompt
@@ -38,8 +39,8 @@ from .pipeline import JobOutcome
 log = logging.getLogger(__name__)
 
 REVIEW_REQUEST = "review_request"   # artifact: what to review (ReviewRequest as JSON)
-REVIEW = "review"                   # artifact: the result (ReviewResult as JSON)
-REVIEW_PROOFS = "review_proofs"     # artifact: the reviewer's proof tests, one git-apply-able patch
+REVIEW = REVIEW_ARTIFACT            # artifact: the result (ReviewResult as JSON)
+REVIEW_PROOFS = PROOFS_ARTIFACT     # artifact: the reviewer's proof tests, one git-apply-able patch
 DIFF_IN_PROMPT = 8000               # characters of the change the reviewer's first message carries
 DIFF_IN_SMALL_PROMPT = 3000         # … when a small model reviews in one constrained reply
 REPORT_MAX_TOKENS = 900
@@ -205,12 +206,13 @@ def _review(spec, prepared, model, limits, config, job_log, emit, control, instr
     if not change.files:
         return JobOutcome(states.FAILED, f"the head {head[:12]} does not differ from the base {base[:12]}: "
                                          "nothing to review")
+    flags = [f.as_dict() for f in review_diff(change.display, "", patch=change.patch)]  # the change's own flags
     suites = _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructions)
     _check_cancel(control)
     env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
                   on_output=None, test_commands=tuple(s.command for s in suites))
     report, agent = _reviewer_report(spec, request, model, limits, env, emit, control, instructions, base, head,
-                                     change, suites)
+                                     change, suites, flags)
     control.set_interrupter(None)
     _check_cancel(control)
     sandbox.reap()  # what the reviewer left running must not touch the proofs' runs
@@ -227,7 +229,7 @@ def _review(spec, prepared, model, limits, config, job_log, emit, control, instr
     result = ReviewResult(verdict=verdict, base_commit=base, head_commit=head, mode=request.mode,
                           summary=report.summary, model_verdict=report.verdict,
                           model_verdict_consistent=report.verdict == verdict, findings=findings, tests=suites,
-                          changed_files=[list(f) for f in change.files], proof_patch=proof_patch)
+                          changed_files=[list(f) for f in change.files], flags=flags, proof_patch=proof_patch)
     summary = render_summary(result)
     if result.summary:
         summary += "\n\n" + result.summary
@@ -294,8 +296,11 @@ def _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructi
     return runs[::-1]  # base (before) first
 
 
-def _task_text(request, base, head, change, suites, diff_cap: int) -> str:
+def _task_text(request, base, head, change, suites, flags, diff_cap: int) -> str:
     files = "\n".join(f"- {status} {path}" for status, path in change.files[:50]) or "(none)"
+    if flags:
+        files += "\n\nFlags on the diff (check them): " + "; ".join(
+            f"{f['kind']} {f['path']}: {f['detail']}" for f in flags[:10])
     tests = "\n".join(f"Tests on the {s.side}: `{s.command}` exit {s.exit_code} (chunk {s.chunk_id}, {s.lines} lines)"
                       for s in suites) or "No test command is known; find how the project runs its tests."
     diff = change.display if len(change.display) <= diff_cap else change.display[:diff_cap] + "\n… (cut)"
@@ -310,7 +315,8 @@ class _Usage:
     steps: int = 0
 
 
-def _reviewer_report(spec, request, model, limits, env, emit, control, instructions, base, head, change, suites):
+def _reviewer_report(spec, request, model, limits, env, emit, control, instructions, base, head, change, suites,
+                     flags):
     """The reviewer's report: a strong model reviews with the tools and ends with it; a small one (the guided
     harness's models) gives it in one grammar-constrained reply over the diff and the test runs."""
     usage = _Usage()
@@ -320,7 +326,7 @@ def _reviewer_report(spec, request, model, limits, env, emit, control, instructi
         agent = Agent(model, env, budgets=budgets, protocol=limits.tool_protocol, job_id=spec.job_id,
                       cancel=control.cancelled, on_event=emit)
         control.set_interrupter(env.interrupt)
-        result = agent.run(_task_text(request, base, head, change, suites, DIFF_IN_PROMPT),
+        result = agent.run(_task_text(request, base, head, change, suites, flags, DIFF_IN_PROMPT),
                            instructions=instructions, system_prompt="review_system.md")
         usage = _Usage(result.prompt_tokens, result.completion_tokens, result.steps)
         if result.status == "cancelled":
@@ -332,14 +338,15 @@ def _reviewer_report(spec, request, model, limits, env, emit, control, instructi
                 emit(Notice(f"review: the reviewer's answer held no report ({exc}); asking for it once more"))
                 return _constrained_report(spec, model, [
                     {"role": "system", "content": load_prompt("review_system.md")},
-                    {"role": "user", "content": _task_text(request, base, head, change, suites, DIFF_IN_SMALL_PROMPT)},
+                    {"role": "user", "content": _task_text(request, base, head, change, suites, flags,
+                                                           DIFF_IN_SMALL_PROMPT)},
                     {"role": "assistant", "content": result.summary[:4000]},
                     {"role": "user", "content": render_prompt("review_report.md", review="").strip()}], usage), usage
         emit(Notice(f"review: the reviewer stopped ({result.reason}); asking for its report in one reply", "warning"))
     return _constrained_report(spec, model, [
         {"role": "system", "content": load_prompt("review_system.md")},
         {"role": "user", "content": render_prompt("review_report.md", review=_task_text(
-            request, base, head, change, suites, DIFF_IN_SMALL_PROMPT)).strip()}], usage), usage
+            request, base, head, change, suites, flags, DIFF_IN_SMALL_PROMPT)).strip()}], usage), usage
 
 
 def _constrained_report(spec, model, messages, usage: _Usage) -> Report:

@@ -82,6 +82,8 @@ def test_a_branch_with_an_off_by_one_gets_a_verified_blocker(tmp_path, scripted_
     assert "verified: its proof" in job.summary and "unverified: no proof was given" in job.summary
     assert any(not c["valid"] for c in job.citations) and any(c["valid"] for c in job.citations)
     assert "range(0, len(items) - 1, size)" in (repo / "chunks.py").read_text()  # the user's repo untouched
+    # A review's result is its findings: the log-based claims check is for an agent's own words, not this summary.
+    assert job.outcome["kind"] == "findings" and job.outcome["claims"] == []
 
 
 def test_a_harmless_refactor_is_approved(tmp_path, scripted_model, manager):
@@ -91,6 +93,20 @@ def test_a_harmless_refactor_is_approved(tmp_path, scripted_model, manager):
     result = load_review(manager.store, job.id)
     assert job.state == states.SUCCEEDED and result.verdict == "approve" and result.findings == []
     assert result.model_verdict_consistent and job.summary.startswith("**Review: approve**")
+
+
+def test_the_changes_own_diff_flags_reach_the_reviewer_and_the_result(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_REFACTOR)
+    git(repo, "checkout", "-q", "feature")
+    git(repo, "rm", "-q", "test_chunks.py")
+    git(repo, "commit", "-qm", "drop a test")
+    scripted_model.when_system_contains(REVIEWER, [reviewer([], verdict="approve")], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+    result = load_review(manager.store, job.id)
+    assert [(f["kind"], f["path"]) for f in result.flags] == [("test_deleted", "test_chunks.py")]
+    assert "Flags on the diff: test deleted `test_chunks.py`" in job.summary
+    asked = next(r for r in scripted_model.requests if REVIEWER in r["messages"][0]["content"])
+    assert "test_deleted test_chunks.py" in asked["messages"][1]["content"]
 
 
 def test_an_invented_blocker_without_proof_is_unverified_and_blocks_nothing(tmp_path, scripted_model, manager):
