@@ -257,6 +257,9 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         except RepoNotAllowed as exc:
             _err(f"assistant: --repo refused: {exc}")
             return 2
+    if args.fix and not args.job:
+        _err("assistant: --fix needs --job naming the review job whose finding to fix")
+        return 2
     assistant = _assistant(settings)
     try:
         job_id = None
@@ -265,6 +268,8 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
             if job is None:
                 return 2
             job_id, repo = job.id, job.repo
+        if args.fix:
+            return _review_fix(assistant, job, args)
         try:
             job = submit_review(assistant.jobs, repo=repo, base=args.base, head=args.head, patch=patch, job_id=job_id,
                                 setup=args.setup or None)
@@ -288,6 +293,29 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if done.state == "succeeded" else 1
     finally:
         assistant.close()
+
+
+def _review_fix(assistant, review_job, args) -> int:
+    """`assistant review --job REVIEW --fix f1|blockers`: the follow-up job, run and printed as `run` prints one."""
+    from .jobs.review import ReviewError, fix_blockers, fix_finding
+    try:
+        job = (fix_blockers(assistant.jobs, review_job.id) if args.fix == "blockers"
+               else fix_finding(assistant.jobs, review_job.id, args.fix))
+    except (ReviewError, KeyError) as exc:
+        _err(f"assistant: --fix: {exc.args[0] if isinstance(exc, KeyError) else exc}")
+        return 2
+    unsubscribe = assistant.jobs.subscribe(_progress_printer({job.id}))
+    try:
+        done = assistant.jobs.wait(job.id)
+    except KeyboardInterrupt:
+        assistant.jobs.cancel(job.id)
+        done = assistant.jobs.wait(job.id)
+    unsubscribe()
+    if args.json:
+        print(json.dumps(_job_json(assistant, done), indent=2, default=str))
+    else:
+        _print_job_result(assistant, done)
+    return 0 if done.state == "succeeded" else 1
 
 
 def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
@@ -694,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--patch", metavar="FILE", help="a patch file (git diff) under review, applied on --base")
     what.add_argument("--job", metavar="ID", help="review a job's diff (its id or number)")
     rv.add_argument("--setup", action="append", default=[], help="setup command (repeatable); runs with network")
+    rv.add_argument("--fix", metavar="FINDING", help="with --job naming a review job: start the follow-up job that "
+                                                    "fixes one finding (its id, e.g. f1) or every blocker (blockers)")
     rv.add_argument("--json", action="store_true", help="print one JSON object")
     rv.set_defaults(func=cmd_review)
 

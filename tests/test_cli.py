@@ -433,3 +433,23 @@ def test_review_says_what_to_give(tmp_path, cli_env):
     assert same.returncode == 2 and "no change to review" in same.stderr
     unknown = cli(["review", "--repo", str(repo), "--head", "no-such-branch"], cli_env)
     assert unknown.returncode == 2 and "does not exist" in unknown.stderr
+
+
+def test_review_fix_runs_the_follow_up_of_a_finding(tmp_path, scripted_model, cli_env, reachable_data_dir):
+    from tests.fixtures.chunks import (AGENT_FIX, CHUNKS_BUGGY, PROOF_CMD, REVIEWER, bug_findings, make_chunks_repo,
+                                       reviewer)
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    scripted_model.when_system_contains(REVIEWER, [reviewer(bug_findings)], repeat_last=True)
+    scripted_model.when_system_contains(AGENT, [AGENT_FIX], repeat_last=True)
+    env = {**cli_env, "ASSISTANT_SANDBOX_BACKEND": "local", "ASSISTANT_DATA_DIR": str(reachable_data_dir)}
+    review = json.loads(cli(["review", "--repo", str(repo), "--base", "main", "--head", "feature", "--setup", "true",
+                             "--json"], env, timeout=600).stdout)
+    wrong = cli(["review", "--job", review["job_id"], "--fix", "f9"], env)
+    assert wrong.returncode == 2 and "no finding 'f9'" in wrong.stderr
+    proc = cli(["review", "--job", review["job_id"][:6], "--fix", "f1", "--json"], env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "succeeded" and out["title"].startswith("Fix: chunked drops")
+    assert "+++ b/test_review_proof.py" in out["patch"] and "range(0, len(items), size)" in out["patch"]
+    logs = cli(["jobs", "logs", out["job_id"]], env)
+    assert PROOF_CMD[:40] in logs.stdout

@@ -14,7 +14,6 @@ against what the change or the reviewer wrote: checkouts, file writes and diffs 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass
 
 from ..agent.citations import check_citations, find_citations
@@ -35,8 +34,6 @@ from ..llm.constrained import ModelOutputError
 from ..prompts import load_prompt, render_prompt
 from ..sandbox.workspace import Workspace
 from .pipeline import JobOutcome
-
-log = logging.getLogger(__name__)
 
 REVIEW_REQUEST = "review_request"   # artifact: what to review (ReviewRequest as JSON)
 REVIEW = REVIEW_ARTIFACT            # artifact: the result (ReviewResult as JSON)

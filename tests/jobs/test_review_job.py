@@ -16,8 +16,8 @@ from assistant.llm.client import ModelClient
 from assistant.sandbox import prepare as real_prepare
 from assistant.store import Store
 from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
-from tests.fixtures.chunks import (CHUNKS_BUGGY, CHUNKS_REFACTOR, FIX_PATCH, PROOF_CMD, PROOF_TEST, REVIEWER,
-                                   bug_findings, finding, make_chunks_repo, reviewer)
+from tests.fixtures.chunks import (AGENT_FIX, CHUNKS_BUGGY, CHUNKS_REFACTOR, FIX_PATCH, PROOF_CMD, PROOF_TEST,
+                                   REVIEWER, bug_findings, finding, make_chunks_repo, reviewer)
 from tests.fixtures.repos import git
 from tests.jobs.fake_sandbox import FakeSandbox
 
@@ -93,6 +93,10 @@ def test_a_harmless_refactor_is_approved(tmp_path, scripted_model, manager):
     result = load_review(manager.store, job.id)
     assert job.state == states.SUCCEEDED and result.verdict == "approve" and result.findings == []
     assert result.model_verdict_consistent and job.summary.startswith("**Review: approve**")
+    # Retried, it is the same review again (not a task job with the review's title).
+    again = manager.wait(manager.retry(job.id)[0].id, timeout=180)
+    assert again.id != job.id and again.state == states.SUCCEEDED
+    assert load_review(manager.store, again.id).head_commit == result.head_commit
 
 
 def test_the_changes_own_diff_flags_reach_the_reviewer_and_the_result(tmp_path, scripted_model, manager):
@@ -134,11 +138,7 @@ def test_a_patch_is_reviewed_on_its_base_and_fix_this_makes_the_proof_pass(tmp_p
     # The job's patch is what a follow-up starts from: the change under review and the proof test.
     assert "range(0, len(items) - 1, size)" in manager.store.get_artifact(job.id, "patch")
 
-    scripted_model.when_system_contains(AGENT, [by_turn(
-        Reply.call("shell", command=PROOF_CMD), Reply.call("apply_patch", patch=FIX_PATCH),
-        Reply.call("shell", command=PROOF_CMD),
-        lambda r: Reply.text(f"Fixed the range 【F:chunks.py†L3-L3】; the proof passes 【{chunk_ids(r)[-1]}†L1-L3】."))],
-        repeat_last=True)
+    scripted_model.when_system_contains(AGENT, [AGENT_FIX], repeat_last=True)
     follow = manager.wait(fix_finding(manager, job.id, "f1").id, timeout=180)
     assert follow.state == states.SUCCEEDED, follow.reason
     assert follow.parent_job_id == job.id and follow.title.startswith("Fix: chunked drops")
