@@ -274,8 +274,9 @@ def _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructi
     """The repository's tests on the head, then on the base (the workspace is left at the head)."""
     from ..agent.agents_md import commands_in
 
+    # AGENTS.md, where it names a test command, knows better than the manifests (as for a task job's agent).
     named = [c for c in commands_in(instructions) if looks_like_tests(c)]
-    commands = list(prepared.test_commands) or named
+    commands = named or list(prepared.test_commands)
     if not commands:
         emit(Notice("review: no test command was found (manifests, AGENTS.md); the tests were not run"))
         return []
