@@ -229,6 +229,7 @@ def review_json(assistant, job) -> dict:
     if result is None:
         return out
     data = result.as_dict()
+    data["reviewer_summary"] = data.pop("summary")  # "summary" stays the job's, the review as rendered and checked
     out.update(data)
     out["proof_patches"] = [{"finding": f.id, "path": f.proof.test_path, "status": f.proof.status,
                              "patch": f.proof.patch}

@@ -417,7 +417,8 @@ def test_review_json_prints_the_verdict_findings_and_proof_patches(tmp_path, scr
     assert nit["verified"] is False and nit["proof"]["status"] == "passes_on_head"
     (proof,) = out["proof_patches"]
     assert proof["finding"] == "f1" and "+++ b/test_review_proof.py" in proof["patch"]
-    assert all("valid" in c for c in out["citations"])
+    assert all("valid" in c for c in out["citations"]) and out["summary"].startswith("**Review: changes requested**")
+    assert out["reviewer_summary"] == "Reviewed."
     assert "review: proof of f1 on the head" in proc.stderr   # live progress on stderr
     # The chunk a proof ran in is the job's log: `jobs logs --chunk` shows it.
     logs = cli(["jobs", "logs", out["job_id"], "--chunk", blocker["proof"]["head"]["chunk_id"]], env)
