@@ -378,6 +378,12 @@ def _run_proofs(spec, ws, sandbox, job_log, emit, reported: list[ReportedFinding
                 proof.patch = new_file_patch(proof.test_path, proof.test_content)
         proofs.append(proof)
     runnable = [(f, p) for f, p in zip(findings, proofs) if p is not None and not p.reason]
+    taken: set[str] = set()
+    for finding, p in runnable:  # the proof tests go out as one patch: one file a path
+        if p.test_content and p.test_path in taken:
+            p.reason, p.patch = f"another finding's proof test has the path {p.test_path}; give each its own", ""
+        taken.add(p.test_path or "")
+    runnable = [(f, p) for f, p in runnable if not p.reason]
     paths = sorted({p.test_path for _f, p in runnable if p.test_content})
     clash = set(ws.tracked_in(head, paths)) | set(ws.tracked_in(base, paths)) if paths else set()
     for _f, p in runnable:

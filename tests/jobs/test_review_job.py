@@ -128,6 +128,25 @@ def test_an_invented_blocker_without_proof_is_unverified_and_blocks_nothing(tmp_
     assert "unverified: its proof passes on the head" in job.summary
 
 
+def test_proof_tests_at_a_path_the_repository_has_or_another_proof_took_are_not_run(tmp_path, scripted_model,
+                                                                                      manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    proof = dict(proof_command=PROOF_CMD, proof_test=PROOF_TEST)
+    items = [finding("one", "blocker", "x", proof_test_path="test_review_proof.py", **proof),
+             finding("two", "major", "y", proof_test_path="test_review_proof.py", **proof),
+             finding("three", "major", "z", proof_test_path="test_chunks.py", **proof),
+             finding("four", "minor", "w", proof_test_path="../outside.py", **proof)]
+    scripted_model.when_system_contains(REVIEWER, [reviewer(items)], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+    one, two, three, four = load_review(manager.store, job.id).findings
+    assert one.verified
+    assert not two.verified and two.proof.status == "not_run" and "another finding" in two.proof.reason
+    assert not three.verified and "is a file of the repository" in three.proof.reason
+    assert not four.verified and "refused" in four.proof.reason
+    assert "test_chunks.py" not in manager.store.get_artifact(job.id, REVIEW_PROOFS)
+    assert "unverified: the proof was not run (test_chunks.py is a file of the repository" in job.summary
+
+
 def test_a_patch_is_reviewed_on_its_base_and_fix_this_makes_the_proof_pass(tmp_path, scripted_model, manager):
     repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
     patch = git(repo, "diff", "main", "feature")
