@@ -238,3 +238,29 @@ def test_a_small_model_reviews_in_one_constrained_reply(tmp_path, scripted_model
     assert f.verified and f.proof.status == "confirmed"
     # The chunk id the model made up does not resolve: that citation is marked invalid, the file one holds.
     assert [(c["kind"], c["valid"]) for c in f.citations] == [("file", True), ("chunk", False)]
+
+
+def asks_for_the_report(request) -> bool:
+    last = request["messages"][-1]
+    return last["role"] == "user" and "Give your review of the change as one JSON object" in (last["content"] or "")
+
+
+def test_a_review_in_prose_is_asked_for_once_more_as_json(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_REFACTOR)
+    scripted_model.script([Reply.text(json.dumps({"verdict": "approve", "findings": []}))],
+                          match=asks_for_the_report, repeat_last=True)
+    scripted_model.when_system_contains(REVIEWER, [by_turn(Reply.call("shell", command="git diff HEAD~1"),
+                                                           Reply.text("Looks fine to me."))], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+    assert job.state == states.SUCCEEDED, job.reason
+    assert load_review(manager.store, job.id).verdict == "approve"
+    assert sum(1 for r in scripted_model.requests if asks_for_the_report(r)) == 1
+
+
+def test_no_usable_report_fails_the_job_saying_so(tmp_path, scripted_model, manager):
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_REFACTOR)
+    scripted_model.when_system_contains(REVIEWER, [by_turn(Reply.call("shell", command="git diff HEAD~1"),
+                                                           Reply.text("Looks fine to me."))], repeat_last=True)
+    job = run_review(manager, repo=str(repo), base="main", head="feature")
+    assert job.state == states.FAILED and "the reviewer gave no usable report" in job.reason
+    assert load_review(manager.store, job.id) is None
