@@ -228,8 +228,9 @@ def _review(spec, prepared, model, limits, config, job_log, emit, control, instr
                           model_verdict_consistent=report.verdict == verdict, findings=findings, tests=suites,
                           changed_files=[list(f) for f in change.files], flags=flags, proof_patch=proof_patch)
     summary = render_summary(result)
-    if result.summary:
-        summary += "\n\n" + result.summary
+    if result.summary:  # the model's words: said to be so, and its citations are checked with the rest
+        summary += "\n\nThe reviewer's note (its own words; only the verified findings above are checked facts): " \
+            + result.summary
     outcome = JobOutcome(states.SUCCEEDED, _reason(result), agent_ran=True, summary=summary,
                          prompt_tokens=agent.prompt_tokens, completion_tokens=agent.completion_tokens,
                          steps=agent.steps)
@@ -239,7 +240,9 @@ def _review(spec, prepared, model, limits, config, job_log, emit, control, instr
     outcome.patch = change_patch + proof_patch
     outcome.diff = ((change.display if request.mode != "branch" else "") + proof_patch) or None
     outcome.citations = [c.as_dict() for c in _summary_citations(spec, ws, job_log, summary)]
-    outcome.outcome = Outcome().replace(files=[list(f) for f in change.files] if request.mode != "branch" else [],
+    files = [list(f) for f in change.files] if request.mode != "branch" else []
+    files += [["added", p.test_path] for p in proofs if p is not None and p.patch and p.status != PROOF_NOT_RUN]
+    outcome.outcome = Outcome().replace(files=files,
                                         diff_lines=sum(1 for line in outcome.patch.splitlines()
                                                        if line[:1] in "+-" and not line.startswith(("+++", "---"))))
     outcome.artifacts = {REVIEW: json.dumps(result.as_dict()), REVIEW_PROOFS: proof_patch}
