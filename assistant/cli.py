@@ -227,6 +227,106 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         assistant.close()
 
 
+def review_json(assistant, job) -> dict:
+    """`assistant review --json`: the job's fields and its review (verdict, findings with checked citations and
+    the proofs the product ran, the proof tests as patches)."""
+    from .jobs.review import load_review
+    result = load_review(assistant.store, job.id)
+    out = {"job_id": job.id, "status": job.state, "reason": job.reason, "summary": job.summary or "",
+           "citations": job.citations or [], "verdict": None, "findings": [], "proof_patches": []}
+    if result is None:
+        return out
+    data = result.as_dict()
+    data["reviewer_summary"] = data.pop("summary")  # "summary" stays the job's, the review as rendered and checked
+    out.update(data)
+    out["proof_patches"] = [{"finding": f.id, "path": f.proof.test_path, "status": f.proof.status,
+                             "patch": f.proof.patch}
+                            for f in result.findings if f.proof is not None and f.proof.patch]
+    return out
+
+
+def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
+    from .access import RepoNotAllowed
+    from .jobs.review import ReviewError, submit_review
+    from .sandbox.base import RepoError
+    patch = None
+    if args.patch:
+        try:
+            patch = Path(args.patch).read_text()
+        except OSError as exc:
+            _err(f"assistant: --patch {args.patch}: {exc.strerror or exc}; give a patch file made by `git diff`")
+            return 2
+    if not args.job and not args.repo:
+        _err("assistant: review needs --repo (a local path or git URL), or --job ID")
+        return 2
+    repo = None
+    if args.repo:
+        try:
+            repo = _repo_arg(settings, args.repo)
+        except RepoNotAllowed as exc:
+            _err(f"assistant: --repo refused: {exc}")
+            return 2
+    if args.fix and not args.job:
+        _err("assistant: --fix needs --job naming the review job whose finding to fix")
+        return 2
+    assistant = _assistant(settings)
+    try:
+        job_id = None
+        if args.job:
+            job = _find_job(assistant.store, args.job, None, "show")
+            if job is None:
+                return 2
+            job_id, repo = job.id, job.repo
+        if args.fix:
+            return _review_fix(assistant, job, args)
+        try:
+            job = submit_review(assistant.jobs, repo=repo, base=args.base, head=args.head, patch=patch, job_id=job_id,
+                                setup=args.setup or None)
+        except (ReviewError, RepoError, RepoNotAllowed) as exc:
+            _err(f"assistant: review: {exc}")
+            return 2
+        unsubscribe = assistant.jobs.subscribe(_progress_printer({job.id}))
+        try:
+            done = assistant.jobs.wait(job.id)
+        except KeyboardInterrupt:
+            assistant.jobs.cancel(job.id)
+            done = assistant.jobs.wait(job.id)
+        unsubscribe()
+        if args.json:
+            print(json.dumps(review_json(assistant, done), indent=2, default=str))
+        else:
+            _print_job_result(assistant, done)
+            proofs = assistant.store.get_artifact(done.id, "review_proofs")
+            if proofs:
+                print("\nProof tests (git apply):\n" + proofs)
+        return 0 if done.state == "succeeded" else 1
+    finally:
+        assistant.close()
+
+
+def _review_fix(assistant, review_job, args) -> int:
+    """`assistant review --job REVIEW --fix f1|blockers`: the follow-up job, run and printed as `run` prints one."""
+    from .jobs.review import ReviewError, fix_blockers, fix_finding
+    try:
+        job = (fix_blockers(assistant.jobs, review_job.id) if args.fix == "blockers"
+               else fix_finding(assistant.jobs, review_job.id, args.fix))
+    except (ReviewError, KeyError) as exc:
+        _err(f"assistant: --fix: {exc.args[0] if isinstance(exc, KeyError) else exc}")
+        return 2
+    unsubscribe = assistant.jobs.subscribe(_progress_printer({job.id}))
+    try:
+        done = assistant.jobs.wait(job.id)
+    except KeyboardInterrupt:
+        assistant.jobs.cancel(job.id)
+        done = assistant.jobs.wait(job.id)
+    unsubscribe()
+    if args.json:
+        print(json.dumps(_job_json(assistant, done), indent=2, default=str))
+    else:
+        _print_job_result(assistant, done)
+    return 0 if done.state == "succeeded" else 1
+
+
 def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
     from .access import RepoNotAllowed
     from .agent.citations import PlainStream, render_plain
@@ -635,6 +735,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("task")
     r.set_defaults(func=cmd_run)
+
+    rv = sub.add_parser("review", help="review a change (a branch, a patch or a job's diff); findings checked by "
+                                       "proofs the product runs on the head and the base")
+    rv.add_argument("--repo", help="local path or git URL (not needed with --job)")
+    rv.add_argument("--base", help="what the change is reviewed against (default: the repository's HEAD; with "
+                                   "--patch, the commit the patch applies to)")
+    what = rv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--head", help="the branch, tag or commit under review")
+    what.add_argument("--patch", metavar="FILE", help="a patch file (git diff) under review, applied on --base")
+    what.add_argument("--job", metavar="ID", help="review a job's diff (its id or number)")
+    rv.add_argument("--setup", action="append", default=[], help="setup command (repeatable); runs with network")
+    rv.add_argument("--fix", metavar="FINDING", help="with --job naming a review job: start the follow-up job that "
+                                                    "fixes one finding (its id, e.g. f1) or every blocker (blockers)")
+    rv.add_argument("--json", action="store_true", help="print one JSON object")
+    rv.set_defaults(func=cmd_review)
 
     a = sub.add_parser("ask", help="route a message like the chat does and print the answer or the job's result")
     a.add_argument("--repo", required=True)

@@ -459,3 +459,62 @@ def test_jobs_cancel_without_the_queue_sends_the_webhook(cli_env, tmp_path):
         assert [r.state for r in store.list_notifications(job.id)] == ["delivered"]
     finally:
         store.close()
+
+def test_review_json_prints_the_verdict_findings_and_proof_patches(tmp_path, scripted_model, cli_env,
+                                                                   reachable_data_dir):
+    """`assistant review --json` on a branch with an off-by-one, on the bubblewrap backend (no engine needed)."""
+    from tests.fixtures.chunks import CHUNKS_BUGGY, REVIEWER, bug_findings, make_chunks_repo, reviewer
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    scripted_model.when_system_contains(REVIEWER, [reviewer(bug_findings)], repeat_last=True)
+    env = {**cli_env, "ASSISTANT_SANDBOX_BACKEND": "local", "ASSISTANT_DATA_DIR": str(reachable_data_dir)}
+    proc = cli(["review", "--repo", str(repo), "--base", "main", "--head", "feature", "--setup", "true", "--json"],
+               env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "succeeded" and out["verdict"] == "changes_requested"
+    blocker, invented, nit = out["findings"]
+    assert (blocker["severity"], blocker["verified"]) == ("blocker", True)
+    assert blocker["proof"]["head"]["exit_code"] != 0 and blocker["proof"]["base"]["exit_code"] == 0
+    assert len(blocker["proof"]["head"]["chunk_id"]) == 6 and blocker["proof"]["status"] == "confirmed"
+    assert [c["valid"] for c in blocker["citations"]] == [True, True]
+    assert (invented["verified"], invented["proof"], [c["valid"] for c in invented["citations"]]) == (False, None, [False])
+    assert nit["verified"] is False and nit["proof"]["status"] == "passes_on_head"
+    (proof,) = out["proof_patches"]
+    assert proof["finding"] == "f1" and "+++ b/test_review_proof.py" in proof["patch"]
+    assert all("valid" in c for c in out["citations"]) and out["summary"].startswith("**Review: changes requested**")
+    assert out["reviewer_summary"] == "Reviewed."
+    assert "review: proof of f1 on the head" in proc.stderr   # live progress on stderr
+    # The chunk a proof ran in is the job's log: `jobs logs --chunk` shows it.
+    logs = cli(["jobs", "logs", out["job_id"], "--chunk", blocker["proof"]["head"]["chunk_id"]], env)
+    assert "FAIL" in logs.stdout
+
+
+def test_review_says_what_to_give(tmp_path, cli_env):
+    from tests.fixtures.chunks import CHUNKS_BUGGY, make_chunks_repo
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    missing = cli(["review", "--repo", str(repo), "--patch", str(tmp_path / "nope.diff")], cli_env)
+    assert missing.returncode == 2 and "give a patch file" in missing.stderr
+    same = cli(["review", "--repo", str(repo), "--base", "feature", "--head", "feature"], cli_env)
+    assert same.returncode == 2 and "no change to review" in same.stderr
+    unknown = cli(["review", "--repo", str(repo), "--head", "no-such-branch"], cli_env)
+    assert unknown.returncode == 2 and "does not exist" in unknown.stderr
+
+
+def test_review_fix_runs_the_follow_up_of_a_finding(tmp_path, scripted_model, cli_env, reachable_data_dir):
+    from tests.fixtures.chunks import (AGENT_FIX, CHUNKS_BUGGY, PROOF_CMD, REVIEWER, bug_findings, make_chunks_repo,
+                                       reviewer)
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    scripted_model.when_system_contains(REVIEWER, [reviewer(bug_findings)], repeat_last=True)
+    scripted_model.when_system_contains(AGENT, [AGENT_FIX], repeat_last=True)
+    env = {**cli_env, "ASSISTANT_SANDBOX_BACKEND": "local", "ASSISTANT_DATA_DIR": str(reachable_data_dir)}
+    review = json.loads(cli(["review", "--repo", str(repo), "--base", "main", "--head", "feature", "--setup", "true",
+                             "--json"], env, timeout=600).stdout)
+    wrong = cli(["review", "--job", review["job_id"], "--fix", "f9"], env)
+    assert wrong.returncode == 2 and "no finding 'f9'" in wrong.stderr
+    proc = cli(["review", "--job", review["job_id"][:6], "--fix", "f1", "--json"], env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "succeeded" and out["title"].startswith("Fix: chunked drops")
+    assert "+++ b/test_review_proof.py" in out["patch"] and "range(0, len(items), size)" in out["patch"]
+    logs = cli(["jobs", "logs", out["job_id"]], env)
+    assert PROOF_CMD[:40] in logs.stdout

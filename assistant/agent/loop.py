@@ -107,8 +107,10 @@ class Agent:
     interruptible = True  # a `now` steering message may stop its command (ToolEnv.interrupt)
 
     # ------------------------------------------------------------------ entry point
-    def run(self, task: str, *, context: str = "", instructions: str = "") -> AgentResult:
-        system = load_prompt("agent_system.md")
+    def run(self, task: str, *, context: str = "", instructions: str = "",
+            system_prompt: str = "agent_system.md") -> AgentResult:
+        """`system_prompt` names the prompt file the agent works under (a review job's reviewer has its own)."""
+        system = load_prompt(system_prompt)
         if instructions:
             system += "\n\nInstructions from the repository (AGENTS.md), to follow:\n" + instructions
         self.messages = [{"role": "system", "content": system},

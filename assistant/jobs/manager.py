@@ -53,6 +53,8 @@ class JobRequest:
     agent_internet: dict | str | None = None  # this job's agent-internet layer over the settings and the repo's
     request: str | None = None  # the user's own words when `task` adds context to them (a follow-up's)
     include_uncommitted: bool = False  # a local working copy's uncommitted changes go into the job (uncommitted.py)
+    review: str | None = None          # a review job: what it reviews (jobs/review.py ReviewRequest as JSON)
+    inherited: dict[str, str] | None = None  # a reviewed job's uncommitted-changes artifacts, which the review starts from
 
 
 Subscriber = Callable[[JobUpdate], None]
@@ -145,7 +147,10 @@ class JobManager:
         artifacts = {} if req.agent_internet is None else {"agent_internet": json.dumps(req.agent_internet)}
         if req.request is not None:
             artifacts["request"] = req.request
-        artifacts.update(self._working_copy(req))
+        if req.review is not None:
+            from .review import REVIEW_REQUEST
+            artifacts[REVIEW_REQUEST] = req.review
+        artifacts.update(req.inherited if req.inherited is not None else self._working_copy(req))
         attempts = max(1, min(int(req.attempts), 8))
         group = secrets.token_hex(4) if attempts > 1 else None
         title = req.title or req.task.strip().splitlines()[0][:80]
@@ -203,6 +208,14 @@ class JobManager:
         """The job again; with the working copy's uncommitted changes (taken anew) if it had them or when asked."""
         job = self.store.get_job(job_id)
         internet = self.store.get_artifact(job.id, "agent_internet")
+        from .review import REVIEW_REQUEST
+        review = self.store.get_artifact(job.id, REVIEW_REQUEST)
+        if review is not None:  # a review again: the same change, from the same start
+            inherited = {kind: self.store.get_artifact(job.id, kind) or "" for kind in (START_PATCH, UNCOMMITTED)
+                         if self.store.has_artifact(job.id, kind)}
+            return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup,
+                                          attempts=attempts, thread_id=job.thread_id, user_id=job.user_id,
+                                          title=job.title, review=review, inherited=inherited))
         if include_uncommitted is None:
             include_uncommitted = self.store.has_artifact(job.id, START_PATCH)
         return self.submit(JobRequest(task=job.task, repo=job.repo, ref=job.ref, setup=job.setup, attempts=attempts,

@@ -75,6 +75,7 @@ class JobSpec:
     run: int = 1                                # which run of the job this is (its fence)
     agent_internet: dict | str | None = None    # the job request's agent-internet layer (see assistant/egress)
     start_patch: str | None = None              # the user's uncommitted changes, applied before setup
+    review: Any = None                          # a review job's jobs.review.ReviewRequest (None: a task job)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class JobOutcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     steps: int = 0
+    artifacts: dict[str, str] = field(default_factory=dict)  # further artifacts by kind (a review's result)
 
 
 class RunLost(Exception):
@@ -264,6 +266,10 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control, steering,
     context = _context(spec, prepared, setup_chunks, emit)
     emit(StateChanged(states.RUNNING))
     instructions = discover_agents_md(lambda paths: read_in_sandbox(sandbox, paths))
+    if spec.review is not None:
+        from .review import run_review  # a review job: its own run over the same prepared sandbox
+        return run_review(spec, prepared, model=model, limits=limits, config=config, job_log=job_log, emit=emit,
+                          control=control, instructions=instructions)
     env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
                   on_output=on_output, test_commands=commands_in(instructions) + tuple(prepared.test_commands))
     agent = make_agent(model, env, limits, job_id=spec.job_id, cancel=control.cancelled, on_event=emit,

@@ -114,6 +114,8 @@ class JobRecorder:
             self._write(self.store.put_artifact, job_id, "patch", outcome.patch)
         if outcome.cited_files:
             self._write(self.store.put_artifact, job_id, "cited_files", json.dumps(outcome.cited_files))
+        for kind, content in outcome.artifacts.items():
+            self._write(self.store.put_artifact, job_id, kind, content)
         if not outcome.agent_ran:
             return
         self._recorded_run = True

@@ -17,6 +17,7 @@ from ..agent.evidence import LogRecord, records_from_chunks
 from ..agent.outcome import decide_outcome
 from ..agent.review import parse_diff, review_diff, tampered_tests
 from ..domain.outcome import Outcome
+from ..domain.review import REVIEW_ARTIFACT
 from ..llm.guards import Instructions, find_problem
 from ..llm.pricing import Cost, UsageRow, cost_of, format_cost, format_tokens, parse_price_table
 from ..prompts import load_prompt, render_prompt
@@ -135,6 +136,11 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
         claims=[c.as_dict() for c in check_claims(summary, records, named_tests=named_tests)],
         flags=[f.as_dict() for f in flags], summary_source=source,
         usage=usage_of(store, job_ids=[job.id], price_table=price_table, currency=currency))
+    if store.has_artifact(job.id, REVIEW_ARTIFACT) and state == states.SUCCEEDED:
+        # A review's summary is the product's, written from the proof runs it made and the checked citations;
+        # its findings are the result, and its diff (the change, the proof tests) carries the review's own flags.
+        outcome = outcome.replace(kind="findings", kind_reason=f"a review ({job.reason or 'done'})", claims=[],
+                                  flags=[])
     store.update_job(job.id, summary=summary, citations=citations, outcome=outcome.to_dict())
     return Assessment(summary, citations, outcome, written)
 

@@ -25,6 +25,7 @@ from ..store import Job, StaleRun, Store
 from .apply import START_PATCH
 from .asking import StoreAsker, WaitHook
 from .pipeline import JobLimits, JobSpec, ParentResult, RunControl, RunLost, run_job
+from .review import REVIEW_REQUEST, ReviewRequest
 from .recorder import EndHook, JobRecorder, Publish, model_summariser
 from .steering import SteerWatch, StoreInbox
 from .uncommitted import UNCOMMITTED
@@ -185,6 +186,8 @@ def job_spec(store: Store, job: Job) -> JobSpec:
     start_patch = store.get_artifact(job.id, START_PATCH) or None
     started_at = (json.loads(store.get_artifact(job.id, UNCOMMITTED) or "{}").get("commit") if start_patch
                   else None)
+    review = store.get_artifact(job.id, REVIEW_REQUEST)
     return JobSpec(job_id=job.id, task=job.task, repo=job.repo, ref=started_at or job.ref, setup=job.setup,
                    parent=parent, citable_jobs=frozenset(store.lineage(job)), run=job.fence,
-                   agent_internet=json.loads(internet) if internet else None, start_patch=start_patch)
+                   agent_internet=json.loads(internet) if internet else None, start_patch=start_patch,
+                   review=ReviewRequest.from_json(review) if review else None)

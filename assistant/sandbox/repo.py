@@ -189,3 +189,16 @@ def _remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def review_range(repo: str, base_ref: str, head_ref: str, data_dir: Path) -> tuple[str, str]:
+    """(base, head) commits of a branch review: the head's commit and where it forked from the base (their merge
+    base, as a pull request's diff has it). Runs in the bare mirror, which no job writes."""
+    head = prepare_source(repo, head_ref, data_dir)
+    with _locked(head.mirror):
+        base_commit, _branch = _resolve(head.mirror, _source(repo), repo, base_ref)
+        fork = _git(["merge-base", base_commit, head.commit], cwd=head.mirror, check=False)
+    if fork.returncode != 0:
+        raise RepoError(f"{base_ref!r} and {head_ref!r} share no history in {_display(repo)}; "
+                        "name a base the head branched from")
+    return fork.stdout.strip(), head.commit

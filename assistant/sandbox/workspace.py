@@ -84,6 +84,20 @@ class Workspace:
                                   message=message)
         return PatchResult(bool(reply["ok"]), reply.get("commit") or "", reply.get("error") or "")
 
+    # A review's two sides: the tracked files at the head or at the base, and its proof tests written and removed.
+    def checkout_commit(self, commit: str) -> str:
+        return self.sandbox.call("checkout_commit", commit=commit)["commit"]
+
+    def tracked_in(self, commit: str, paths) -> list[str]:
+        return list(self.sandbox.call("tracked_in", commit=commit, paths=list(paths))["tracked"])
+
+    def write_text(self, path: str, text: str) -> None:
+        self.sandbox.call("write_text", path=path, text=text)
+
+    def remove_file(self, path: str) -> None:
+        self.sandbox.call("remove_file", path=path)
+
+
 
 def workspace_diff(sandbox: Sandbox, base_commit: str, setup_changes: dict | None = None, *,
                    file_cap: int = 5_000_000, patch_cap: int = 20_000_000) -> WorkspaceDiff:

@@ -164,6 +164,49 @@ def apply_start_patch(patch_b64, message):
     return {"ok": True, "commit": _git(["rev-parse", "HEAD"]).stdout.decode().strip()}
 
 
+# --------------------------------------------------------------------------- a review's two sides
+
+
+def checkout_commit(commit):
+    """Put the tracked files at `commit`, detached (a review runs its proofs on the head, then on the base);
+    untracked files stay, so what setup built keeps working. Whatever the agent changed in tracked files is reset."""
+    _git(["checkout", "-q", "-f", "--detach", commit])
+    return {"commit": _git(["rev-parse", "HEAD"]).stdout.decode().strip()}
+
+
+def tracked_in(commit, paths):
+    """The paths that exist in `commit` (a proof test must not overwrite a file of either side)."""
+    return {"tracked": [p for p in paths if _git(["cat-file", "-e", "%s:%s" % (commit, p)], check=False).returncode == 0]}
+
+
+def write_text(path, text):
+    """Write a new regular file inside the workspace (a review's proof test), replacing what is at the path;
+    refused when the path leaves the workspace (a symlinked directory included)."""
+    parent = _inside(os.path.dirname(path) or ".")
+    if parent is None or not os.path.basename(path):
+        raise OpError("the path %r leaves the workspace" % path)
+    os.makedirs(parent, exist_ok=True)
+    if _inside(os.path.dirname(path) or ".") != parent:
+        raise OpError("the path %r leaves the workspace" % path)
+    full = os.path.join(parent, os.path.basename(path))
+    if os.path.lexists(full) and not os.path.isdir(full):
+        os.unlink(full)
+    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return {"ok": True}
+
+
+def remove_file(path):
+    """Remove a file the review wrote (its proof test), if it is still there."""
+    full = _inside(os.path.dirname(path) or ".")
+    if full is not None:
+        target = os.path.join(full, os.path.basename(path))
+        if os.path.lexists(target) and not os.path.isdir(target):
+            os.unlink(target)
+    return {"ok": True}
+
+
 # --------------------------------------------------------------------------- comparing with the base commit
 
 
