@@ -10,8 +10,8 @@ of their packages.
 Where a language's own registry cannot be reached (only PyPI, the npm registry and Debian's archive are, here),
 the image points the client at what Debian packages instead: cargo at the crates `librust-*-dev` install under
 /usr/share/cargo/registry (a vendored directory source), Maven at Debian's Maven repository under
-/usr/share/maven-repo (its JUnit and plugins included), and Gradle (Debian's 4.4.1, which runs on JDK 17) at the same
-repository through an init script that replaces every remote repository a build names. The host's CA bundle the
+/usr/share/maven-repo (its JUnit and plugins included), and Debian's Gradle (4.4.1, which runs on JDK 17) at the
+same repository through an init script that replaces every remote repository a build names. The host's CA bundle the
 default image trusts is kept through the install (package triggers rebuild the system bundle without it)."""
 
 from __future__ import annotations
@@ -57,22 +57,26 @@ MAVEN_SETTINGS = f"""<?xml version="1.0" encoding="UTF-8"?>
   </mirrors>
 </settings>
 """
-GRADLE_INIT = f"""// Every remote repository a build names (mavenCentral(), a plugin or company one) is replaced by
-// Debian's Maven repository (what Debian's Java packages install): none is reachable from these sandboxes.
-def debianOnly = {{ RepositoryHandler repos ->
-    repos.all {{ ArtifactRepository repo ->
-        if ((repo instanceof MavenArtifactRepository || repo instanceof IvyArtifactRepository)
-                && repo.url?.scheme in ['http', 'https']) {{
-            repos.remove(repo)
+GRADLE_HOME = "/usr/share/gradle"  # Debian's Gradle; a repository's own (./gradlew) lives elsewhere
+GRADLE_INIT = f"""// With Debian's Gradle, every remote repository a build names (mavenCentral(), a plugin or company one) is
+// replaced by Debian's Maven repository (what Debian's Java packages install): none is reachable from these
+// sandboxes. A repository's own Gradle (./gradlew) keeps the repositories its build names.
+if (gradle.gradleHomeDir?.canonicalPath == '{GRADLE_HOME}') {{
+    def debianOnly = {{ RepositoryHandler repos ->
+        repos.all {{ ArtifactRepository repo ->
+            if ((repo instanceof MavenArtifactRepository || repo instanceof IvyArtifactRepository)
+                    && repo.url?.scheme in ['http', 'https']) {{
+                repos.remove(repo)
+            }}
         }}
+        repos.maven {{ url 'file://{MAVEN_REPO}' }}
     }}
-    repos.maven {{ url 'file://{MAVEN_REPO}' }}
-}}
-allprojects {{
-    debianOnly(buildscript.repositories)
-    debianOnly(repositories)
-    // A failed assertion's message (expected and actual) in the output, not only its class and line.
-    tasks.withType(Test) {{ testLogging.exceptionFormat = 'full' }}
+    allprojects {{
+        debianOnly(buildscript.repositories)
+        debianOnly(repositories)
+        // A failed assertion's message (expected and actual) in the output, not only its class and line.
+        tasks.withType(Test) {{ testLogging.exceptionFormat = 'full' }}
+    }}
 }}
 """
 # Debian's Gradle asks gradle-debian-helper (a Debian packaging tool, not installed) about every dependency taken
