@@ -1,6 +1,7 @@
 """Sandbox benchmark: our sandbox side by side with the peer way (the docker CLI, as mini-swe-agent drives it).
 
     python bench/sandbox.py [--runs 7] [--exec-n 100] [--no-local] [--images node,go,...|none] [--rebuild]
+                            [--rebuild-default]
 
 Measures, in one run:
   cold start   request -> a ready shell in /workspace with a small repo in it, no setup (ours: the repo
@@ -10,12 +11,18 @@ Measures, in one run:
   images       per toolchain image (and one image with every toolchain, the other shape): build time (when
                built in this run: --rebuild, or missing), size (and the layer on top of the default image),
                cold start of a repository that calls for it (the image chosen from its files) vs the docker CLI
+  python       the Python repository's cold start in one interleaved loop: on the default image as jobs get it
+               (toolchain detection on), with detection off (as before toolchain images), and on the image with
+               every toolchain (where the one-image shape would start it), with the docker CLI beside
+  default      --rebuild-default: the default image's own build (debootstrap and import), under a scratch name
+               that is removed afterwards
 Prints a table and writes bench/results/sandbox.json (medians, ratios, targets).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -257,6 +264,60 @@ def bench_images(config: SandboxConfig, root: Path, shapes: list[list[str]], reb
     return out
 
 
+def bench_python_shapes(config: SandboxConfig, repo: Path, all_image: str | None, runs: int, scratch: Path) -> dict:
+    """The Python repository's cold start on each shape's image, interleaved run by run (a busy machine's drift
+    falls on all of them alike)."""
+    shapes = {"default": (config, config.image),
+              "default_detection_off": (dataclasses.replace(config, toolchain_images=False), config.image)}
+    if all_image:
+        shapes["all_toolchains"] = (dataclasses.replace(config, image=all_image, toolchain_images=False), all_image)
+    peers = {"default": config.image, **({"all_toolchains": all_image} if all_image else {})}
+    ours = {label: [] for label in shapes}
+    cli = {label: [] for label in peers}
+    for run in range(runs):
+        for label, (shape_config, image) in shapes.items():
+            holder = {}
+
+            def our_start() -> None:
+                prepared = prepare(PrepareRequest(job_id=f"py-{label}-{run}", repo=str(repo), setup=[]), shape_config)
+                assert prepared.image == image, prepared.image
+                assert prepared.sandbox.exec("pwd").output == "/workspace\n"
+                holder["sandbox"] = prepared.sandbox
+
+            ours[label].append(timed(our_start))
+            holder["sandbox"].close()
+        for label, image in peers.items():
+            holder = {}
+
+            def peer_start() -> None:
+                workspace = scratch / f"peer-py-{label}-{run}"
+                host_clone(repo, workspace)
+                holder["peer"] = CliPeer(image, workspace, "none")
+                assert holder["peer"].exec("pwd").stdout == "/workspace\n"
+
+            cli[label].append(timed(peer_start))
+            holder["peer"].close()
+    return {"images": {label: image for label, (_, image) in shapes.items()}, "ours_s": ours, "peer_cli_s": cli}
+
+
+def bench_default_build(config: SandboxConfig, scratch: Path) -> dict:
+    """The default image built from nothing (debootstrap with an empty package cache, then import) under a name of
+    its own, so the image jobs use stays as it is; removed afterwards."""
+    name = f"assistant-sandbox-bench-{os.getpid()}:latest"
+    build_config = dataclasses.replace(config, image=name, data_dir=scratch / "default-build")
+    started = time.perf_counter()
+    try:
+        build_image(build_config, on_log=lambda line: print("  " + line, file=sys.stderr), force=True)
+        build_s = time.perf_counter() - started
+        size = docker_client().images.get(name).attrs["Size"]
+    finally:
+        try:
+            docker_client().images.remove(name, force=True)
+        except Exception:
+            pass
+    return {"image": name, "build_s": build_s, "size_mb": size / 1e6}
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -269,6 +330,8 @@ def main() -> int:
     parser.add_argument("--images", default=",".join(TOOLCHAINS) + ",all",
                         help="toolchain images to measure, comma-separated (all: one image with every toolchain); none")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the toolchain images to time their builds")
+    parser.add_argument("--rebuild-default", action="store_true",
+                        help="time building the default image too (under a scratch name, removed afterwards)")
     args = parser.parse_args()
     shapes = [] if args.images == "none" else [
         list(TOOLCHAINS) if name == "all" else [name] for name in args.images.split(",") if name.strip()]
@@ -289,6 +352,12 @@ def main() -> int:
         local = None if args.no_local else bench_local(config, repo, args.runs, args.exec_n)
         print("toolchain images ...", file=sys.stderr)
         images = bench_images(config, scratch, shapes, args.rebuild, max(3, args.runs // 2), scratch)
+        print("python repository on each shape's image ...", file=sys.stderr)
+        python = bench_python_shapes(config, repo, images.get("all toolchains", {}).get("image"), args.runs, scratch)
+        default_build = None
+        if args.rebuild_default:
+            print("default image build ...", file=sys.stderr)
+            default_build = bench_default_build(config, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -356,9 +425,30 @@ def main() -> int:
             print(f"per-language layers together: {sum(r['layer_mb'] for r in singles):.0f} MB"
                   + (f", built in {sum(r['build_s'] for r in singles):.0f} s" if all(r['build_s'] for r in singles) else ""))
 
+    summary["python_cold_start_s"] = {label: median(values) for label, values in python["ours_s"].items()}
+    summary["python_cold_start_peer_cli_s"] = {label: median(values) for label, values in python["peer_cli_s"].items()}
+    today = summary["python_cold_start_s"]["default_detection_off"]
+    summary["ratios"]["python_cold_detection_on_over_off"] = summary["python_cold_start_s"]["default"] / today
+    targets["python_cold_start_not_slower_than_before_toolchain_images"] = (
+        summary["ratios"]["python_cold_detection_on_over_off"] <= 1.10)  # within the noise of a busy 2-core machine
+    print(f"\npython repository, cold start (s, median of {args.runs}, interleaved)   ours    docker CLI")
+    names = {"default": f"{python['images']['default']} (as jobs get it)",
+             "default_detection_off": f"{python['images']['default']}, detection off (before)",
+             "all_toolchains": f"{python['images'].get('all_toolchains')} (one-image shape)"}
+    for label, seconds in summary["python_cold_start_s"].items():
+        peer = summary["python_cold_start_peer_cli_s"].get(label)
+        print(f"  {names[label]:62} {seconds:6.3f} {peer:10.3f}" if peer is not None else
+              f"  {names[label]:62} {seconds:6.3f}")
+    print(f"  detection on / off: {summary['ratios']['python_cold_detection_on_over_off']:.2f}x (target <= 1.10x: "
+          f"{'yes' if targets['python_cold_start_not_slower_than_before_toolchain_images'] else 'NO'})")
+    if default_build:
+        summary["default_image_build"] = {"build_s": default_build["build_s"], "size_mb": default_build["size_mb"]}
+        print(f"\ndefault image built from nothing: {default_build['build_s']:.0f} s, {default_build['size_mb']:.0f} MB")
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"summary": summary, "targets_met": targets, "raw": {
-        "cold": cold, "warm": warm, "exec": execs, "local": local, "images": images}, "runs": args.runs, "exec_n": args.exec_n,
+        "cold": cold, "warm": warm, "exec": execs, "local": local, "images": images, "python": python,
+        "default_build": default_build}, "runs": args.runs, "exec_n": args.exec_n,
         "setup_commands": SETUP}, indent=1))
     print(f"wrote {RESULTS}")
     return 0 if all(targets.values()) else 1

@@ -114,11 +114,23 @@ def _rust_setup(repo: RepoFiles, files: set[str]) -> list[str]:
     return ["cargo fetch", "cargo test --no-run"]
 
 
+GRADLE_KOTLIN = ("build.gradle.kts", "settings.gradle.kts")
+# Setup's one command for a Kotlin-DSL build without a wrapper: the image's Gradle (Debian's 4.4.1) has no Kotlin
+# DSL and reads neither file (it would fail with "Task 'testClasses' not found"), so the job stops saying why.
+NO_GRADLE_FOR_KOTLIN = ("echo " + shlex.quote(
+    "This repository builds with Gradle's Kotlin DSL (build.gradle.kts or settings.gradle.kts) and has no "
+    "./gradlew. The sandbox's Gradle is Debian's 4.4.1, which reads only Groovy build scripts (build.gradle). "
+    "Commit the Gradle wrapper (gradlew and gradle/wrapper/), or give setup commands with --setup or "
+    ".assistant/setup.sh.") + " >&2; exit 2")
+
+
 def _java_setup(repo: RepoFiles, files: set[str]) -> list[str]:
     if "pom.xml" in files:
         return ["mvn -B -q test-compile"]
     if "gradlew" in files:
         return ["./gradlew --no-daemon testClasses"]
+    if files & set(GRADLE_KOTLIN):
+        return [NO_GRADLE_FOR_KOTLIN]
     return ["gradle --no-daemon testClasses"]
 
 
@@ -167,7 +179,9 @@ def _node_tests(repo: RepoFiles, files: set[str], folders: set[str]) -> list[str
 def _java_tests(repo: RepoFiles, files: set[str], folders: set[str]) -> list[str]:
     if "pom.xml" in files:
         return ["mvn -B test"]
-    return ["./gradlew --no-daemon test" if "gradlew" in files else "gradle --no-daemon test"]
+    if "gradlew" in files:
+        return ["./gradlew --no-daemon test"]
+    return [] if files & set(GRADLE_KOTLIN) else ["gradle --no-daemon test"]
 
 
 def _ruby_tests(repo: RepoFiles, files: set[str], folders: set[str]) -> list[str]:

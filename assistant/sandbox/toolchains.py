@@ -10,8 +10,9 @@ of their packages.
 Where a language's own registry cannot be reached (only PyPI, the npm registry and Debian's archive are, here),
 the image points the client at what Debian packages instead: cargo at the crates `librust-*-dev` install under
 /usr/share/cargo/registry (a vendored directory source), Maven at Debian's Maven repository under
-/usr/share/maven-repo (its JUnit and plugins included). The host's CA bundle the default image trusts is kept
-through the install (package triggers rebuild the system bundle without it)."""
+/usr/share/maven-repo (its JUnit and plugins included), and Debian's Gradle (4.4.1, which runs on JDK 17) at the
+same repository through an init script that replaces every remote repository a build names. The host's CA bundle the
+default image trusts is kept through the install (package triggers rebuild the system bundle without it)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,31 @@ MAVEN_SETTINGS = f"""<?xml version="1.0" encoding="UTF-8"?>
   </mirrors>
 </settings>
 """
+GRADLE_HOME = "/usr/share/gradle"  # Debian's Gradle; a repository's own (./gradlew) lives elsewhere
+GRADLE_INIT = f"""// With Debian's Gradle, every remote repository a build names (mavenCentral(), a plugin or company one) is
+// replaced by Debian's Maven repository (what Debian's Java packages install): none is reachable from these
+// sandboxes. A repository's own Gradle (./gradlew) keeps the repositories its build names.
+if (gradle.gradleHomeDir?.canonicalPath == '{GRADLE_HOME}') {{
+    def debianOnly = {{ RepositoryHandler repos ->
+        repos.all {{ ArtifactRepository repo ->
+            if ((repo instanceof MavenArtifactRepository || repo instanceof IvyArtifactRepository)
+                    && repo.url?.scheme in ['http', 'https']) {{
+                repos.remove(repo)
+            }}
+        }}
+        repos.maven {{ url 'file://{MAVEN_REPO}' }}
+    }}
+    allprojects {{
+        debianOnly(buildscript.repositories)
+        debianOnly(repositories)
+        // A failed assertion's message (expected and actual) in the output, not only its class and line.
+        tasks.withType(Test) {{ testLogging.exceptionFormat = 'full' }}
+    }}
+}}
+"""
+# Debian's Gradle asks gradle-debian-helper (a Debian packaging tool, not installed) about every dependency taken
+# from {MAVEN_REPO} and prints a stack trace when it is missing; the property turns that lookup off.
+GRADLE_PROPERTIES = "systemProp.gradle-debian-helper.hook.enabled=false\n"
 
 
 @dataclass(frozen=True)
@@ -80,11 +106,15 @@ TOOLCHAINS: dict[str, Toolchain] = {t.name: t for t in (
               env=(("CARGO_HOME", f"{AGENT_HOME}/.cargo"), ("CARGO_TARGET_DIR", f"{AGENT_HOME}/.cache/cargo-target")),
               home_files=((".cargo/config.toml", CARGO_CONFIG),),
               root_steps=(f"mkdir -p {CARGO_REGISTRY}",)),
-    Toolchain("java", ("default-jdk-headless", "maven", "junit4", "libmaven-compiler-plugin-java",
+    Toolchain("java", ("default-jdk-headless", "maven", "gradle", "junit4", "libmaven-compiler-plugin-java",
                        "libmaven-resources-plugin-java", "libsurefire-java", "libmaven-jar-plugin-java"),
-              "java -version 2>&1 | head -n 1 && mvn -v | head -n 1",
-              home_files=((".m2/settings.xml", MAVEN_SETTINGS),),
-              notes=("Gradle is not installed: bookworm's gradle 4.4.1 predates JDK 17",)),
+              "java -version 2>&1 | head -n 1 && mvn -B -v 2>/dev/null | head -n 1 "
+              "&& gradle --version 2>/dev/null | grep ^Gradle",
+              home_files=((".m2/settings.xml", MAVEN_SETTINGS),
+                          (".gradle/init.d/debian-maven-repo.gradle", GRADLE_INIT),
+                          (".gradle/gradle.properties", GRADLE_PROPERTIES)),
+              notes=("Gradle is bookworm's 4.4.1: Groovy build scripts only (no Kotlin DSL), JUnit 4 (no "
+                     "useJUnitPlatform, which came in 4.6); a repository with gradlew runs its own Gradle",)),
     Toolchain("ruby", ("ruby", "ruby-bundler", "rake"), "ruby --version && bundle --version",
               env=(("BUNDLE_PATH", f"{AGENT_HOME}/.bundle"), ("GEM_HOME", f"{AGENT_HOME}/.gem"))),
     Toolchain("php", ("php-cli", "php-xml", "php-mbstring", "composer"), "php --version | head -n 1 && composer --version",

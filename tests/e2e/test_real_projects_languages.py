@@ -5,9 +5,10 @@ runs online, the tests run offline, and a scripted agent's fix comes out as exac
 Sources are taken at test time with the ordinary clients, never kept in this repository: a JavaScript library
 from the npm registry (`npm pack`), a Go and a Rust library from the source Debian's packages install
 (golang-*-dev under /usr/share/gocode, librust-*-dev under /usr/share/cargo/registry; `scripts/setup.sh test`
-installs them), and a small Java project of our own built with Debian's JDK, Maven and JUnit. Only PyPI, the
-npm registry and Debian's archive are reachable here, so the Go, Rust and Java builds work offline from what
-Debian packages.
+installs them), and a small Java project of our own built with Debian's JDK and JUnit, once with Maven and once
+with Gradle (a `build.gradle` naming `mavenCentral()`, which the image's init script replaces by Debian's Maven
+repository). Only PyPI, the npm registry and Debian's archive are reachable here, so the Go, Rust and Java builds
+work offline from what Debian packages.
 """
 from __future__ import annotations
 
@@ -155,19 +156,39 @@ public class WordsTest {
 MAVEN_PLUGINS = {"resources": "3.3.0", "compiler": "3.10.1", "surefire": "2.22.3"}
 
 
-def _java_project(into: Path) -> Path:
-    root = into / "words"
-    files = {
-        "pom.xml": JAVA_POM.format(**MAVEN_PLUGINS),
-        "src/main/java/org/example/words/Words.java": JAVA_WORDS,
-        "src/test/java/org/example/words/WordsTest.java": JAVA_TEST,
-        ".gitignore": "target/\n",
-    }
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    return root
+# What a Gradle project commonly says; Maven Central is out of reach here, and the java image's init script puts
+# Debian's Maven repository (its junit 4.13.2) in its place.
+JAVA_BUILD_GRADLE = """plugins {
+    id 'java'
+}
 
+repositories {
+    mavenCentral()
+}
+
+dependencies {
+    testImplementation 'junit:junit:4.13.2'
+}
+"""
+
+
+def _java_project(build: dict[str, str], name: str = "words") -> Callable[[Path], Path]:
+    def fetch(into: Path) -> Path:
+        root = into / name
+        files = {
+            **build,
+            "src/main/java/org/example/words/Words.java": JAVA_WORDS,
+            "src/test/java/org/example/words/WordsTest.java": JAVA_TEST,
+        }
+        for path, text in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
+        return root
+    return fetch
+
+
+WORDS_BUG = Site("src/main/java/org/example/words/Words.java", '        return trimmed.split("\\\\s+").length;',
+                 '        return trimmed.split(" ").length;')
 
 PROJECTS = [
     LangProject("concat-map", "node", _npm_pack("concat-map@0.0.1"), "npm test", ("npm install",),
@@ -180,9 +201,12 @@ PROJECTS = [
     LangProject("fnv", "rust", _debian_source(CARGO_REGISTRY / "fnv-*", "librust-fnv-dev"), "cargo test",
                 ("cargo fetch", "cargo test --no-run"),
                 Site("lib.rs", "            hash = hash ^ (*byte as u64);", "            hash = hash | (*byte as u64);")),
-    LangProject("words", "java", _java_project, "mvn -B test", ("mvn -B -q test-compile",),
-                Site("src/main/java/org/example/words/Words.java", '        return trimmed.split("\\\\s+").length;',
-                     '        return trimmed.split(" ").length;')),
+    LangProject("words", "java", _java_project({"pom.xml": JAVA_POM.format(**MAVEN_PLUGINS), ".gitignore": "target/\n"}),
+                "mvn -B test", ("mvn -B -q test-compile",), WORDS_BUG),
+    LangProject("words-gradle", "java",
+                _java_project({"build.gradle": JAVA_BUILD_GRADLE, "settings.gradle": "rootProject.name = 'words'\n",
+                               ".gitignore": "build/\n.gradle/\n"}, "words-gradle"),
+                "gradle --no-daemon test", ("gradle --no-daemon testClasses",), WORDS_BUG),
 ]
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from assistant.sandbox.base import SandboxError
 from assistant.sandbox.image_choice import repo_sandbox_table
-from assistant.sandbox.setup_commands import KnownFiles, detect_test_commands, ecosystems
+from assistant.sandbox.setup_commands import NO_GRADLE_FOR_KOTLIN, KnownFiles, detect_test_commands, ecosystems
 from assistant.sandbox.setup_commands import setup_commands as detect
 from assistant.sandbox.toolchains import build_script, resolve, toolchain_image_name
 
@@ -89,6 +90,10 @@ def test_node_project_without_a_lockfile_gets_npm_install_and_its_test_script(tm
     ({"pom.xml": "<project/>"}, ["java"], ["mvn -B -q test-compile"], ["mvn -B test"]),
     ({"build.gradle": "", "gradlew": ""}, ["java"], ["./gradlew --no-daemon testClasses"],
      ["./gradlew --no-daemon test"]),
+    ({"build.gradle": "", "settings.gradle": ""}, ["java"], ["gradle --no-daemon testClasses"],
+     ["gradle --no-daemon test"]),
+    ({"build.gradle.kts": "", "settings.gradle.kts": "", "gradlew": ""}, ["java"],
+     ["./gradlew --no-daemon testClasses"], ["./gradlew --no-daemon test"]),
     ({"Gemfile": "", "Rakefile": ""}, ["ruby"], ["bundle install"], ["bundle exec rake test"]),
     ({"Gemfile": "", "spec/a_spec.rb": ""}, ["ruby"], ["bundle install"], ["bundle exec rspec"]),
     ({"composer.json": '{"require-dev": {"phpunit/phpunit": "^10"}}'}, ["php"],
@@ -101,6 +106,21 @@ def test_each_ecosystem_gets_its_toolchain_setup_and_tests(tmp_path, files, tool
     assert ecosystems(Files(tmp_path)) == toolchains
     assert setup_commands(tmp_path, None) == setup
     assert detect_test_commands(Files(tmp_path)) == tests
+
+
+@pytest.mark.parametrize("marker", ["build.gradle.kts", "settings.gradle.kts"])
+def test_a_kotlin_dsl_gradle_build_without_a_wrapper_stops_setup_saying_why(tmp_path, marker):
+    """Debian's Gradle 4.4.1 reads no Kotlin build script (it would fail with "Task 'testClasses' not found"):
+    setup's one command says so and what to do, and fails; no test command is told."""
+    write(tmp_path, {marker: "plugins { java }\n", "src/Main.java": "class Main {}\n"})
+    assert ecosystems(Files(tmp_path)) == ["java"]
+    assert setup_commands(tmp_path, None) == [NO_GRADLE_FOR_KOTLIN]
+    assert detect_test_commands(Files(tmp_path)) == []
+    ran = subprocess.run(["bash", "-c", NO_GRADLE_FOR_KOTLIN], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 2 and ran.stdout == ""
+    assert ran.stderr.startswith("This repository builds with Gradle's Kotlin DSL (build.gradle.kts or "
+                                 "settings.gradle.kts) and has no ./gradlew.")
+    assert "Commit the Gradle wrapper (gradlew and gradle/wrapper/)" in ran.stderr
 
 
 def test_a_mixed_repository_sets_up_python_first_then_the_others(tmp_path):
@@ -135,7 +155,7 @@ def test_toolchain_images_are_named_after_the_base_and_carry_the_union_of_packag
     assert toolchain_image_name("assistant-sandbox:latest", ["node", "go"]) == "assistant-sandbox-go-node:latest"
     assert toolchain_image_name("registry.example:5000/team/box", ["rust"]) == "registry.example:5000/team/box-rust:latest"
     script = build_script(resolve(["node", "java"]))
-    assert "nodejs" in script and "default-jdk-headless" in script and "junit4" in script
+    assert "nodejs" in script and "default-jdk-headless" in script and "junit4" in script and " gradle " in script
     with pytest.raises(SandboxError, match="unknown toolchain cobol: choose from node, go"):
         resolve(["cobol"])
 

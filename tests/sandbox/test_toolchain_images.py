@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from assistant.sandbox import PrepareRequest, SandboxConfig, SandboxError, prepare
+from assistant.sandbox import PrepareRequest, SandboxConfig, SandboxError, SetupFailed, prepare
 from assistant.sandbox.engine import docker_client
+from assistant.sandbox.setup_commands import NO_GRADLE_FOR_KOTLIN
 from assistant.sandbox.toolchains import TOOLCHAIN_LABEL, ensure_toolchain_image, toolchain_image_name
 from assistant.sandbox.warm import WarmPool
 
@@ -44,9 +45,9 @@ def config(reachable_data_dir, docker_image) -> SandboxConfig:
     return SandboxConfig(data_dir=reachable_data_dir, backend="docker", cache_enabled=False)
 
 
-def run(config: SandboxConfig, repo, **kw):
+def run(config: SandboxConfig, repo, setup: list[str] | None = [], **kw):
     output: list[str] = []
-    prepared = prepare(PrepareRequest(job_id=f"img-{secrets.token_hex(2)}", repo=str(repo), setup=[]), config,
+    prepared = prepare(PrepareRequest(job_id=f"img-{secrets.token_hex(2)}", repo=str(repo), setup=setup), config,
                        on_output=output.append, **kw)
     return prepared, "".join(output)
 
@@ -155,3 +156,51 @@ def test_the_warm_pool_readies_on_the_toolchain_image_and_never_builds_one(confi
             other_pool.close()
     finally:
         pool.close()
+
+
+GRADLE_PROJECT = {
+    # What a Gradle build commonly names: Maven Central, which the java image's init script replaces by Debian's
+    # Maven repository (its junit 4.13.2).
+    "build.gradle": "plugins { id 'java' }\nrepositories { mavenCentral() }\n"
+                    "dependencies { testImplementation 'junit:junit:4.13.2' }\n",
+    ".gitignore": "build/\n.gradle/\n",
+    "src/main/java/calc/Calc.java": "package calc;\n\npublic class Calc {\n"
+                                    "    public static int add(int a, int b) { return a - b; }\n}\n",
+    "src/test/java/calc/CalcTest.java": "package calc;\n\nimport static org.junit.Assert.assertEquals;\n\n"
+                                        "import org.junit.Test;\n\npublic class CalcTest {\n"
+                                        "    @Test public void adds() { assertEquals(5, Calc.add(2, 3)); }\n}\n",
+}
+
+
+@pytest.mark.timeout(1500)  # the java image is built first when it is missing or from an older recipe
+def test_a_gradle_project_builds_and_tests_offline_from_debian_packages(config, tmp_path):
+    """Debian's Gradle 4.4.1 on JDK 17 in the java image: detected setup compiles a JUnit 4 project whose build
+    names Maven Central, its tests run offline and a failure shows expected and actual; a Kotlin-DSL build
+    without gradlew stops at setup with what to do."""
+    repo = make_repo(tmp_path / "calc", GRADLE_PROJECT)
+    prepared, output = run(config, repo, setup=None)
+    try:
+        assert prepared.image == toolchain_image_name(config.image, ["java"])
+        assert prepared.setup_commands == ["gradle --no-daemon testClasses"]
+        assert prepared.test_commands == ["gradle --no-daemon test"]
+        assert [r.exit_code for r in prepared.setup_results] == [0], output[-3000:]
+        assert prepared.agent_network.startswith("none")
+        failing = prepared.sandbox.exec("gradle --no-daemon test", timeout_s=900)
+        assert failing.exit_code != 0 and "calc.CalcTest > adds FAILED" in failing.output, failing.output[-3000:]
+        assert "expected:<5> but was:<-1>" in failing.output, failing.output[-3000:]
+        assert "MavenResolverHook" not in output + failing.output  # Debian's packaging hook is off
+        fixed = prepared.sandbox.exec("sed -i 's/a - b/a + b/' src/main/java/calc/Calc.java && "
+                                      "gradle --no-daemon test", timeout_s=900)
+        assert fixed.exit_code == 0 and "BUILD SUCCESSFUL" in fixed.output, fixed.output[-3000:]
+        assert prepared.sandbox.exec("ls build/test-results/test").output.split() == ["TEST-calc.CalcTest.xml",
+                                                                                        "binary"]
+    finally:
+        prepared.sandbox.close()
+
+    source = GRADLE_PROJECT["src/main/java/calc/Calc.java"]
+    kotlin = make_repo(tmp_path / "kts", {"build.gradle.kts": "plugins { java }\n",
+                                          "src/main/java/calc/Calc.java": source})
+    with pytest.raises(SetupFailed) as failed:
+        run(config, kotlin, setup=None)
+    assert failed.value.command == NO_GRADLE_FOR_KOTLIN and failed.value.result.exit_code == 2
+    assert "has no ./gradlew. The sandbox's Gradle is Debian's 4.4.1" in failed.value.result.output
