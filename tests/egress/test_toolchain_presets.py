@@ -66,6 +66,8 @@ def test_go_preset_reads_go_env_in_the_go_toolchain_image(docker_engine, monkeyp
 def test_a_toolchain_preset_without_client_or_image_says_how_to_get_one(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")  # no engine either
+    from assistant.sandbox import engine
+    monkeypatch.setattr(engine, "_clients", {})  # not the client an earlier test made to this machine's engine
     found = toolchain_client_hosts("ruby-gems")
     assert found.hosts == () and "`assistant sandbox build --lang ruby`" in found.notes[0]
     with pytest.raises(EgressPolicyError, match="preset ruby-gems found no hosts on this machine"):
