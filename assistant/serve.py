@@ -38,6 +38,9 @@ def serve(settings: Settings, command: list[str], env: dict[str, str], cwd: Path
     stopping = _forward_stop_signals(server)
     retention = _RetentionLoop(settings)
     retention.start()
+    # The clean-up after a kill assesses and notifies the jobs it interrupts: its modules take seconds to import
+    # on a busy machine, time a stop cannot spare. They are loaded while the server runs.
+    threading.Thread(target=_load_clean_up, name="load-clean-up", daemon=True).start()
     try:
         code, killed = _wait(server, stopping)
     finally:
@@ -91,6 +94,14 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _load_clean_up() -> None:
+    try:
+        from .jobs import manager, results  # noqa: F401
+        from .sandbox import sweep_orphans  # noqa: F401
+    except Exception:  # the clean-up imports them again and says what fails
+        log.debug("preloading the clean-up failed", exc_info=True)
 
 
 def _clean_up_after(settings: Settings) -> None:
