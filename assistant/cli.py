@@ -285,13 +285,7 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         except (ReviewError, RepoError, RepoNotAllowed) as exc:
             _err(f"assistant: review: {exc}")
             return 2
-        unsubscribe = assistant.jobs.subscribe(_progress_printer({job.id}))
-        try:
-            done = assistant.jobs.wait(job.id)
-        except KeyboardInterrupt:
-            assistant.jobs.cancel(job.id)
-            done = assistant.jobs.wait(job.id)
-        unsubscribe()
+        done = _follow(assistant, job)
         if args.json:
             print(json.dumps(review_json(assistant, done), indent=2, default=str))
         else:
@@ -304,6 +298,18 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         assistant.close()
 
 
+def _follow(assistant, job):
+    """One job's progress printed until it ends (Ctrl-C cancels it); the ended job."""
+    unsubscribe = assistant.jobs.subscribe(_progress_printer({job.id}))
+    try:
+        return assistant.jobs.wait(job.id)
+    except KeyboardInterrupt:
+        assistant.jobs.cancel(job.id)
+        return assistant.jobs.wait(job.id)
+    finally:
+        unsubscribe()
+
+
 def _review_fix(assistant, review_job, args) -> int:
     """`assistant review --job REVIEW --fix f1|blockers`: the follow-up job, run and printed as `run` prints one."""
     from .jobs.review import ReviewError, fix_blockers, fix_finding
@@ -313,13 +319,7 @@ def _review_fix(assistant, review_job, args) -> int:
     except (ReviewError, KeyError) as exc:
         _err(f"assistant: --fix: {exc.args[0] if isinstance(exc, KeyError) else exc}")
         return 2
-    unsubscribe = assistant.jobs.subscribe(_progress_printer({job.id}))
-    try:
-        done = assistant.jobs.wait(job.id)
-    except KeyboardInterrupt:
-        assistant.jobs.cancel(job.id)
-        done = assistant.jobs.wait(job.id)
-    unsubscribe()
+    done = _follow(assistant, job)
     if args.json:
         print(json.dumps(_job_json(assistant, done), indent=2, default=str))
     else:
