@@ -9,6 +9,7 @@ import functools
 import logging
 import re
 import sys
+import uuid
 from functools import partial
 from pathlib import Path
 from urllib.parse import quote
@@ -25,17 +26,18 @@ from sqlalchemy.exc import IntegrityError  # noqa: E402
 from assistant import ownership  # noqa: E402
 from assistant.access import RepoNotAllowed  # noqa: E402
 from assistant.conversation.checkout import CheckoutError, check_repository  # noqa: E402
-from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, Route  # noqa: E402
+from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, STEER, Route, SteerCommandError  # noqa: E402
 from assistant.conversation.service import ANSWER_KIND  # noqa: E402
 from assistant.core import load_assistant  # noqa: E402
 from assistant.jobs import states  # noqa: E402
 from assistant.jobs.apply import START_PATCH, ApplyError, apply_job  # noqa: E402
+from assistant.jobs.steering import SteerRefused  # noqa: E402
 from assistant.jobs.uncommitted import read as read_uncommitted  # noqa: E402
 from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import AccessBook, LoginThrottle, PasswordBook, ensure_auth_secret, header_user  # noqa: E402
 from assistant.web.cards import (MAX_STEPS_SHOWN, STATE_BADGES, cite_url, link_citations,  # noqa: E402
-                                 plain, progress_count)
+                                 plain, progress_count, tool_output_block)
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
 from assistant.web.gate import GATE, GateMiddleware, limit_cors  # noqa: E402
 from assistant.web.nosleep import install_resume_without_sleep, new_message  # noqa: E402
@@ -63,7 +65,7 @@ relay: JobRelay | None = None
 answerable_jobs: set[str] = set()
 BEFORE_AGENT = (states.QUEUED, states.PREPARING, states.SETTING_UP)
 DECIDED_BY = {"rules": "by the first-pass rules", "model": "by the router model", "command": "by your command",
-              "classifier": "by the built-in classifier", "fallback": "by default"}
+              "classifier": "by the built-in classifier", "fallback": "by default", "choice": "by your pick"}
 RESUME_EVENT_WAIT_S = 5.0  # a Chainlit that emits no resume event through the emitter: refresh after this
 SHUTDOWN_WAIT_S = 4.0  # for job workers to wind down; assistant/serve.py kills the server after its STOP_GRACE_S
 
@@ -92,6 +94,10 @@ def job_actions(job, source=store) -> list[cl.Action]:
     return actions
 
 
+JOB_ACTION_NAMES = ("toggle_steps", "answer_instead", "cancel_job", "apply_job", "branch_job", "retry_job",
+                    "attempts_job")  # every button job_actions can put on a card
+
+
 def steps_action(job) -> cl.Action:
     unfolded = relay is not None and job.id in relay.all_steps
     return cl.Action(name="toggle_steps", payload={"job_id": job.id}, icon="list",
@@ -108,7 +114,7 @@ def _data_layer():
 @cl.on_app_startup
 async def _start_relay():
     global relay
-    relay = JobRelay(store, asyncio.get_running_loop(), job_actions)
+    relay = JobRelay(store, asyncio.get_running_loop(), job_actions, JOB_ACTION_NAMES)
     core.jobs.subscribe(relay.on_update)
     asyncio.ensure_future(end_stale_sessions())
 
@@ -260,6 +266,8 @@ COMMANDS = [
     {"id": "ask", "icon": "message-circle-question", "description": "Answer from the code; never start a job", "button": False},
     {"id": "code", "icon": "hammer", "description": "Run this as a job in a sandbox", "button": False},
     {"id": "jobs", "icon": "list-checks", "description": "List the jobs and their states", "button": False},
+    {"id": "steer", "icon": "send", "button": False,
+     "description": "Tell the running job something: /steer [job number] [now] text (now stops its command)"},
 ]
 
 
@@ -303,15 +311,17 @@ def where_text(repo: str | None, ref: str | None) -> str:
     return f"`{repo}`" + (f" @ `{ref}`" if ref else "")
 
 
-async def header_text(repo: str | None, ref: str | None) -> str:
+async def header_text(repo: str | None, ref: str | None, origin: str | None = None) -> str:
     info = await asyncio.to_thread(core.describe)
-    lines = [f"**Repository:** {where_text(repo, ref)}",
+    lines = [f"**Repository:** {where_text(repo, ref)}" + (f" *({origin}; change it in {SETTINGS_HINT})*"
+                                                          if origin and repo else ""),
              f"**Model:** `{info['model']}` · **Sandbox:** `{info['backend']}`"
              + (f" *({plain(info['backend_reason'])})*" if info.get("backend_reason") else "")]
     if info.get("notice"):
         lines.append(f"> ⚠ {info['notice']}")
     lines.append("Ask about the code, or ask for a change: it runs as a job in a sandbox. `/ask` forces an answer, "
-                 f"`/code` a job, `/jobs` lists them. Repository, ref and attempts are in {SETTINGS_HINT}.")
+                 "`/code` a job, `/jobs` lists them, `/steer` talks to a running job. Repository, ref and attempts are "
+                 f"in {SETTINGS_HINT}.")
     return "\n\n".join(lines)
 
 
@@ -320,11 +330,11 @@ def stored_header_id(tid: str) -> str | None:
                  if ((m.meta or {}).get("metadata") or {}).get("kind") == "header"), None)
 
 
-async def show_header(repo: str | None, ref: str | None) -> None:
+async def show_header(repo: str | None, ref: str | None, origin: str | None = None) -> None:
     """The first message says where this conversation works; sent once, then kept current in place.
     A system message: it leaves the welcome screen (and its starters) up until the user writes."""
     header_id = cl.user_session.get("header_id") or await asyncio.to_thread(stored_header_id, thread_id())
-    message = cl.Message(content=await header_text(repo, ref), author="Assistant", type="system_message",
+    message = cl.Message(content=await header_text(repo, ref, origin), author="Assistant", type="system_message",
                          metadata={"kind": "header"}, **({"id": header_id} if header_id else {}))
     if header_id:
         await message.update()
@@ -367,10 +377,22 @@ def routed_text(route: Route) -> str:
 
 
 # ---------------------------------------------------------------------- lifecycle
+def last_repository() -> tuple[str, str | None] | None:
+    """The repository (and ref) of the user's most recent conversation that had one: a new chat starts there."""
+    user_id = persisted_user_id()
+    if not user_id:
+        return None
+    thread = next((t for t in store.list_threads(user_id, limit=50) if t.repo), None)
+    return (thread.repo, thread.ref) if thread else None
+
+
 @cl.on_chat_start
 @guarded
 async def on_chat_start():
     repo, ref = core.settings.default_repo, core.settings.default_ref
+    last = await asyncio.to_thread(last_repository)
+    if last:
+        repo, ref = last
     cl.user_session.set("repo", repo)
     cl.user_session.set("ref", ref)
     cl.user_session.set("attempts", 1)
@@ -378,7 +400,7 @@ async def on_chat_start():
         core.jobs.prewarm(repo, ref)
     await context.emitter.set_commands(COMMANDS)
     await send_settings(repo, ref)
-    await show_header(repo, ref)
+    await show_header(repo, ref, "your last conversation's repository" if last else None)
 
 
 @cl.on_chat_resume
@@ -472,21 +494,30 @@ async def on_settings_update(values: dict):
 async def on_message(message: cl.Message):
     tid = thread_id()
     text, command = message.content.strip(), message.command
-    typed = re.match(r"^/(ask|code|jobs)\b\s*", text)
+    typed = re.match(r"^/(ask|code|jobs|steer)\b\s*", text)
     if typed and not command:  # the command typed out rather than picked from the menu
         command, text = typed.group(1), text[typed.end():]
     if command == "jobs":
         await list_jobs()
         return
     if not text:
+        if command == "steer":
+            await notice("⚠ Say what the job should do: /steer [job number] [now] your message.", author="Jobs")
         return
     # The history an answer needs is read while the message is routed (often a model call), not after.
     history = asyncio.ensure_future(asyncio.to_thread(core.conversation.history, tid, message.id))
     try:
         route = await asyncio.to_thread(saved_and_routed, tid, text, command)
+    except SteerCommandError as exc:
+        await notice(f"⚠ {plain(str(exc))}.", author="Jobs")
+        return
     finally:
         history.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, if unused
-    if route.is_job:
+    if route.kind == STEER:
+        await steer(text, route)
+    elif route.is_job and route.steer_offer:
+        await offer_steer(text, route)
+    elif route.is_job:
         await delegate(text, route)
     else:
         await answer(text, route, message.id, await history)
@@ -507,6 +538,71 @@ async def delegate(text: str, route: Route, attempts: int | None = None) -> None
         await notice(f"⚠ Could not start the job: {plain(str(exc))}", author="Jobs")
         return
     await show_new_jobs(jobs, route, routed_text(route))
+
+
+async def steer(text: str, route: Route) -> None:
+    """Words for a running job: stored and delivered at its agent's next step; the receipt follows on its card
+    (the relay re-renders it on each Steer event). A job that has ended refuses, and a follow-up job is offered."""
+    tid = thread_id()
+    try:
+        job, message = await asyncio.to_thread(core.conversation.steer, tid, persisted_user_id(), text, route)
+    except SteerRefused as exc:
+        job = await asyncio.to_thread(store.get_job, route.job_id)
+        ended = job.state in states.TERMINAL
+        content = f"⚠ {plain(str(exc)[:1].upper() + str(exc)[1:])}."
+        actions = [run_as_job_action(text, job.id, f"Start a follow-up of job {job.number}")] if ended else []
+        await cl.Message(content=content, author="Jobs", metadata={"kind": "notice"}, actions=actions).send()
+        return
+    how = ("its command under way is stopped, and its agent reads this before its next step" if message.now
+           else "its agent reads it before its next step")
+    await notice(f"→ Sent to job {job.number}: {how}. The receipt is on its card.", author="Jobs")
+
+
+STEER_OFFER_NAMES = ("steer_offer_send", "steer_offer_new")
+
+
+async def offer_steer(text: str, route: Route) -> None:
+    """A job was decided while another job of this conversation runs, by a decider that cannot tell a steer: the
+    user picks. Nothing starts until they do."""
+    job = await asyncio.to_thread(store.get_job, route.steer_offer)
+    offer = str(uuid.uuid4())
+    payload = {"text": text, "job_id": job.id, "now": route.now, "kind": route.kind, "offer": offer,
+               "parent": route.job_id, "context": route.context_job_id}
+    await cl.Message(
+        content=f"Job {job.number} is still {job.state.replace('_', ' ')}. Is this for job {job.number}, or a new "
+                "job?", author="Jobs", metadata={"kind": "notice", "steer_offer": payload},
+        actions=[cl.Action(id=offer + ":send", name="steer_offer_send", payload=payload,
+                           label=f"Send to job {job.number}", icon="send"),
+                 cl.Action(id=offer + ":new", name="steer_offer_new", payload=payload, label="Start a new job",
+                           icon="hammer")]).send()
+
+
+async def close_offer(action: cl.Action) -> None:
+    """Both buttons of the question go once one is picked: it is answered."""
+    offer = action.payload.get("offer") or ""
+    for name, suffix in zip(STEER_OFFER_NAMES, (":send", ":new")):
+        await cl.Action(id=offer + suffix, name=name, payload={}, label="", forId=action.forId).remove()
+
+
+@cl.action_callback("steer_offer_send")
+@guarded
+async def on_steer_offer_send(action: cl.Action):
+    job = await asyncio.to_thread(owned_job, action)
+    await close_offer(action)
+    # "choice", not "command": the words are the message as typed, not /steer arguments
+    await steer(action.payload["text"], Route(STEER, job.id, "you sent it to the job", "choice",
+                                              now=bool(action.payload.get("now"))))
+
+
+@cl.action_callback("steer_offer_new")
+@guarded
+async def on_steer_offer_new(action: cl.Action):
+    await asyncio.to_thread(owned_job, action)
+    await close_offer(action)
+    payload = action.payload
+    kind = FOLLOWUP_JOB if payload.get("kind") == FOLLOWUP_JOB and payload.get("parent") else JOB
+    await delegate(payload["text"], Route(kind, payload.get("parent") if kind == FOLLOWUP_JOB else None,
+                                          "you asked for a new job", "command", context_job_id=payload.get("context")))
 
 
 async def show_new_jobs(jobs, route: Route, routed: str) -> None:
@@ -561,7 +657,7 @@ async def answer(text: str, route: Route, user_message_id: str | None, history: 
         elif event.kind == "tool":
             async with cl.Step(name=event.text, type="tool") as step:
                 step.input = event.data.get("arguments")
-                step.output = event.data.get("output", "")
+                step.output = tool_output_block(event.text, event.data.get("arguments"), event.data.get("output", ""))
         elif event.kind == "done":
             final_text, citations = event.text, event.data.get("citations", [])
             job_id = event.data.get("job_id") or job_id
@@ -580,9 +676,8 @@ async def answer(text: str, route: Route, user_message_id: str | None, history: 
     await reply.send()
 
 
-def run_as_job_action(question: str, job_id: str | None) -> cl.Action:
-    return cl.Action(name="run_as_job", payload={"text": question, "job_id": job_id}, label="Run as a job",
-                     icon="hammer")
+def run_as_job_action(question: str, job_id: str | None, label: str = "Run as a job") -> cl.Action:
+    return cl.Action(name="run_as_job", payload={"text": question, "job_id": job_id}, label=label, icon="hammer")
 
 
 async def list_jobs() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from assistant.conversation.route_classifier import FORMAT, WEIGHTS_PATH, features, head_features  # noqa: E402
-from bench.routing_set import SET_PATH, Item, load_set  # noqa: E402
+from bench.routing_set import CLASSIFIER_ROUTES, SET_PATH, Item, load_set  # noqa: E402
 
 STRENGTHS = (0.001, 0.003, 0.01, 0.03)
 FOLDS = 5
@@ -94,6 +94,7 @@ def cross_validate(items: list[Item], head: str, strength: float) -> float:
 
 
 def train(items: list[Item], log=print) -> dict:
+    items = [i for i in items if i.route in CLASSIFIER_ROUTES]  # no steer head: the rules and the model decide those
     heads = {}
     for head in ("work", "followup"):
         scores = {s: cross_validate(items, head, s) for s in STRENGTHS}

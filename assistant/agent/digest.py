@@ -100,7 +100,7 @@ def plain_digest(*, state: str, reason: str, records: Sequence[LogRecord], files
     elif setup:
         lines.append(f"- Setup ran {len(setup)} command{'s' if len(setup) != 1 else ''} without error.")
     if not agent:
-        lines.append("- The agent ran no command." if failed_setup is None else "- The agent did not start.")
+        lines.append("- No command of the agent finished." if failed_setup is None else "- The agent did not start.")
     else:
         edits = [r for r in agent if r.command == "apply_patch" and r.exit_code == 0]
         lines.append(f"- The agent ran {len(agent)} command{'s' if len(agent) != 1 else ''} and applied "
@@ -122,5 +122,5 @@ def plain_digest(*, state: str, reason: str, records: Sequence[LogRecord], files
         names = [f"`{f[1]}`" for f in files[:8]]
         more = f" and {len(files) - 8} more" if len(files) > 8 else ""
         lines.append(f"- Files changed (the diff is kept): {', '.join(names)}{more}.")
-    lines.append(_next_step(state, reason, failing_test, failed_setup))
-    return "\n".join(lines)
+    # Its own paragraph: a line right after a Markdown list item would continue the item's text.
+    return "\n".join(lines) + "\n\n" + _next_step(state, reason, failing_test, failed_setup)

@@ -12,6 +12,11 @@ Deciders, in order:
 
 A follow-up job starts from its parent's result, so the parent must be one worth building on: see
 `continuation_refusal`.
+
+While a job of the conversation has not ended, a message addressed to its work ("also handle the empty list",
+"stop, use pathlib instead", "now: …") is a `steer`: it goes to that job (JobManager.tell) and reaches its agent at
+the next step. The rules and the router model decide it; the shipped classifier was never trained on it and cannot,
+so where it decides a job while another runs, the route carries `steer_offer` and the user picks.
 """
 from __future__ import annotations
 
@@ -29,17 +34,21 @@ from .route_classifier import RouteClassifier
 from .signals import BY_DEFAULT, BY_MODEL, JobReference, find_job_reference, latest
 
 ANSWER, JOB, FOLLOWUP_ANSWER, FOLLOWUP_JOB = "answer", "job", "followup_answer", "followup_job"
+STEER = "steer"
 
 
 @dataclass
 class Route:
-    kind: str                 # answer | job | followup_answer | followup_job
-    job_id: str | None = None
+    kind: str                 # answer | job | followup_answer | followup_job | steer
+    job_id: str | None = None  # a follow-up's job, or the job a steer goes to
     reason: str = ""
-    decided_by: str = "rules"  # rules | model | classifier | command | fallback
+    decided_by: str = "rules"  # rules | model | classifier | command | fallback | choice (a button the user picked)
     reference: str = ""        # how a follow-up's job was named: number | ordinal | last | state | title | default | model
     context_job_id: str | None = None  # a follow-up that must not start from this job's result (it failed, was
                                        # cancelled, still runs) still carries its task and result as context
+    now: bool = False          # a steer that also stops the command the job runs at the moment
+    steer_offer: str | None = None  # a job decided while this job runs, by a decider that cannot tell a steer
+                                    # ("unsure"): the user is asked to pick, "Send to job N" or "Start a new job"
 
     @property
     def is_job(self) -> bool:
@@ -105,6 +114,42 @@ def _route_from(text: str, jobs: list[Job], repo: str | None, *, work: bool, fol
     return Route(JOB if work else ANSWER, None, reason, decided_by)
 
 
+# ---------------------------------------------------------------------- steering
+def active_jobs(jobs: list[Job]) -> list[Job]:
+    """The conversation's jobs that have not ended (any state but a terminal one: a job waiting for the user too)."""
+    return [j for j in jobs if j.state not in states.TERMINAL]
+
+
+def steer_target(text: str, jobs: list[Job]) -> Job | None:
+    """The job a steer goes to: the one the message names if it has not ended, else the only one running. None
+    when it names a finished job (that is a follow-up) or several run and it names none."""
+    running = active_jobs(jobs)
+    if not running:
+        return None
+    ref = find_job_reference(text, jobs)
+    if ref is not None and ref.by != BY_DEFAULT:
+        return ref.job if ref.job.state not in states.TERMINAL else None
+    return running[0] if len(running) == 1 else None
+
+
+def _steer_rule(body: str, jobs: list[Job]) -> Route | None:
+    """A message addressed to the work under way while a job runs: "now: …", "stop, …", "also …", "actually …",
+    "don't touch the tests", "use pathlib instead", each also after the job it is for ("job 2: also …").
+    Never a question."""
+    said = signals.ADDRESSED_JOB.sub("", body, count=1)
+    now = bool(signals.STEER_NOW.match(said) or signals.STEER_STOP.match(said))
+    cue = now or signals.STEER_CUE.match(said) or signals.INSTEAD.search(said) or signals.KEEP_AWAY.match(said)
+    if not cue:
+        return None
+    if "?" in body and not (signals.POLITE_ORDER.match(said) and signals.ALSO.search(said)):
+        return None
+    target = steer_target(body, jobs)
+    if target is None:
+        return None
+    return Route(STEER, target.id, f"speaks to job {target.number}, which is still {target.state}", "rules",
+                 now=now)
+
+
 # ---------------------------------------------------------------------- first-pass rules
 def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
     """Once a conversation has jobs, whether a message is about one of them takes judgement ("Add a test for
@@ -122,6 +167,10 @@ def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
         return Route(ANSWER, None, "small talk")
     ref = find_job_reference(body, jobs)
     named = ref if ref is not None and ref.explicit else None
+    if active_jobs(jobs) and not signals.READ_ONLY.search(body) and not _asks(body):
+        steer = _steer_rule(body, jobs)
+        if steer is not None:
+            return steer
     if _asks(body):
         if jobs and (named or signals.ABOUT_DONE_WORK.search(body)):
             return _route_from(body, jobs, repo, work=False, followup=True, reason="asks about a job",
@@ -170,7 +219,7 @@ def _orders(body: str) -> bool:
 
 # ---------------------------------------------------------------------- the model and the classifier
 ROUTER_PROMPT_MARKER = "You route messages"  # how the router's system prompt begins (tests and benches script on it)
-ROUTES = (ANSWER, JOB, FOLLOWUP_ANSWER, FOLLOWUP_JOB)
+ROUTES = (ANSWER, JOB, FOLLOWUP_ANSWER, FOLLOWUP_JOB, STEER)
 # With the embedded model, the model decides only what the classifier is less sure of than this (see
 # Guess.certainty). 0: never. Measured with bench/routing.py (--model-below): Qwen2.5-Coder-1.5B through
 # prompts/router.md, asked about the messages the classifier was least sure of (below 0.6), routed dev2 90%
@@ -183,10 +232,12 @@ EMBEDDED_MODEL_BELOW = 0.0
 
 
 def route_schema(jobs: list[Job]) -> dict:
-    """The decision a constrained model must give: one of the routes (follow-ups only when there are jobs).
-    No job number and no reason: every generated token costs a small local model about 0.1 s; the job a
-    follow-up is about comes from the message ("job 2", a title) or is the latest."""
-    routes = list(ROUTES) if jobs else [ANSWER, JOB]
+    """The decision a constrained model must give: one of the routes (follow-ups only when there are jobs, a steer
+    only while one has not ended). No job number and no reason: every generated token costs a small local model
+    about 0.1 s; the job a follow-up is about comes from the message ("job 2", a title) or is the latest."""
+    routes = [ANSWER, JOB, FOLLOWUP_ANSWER, FOLLOWUP_JOB] if jobs else [ANSWER, JOB]
+    if active_jobs(jobs):
+        routes.append(STEER)
     return {"type": "object", "properties": {"route": {"type": "string", "enum": routes}}, "required": ["route"]}
 
 
@@ -200,8 +251,8 @@ def _parse_decision(content: str) -> dict:
         raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {data.get('route') if isinstance(data, dict) else data!r}")
     route = data["route"]
     followup = route.startswith("followup") or bool(data.get("followup"))
-    return {"work": route in (JOB, FOLLOWUP_JOB), "followup": followup, "job": data.get("job"),
-            "reason": str(data.get("reason") or "")}
+    return {"work": route in (JOB, FOLLOWUP_JOB, STEER), "followup": followup, "job": data.get("job"),
+            "reason": str(data.get("reason") or ""), "steer": route == STEER}
 
 
 def job_listing(jobs: list[Job], repo: str | None) -> str:
@@ -229,8 +280,38 @@ def _ask_model(text: str, jobs: list[Job], model: ModelClient, repo: str | None,
 
 def _from_guess(text: str, jobs: list[Job], repo: str | None, guess, note: str = "") -> Route:
     what = ("a follow-up " if guess.followup else "a ") + ("job" if guess.work else "question")
-    return _route_from(text, jobs, repo, work=guess.work, followup=guess.followup, reason=f"reads as {what}{note}",
-                       decided_by="classifier")
+    route = _route_from(text, jobs, repo, work=guess.work, followup=guess.followup, reason=f"reads as {what}{note}",
+                        decided_by="classifier")
+    return _offer_steer(route, text, jobs)
+
+
+def _offer_steer(route: Route, text: str, jobs: list[Job]) -> Route:
+    """A job decided while another job of the conversation runs, by a decider that cannot say "steer": unsure."""
+    if route.is_job:
+        target = steer_target(text, jobs)
+        if target is not None:
+            route.steer_offer = target.id
+    return route
+
+
+def _steer_from_model(text: str, jobs: list[Job], repo: str | None, named: object, reason: str) -> Route:
+    """The model's steer: to the job it (or the message) names while that job has not ended; a steer for a job
+    that has ended is the follow-up job the user can still have."""
+    running = active_jobs(jobs)
+    target = next((j for j in running if named is not None and str(j.number) == str(named).lstrip("#")), None)
+    target = target or steer_target(text, jobs)
+    if target is None and running:
+        target = max(running, key=lambda j: j.number)
+    if target is None:
+        return _route_from(text, jobs, repo, work=True, followup=True, reason=f"{reason}; no job runs now",
+                           decided_by="model", named=named)
+    return Route(STEER, target.id, reason or f"the router model reads it as a message to job {target.number}",
+                 "model", now=_says_now(text))
+
+
+def _says_now(text: str) -> bool:
+    body = " ".join(text.split())
+    return bool(signals.STEER_NOW.match(body) or signals.STEER_STOP.match(body))
 
 
 def _classify(text: str, jobs: list[Job], repo: str | None, classifier: RouteClassifier, note: str = "") -> Route:
@@ -247,6 +328,8 @@ def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, comm
     `embedded` (the model is the small embedded one): the classifier decides what it is at least
     `model_below` sure of, the model the rest (by default nothing: see EMBEDDED_MODEL_BELOW).
     """
+    if command == STEER:
+        return steer_command(text, jobs)
     if command in ("ask", "code"):
         ref = find_job_reference(text, jobs)
         if ref is None:
@@ -271,7 +354,53 @@ def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, comm
         if classifier is not None:
             return _from_guess(text, jobs, repo, guess or classifier.predict(text, jobs), problem)
         return Route(ANSWER, None, f"answering{problem}", "fallback")
+    if data["steer"]:
+        return _steer_from_model(text, jobs, repo, data.get("job"), data["reason"])
     what = ("a follow-up " if data["followup"] else "a ") + ("job" if data["work"] else "question")
-    return _route_from(text, jobs, repo, work=data["work"], followup=data["followup"],
-                       reason=data["reason"] or f"the router model reads it as {what}", decided_by="model",
-                       named=data.get("job"))
+    route = _route_from(text, jobs, repo, work=data["work"], followup=data["followup"],
+                        reason=data["reason"] or f"the router model reads it as {what}", decided_by="model",
+                        named=data.get("job"))
+    if route.kind == JOB and route.context_job_id and route.context_job_id in {j.id for j in active_jobs(jobs)}:
+        route.steer_offer = route.context_job_id  # "more work on job N" while job N still runs: ask which
+    return route
+
+
+# ---------------------------------------------------------------------- /steer
+_STEER_COMMAND = re.compile(r"^\s*(?:(?:job\s*)?#?(\d+)\b[\s:,]*)?(?:(now)\b[\s:,]*)?(.*)$", re.I | re.S)
+
+
+class SteerCommandError(ValueError):
+    """A /steer the app cannot act on: the text says what to type instead."""
+
+
+def parse_steer_command(text: str) -> tuple[int | None, bool, str]:
+    """"/steer 2 now use pathlib" → (2, True, "use pathlib"); the number and "now" are both optional."""
+    match = _STEER_COMMAND.match(text or "")
+    number, now, rest = match.group(1), match.group(2), match.group(3).strip()
+    if not now:
+        lead = signals.STEER_NOW.match(rest)
+        if lead:
+            now, rest = "now", rest[lead.end():].strip()
+    return (int(number) if number else None), bool(now), rest
+
+
+def steer_command(text: str, jobs: list[Job]) -> Route:
+    """/steer [N] [now] text: to job N, else to the conversation's running job. A job that has ended is still the
+    target: the core refuses it (SteerRefused) and the app offers a follow-up job instead."""
+    number, now, rest = parse_steer_command(text)
+    if not rest:
+        raise SteerCommandError("say what the job should do: /steer [job number] [now] your message")
+    if number is not None:
+        job = next((j for j in jobs if j.number == number), None)
+        if job is None:
+            raise SteerCommandError(f"this conversation has no job {number}"
+                                    + (f"; its jobs are {', '.join(str(j.number) for j in jobs)}" if jobs else ""))
+    else:
+        running = active_jobs(jobs)
+        if len(running) > 1:
+            raise SteerCommandError("several jobs are running (" + ", ".join(str(j.number) for j in running)
+                                    + "): name one, e.g. /steer " + str(running[-1].number) + " your message")
+        if not running and not jobs:
+            raise SteerCommandError("this conversation has no job to steer; send the message as a new job instead")
+        job = running[0] if running else max(jobs, key=lambda j: j.number)
+    return Route(STEER, job.id, "/steer chosen", "command", now=now)

@@ -24,13 +24,14 @@ from ..llm.client import ModelClient, ModelError
 from ..llm.guards import Instructions, StreamGuard
 from ..llm.tokens import count_message_tokens
 from ..prompts import load_prompt, render_prompt
-from ..store import Job, NotFound, Store
+from ..store import Job, NotFound, SteerMessage, Store
 from .checkout import CheckoutError, reading_checkout
 from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
 from .retrieval import Retrieval, retrieve, split_joined_citations
 from .route_classifier import shipped_classifier
-from .router import (ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, Route, continuation_refusal, route_message,
-                     same_repo)
+from .router import (ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, STEER, Route, continuation_refusal,
+                     parse_steer_command, route_message, same_repo)
+from .signals import STEER_NOW
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,19 @@ class Conversation:
     def _thread_repo(self, thread_id: str) -> str | None:
         thread = self.store.get_thread(thread_id)
         return (thread.repo if thread else None) or self.settings.default_repo
+
+    # ------------------------------------------------------------------ steering
+    def steer(self, thread_id: str, user_id: str | None, text: str, route: Route) -> tuple[Job, SteerMessage]:
+        """A steer route: the words go to its job (JobManager.tell), to be read by its agent at the next step.
+        SteerRefused (saying what to do instead) when the job has ended or the words are empty; NotFound for a
+        job of another conversation."""
+        if route.kind != STEER or not route.job_id:
+            raise ValueError(f"not a steer route: {route.kind}")
+        job = self.store.get_job(route.job_id)
+        if job.thread_id != thread_id:
+            raise NotFound(f"job {route.job_id} is not of this conversation")
+        message = self.jobs.tell(job.id, steer_words(text, route), now=route.now, user_id=user_id)
+        return job, message
 
     # ------------------------------------------------------------------ delegation
     def delegate(self, thread_id: str, user_id: str | None, text: str, route: Route | None = None,
@@ -389,7 +403,16 @@ class _AnswerRun:
         return LOOKUP_TURNS_NOTE, None, shown + LOOKUP_TURNS_NOTE, False
 
 
-__all__ = ["Conversation", "AnswerEvent", "Route", "ANSWER", "JOB", "FOLLOWUP_ANSWER", "FOLLOWUP_JOB"]
+__all__ = ["Conversation", "AnswerEvent", "Route", "ANSWER", "JOB", "FOLLOWUP_ANSWER", "FOLLOWUP_JOB", "STEER",
+           "steer_words"]
+
+
+def steer_words(text: str, route: Route) -> str:
+    """What the job is told: the message without the /steer arguments or a leading "now:" (said by route.now)."""
+    if route.decided_by == "command":
+        return parse_steer_command(text)[2]
+    body = text.strip()
+    return body[STEER_NOW.match(body).end():].strip() if route.now and STEER_NOW.match(body) else body
 
 
 # ---------------------------------------------------------------------- follow-up jobs

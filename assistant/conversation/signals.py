@@ -178,3 +178,24 @@ def find_job_reference(text: str, jobs: list[Job]) -> JobReference | None:
     if scores[0][0] >= 1 and (len(scores) == 1 or scores[0][0] > scores[1][0]):
         return JobReference(scores[0][2], BY_TITLE)
     return None
+
+
+# ---------------------------------------------------------------------- words addressed to a running job
+# "now: use pathlib", "now - stop the install": said at once, the command under way is stopped for it.
+STEER_NOW = re.compile(r"^now\s*(?::|!|\s-\s|\u2014|\u2013)\s*", re.I)
+# A correction or an addition to the work under way: "also handle …", "actually, don't …", "stop, use …",
+# "wait — …", "hold on, …", "and also …", "oh and …", "forget the …", "skip the …".
+STEER_CUE = re.compile(r"^(?:(?:ok|okay|oh|hmm|and|but|sorry|btw|ps|one\s+more\s+thing)[,.:!\s]+)*"
+                       r"(?:also|actually|instead|stop|wait|hold\s+on|hang\s+on|forget\s+(?:the|about)|skip|"
+                       r"scratch\s+that|change\s+of\s+plan)\b", re.I)
+# "use pathlib instead", "rather than mocking, …"
+INSTEAD = re.compile(r"\binstead\b|\brather\s+than\b", re.I)
+# "don't touch the tests", "do not modify setup.py": keep away from something (not "don't change anything",
+# which asks for an answer: READ_ONLY).
+KEEP_AWAY = re.compile(r"^(?:(?:and|but|please|pls|oh)[,\s]+)*(?:don't|dont|do\s+not|never)\s+"
+                       r"(?:touch|change|edit|modify|delete|remove|rename|add|use|commit|run|bother)\b", re.I)
+# "stop, use pathlib instead": the user says to stop what it does now, so the command under way is stopped too.
+STEER_STOP = re.compile(r"^(?:stop|halt)\b\s*(?:[,.!:;]|\u2014|\u2013|\s-\s|$)", re.I)
+# "job 2: …", "for #2, …", "tell job 2 —": the job a message is for, said first.
+ADDRESSED_JOB = re.compile(r"^(?:(?:for|in|to|tell)\s+)?(?:job\s*#?\d+|#\d+)\s*(?:[:,]|\u2014|\u2013|\s-)\s*", re.I)
+ALSO = re.compile(r"\balso\b", re.I)

@@ -79,6 +79,17 @@ class StepFinished(JobEventRecord):
 
 
 @dataclass(frozen=True)
+class StepStopped(JobEventRecord):
+    """A step that was under way when its job ended (a cancel stops its sandbox): no StepFinished follows it,
+    and without this record the card would lose the step it was on."""
+    kind: ClassVar[str] = "step_stopped"
+    step: int | None = None
+    tool: str = ""
+    title: str = ""                 # "$ pytest -q" or the tool's name
+    state: str = ""                 # how the job ended: cancelled, failed, interrupted
+
+
+@dataclass(frozen=True)
 class AgentMessage(JobEventRecord):
     kind: ClassVar[str] = "message"
     text: str = ""
@@ -230,9 +241,9 @@ class UnknownEvent(JobEventRecord):
 
 
 EVENT_TYPES: dict[str, type[JobEventRecord]] = {cls.kind: cls for cls in (
-    StateChanged, SetupCommandRan, ToolStarted, StepFinished, AgentMessage, OutputDelta, Notice, SummaryWritten,
-    DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Routed, Finished, SteerQueued, SteerDelivered,
-    SteerAcknowledged, QuestionAsked, QuestionAnswered, QuestionTimedOut)}
+    StateChanged, SetupCommandRan, ToolStarted, StepFinished, StepStopped, AgentMessage, OutputDelta, Notice,
+    SummaryWritten, DiffComputed, GroupRanked, SandboxReady, SandboxPlaced, Routed, Finished, SteerQueued,
+    SteerDelivered, SteerAcknowledged, QuestionAsked, QuestionAnswered, QuestionTimedOut)}
 
 
 def kind_of(event: JobEventRecord) -> str:
@@ -285,8 +296,8 @@ class JobUpdate:
         return cls(raw["job"], raw.get("thread"), decode(raw["kind"], raw.get("data")), raw.get("seq"), at)
 
 
-__all__ = ["JobEventRecord", "StateChanged", "SetupCommandRan", "ToolStarted", "StepFinished", "AgentMessage",
-           "OutputDelta", "Notice", "SummaryWritten", "DiffComputed", "GroupRanked", "SandboxReady", "SandboxPlaced",
-           "Routed", "Finished", "SteerQueued", "SteerDelivered", "SteerAcknowledged", "QuestionAsked", "QuestionAnswered",
-           "QuestionTimedOut", "UnknownEvent", "EVENT_TYPES",
+__all__ = ["JobEventRecord", "StateChanged", "SetupCommandRan", "ToolStarted", "StepFinished", "StepStopped",
+           "AgentMessage", "OutputDelta", "Notice", "SummaryWritten", "DiffComputed", "GroupRanked", "SandboxReady",
+           "SandboxPlaced", "Routed", "Finished", "SteerQueued", "SteerDelivered", "SteerAcknowledged", "QuestionAsked",
+           "QuestionAnswered", "QuestionTimedOut", "UnknownEvent", "EVENT_TYPES",
            "kind_of", "encode", "decode", "JobUpdate"]

@@ -129,6 +129,7 @@ class RunControl:
         self._sandbox = None
         self._interrupter: Callable[[], str | None] | None = None
         self._lock = threading.Lock()
+        self._on_cancel: list = []
 
     def set_interrupter(self, interrupter: Callable[[], str | None] | None) -> None:
         """What stops the agent's command under way (ToolEnv.interrupt), once the agent phase has begun."""
@@ -166,6 +167,16 @@ class RunControl:
                 close_soon()
             else:
                 _close(sandbox)
+        if self.lost is None:
+            for callback in list(self._on_cancel):
+                try:
+                    callback()
+                except Exception:  # what a listener records must not stop the cancel
+                    log.exception("a cancel listener failed")
+
+    def on_cancel(self, callback) -> None:
+        """Call `callback` (on the cancelling thread) when the run is cancelled, not when it is lost."""
+        self._on_cancel.append(callback)
 
     def lose(self, reason: str) -> None:
         """Another run owns the job now: stop this one without recording anything."""

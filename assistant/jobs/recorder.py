@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 
 from ..store import Job, StaleRun, Store
 from ..domain import states
 from ..domain.outcome import KINDS, NO_RESULT, Outcome, kind_rank
 from ..domain.events import (DiffComputed, Finished, GroupRanked, JobEventRecord, JobUpdate, SandboxPlaced, SandboxReady,
-                     StateChanged, SummaryWritten)
+                     StateChanged, StepFinished, StepStopped, SummaryWritten, ToolStarted)
 from .pipeline import JobOutcome, RunControl
 from .results import Summarise, assess_job
 
@@ -46,6 +47,11 @@ class JobRecorder:
         self.currency = currency
         self.on_end = on_end
         self._recorded_run = False  # this run recorded what its agent left (then the end re-assesses it)
+        self._open_step: ToolStarted | None = None  # a tool call that has started and not finished
+        self._stopped: int | None = None  # the step recorded as stopped by a cancel
+        self._step_lock = threading.Lock()
+        if control is not None:
+            control.on_cancel(self._on_cancel)
 
     def write(self, write, *args, **kwargs):
         """One store call of the run (steering's inbox reads and writes this way): see _write."""
@@ -62,6 +68,13 @@ class JobRecorder:
 
     # ------------------------------------------------------------------ the pipeline's emit
     def emit(self, event: JobEventRecord) -> None:
+        with self._step_lock:
+            if isinstance(event, ToolStarted):
+                self._open_step = event
+            elif isinstance(event, StepFinished):
+                self._open_step = None
+                if self._stopped is not None and event.step == self._stopped:
+                    return  # the command the cancel killed: its stop is already on the record
         if isinstance(event, StateChanged) and event.state != self.job.state and event.state != states.QUEUED:
             try:
                 self.job = self._write(self.store.transition, self.job.id, event.state, event.reason)
@@ -119,6 +132,7 @@ class JobRecorder:
         """Assess the result, then end the job (unless it already ended); rank its group when it was the last
         one. True if it ended here."""
         current = self._write(self.store.get_job, self.job.id)
+        self._record_stopped_step(current.state if current.state in states.TERMINAL else state)
         if current.state in states.TERMINAL:
             self.job = current
             self._write(self.store.drop_steer_messages, current.id)
@@ -136,6 +150,27 @@ class JobRecorder:
         self.publish_event(StateChanged(state, reason))
         self.announce_end(state, reason)
         return True
+
+    def _on_cancel(self) -> None:
+        """The job was cancelled (its end is recorded before its run is told): the step under way goes on the
+        record now. The run itself ends only once its sandbox is torn down, which a busy engine can take tens of
+        seconds over, and until then the card would show a cancelled job without the step it was on."""
+        try:
+            current = self.store.get_job(self.job.id)
+            if current.state in states.TERMINAL:
+                self._record_stopped_step(current.state)
+        except Exception:
+            log.warning("recording the stopped step of %s", self.job.id, exc_info=True)
+
+    def _record_stopped_step(self, state: str) -> None:
+        """The step the run was on when the job ended (a cancel kills its command mid-way) stays on the record."""
+        with self._step_lock:
+            started, self._open_step = self._open_step, None
+            if started is None or state == states.SUCCEEDED:
+                return
+            self._stopped = started.step
+        command = started.arguments.get("command") if isinstance(started.arguments, dict) else None
+        self.publish_event(StepStopped(started.step, started.tool, f"$ {command}" if command else started.tool, state))
 
     def assess(self, state: str, reason: str) -> None:
         """Before the job ends: a summary if it has none, the kind of result, checked claims, review flags

@@ -317,6 +317,15 @@ class Store:
                 q = q.where(col(Job.state).in_(list(states)))
             return list(s.exec(q.order_by(col(Job.created_at)).limit(limit)))
 
+    def recent_jobs(self, user_id: str, since: datetime, limit: int = 100) -> list[Job]:
+        """The user's conversation jobs that have not ended or ended after `since`, newest first (what a page polls
+        for its job notifications)."""
+        from ..domain import states as job_states
+        with self.session() as s:
+            q = select(Job).where(Job.user_id == user_id, col(Job.thread_id).is_not(None)).where(
+                col(Job.state).not_in(list(job_states.TERMINAL)) | (col(Job.finished_at) >= since))
+            return list(s.exec(q.order_by(col(Job.created_at).desc()).limit(limit)))
+
     def thread_jobs(self, thread_id: str) -> ThreadJobs:
         """All jobs of a thread with their events, diffs, uncommitted-changes notes and whether they have a patch, in three queries
         whatever the number of jobs: a reopened thread renders every job card from it."""

@@ -14,7 +14,8 @@ from ..agent.claims import mark_claims, markdown_mark, markdown_reason
 from ..agent.review import git_path
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
-from ..jobs.events import AgentMessage, GroupRanked, JobEventRecord, Notice, Routed, SetupCommandRan, StepFinished
+from ..jobs.events import (AgentMessage, GroupRanked, JobEventRecord, Notice, Routed, SetupCommandRan,
+                           SteerAcknowledged, SteerDelivered, SteerQueued, StepFinished, StepStopped)
 from ..jobs.uncommitted import notice_text
 from ..jobs.uncommitted import read as read_uncommitted
 from ..store import Job, Store
@@ -47,6 +48,30 @@ def _fence(text: str, language: str = "") -> str:
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}{language}\n{text.rstrip()}\n{ticks}"
+
+
+LANGUAGES = {".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".jsx": "jsx",
+             ".ts": "typescript", ".tsx": "tsx", ".json": "json", ".md": "markdown", ".sh": "bash", ".bash": "bash",
+             ".yml": "yaml", ".yaml": "yaml", ".toml": "toml", ".ini": "ini", ".cfg": "ini", ".rs": "rust",
+             ".go": "go", ".java": "java", ".kt": "kotlin", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
+             ".hpp": "cpp", ".cs": "csharp", ".rb": "ruby", ".php": "php", ".html": "html", ".css": "css",
+             ".sql": "sql", ".xml": "xml", ".swift": "swift", ".scala": "scala", ".lua": "lua", ".r": "r"}
+
+
+def language_of(path: str) -> str:
+    """The code fence language for a file, by its extension ("text" when unknown)."""
+    name = str(path or "").rsplit("/", 1)[-1].lower()
+    if name in ("dockerfile", "makefile"):
+        return name
+    dot = name.rfind(".")
+    return LANGUAGES.get(name[dot:], "text") if dot > 0 else "text"
+
+
+def tool_output_block(tool: str, args: dict | None, output: str) -> str:
+    """A read tool's output as the step of a quick answer shows it: verbatim in a code block (file content is
+    not Markdown: `__future__` must not turn bold, indentation must stay), fenced past any fence inside."""
+    path = (args or {}).get("path") if tool == "read_file" else None
+    return _fence(output or "", language_of(path) if path else "text")
 
 
 def _inline_code(text: str) -> str:
@@ -157,6 +182,8 @@ def _progress(job: Job, events: list[JobEventRecord]) -> list[tuple[str, str]]:
                                      f"→ exit {ev.exit_code} in {ev.duration_s} s{link}"))
         elif isinstance(ev, StepFinished):
             entries.append(("step", _step_line(job, ev)))
+        elif isinstance(ev, StepStopped):
+            entries.append(("step", _stopped_line(ev)))
         elif isinstance(ev, AgentMessage) and _note(ev.text or ""):
             entries.append(("note", f"» {plain(_note(ev.text))}"))
     return entries
@@ -175,6 +202,32 @@ def _step_line(job: Job, ev: StepFinished) -> str:
     exit_code = f" → exit {ev.exit_code}" if ev.exit_code is not None else ""
     step = ev.step if ev.step is not None else "?"
     return f"{'✔' if ev.succeeded else '✖'} step {step}: {what}{exit_code}{test}{link}"
+
+
+STOPPED_BY = {states.CANCELLED: "stopped by the cancel", states.INTERRUPTED: "stopped when the server went down"}
+
+
+def _stopped_line(ev: StepStopped) -> str:
+    """The step a job was on when it ended: it has no exit code, only how it was stopped."""
+    title = str(ev.title or ev.tool or "")
+    what = _inline_code(title) if title.startswith("$ ") else plain(title)
+    step = ev.step if ev.step is not None else "?"
+    return f"■ step {step}: {what} — {STOPPED_BY.get(ev.state, 'stopped when the job ended')}"
+
+
+def _no_diff_line(job: Job, events: list[JobEventRecord], diff: str) -> str:
+    """A finished job without a diff, said plainly: a cancelled job's sandbox is gone before its diff could be
+    read, and the error that leaves in the diff artifact is an internal detail, not news for the user."""
+    if job.state == states.CANCELLED and (not diff.strip() or diff.startswith(DIFF_FAILED)):
+        edited = sum(1 for ev in events if isinstance(ev, StepFinished) and ev.tool == "apply_patch" and ev.succeeded)
+        if not edited:
+            return "*No diff: the job was cancelled before it changed anything.*"
+        return (f"*No diff: the job was cancelled after {edited} edit{'s' if edited != 1 else ''}, and its sandbox "
+                "was stopped before the changes could be collected.*")
+    return _fence(diff, "text") if diff.strip() else "*No changes.*"
+
+
+DIFF_FAILED = "(the diff could not be computed"  # how jobs/pipeline.py records a diff it could not read
 
 
 _KIND_WORDS = {"step": ("step", "steps"), "setup": ("setup command", "setup commands"), "note": ("note", "notes")}
@@ -330,6 +383,9 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     steps = _step_lines(job, events, all_steps)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))
+    receipts = steer_receipts(job, events)
+    if receipts:
+        out.append("**Your messages to the job**\n\n" + "\n".join(f"- {line}" for line in receipts))
     if job.state in states.ACTIVE and current:
         out.append(f"▸ now: {_inline_code(current)}")
     if job.state in states.ACTIVE and tail:
@@ -355,17 +411,76 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         if note:
             out.append(f"*{plain(note)}*")
     diff = store.get_artifact(job.id, "diff")
+    if diff is None and job.state == states.CANCELLED and _progress(job, events):
+        diff = ""  # cancelled with its sandbox gone before a diff was read: still say why there is none
     if job.state in states.TERMINAL and outcome.get("flags"):
         out.append(_flags_section(outcome["flags"]))
     if job.state in states.TERMINAL and diff is not None:
         if not split_diff(diff):  # no change, or a note that the diff could not be computed
-            out.append("#### Diff\n\n" + (_fence(diff, "text") if diff.strip() else "*No changes.*"))
+            out.append("#### Diff\n\n" + _no_diff_line(job, events, diff))
         else:
             out.append("#### Diff\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
             out.extend(f"⚠ {plain(note)}" for note in outcome.get("diff_notes") or [])
             if store.has_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
+
+
+STEER_QUOTE_CHARS = 160
+
+
+def _quoted(text: str, limit: int = STEER_QUOTE_CHARS) -> str:
+    text = " ".join(str(text or "").split())
+    return "\u201c" + plain(text if len(text) <= limit else text[:limit - 1] + "\u2026") + "\u201d"
+
+
+_PATCHED_FILE = re.compile(r"\*\*\* (Update|Add|Delete) File: ([^\\\n\"]+)")
+
+
+def _ack_words(excerpt: str) -> str:
+    """The agent's turn as the receipt quotes it: its words, or its command; a patch by the files it touches (its
+    raw JSON says nothing to a reader)."""
+    if excerpt.startswith("apply_patch {"):
+        files = [f"{verb.lower()} {path.strip()}" for verb, path in _PATCHED_FILE.findall(excerpt)]
+        return "apply_patch: " + ", ".join(files) if files else "apply_patch"
+    return excerpt
+
+
+def steer_receipts(job: Job, events: list[JobEventRecord]) -> list[str]:
+    """Each steering message of the job with its receipt, from its stored events (so a reopened thread shows the
+    same): queued → delivered (step N) → acknowledged: “the agent's next turn”. A message still queued when the
+    job ended was never read: said so."""
+    order: list[str] = []
+    sent: dict[str, SteerQueued] = {}
+    delivered: dict[str, SteerDelivered] = {}
+    acked: dict[str, SteerAcknowledged] = {}
+    for ev in events:
+        if isinstance(ev, SteerQueued) and ev.message_id not in sent:
+            sent[ev.message_id] = ev
+            order.append(ev.message_id)
+        elif isinstance(ev, SteerDelivered):
+            delivered[ev.message_id] = ev
+        elif isinstance(ev, SteerAcknowledged):
+            acked[ev.message_id] = ev
+    lines = []
+    for message_id in order:
+        queued = sent[message_id]
+        head = f"{'**now** ' if queued.now else ''}{_quoted(queued.text)}"
+        got = delivered.get(message_id)
+        if got is None:
+            receipt = ("not delivered: the job ended before its agent read it" if job.state in states.TERMINAL
+                       else "queued" + (", stopping the command under way" if queued.now else
+                                        ": the agent reads it at its next step"))
+        else:
+            step = got.step if got.step is not None else "?"
+            receipt = f"delivered (step {step})" + (" as guidance" if got.how == "guidance" else "")
+            if got.stopped:
+                receipt += f", stopped {_inline_code(got.stopped)}"
+            ack = acked.get(message_id)
+            if ack is not None:
+                receipt += f" · acknowledged: {_quoted(_ack_words(ack.excerpt))}"
+        lines.append(f"{head} — {receipt}")
+    return lines
 
 
 def uncommitted_notice(store: Store, job: Job) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -443,6 +444,8 @@ class StoreDataLayer(BaseDataLayer):
                 threads = [t for t in threads if self._has_feedback(t.id, filters.feedback)]
             page = threads[:pagination.first]
             data = [self._thread_dict(t, with_steps=False) for t in page]
+            for item, name in zip(data, listed_names(page)):
+                item["name"] = name
             return PaginatedResponse(
                 pageInfo=PageInfo(hasNextPage=len(threads) > pagination.first,
                                   startCursor=page[0].id if page else None,
@@ -493,3 +496,34 @@ class StoreDataLayer(BaseDataLayer):
 
     async def close(self) -> None:
         pass  # the store belongs to the Assistant, which closes it
+
+
+def repo_label(repo: str | None) -> str:
+    """A repository as a conversation list names it: the last part of its path or URL, without `.git`."""
+    text = str(repo or "").rstrip("/\\")
+    return re.split(r"[/\\:]", text)[-1].removesuffix(".git") if text else ""
+
+
+def listed_names(threads: list) -> list[str]:
+    """The conversation list's names: "calc — Fix the add function" (the repository first, so conversations
+    about different code tell apart), and a name two conversations share gets the time each began."""
+    names = []
+    for thread in threads:
+        name = " ".join(str(thread.name or "New conversation").split())
+        label = repo_label(thread.repo)
+        names.append(f"{label} — {name}" if label and not name.startswith(f"{label} — ") else name)
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    out = []
+    for thread, name in zip(threads, names):
+        if counts[name] > 1 and thread.created_at is not None:
+            name = f"{name} · {thread.created_at:%b %d %H:%M}"
+        out.append(name)
+    repeated = {name for name in out if out.count(name) > 1}  # begun in the same minute: number them
+    seen: dict[str, int] = {}
+    for i, name in enumerate(out):
+        if name in repeated:
+            seen[name] = seen.get(name, 0) + 1
+            out[i] = f"{name} ({seen[name]})"
+    return out

@@ -1,19 +1,23 @@
-"""HTTP routes beside Chainlit's: cited lines of a job's logs or files, a job's patch as a download, and the
-login page's words.
+"""HTTP routes beside Chainlit's: cited lines of a job's logs or files, a job's patch as a download, the states of
+the user's jobs for the page's browser notifications, and the login page's words.
 
 Each checks through ownership.py that the logged-in user owns the thread the job belongs to; a thread or
 job of someone else's gets the same 404 as a missing one.
 """
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
+from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from .. import ownership
+from ..agent.citations import CITATION_RE
+from ..domain.states import TERMINAL
 from ..access import RepoNotAllowed, RepoPolicy
 from ..conversation.checkout import existing_checkout
 from ..conversation.repo_tools import ReadOnlyRepo
@@ -21,6 +25,29 @@ from ..store import Job, Store
 from .viewer import identify_token
 
 CONTEXT_LINES = 5
+SIGNAL_WINDOW_S = 600  # a job that ended longer ago than this is old news to a page that polls every few seconds
+SIGNAL_TEXT_CHARS = 180
+NOTIFY_STATES = TERMINAL + ("waiting",)  # a job waiting for the user's answer (a state being added) counts too
+
+
+def job_signal(job: Job) -> dict:
+    """One job as the page's notifications need it: which, where its card is, its state and a line about it."""
+    from .relay import card_message_id
+
+    outcome = job.outcome or {}
+    about = job.summary or job.reason or ""
+    about = " ".join(unlinked_text(about).split())
+    return {"id": job.id, "number": job.number, "title": job.title or next(iter((job.task or "").strip().splitlines()), "")[:80],
+            "state": job.state, "thread": job.thread_id, "card": card_message_id(job.id),
+            "kind": outcome.get("kind") if job.state in TERMINAL else None,
+            "notify": job.state in NOTIFY_STATES,
+            "text": about if len(about) <= SIGNAL_TEXT_CHARS else about[:SIGNAL_TEXT_CHARS - 1] + "\u2026"}
+
+
+def unlinked_text(text: str) -> str:
+    """A summary as plain words: citations and Markdown marks out (a notification shows no Markdown)."""
+    text = CITATION_RE.sub("", text or "")
+    return re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"[*_`#>\[\]]", "", text))
 
 
 def _viewer(request: Request) -> str:
@@ -123,6 +150,18 @@ def make_router(store_of, policy: RepoPolicy) -> APIRouter:
             raise HTTPException(status_code=404, detail="no such file in the repository")
         start, end = _line_range(L, len(text.splitlines()))
         return _page(f"{path.removeprefix('F:')} L{start}-{end}", f"{thread.repo}", text, start, end)
+
+    @router.get("/jobs/signals")
+    async def job_signals(request: Request):
+        """The states of the logged-in user's jobs that run or ended lately, in every conversation of theirs:
+        public/composer.js polls it and notifies when one ends or waits for the user (a socket only reaches the
+        sessions that show a job's own conversation)."""
+        viewer = _viewer(request)
+        store: Store = store_of()
+        user = await asyncio.to_thread(store.get_user, viewer)
+        jobs = [] if user is None else await asyncio.to_thread(
+            store.recent_jobs, user.id, datetime.now(timezone.utc) - timedelta(seconds=SIGNAL_WINDOW_S))
+        return JSONResponse({"jobs": [job_signal(job) for job in jobs]}, headers={"Cache-Control": "no-store"})
 
     @router.get("/jobs/{job_id}/patch")
     async def download_patch(job_id: str, request: Request):

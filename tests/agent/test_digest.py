@@ -44,7 +44,7 @@ def test_a_setup_failure_cites_the_setup_log():
 def test_a_job_cancelled_in_the_queue_has_a_digest_without_citations():
     text = plain_digest(state="cancelled", reason="cancelled by the user before it started", records=[])
     assert text.startswith("The job was cancelled: cancelled by the user before it started.")
-    assert "The agent ran no command." in text and "【" not in text
+    assert "No command of the agent finished." in text and "【" not in text
 
 
 def test_log_excerpt_numbers_lines_as_stored_and_keeps_the_newest_when_cut():

@@ -315,3 +315,112 @@ def test_a_waiting_job_is_the_running_one_and_can_be_named_as_waiting():
         assert (ref.job.number, ref.by) == (2, "state"), text
     r = route_message("continue from the waiting job", js, None, repo=REPO)
     assert r.kind != "followup_job"      # it has not finished: nothing to build on yet
+
+
+# ---------------------------------------------------------------------- steering a running job
+def running(*titles, state="running"):
+    return jobs(*titles, state=state)
+
+
+@pytest.mark.parametrize("state", ["queued", "preparing", "setting_up", "running", "waiting"])
+@pytest.mark.parametrize("text,now", [
+    ("also handle the empty list case", False),
+    ("stop, use pathlib instead", True),
+    ("actually don't touch the tests", False),
+    ("now: use a set for the lookups", True),
+    ("don't modify setup.py", False),
+    ("use dataclasses instead of namedtuples", False),
+])
+def test_rules_send_words_for_the_work_under_way_to_the_running_job(text, now, state):
+    r = route_message(text, running("Sort the results", state=state), None, repo=REPO)
+    assert (r.kind, r.job_id, r.now, r.decided_by) == ("steer", "j1", now, "rules")
+
+
+@pytest.mark.parametrize("text", ["also handle the empty list case", "now: use a set", "stop, use pathlib instead"])
+def test_no_steer_once_the_job_has_ended(text):
+    for state in ("succeeded", "failed", "cancelled", "interrupted"):
+        assert route_message(text, jobs("Sort the results", state=state), None, repo=REPO).kind != "steer"
+
+
+def test_questions_and_new_work_are_no_steer_while_a_job_runs():
+    js = running("Sort the results")
+    assert route_message("what does sort_results return?", js, None, repo=REPO).kind != "steer"
+    assert route_message("actually, what's the default timeout?", js, None, repo=REPO).kind != "steer"
+    assert route_message("Add an index on orders.created_at", js, None, repo=REPO,
+                         classifier=shipped_classifier()).kind == "job"
+    # "don't change anything" asks for an answer, it is no instruction to the job
+    assert route_message("don't change anything, just tell me where sorting happens", js, None,
+                         repo=REPO).kind != "steer"
+
+
+def test_a_steer_goes_to_the_running_job_a_message_names_and_never_to_a_finished_one():
+    js = [Job(id="j1", number=1, title="Fix the invoice rounding", task="x", state="running", repo=REPO),
+          Job(id="j2", number=2, title="Fix date parsing", task="x", state="running", repo=REPO),
+          Job(id="j3", number=3, title="Add a dark theme", task="x", state="succeeded", repo=REPO)]
+    r = route_message("job 2: also cover the timezone edge case", js, None, repo=REPO)
+    assert (r.kind, r.job_id) == ("steer", "j2")
+    # two jobs run and the message names neither: the rules do not guess
+    assert route_message("also cover the timezone edge case", js, None, repo=REPO).kind != "steer"
+    assert route_message("job 3: also add a toggle", js, None, repo=REPO).kind != "steer"
+
+
+def test_the_schema_offers_steer_only_while_a_job_has_not_ended():
+    assert "steer" in route_schema(running("x"))["properties"]["route"]["enum"]
+    assert "steer" in route_schema(running("x", state="waiting"))["properties"]["route"]["enum"]
+    assert "steer" not in route_schema(jobs("x"))["properties"]["route"]["enum"]
+    assert "steer" not in route_schema([])["properties"]["route"]["enum"]
+
+
+def test_the_model_can_decide_a_steer(scripted_model, settings_for):
+    scripted_model.when_system_contains(ROUTER, [Reply.text('{"route": "steer", "job": 1}'),
+                                                 Reply.text('{"route": "steer", "job": 1}')])
+    client = ModelClient(settings_for(scripted_model))
+    r = route_message("the sort key should be the title, lower-cased", running("Sort the results"), client, repo=REPO)
+    assert (r.kind, r.job_id, r.now, r.decided_by) == ("steer", "j1", False, "model")
+    prompt = scripted_model.requests[-1]["messages"][0]["content"]
+    assert '"steer"' in prompt and "job 1: Sort the results (running)" in prompt
+    # a steer for a job that has ended is the follow-up job the user can still have
+    r = route_message("the sort key should be the title, lower-cased", jobs("Sort the results"), client, repo=REPO)
+    assert (r.kind, r.job_id) == ("followup_job", "j1")
+
+
+def test_a_job_the_classifier_decides_while_one_runs_is_offered_as_a_steer():
+    r = route_message("the sort key should be the title, lower-cased", running("Sort the results"), None, repo=REPO,
+                      classifier=shipped_classifier())
+    if r.is_job:  # the classifier cannot say steer: the user picks
+        assert r.steer_offer == "j1"
+    r = route_message("the sort key should be the title, lower-cased", jobs("Sort the results"), None, repo=REPO,
+                      classifier=shipped_classifier())
+    assert r.steer_offer is None
+
+
+@pytest.mark.parametrize("text,number,now,rest", [
+    ("use pathlib", None, False, "use pathlib"),
+    ("2 use pathlib", 2, False, "use pathlib"),
+    ("now use pathlib", None, True, "use pathlib"),
+    ("2 now: use pathlib", 2, True, "use pathlib"),
+    ("#2 now: use pathlib", 2, True, "use pathlib"),
+    ("now: use pathlib", None, True, "use pathlib"),
+])
+def test_steer_command_parsing(text, number, now, rest):
+    from assistant.conversation.router import parse_steer_command
+    assert parse_steer_command(text) == (number, now, rest)
+
+
+def test_the_steer_command_picks_the_job():
+    from assistant.conversation.router import SteerCommandError
+    js = running("Sort the results")
+    r = route_message("now use pathlib", js, None, command="steer")
+    assert (r.kind, r.job_id, r.now, r.decided_by) == ("steer", "j1", True, "command")
+    # an ended job is still the target: the core refuses it and the app offers a follow-up
+    assert route_message("1 use pathlib", jobs("Sort the results"), None, command="steer").job_id == "j1"
+    with pytest.raises(SteerCommandError, match="no job 4"):
+        route_message("4 use pathlib", js, None, command="steer")
+    with pytest.raises(SteerCommandError, match="say what the job should do"):
+        route_message("2 now", js + [Job(id="j2", number=2, title="y", task="y", state="running", repo=REPO)], None,
+                      command="steer")
+    with pytest.raises(SteerCommandError, match="several jobs are running"):
+        route_message("use pathlib", js + [Job(id="j2", number=2, title="y", task="y", state="running", repo=REPO)],
+                      None, command="steer")
+    with pytest.raises(SteerCommandError, match="no job to steer"):
+        route_message("use pathlib", [], None, command="steer")

@@ -109,3 +109,38 @@ def test_follow_up_titles_are_trimmed_at_a_word():
     title = followup_title(parent, "could you also make the export stream rows instead of building one big list?")
     assert len(title) <= 80 and title.endswith("…") and " " not in title[-2:]
     assert title.startswith("Speed up the CSV export of the monthly report: make the export stream rows")
+
+
+def test_a_steer_route_tells_its_job_and_an_ended_job_refuses(conversation, tmp_path):
+    from assistant.conversation.router import STEER, route_message
+    from assistant.jobs.steering import SteerRefused
+    from assistant.store import NotFound
+
+    thread = conversation.store.create_thread(user_id=None, repo=str(tmp_path / "calc"))
+    job = conversation.delegate(thread.id, None, "Sort the results", Route(JOB, None, "asks for a change"))[0]
+    route = route_message("now: use a set for the lookups", conversation.thread_jobs(thread.id), None)
+    assert (route.kind, route.job_id, route.now) == (STEER, job.id, True)
+    steered, message = conversation.steer(thread.id, None, "now: use a set for the lookups", route)
+    assert steered.id == job.id and (message.text, message.now, message.state) == ("use a set for the lookups", True,
+                                                                                  "queued")
+    assert [(e.kind, e.text) for e in conversation.store.read_events(job.id) if e.kind.startswith("steer")] == \
+        [("steer_queued", "use a set for the lookups")]
+    # /steer 1 text: the command's arguments are not part of the message
+    command = route_message("1 also the empty list", conversation.thread_jobs(thread.id), None, command="steer")
+    assert conversation.steer(thread.id, None, "1 also the empty list", command)[1].text == "also the empty list"
+    other = conversation.store.create_thread(user_id=None, repo=str(tmp_path / "calc"))
+    with pytest.raises(NotFound):
+        conversation.steer(other.id, None, "also x", Route(STEER, job.id, "", "command"))
+    conversation.store.transition(job.id, "cancelled", reason="cancelled by the user")
+    with pytest.raises(SteerRefused, match="already ended .cancelled.*follow-up"):
+        conversation.steer(thread.id, None, "also x", Route(STEER, job.id, "", "command"))
+
+
+def test_only_the_steer_command_has_arguments_to_take_off():
+    from assistant.conversation.router import STEER
+    from assistant.conversation.service import steer_words
+    assert steer_words("2 now: use a set", Route(STEER, "j2", "/steer chosen", "command", now=True)) == "use a set"
+    assert steer_words("2 more tests please", Route(STEER, "j2", "you sent it to the job", "choice")) == \
+        "2 more tests please"
+    assert steer_words("now: use a set", Route(STEER, "j2", "", "rules", now=True)) == "use a set"
+    assert steer_words("stop, use a set", Route(STEER, "j2", "", "rules", now=True)) == "stop, use a set"

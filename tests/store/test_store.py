@@ -171,3 +171,17 @@ def test_concurrent_first_writes_of_one_message_make_one_row(store):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert [m.id for m in store.list_messages(thread.id)] == ["same"]
+
+
+def test_recent_jobs_are_the_users_conversation_jobs_that_run_or_ended_lately(store):
+    from datetime import datetime, timedelta, timezone
+    alice, bob = store.get_or_create_user("alice"), store.get_or_create_user("bob")
+    thread = store.create_thread(user_id=alice.id)
+    running = store.create_job(task="a", repo="/r", thread_id=thread.id, user_id=alice.id, state="running")
+    ended = store.create_job(task="b", repo="/r", thread_id=thread.id, user_id=alice.id, state="running")
+    store.transition(ended.id, "succeeded")
+    store.create_job(task="c", repo="/r", thread_id=None, user_id=alice.id)          # the CLI's: no conversation
+    store.create_job(task="d", repo="/r", thread_id=thread.id, user_id=bob.id)        # someone else's
+    now = datetime.now(timezone.utc)
+    assert [j.id for j in store.recent_jobs(alice.id, now - timedelta(minutes=5))] == [ended.id, running.id]
+    assert [j.id for j in store.recent_jobs(alice.id, now + timedelta(minutes=5))] == [running.id]

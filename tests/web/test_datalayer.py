@@ -340,3 +340,24 @@ def test_tokens_identify_their_user_and_forgeries_nobody(monkeypatch):
     assert viewer.identify_token(None) == viewer.ANONYMOUS
     scope = {"type": "http", "headers": [(b"cookie", b"x=1; access_token_0=ab; access_token_1=cd")]}
     assert viewer._token_from_scope(scope) == "abcd"
+
+
+def test_conversation_names_show_the_repository_and_tell_identical_titles_apart():
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from assistant.web.datalayer import listed_names, repo_label
+
+    def thread(name, repo, minute):
+        return SimpleNamespace(name=name, repo=repo, created_at=datetime(2025, 3, 4, 10, minute))
+
+    assert repo_label("/home/me/calc/") == "calc" and repo_label("https://host/org/calc.git") == "calc"
+    assert repo_label("git@host:org/calc.git") == "calc" and repo_label(None) == ""
+    names = listed_names([thread("Fix the add function", "/src/calc", 1), thread("Fix the add function", "/src/calc", 2),
+                          thread("Fix the add function", "/src/other", 3), thread("calc — Renamed", "/src/calc", 4),
+                          thread(None, None, 5), thread("Same", "/r/x", 6), thread("Same", "/r/x", 6)])
+    assert names[0] == "calc — Fix the add function · Mar 04 10:01"
+    assert names[1] == "calc — Fix the add function · Mar 04 10:02"
+    assert names[2] == "other — Fix the add function"
+    assert names[3] == "calc — Renamed" and names[4] == "New conversation"
+    assert names[5:] == ["x — Same · Mar 04 10:06 (1)", "x — Same · Mar 04 10:06 (2)"]
