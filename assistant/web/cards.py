@@ -476,7 +476,8 @@ def steer_receipts(job: Job, events: list[JobEventRecord]) -> list[str]:
                                         ": the agent reads it at its next step"))
         else:
             step = got.step if got.step is not None else "?"
-            receipt = f"delivered (step {step})" + (" as guidance" if got.how == "guidance" else "")
+            receipt = f"delivered (step {step})" + {"guidance": " as guidance", "answer": " as the answer"}.get(
+                got.how or "", "")
             if got.stopped:
                 receipt += f", stopped {_inline_code(got.stopped)}"
             ack = acked.get(message_id)
@@ -501,8 +502,8 @@ def question_lines(job: Job, events: list[JobEventRecord]) -> list[str]:
             lines.append(f"Asked: {_quoted(pending.question)} — answered: {_quoted(ev.answer)}")
             pending = None
         elif isinstance(ev, QuestionTimedOut) and pending is not None:
-            minutes = max(1, round(pending.timeout_s / 60)) if pending.timeout_s else max(1, round(ev.waited_s / 60))
-            lines.append(f"Asked: {_quoted(pending.question)} — no answer within {minutes} min")
+            lines.append(f"Asked: {_quoted(pending.question)} — no answer within "
+                         f"{_wait_words(pending.timeout_s or ev.waited_s)}")
             pending = None
     if pending is not None:
         if job.state == states.WAITING:
@@ -511,6 +512,10 @@ def question_lines(job: Job, events: list[JobEventRecord]) -> list[str]:
         else:  # it ended (cancelled) while waiting
             lines.append(f"Asked: {_quoted(pending.question)} — not answered")
     return lines
+
+
+def _wait_words(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def waiting_choices(job: Job, events: list[JobEventRecord]) -> list[str]:
