@@ -101,7 +101,7 @@ def job_actions(job, source=store) -> list[cl.Action]:
 
 ANSWER_CHOICE_NAMES = tuple(f"answer_choice_{i}" for i in range(MAX_CHOICES))
 JOB_ACTION_NAMES = ("toggle_steps", "answer_instead", "cancel_job", "apply_job", "branch_job", "retry_job",
-                    "attempts_job") + ANSWER_CHOICE_NAMES  # every button job_actions can put on a card
+                    "attempts_job")  # every button job_actions can put on a card but the choices (see _sync_actions)
 
 
 def steps_action(job) -> cl.Action:
