@@ -59,6 +59,7 @@ def test_a_waiting_job_shows_its_question_notifies_it_and_a_choice_answers_it(wo
     page = context.new_page()
     try:
         login(page, world["app"].url, "alice")
+        page.wait_for_timeout(4000)   # the page's first poll has answered: what it lists after that is news
         send(page, "Add a mul function to calc.py")
         page.evaluate("window.__hidden = true")                      # the user looks elsewhere
         card(page, 1).locator("blockquote", has_text=QUESTION).wait_for(timeout=120_000)
