@@ -181,6 +181,20 @@ def password_login(url: str, user: str, password: str) -> tuple[int, str | None,
     return status, token, body
 
 
+# A polling response carries every packet the server queued since the previous one (python-engineio's server
+# drains its whole queue): a reopened thread easily has more than 16 waiting (its cards, their buttons, Chainlit's
+# own resume events). The browser's engine.io parser takes any number; python-engineio's client caps a payload at
+# 16 packets (Payload.max_decode_packets, a guard against floods; python-engineio issue 142) and drops the socket
+# on the 17th, losing the whole response. The harness reads as the browser does.
+BROWSER_MAX_DECODE_PACKETS = sys.maxsize
+
+
+def read_payloads_as_the_browser() -> None:
+    from engineio import payload
+
+    payload.Payload.max_decode_packets = BROWSER_MAX_DECODE_PACKETS  # class-wide: this test process only
+
+
 class SocketClient:
     """A chat socket as the browser opens it (python-socketio), recording every event it receives."""
 
@@ -189,6 +203,8 @@ class SocketClient:
         import uuid
 
         import socketio
+
+        read_payloads_as_the_browser()
 
         self.url, self.token = url, token
         self.session_id = str(uuid.uuid4())
