@@ -19,7 +19,7 @@ BURST = 40  # more than python-engineio's 16 packets a payload, as a reopened th
 @pytest.fixture
 def burst_server():
     """A socket.io server at /ws/socket.io that answers connection_successful with BURST events queued at once,
-    before its long-polling response goes out; `kill` stops it."""
+    before its long-polling response goes out; `kill` drops every socket without a goodbye (a transport error)."""
     import socketio
     import uvicorn
 
@@ -41,7 +41,7 @@ def burst_server():
         assert time.monotonic() < deadline and thread.is_alive(), "the test socket.io server did not start"
         time.sleep(0.05)
 
-    def kill():
+    def kill():  # the server's sockets end without a socket.io goodbye: the client sees a transport error
         server.should_exit = server.force_exit = True
         thread.join(15)
 
@@ -58,7 +58,22 @@ def test_a_burst_of_packets_in_one_polling_response_all_arrive(burst_server):
             client.received()[-500:]
         with client._lock:
             assert sorted(d["n"] for e, d in client.events if e == "burst") == list(range(BURST))
-        assert not client.disconnected.is_set()
+        assert not client.disconnected.is_set() and client.dropped is None
     finally:
         kill()  # first: a client closing waits for its pending long poll, which this server never answers
+        client.close()
+
+
+def test_a_socket_that_drops_fails_the_wait_at_once_saying_so(burst_server):
+    url, kill = burst_server
+    client = SocketClient(url, "token")
+    assert client.connect(), client.error
+    try:
+        assert client.wait_for(lambda events: any(e == "burst" for e, _ in events), 30)
+        kill()
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match="dropped"):
+            client.wait_for(lambda events: any(e == "never sent" for e, _ in events), 60)
+        assert time.monotonic() - started < 30  # not the whole timeout
+    finally:
         client.close()
