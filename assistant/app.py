@@ -29,6 +29,7 @@ from assistant.conversation.checkout import CheckoutError, check_repository  # n
 from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, STEER, Route, SteerCommandError  # noqa: E402
 from assistant.conversation.service import ANSWER_KIND  # noqa: E402
 from assistant.core import load_assistant  # noqa: E402
+from assistant.agent.asking import MAX_CHOICES  # noqa: E402
 from assistant.jobs import states  # noqa: E402
 from assistant.jobs.apply import START_PATCH, ApplyError, apply_job  # noqa: E402
 from assistant.jobs.steering import SteerRefused  # noqa: E402
@@ -37,7 +38,7 @@ from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import AccessBook, LoginThrottle, PasswordBook, ensure_auth_secret, header_user  # noqa: E402
 from assistant.web.cards import (MAX_STEPS_SHOWN, STATE_BADGES, cite_url, link_citations,  # noqa: E402
-                                 plain, progress_count, tool_output_block)
+                                 plain, progress_count, tool_output_block, waiting_choices)
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
 from assistant.web.gate import GATE, GateMiddleware, limit_cors  # noqa: E402
 from assistant.web.nosleep import install_resume_without_sleep, new_message  # noqa: E402
@@ -75,6 +76,10 @@ def job_actions(job, source=store) -> list[cl.Action]:
     """The buttons of a job's card; `source` is the store or a ThreadJobsView of the job's thread."""
     payload = {"job_id": job.id}
     actions = [steps_action(job)] if progress_count(source, job.id) > MAX_STEPS_SHOWN else []
+    if job.state == states.WAITING:  # one button per choice the agent offered: it sends that choice as the answer
+        for i, choice in enumerate(waiting_choices(job, source.read_events(job.id))):
+            actions.append(cl.Action(name=f"answer_choice_{i}", payload={**payload, "answer": choice},
+                                     label=choice, icon="reply"))
     if job.state in states.ACTIVE:
         if job.id in answerable_jobs and job.state in BEFORE_AGENT:
             actions.append(cl.Action(name="answer_instead", payload=payload, label="Answer instead",
@@ -94,8 +99,9 @@ def job_actions(job, source=store) -> list[cl.Action]:
     return actions
 
 
+ANSWER_CHOICE_NAMES = tuple(f"answer_choice_{i}" for i in range(MAX_CHOICES))
 JOB_ACTION_NAMES = ("toggle_steps", "answer_instead", "cancel_job", "apply_job", "branch_job", "retry_job",
-                    "attempts_job")  # every button job_actions can put on a card
+                    "attempts_job")  # every button job_actions can put on a card but the choices (see _sync_actions)
 
 
 def steps_action(job) -> cl.Action:
@@ -553,6 +559,9 @@ async def steer(text: str, route: Route) -> None:
         actions = [run_as_job_action(text, job.id, f"Start a follow-up of job {job.number}")] if ended else []
         await cl.Message(content=content, author="Jobs", metadata={"kind": "notice"}, actions=actions).send()
         return
+    if route.answer:
+        await notice(f"→ Sent to job {job.number} as the answer. The receipt is on its card.", author="Jobs")
+        return
     how = ("its command under way is stopped, and its agent reads this before its next step" if message.now
            else "its agent reads it before its next step")
     await notice(f"→ Sent to job {job.number}: {how}. The receipt is on its card.", author="Jobs")
@@ -592,6 +601,18 @@ async def on_steer_offer_send(action: cl.Action):
     # "choice", not "command": the words are the message as typed, not /steer arguments
     await steer(action.payload["text"], Route(STEER, job.id, "you sent it to the job", "choice",
                                               now=bool(action.payload.get("now"))))
+
+
+async def on_answer_choice(action: cl.Action):
+    """A choice button of a waiting job's card: the choice is the answer (if the job still waits: else the steer
+    is told to it as any message, or refused once it ended)."""
+    job = await asyncio.to_thread(owned_job, action)
+    answer = str((action.payload or {}).get("answer") or "")
+    await steer(answer, Route(STEER, job.id, "you picked a choice", "choice", answer=job.state == states.WAITING))
+
+
+for _name in ANSWER_CHOICE_NAMES:
+    cl.action_callback(_name)(guarded(on_answer_choice))
 
 
 @cl.action_callback("steer_offer_new")

@@ -160,7 +160,8 @@
       var before = first ? job.state : (known[job.id] || null);
       next[job.id] = job.state;
       if (first || before === job.state) continue;
-      if (before === null && ACTIVE[job.state]) askOnce();  // a job started: the moment to ask
+      // a job started (or already waits for the user: its agent may ask within a poll): the moment to ask
+      if (before === null && (ACTIVE[job.state] || job.state === "waiting")) askOnce();
       if (job.notify) notify(job);
     }
     known = next;

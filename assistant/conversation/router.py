@@ -49,6 +49,7 @@ class Route:
     now: bool = False          # a steer that also stops the command the job runs at the moment
     steer_offer: str | None = None  # a job decided while this job runs, by a decider that cannot tell a steer
                                     # ("unsure"): the user is asked to pick, "Send to job N" or "Start a new job"
+    answer: bool = False       # a steer that answers the question its job waits on (the agent's ask_user)
 
     @property
     def is_job(self) -> bool:
@@ -148,6 +149,35 @@ def _steer_rule(body: str, jobs: list[Job]) -> Route | None:
         return None
     return Route(STEER, target.id, f"speaks to job {target.number}, which is still {target.state}", "rules",
                  now=now)
+
+
+# ---------------------------------------------------------------------- a job waiting for the user
+def waiting_jobs(jobs: list[Job]) -> list[Job]:
+    """The conversation's jobs whose agent asked the user something and waits for the answer."""
+    return sorted((j for j in jobs if j.state == states.WAITING), key=lambda j: j.number)
+
+
+def answer_rule(text: str, jobs: list[Job]) -> Route | None:
+    """While a job of the conversation waits for the user's answer, a typed message answers it: with one waiting,
+    any message that does not name another job by its number; with several, the one it names ("job 2: yes"; "the
+    second one" names no job: it is an answer). Several waiting and none named: SteerCommandError says how to answer."""
+    waiting = waiting_jobs(jobs)
+    body = " ".join(text.split())
+    if not waiting or not body:
+        return None
+    ref = find_job_reference(body, jobs)
+    number = ref.job.number if ref is not None and ref.by == signals.BY_NUMBER else None  # "job 2: yes", "#2"
+    named = next((j for j in waiting if j.number == number), None)
+    if number is None and len(waiting) == 1:
+        named = waiting[0]
+    if named is not None:
+        return Route(STEER, named.id, f"job {named.number} waits for your answer", "rules", answer=True,
+                     now=_says_now(signals.ADDRESSED_JOB.sub("", body, count=1)))
+    if number is not None:
+        return None  # it names another job of the conversation: the other rules decide
+    listed = ", ".join(str(j.number) for j in waiting[:-1]) + " and " + str(waiting[-1].number)
+    raise SteerCommandError(f"jobs {listed} are waiting for your answer; say which one it is for, e.g. "
+                            f"\"job {waiting[0].number}: your answer\", or use the buttons on its card")
 
 
 # ---------------------------------------------------------------------- first-pass rules
@@ -337,7 +367,7 @@ def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, comm
         if command == "code":
             return _followup_job(ref, repo, "/code chosen", "command")
         return Route(FOLLOWUP_ANSWER, ref.job.id, "/ask chosen", "command", ref.by)
-    quick = _first_pass(text, jobs, repo)
+    quick = answer_rule(text, jobs) or _first_pass(text, jobs, repo)
     if quick is not None:
         return quick
     guess = None
@@ -370,7 +400,7 @@ _STEER_COMMAND = re.compile(r"^\s*(?:(?:job\s*)?#?(\d+)\b[\s:,]*)?(?:(now)\b[\s:
 
 
 class SteerCommandError(ValueError):
-    """A /steer the app cannot act on: the text says what to type instead."""
+    """A /steer (or an answer to waiting jobs) the app cannot act on: the text says what to type instead."""
 
 
 def parse_steer_command(text: str) -> tuple[int | None, bool, str]:

@@ -31,7 +31,7 @@ from .retrieval import Retrieval, retrieve, split_joined_citations
 from .route_classifier import shipped_classifier
 from .router import (ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, STEER, Route, continuation_refusal,
                      parse_steer_command, route_message, same_repo)
-from .signals import STEER_NOW
+from .signals import ADDRESSED_JOB, STEER_NOW
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +412,8 @@ def steer_words(text: str, route: Route) -> str:
     if route.decided_by == "command":
         return parse_steer_command(text)[2]
     body = text.strip()
+    if route.answer:  # "job 2: yes" answers job 2 with "yes"
+        body = ADDRESSED_JOB.sub("", body, count=1).strip() or body
     return body[STEER_NOW.match(body).end():].strip() if route.now and STEER_NOW.match(body) else body
 
 

@@ -14,8 +14,10 @@ from ..agent.claims import mark_claims, markdown_mark, markdown_reason
 from ..agent.review import git_path
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
-from ..jobs.events import (AgentMessage, GroupRanked, JobEventRecord, Notice, Routed, SetupCommandRan,
-                           SteerAcknowledged, SteerDelivered, SteerQueued, StepFinished, StepStopped)
+from ..jobs.asking import pending_question
+from ..jobs.events import (AgentMessage, GroupRanked, JobEventRecord, Notice, QuestionAnswered, QuestionAsked,
+                           QuestionTimedOut, Routed, SetupCommandRan, SteerAcknowledged, SteerDelivered, SteerQueued,
+                           StepFinished, StepStopped)
 from ..jobs.uncommitted import notice_text
 from ..jobs.uncommitted import read as read_uncommitted
 from ..store import Job, Store
@@ -383,6 +385,7 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     steps = _step_lines(job, events, all_steps)
     if steps:
         out.append("\n".join(f"- {s}" for s in steps))
+    out += question_lines(job, events)
     receipts = steer_receipts(job, events)
     if receipts:
         out.append("**Your messages to the job**\n\n" + "\n".join(f"- {line}" for line in receipts))
@@ -473,7 +476,8 @@ def steer_receipts(job: Job, events: list[JobEventRecord]) -> list[str]:
                                         ": the agent reads it at its next step"))
         else:
             step = got.step if got.step is not None else "?"
-            receipt = f"delivered (step {step})" + (" as guidance" if got.how == "guidance" else "")
+            receipt = f"delivered (step {step})" + {"guidance": " as guidance", "answer": " as the answer"}.get(
+                got.how or "", "")
             if got.stopped:
                 receipt += f", stopped {_inline_code(got.stopped)}"
             ack = acked.get(message_id)
@@ -481,6 +485,45 @@ def steer_receipts(job: Job, events: list[JobEventRecord]) -> list[str]:
                 receipt += f" · acknowledged: {_quoted(_ack_words(ack.excerpt))}"
         lines.append(f"{head} — {receipt}")
     return lines
+
+
+ANSWER_HINT = "Your next message in this conversation answers it."
+
+
+def question_lines(job: Job, events: list[JobEventRecord]) -> list[str]:
+    """The agent's questions (its ask_user tool), from the stored events: the one it waits on, quoted, with what
+    answers it (its choices are buttons on the card); an answered or timed-out one as history."""
+    lines: list[str] = []
+    pending: QuestionAsked | None = None
+    for ev in events:
+        if isinstance(ev, QuestionAsked):
+            pending = ev
+        elif isinstance(ev, QuestionAnswered) and pending is not None:
+            lines.append(f"Asked: {_quoted(pending.question)} — answered: {_quoted(ev.answer)}")
+            pending = None
+        elif isinstance(ev, QuestionTimedOut) and pending is not None:
+            lines.append(f"Asked: {_quoted(pending.question)} — no answer within "
+                         f"{_wait_words(pending.timeout_s or ev.waited_s)}")
+            pending = None
+    if pending is not None:
+        if job.state == states.WAITING:
+            choices = " Pick one of the buttons below, or type your answer." if pending.choices else ""
+            lines.append(f"**The agent asks:**\n\n> {plain(pending.question)}\n\n{ANSWER_HINT}{choices}")
+        else:  # it ended (cancelled) while waiting
+            lines.append(f"Asked: {_quoted(pending.question)} — not answered")
+    return lines
+
+
+def _wait_words(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def waiting_choices(job: Job, events: list[JobEventRecord]) -> list[str]:
+    """The choices of the question a waiting job's agent asked (its card's buttons); none when it does not wait."""
+    if job.state != states.WAITING:
+        return []
+    pending = pending_question(events)
+    return list(pending.choices) if pending is not None else []
 
 
 def uncommitted_notice(store: Store, job: Job) -> str | None:

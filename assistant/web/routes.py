@@ -17,31 +17,44 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from .. import ownership
 from ..agent.citations import CITATION_RE
-from ..domain.states import TERMINAL
+from ..domain.states import TERMINAL, WAITING
 from ..access import RepoNotAllowed, RepoPolicy
 from ..conversation.checkout import existing_checkout
 from ..conversation.repo_tools import ReadOnlyRepo
+from ..jobs.asking import pending_question
 from ..store import Job, Store
 from .viewer import identify_token
 
 CONTEXT_LINES = 5
 SIGNAL_WINDOW_S = 600  # a job that ended longer ago than this is old news to a page that polls every few seconds
 SIGNAL_TEXT_CHARS = 180
-NOTIFY_STATES = TERMINAL + ("waiting",)  # a job waiting for the user's answer (a state being added) counts too
+NOTIFY_STATES = TERMINAL + (WAITING,)  # a job waiting for the user's answer counts too
 
 
-def job_signal(job: Job) -> dict:
-    """One job as the page's notifications need it: which, where its card is, its state and a line about it."""
+def job_signal(job: Job, question: str | None = None) -> dict:
+    """One job as the page's notifications need it: which, where its card is, its state and a line about it (for a
+    job waiting for the user, `question`: what its agent asks)."""
     from .relay import card_message_id
 
     outcome = job.outcome or {}
-    about = job.summary or job.reason or ""
+    about = (question if job.state == WAITING and question else None) or job.summary or job.reason or ""
     about = " ".join(unlinked_text(about).split())
     return {"id": job.id, "number": job.number, "title": job.title or next(iter((job.task or "").strip().splitlines()), "")[:80],
             "state": job.state, "thread": job.thread_id, "card": card_message_id(job.id),
             "kind": outcome.get("kind") if job.state in TERMINAL else None,
             "notify": job.state in NOTIFY_STATES,
             "text": about if len(about) <= SIGNAL_TEXT_CHARS else about[:SIGNAL_TEXT_CHARS - 1] + "\u2026"}
+
+
+def waiting_questions(store: Store, jobs: list[Job]) -> dict[str, str]:
+    """What the agent of each waiting job asks, from its stored events (only waiting jobs' events are read)."""
+    found = {}
+    for job in jobs:
+        if job.state == WAITING:
+            pending = pending_question(store.read_events(job.id))
+            if pending is not None and pending.question:
+                found[job.id] = pending.question
+    return found
 
 
 def unlinked_text(text: str) -> str:
@@ -161,7 +174,9 @@ def make_router(store_of, policy: RepoPolicy) -> APIRouter:
         user = await asyncio.to_thread(store.get_user, viewer)
         jobs = [] if user is None else await asyncio.to_thread(
             store.recent_jobs, user.id, datetime.now(timezone.utc) - timedelta(seconds=SIGNAL_WINDOW_S))
-        return JSONResponse({"jobs": [job_signal(job) for job in jobs]}, headers={"Cache-Control": "no-store"})
+        questions = await asyncio.to_thread(waiting_questions, store, jobs)
+        return JSONResponse({"jobs": [job_signal(job, questions.get(job.id)) for job in jobs]},
+                            headers={"Cache-Control": "no-store"})
 
     @router.get("/jobs/{job_id}/patch")
     async def download_patch(job_id: str, request: Request):

@@ -2,7 +2,7 @@ import pytest
 
 from assistant.conversation.route_classifier import RouteClassifier, shipped_classifier
 from assistant.conversation.router import (ROUTER_PROMPT_MARKER, continuation_refusal, resolve_job_reference,
-                                           route_message, route_schema)
+                                           SteerCommandError, route_message, route_schema)
 from assistant.conversation.signals import find_job_reference
 from assistant.llm.client import ModelClient
 from assistant.store import Job
@@ -424,3 +424,49 @@ def test_the_steer_command_picks_the_job():
                       None, command="steer")
     with pytest.raises(SteerCommandError, match="no job to steer"):
         route_message("use pathlib", [], None, command="steer")
+
+
+# ---------------------------------------------------------------------- a job waiting for the user's answer
+def _waiting(*states_by_number):
+    return [Job(id=f"j{i}", number=i, title=f"task {i}", task=f"task {i}", state=s, repo=REPO)
+            for i, s in enumerate(states_by_number, 1)]
+
+
+@pytest.mark.parametrize("text", ["yes", "the second one", "What does the parser do with tabs?", "Fix the failing test in test_calc.py",
+                                  "use the second option, and keep the old name"])
+def test_with_one_job_waiting_a_typed_message_is_its_answer(text):
+    conversation = _waiting("succeeded", "waiting", "running")
+    route = route_message(text, conversation, None, classifier=shipped_classifier())
+    assert (route.kind, route.job_id, route.decided_by, route.answer) == ("steer", "j2", "rules", True)
+
+
+def test_an_answer_that_names_another_job_is_not_taken_for_the_answer():
+    conversation = _waiting("succeeded", "waiting")
+    route = route_message("What did job 1 change?", conversation, None)
+    assert (route.kind, route.job_id, route.answer) == ("followup_answer", "j1", False)
+
+
+def test_with_several_waiting_the_message_names_one():
+    conversation = _waiting("waiting", "running", "waiting")
+    route = route_message("job 3: the second one", conversation, None)
+    assert (route.kind, route.job_id, route.answer) == ("steer", "j3", True)
+    route = route_message("#1, keep it", conversation, None)
+    assert (route.kind, route.job_id, route.answer) == ("steer", "j1", True)
+
+
+def test_with_several_waiting_an_unnamed_message_says_how_to_answer():
+    conversation = _waiting("waiting", "waiting")
+    with pytest.raises(SteerCommandError, match=r"jobs 1 and 2 are waiting for your answer.*job 1: your answer.*buttons"):
+        route_message("yes", conversation, None)
+
+
+def test_slash_commands_are_not_answers():
+    conversation = _waiting("waiting")
+    assert route_message("what is a waiting job?", conversation, None, command="ask").kind == "answer"
+    steer = route_message("1 now stop", conversation, None, command="steer")
+    assert (steer.kind, steer.decided_by, steer.answer) == ("steer", "command", False)
+
+
+def test_no_waiting_job_no_answer_rule():
+    route = route_message("yes", _waiting("running", "succeeded"), None)
+    assert not route.answer

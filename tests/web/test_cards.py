@@ -111,3 +111,42 @@ def test_a_patch_acknowledging_a_message_is_quoted_by_the_files_it_touches(store
                                               ("delivered", {"message_id": "m1", "step": 2}),
                                               ("acknowledged", {"message_id": "m1", "excerpt": excerpt})])
     assert "— delivered (step 2) · acknowledged: \u201capply\\_patch: update calc.py\u201d" in render_job_card(store, job.id)
+
+
+def asked_job(store, state, events):
+    job = store.create_job(task="Sort", repo="/r", thread_id="t1", title="Sort the results", state=state)
+    for event in events:
+        store.append_event(job.id, event)
+    return job
+
+
+def test_a_waiting_card_quotes_the_question_and_says_what_answers_it(store):
+    from assistant.domain.events import QuestionAsked
+    job = asked_job(store, states.WAITING, [QuestionAsked("Keep the *old* name?", ["keep it", "rename"], 3, 600)])
+    card = render_job_card(store, job.id)
+    assert "**◇ waiting for you**" in card
+    assert ("**The agent asks:**\n\n> Keep the \\*old\\* name?\n\nYour next message in this conversation answers "
+            "it. Pick one of the buttons below, or type your answer.") in card
+    assert "Asked:" not in card
+
+
+def test_an_answered_or_timed_out_question_stays_on_the_card_as_history(store):
+    from assistant.domain.events import QuestionAnswered, QuestionAsked, QuestionTimedOut
+    job = asked_job(store, states.FAILED, [
+        QuestionAsked("Which file?", [], 2, 600), QuestionAnswered("calc.py", 12.0, ["m1"]),
+        QuestionAsked("Delete the tests?", ["yes", "no"], 5, 120), QuestionTimedOut("Delete the tests?", 120.4)])
+    card = render_job_card(store, job.id)
+    assert "Asked: \u201cWhich file?\u201d — answered: \u201ccalc.py\u201d" in card
+    assert "Asked: \u201cDelete the tests?\u201d — no answer within 2 min" in card
+    assert "The agent asks" not in card and "answers it" not in card
+
+
+def test_only_a_waiting_job_offers_its_choices():
+    from assistant.domain.events import QuestionAnswered, QuestionAsked
+    from assistant.store import Job
+    from assistant.web.cards import waiting_choices
+    asked = [QuestionAsked("Keep it?", ["keep it", "rename"], 3, 600)]
+    assert waiting_choices(Job(id="j", number=1, task="t", state=states.WAITING), asked) == ["keep it", "rename"]
+    assert waiting_choices(Job(id="j", number=1, task="t", state=states.RUNNING), asked) == []
+    answered = asked + [QuestionAnswered("keep it", 3.0, ["m1"])]
+    assert waiting_choices(Job(id="j", number=1, task="t", state=states.WAITING), answered) == []

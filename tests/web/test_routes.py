@@ -22,3 +22,21 @@ def test_a_job_waiting_for_the_user_notifies_too(store):
     job = store.create_job(task="Ask me", repo="/r", thread_id="t1", state="running")
     job.state = "waiting"   # the state another change adds; any value in NOTIFY_STATES notifies
     assert job_signal(job)["notify"] is True
+
+
+def test_a_waiting_jobs_notification_says_the_question(store):
+    from assistant.domain.events import QuestionAnswered, QuestionAsked
+    from assistant.web.routes import waiting_questions
+    waiting = store.create_job(task="Ask me", repo="/r", thread_id="t1", state="running")
+    store.transition(waiting.id, "waiting")
+    store.append_event(waiting.id, QuestionAsked("Keep the **old** name?", ["yes", "no"], 2, 600))
+    ended = store.create_job(task="Asked once", repo="/r", thread_id="t1", state="running")
+    store.append_event(ended.id, QuestionAsked("Which file?", [], 1, 600))
+    store.append_event(ended.id, QuestionAnswered("calc.py", 2.0, ["m1"]))
+    store.update_job(ended.id, summary="Done.")
+    jobs = [store.get_job(waiting.id), store.get_job(ended.id)]
+    questions = waiting_questions(store, jobs)
+    assert questions == {waiting.id: "Keep the **old** name?"}
+    signal = job_signal(jobs[0], questions.get(waiting.id))
+    assert (signal["state"], signal["notify"], signal["text"]) == ("waiting", True, "Keep the old name?")
+    assert job_signal(jobs[1], questions.get(ended.id))["text"] == "Done."
