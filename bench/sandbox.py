@@ -1,7 +1,7 @@
 """Sandbox benchmark: our sandbox side by side with the peer way (the docker CLI, as mini-swe-agent drives it).
 
     python bench/sandbox.py [--runs 7] [--exec-n 100] [--no-local] [--images node,go,...|none] [--rebuild]
-                            [--rebuild-default]
+                            [--rebuild-default] [--only python-cold]
 
 Measures, in one run:
   cold start   request -> a ready shell in /workspace with a small repo in it, no setup (ours: the repo
@@ -13,7 +13,10 @@ Measures, in one run:
                cold start of a repository that calls for it (the image chosen from its files) vs the docker CLI
   python       the Python repository's cold start in one interleaved loop: on the default image as jobs get it
                (toolchain detection on), with detection off (as before toolchain images), and on the image with
-               every toolchain (where the one-image shape would start it), with the docker CLI beside
+               every toolchain (where the one-image shape would start it), with the docker CLI beside; each round
+               starts with the next shape (a round's first start follows the previous round's removals, so no
+               shape keeps that place); --only python-cold measures this alone (--runs rounds; the all-toolchains
+               image only if it is built already), to bench/results/sandbox-python-cold.json
   default      --rebuild-default: the default image's own build (debootstrap and import), under a scratch name
                that is removed afterwards
 Prints a table and writes bench/results/sandbox.json (medians, ratios, targets).
@@ -266,7 +269,8 @@ def bench_images(config: SandboxConfig, root: Path, shapes: list[list[str]], reb
 
 def bench_python_shapes(config: SandboxConfig, repo: Path, all_image: str | None, runs: int, scratch: Path) -> dict:
     """The Python repository's cold start on each shape's image, interleaved run by run (a busy machine's drift
-    falls on all of them alike)."""
+    falls on all of them alike), each round starting one step further along (ours and the CLI's alike), so that no
+    shape always comes first, after the previous round's container removals."""
     shapes = {"default": (config, config.image),
               "default_detection_off": (dataclasses.replace(config, toolchain_images=False), config.image)}
     if all_image:
@@ -274,29 +278,31 @@ def bench_python_shapes(config: SandboxConfig, repo: Path, all_image: str | None
     peers = {"default": config.image, **({"all_toolchains": all_image} if all_image else {})}
     ours = {label: [] for label in shapes}
     cli = {label: [] for label in peers}
+    steps = [("ours", label) for label in shapes] + [("peer", label) for label in peers]
     for run in range(runs):
-        for label, (shape_config, image) in shapes.items():
+        for kind, label in steps[run % len(steps):] + steps[:run % len(steps)]:
             holder = {}
+            if kind == "ours":
+                shape_config, image = shapes[label]
 
-            def our_start() -> None:
-                prepared = prepare(PrepareRequest(job_id=f"py-{label}-{run}", repo=str(repo), setup=[]), shape_config)
-                assert prepared.image == image, prepared.image
-                assert prepared.sandbox.exec("pwd").output == "/workspace\n"
-                holder["sandbox"] = prepared.sandbox
+                def our_start() -> None:
+                    prepared = prepare(PrepareRequest(job_id=f"py-{label}-{run}", repo=str(repo), setup=[]),
+                                       shape_config)
+                    assert prepared.image == image, prepared.image
+                    assert prepared.sandbox.exec("pwd").output == "/workspace\n"
+                    holder["sandbox"] = prepared.sandbox
 
-            ours[label].append(timed(our_start))
-            holder["sandbox"].close()
-        for label, image in peers.items():
-            holder = {}
+                ours[label].append(timed(our_start))
+                holder["sandbox"].close()
+            else:
+                def peer_start() -> None:
+                    workspace = scratch / f"peer-py-{label}-{run}"
+                    host_clone(repo, workspace)
+                    holder["peer"] = CliPeer(peers[label], workspace, "none")
+                    assert holder["peer"].exec("pwd").stdout == "/workspace\n"
 
-            def peer_start() -> None:
-                workspace = scratch / f"peer-py-{label}-{run}"
-                host_clone(repo, workspace)
-                holder["peer"] = CliPeer(image, workspace, "none")
-                assert holder["peer"].exec("pwd").stdout == "/workspace\n"
-
-            cli[label].append(timed(peer_start))
-            holder["peer"].close()
+                cli[label].append(timed(peer_start))
+                holder["peer"].close()
     return {"images": {label: image for label, (_, image) in shapes.items()}, "ours_s": ours, "peer_cli_s": cli}
 
 
@@ -322,6 +328,58 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def report_python(python: dict, runs: int, summary: dict, targets: dict) -> None:
+    """The Python repository's figures: medians per shape, detection on over off (of the medians, and the median of
+    each round's own ratio), ours over the docker CLI; printed and added to summary and targets."""
+    summary["python_cold_start_s"] = {label: median(values) for label, values in python["ours_s"].items()}
+    summary["python_cold_start_peer_cli_s"] = {label: median(values) for label, values in python["peer_cli_s"].items()}
+    on, off = python["ours_s"]["default"], python["ours_s"]["default_detection_off"]
+    ratios = summary.setdefault("ratios", {})
+    ratios["python_cold_detection_on_over_off"] = median(on) / median(off)
+    ratios["python_cold_detection_on_over_off_per_round"] = median([a / b for a, b in zip(on, off)])
+    ratios["python_cold_ours_over_cli"] = median(on) / summary["python_cold_start_peer_cli_s"]["default"]
+    targets["python_cold_start_not_slower_than_before_toolchain_images"] = (
+        ratios["python_cold_detection_on_over_off"] <= 1.10)  # within the noise of a busy 2-core machine
+    print(f"\npython repository, cold start (s, median of {runs}, interleaved)   ours    docker CLI")
+    names = {"default": f"{python['images']['default']} (as jobs get it)",
+             "default_detection_off": f"{python['images']['default']}, detection off (before)",
+             "all_toolchains": f"{python['images'].get('all_toolchains')} (one-image shape)"}
+    for label, seconds in summary["python_cold_start_s"].items():
+        peer = summary["python_cold_start_peer_cli_s"].get(label)
+        print(f"  {names[label]:62} {seconds:6.3f} {peer:10.3f}" if peer is not None else
+              f"  {names[label]:62} {seconds:6.3f}")
+    print(f"  detection on / off: {ratios['python_cold_detection_on_over_off']:.2f}x of the medians, "
+          f"{ratios['python_cold_detection_on_over_off_per_round']:.2f}x the median round (target <= 1.10x: "
+          f"{'yes' if targets['python_cold_start_not_slower_than_before_toolchain_images'] else 'NO'})")
+    print(f"  ours / docker CLI (default image): {ratios['python_cold_ours_over_cli']:.2f}x")
+
+
+def python_cold_only(runs: int) -> int:
+    """--only python-cold: the Python repository's interleaved cold start and nothing else (the default image is
+    built if missing; the all-toolchains image is measured only if it is built and current)."""
+    ensure_docker()
+    scratch = Path(tempfile.mkdtemp(prefix="sandbox-bench-", dir="/tmp"))
+    os.chmod(scratch, 0o711)
+    config = SandboxConfig(data_dir=scratch / "data", backend="docker", cache_enabled=False)
+    build_image(config, on_log=lambda line: print(line, file=sys.stderr))
+    all_image, ready, _ = toolchain_image_status(config.image, list(TOOLCHAINS))
+    try:
+        repo = small_repo(scratch)
+        print(f"python repository on each shape's image, {runs} rounds ...", file=sys.stderr)
+        python = bench_python_shapes(config, repo, all_image if ready else None, runs, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary: dict = {}
+    targets: dict = {}
+    report_python(python, runs, summary, targets)
+    out = RESULTS.with_name("sandbox-python-cold.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "targets_met": targets, "raw": {"python": python}, "runs": runs},
+                              indent=1))
+    print(f"wrote {out}")
+    return 0 if all(targets.values()) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -332,7 +390,11 @@ def main() -> int:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the toolchain images to time their builds")
     parser.add_argument("--rebuild-default", action="store_true",
                         help="time building the default image too (under a scratch name, removed afterwards)")
+    parser.add_argument("--only", choices=["python-cold"],
+                        help="python-cold: only the Python repository's interleaved cold start (--runs rounds)")
     args = parser.parse_args()
+    if args.only == "python-cold":
+        return python_cold_only(args.runs)
     shapes = [] if args.images == "none" else [
         list(TOOLCHAINS) if name == "all" else [name] for name in args.images.split(",") if name.strip()]
 
@@ -425,22 +487,7 @@ def main() -> int:
             print(f"per-language layers together: {sum(r['layer_mb'] for r in singles):.0f} MB"
                   + (f", built in {sum(r['build_s'] for r in singles):.0f} s" if all(r['build_s'] for r in singles) else ""))
 
-    summary["python_cold_start_s"] = {label: median(values) for label, values in python["ours_s"].items()}
-    summary["python_cold_start_peer_cli_s"] = {label: median(values) for label, values in python["peer_cli_s"].items()}
-    today = summary["python_cold_start_s"]["default_detection_off"]
-    summary["ratios"]["python_cold_detection_on_over_off"] = summary["python_cold_start_s"]["default"] / today
-    targets["python_cold_start_not_slower_than_before_toolchain_images"] = (
-        summary["ratios"]["python_cold_detection_on_over_off"] <= 1.10)  # within the noise of a busy 2-core machine
-    print(f"\npython repository, cold start (s, median of {args.runs}, interleaved)   ours    docker CLI")
-    names = {"default": f"{python['images']['default']} (as jobs get it)",
-             "default_detection_off": f"{python['images']['default']}, detection off (before)",
-             "all_toolchains": f"{python['images'].get('all_toolchains')} (one-image shape)"}
-    for label, seconds in summary["python_cold_start_s"].items():
-        peer = summary["python_cold_start_peer_cli_s"].get(label)
-        print(f"  {names[label]:62} {seconds:6.3f} {peer:10.3f}" if peer is not None else
-              f"  {names[label]:62} {seconds:6.3f}")
-    print(f"  detection on / off: {summary['ratios']['python_cold_detection_on_over_off']:.2f}x (target <= 1.10x: "
-          f"{'yes' if targets['python_cold_start_not_slower_than_before_toolchain_images'] else 'NO'})")
+    report_python(python, args.runs, summary, targets)
     if default_build:
         summary["default_image_build"] = {"build_s": default_build["build_s"], "size_mb": default_build["size_mb"]}
         print(f"\ndefault image built from nothing: {default_build['build_s']:.0f} s, {default_build['size_mb']:.0f} MB")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import threading
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,9 @@ SETUP_COMMAND_TIMEOUT_S = 1800.0
 BUNDLE_PATH = "/tmp/assistant-repo.bundle"
 REPO_CONFIG = ".assistant/config.toml"
 _start_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-start")
+# Closes the sandboxes a preparation started and then left (its workers are joined when the interpreter exits).
+_close_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sandbox-abandoned-close")
+log = logging.getLogger(__name__)
 
 
 def _ignore(*_args) -> None:
@@ -52,6 +57,8 @@ class _Preparation:
     tests: list[str] = field(default_factory=list)  # test commands detected from the repository's files
     base_config: SandboxConfig | None = None  # the settings' own (the egress proxy's image derives from it)
     diff_base: str | None = None             # the commit of the user's uncommitted changes (req.start_patch)
+    launch: SandboxStarter | None = None     # `start` before on_sandbox is told (a _Starting tells it itself)
+    on_sandbox: Callable[[Sandbox], None] = _ignore
 
     def run_setup(self, sandbox: Sandbox, commands: list[str], results: list[ExecResult]):
         return _run_setup(sandbox, commands, results, self.config, self.on_command, self.on_output,
@@ -85,10 +92,11 @@ def prepare(
         warm = None
     clock = time.monotonic()
     choice, start = _starter(req, config, start, engine)
-    job = _Preparation(req, config, choice, _announcing(start, on_sandbox), on_state, on_command, on_output)
+    job = _Preparation(req, config, choice, _announcing(start, on_sandbox), on_state, on_command, on_output,
+                       launch=start, on_sandbox=on_sandbox)
     on_state("preparing")
     early = None if warm is not None and warm.may_hold(req.repo) else _early_start(req, config, choice.backend,
-                                                                                 job.start)
+                                                                                 start, on_sandbox)
     try:
         job.source = KnownFiles(prepare_source(req.repo, req.ref, config.data_dir))
         job.commands = setup_commands(job.source, req.setup)
@@ -97,13 +105,13 @@ def prepare(
                               on_log=lambda line: on_output(line + "\n"))
     except BaseException:
         if early is not None:
-            _close_when_started(early)
+            early.abandon()
         raise
     job.timings["source_s"] = time.monotonic() - clock
     job.base_config, config = config, _with_image(config, chosen.image)
     job.config, job.image, job.tests = config, chosen.image, detect_test_commands(job.source)
     if early is not None and config is not job.base_config:  # started on the default image, before the files were read
-        _close_when_started(early)
+        early.abandon()  # closed once it has started, on its own thread: the job's image starts now
         early = None
 
     cache, key, entry = (None, None, None) if req.start_patch else _cached_setup(req.repo, config, choice.backend,
@@ -112,7 +120,7 @@ def prepare(
         ready = _from_warm_pool(job, warm, key, on_sandbox)
         if ready is not None:
             if early is not None:
-                _close_when_started(early)
+                early.abandon()
             return ready
     if entry is not None:
         return _from_setup_cache(job, entry)
@@ -178,8 +186,8 @@ def _cold(job: _Preparation, cache: SetupCache | None, key: str | None, early) -
     failed = None
     setup_changes: dict = {"created": [], "modified": {}}
     clock = time.monotonic()
-    sandbox = _start_with_repo(job.start, job.req.job_id, job.config, job.source, network=bool(job.commands),
-                               started=early)
+    sandbox = _start_with_repo(job.launch, job.req.job_id, job.config, job.source, network=bool(job.commands),
+                               started=early, on_sandbox=job.on_sandbox)
     try:
         job.timings["start_s"] = time.monotonic() - clock
         if job.req.start_patch:
@@ -285,7 +293,8 @@ def _egress_policy(req: PrepareRequest, config: SandboxConfig, source: RepoSourc
         raise SandboxError(str(exc)) from None
 
 
-def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str, start: SandboxStarter):
+def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str, start: SandboxStarter,
+                 on_sandbox: Callable[[Sandbox], None]) -> "_Starting | None":
     """When the request names its setup (so no file of the repository decides it) and no setup cache will be
     looked up, the container can start while the host still fetches the repository: most of a cold start."""
     if req.setup is None:
@@ -293,19 +302,70 @@ def _early_start(req: PrepareRequest, config: SandboxConfig, backend: str, start
     planned = [command for command in req.setup if command.strip()]
     if backend == "docker" and config.cache_enabled and planned:
         return None
-    return _start_pool.submit(start, job_id=req.job_id, config=config, image=config.image, network=bool(planned))
+    return _Starting(start, on_sandbox, job_id=req.job_id, config=config, image=config.image, network=bool(planned))
+
+
+class _Starting:
+    """A sandbox starting on the start pool: taken with result(), or abandoned (the repository's files called for
+    another image, or the preparation failed). An abandoned one is never announced to on_sandbox after that, and
+    is closed as soon as it has started, on another thread: whoever abandons it does not wait for the start or the
+    close (a container's removal can take a second or more), and the close happens however the job goes on or
+    ends. Were the process to die first, its container stops with the attach connection (StdinOnce) and the
+    server's orphan sweep removes it."""
+
+    def __init__(self, start: SandboxStarter, on_sandbox: Callable[[Sandbox], None], **kwargs):
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._future = _start_pool.submit(self._run, start, on_sandbox, kwargs)
+
+    def _run(self, start: SandboxStarter, on_sandbox: Callable[[Sandbox], None], kwargs: dict) -> Sandbox:
+        sandbox = start(**kwargs)
+        with self._lock:  # announced before abandon() returns, or never: never after the job's own sandbox
+            if not self._abandoned:
+                try:
+                    on_sandbox(sandbox)
+                except BaseException:
+                    sandbox.close()
+                    raise
+        return sandbox
+
+    def result(self) -> Sandbox:
+        return self._future.result()
+
+    def abandon(self) -> None:
+        """Close the sandbox once it has started (at once if it has), without waiting here."""
+        with self._lock:
+            self._abandoned = True
+        self._future.add_done_callback(_close_abandoned)
+
+
+def _close_abandoned(future) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return  # it never started (a failed start removes its own container)
+    try:
+        _close_pool.submit(_close_quietly, future.result())
+    except RuntimeError:  # the interpreter is shutting down: no new thread, close it here
+        _close_quietly(future.result())
+
+
+def _close_quietly(sandbox: Sandbox) -> None:
+    try:
+        sandbox.close()
+    except Exception:
+        log.exception("closing an abandoned sandbox")
 
 
 def _start_with_repo(start: SandboxStarter, job_id: str, config: SandboxConfig, source: RepoSource, network: bool,
-                     started=None):
+                     started: _Starting | None = None, on_sandbox: Callable[[Sandbox], None] = _ignore):
     """Start the sandbox (unless it is starting already) while the host makes the bundle, then clone inside the
     sandbox from it."""
-    started = started or _start_pool.submit(start, job_id=job_id, config=config, image=config.image, network=network)
+    started = started or _Starting(start, on_sandbox, job_id=job_id, config=config, image=config.image,
+                                   network=network)
     try:
         with source.bundle(job_id) as (bundle, ref):
             data = bundle.read_bytes()
     except BaseException:
-        _close_when_started(started)
+        started.abandon()
         raise
     sandbox = started.result()
     try:
@@ -327,13 +387,6 @@ def _announcing(start: SandboxStarter, on_sandbox: Callable[[Sandbox], None]) ->
             raise
         return sandbox
     return started
-
-
-def _close_when_started(started) -> None:
-    try:
-        started.result().close()
-    except Exception:
-        pass
 
 
 def _masker(config: SandboxConfig) -> Callable[[str], str]:
