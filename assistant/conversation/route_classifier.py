@@ -65,8 +65,9 @@ _CARRY_ON = re.compile(r"^(?:\W*(?:ok|okay|nice|great|cool|good|thanks|hmm|so|an
                        r"|\bthe\s+same\s+(?:\w+\s+){0,2}?(?:for|to|in|on|there|here|with)\b|\bsame\s+(?:fix|change|thing|treatment)\b"
                        r"|\balso\s+" + signals.WORK_VERB_BASE.pattern, re.I)
 # Adverbs that often, not always, mean "compared with what the job did" ("it still fails", "X still uploads …")
-_STILL = re.compile(r"\b(?:too|again|still|anymore|any\s+more|instead|now)\b(?<!hi again)(?<!hello again)(?<!back again)",
-                    re.I)
+# ("too" as "as well" ends its clause: "… closed venues too"; "too noisy" is a degree, not a comparison)
+_STILL = re.compile(r"\b(?:too(?=\s*(?:[,.;:!?)\u2014]|$|\s+(?:please|pls|plz|then|now|thanks|right)\b))|again|still|anymore|"
+                    r"any\s+more|instead|now)\b(?<!hi again)(?<!hello again)(?<!back again)", re.I)
 # Feedback on a result, then what to change: "works, but …", "looks good but rename …", "close, just make …"
 _FEEDBACK = re.compile(r"^\W*(?:\w+\s+){0,3}?(?:works|worked|looks\s+(?:good|great|fine|ok)|lgtm|nice|great|good|perfect|"
                        r"close|almost|better)\b[^?]*?\b(?:but|just|except|only)\b", re.I)

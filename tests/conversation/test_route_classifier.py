@@ -49,6 +49,8 @@ def test_comparisons_and_times_are_no_pointers_back():
     assert "carry_on" not in on("what happens if two workers pick up the same task at the same time?")
     assert {"carry_on"} <= on("now do the same for the update endpoint")
     assert {"still"} <= on("use curl instead, the image has no wget")
+    assert {"still"} <= on("the search returns closed venues too")
+    assert "still" not in on("the log output is way too noisy in prod")
 
 
 def test_this_next_to_a_pasted_log_points_at_the_log():
@@ -70,3 +72,16 @@ def test_a_message_that_asks_for_no_changes_is_answered_however_sure_the_work_he
     clf = sure_of(work=8.0, followup=-8.0)
     assert clf.predict("add the cache? don't change anything, just tell me", []).work is False
     assert clf.predict("add a cache for the rates", []).work is True
+
+
+@pytest.mark.parametrize("text,route", [
+    ("the onboarding wizard is super confusing, nobody finds the skip button", "job"),
+    ("users keep getting logged out after a few minutes", "job"),
+    ("so for some reason the weekly digest goes out on tuesdays now", "job"),
+    ("find where the session cookie lifetime is set", "answer"),
+    ("which of my jobs are still running?", "answer"),
+])
+def test_the_shipped_classifier_on_shapes_it_used_to_miss(text, route):
+    js = jobs("Add German email templates") if route == "answer" else []
+    guess = shipped_classifier().predict(text, js)
+    assert ("job" if guess.work else "answer", guess.followup) == (route, False)
