@@ -33,11 +33,7 @@ _MODAL = re.compile(r"\b(?:should|must|needs?\s+to|need\s+an?|ought|would\s+be\s
 _CONDITIONAL_WORK = re.compile(r"\bif\s+(?:not|it\s+(?:doesn't|isn't|does\s+not)|there\s+isn't|it's\s+not)\b"
                                r"|\b(?:and|then)\s+(?:fix|repair|change|make|add|write|move|switch|speed|clean)\b"
                                r"|\bwhile\s+you're\s+at\s+it\b|\bafterwards\b", re.I)
-_PROBLEM = re.compile(r"\b(?:fails?|failing|failed|crash(?:es)?|throws?|broken|breaks|bug|wrong|hangs?|off\s+by|"
-                      r"doesn't|don't|isn't|aren't|can't|cannot|won't|invisible|blank|duplicates?|truncated|slow|"
-                      r"regressed|red|leaks?|error|exception|500|404|chokes?|blows?\s+up|does\s+nothing|"
-                      r"silently|twice|never|always|missing|stale|accepts?|instead\s+of|no\s+longer|anymore|"
-                      r"since)\b", re.I)
+_PROBLEM = signals.PROBLEM
 _FOLLOW_WORDS = re.compile(r"\b(?:it|that|this|now|also|still|again|same|too|undo|revert|amend|redo|instead|"
                            r"anymore)\b", re.I)
 
@@ -151,7 +147,11 @@ def pointers(body: str) -> dict[str, bool]:
     before_named = first[:named.start()] if named else first
     anaphor = bool(_ANAPHOR.search(unexpleted))
     anaphor_first = bool(_ANAPHOR.search(before_named))
+    # "still crashes for me …", "it still fails": no subject of its own, or a pronoun, before "still"
+    still_first = bool(re.match(r"^\W*(?:(?:it|this|that|they|which|and|but|yeah|yes|hmm|no|nope|now)\W+){0,2}?still\b",
+                                before_named, re.I))
     return {"anaphor": anaphor, "anaphor_first": anaphor_first, "anaphor_later": anaphor and not anaphor_first,
+            "still_first": still_first,
             "jobs_in_general": bool(_JOBS_IN_GENERAL.search(body)), "new_subject": bool(_NEW_SUBJECT.search(body)), "your_work": bool(_YOUR_WORK.search(body)),
             "the_work": bool(_THE_WORK.search(unexpleted)), "carry_on": bool(_CARRY_ON.search(unexpleted)),
             "still": bool(_STILL.search(unexpleted)), "feedback": bool(_FEEDBACK.search(body)),

@@ -120,7 +120,7 @@ def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
         if jobs or "?" in signals.log_prose(text):
             return None
         return Route(JOB, None, "a pasted error, no question")
-    if signals.SMALL_TALK.match(body):
+    if signals.SMALL_TALK.match(body) or signals.ack_remark(body):
         return Route(ANSWER, None, "small talk")
     body = signals.LEADING_ACK.sub("", body) or body   # "Nice. Why did it …?" asks like "Why did it …?"
     ref = find_job_reference(body, jobs)

@@ -34,6 +34,7 @@ WORK_VERB = re.compile(rf"\b(?:{_VERBS})(?:s|es|ed|d|ing)?\b", re.I)
 WORK_VERB_BASE = re.compile(rf"\b(?:{_VERBS})\b", re.I)
 # … and "can the parser …", "could this …", "will it …": asking whether the code can, not asking the assistant to
 QUESTION_START = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|whose|is|are|was|were|does|do|did|has|"
+                            r"when\s+(?:would|should|do|does|did|is|are|was|were|will|can|could)|"
                             r"have|should|(?:can|could)\s+you\s+(?:please\s+)?(?:tell\s+me|explain)|"
                             r"(?:can|could|will|would)\s+(?!it\s+be\s+possible)(?:the|this|that|these|those|it|our|my|any)\b)\b", re.I)
 # An acknowledgement opening the message ("nice.", "ok, ", "thanks!"): what follows says what the message is.
@@ -42,7 +43,9 @@ LEADING_ACK = re.compile(r"^(?:\W*(?:ok|okay|nice|great|cool|good|thanks|thank\s
 # "… can you amend it?"
 POLITE_CLAUSE = re.compile(rf"\b(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?(?:{_VERBS})\b", re.I)
 # Questions that read as questions even without a question mark: "where is the session created"
-WH_WORD = re.compile(r"^(?:what|what's|whats|why|how|where|which|who)\b", re.I)
+# ("when would I …", "when does …"; not "when I upload a file it crashes", a bug report)
+WH_WORD = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|"
+                     r"when\s+(?:would|should|do|does|did|is|are|was|were|will|can|could))\b", re.I)
 # Orders to read and report, not to change: "Explain …", "Show me …", "Help me understand …"
 READ_ORDER = re.compile(r"^(?:please\s+)?(?:explain|describe|summari[sz]e|show\s+me|tell\s+me|list|point\s+me|"
                         r"walk\s+me\s+through|give\s+me\s+(?:an?\s+)?(?:overview|summary|one-paragraph\s+summary)|"
@@ -78,6 +81,29 @@ _NOT_WORDS = r"[\s!.,:;)(\-~\u2014]|[^\w\s?`'\"/\\#@<>\[\]{}=*&|$%^+]"   # space
 SMALL_TALK = re.compile(rf"^(?:{_SMALL_WORD}(?:{_NOT_WORDS})*)+(?:(?:that|this|it)(?:'s|\s+was|\s+is)\s+"
                         rf"(?:(?:super|very|really|so|extremely)\s+)?(?:helpful|great|perfect|awesome|useful|clear)"
                         rf"|(?:that|this|it)\s+(?:makes\s+sense|helps|helped|clears\s+(?:it|that)\s+up))?(?:{_NOT_WORDS})*$", re.I)
+# Words of a report that something is wrong: "fails", "blank", "doesn't", "twice", "no longer" …
+PROBLEM = re.compile(r"\b(?:fails?|failing|failed|crash(?:es)?|throws?|broken|breaks|bug|wrong|hangs?|off\s+by|"
+                     r"doesn't|don't|isn't|aren't|can't|cannot|won't|invisible|blank|duplicates?|truncated|slow|"
+                     r"regressed|red|leaks?|error|exception|500|404|chokes?|blows?\s+up|does\s+nothing|"
+                     r"silently|twice|never|always|missing|stale|accepts?|instead\s+of|no\s+longer|anymore|"
+                     r"since)\b", re.I)
+# An acknowledgement, then a few words about the assistant or the result and nothing more: "thank you!! you're a
+# lifesaver", "ok it works now", "thanks, I'll try that". Not when the rest asks, orders, objects or reports a
+# problem ("thanks, but it still fails", "ok it hangs on start", "nice, now add …").
+_ACK_REMARK = re.compile(r"^(?:you|you're|youre|that|that's|thats|this|this\s+is|it|it's|its|i|i'll|i'm|we|we're|works|"
+                         r"worked|all\s+good|much\s+better)\b", re.I)
+_OBJECTION = re.compile(r"\b(?:but|still|again|though|also|except|however|now|just|not|no|nothing|n't)\b|n't\b", re.I)
+
+
+def ack_remark(body: str) -> bool:
+    ack = LEADING_ACK.match(body)
+    if not ack:
+        return False
+    rest = body[ack.end():].strip()
+    return (bool(rest) and len(rest.split()) <= 6 and "?" not in rest and bool(_ACK_REMARK.match(rest))
+            and not WORK_VERB.search(rest) and not _OBJECTION.search(rest) and not PROBLEM.search(rest))
+
+
 # "run the tests and tell me what fails", "can you run mypy and report the errors": running is work for a job
 # (a quick answer only reads the code).
 RUN_ORDER = re.compile(r"^(?:(?:please|pls|ok|okay|so|now|then|hey)[,\s]+)*(?:(?:can|could|would|will)\s+(?:you|u)\s+"
@@ -157,9 +183,18 @@ class JobReference:
         return self.by in EXPLICIT
 
 
+def _stem(word: str) -> str:
+    """Plural and third person to the base word: "crashes" ~ "crash", "retries" ~ "retry", "tests" ~ "test"."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and re.search(r"(?:sh|ch|x|ss|z)es$", word):
+        return word[:-2]
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
 def _content_words(text: str) -> set[str]:
     words = {w.lower().rstrip(".") for w in _WORD.findall(text)}
-    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words if w and w not in _TITLE_NOISE}
+    return {_stem(w) for w in words if w and w not in _TITLE_NOISE}
 
 
 def title_overlap(text: str, job: Job) -> int:
