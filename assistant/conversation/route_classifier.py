@@ -91,7 +91,8 @@ _META = re.compile(r"\b(?:are\s+you|can\s+you\s+(?:see|run|read|remember|access)
 # Asking to be told, shown or advised, not to change anything: "can you tell me …", "walk me through …",
 # "what's the difference …", "give me a plan …, I'll do it myself".
 _READ_REQUEST = re.compile(r"^(?:\W*(?:ok|okay|so|hey|hi|quick\s+q(?:uestion)?|btw)\b[\s,.!:\-]*)*(?:please\s+)?"
-                           r"(?:(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?)?(?:tell\s+me|show\s+me|list|summari[sz]e|"
+                           r"(?:(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?)?(?:tell\s+me|show\s+me|list|summari[sz]e|remind\s+me|"
+                           r"(?:talk|run)\s+me\s+through|go\s+over|clarify|"
                            r"explain|describe|walk\s+me\s+through|outline|compare|give\s+me\s+(?:a|an|the|some)\s+"
                            r"(?:rough\s+)?(?:plan|estimate|overview|summary|outline|idea|list|rundown|breakdown)|"
                            r"what's\s+the\s+difference|whats\s+the\s+difference|what\s+is\s+the\s+difference|"

@@ -32,11 +32,13 @@ WORK_CLAUSE = re.compile(rf"{ORDER_CLAUSE.pattern}|\b(?:can|could|would|will)\s+
                          rf"\bwe\s+(?:should|need\s+to|must)\s+(?:just\s+|also\s+)?(?:{_VERBS})\b", re.I)
 WORK_VERB = re.compile(rf"\b(?:{_VERBS})(?:s|es|ed|d|ing)?\b", re.I)
 WORK_VERB_BASE = re.compile(rf"\b(?:{_VERBS})\b", re.I)
-# … and "can the parser …", "could this …", "will it …": asking whether the code can, not asking the assistant to
+# … and "can the parser …", "will it …": asking whether the code can, not asking the assistant to ("could the form
+# validate …?" proposes work: left open); "any reason …", "any idea why …"
 QUESTION_START = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|whose|is|are|was|were|does|do|did|has|"
                             r"when\s+(?:would|should|do|does|did|is|are|was|were|will|can|could)|"
                             r"have|should|(?:can|could)\s+you\s+(?:please\s+)?(?:tell\s+me|explain)|"
-                            r"(?:can|could|will|would)\s+(?!it\s+be\s+possible)(?:the|this|that|these|those|it|our|my|any)\b)\b", re.I)
+                            r"(?:can|will|would)\s+(?!it\s+be\s+possible)(?:the|this|that|these|those|it|our|my|any)\b|"
+                            r"any\s+(?:reason|idea)\b)\b", re.I)
 # An acknowledgement opening the message ("nice.", "ok, ", "thanks!"): what follows says what the message is.
 LEADING_ACK = re.compile(r"^(?:\W*(?:ok|okay|nice|great|cool|good|thanks|thank\s+you|perfect|awesome|sweet|lgtm|alright|"
                          r"got\s+it|hmm+)\b[\s,.!:\-]*)+", re.I)
@@ -44,10 +46,11 @@ LEADING_ACK = re.compile(r"^(?:\W*(?:ok|okay|nice|great|cool|good|thanks|thank\s
 POLITE_CLAUSE = re.compile(rf"\b(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?(?:{_VERBS})\b", re.I)
 # Questions that read as questions even without a question mark: "where is the session created"
 # ("when would I …", "when does …"; not "when I upload a file it crashes", a bug report)
-WH_WORD = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|"
+WH_WORD = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|any\s+(?:reason|idea)|"
                      r"when\s+(?:would|should|do|does|did|is|are|was|were|will|can|could))\b", re.I)
 # Orders to read and report, not to change: "Explain …", "Show me …", "Help me understand …"
-READ_ORDER = re.compile(r"^(?:please\s+)?(?:explain|describe|summari[sz]e|show\s+me|tell\s+me|list|point\s+me|"
+READ_ORDER = re.compile(r"^(?:please\s+)?(?:explain|describe|summari[sz]e|show\s+me|tell\s+me|list|point\s+me|remind\s+me|"
+                        r"(?:talk|run)\s+me\s+through|go\s+over|clarify|"
                         r"walk\s+me\s+through|give\s+me\s+(?:an?\s+)?(?:overview|summary|one-paragraph\s+summary)|"
                         r"help\s+me\s+understand|i'd\s+like\s+to\s+understand|i\s+want\s+to\s+(?:know|understand))\b",
                         re.I)

@@ -30,6 +30,9 @@ def jobs(*titles, state="succeeded", repo=REPO):
     ("How would I add a subcommand?", "answer"),   # a work verb in a question is no order: the user will do it
     ("Can the parser handle nested quotes?", "answer"),   # asks whether the code can, not the assistant to
     ("when would I use the batch endpoint instead of the single one", "answer"),
+    ("any reason we're still on python 3.9", "answer"),
+    ("go over the caching strategy for me", "answer"),
+    ("could the signup form validate emails before submitting?", None),   # proposes work as a question: judgement
     ("When I upload a file with a space in its name the import crashes", None),   # a bug report, not a question
     ("is there a reason we don't cache the rates? if not lets add a cache", "job"),
     ("Got this in prod, any idea why? I don't want a fix yet\n```\nTimeoutError: pool limit reached\n```", "answer"),
