@@ -67,7 +67,10 @@ SUGGESTION = re.compile(r"^(?:why\s+(?:don't|not|dont)|how\s+about|what\s+about|
 READ_ONLY = re.compile(r"\b(?:don't|do\s+not|dont)\s+(?:change|edit|touch|modify|fix|run)\s+anything|\bno\s+need\s+to\s+change|"
                        r"\b(?:don't|do\s+not|dont)\s+want\s+(?:a\s+fix|you\s+to\s+(?:change|fix|touch))|"
                        r"\bnot\s+asking\s+(?:you\s+)?(?:for\s+a\s+fix|to\s+(?:fix|change|build))|"
-                       r"\bdon't\s+do\s+it|\bjust\s+(?:tell\s+me|explain|outline|curious)|\bno\s+code\s+changes?\b", re.I)
+                       r"\bdon't\s+do\s+it|\bjust\s+(?:tell\s+me|explain|outline|curious)|\bno\s+code\s+changes?\b|"
+                       # the user will make the change: "I want to add a category myself", "I'll do the work myself"
+                       r"\b(?:i'll|i\s+will|i\s+want\s+to|want\s+to|i'd\s+(?:like|rather)\s+to|i'm\s+going\s+to|i\s+plan\s+to)\s+"
+                       r"(?:\w+\s+){0,5}?(?:myself|on\s+my\s+own)\b", re.I)
 # About what a job did: "did you …", "you changed …", "has job 2 …"
 ABOUT_DONE_WORK = re.compile(r"\b(?:did|didn't|have|haven't|has|hasn't)\s+(?:you|it|the\s+job|job\s*#?\d+)\b"
                              r"|\byou\s+(?:\w+ed|did|ran|wrote|made|chose|forgot|left|broke)\b",

@@ -32,6 +32,8 @@ def jobs(*titles, state="succeeded", repo=REPO):
     ("when would I use the batch endpoint instead of the single one", "answer"),
     ("any reason we're still on python 3.9", "answer"),
     ("go over the caching strategy for me", "answer"),
+    ("I want to add a new cake category myself, where are categories defined?", "answer"),   # the user will change it
+    ("I tried fixing it myself but the import still crashes on empty files", None),
     ("could the signup form validate emails before submitting?", None),   # proposes work as a question: judgement
     ("When I upload a file with a space in its name the import crashes", None),   # a bug report, not a question
     ("is there a reason we don't cache the rates? if not lets add a cache", "job"),
