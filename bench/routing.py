@@ -9,6 +9,8 @@ and dev_v2 (bench/routing_dev_v2.jsonl: written independently by someone else; u
 round 2, never trained on). With
 --set FILE: any JSON-lines file in the same format (keys id, split, class, route, job, text, repo, jobs;
 `split` may be anything, the file is scored as one part), e.g. a set the router has never seen.
+bench/routing_heldout_v3.jsonl was held out through round 2; in round 3 it became a development set (its errors
+were studied to find causes of misroutes; it is never trained on): the held-out set is now v4, written apart.
 
 Ways of routing, per route, per class and overall:
   rules       the first-pass rules alone: right, wrong, or left open (to the model or classifier)

@@ -15,11 +15,17 @@ me …", "also …" follow-ups, questions about a job by pronoun, typos): it mea
 over to messages unlike the training set. Items r438 … r564 were added in round 2, in new words, for the kinds of
 error dev_v2 showed (questions, meta questions and small talk in conversations that have jobs but are not about
 them; "tell me / list / walk me through / what's the difference" asks; follow-ups by pronoun, "also …", "the
-cancelled one"); the seeded hash put a third of them in the held-out part like any other item. The dev3 part (ids e001 …), written after the first changes and
-likewise never trained on, holds longer, chattier messages (greetings, context, several sentences).
+cancelled one"); the seeded hash put a third of them in the held-out part like any other item. Items r565 …
+r679 were added in round 3, written fresh (not paraphrases of any dev or v3 message), for the causes of error the
+dev sets and v3 showed: bugs told as observations or complaints with no request, questions with no "?", "find where
+/ check whether / tell me if" asks, running and investigating that ends in work, pasted errors with and without a
+question, follow-ups after an acknowledgement ("great. now cover that …") or by "also", pronouns that point at
+what the message itself names, new subjects and questions about jobs in general while jobs exist, small talk; the
+hash again put about a third of them in the held-out part. The dev3 part (ids e001 …), written after the first
+changes and likewise never trained on, holds longer, chattier messages (greetings, context, several sentences).
 
-Items r566 … r581 (class steer) were added with the steer route, in the tuning part only: ids whose seeded hash
-would have held them out were skipped (r565, r568, r575), so no held-out item was written with the rule in mind.
+Items s001 … s016 (class steer) were added with the steer route, in the tuning part only: ids whose seeded hash
+would have held them out were skipped (s004, s005), so no held-out item was written with the rule in mind.
 The rules are held to them (never misroute); the classifier does not train on them (CLASSIFIER_ROUTES).
 
 bench/routing_dev_v2.jsonl (split dev_v2, ids h001 …) is a third set of 120 messages written by someone else,
@@ -27,6 +33,10 @@ independently, in real users' words, half of them in conversations that already 
 them. Round 1's router scored 84% on it unseen; it was then used for tuning decisions in round 2 (what kinds of
 error to address, with new training messages in other words). It is never trained on, but no longer unseen:
 a set the router has never seen decides whether routing carries over.
+
+bench/routing_heldout_v3.jsonl (split heldout3, ids k001 …), written apart by someone else, was held out through
+round 2; in round 3 it became a development set like dev_v2 (its errors were studied; it is never trained on).
+The held-out set is now v4, written independently and kept out of this repository's tuning.
 """
 from __future__ import annotations
 

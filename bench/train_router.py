@@ -5,9 +5,9 @@
 Two L2-regularised logistic-regression heads over assistant.conversation.route_classifier.features:
 - work:     job or follow-up job, against answer or follow-up answer (every tuning item);
 - followup: follow-up answer or job, against the rest (tuning items whose conversation has jobs).
-The regularisation strength is picked by 5-fold cross-validation on the tuning part; the held-out part
-is never read. Stochastic gradient descent in a seeded order with a fixed fold assignment: the same set gives
-the same weights, byte for byte. Writes assistant/conversation/route_classifier.json; --check only
+The regularisation strength is picked by 5-fold cross-validation on the tuning part (the strongest within one
+standard error of the best score); the held-out part is never read. Stochastic gradient descent in a seeded order
+with a fixed fold assignment: the same set gives the same weights, byte for byte. Writes assistant/conversation/route_classifier.json; --check only
 says whether the shipped file is what this training produces (exit 1 if not).
 """
 from __future__ import annotations
@@ -98,7 +98,12 @@ def train(items: list[Item], log=print) -> dict:
     heads = {}
     for head in ("work", "followup"):
         scores = {s: cross_validate(items, head, s) for s in STRENGTHS}
-        best = max(STRENGTHS, key=lambda s: (round(scores[s], 6), s))  # ties: the stronger penalty
+        # The one-standard-error rule: the strongest penalty whose score is within one standard error of the best.
+        # Differences smaller than that are noise (a message more or less in a fold), and the weaker penalty that
+        # wins by them memorises more: it flipped the choice back and forth as items were added.
+        top = max(scores.values())
+        within = math.sqrt(top * (1 - top) / len(head_examples(items, head))) + 1e-9
+        best = max(s for s in STRENGTHS if scores[s] >= top - within)
         log(f"{head:9} cross-validated accuracy by L2 strength: "
             + ", ".join(f"{s:g}: {a:.3f}" for s, a in scores.items()) + f" -> {best:g}")
         bias, weights = fit(head_examples(items, head), best)

@@ -190,11 +190,14 @@ def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
     if signals.PASTED_LOG.search(text):
         # A pasted log with no question around it reports a failure to fix; with a question, whether it asks
         # for a fix or an explanation needs judgement.
-        if jobs or "?" in signals.log_prose(text) or signals.READ_ONLY.search(body):
+        if not jobs and signals.READ_ONLY.search(body):   # "… what causes it? I don't want a fix yet"
+            return Route(ANSWER, None, "a pasted error, asks for no changes")
+        if jobs or "?" in signals.log_prose(text):
             return None
         return Route(JOB, None, "a pasted error, no question")
-    if signals.SMALL_TALK.match(body):
+    if signals.SMALL_TALK.match(body) or signals.ack_remark(body):
         return Route(ANSWER, None, "small talk")
+    body = signals.LEADING_ACK.sub("", body) or body   # "Nice. Why did it …?" asks like "Why did it …?"
     ref = find_job_reference(body, jobs)
     named = ref if ref is not None and ref.explicit else None
     if active_jobs(jobs) and not signals.READ_ONLY.search(body) and not _asks(body):
@@ -205,7 +208,7 @@ def _first_pass(text: str, jobs: list[Job], repo: str | None) -> Route | None:
         if jobs and (named or signals.ABOUT_DONE_WORK.search(body)):
             return _route_from(body, jobs, repo, work=False, followup=True, reason="asks about a job",
                                decided_by="rules")
-        if not jobs and not signals.WORK_VERB_BASE.search(body):
+        if not jobs and not signals.WORK_CLAUSE.search(body):
             return Route(ANSWER, None, "asks a question")
         return None
     if signals.READ_ONLY.search(body):

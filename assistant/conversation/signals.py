@@ -13,9 +13,11 @@ _VERBS = (r"fix|add|implement|refactor|change|write|update|remove|delete|rename|
           r"convert|optimi[sz]e|improve|replace|move|extract|split|introduce|repair|patch|clean\s+up|reformat|"
           r"document|drop|revert|undo|amend|rewrite|set\s+up|get\s+rid\s+of|speed\s+up|make|tweak|adjust|modify|"
           r"install|configure|enable|disable|deprecate|restructure|simplify|paralleli[sz]e|cache|vendor|"
-          r"squash|guard|wire|turn|translate|extend|redo|apply|sort")
+          r"squash|guard|wire|turn|translate|extend|redo|apply|sort|roll\s+back|back\s+out|restore|shrink|handle|hide|"
+          r"retry|try\s+again|resume|finish|do\s+the\s+same")
+VERBS = _VERBS
 # A work verb opening the message, after filler words: "Fix …", "please add …", "ok, now rename …".
-IMPERATIVE = re.compile(rf"^(?:(?:please|now|ok|okay|so|then|let's|let\s+us)[,\s]+)*(?:{_VERBS})\b", re.I)
+IMPERATIVE = re.compile(rf"^(?:(?:please|now|ok|okay|so|then|let's|lets|let\s+us)[,\s]+)*(?:{_VERBS})\b", re.I)
 # "Can you add …?", "could u please also fix …", "would you mind adding …?", "would it be possible to add …?"
 POLITE_ORDER = re.compile(rf"^(?:please\s+)?(?:(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+)?(?:also\s+)?"
                           rf"(?:be\s+able\s+to\s+|mind\s+)?|would\s+it\s+be\s+possible\s+to\s+|mind\s+)"
@@ -23,44 +25,91 @@ POLITE_ORDER = re.compile(rf"^(?:please\s+)?(?:(?:can|could|would|will)\s+(?:you
 # An order inside a longer message: "…, remove it", "… — can you amend it?", "On top of job 2, add …"
 ORDER_CLAUSE = re.compile(rf"(?:^|[,;:\u2014\u2013]\s*|\s-\s|\b(?:but|and|so|then|now|please)\s+)"
                           rf"(?:please\s+)?(?:(?:can|could|would)\s+you\s+)?(?:{_VERBS})\b", re.I)
+# A question that carries work all the same: an order clause, "… can you speed it up?", "… and can we drop it?",
+# "… we should cache it". A work verb alone does not ("how do I add a column?", "which function handles cache eviction").
+WORK_CLAUSE = re.compile(rf"{ORDER_CLAUSE.pattern}|\b(?:can|could|would|will)\s+(?:you|u)\s+(?!(?:please\s+)?(?:tell|explain|"
+                         rf"show|describe|walk|list|summari[sz]e|point)\b)|\b(?:can|could|should|shall)\s+we\s+(?!be\b)|"
+                         rf"\bwe\s+(?:should|need\s+to|must)\s+(?:just\s+|also\s+)?(?:{_VERBS})\b", re.I)
 WORK_VERB = re.compile(rf"\b(?:{_VERBS})(?:s|es|ed|d|ing)?\b", re.I)
 WORK_VERB_BASE = re.compile(rf"\b(?:{_VERBS})\b", re.I)
+# … and "can the parser …", "will it …": asking whether the code can, not asking the assistant to ("could the form
+# validate …?" proposes work: left open); "any reason …", "any idea why …"
 QUESTION_START = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|whose|is|are|was|were|does|do|did|has|"
-                            r"have|should|(?:can|could)\s+you\s+(?:please\s+)?(?:tell\s+me|explain))\b", re.I)
+                            r"when\s+(?:would|should|do|does|did|is|are|was|were|will|can|could)|"
+                            r"have|should|(?:can|could)\s+you\s+(?:please\s+)?(?:tell\s+me|explain)|"
+                            r"(?:can|will|would)\s+(?!it\s+be\s+possible)(?:the|this|that|these|those|it|our|my|any)\b|"
+                            r"any\s+(?:reason|idea)\b)\b", re.I)
+# An acknowledgement opening the message ("nice.", "ok, ", "thanks!"): what follows says what the message is.
+LEADING_ACK = re.compile(r"^(?:\W*(?:ok|okay|nice|great|cool|good|thanks|thank\s+you|perfect|awesome|sweet|lgtm|alright|"
+                         r"got\s+it|hmm+)\b[\s,.!:\-]*)+", re.I)
 # "… can you amend it?"
 POLITE_CLAUSE = re.compile(rf"\b(?:can|could|would)\s+(?:you|u)\s+(?:please\s+)?(?:{_VERBS})\b", re.I)
 # Questions that read as questions even without a question mark: "where is the session created"
-WH_WORD = re.compile(r"^(?:what|what's|whats|why|how|where|which|who)\b", re.I)
+# ("when would I …", "when does …"; not "when I upload a file it crashes", a bug report)
+WH_WORD = re.compile(r"^(?:what|what's|whats|why|how|where|which|who|any\s+(?:reason|idea)|"
+                     r"when\s+(?:would|should|do|does|did|is|are|was|were|will|can|could))\b", re.I)
 # Orders to read and report, not to change: "Explain …", "Show me …", "Help me understand …"
-READ_ORDER = re.compile(r"^(?:please\s+)?(?:explain|describe|summari[sz]e|show\s+me|tell\s+me|list|point\s+me|"
+READ_ORDER = re.compile(r"^(?:please\s+)?(?:explain|describe|summari[sz]e|show\s+me|tell\s+me|list|point\s+me|remind\s+me|"
+                        r"(?:talk|run)\s+me\s+through|go\s+over|clarify|"
                         r"walk\s+me\s+through|give\s+me\s+(?:an?\s+)?(?:overview|summary|one-paragraph\s+summary)|"
                         r"help\s+me\s+understand|i'd\s+like\s+to\s+understand|i\s+want\s+to\s+(?:know|understand))\b",
                         re.I)
-# An order in a later sentence: "Where is X built? Move it into …", "… file? Afterwards, document that …"
-LATER_ORDER = re.compile(rf"[.?!]\s+(?:(?:please|then|afterwards|and|also|now)[,\s]+)*(?:{_VERBS})\b", re.I)
+# An order in a later sentence: "Where is X built? Move it into …", "… file? Afterwards, document that …",
+# "is there a reason we don't cache X? if not, let's add …"
+LATER_ORDER = re.compile(rf"[.?!]\s+(?:(?:please|then|afterwards|and|also|now|if\s+(?:not|so)|otherwise|let's|lets|"
+                         rf"let\s+us)[,\s]+)*(?:{_VERBS})\b", re.I)
 # Words that point back at earlier work: evidence (for the classifier) that a message follows up a job.
 _POINTS_BACK = re.compile(r"\b(?:it|its|it's|that|this|those|them|these|same|also|too|again|now|still|you|your|"
                          r"instead|did|didn't|was|were|has|have|had|went|ran|been|anymore|as\s+well)\b", re.I)
 # Questions that propose work: "why not cache it?", "how about adding …?", "should we split …?"
 SUGGESTION = re.compile(r"^(?:why\s+(?:don't|not|dont)|how\s+about|what\s+about|should\s+(?:we|i|you)\s)", re.I)
 # "… just tell me, don't change anything", "no code changes yet": the user wants an answer.
-READ_ONLY = re.compile(r"\b(?:don't|do\s+not|dont)\s+(?:change|edit|touch|modify|fix)\s+anything|\bno\s+need\s+to\s+change|"
+READ_ONLY = re.compile(r"\b(?:don't|do\s+not|dont)\s+(?:change|edit|touch|modify|fix|run)\s+anything|\bno\s+need\s+to\s+change|"
                        r"\b(?:don't|do\s+not|dont)\s+want\s+(?:a\s+fix|you\s+to\s+(?:change|fix|touch))|"
                        r"\bnot\s+asking\s+(?:you\s+)?(?:for\s+a\s+fix|to\s+(?:fix|change|build))|"
-                       r"\bdon't\s+do\s+it|\bjust\s+(?:tell\s+me|explain|outline|curious)|\bno\s+code\s+changes?\b", re.I)
+                       r"\bdon't\s+do\s+it|\bjust\s+(?:tell\s+me|explain|outline|curious)|\bno\s+code\s+changes?\b|"
+                       # the user will make the change: "I want to add a category myself", "I'll do the work myself"
+                       r"\b(?:i'll|i\s+will|i\s+want\s+to|want\s+to|i'd\s+(?:like|rather)\s+to|i'm\s+going\s+to|i\s+plan\s+to)\s+"
+                       r"(?:\w+\s+){0,5}?(?:myself|on\s+my\s+own)\b", re.I)
 # About what a job did: "did you …", "you changed …", "has job 2 …"
 ABOUT_DONE_WORK = re.compile(r"\b(?:did|didn't|have|haven't|has|hasn't)\s+(?:you|it|the\s+job|job\s*#?\d+)\b"
                              r"|\byou\s+(?:\w+ed|did|ran|wrote|made|chose|forgot|left|broke)\b",
                              re.I)
 # Greetings, thanks and acknowledgements, alone (a few of them, an emoji): "thanks!", "ok cool", "lol ok",
 # "good morning ☕", "thanks, that's super helpful 🙏". Anything more ("nice, now add …") is not small talk.
-_SMALL_WORD = (r"(?:hi|hello|hey|yo|morning|thanks|thank\s+you|thx|ty|ok|okay|k|cool|nice|great|perfect|awesome|"
+_SMALL_WORD = (r"(?:hi|hello|hey|yo|ah+|oh+|aha|morning|thanks|thank\s+you|thx|ty|ok|okay|k|cool|nice|great|perfect|awesome|"
                r"lol|haha|ha|sweet|neat|bye|cheers|got\s+it|sounds\s+good|good\s+(?:morning|night|evening|afternoon)|"
                r"never\s*mind|nvm|makes\s+sense|that's\s+all(?:\s+for\s+(?:now|today))?|alright|all\s+right|"
-               r"appreciate\s+it)(?:\s+(?:there|a\s+lot|so\s+much|very\s+much|again))?")
+               r"appreciate\s+it|fair\s+enough|good\s+to\s+know|understood|i\s+see|gotcha|noted|will\s+do)"
+               r"(?:\s+(?:there|a\s+lot|so\s+much|very\s+much|again|now))?")
 _NOT_WORDS = r"[\s!.,:;)(\-~\u2014]|[^\w\s?`'\"/\\#@<>\[\]{}=*&|$%^+]"   # spaces, punctuation, emoji
-SMALL_TALK = re.compile(rf"^(?:{_SMALL_WORD}(?:{_NOT_WORDS})*)+(?:that's\s+(?:(?:super|very|really|so)\s+)?"
-                        rf"(?:helpful|great|perfect|awesome|useful)(?:{_NOT_WORDS})*)?$", re.I)
+# "… that was super helpful", "lol ok that makes sense": an acknowledgement of what was said, nothing asked.
+SMALL_TALK = re.compile(rf"^(?:{_SMALL_WORD}(?:{_NOT_WORDS})*)+(?:(?:that|this|it)(?:'s|\s+was|\s+is)\s+"
+                        rf"(?:(?:super|very|really|so|extremely)\s+)?(?:helpful|great|perfect|awesome|useful|clear)"
+                        rf"|(?:that|this|it)\s+(?:makes\s+sense|helps|helped|clears\s+(?:it|that)\s+up))?(?:{_NOT_WORDS})*$", re.I)
+# Words of a report that something is wrong: "fails", "blank", "doesn't", "twice", "no longer" …
+PROBLEM = re.compile(r"\b(?:fails?|failing|failed|crash(?:es)?|throws?|broken|breaks|bug|wrong|hangs?|off\s+by|"
+                     r"doesn't|don't|isn't|aren't|can't|cannot|won't|invisible|blank|duplicates?|truncated|slow|"
+                     r"regressed|red|leaks?|error|exception|500|404|chokes?|blows?\s+up|does\s+nothing|"
+                     r"silently|twice|never|always|missing|stale|accepts?|instead\s+of|no\s+longer|anymore|"
+                     r"since)\b", re.I)
+# An acknowledgement, then a few words about the assistant or the result and nothing more: "thank you!! you're a
+# lifesaver", "ok it works now", "thanks, I'll try that". Not when the rest asks, orders, objects or reports a
+# problem ("thanks, but it still fails", "ok it hangs on start", "nice, now add …").
+_ACK_REMARK = re.compile(r"^(?:you|you're|youre|that|that's|thats|this|this\s+is|it|it's|its|i|i'll|i'm|we|we're|works|"
+                         r"worked|all\s+good|much\s+better)\b", re.I)
+_OBJECTION = re.compile(r"\b(?:but|still|again|though|also|except|however|now|just|not|no|nothing|n't)\b|n't\b", re.I)
+
+
+def ack_remark(body: str) -> bool:
+    ack = LEADING_ACK.match(body)
+    if not ack:
+        return False
+    rest = body[ack.end():].strip()
+    return (bool(rest) and len(rest.split()) <= 6 and "?" not in rest and bool(_ACK_REMARK.match(rest))
+            and not WORK_VERB.search(rest) and not _OBJECTION.search(rest) and not PROBLEM.search(rest))
+
+
 # "run the tests and tell me what fails", "can you run mypy and report the errors": running is work for a job
 # (a quick answer only reads the code).
 RUN_ORDER = re.compile(r"^(?:(?:please|pls|ok|okay|so|now|then|hey)[,\s]+)*(?:(?:can|could|would|will)\s+(?:you|u)\s+"
@@ -140,9 +189,18 @@ class JobReference:
         return self.by in EXPLICIT
 
 
+def _stem(word: str) -> str:
+    """Plural and third person to the base word: "crashes" ~ "crash", "retries" ~ "retry", "tests" ~ "test"."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and re.search(r"(?:sh|ch|x|ss|z)es$", word):
+        return word[:-2]
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
 def _content_words(text: str) -> set[str]:
     words = {w.lower().rstrip(".") for w in _WORD.findall(text)}
-    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words if w and w not in _TITLE_NOISE}
+    return {_stem(w) for w in words if w and w not in _TITLE_NOISE}
 
 
 def title_overlap(text: str, job: Job) -> int:
