@@ -147,3 +147,12 @@ def test_a_running_or_failed_review_is_a_job_card(store):
     job = review_job(store, states.FAILED)
     md = render_job_card(store, job.id)
     assert "## Verdict" not in md and "#### Summary" in md
+
+
+def test_a_reopened_thread_renders_the_review_card_from_its_one_load(store):
+    from assistant.web.threadview import ThreadJobsView
+
+    job = review_job(store)
+    view = ThreadJobsView(store, "t1")
+    assert view.loaded.reviews[(job.id, REVIEW_ARTIFACT)] == store.get_artifact(job.id, REVIEW_ARTIFACT)
+    assert render_job_card(view, job.id) == render_job_card(store, job.id)
