@@ -151,6 +151,18 @@ def verdict_section(result: ReviewResult, describe: str = "") -> str:
     return "\n\n".join(lines)
 
 
+def findings_index(result: ReviewResult) -> str:
+    """Every finding in one line each, in the card's order, its mark first: what is verified shows at a glance."""
+    lines = []
+    for f in _fixable(result):
+        title = _plain(f.title if len(f.title) <= 80 else f.title[:79] + "…")
+        if f.verified:
+            lines.append(f"- ✔ **{f.id} · {f.severity} · {title} — verified**")
+        else:
+            lines.append(f"- ⚠ {f.id} · {f.severity} · {title} — *unverified ({_plain(unverified_reason(f))})*")
+    return "\n".join(lines)
+
+
 def tests_line(result: ReviewResult, links: Links) -> str:
     if not result.tests:
         return "*The repository's tests were not run (no test command was found).*"
@@ -165,7 +177,10 @@ def tests_line(result: ReviewResult, links: Links) -> str:
 def render_review(job_id: str, result: ReviewResult, links: Links, chunk_text: ChunkText,
                   describe: str = "") -> str:
     """The review part of a finished review job's card (Markdown)."""
-    out = [verdict_section(result, describe), tests_line(result, links)]
+    out = [verdict_section(result, describe)]
+    if result.findings:
+        out.append(findings_index(result))
+    out.append(tests_line(result, links))
     if result.flags:
         out.append("Flags on the change: " + "; ".join(
             f"{_plain(f.get('kind', '').replace('_', ' '))} `{_plain(f.get('path') or '')}`" for f in result.flags[:10]))

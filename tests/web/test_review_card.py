@@ -41,6 +41,18 @@ def test_the_verdict_comes_first_with_what_it_rests_on():
     assert "The reviewer said changes requested; the verdict above is the product's" in comment
 
 
+def test_under_the_verdict_each_finding_is_listed_with_its_mark():
+    md = card()
+    head = md.split("### Blockers")[0]
+    assert head.index("The reviewer's own verdict agrees.") < head.index("- ✔ **f1") < head.index("Tests `")
+    assert [line for line in head.splitlines() if line.startswith("- ")] == [
+        "- ✔ **f1 · blocker · chunked drops the last item of an odd-length list — verified**",
+        "- ⚠ f2 · major · chunked is slow on huge lists — *unverified (no proof was given)*",
+        "- ⚠ f4 · minor · a proof at a taken path — *unverified (its proof was not run (test\\_chunks.py is a file "
+        "of the repository; a proof test needs a new path))*",
+        "- ⚠ f3 · nit · the docstring could say more — *unverified (its proof passes on the head)*"]
+
+
 def test_findings_are_grouped_by_severity_blockers_first():
     md = card()
     headings = [line for line in md.splitlines() if line.startswith("### ")]
