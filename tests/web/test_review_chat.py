@@ -87,7 +87,10 @@ def test_a_review_from_the_chat_shows_a_verified_blocker_and_fix_this_starts_the
         assert "*(citation not checked: " in text                              # f2's lines past the file's end
         assert "⚠ *unverified — its proof passes on the head*" in text         # the nit
         assert "review: proof of f1 on the head → exit 1" in text              # its progress stays on the card
-        assert client.wait_for(lambda events: "fix_finding_0" in actions_for(client, job_id, events), 30)
+        # The card's buttons come one by one; "Review again" (Retry) is sent last.
+        assert client.wait_for(lambda events: actions_for(client, job_id, events).get("retry_job", {}).get("label")
+                               == "Review again", 30), \
+            [(e, d.get("name")) for e, d in client.events if e in ("action", "remove_action") and isinstance(d, dict)]
         buttons = actions_for(client, job_id)
         assert buttons["fix_finding_0"]["label"] == "Fix this: f1 (verified blocker)"
         assert buttons["fix_finding_0"]["payload"] == {"job_id": job_id, "finding": "f1"}
