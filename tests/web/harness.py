@@ -181,6 +181,23 @@ def password_login(url: str, user: str, password: str) -> tuple[int, str | None,
     return status, token, body
 
 
+# A polling response carries every packet the server queued since the previous one (python-engineio's server
+# drains its whole queue): a reopened thread easily has more than 16 waiting (its cards, their buttons, Chainlit's
+# own resume events). The browser's engine.io parser takes any number; python-engineio's client caps a payload at
+# 16 packets (Payload.max_decode_packets, a guard against floods; python-engineio issue 142) and drops the socket
+# on the 17th, losing the whole response. The harness reads as the browser does.
+BROWSER_MAX_DECODE_PACKETS = sys.maxsize
+
+
+def read_payloads_as_the_browser() -> None:
+    from engineio import payload
+
+    payload.Payload.max_decode_packets = BROWSER_MAX_DECODE_PACKETS  # class-wide: this test process only
+
+
+DROP_SETTLE_S = 1.0
+
+
 class SocketClient:
     """A chat socket as the browser opens it (python-socketio), recording every event it receives."""
 
@@ -190,12 +207,16 @@ class SocketClient:
 
         import socketio
 
+        read_payloads_as_the_browser()
+
         self.url, self.token = url, token
         self.session_id = str(uuid.uuid4())
         self.thread_id = thread_id
         self.events: list[tuple[str, object]] = []
         self.error: object = None
         self.disconnected = threading.Event()
+        self.dropped: str | None = None  # why the socket went down when neither side closed it
+        self._closing = False
         self._lock = threading.Lock()
         self.sio = socketio.Client(reconnection=False)
 
@@ -212,7 +233,10 @@ class SocketClient:
             self.refused.set()
 
         @self.sio.event
-        def disconnect(*_args):
+        def disconnect(reason=None):
+            said_goodbye = (self.sio.reason.CLIENT_DISCONNECT, self.sio.reason.SERVER_DISCONNECT)
+            if not self._closing and reason not in said_goodbye:
+                self.dropped = str(reason)
             self.disconnected.set()
 
     def connect(self) -> bool:
@@ -260,15 +284,26 @@ class SocketClient:
             return json.dumps(self.events, default=str)
 
     def wait_for(self, predicate, timeout: float = 60) -> bool:
+        """True once `predicate(events)` holds. A socket that dropped on its own (a transport error: no server
+        said goodbye, no test closed it) can receive nothing more: that fails at once, saying so, instead of
+        waiting out the timeout. Events already read are handled on threads of their own: they get
+        DROP_SETTLE_S to land first."""
         deadline = time.monotonic() + timeout
+        dropped_at = None
         while time.monotonic() < deadline:
             with self._lock:
                 if predicate(list(self.events)):
                     return True
+            if self.dropped is not None:
+                dropped_at = dropped_at or time.monotonic()
+                if time.monotonic() - dropped_at > DROP_SETTLE_S:
+                    raise AssertionError(f"the socket of session {self.session_id} dropped ({self.dropped}): "
+                                         f"nothing more can arrive; last events: {self.received()[-1500:]}")
             time.sleep(0.1)
         return False
 
     def close(self) -> None:
+        self._closing = True
         try:
             self.sio.disconnect()
         except Exception:
