@@ -26,19 +26,24 @@ from sqlalchemy.exc import IntegrityError  # noqa: E402
 from assistant import ownership  # noqa: E402
 from assistant.access import RepoNotAllowed  # noqa: E402
 from assistant.conversation.checkout import CheckoutError, check_repository  # noqa: E402
-from assistant.conversation.router import ANSWER, FOLLOWUP_JOB, JOB, STEER, Route, SteerCommandError  # noqa: E402
+from assistant.conversation.router import (ANSWER, FOLLOWUP_JOB, JOB, REVIEW, STEER, ReviewCommandError,  # noqa: E402
+                                           Route, SteerCommandError)
 from assistant.conversation.service import ANSWER_KIND  # noqa: E402
 from assistant.core import load_assistant  # noqa: E402
 from assistant.agent.asking import MAX_CHOICES  # noqa: E402
 from assistant.jobs import states  # noqa: E402
-from assistant.jobs.apply import START_PATCH, ApplyError, apply_job  # noqa: E402
+from assistant.jobs.apply import START_PATCH, ApplyError, apply_job, apply_proof_tests  # noqa: E402
+from assistant.jobs.review import ReviewError, fix_blockers, fix_finding  # noqa: E402
+from assistant.sandbox.base import RepoError  # noqa: E402
+from assistant.store import NotFound  # noqa: E402
 from assistant.jobs.steering import SteerRefused  # noqa: E402
 from assistant.jobs.uncommitted import read as read_uncommitted  # noqa: E402
 from assistant.jobs.events import Routed  # noqa: E402
 from assistant.web import gitops  # noqa: E402
 from assistant.web.auth import AccessBook, LoginThrottle, PasswordBook, ensure_auth_secret, header_user  # noqa: E402
 from assistant.web.cards import (MAX_STEPS_SHOWN, STATE_BADGES, cite_url, link_citations,  # noqa: E402
-                                 plain, progress_count, tool_output_block, waiting_choices)
+                                 plain, progress_count, review_of, tool_output_block, waiting_choices)
+from assistant.web.review_card import FIX_BUTTON_NAMES, review_buttons  # noqa: E402
 from assistant.web.datalayer import StoreDataLayer  # noqa: E402
 from assistant.web.gate import GATE, GateMiddleware, limit_cors  # noqa: E402
 from assistant.web.nosleep import install_resume_without_sleep, new_message  # noqa: E402
@@ -80,6 +85,12 @@ def job_actions(job, source=store) -> list[cl.Action]:
         for i, choice in enumerate(waiting_choices(job, source.read_events(job.id))):
             actions.append(cl.Action(name=f"answer_choice_{i}", payload={**payload, "answer": choice},
                                      label=choice, icon="reply"))
+    review = review_of(source, job) if job.state == states.SUCCEEDED else None
+    if review is not None:  # a finished review: its fix buttons, its proof tests, and Retry (the same review again)
+        local = gitops.local_repo(job.repo)
+        actions += [cl.Action(name=b.name, payload=b.payload, label=b.label, icon=b.icon, tooltip=b.tooltip)
+                    for b in review_buttons(job.id, review, can_apply=local is not None)]
+        return actions + [cl.Action(name="retry_job", payload=payload, label="Review again", icon="rotate-ccw")]
     if job.state in states.ACTIVE:
         if job.id in answerable_jobs and job.state in BEFORE_AGENT:
             actions.append(cl.Action(name="answer_instead", payload=payload, label="Answer instead",
@@ -102,6 +113,7 @@ def job_actions(job, source=store) -> list[cl.Action]:
 ANSWER_CHOICE_NAMES = tuple(f"answer_choice_{i}" for i in range(MAX_CHOICES))
 JOB_ACTION_NAMES = ("toggle_steps", "answer_instead", "cancel_job", "apply_job", "branch_job", "retry_job",
                     "attempts_job")  # every button job_actions can put on a card but the choices (see _sync_actions)
+# and a finished review's (FIX_BUTTON_NAMES, fix_blockers, apply_proofs): only a final card has them, sent after the clear
 
 
 def steps_action(job) -> cl.Action:
@@ -274,6 +286,8 @@ COMMANDS = [
     {"id": "jobs", "icon": "list-checks", "description": "List the jobs and their states", "button": False},
     {"id": "steer", "icon": "send", "button": False,
      "description": "Tell the running job something: /steer [job number] [now] text (now stops its command)"},
+    {"id": "review", "icon": "search-check", "button": False,
+     "description": "Review a change: /review [--base REF] BRANCH, /review job N, or a patch pasted or attached"},
 ]
 
 
@@ -326,7 +340,8 @@ async def header_text(repo: str | None, ref: str | None, origin: str | None = No
     if info.get("notice"):
         lines.append(f"> ⚠ {info['notice']}")
     lines.append("Ask about the code, or ask for a change: it runs as a job in a sandbox. `/ask` forces an answer, "
-                 "`/code` a job, `/jobs` lists them, `/steer` talks to a running job. Repository, ref and attempts are "
+                 "`/code` a job, `/jobs` lists them, `/steer` talks to a running job, `/review` reviews a branch, a patch or a "
+                 "job's diff. Repository, ref and attempts are "
                  f"in {SETTINGS_HINT}.")
     return "\n\n".join(lines)
 
@@ -500,27 +515,36 @@ async def on_settings_update(values: dict):
 async def on_message(message: cl.Message):
     tid = thread_id()
     text, command = message.content.strip(), message.command
-    typed = re.match(r"^/(ask|code|jobs|steer)\b\s*", text)
+    typed = re.match(r"^/(ask|code|jobs|steer|review)\b\s*", text)
     if typed and not command:  # the command typed out rather than picked from the menu
         command, text = typed.group(1), text[typed.end():]
     if command == "jobs":
         await list_jobs()
         return
-    if not text:
+    try:
+        attached = await asyncio.to_thread(attached_patch, message)
+    except ValueError as exc:
+        await notice(f"⚠ {plain(str(exc))}", author="Jobs")
+        return
+    if not text and not (command == "review" and attached):
         if command == "steer":
             await notice("⚠ Say what the job should do: /steer [job number] [now] your message.", author="Jobs")
+        elif command == "review":
+            await notice(f"⚠ Say what to review: {plain(REVIEW_HINT)}.", author="Jobs")
         return
     # The history an answer needs is read while the message is routed (often a model call), not after.
     history = asyncio.ensure_future(asyncio.to_thread(core.conversation.history, tid, message.id))
     try:
-        route = await asyncio.to_thread(saved_and_routed, tid, text, command)
-    except SteerCommandError as exc:
+        route = await asyncio.to_thread(saved_and_routed, tid, text, command, attached)
+    except (SteerCommandError, ReviewCommandError) as exc:
         await notice(f"⚠ {plain(str(exc))}.", author="Jobs")
         return
     finally:
         history.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, if unused
     if route.kind == STEER:
         await steer(text, route)
+    elif route.kind == REVIEW:
+        await start_review(route)
     elif route.is_job and route.steer_offer:
         await offer_steer(text, route)
     elif route.is_job:
@@ -529,10 +553,48 @@ async def on_message(message: cl.Message):
         await answer(text, route, message.id, await history)
 
 
-def saved_and_routed(tid: str, text: str, command: str | None) -> Route:
+def saved_and_routed(tid: str, text: str, command: str | None, attached: str | None = None) -> Route:
     """One trip to a worker thread for both."""
     ensure_thread()
-    return core.conversation.route(tid, text, command)
+    return core.conversation.route(tid, text, command, attached_patch=attached)
+
+
+REVIEW_HINT = ("/review BRANCH, /review --base main BRANCH, /review job N, or \"review this patch\" with the patch "
+               "pasted or a .patch/.diff file attached")
+PATCH_SUFFIXES = (".patch", ".diff")
+MAX_PATCH_BYTES = 2_000_000
+
+
+def attached_patch(message: cl.Message) -> str | None:
+    """The text of a .patch or .diff file sent with the message (the one thing uploads are for), or None.
+    ValueError says what to send instead of another file."""
+    files = [e for e in message.elements or [] if getattr(e, "path", None)]
+    if not files:
+        return None
+    patches = [e for e in files if str(e.name or "").lower().endswith(PATCH_SUFFIXES)]
+    if len(patches) != 1 or len(files) != 1:
+        raise ValueError("attach one .patch or .diff file (made by `git diff` or `git format-patch`) to have it "
+                         "reviewed; other files are not read")
+    data = Path(patches[0].path).read_bytes()
+    if len(data) > MAX_PATCH_BYTES:
+        raise ValueError(f"{patches[0].name} is over {MAX_PATCH_BYTES // 1_000_000} MB; review a smaller change")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{patches[0].name} is not UTF-8 text; attach the output of `git diff`") from None
+
+
+async def start_review(route: Route) -> None:
+    """A review route: its job on this conversation's repository, its card like any job's. A ref that does not
+    exist, an empty patch or a job without a diff is refused with what to do, and nothing is queued."""
+    try:
+        job = await asyncio.to_thread(core.conversation.review, thread_id(), persisted_user_id(), route.review)
+    except (ReviewError, RepoError, RepoNotAllowed, CheckoutError, NotFound) as exc:
+        await notice(f"⚠ Could not start the review: {plain(str(exc))}\n\nNothing was started, and your message "
+                     f"stays above; try again with {plain(REVIEW_HINT)}.", author="Jobs")
+        return
+    await show_new_jobs([job], route, f"Started as a review ({how_routed(route, 'asks for a review')}) — it runs in "
+                                      "a sandbox; findings are verified by proofs the product runs.")
 
 
 async def delegate(text: str, route: Route, attempts: int | None = None) -> None:
@@ -630,7 +692,7 @@ async def show_new_jobs(jobs, route: Route, routed: str) -> None:
     """A card per new job, saying how it came about (stored with the job, so a reopened thread says it too)."""
     tid = thread_id()
     for job in jobs:
-        if route.decided_by != "command":
+        if route.decided_by != "command" and route.kind != REVIEW:
             answerable_jobs.add(job.id)
         await asyncio.to_thread(store.append_event, job.id, Routed(text=routed, decided_by=route.decided_by))
         content = await asyncio.to_thread(relay.render if relay else partial(web_card, store), job.id)
@@ -843,3 +905,52 @@ async def on_branch(action: cl.Action):
         return
     with_start = " (with the uncommitted changes the job started from)" if start else ""
     await notice(f"Created branch `{branch}` in `{repo}` with commit `{commit[:12]}`{with_start}.", author="Jobs")
+
+
+# ---------------------------------------------------------------------- review buttons
+async def start_fix(review_job, start, routed: str) -> None:
+    """Fix this / Fix all blockers: the follow-up job of the review (jobs/review.py), its card below."""
+    try:
+        job = await asyncio.to_thread(start, core.jobs, review_job.id, persisted_user_id())
+    except (ReviewError, KeyError) as exc:
+        await notice(f"⚠ Could not start the fix: {plain(str(exc.args[0] if isinstance(exc, KeyError) else exc))}",
+                     author="Jobs")
+        return
+    await show_new_jobs([job], Route(FOLLOWUP_JOB, review_job.id, routed, "command"), routed)
+
+
+async def on_fix_finding(action: cl.Action):
+    job = await asyncio.to_thread(owned_job, action)
+    finding = str((action.payload or {}).get("finding") or "")
+    await start_fix(job, lambda manager, review_id, user: fix_finding(manager, review_id, finding, user_id=user),
+                    f"Fix this: finding {finding} of review job {job.number}; it starts from the change and its proof "
+                    "tests.")
+
+
+for _name in FIX_BUTTON_NAMES:
+    cl.action_callback(_name)(guarded(on_fix_finding))
+
+
+@cl.action_callback("fix_blockers")
+@guarded
+async def on_fix_blockers(action: cl.Action):
+    job = await asyncio.to_thread(owned_job, action)
+    await start_fix(job, lambda manager, review_id, user: fix_blockers(manager, review_id, user_id=user),
+                    f"Fix all blockers of review job {job.number}; it starts from the change and its proof tests.")
+
+
+@cl.action_callback("apply_proofs")
+@guarded
+async def on_apply_proofs(action: cl.Action):
+    job = await asyncio.to_thread(owned_job, action)
+    repo = await asyncio.to_thread(gitops.local_repo, job.repo)
+    if repo is None:
+        await notice("Nothing to apply: the repository is not a local working copy; download the proof tests from "
+                     "the card instead.", author="Jobs")
+        return
+    try:
+        applied = await asyncio.to_thread(apply_proof_tests, store, job, repo)
+    except ApplyError as exc:
+        await notice(f"⚠ {plain(str(exc))}", author="Jobs")
+        return
+    await notice(plain(applied.message), author="Jobs")

@@ -17,6 +17,10 @@ While a job of the conversation has not ended, a message addressed to its work (
 "stop, use pathlib instead", "now: …") is a `steer`: it goes to that job (JobManager.tell) and reaches its agent at
 the next step. The rules and the router model decide it; the shipped classifier was never trained on it and cannot,
 so where it decides a job while another runs, the route carries `steer_offer` and the user picks.
+
+A message asking to review a change ("review the branch feature/x against main", "review job 3's diff", "review this
+patch" with the patch pasted or attached, "can you review my changes on fix-login") is a `review`: one narrow rule,
+`review_rule`, decides it before the others (a job's work it is not); `/review` picks it explicitly.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from .signals import BY_DEFAULT, BY_MODEL, JobReference, find_job_reference, lat
 
 ANSWER, JOB, FOLLOWUP_ANSWER, FOLLOWUP_JOB = "answer", "job", "followup_answer", "followup_job"
 STEER = "steer"
+REVIEW = "review"
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Route:
     steer_offer: str | None = None  # a job decided while this job runs, by a decider that cannot tell a steer
                                     # ("unsure"): the user is asked to pick, "Send to job N" or "Start a new job"
     answer: bool = False       # a steer that answers the question its job waits on (the agent's ask_user)
+    review: "ReviewAsk | None" = None  # a review route: what to review
 
     @property
     def is_job(self) -> bool:
@@ -354,8 +360,9 @@ def _classify(text: str, jobs: list[Job], repo: str | None, classifier: RouteCla
 def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, command: str | None = None,
                   thread_id: str | None = None, constrained: bool = False, repo: str | None = None,
                   classifier: RouteClassifier | None = None, embedded: bool = False,
-                  model_below: float = EMBEDDED_MODEL_BELOW) -> Route:
-    """Route one message of a conversation that has `jobs` and works on `repo`.
+                  model_below: float = EMBEDDED_MODEL_BELOW, attached_patch: str | None = None) -> Route:
+    """Route one message of a conversation that has `jobs` and works on `repo`; `attached_patch` is the text of a
+    .patch/.diff file sent with it.
 
     `model` None: the classifier (when given) decides what the rules leave open, else it is answered.
     `embedded` (the model is the small embedded one): the classifier decides what it is at least
@@ -363,6 +370,8 @@ def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, comm
     """
     if command == STEER:
         return steer_command(text, jobs)
+    if command == REVIEW:
+        return review_command(text, jobs, attached_patch)
     if command in ("ask", "code"):
         ref = find_job_reference(text, jobs)
         if ref is None:
@@ -370,7 +379,7 @@ def route_message(text: str, jobs: list[Job], model: ModelClient | None, *, comm
         if command == "code":
             return _followup_job(ref, repo, "/code chosen", "command")
         return Route(FOLLOWUP_ANSWER, ref.job.id, "/ask chosen", "command", ref.by)
-    quick = answer_rule(text, jobs) or _first_pass(text, jobs, repo)
+    quick = answer_rule(text, jobs) or review_rule(text, jobs, attached_patch) or _first_pass(text, jobs, repo)
     if quick is not None:
         return quick
     guess = None
@@ -437,3 +446,137 @@ def steer_command(text: str, jobs: list[Job]) -> Route:
             raise SteerCommandError("this conversation has no job to steer; send the message as a new job instead")
         job = running[0] if running else max(jobs, key=lambda j: j.number)
     return Route(STEER, job.id, "/steer chosen", "command", now=now)
+
+
+# ---------------------------------------------------------------------- reviews
+@dataclass(frozen=True)
+class ReviewAsk:
+    """What a review route reviews: a `head` ref (against `base`, None: the conversation's ref or the repository's
+    default branch), the diff of job `job_id`, or a `patch` (on `base`)."""
+    head: str | None = None
+    base: str | None = None
+    job_id: str | None = None
+    patch: str | None = None
+
+
+class ReviewCommandError(ValueError):
+    """A review asked for in a way the app cannot act on: the text says what to type instead."""
+
+
+REVIEW_USAGE = ("/review BRANCH (against the default branch), /review --base main BRANCH, /review job 3, or "
+                "\"review this patch\" with the patch pasted or a .patch/.diff file attached")
+_REVIEW_LEAD = re.compile(
+    r"^(?:(?:hey|ok|okay|so|please|pls)[\s,]+)?"
+    r"(?:(?:can|could|would|will)\s+you\s+(?:please\s+)?|please\s+|pls\s+|i'?d\s+like\s+you\s+to\s+|let'?s\s+)?"
+    r"(?:(?:code[\s-]?)?review|do\s+a\s+(?:code\s+)?review\s+of|give\s+(?:me\s+)?a\s+(?:code\s+)?review\s+of)\b\s*",
+    re.I)
+_REF = r"`?['\"]?([A-Za-z0-9_][\w./@^~{}+-]*?)['\"]?`?"
+_VERSUS = r"(?:against|vs\.?|versus|compared\s+(?:to|with)|relative\s+to|on\s+top\s+of|onto|into|over)"
+_TRAIL = re.compile(r"(?:[\s,]+(?:please|for\s+me|thanks?|thank\s+you))*[\s.!?]*$", re.I)
+_REVIEW_JOB = re.compile(
+    r"^(?:(?:the\s+)?(?:diff|changes?|patch|work|result)\s+(?:of|from|made\s+by|in)\s+)?(?:job\s*#?|#)(\d+)"
+    r"(?:'s)?(?:\s+(?:diff|changes?|patch|work|result))?$", re.I)
+_REVIEW_BRANCH = re.compile(
+    r"^(?:(?:the|my|our)\s+)?(?:(?:changes|work|commits?)\s+(?:on\s+(?:the\s+)?(?:branch\s+)?|(?:in|from)\s+(?:the\s+)?"
+    r"branch\s+)|(?:branch|ref|tag|commit)\s+)" + _REF + r"(?:\s+" + _VERSUS + r"\s+(?:the\s+)?(?:branch\s+)?"
+    + _REF + r")?$", re.I)
+_REVIEW_RANGE = re.compile(r"^" + _REF + r"\s+" + _VERSUS + r"\s+(?:the\s+)?(?:branch\s+)?" + _REF + r"$", re.I)
+_REVIEW_PATCH = re.compile(r"^(?:(?:this|that|the|my|the\s+following|the\s+attached|attached)\s+(?:patch|diff|change)s?|"
+                           r"this|that|it|these\s+changes)(?:\s+(?:against|on)\s+" + _REF + r")?\s*:?$", re.I)
+_FENCE = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
+_DIFF_START = re.compile(r"^(?:diff --git |--- (?:a/|/dev/null)|Index: )", re.M)
+
+
+def pasted_patch(text: str) -> str | None:
+    """The patch pasted in a message (a fenced block that is a diff, or everything from its first diff header),
+    or None. A diff has a header and a hunk: "--- a/x" and "@@" lines."""
+    def is_diff(body: str) -> bool:
+        return bool(_DIFF_START.search(body)) and bool(re.search(r"^@@ ", body, re.M) or "GIT binary patch" in body)
+    for fence in _FENCE.finditer(text or ""):
+        if is_diff(fence.group(2)):
+            return fence.group(2)[_DIFF_START.search(fence.group(2)).start():]
+    start = _DIFF_START.search(text or "")
+    if start and is_diff(text[start.start():]):
+        return text[start.start():].rstrip("`~ \n") + "\n"
+    return None
+
+
+def _prose(text: str) -> str:
+    """The words of a message, without the patch pasted in it."""
+    patch_at = _DIFF_START.search(text)
+    fence_at = _FENCE.search(text)
+    cut = min(m.start() for m in (patch_at, fence_at) if m) if (patch_at or fence_at) else len(text)
+    return " ".join(text[:cut].split())
+
+
+def _clean_ref(ref: str | None) -> str | None:
+    return ref.strip("`'\".,") if ref else None
+
+
+def review_rule(text: str, jobs: list[Job], attached_patch: str | None = None) -> Route | None:
+    """A message that asks for a review of a named change: a branch (or ref, tag, commit), a job's diff, or a patch
+    pasted in it or attached. Only these shapes: "review the README" names no change, so the rule says nothing."""
+    prose = _prose(text)
+    lead = _REVIEW_LEAD.match(prose)
+    if not lead:
+        return None
+    rest = _TRAIL.sub("", prose[lead.end():]).strip()
+    patch = attached_patch or pasted_patch(text)
+    job = _REVIEW_JOB.match(rest)
+    if job:
+        number = int(job.group(1))
+        target = next((j for j in jobs if j.number == number), None)
+        if target is None:
+            raise ReviewCommandError(f"this conversation has no job {number}"
+                                     + (f"; its jobs are {', '.join(str(j.number) for j in jobs)}" if jobs else ""))
+        return Route(REVIEW, target.id, f"asks to review the diff of job {number}", "rules",
+                     review=ReviewAsk(job_id=target.id))
+    branch = _REVIEW_BRANCH.match(rest) or _REVIEW_RANGE.match(rest)
+    if branch and not patch:
+        head, base = _clean_ref(branch.group(1)), _clean_ref(branch.group(2))
+        return Route(REVIEW, None, f"asks to review {head}" + (f" against {base}" if base else ""), "rules",
+                     review=ReviewAsk(head=head, base=base))
+    on_patch = _REVIEW_PATCH.match(rest) if rest else None
+    if patch and (on_patch or not rest):
+        return Route(REVIEW, None, "asks to review a patch", "rules",
+                     review=ReviewAsk(patch=patch, base=_clean_ref(on_patch.group(1)) if on_patch else None))
+    if on_patch and re.search(r"patch|diff", rest, re.I):
+        raise ReviewCommandError("there is no patch to review in the message: paste it (the output of `git diff`) "
+                                 "or attach a .patch or .diff file, and ask again")
+    return None
+
+
+_REVIEW_BASE_OPT = re.compile(r"(?:^|\s)--base(?:=|\s+)(\S+)")
+
+
+def review_command(text: str, jobs: list[Job], attached_patch: str | None = None) -> Route:
+    """/review [--base REF] (REF | job N), or /review [--base REF] with a patch pasted after it or attached."""
+    patch = attached_patch or pasted_patch(text)
+    words = _prose(text)
+    base = None
+    option = _REVIEW_BASE_OPT.search(words)
+    if option:
+        base = _clean_ref(option.group(1))
+        words = (words[:option.start()] + " " + words[option.end():]).strip()
+    if words.startswith("-"):
+        raise ReviewCommandError(f"/review knows only --base; say what to review: {REVIEW_USAGE}")
+    job = _REVIEW_JOB.match(words)
+    if job:
+        if base:
+            raise ReviewCommandError("--base does not go with a job: a job's diff is reviewed against the commit it "
+                                     "started from; type /review job " + job.group(1))
+        number = int(job.group(1))
+        target = next((j for j in jobs if j.number == number), None)
+        if target is None:
+            raise ReviewCommandError(f"this conversation has no job {number}"
+                                     + (f"; its jobs are {', '.join(str(j.number) for j in jobs)}" if jobs else ""))
+        return Route(REVIEW, target.id, "/review chosen", "command", review=ReviewAsk(job_id=target.id))
+    if patch and not words:
+        return Route(REVIEW, None, "/review chosen", "command", review=ReviewAsk(patch=patch, base=base))
+    ref = re.fullmatch(_REF, words) if words else None
+    if ref and not patch:
+        return Route(REVIEW, None, "/review chosen", "command", review=ReviewAsk(head=_clean_ref(ref.group(1)),
+                                                                                  base=base))
+    if ref and patch:
+        raise ReviewCommandError("give either a ref or a patch to /review, not both")
+    raise ReviewCommandError(f"say what to review: {REVIEW_USAGE}")

@@ -29,7 +29,7 @@ from .checkout import CheckoutError, reading_checkout
 from .repo_tools import READ_TOOLS, ReadOnlyRepo, numbered_excerpt
 from .retrieval import Retrieval, retrieve, split_joined_citations
 from .route_classifier import shipped_classifier
-from .router import (ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, STEER, Route, continuation_refusal,
+from .router import (ANSWER, FOLLOWUP_ANSWER, FOLLOWUP_JOB, JOB, STEER, ReviewAsk, Route, continuation_refusal,
                      parse_steer_command, route_message, same_repo)
 from .signals import ADDRESSED_JOB, STEER_NOW
 
@@ -62,13 +62,15 @@ class Conversation:
     def thread_jobs(self, thread_id: str) -> list[Job]:
         return self.store.list_jobs(thread_id=thread_id)
 
-    def route(self, thread_id: str, text: str, command: str | None = None) -> Route:
+    def route(self, thread_id: str, text: str, command: str | None = None,
+              attached_patch: str | None = None) -> Route:
         # A configured model decides what the rules leave open, the classifier standing by for a reply it
         # cannot read; with the small embedded model the classifier decides (it routes better, in
         # milliseconds: bench/routing.py), the model only where router.EMBEDDED_MODEL_BELOW says.
         return route_message(text, self.thread_jobs(thread_id), self.model, command=command, thread_id=thread_id,
                              constrained=self.settings.tool_protocol == "grammar", repo=self._thread_repo(thread_id),
-                             classifier=self.classifier, embedded=self.settings.uses_local_model)
+                             classifier=self.classifier, embedded=self.settings.uses_local_model,
+                             attached_patch=attached_patch)
 
     def _thread_repo(self, thread_id: str) -> str | None:
         thread = self.store.get_thread(thread_id)
@@ -105,6 +107,35 @@ class Conversation:
             task=followup_task(self.store, about, text, starts_from_result=parent is not None), repo=repo, ref=ref,
             attempts=attempts, thread_id=thread_id, user_id=user_id, parent_job_id=parent,
             title=followup_title(about, text), request=text))
+
+    def review(self, thread_id: str, user_id: str | None, ask: ReviewAsk) -> Job:
+        """A review route's job (jobs/review.py submit_review) on this conversation's repository: a ref against
+        `ask.base` (else the conversation's ref, else the repository's default branch), a patch, or the diff of a job
+        of this conversation. ReviewError, RepoError or CheckoutError say what to give instead; nothing is queued."""
+        from ..jobs.review import ReviewError, submit_review
+        from ..sandbox.base import RepoError
+
+        thread = self.store.get_thread(thread_id)
+        repo = (thread.repo if thread else None) or self.settings.default_repo
+        ref = (thread.ref if thread else None) or self.settings.default_ref
+        if ask.job_id:
+            job = self.store.get_job(ask.job_id)
+            if job.thread_id != thread_id:
+                raise NotFound(f"job {ask.job_id} is not of this conversation")
+            return submit_review(self.jobs, repo=job.repo, job_id=job.id, thread_id=thread_id, user_id=user_id)
+        if not repo:
+            raise CheckoutError("this conversation has no repository yet: set one in the chat settings "
+                                "(a local path or a git URL), then ask for the review again")
+        base = ask.base or ref
+        try:
+            return submit_review(self.jobs, repo=repo, base=base, head=ask.head, patch=ask.patch,
+                                 thread_id=thread_id, user_id=user_id)
+        except RepoError as exc:
+            if ask.head and "does not exist" in str(exc):
+                missing = ask.head if f"'{ask.head}'" in str(exc) else (base or "the base")
+                raise ReviewError(f"{exc}. Nothing was started: push or create {missing} in {repo} (or fix the "
+                                  f"name), then ask again, e.g. /review --base {base or 'main'} BRANCH") from None
+            raise
 
     def _followed_job(self, route: Route | None, parent: str | None, thread_id: str, repo: str) -> Job | None:
         """The job a follow-up job is about: the parent it starts from, else the job of this conversation (and

@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..domain.review import PROOFS_ARTIFACT
 from ..store import Job, Store
 
 MAX_STACK = 50  # ancestors looked at: a conversation's follow-ups, not an unbounded walk
@@ -211,3 +212,24 @@ def _apply(repo: Path, patch: str) -> None:
 def _stat(repo: Path) -> str:
     done = _git(repo, "diff", "--stat")
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def apply_proof_tests(store: Store, job: Job, repo: Path) -> Applied:
+    """A review job's proof tests (new files, one patch) into the working copy at `repo`: applied when they fit,
+    nothing when they are there already; ApplyError, naming the files in the way, otherwise."""
+    patch = store.get_artifact(job.id, PROOFS_ARTIFACT) or ""
+    if not patch.strip():
+        raise ApplyError(f"Review job {job.number} has no proof tests: there is nothing to apply.")
+    files = patch_files(patch)
+    ok, refused = fits(repo, patch)
+    if ok:
+        _apply(repo, patch)
+        return Applied(f"Added review job {job.number}'s proof tests to {repo} (uncommitted, untracked): "
+                       f"{', '.join(files)}. Run them on your branch to see the findings fail.", _stat(repo),
+                       files=files)
+    if fits(repo, patch, reverse=True)[0]:
+        return Applied(f"Review job {job.number}'s proof tests are already in your working copy: nothing to apply.",
+                       changed=False, files=files)
+    raise ApplyError(f"Review job {job.number}'s proof tests do not fit your working copy "
+                     f"({', '.join(failed_files(refused, patch))}: a file of that name is there already); nothing was "
+                     "changed. Move it aside, or download the proof tests from the card and apply them by hand.")

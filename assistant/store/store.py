@@ -33,6 +33,9 @@ class StaleRun(RuntimeError):
     """A write from a run of a job that no longer owns it (its fence was bumped when the job was retried)."""
 
 
+REVIEW_KINDS = ("review_request", "review")  # a review job's artifacts a card reads (jobs/review.py)
+
+
 @dataclass
 class ThreadJobs:
     """A thread's jobs with what their cards show: events, diffs, which have a patch (Store.thread_jobs)."""
@@ -41,6 +44,8 @@ class ThreadJobs:
     diffs: dict[str, str]               # job id -> its diff artifact (absent: none stored)
     patched: set[str]                   # jobs whose patch artifact is not empty
     uncommitted: dict[str, str] = field(default_factory=dict)  # job id -> its 'uncommitted' artifact (jobs/uncommitted.py)
+    reviews: dict[tuple[str, str], str] = field(default_factory=dict)  # (job id, kind) -> a review job's request
+                                                                        # and result artifacts (jobs/review.py)
 
 
 def this_runner() -> str:
@@ -327,7 +332,7 @@ class Store:
             return list(s.exec(q.order_by(col(Job.created_at).desc()).limit(limit)))
 
     def thread_jobs(self, thread_id: str) -> ThreadJobs:
-        """All jobs of a thread with their events, diffs, uncommitted-changes notes and whether they have a patch, in three queries
+        """All jobs of a thread with their events, diffs, uncommitted-changes notes, review artifacts and whether they have a patch, in three queries
         whatever the number of jobs: a reopened thread renders every job card from it."""
         in_thread = select(Job.id).where(Job.thread_id == thread_id)
         with self.session() as s:
@@ -341,11 +346,13 @@ class Store:
             seen: set[tuple[str, str]] = set()
             # The diff's text, but only the patch's presence (a patch can be large and the card links to it).
             uncommitted: dict[str, str] = {}
+            reviews: dict[tuple[str, str], str] = {}
             rows = s.exec(select(Artifact.job_id, Artifact.kind,
-                                 case((col(Artifact.kind).in_(["diff", "uncommitted"]), Artifact.content), else_=None),
+                                 case((col(Artifact.kind).in_(["diff", "uncommitted", *REVIEW_KINDS]), Artifact.content),
+                                      else_=None),
                                  func.length(Artifact.content) > 0)
                           .where(col(Artifact.job_id).in_(in_thread),
-                                 col(Artifact.kind).in_(["diff", "patch", "uncommitted"]))
+                                 col(Artifact.kind).in_(["diff", "patch", "uncommitted", *REVIEW_KINDS]))
                           .order_by(col(Artifact.id)))
             for job_id, kind, content, non_empty in rows:
                 if (job_id, kind) in seen:  # get_artifact reads the first row of a kind
@@ -355,9 +362,11 @@ class Store:
                     diffs[job_id] = content or ""
                 elif kind == "uncommitted":
                     uncommitted[job_id] = content or ""
+                elif kind in REVIEW_KINDS:
+                    reviews[(job_id, kind)] = content or ""
                 elif non_empty:
                     patched.add(job_id)
-        return ThreadJobs(jobs, events, diffs, patched, uncommitted)
+        return ThreadJobs(jobs, events, diffs, patched, uncommitted, reviews)
 
     def job_ids_in_state(self, job_ids: Iterable[str], state: str) -> set[str]:
         """Which of these jobs are in `state`: one query for a watcher that polls many jobs at once."""

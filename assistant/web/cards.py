@@ -350,6 +350,11 @@ def plain(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
 
 
+def render_review(*args, **kwargs) -> str:
+    from .review_card import render_review as render  # it builds on this module's helpers
+    return render(*args, **kwargs)
+
+
 def render_job_card(store: Store, job_id: str, tail: str | None = None, current: str | None = None,
                     diff_inline: bool = True, all_steps: bool = False) -> str | None:
     """The card's Markdown; with ``diff_inline`` false the per-file diff is left to the DiffView element;
@@ -397,9 +402,13 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
     if job.reason and job.state in (states.FAILED, states.CANCELLED, states.INTERRUPTED):
         out.append(f"> {link_citations(job.reason, _reason_citations(store, job), job_links(job.id))}")
     outcome = job.outcome or {}
-    if job.state in states.TERMINAL:
+    review = review_of(store, job)
+    if review is not None:  # the verdict and the findings are the card's result and summary
+        out.append(render_review(job.id, review, job_links(job.id), lambda chunk_id: _chunk_text(store, job, chunk_id),
+                                 _review_describe(store, job)))
+    elif job.state in states.TERMINAL:
         out += _result_sections(job, outcome)
-    if job.summary:
+    if job.summary and review is None:
         source = SUMMARY_SOURCES.get(outcome.get("summary_source", ""), "")
         marked = mark_claims(job.summary, outcome.get("claims") or [], markdown_mark)
         out.append(f"#### Summary{source}\n\n" + link_citations(marked, job.citations, job_links(job.id)))
@@ -422,11 +431,33 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
         if not split_diff(diff):  # no change, or a note that the diff could not be computed
             out.append("#### Diff\n\n" + _no_diff_line(job, events, diff))
         else:
-            out.append("#### Diff\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
+            heading = "#### Diff" if review is None else (
+                "#### Patch: the proof tests" + ("" if review.mode == "branch" else " on top of the change under review")
+                + " (what a fix starts from)")
+            out.append(f"{heading}\n\n" + (_diff_section(diff) if diff_inline else _diff_summary(diff)))
             out.extend(f"⚠ {plain(note)}" for note in outcome.get("diff_notes") or [])
             if store.has_artifact(job.id, "patch"):
                 out.append(f"[Download the patch](/jobs/{job.id}/patch)")
     return "\n\n".join(out)
+
+
+def review_of(store: Store, job: Job):
+    """A finished review job's ReviewResult, or None (another job, or a review that has no result)."""
+    if job.state != states.SUCCEEDED:
+        return None
+    from ..jobs.review import load_review
+    return load_review(store, job.id)
+
+
+def _review_describe(store: Store, job: Job) -> str:
+    from ..jobs.review import REVIEW_REQUEST, ReviewRequest
+    raw = store.get_artifact(job.id, REVIEW_REQUEST)
+    return f"Review of {ReviewRequest.from_json(raw).describe()}" if raw else ""
+
+
+def _chunk_text(store: Store, job: Job, chunk_id: str) -> str | None:
+    chunk = store.get_chunk(chunk_id)
+    return chunk.text if chunk is not None and chunk.job_id == job.id else None
 
 
 STEER_QUOTE_CHARS = 160

@@ -23,6 +23,7 @@ from ..conversation.checkout import existing_checkout
 from ..conversation.repo_tools import ReadOnlyRepo
 from ..jobs.asking import pending_question
 from ..store import Job, Store
+from .review_card import proof_patch_of
 from .viewer import identify_token
 
 CONTEXT_LINES = 5
@@ -187,6 +188,25 @@ def make_router(store_of, policy: RepoPolicy) -> APIRouter:
             raise HTTPException(status_code=404, detail="this job has no patch")
         return Response(patch, media_type="text/x-diff",
                         headers={"Content-Disposition": f'attachment; filename="job-{job.number}-{job.id}.patch"'})
+
+    @router.get("/jobs/{job_id}/proofs")
+    async def download_proofs(job_id: str, request: Request, finding: str | None = None):
+        """A review job's proof tests as one patch (`?finding=f1`: that finding's alone)."""
+        from ..jobs.review import load_review
+
+        store: Store = store_of()
+        job = _owned_job(store, job_id, _viewer(request))
+        result = await asyncio.to_thread(load_review, store, job.id)
+        if result is None:
+            raise HTTPException(status_code=404, detail="this job is not a finished review")
+        try:
+            patch = proof_patch_of(result, finding)
+        except KeyError as exc:
+            raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
+        if not patch:
+            raise HTTPException(status_code=404, detail="no proof test" + (f" for {finding}" if finding else "s"))
+        name = f"review-{job.number}-{finding + '-' if finding else ''}proofs.patch"
+        return Response(patch, media_type="text/x-diff", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     return router
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..jobs.events import JobEventRecord, decode
 from ..store import Element, Job, JobEvent, Store
+from ..store.store import REVIEW_KINDS
 
 
 class ThreadJobsView:
@@ -43,6 +44,8 @@ class ThreadJobsView:
             return self.loaded.diffs.get(job_id)
         if job_id in self._jobs and kind == "uncommitted":
             return self.loaded.uncommitted.get(job_id)
+        if job_id in self._jobs and kind in REVIEW_KINDS:
+            return self.loaded.reviews.get((job_id, kind))
         return self.store.get_artifact(job_id, kind)
 
     def has_artifact(self, job_id: str, kind: str) -> bool:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from assistant.conversation.route_classifier import RouteClassifier, shipped_classifier
@@ -500,3 +502,113 @@ def test_slash_commands_are_not_answers():
 def test_no_waiting_job_no_answer_rule():
     route = route_message("yes", _waiting("running", "succeeded"), None)
     assert not route.answer
+
+
+# ---------------------------------------------------------------------- reviews
+from assistant.conversation.router import ReviewAsk, ReviewCommandError, pasted_patch  # noqa: E402
+
+PATCH = ("diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1,2 +1,2 @@\n def add(a, b):\n"
+         "-    return a + b\n+    return a - b\n")
+
+
+@pytest.mark.parametrize("text,head,base", [
+    ("review the branch feature/x against main", "feature/x", "main"),
+    ("Review branch feature/x vs. main.", "feature/x", "main"),
+    ("can you review my changes on fix-login?", "fix-login", None),
+    ("Could you please review the branch `release/1.2` compared to develop?", "release/1.2", "develop"),
+    ("review feature/x against main", "feature/x", "main"),
+    ("please do a code review of branch spike/cache", "spike/cache", None),
+    ("review the commits on hotfix-42 against the branch stable, thanks", "hotfix-42", "stable"),
+])
+def test_a_review_of_a_branch_is_decided_by_the_rule(text, head, base):
+    route = route_message(text, jobs("Add a cache"), None)
+    assert (route.kind, route.decided_by, route.job_id) == ("review", "rules", None)
+    assert route.review == ReviewAsk(head=head, base=base)
+
+
+@pytest.mark.parametrize("text", ["review job 2's diff", "Review job #2", "review the diff of job 2",
+                                  "can you review the changes from job 2?", "review #2"])
+def test_a_review_of_a_jobs_diff_names_a_job_of_the_conversation(text):
+    route = route_message(text, jobs("Add a cache", "Fix the login"), None)
+    assert (route.kind, route.job_id, route.review) == ("review", "j2", ReviewAsk(job_id="j2"))
+
+
+def test_a_review_of_a_job_the_conversation_does_not_have_says_which_it_has():
+    with pytest.raises(ReviewCommandError, match="no job 7; its jobs are 1, 2"):
+        route_message("review job 7's diff", jobs("a", "b"), None)
+
+
+@pytest.mark.parametrize("text", [
+    "review this patch:\n```diff\n" + PATCH + "```",
+    "Please review this patch\n\n" + PATCH,
+    "review this diff against main\n" + PATCH,
+])
+def test_a_pasted_patch_is_reviewed(text):
+    route = route_message(text, [], None)
+    assert (route.kind, route.review.patch) == ("review", PATCH)
+    assert route.review.base == ("main" if "against main" in text else None)
+
+
+def test_an_attached_patch_file_is_reviewed_and_asking_for_one_without_it_says_what_to_do():
+    route = route_message("review this", [], None, attached_patch=PATCH)
+    assert (route.kind, route.review) == ("review", ReviewAsk(patch=PATCH))
+    assert route_message("review this patch", [], None, attached_patch=PATCH).review == ReviewAsk(patch=PATCH)
+    with pytest.raises(ReviewCommandError, match="paste it .* or attach a .patch or .diff file"):
+        route_message("review this patch", [], None)
+
+
+@pytest.mark.parametrize("text", [
+    "review the README",                                   # names no change
+    "review the code in calc.py",
+    "please review calc.py and tell me what it does",
+    "review my changes in calc.py",                        # a file, not a branch
+    "how would you review the branch feature/x?",          # a question about reviewing
+    "review the tests and fix what fails",
+    "review src/server/ws.ts in words — anything sketchy about how we handle reconnects?",
+    "Review parse_args for edge cases it misses, but don't change anything yet.",
+    "this review of the branch feature/x was wrong",
+])
+def test_the_review_rule_leaves_everything_else_alone(text):
+    assert route_message(text, jobs("Add a cache"), None).kind != "review"
+
+
+def test_a_waiting_job_takes_the_message_as_its_answer_first():
+    waiting = jobs("Add a cache", state="waiting")
+    assert route_message("review the branch feature/x against main", waiting, None).kind == "steer"
+
+
+@pytest.mark.parametrize("text,ask", [
+    ("feature/x", ReviewAsk(head="feature/x")),
+    ("--base main feature/x", ReviewAsk(head="feature/x", base="main")),
+    ("feature/x --base=main", ReviewAsk(head="feature/x", base="main")),
+    ("job 2", ReviewAsk(job_id="j2")),
+    ("--base develop\n" + PATCH, ReviewAsk(patch=PATCH, base="develop")),
+])
+def test_the_review_command(text, ask):
+    route = route_message(text, jobs("a", "b"), None, command="review")
+    assert (route.kind, route.decided_by, route.review) == ("review", "command", ask)
+
+
+def test_the_review_command_takes_an_attached_patch_alone():
+    route = route_message("", [], None, command="review", attached_patch=PATCH)
+    assert route.review == ReviewAsk(patch=PATCH)
+
+
+@pytest.mark.parametrize("text,error", [
+    ("", "say what to review: /review BRANCH"),
+    ("two words", "say what to review"),
+    ("--head x", "/review knows only --base"),
+    ("--base main job 2", "--base does not go with a job"),
+    ("job 9", "this conversation has no job 9"),
+    ("feature/x\n" + PATCH, "either a ref or a patch"),
+])
+def test_a_review_command_it_cannot_act_on_says_what_to_type(text, error):
+    with pytest.raises(ReviewCommandError, match=re.escape(error)):
+        route_message(text, jobs("a", "b"), None, command="review")
+
+
+def test_pasted_patch_finds_a_diff_and_nothing_else():
+    assert pasted_patch("```\n" + PATCH + "```") == PATCH
+    assert pasted_patch("look:\n" + PATCH) == PATCH
+    assert pasted_patch("```python\nprint('--- a/x')\n```") is None
+    assert pasted_patch("--- a/notes\nno hunk here") is None

@@ -144,3 +144,43 @@ def test_only_the_steer_command_has_arguments_to_take_off():
         "2 more tests please"
     assert steer_words("now: use a set", Route(STEER, "j2", "", "rules", now=True)) == "use a set"
     assert steer_words("stop, use a set", Route(STEER, "j2", "", "rules", now=True)) == "stop, use a set"
+
+
+# ---------------------------------------------------------------------- reviews
+def test_a_review_route_queues_a_review_job_of_the_conversations_repository(conversation, tmp_path):
+    from assistant.conversation.router import ReviewAsk
+    from assistant.jobs.review import REVIEW_REQUEST, ReviewRequest
+    from tests.fixtures.chunks import CHUNKS_BUGGY, make_chunks_repo
+
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    thread = conversation.store.create_thread(user_id=None, repo=str(repo))
+    job = conversation.review(thread.id, None, ReviewAsk(head="feature", base="main"))
+    request = ReviewRequest.from_json(conversation.store.get_artifact(job.id, REVIEW_REQUEST))
+    assert (request.mode, request.head_ref, request.base_ref) == ("branch", "feature", "main")
+    assert job.thread_id == thread.id and job.title == "Review feature against main"
+
+
+def test_a_review_of_a_branch_that_does_not_exist_says_what_to_do_and_queues_nothing(conversation, tmp_path):
+    from assistant.conversation.router import ReviewAsk
+    from assistant.jobs.review import ReviewError
+    from tests.fixtures.chunks import CHUNKS_BUGGY, make_chunks_repo
+
+    repo = make_chunks_repo(tmp_path / "chunks", CHUNKS_BUGGY)
+    thread = conversation.store.create_thread(user_id=None, repo=str(repo))
+    with pytest.raises(ReviewError) as raised:
+        conversation.review(thread.id, None, ReviewAsk(head="fix-logn", base="main"))
+    message = str(raised.value)
+    assert "'fix-logn' does not exist" in message and "branches: feature, main" in message
+    assert "Nothing was started: push or create fix-logn" in message and "/review --base main BRANCH" in message
+    assert conversation.store.list_jobs(thread_id=thread.id) == []
+
+
+def test_a_review_of_a_job_of_another_conversation_is_refused(conversation, tmp_path):
+    from assistant.conversation.router import ReviewAsk
+    from assistant.store import NotFound
+
+    mine = conversation.store.create_thread(user_id=None, repo=str(tmp_path / "calc"))
+    other = conversation.store.create_thread(user_id=None, repo=str(tmp_path / "calc"))
+    theirs = parent_job(conversation, other, "succeeded", "fix")
+    with pytest.raises(NotFound, match="not of this conversation"):
+        conversation.review(mine.id, None, ReviewAsk(job_id=theirs.id))

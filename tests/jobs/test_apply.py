@@ -184,3 +184,32 @@ def test_nothing_to_apply_says_so(store, repo):
     job = job_with(store, "th", "", head(repo), repo=repo)
     with pytest.raises(ApplyError, match="changed nothing"):
         apply_job(store, job, repo)
+
+
+# ---------------------------------------------------------------------- a review's proof tests
+PROOF = ("diff --git a/test_review_proof.py b/test_review_proof.py\nnew file mode 100644\n--- /dev/null\n"
+         "+++ b/test_review_proof.py\n@@ -0,0 +1,2 @@\n+from calc import add\n+assert add(2, 2) == 4\n")
+
+
+def review_job(store, repo: Path, proofs: str):
+    from assistant.domain.review import PROOFS_ARTIFACT
+    job = store.create_job(task="Review feature against main", repo=str(repo), thread_id="t1", state="succeeded")
+    store.put_artifact(job.id, PROOFS_ARTIFACT, proofs)
+    return job
+
+
+def test_a_reviews_proof_tests_are_added_once_and_a_file_in_the_way_is_named(store, repo):
+    from assistant.jobs.apply import apply_proof_tests
+    job = review_job(store, repo, PROOF)
+    applied = apply_proof_tests(store, job, repo)
+    assert applied.changed and applied.files == ["test_review_proof.py"]
+    assert (repo / "test_review_proof.py").read_text() == "from calc import add\nassert add(2, 2) == 4\n"
+    again = apply_proof_tests(store, job, repo)
+    assert not again.changed and "already in your working copy" in again.message
+    (repo / "test_review_proof.py").write_text("mine\n")
+    with pytest.raises(ApplyError, match=r"\(test_review_proof.py: a file of that name is there already\); "
+                                         "nothing was changed"):
+        apply_proof_tests(store, job, repo)
+    assert (repo / "test_review_proof.py").read_text() == "mine\n"
+    with pytest.raises(ApplyError, match="has no proof tests"):
+        apply_proof_tests(store, review_job(store, repo, ""), repo)
