@@ -105,11 +105,14 @@ class CountingRelay:
                 relay.count(data)
                 if relay.transcript is not None and body:
                     relay.record(body, data)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype or "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype or "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the agent was stopped at its budget while the server still answered it
 
             def do_GET(self):
                 self._forward("GET")
