@@ -134,7 +134,8 @@ async def start_job(url: str) -> str:
     chat = await ChatSession(url, "alice", "pw-alice").open()
     try:
         await chat.send("wait for a long time", command="code")
-        card = await chat.wait_for(message_with("running"), timeout=60)
+        running = message_with("running")  # the card's state; the welcome header also says "a running job"
+        card = await chat.wait_for(lambda r: running(r) and "job_id" in (r.data.get("metadata") or {}), timeout=60)
         return card.data["metadata"]["job_id"]
     finally:
         await chat.close()
