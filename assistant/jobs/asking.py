@@ -50,11 +50,14 @@ class StoreAsker:
         started = time.monotonic()
         if self.control.cancelled.is_set():
             return self._end(started, "cancelled")
+        # The question is on the record before the state says waiting: whoever reads a waiting job (its card, the
+        # signals route, `jobs show`) finds what it waits for. Every reader looks at the question only while the
+        # job waits, so a question recorded for a job cancelled before it could wait is never shown.
+        self.recorder.publish_event(QuestionAsked(question.text, list(question.choices), question.step,
+                                                  self.timeout_s))
         self.recorder.emit(StateChanged(states.WAITING))
         if self.control.cancelled.is_set():  # it ended elsewhere meanwhile
             return self._end(started, "cancelled")
-        self.recorder.publish_event(QuestionAsked(question.text, list(question.choices), question.step,
-                                                  self.timeout_s))
         self._announce(question)
         deadline = started + self.timeout_s
         while not self.control.cancelled.is_set():

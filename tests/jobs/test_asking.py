@@ -123,6 +123,8 @@ def test_the_agent_asks_the_job_waits_and_a_told_answer_resumes_it(tmp_path, scr
     assert answered.answer == ANSWER and answered.message_ids == [message.id] and answered.waited_s >= 1.5
     kinds = [e.kind for e in stored]
     assert kinds.index("question_asked") < kinds.index("steer_delivered") < kinds.index("question_answered")
+    waits_at = next(i for i, e in enumerate(stored) if isinstance(e, ev.StateChanged) and e.state == states.WAITING)
+    assert kinds.index("question_asked") < waits_at  # whoever sees the job waiting finds what it waits for
     assert [e.kind for e in live if e.kind.startswith("question_")] == ["question_asked", "question_answered"]
     assert job.running_at is not None and job.running_at < answered_at(manager.store, job.id)
 
