@@ -149,6 +149,7 @@ def test_a_question_nobody_answers_in_time_ends_the_job_and_says_so(impatient_wo
         assert f"Asked: \u201c{QUESTION}\u201d \u2014 no answer within {ASK_TIMEOUT_S} s" in done, done
         summary = done.split("Summary", 1)[1]
         assert f"for an answer that did not come (ASSISTANT_ASK_TIMEOUT_S is {ASK_TIMEOUT_S} s)" in summary, summary
+        assert "Next: retry the job with the answer to its question in the task" in summary, summary
         assert "Your next message in this conversation answers it." not in done
         for choice in CHOICES:  # no button answers an ended question (they go as their own events, after the text)
             page.get_by_role("button", name=choice).first.wait_for(state="detached", timeout=30_000)
