@@ -1,6 +1,6 @@
 """Twelve jobs in one conversation open in two browser sessions of the same user: nine started from the composer
-(alternately in each session), three of which fail on purpose and are retried from their card's Retry button (once
-in each session). Every finished card, in BOTH sessions, ends complete without a reload: a succeeded job's diff view
+(alternately in each session; the second builds on the first), three of which fail on purpose and are retried from
+their card's Retry button (in either session). Every finished card, in BOTH sessions, ends complete without a reload: a succeeded job's diff view
 and buttons, a failed job's reason and buttons, and no Cancel left on any. Headless Chromium against the real app
 process, the scripted model and the Docker sandbox; the test waits for states of the page, never for a time."""
 from __future__ import annotations
@@ -117,6 +117,9 @@ def test_twelve_jobs_with_retries_are_complete_in_both_sessions(world):
     second.goto(f"{url}/thread/{thread_id}")
     card(second, 1).wait_for(timeout=60_000)
     sessions = {"first": first, "second": second}
+    # Job 1 done first: job 2's words match its title (the router's title rule), so job 2 builds on it and so does
+    # its retry, every run the same (while job 1 ran, job 2 would be a new job).
+    wait_finished(first, 1)
     for i in range(2, MODULES + 1):                                    # alternately from each session
         page = second if i % 2 == 0 else first
         send(page, f"/code {task(i)}")
@@ -155,5 +158,8 @@ def test_twelve_jobs_with_retries_are_complete_in_both_sessions(world):
     assert {n: j.state for n, j in jobs.items()} == {n: "failed" if n in FRAGILE else "succeeded" for n in jobs}
     for number, failed in retried.items():                             # each retry ran the failed job's task
         assert jobs[number].task == jobs[failed].task and f"m{failed}" in jobs[number].task
+    by_id = {j.id: n for n, j in jobs.items()}
+    assert {n: by_id.get(j.parent_job_id) for n, j in jobs.items() if j.parent_job_id} == {2: 1, 10: 1}
+    assert [f for _, f in jobs[10].outcome["files"]] == ["m1.py", "m2.py"]  # a retried follow-up: on job 1's result
     assert all(world["agent"].first_turns[i] == (2 if i in FRAGILE else 1) for i in range(1, MODULES + 1)), \
         world["agent"].first_turns
