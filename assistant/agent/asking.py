@@ -15,6 +15,7 @@ ASK_USER = "ask_user"
 MAX_QUESTION_CHARS = 2000
 MAX_CHOICES = 10
 MAX_CHOICE_CHARS = 200
+UNANSWERED = "for an answer that did not come"   # in the reason of a job whose question got no answer in time
 
 ASK_USER_SPEC = {"type": "function", "function": {
     "name": ASK_USER,
@@ -78,8 +79,8 @@ def unanswered_reason(question: Question, reply: Reply) -> str:
     """Why the job ends when its question got no answer in time: what it asked, how long it waited, what to do."""
     minutes = reply.waited_s / 60
     waited = f"{minutes:.0f} min" if minutes >= 2 else f"{reply.waited_s:.0f} s"
-    return (f"the agent asked \u201c{_clip(question.text, 300)}\u201d and waited {waited} for an answer that did "
-            f"not come (ASSISTANT_ASK_TIMEOUT_S is {reply.timeout_s:.0f} s); it stopped there without finishing "
+    return (f"the agent asked \u201c{_clip(question.text, 300)}\u201d and waited {waited} {UNANSWERED} "
+            f"(ASSISTANT_ASK_TIMEOUT_S is {reply.timeout_s:.0f} s); it stopped there without finishing "
             "the task. Retry the job with the answer in its task, or ask a follow-up that answers it")
 
 

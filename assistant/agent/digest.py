@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .asking import UNANSWERED
 from .evidence import LogRecord, is_test_command, last_edit, verdict
 
 TAIL_LINES = 12
@@ -78,6 +79,8 @@ def _next_step(state: str, reason: str, failing_test: LogRecord | None, failed_s
         return "Next: retry with a task that says where to look or what to run; the agent was going round in circles."
     if "budget" in low:
         return "Next: narrow the task, or raise the budget named above, and retry."
+    if UNANSWERED in low:  # the agent stopped at its question: the log has nothing more to read
+        return "Next: retry the job with the answer to its question in the task, or ask a follow-up that answers it."
     if "model error" in low:
         return "Next: check the model endpoint (`assistant doctor`), then retry."
     if failing_test is not None:

@@ -55,3 +55,15 @@ def test_log_excerpt_numbers_lines_as_stored_and_keeps_the_newest_when_cut():
     assert "       30 | line 30" in text and "line 18\n" not in text                    # tails only
     cut = log_excerpt(recs, limit=300)
     assert "earlier commands left out" in cut and "chunk a00004" in cut and "chunk e00000" not in cut
+
+
+def test_a_question_nobody_answered_says_to_give_the_answer_not_to_read_the_log():
+    from assistant.agent.asking import Question, Reply, unanswered_reason
+    reason = unanswered_reason(Question("Keep the old name?", ("keep", "rename")),
+                               Reply(answer=None, ended="timeout", waited_s=15.2, timeout_s=15))
+    text = plain_digest(state="failed", reason=reason, records=[])
+    assert text.startswith("The job failed: the agent asked \u201cKeep the old name?\u201d and waited 15 s for an "
+                           "answer that did not come (ASSISTANT_ASK_TIMEOUT_S is 15 s)")
+    assert text.endswith("Next: retry the job with the answer to its question in the task, or ask a follow-up that "
+                         "answers it.")
+    assert "read the log" not in text
