@@ -245,7 +245,9 @@ def _formatting_flag(change: FileChange) -> ReviewFlag | None:
 def _referenced(change: FileChange, others: Sequence[FileChange], task: str) -> bool:
     p = PurePosixPath(change.path)
     names = {p.name, p.stem, change.path, ".".join(p.with_suffix("").parts)}
-    names = {n for n in names if len(n) >= 3}
+    # Two characters are enough for a name with a digit ("module m9"); other short stems ("io", "db") would match
+    # ordinary words of a task.
+    names = {n for n in names if len(n) >= 3 or (len(n) == 2 and any(c.isdigit() for c in n))}
     texts = [task] + ["\n".join(o.added) for o in others if o is not change]
     return any(re.search(r"(?<![\w-])" + re.escape(n) + r"(?![\w-])", text) for text in texts for n in names)
 

@@ -113,6 +113,14 @@ def test_new_files_nothing_refers_to(repo):
     assert not [f for f in flags(repo, "Add helpers.py with a twice() function") if f[1] == "helpers.py"]
 
 
+def test_a_short_module_name_the_task_gives_is_a_reference(repo):
+    fix_source(repo)
+    (repo / "m9.py").write_text("def f9():\n    return 9\n")
+    assert not [f for f in flags(repo, "Create module m9 with a function f9") if f[1] == "m9.py"]
+    assert ("unreferenced_file", "m9.py", "new file that nothing in the change or the task refers to") in flags(
+        repo, "Create a module with a function f9")
+
+
 def test_binary_large_lockfile_and_environment_litter(repo):
     fix_source(repo)
     (repo / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
