@@ -504,12 +504,18 @@ def repo_label(repo: str | None) -> str:
     return re.split(r"[/\\:]", text)[-1].removesuffix(".git") if text else ""
 
 
+# The composer's commands (app.COMMANDS): a conversation whose first message was typed as "/code Fix …" is named
+# "Fix …" in the list, not after the command.
+SLASH_COMMANDS = ("ask", "code", "jobs", "steer", "review")
+_LEADING_COMMAND = re.compile(r"^/(?:" + "|".join(SLASH_COMMANDS) + r")(?:\s+|$)")
+
+
 def listed_names(threads: list) -> list[str]:
     """The conversation list's names: "calc — Fix the add function" (the repository first, so conversations
     about different code tell apart), and a name two conversations share gets the time each began."""
     names = []
     for thread in threads:
-        name = " ".join(str(thread.name or "New conversation").split())
+        name = _LEADING_COMMAND.sub("", " ".join(str(thread.name or "").split())) or "New conversation"
         label = repo_label(thread.repo)
         names.append(f"{label} — {name}" if label and not name.startswith(f"{label} — ") else name)
     counts: dict[str, int] = {}

@@ -361,3 +361,15 @@ def test_conversation_names_show_the_repository_and_tell_identical_titles_apart(
     assert names[2] == "other — Fix the add function"
     assert names[3] == "calc — Renamed" and names[4] == "New conversation"
     assert names[5:] == ["x — Same · Mar 04 10:06 (1)", "x — Same · Mar 04 10:06 (2)"]
+    typed = listed_names([thread("/code Create module m1", "/r/calc", 7), thread("/review  job 2", "/r/calc", 8),
+                          thread("/code", "/r/calc", 9), thread("/tmp is full again", "/r/calc", 10),
+                          thread("/codes are wrong", "/r/calc", 11)])
+    assert typed == ["calc — Create module m1", "calc — job 2", "calc — New conversation",
+                     "calc — /tmp is full again", "calc — /codes are wrong"]
+
+
+def test_the_names_strip_every_command_of_the_composer():
+    from assistant.app import COMMANDS
+    from assistant.web.datalayer import SLASH_COMMANDS
+
+    assert sorted(c["id"] for c in COMMANDS) == sorted(SLASH_COMMANDS)
