@@ -45,31 +45,65 @@ def _sigmoid(z: float) -> float:
     return 1 / (1 + math.exp(-max(-30.0, min(30.0, z))))
 
 
-def fit(examples: list[Example], strength: float) -> tuple[float, dict[str, float]]:
+class Indexed:
+    """A head's examples with each feature name numbered once, so that cross-validation's many fits work on lists
+    (the same arithmetic in the same order as over the names: the same weights, byte for byte, in a third of the
+    time) and each item is featurised once, not once per fold and strength."""
+
+    def __init__(self, items: list[Item], head: str):
+        kept = [i for i in items if head == "work" or i.jobs]
+        self.names: list[str] = []
+        number: dict[str, int] = {}
+        self.by_id: dict[str, tuple[tuple[tuple[int, float], ...], int]] = {}
+        for item, (feats, y) in zip(kept, head_examples(kept, head)):
+            self.by_id[item.id] = (tuple((number.setdefault(k, len(number)), v) for k, v in feats.items()), y)
+        self.names = list(number)
+
+    def examples(self, items: list[Item]) -> list[tuple[tuple[tuple[int, float], ...], int]]:
+        return [self.by_id[i.id] for i in items if i.id in self.by_id]
+
+
+def _fit(examples: list, size: int, strength: float) -> tuple[float, list[float], list[bool]]:
     """Logistic regression with balanced class weights and an L2 penalty (not on the bias), by stochastic
     gradient descent in a seeded order; the penalty is applied lazily through a common scale factor."""
     positives = sum(y for _f, y in examples)
     weight_of = {1: len(examples) / (2 * max(positives, 1)), 0: len(examples) / (2 * max(len(examples) - positives, 1))}
-    bias, stored, scale = 0.0, {}, 1.0
+    bias, stored, seen, scale = 0.0, [0.0] * size, [False] * size, 1.0
     order = list(range(len(examples)))
     rng = random.Random(SEED)
-    t = 0
+    n, t, exp = len(examples), 0, math.exp
     for _epoch in range(EPOCHS):
         rng.shuffle(order)
         for index in order:
             feats, y = examples[index]
-            step = STEP / (1 + t / len(examples))
+            step = STEP / (1 + t / n)
             t += 1
-            p = _sigmoid(bias + scale * sum(v * stored.get(k, 0.0) for k, v in feats.items()))
+            z = bias + scale * sum([v * stored[k] for k, v in feats])
+            p = 1 / (1 + exp(-(-30.0 if z < -30.0 else 30.0 if z > 30.0 else z)))   # _sigmoid, inlined
             err = weight_of[y] * (p - y)
             scale *= 1 - step * strength
             bias -= step * err
-            for k, v in feats.items():
-                stored[k] = stored.get(k, 0.0) - step * err * v / scale
+            moved = step * err
+            for k, v in feats:
+                stored[k] = stored[k] - moved * v / scale
+                seen[k] = True
             if scale < 1e-6:
-                stored = {k: w * scale for k, w in stored.items()}
+                stored = [w * scale for w in stored]
                 scale = 1.0
-    return bias, {k: w * scale for k, w in stored.items()}
+    return bias, [w * scale for w in stored], seen
+
+
+def fit(examples: list[Example], strength: float) -> tuple[float, dict[str, float]]:
+    """`_fit` over named features: the bias and the weight of every feature the examples have."""
+    number: dict[str, int] = {}
+    indexed = [(tuple((number.setdefault(k, len(number)), v) for k, v in f.items()), y) for f, y in examples]
+    bias, weights, _seen = _fit(indexed, len(number), strength)
+    return bias, dict(zip(number, weights))
+
+
+def _accuracy(bias: float, weights: list[float], examples: list) -> float:
+    right = sum((_sigmoid(bias + sum(v * weights[k] for k, v in f)) >= 0.5) == bool(y) for f, y in examples)
+    return right / len(examples)
 
 
 def accuracy(model: tuple[float, dict[str, float]], examples: list[Example]) -> float:
@@ -83,13 +117,15 @@ def fold_of(item_id: str) -> int:
     return hashlib.sha256(f"routing-fold:{item_id}".encode()).digest()[0] % FOLDS
 
 
-def cross_validate(items: list[Item], head: str, strength: float) -> float:
+def cross_validate(items: list[Item], head: str, strength: float, indexed: Indexed | None = None) -> float:
+    indexed = indexed or Indexed(items, head)
     scores = []
     for fold in range(FOLDS):
-        train = head_examples([i for i in items if fold_of(i.id) != fold], head)
-        test = head_examples([i for i in items if fold_of(i.id) == fold], head)
+        train = indexed.examples([i for i in items if fold_of(i.id) != fold])
+        test = indexed.examples([i for i in items if fold_of(i.id) == fold])
         if test:
-            scores.append(accuracy(fit(train, strength), test))
+            bias, weights, _seen = _fit(train, len(indexed.names), strength)
+            scores.append(_accuracy(bias, weights, test))
     return sum(scores) / len(scores)
 
 
@@ -97,7 +133,8 @@ def train(items: list[Item], log=print) -> dict:
     items = [i for i in items if i.route in CLASSIFIER_ROUTES]  # no steer head: the rules and the model decide those
     heads = {}
     for head in ("work", "followup"):
-        scores = {s: cross_validate(items, head, s) for s in STRENGTHS}
+        indexed = Indexed(items, head)
+        scores = {s: cross_validate(items, head, s, indexed) for s in STRENGTHS}
         # The one-standard-error rule: the strongest penalty whose score is within one standard error of the best.
         # Differences smaller than that are noise (a message more or less in a fold), and the weaker penalty that
         # wins by them memorises more: it flipped the choice back and forth as items were added.
@@ -106,7 +143,8 @@ def train(items: list[Item], log=print) -> dict:
         best = max(s for s in STRENGTHS if scores[s] >= top - within)
         log(f"{head:9} cross-validated accuracy by L2 strength: "
             + ", ".join(f"{s:g}: {a:.3f}" for s, a in scores.items()) + f" -> {best:g}")
-        bias, weights = fit(head_examples(items, head), best)
+        bias, weights, seen = _fit(indexed.examples(items), len(indexed.names), best)
+        weights = {name: w for name, w, was in zip(indexed.names, weights, seen) if was}
         heads[head] = {"strength": best, "cv_accuracy": round(scores[best], 4), "bias": round(bias, 5),
                        "weights": {k: round(w, 5) for k, w in sorted(weights.items()) if abs(w) >= 1e-4}}
     return {"format": FORMAT,

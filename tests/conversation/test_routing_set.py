@@ -2,7 +2,6 @@
 import json
 from collections import Counter
 
-import pytest
 
 from assistant.conversation.route_classifier import WEIGHTS_PATH, shipped_classifier
 from assistant.conversation.router import route_message
@@ -55,7 +54,6 @@ def test_the_shipped_classifier_routes_90_percent_of_the_held_out_part_right():
     assert right / len(held_out) >= 0.90, f"{right} of {len(held_out)} right"
 
 
-@pytest.mark.timeout(120)
 def test_the_shipped_weights_are_what_the_trainer_makes_from_the_tuning_part():
     model = train([i for i in ITEMS if i.split == "tune"], log=lambda _line: None)
     # The classifier has no steer head: it learns from the tuning items of the routes it can say.
