@@ -2,7 +2,6 @@
 import json
 from collections import Counter
 
-
 from assistant.conversation.route_classifier import WEIGHTS_PATH, shipped_classifier
 from assistant.conversation.router import route_message
 from bench.routing_set import CLASSIFIER_ROUTES, load_set, split_of
