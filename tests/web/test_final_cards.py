@@ -143,3 +143,6 @@ def test_a_cancelled_card_keeps_its_steps_and_says_why_there_is_no_diff(world):
             card(page, number).locator("h3").first.evaluate("h => h.scrollIntoView({block: 'start'})")  # its top
             page.wait_for_timeout(300)
             page.screenshot(path=str(SCREENSHOTS / f"final-card-{what}-{name}.png"))
+            card(page, number).get_by_role("button").last.evaluate("b => b.scrollIntoView({block: 'end'})")  # its end
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(SCREENSHOTS / f"final-card-{what}-{name}-end.png"))
