@@ -114,6 +114,9 @@ class Settings(BaseModel):
     ask_timeout_s: float = Field(1800, ge=1, description="How long a job whose agent asked you something (state `waiting`) waits for your answer (`assistant jobs tell`, or the core's `JobManager.tell`), seconds; then it ends failed, its summary saying the answer did not come. Its sandbox is kept meanwhile.")
     job_max_tokens: int = Field(3_000_000, ge=1000, description="Tokens (prompt + completion) per job.")
     command_timeout_s: int = Field(300, ge=1, description="Default timeout of one agent shell command, seconds.")
+    self_review: Literal["off", "on", "auto"] = Field("off", description="Self-review: after a coding job's agent finished with a change, a second pass in the same sandbox reviews the job's own diff as `assistant review` does (tests on the start commit and on the change, the reviewer's findings, each proof run by the product on both) and attaches the findings to the job; a verified blocker or major finding turns the job's result from fix to draft. `auto`: on with a configured model endpoint, off with the embedded model (see Benchmarks).")
+    self_review_max_seconds: int = Field(600, ge=10, description="Wall-clock budget of one self-review pass, seconds (the job's own clock stands still meanwhile); when it runs out, or the pass fails, the job ends with its own result and a note that the self-review did not complete.")
+    self_review_max_steps: int = Field(15, ge=1, description="Model turns of the self-review's reviewer (the embedded model's reviewer answers in one constrained reply).")
 
     # Scale-out (a PostgreSQL database: jobs go to a durable queue served by worker processes).
     serve_workers: bool = Field(True, description="With PostgreSQL: `assistant serve` also runs a job worker in its own process (`assistant serve --no-workers` turns it off, leaving jobs to `assistant worker` processes).")
