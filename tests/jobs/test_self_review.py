@@ -18,6 +18,7 @@ from assistant.llm.client import ModelClient
 from assistant.sandbox import prepare as real_prepare
 from assistant.store import Store
 from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
+from assistant.web.cards import render_job_card
 from tests.fixtures.chunks import (CHUNKS, PROOF_CMD, PROOF_TEST, REVIEWER, TESTS, bug_findings, finding,
                                    reviewer)
 from tests.fixtures.repos import make_repo
@@ -133,6 +134,11 @@ def test_a_proved_bug_in_the_jobs_own_diff_is_attached_verified_and_the_fix_beco
     assert any(n.startswith("self-review: changes requested") for n in notices(manager, job))
     # The review's log chunks are the review's: the agent's own evidence (its test run) still decides the rest.
     assert [e["command"] for e in job.outcome["evidence"]] == [TEST_CMD]
+    # The card shows the draft with the reason, and the self-review under it.
+    card = render_job_card(manager.store, job.id)
+    assert "### Result: ✎ draft" in card and "self-review verified a blocker finding" in card
+    assert card.index("### Result: ✎ draft") < card.index("#### Self-review of this change: ✗ Changes requested")
+    assert "- ✔ **f1 · blocker · chunked drops the last item of an odd-length list — verified**" in card
 
 
 def test_an_invented_finding_without_proof_stays_unverified_and_the_fix_stays_a_fix(repo, scripted_model,
@@ -191,6 +197,8 @@ def test_a_reviewer_that_errors_leaves_the_jobs_result_with_a_note(repo, scripte
     assert "+++ b/NOTES.md" in manager.store.get_artifact(job.id, "patch")
     assert any(n.startswith("self-review did not complete") for n in notices(manager, job))
     assert self_review_lines(manager.store, job.id)[0].startswith("self-review: did not complete")
+    card = render_job_card(manager.store, job.id)
+    assert "### Result: ✔ fix" in card and "#### Self-review: did not complete" in card
     assert len(reviewer_requests(scripted_model)) >= 2  # the reviewer was asked, and asked once more
 
 
