@@ -492,6 +492,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         job = _find_job(store, args.id, args.thread, args.action)
         if job is None:
             return 2
+        if args.action == "show" and args.json:
+            from types import SimpleNamespace
+            print(json.dumps(_job_json(SimpleNamespace(store=store, settings=settings), job), indent=2, default=str))
+            return 0
         if args.action == "show":
             from .jobs.results import conversation_usage, job_usage, result_lines, usage_line
             for key in ("id", "state", "reason", "title", "repo", "ref", "backend", "base_commit", "setup_network",
@@ -784,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--chunk", help="with logs: print one chunk's numbered lines")
     j.add_argument("--patch", action="store_true", help="with diff: the git-apply-able patch")
     j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--json", action="store_true", help="with show: the job as one JSON object, as `run --json` "
+                   "prints it (its self-review included)")
     j.set_defaults(func=cmd_jobs)
 
     d = sub.add_parser("doctor", help="what is ready, and the command that fixes what is not")
