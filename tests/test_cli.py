@@ -537,7 +537,8 @@ def test_jobs_show_prints_the_self_review_and_its_json_carries_it(cli_env):
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "self-review" in line or line.startswith("  f")]
     assert lines[0] == "self-review: changes requested — 4 findings, 1 verified (12 s)"
-    assert lines[1].startswith("  f1 [blocker] chunked drops the last item of an odd-length list — ✔ verified: `")
+    assert lines[1].startswith("  f1 [blocker] chunked drops the last item of an odd-length list — ✔ verified: its "
+                               "proof `") and "fails on the head 【aaa111†L1-L" in lines[1]
     assert lines[2] == "  f2 [major] chunked is slow on huge lists — ⚠ unverified: no proof was given"
     shown = json.loads(cli(["jobs", "show", jobs["calc1"].id, "--json"], cli_env).stdout)
     assert shown["job_id"] == jobs["calc1"].id and shown["self_review"]["status"] == "done"

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 
+from ..agent.reviewer import finding_status
 from ..domain import states
 from ..domain.events import Notice
 from ..domain.review import SELF_REVIEW_ARTIFACT, SELF_REVIEW_DONE, SELF_REVIEW_INCOMPLETE, SelfReview
@@ -117,14 +118,6 @@ def self_review_lines(store, job_id: str) -> list[str]:
     lines = [f"self-review: {result.verdict.replace('_', ' ')} — {len(result.findings)} finding"
              f"{'s' if len(result.findings) != 1 else ''}, {verified} verified ({review.seconds:.0f} s)"]
     for severity, findings in result.by_severity().items():
-        for f in findings:
-            proof = f.proof
-            if f.verified and proof is not None:
-                mark = (f"✔ verified: `{proof.command}` fails on the change (chunk {proof.head.chunk_id}) "
-                        f"and passes on the start commit (chunk {proof.base.chunk_id})")
-            elif proof is None:
-                mark = "⚠ unverified: no proof was given"
-            else:
-                mark = f"⚠ unverified: {proof.reason or proof.status.replace('_', ' ')}"
-            lines.append(f"  {f.id} [{severity}] {f.title} — {mark}")
+        lines += [f"  {f.id} [{severity}] {f.title} — {'✔' if f.verified else '⚠'} {finding_status(f)}"
+                  for f in findings]
     return lines

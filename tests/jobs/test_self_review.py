@@ -10,19 +10,17 @@ import pytest
 
 from assistant.domain import states
 from assistant.domain.events import Notice
-from assistant.jobs import runner as runner_module
 from assistant.jobs.manager import JobManager, JobRequest
 from assistant.jobs.review import added_paths
 from assistant.jobs.self_review import load_self_review, self_review_lines
 from assistant.llm.client import ModelClient
-from assistant.sandbox import prepare as real_prepare
 from assistant.store import Store
 from assistant.testing.scripted_model import Reply, by_turn, chunk_ids
 from assistant.web.cards import render_job_card
 from tests.fixtures.chunks import (CHUNKS, PROOF_CMD, PROOF_TEST, REVIEWER, TESTS, bug_findings, finding,
                                    reviewer)
 from tests.fixtures.repos import make_repo
-from tests.jobs.fake_sandbox import FakeSandbox
+from tests.jobs.fake_sandbox import run_jobs_in_fake_sandboxes
 
 AGENT = "You are a careful software engineer"
 TEST_CMD = "python3 -m unittest -v 2>&1"
@@ -53,13 +51,7 @@ def coder(change: str):
 
 @pytest.fixture
 def fake_sandboxes(monkeypatch):
-    def start(**kw):
-        return FakeSandbox.start(**kw)
-    start.backend = "fake"
-
-    def prepare(request, config, *, engine=None, warm=None, **callbacks):
-        return real_prepare(request, config, start=start, **callbacks)
-    monkeypatch.setattr(runner_module, "prepare", prepare)
+    run_jobs_in_fake_sandboxes(monkeypatch)
 
 
 @pytest.fixture
@@ -158,7 +150,7 @@ def test_an_invented_finding_without_proof_stays_unverified_and_the_fix_stays_a_
     assert not unproved.verified and unproved.proof is None
     assert review.result.verdict == "comment" and not review.result.model_verdict_consistent
     assert job.outcome["kind"] == "fix", job.outcome["kind_reason"]
-    assert "⚠ unverified: passes on head" in self_review_lines(manager.store, job.id)[1]
+    assert "⚠ unverified: its proof passes on the head" in self_review_lines(manager.store, job.id)[1]
 
 
 def test_with_self_review_off_no_review_pass_runs(repo, scripted_model, make_manager):
