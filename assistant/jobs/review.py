@@ -14,6 +14,7 @@ against what the change or the reviewer wrote: checkouts, file writes and diffs 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -223,7 +224,7 @@ def review_change(spec, request: ReviewRequest, prepared, *, model, limits, conf
     flags = [f.as_dict() for f in review_diff(change.display, "", patch=change.patch)]  # the change's own flags
     suites = _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructions, deadline)
     _check_cancel(control)
-    env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
+    env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=_left(limits, deadline) or 1,
                   on_output=None, test_commands=tuple(s.command for s in suites))
     report, usage = _reviewer_report(spec, request, model, limits, env, emit, control, instructions, base, head,
                                      change, suites, flags, deadline)
@@ -324,8 +325,8 @@ def _left(limits, deadline: float | None) -> int | None:
     """A command's timeout within the pass's deadline; None when the deadline has passed."""
     if deadline is None:
         return limits.command_timeout_s
-    left = int(deadline - time.monotonic())
-    return min(limits.command_timeout_s, left) if left >= 1 else None
+    left = deadline - time.monotonic()
+    return min(limits.command_timeout_s, math.ceil(left)) if left > 0 else None
 
 
 def _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructions,
@@ -382,7 +383,7 @@ def _reviewer_report(spec, request, model, limits, env, emit, control, instructi
     harness's models) gives it in one grammar-constrained reply over the diff and the test runs."""
     usage = _Usage()
     if not uses_guided(limits.harness, limits.tool_protocol):
-        seconds = limits.max_seconds if deadline is None else max(1, int(deadline - time.monotonic()))
+        seconds = limits.max_seconds if deadline is None else max(1, math.ceil(deadline - time.monotonic()))
         budgets = AgentBudgets(max_steps=limits.max_steps, max_seconds=min(limits.max_seconds, seconds),
                                max_tokens=limits.max_tokens, context_window=limits.context_window)
         agent = Agent(model, env, budgets=budgets, protocol=limits.tool_protocol, job_id=spec.job_id,
