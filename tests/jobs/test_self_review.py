@@ -230,3 +230,19 @@ def test_added_paths_are_the_files_a_patch_creates():
              "diff --git a/a.py b/moved.py\nsimilarity index 100%\nrename from a.py\nrename to moved.py\n")
     assert added_paths(patch) == ["new.py", "moved.py"]
     assert added_paths("") == []
+
+
+def test_a_cancel_during_the_self_review_cancels_the_job(repo, scripted_model, make_manager):
+    manager = make_manager(ASSISTANT_SELF_REVIEW="on", ASSISTANT_SELF_REVIEW_MAX_SECONDS="300")
+    scripted_model.when_system_contains(AGENT, [coder(BUGGY_CHANGE)], repeat_last=True)
+    scripted_model.when_system_contains(REVIEWER, [Reply.call("shell", command="sleep 300")], repeat_last=True)
+    job = manager.submit(JobRequest(task="Compute the range in chunked once", repo=str(repo)))[0]
+    deadline = time.monotonic() + 120
+    while not reviewer_requests(scripted_model):  # the reviewer has been asked: the pass is under way
+        assert time.monotonic() < deadline, "the self-review never started"
+        time.sleep(0.1)
+    assert manager.cancel(job.id)
+    job = manager.wait(job.id, timeout=120)
+    assert job.state == states.CANCELLED and job.reason == "cancelled by the user"
+    review = load_self_review(manager.store, job.id)
+    assert review is None or review.status != "done"  # no review is presented as complete
