@@ -130,7 +130,15 @@ def _job_json(assistant, job) -> dict:
         "blocked_requests": [{"command": c.command, "chunk_id": c.id, "lines": c.text.splitlines()}
                              for c in assistant.store.list_chunks(job.id) if c.command.startswith("egress proxy:")],
         "model": job.model, "usage": job_usage(assistant.store, job, assistant.settings),
+        "self_review": _self_review_json(assistant.store, job),
     }
+
+
+def _self_review_json(store, job) -> dict | None:
+    """The job's self-review (ASSISTANT_SELF_REVIEW): status, and the review's result when it completed."""
+    from .jobs.self_review import load_self_review
+    review = load_self_review(store, job.id)
+    return review.as_dict() if review is not None else None
 
 
 def _checked_summary(job) -> str:
@@ -145,6 +153,9 @@ def _print_job_result(assistant, job) -> None:
     from .jobs.results import result_lines
     print(f"{_job_name(job)}: {job.state}" + (f" ({job.reason})" if job.reason else ""))
     for line in result_lines(job):
+        print(line)
+    from .jobs.self_review import self_review_lines
+    for line in self_review_lines(assistant.store, job.id):
         print(line)
     if job.summary:
         print("\n" + _checked_summary(job))
@@ -481,6 +492,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         job = _find_job(store, args.id, args.thread, args.action)
         if job is None:
             return 2
+        if args.action == "show" and args.json:
+            from types import SimpleNamespace
+            print(json.dumps(_job_json(SimpleNamespace(store=store, settings=settings), job), indent=2, default=str))
+            return 0
         if args.action == "show":
             from .jobs.results import conversation_usage, job_usage, result_lines, usage_line
             for key in ("id", "state", "reason", "title", "repo", "ref", "backend", "base_commit", "setup_network",
@@ -502,6 +517,9 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             if job.thread_id:
                 print(f"{'conversation usage':>18}: {usage_line(conversation_usage(store, job.thread_id, settings))}")
             for line in result_lines(job):
+                print(line)
+            from .jobs.self_review import self_review_lines
+            for line in self_review_lines(store, job.id):
                 print(line)
             from .notify import delivery_line
             for row in store.list_notifications(job.id):  # one per webhook URL (ASSISTANT_WEBHOOK_URLS)
@@ -770,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--chunk", help="with logs: print one chunk's numbered lines")
     j.add_argument("--patch", action="store_true", help="with diff: the git-apply-able patch")
     j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--json", action="store_true", help="with show: the job as one JSON object, as `run --json` "
+                   "prints it (its self-review included)")
     j.set_defaults(func=cmd_jobs)
 
     d = sub.add_parser("doctor", help="what is ready, and the command that fixes what is not")

@@ -1,6 +1,6 @@
 """The product against mini-swe-agent on the same small model, on tiny repositories with hidden tests.
 
-    python bench/embedded_agent.py [--set tune|held-out|all] [--agents product,msa] [--model GGUF]
+    python bench/embedded_agent.py [--set tune|held-out|all] [--agents product,product-sr,msa] [--model GGUF]
                                    [--threads 2] [--ctx 8192] [--job-seconds 300] [--only NAME,...]
 
 One llama-cpp-python server on loopback serves the GGUF (the embedded Qwen2.5-Coder 1.5B by default) to both
@@ -8,7 +8,9 @@ agents, through a counting relay that reads each reply's token usage, so both ar
 same way:
 
 - product: `assistant run --json` on a fresh repository (the guided harness, grammar-constrained actions,
-  local sandbox), its patch taken from the JSON;
+  local sandbox), its patch taken from the JSON, self-review off; product-sr: the same with self-review on
+  (ASSISTANT_SELF_REVIEW=on: the job's own diff reviewed in its sandbox before it ends). For both, the kind of
+  result the product reported (fix, draft, …) is recorded next to what the hidden tests say;
 - mini-swe-agent (pinned, its text-based config, its local environment in a temporary copy of the
   repository), its changes taken with `git diff` in that copy. It lives in its own virtualenv,
   bench/.venv-msa, made on first use with: python3 -m venv bench/.venv-msa &&
@@ -202,7 +204,7 @@ def accepted(task: Task, patch: str, work: Path) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------- agents
-def run_product(task: Task, repo: Path, base_url: str, work: Path, job_seconds: int) -> dict:
+def run_product(task: Task, repo: Path, base_url: str, work: Path, job_seconds: int, self_review: str = "off") -> dict:
     data = work / "data"
     data.mkdir(parents=True)
     os.chmod(work, 0o711)
@@ -212,7 +214,8 @@ def run_product(task: Task, repo: Path, base_url: str, work: Path, job_seconds: 
            "ASSISTANT_SANDBOX_BACKEND": os.environ.get("ASSISTANT_SANDBOX_BACKEND", "local"),
            "ASSISTANT_JOB_MAX_SECONDS": str(job_seconds), "ASSISTANT_MODEL_TIMEOUT_S": "600",
            "ASSISTANT_CONTEXT_WINDOW": "8192", "ASSISTANT_WARM_POOL": "false",
-           "ASSISTANT_CONFIG": str(work / "none.toml"), "NO_PROXY": "127.0.0.1,localhost"}
+           "ASSISTANT_CONFIG": str(work / "none.toml"), "NO_PROXY": "127.0.0.1,localhost",
+           "ASSISTANT_SELF_REVIEW": self_review}
     started = time.monotonic()
     try:
         run = subprocess.run([sys.executable, "-m", "assistant.cli", "run", "--repo", str(repo), "--json", task.task],
@@ -226,8 +229,21 @@ def run_product(task: Task, repo: Path, base_url: str, work: Path, job_seconds: 
     except ValueError:
         return {"wall_s": wall, "patch": "", "status": f"no JSON (exit {run.returncode})",
                 "note": (run.stderr or run.stdout).strip()[-400:]}
+    outcome = result.get("outcome") or {}
+    review = result.get("self_review") or {}
+    verdict = (review.get("result") or {}).get("verdict")
+    findings = (review.get("result") or {}).get("findings") or []
     return {"wall_s": wall, "patch": result.get("patch") or "", "status": result.get("status"),
-            "note": (result.get("reason") or "")[:300], "steps": result.get("steps")}
+            "note": (result.get("reason") or "")[:300], "steps": result.get("steps"),
+            "kind": outcome.get("kind"), "kind_reason": (outcome.get("kind_reason") or "")[:300],
+            "self_review": ({"status": review.get("status"), "verdict": verdict, "findings": len(findings),
+                             "verified": sum(1 for f in findings if f.get("verified")),
+                             "reason": review.get("reason") or "", "seconds": review.get("seconds")}
+                            if review else None)}
+
+
+def run_product_self_review(task: Task, repo: Path, base_url: str, work: Path, job_seconds: int) -> dict:
+    return run_product(task, repo, base_url, work, job_seconds, self_review="on")
 
 
 MSA_STEP_LIMIT = 30
@@ -276,7 +292,7 @@ def run_msa(task: Task, repo: Path, base_url: str, work: Path, job_seconds: int)
     return {"wall_s": wall, "patch": patch, "status": status, "note": note, "steps": steps}
 
 
-AGENTS = {"product": run_product, "msa": run_msa}
+AGENTS = {"product": run_product, "product-sr": run_product_self_review, "msa": run_msa}
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -288,7 +304,8 @@ def load() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=["tune", "held-out", "all"], default="all")
-    parser.add_argument("--agents", default="product,msa")
+    parser.add_argument("--agents", default="product,msa",
+                        help=f"comma-separated, of {', '.join(AGENTS)} (product-sr: the product with self-review on)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, required=DEFAULT_MODEL is None,
                         help="the GGUF to serve (or set ASSISTANT_BENCH_GGUF)")
     parser.add_argument("--threads", type=int, default=2)
@@ -300,6 +317,9 @@ def main() -> int:
 
     sets = ["tune", "held-out"] if args.set == "all" else [args.set]
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        parser.error(f"unknown agent {', '.join(unknown)}; choose among {', '.join(AGENTS)}")
     only = {n.strip() for n in args.only.split(",") if n.strip()}
     scratch = Path(tempfile.mkdtemp(prefix="embedded-agent-bench-", dir="/tmp"))
     os.chmod(scratch, 0o711)
@@ -326,12 +346,16 @@ def main() -> int:
                     row = {"set": set_name, "task": task.name, "kind": task.kind, "agent": agent, "solved": solved,
                            "wall_s": round(outcome["wall_s"], 1), "tokens": usage["prompt_tokens"] + usage["completion_tokens"],
                            **usage, "status": outcome["status"], "steps": outcome.get("steps"), "check": check,
-                           "note": outcome.get("note", ""), "load_before": load_before, "load_after": load(),
+                           "note": outcome.get("note", ""), "result_kind": outcome.get("kind"),
+                           "kind_reason": outcome.get("kind_reason", ""), "self_review": outcome.get("self_review"),
+                           "load_before": load_before, "load_after": load(),
                            "patch": outcome["patch"][:4000]}
                     rows.append(row)
                     write_results(args, rows, sets, agents, partial=True)
                     print(f"{set_name:8} {task.name:20} {agent:8} {'SOLVED' if solved else 'failed':7} "
-                          f"{row['wall_s']:7.1f} s {row['tokens']:7d} tok  {row['status']}  load {row['load_after']}",
+                          f"{row['wall_s']:7.1f} s {row['tokens']:7d} tok  {row['status']}  kind {row['result_kind'] or '-'}"
+                          + (f"  self-review {_review_line(row['self_review'])}" if row["self_review"] else "")
+                          + f"  load {row['load_after']}",
                           flush=True)
     finally:
         relay.close()
@@ -365,18 +389,35 @@ def summarise(rows: list[dict], sets: list[str], agents: list[str]) -> list[dict
             if not mine:
                 continue
             solved = [r for r in mine if r["solved"]]
+            kinds: dict[str, int] = {}
+            for r in mine:
+                kinds[r.get("result_kind") or "-"] = kinds.get(r.get("result_kind") or "-", 0) + 1
+            fixes = [r for r in mine if r.get("result_kind") == "fix"]
             out.append({"set": set_name, "agent": agent, "solved": len(solved), "total": len(mine),
+                        "kinds": kinds,
+                        # a "fix" the hidden tests reject, and a "draft" they accept: where the kind misled
+                        "fix_but_unsolved": sum(1 for r in fixes if not r["solved"]),
+                        "draft_but_solved": sum(1 for r in mine if r.get("result_kind") == "draft" and r["solved"]),
                         "wall_s_mean": round(sum(r["wall_s"] for r in mine) / len(mine), 1),
                         "wall_s_max": max(r["wall_s"] for r in mine),
                         "tokens_per_solved": round(sum(r["tokens"] for r in mine) / len(solved)) if solved else None})
     return out
 
 
+def _review_line(review: dict) -> str:
+    if review.get("status") != "done":
+        return f"incomplete ({review.get('reason', '')[:80]})"
+    return f"{review.get('verdict')} {review.get('findings')} findings, {review.get('verified')} verified"
+
+
 def print_table(summary: list[dict]) -> None:
-    print(f"\n{'set':9} {'agent':8} {'solved':>7} {'mean s':>8} {'max s':>7} {'tokens/solved':>14}")
+    print(f"\n{'set':9} {'agent':10} {'solved':>7} {'mean s':>8} {'max s':>7} {'tokens/solved':>14}  kinds "
+          "(fix-unsolved, draft-solved)")
     for s in summary:
-        print(f"{s['set']:9} {s['agent']:8} {s['solved']:>3}/{s['total']:<3} {s['wall_s_mean']:>8} {s['wall_s_max']:>7} "
-              f"{s['tokens_per_solved'] if s['tokens_per_solved'] is not None else '-':>14}")
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(s["kinds"].items()))
+        print(f"{s['set']:9} {s['agent']:10} {s['solved']:>3}/{s['total']:<3} {s['wall_s_mean']:>8} {s['wall_s_max']:>7} "
+              f"{s['tokens_per_solved'] if s['tokens_per_solved'] is not None else '-':>14}  {kinds} "
+              f"({s['fix_but_unsolved']}, {s['draft_but_solved']})")
 
 
 if __name__ == "__main__":

@@ -518,3 +518,32 @@ def test_review_fix_runs_the_follow_up_of_a_finding(tmp_path, scripted_model, cl
     assert "+++ b/test_review_proof.py" in out["patch"] and "range(0, len(items), size)" in out["patch"]
     logs = cli(["jobs", "logs", out["job_id"]], env)
     assert PROOF_CMD[:40] in logs.stdout
+
+
+def test_jobs_show_prints_the_self_review_and_its_json_carries_it(cli_env):
+    from assistant.domain.review import SELF_REVIEW_ARTIFACT, SelfReview
+    from tests.web.review_fixture import result
+
+    _calc, _docs, jobs, _chunk = _two_conversations(cli_env)
+    store = _store(cli_env)
+    try:
+        store.put_artifact(jobs["calc1"].id, SELF_REVIEW_ARTIFACT,
+                           json.dumps(SelfReview("done", seconds=12.0, result=result()).as_dict()))
+        store.put_artifact(jobs["calc2"].id, SELF_REVIEW_ARTIFACT,
+                           json.dumps(SelfReview("incomplete", reason="the reviewer gave no usable report").as_dict()))
+    finally:
+        store.close()
+    proc = cli(["jobs", "show", jobs["calc1"].id], cli_env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "self-review" in line or line.startswith("  f")]
+    assert lines[0] == "self-review: changes requested — 4 findings, 1 verified (12 s)"
+    assert lines[1].startswith("  f1 [blocker] chunked drops the last item of an odd-length list — ✔ verified: its "
+                               "proof `") and "fails on the head 【aaa111†L1-L" in lines[1]
+    assert lines[2] == "  f2 [major] chunked is slow on huge lists — ⚠ unverified: no proof was given"
+    shown = json.loads(cli(["jobs", "show", jobs["calc1"].id, "--json"], cli_env).stdout)
+    assert shown["job_id"] == jobs["calc1"].id and shown["self_review"]["status"] == "done"
+    assert sorted((f["id"], f["severity"], f["verified"]) for f in shown["self_review"]["result"]["findings"]) == [
+        ("f1", "blocker", True), ("f2", "major", False), ("f3", "nit", False), ("f4", "minor", False)]
+    other = cli(["jobs", "show", jobs["calc2"].id], cli_env).stdout
+    assert "self-review: did not complete — the reviewer gave no usable report" in other
+    assert json.loads(cli(["jobs", "show", jobs["docs1"].id, "--json"], cli_env).stdout)["self_review"] is None

@@ -182,6 +182,11 @@ def render_summary(result: ReviewResult) -> str:
 
 
 def _finding_lines(f) -> str:
+    return f"- **[{f.id}] {f.title}** ({finding_status(f)})\n  {f.body}"
+
+
+def finding_status(f) -> str:
+    """Whether the product verified a finding, and on what runs (their log citations); else why not."""
     proof = f.proof
     if f.verified and proof is not None:
         status = (f"verified: its proof `{proof.command}` fails on the head {proof.head.citation} "
@@ -193,7 +198,7 @@ def _finding_lines(f) -> str:
         status = f"unverified: {_STATUS_WORDS[proof.status]} {runs}".rstrip()
     else:
         status = f"unverified: the proof was not run ({proof.reason or 'no reason recorded'})"
-    return f"- **[{f.id}] {f.title}** ({status})\n  {f.body}"
+    return status
 
 
 def proof_status(head_run, base_run) -> str:

@@ -144,3 +144,35 @@ def decide_verdict(findings: list[Finding]) -> str:
     if any(f.verified for f in serious):
         return "changes_requested"
     return "comment" if serious else "approve"
+
+
+SELF_REVIEW_ARTIFACT = "self_review"   # a coding job's review of its own diff (SelfReview as JSON)
+SELF_REVIEW_DONE, SELF_REVIEW_INCOMPLETE = "done", "incomplete"
+
+
+@dataclass
+class SelfReview:
+    """A coding job's second pass over its own diff, in its own sandbox (jobs/self_review.py): the review's result
+    when it completed, or why it did not (then the job's own result stands as it was, with this note)."""
+    status: str                               # done | incomplete
+    reason: str = ""                          # why it is incomplete (a model error, its time ran out, …)
+    seconds: float = 0.0
+    result: ReviewResult | None = None
+
+    @property
+    def proved_problem(self) -> bool:
+        """A blocker or major finding of the job's own diff verified by a proof the product ran."""
+        return self.result is not None and self.result.verdict == "changes_requested"
+
+    def verified_serious(self) -> list[Finding]:
+        return [f for f in (self.result.findings if self.result else []) if f.verified and f.serious]
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "reason": self.reason, "seconds": round(self.seconds, 1),
+                "result": self.result.as_dict() if self.result is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelfReview":
+        result = data.get("result")
+        return cls(status=data["status"], reason=data.get("reason") or "", seconds=data.get("seconds") or 0.0,
+                   result=ReviewResult.from_dict(result) if result else None)

@@ -88,13 +88,20 @@ class JobLimits:
     tool_protocol: str = "auto"
     harness: str = "auto"          # auto | guided | free (agent/harness.py)
     candidates: int = 3            # candidate edits the guided harness may try
+    self_review: bool = False      # review the job's own diff before it ends (jobs/self_review.py)
+    self_review_seconds: int = 600
+    self_review_steps: int = 15
 
     @classmethod
     def from_settings(cls, settings) -> "JobLimits":
         return cls(command_timeout_s=settings.command_timeout_s, max_steps=settings.job_max_steps,
                    max_seconds=settings.job_max_seconds, max_tokens=settings.job_max_tokens,
                    context_window=settings.context_window, tool_protocol=settings.tool_protocol,
-                   harness=settings.agent_harness, candidates=settings.guided_candidates)
+                   harness=settings.agent_harness, candidates=settings.guided_candidates,
+                   self_review=settings.self_review == "on" or (settings.self_review == "auto"
+                                                                and not settings.uses_local_model),
+                   self_review_seconds=settings.self_review_max_seconds,
+                   self_review_steps=settings.self_review_max_steps)
 
 
 @dataclass
@@ -277,7 +284,12 @@ def _run(spec, prepare, config, model, limits, job_log, emit, control, steering,
     if agent.interruptible:  # the guided harness's commands validate its edits: it reads messages, never stops them
         control.set_interrupter(env.interrupt)
     result = agent.run(spec.task, context=context, instructions=instructions)
-    return _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
+    outcome = _conclude(spec, result, prepared, config, job_log, emit, cancelled=control.cancelled.is_set())
+    from . import self_review  # a second pass over the job's own diff, when it is on
+    if self_review.wanted(outcome, limits) and not control.cancelled.is_set():
+        outcome = self_review.self_review(spec, prepared, outcome, model=model, limits=limits, config=config,
+                                          job_log=job_log, emit=emit, control=control, instructions=instructions)
+    return outcome
 
 
 class _PausingAsker:

@@ -6,6 +6,8 @@ wherever the workspace lived; the judgements themselves are the plain functions 
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,10 +16,10 @@ from ..agent.citations import check_citations
 from ..agent.claims import check_claims
 from ..agent.digest import log_excerpt, plain_digest
 from ..agent.evidence import LogRecord, records_from_chunks
-from ..agent.outcome import decide_outcome
+from ..agent.outcome import DRAFT, FIX, KindDecision, decide_outcome
 from ..agent.review import parse_diff, review_diff, tampered_tests
 from ..domain.outcome import Outcome
-from ..domain.review import REVIEW_ARTIFACT
+from ..domain.review import REVIEW_ARTIFACT, SELF_REVIEW_ARTIFACT, SelfReview
 from ..llm.guards import Instructions, find_problem
 from ..llm.pricing import Cost, UsageRow, cost_of, format_cost, format_tokens, parse_price_table
 from ..prompts import load_prompt, render_prompt
@@ -132,6 +134,7 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
         records, changed_files=files, named_tests=named_tests, agent_finished=state == states.SUCCEEDED,
         summary_located=source == SOURCE_AGENT and any(c.get("valid") for c in citations),
         tests_changed=tampered_tests(flags))
+    decided = _self_reviewed(store, job, decided)
     outcome = outcome.replace(**decided.as_dict()).replace(
         claims=[c.as_dict() for c in check_claims(summary, records, named_tests=named_tests)],
         flags=[f.as_dict() for f in flags], summary_source=source,
@@ -143,6 +146,25 @@ def assess_job(store: Store, job: Job, *, state: str, reason: str, summarise: Su
                                   flags=[])
     store.update_job(job.id, summary=summary, citations=citations, outcome=outcome.to_dict())
     return Assessment(summary, citations, outcome, written)
+
+
+def _self_reviewed(store: Store, job: Job, decided: KindDecision) -> KindDecision:
+    """A fix whose own self-review verified a blocker or major finding is a draft: the tests the agent ran pass,
+    but a proof the product ran fails on the change and passes on the start commit."""
+    raw = store.get_artifact(job.id, SELF_REVIEW_ARTIFACT)
+    if decided.kind != FIX or not raw:
+        return decided
+    review = SelfReview.from_dict(json.loads(raw))
+    proved = review.verified_serious()
+    if not proved:
+        return decided
+    first = proved[0]
+    run = first.proof.head if first.proof is not None else None
+    where = f" (its proof fails on the change, chunk {run.chunk_id}, and passes on the start commit)" if run else ""
+    more = f" and {len(proved) - 1} more" if len(proved) > 1 else ""
+    return dataclasses.replace(decided, kind=DRAFT, reason=(
+        f"self-review verified a {first.severity} finding: {first.id} {first.title}{where}{more}; "
+        f"the agent's tests had passed ({decided.reason})"))
 
 
 def assess_interrupted(store: Store, job_ids: Sequence[str]) -> None:

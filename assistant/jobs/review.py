@@ -14,6 +14,8 @@ against what the change or the reviewer wrote: checkouts, file writes and diffs 
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import asdict, dataclass
 
 from ..agent.citations import check_citations, find_citations
@@ -51,13 +53,14 @@ class ReviewError(ValueError):
 class ReviewRequest:
     """What a review job reviews. Branch mode: `base_commit` (where the head forked) and `head_commit`, fixed when
     the review was asked for. Patch and job modes: `patch`, applied on the job's ref (the base) in the sandbox."""
-    mode: str                          # branch | patch | job
+    mode: str                          # branch | patch | job | self (a coding job's own diff, in its sandbox)
     base_ref: str | None = None
     head_ref: str | None = None
     base_commit: str | None = None
     head_commit: str | None = None
     patch: str | None = None
     job_id: str | None = None          # job mode: the job whose diff is reviewed
+    task: str | None = None            # self mode: the task the change was made for
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -71,6 +74,8 @@ class ReviewRequest:
             return f"{self.head_ref or self.head_commit[:12]} against {self.base_ref or self.base_commit[:12]}"
         if self.mode == "job":
             return f"the diff of job {self.job_id}"
+        if self.mode == "self":
+            return render_prompt("self_review_what.md", task=" ".join((self.task or "").split())[:400]).strip()
         return f"a patch on {self.base_ref or 'the default branch'}"
 
 
@@ -193,30 +198,43 @@ def run_review(spec, prepared, *, model, limits, config, job_log, emit, control,
         return stop.outcome
 
 
-def _review(spec, prepared, model, limits, config, job_log, emit, control, instructions) -> JobOutcome:
-    request: ReviewRequest = spec.review
+@dataclass
+class Reviewed:
+    """What one review pass found (a review job's, or a coding job's self-review): the product-checked result,
+    the change it reviewed, the proofs it ran, and the reviewer's usage."""
+    result: ReviewResult
+    change: object          # the WorkspaceDiff of base → head
+    proofs: list
+    usage: "_Usage"
+
+
+def review_change(spec, request: ReviewRequest, prepared, *, model, limits, config, job_log, emit, control,
+                  instructions: str, deadline: float | None = None) -> Reviewed:
+    """One review pass in a prepared sandbox: the sides, the tests on both, the reviewer's report, the proofs run
+    by the product and the citations checked. `deadline` (time.monotonic()) bounds the pass: past it, no further
+    command starts. Raises _Stop (cancelled, or no usable report) with the outcome to end with."""
     sandbox = prepared.sandbox
     ws = Workspace(sandbox)
     base, head = _sides(request, prepared, ws)
     change = ws.diff(base, prepared.setup_changes, file_cap=config.diff_file_cap_bytes,
                      patch_cap=config.diff_patch_cap_bytes)
     if not change.files:
-        return JobOutcome(states.FAILED, f"the head {head[:12]} does not differ from the base {base[:12]}: "
-                                         "nothing to review")
+        raise _Stop(JobOutcome(states.FAILED, f"the head {head[:12]} does not differ from the base {base[:12]}: "
+                                              "nothing to review"))
     flags = [f.as_dict() for f in review_diff(change.display, "", patch=change.patch)]  # the change's own flags
-    suites = _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructions)
+    suites = _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructions, deadline)
     _check_cancel(control)
-    env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=limits.command_timeout_s,
+    env = ToolEnv(sandbox, job_log, spec.job_id, command_timeout_s=_left(limits, deadline) or 1,
                   on_output=None, test_commands=tuple(s.command for s in suites))
-    report, agent = _reviewer_report(spec, request, model, limits, env, emit, control, instructions, base, head,
-                                     change, suites, flags)
+    report, usage = _reviewer_report(spec, request, model, limits, env, emit, control, instructions, base, head,
+                                     change, suites, flags, deadline)
     control.set_interrupter(None)
     _check_cancel(control)
     sandbox.reap()  # what the reviewer left running must not touch the proofs' runs
     ws.checkout_commit(head)
     findings = [Finding(id=f"f{i}", title=rf.title, severity=rf.severity, body=rf.body)
                 for i, rf in enumerate(report.findings, 1)]
-    proofs = _run_proofs(spec, ws, sandbox, job_log, emit, report.findings, findings, base, head, limits)
+    proofs = _run_proofs(spec, ws, sandbox, job_log, emit, report.findings, findings, base, head, limits, deadline)
     for finding, proof in zip(findings, proofs):
         finding.proof = proof
         finding.verified = proof is not None and proof.status == PROOF_CONFIRMED
@@ -227,6 +245,16 @@ def _review(spec, prepared, model, limits, config, job_log, emit, control, instr
                           summary=report.summary, model_verdict=report.verdict,
                           model_verdict_consistent=report.verdict == verdict, findings=findings, tests=suites,
                           changed_files=[list(f) for f in change.files], flags=flags, proof_patch=proof_patch)
+    return Reviewed(result, change, proofs, usage)
+
+
+def _review(spec, prepared, model, limits, config, job_log, emit, control, instructions) -> JobOutcome:
+    request: ReviewRequest = spec.review
+    ws = Workspace(prepared.sandbox)
+    reviewed = review_change(spec, request, prepared, model=model, limits=limits, config=config, job_log=job_log,
+                             emit=emit, control=control, instructions=instructions)
+    result, change, proofs, agent = reviewed.result, reviewed.change, reviewed.proofs, reviewed.usage
+    proof_patch = result.proof_patch
     summary = render_summary(result)
     if result.summary:  # the model's words: said to be so, and its citations are checked with the rest
         summary += "\n\nThe reviewer's note (its own words; only the verified findings above are checked facts): " \
@@ -266,6 +294,10 @@ def _sides(request: ReviewRequest, prepared, ws: Workspace) -> tuple[str, str]:
     if request.mode == "branch":
         return request.base_commit, prepared.base_commit
     base = prepared.diff_base or prepared.base_commit
+    if request.mode == "self":  # the job's own change is in the working tree: back to the base, then commit it
+        ws.checkout_commit(base)
+        for path in added_paths(request.patch or ""):
+            ws.remove_file(path)
     applied = ws.apply_start_patch(request.patch or "", "the change under review")
     if not applied.ok:
         raise _Stop(JobOutcome(states.FAILED, f"the change does not apply on the base {base[:12]}: "
@@ -273,7 +305,32 @@ def _sides(request: ReviewRequest, prepared, ws: Workspace) -> tuple[str, str]:
     return base, applied.summary
 
 
-def _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructions) -> list[SuiteRun]:
+def added_paths(patch: str) -> list[str]:
+    """The files a git patch creates (they are untracked files in the working tree that made it)."""
+    paths, current = [], None
+    for line in patch.splitlines():
+        if line.startswith("diff --git "):
+            current = None
+        elif line.startswith("new file mode") or line == "--- /dev/null":
+            current = "new"
+        elif line.startswith("+++ b/") and current == "new":
+            paths.append(line[6:])
+            current = None
+        elif line.startswith(("rename to ", "copy to ")):
+            paths.append(line.split(" to ", 1)[1])
+    return list(dict.fromkeys(paths))
+
+
+def _left(limits, deadline: float | None) -> int | None:
+    """A command's timeout within the pass's deadline; None when the deadline has passed."""
+    if deadline is None:
+        return limits.command_timeout_s
+    left = deadline - time.monotonic()
+    return min(limits.command_timeout_s, math.ceil(left)) if left > 0 else None
+
+
+def _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructions,
+                deadline: float | None = None) -> list[SuiteRun]:
     """The repository's tests on the head, then on the base (the workspace is left at the head)."""
     from ..agent.agents_md import commands_in
 
@@ -286,8 +343,12 @@ def _run_suites(spec, prepared, ws, base, head, limits, job_log, emit, instructi
     command = commands[0]
     runs = []
     for side, commit in (("head", head), ("base", base)):
+        timeout = _left(limits, deadline)
+        if timeout is None:
+            emit(Notice(f"review: no time left to run the tests on the {side}"))
+            break
         ws.checkout_commit(commit)
-        result = prepared.sandbox.exec(command, timeout_s=limits.command_timeout_s, env=AGENT_ENV)
+        result = prepared.sandbox.exec(command, timeout_s=timeout, env=AGENT_ENV)
         chunk = job_log.add_chunk(job_id=spec.job_id, phase="review", command=f"review: tests on the {side}: {command}",
                                   text=result.output, exit_code=result.exit_code, duration_s=result.duration_s,
                                   truncated=result.truncated, timed_out=result.timed_out)
@@ -317,12 +378,13 @@ class _Usage:
 
 
 def _reviewer_report(spec, request, model, limits, env, emit, control, instructions, base, head, change, suites,
-                     flags):
+                     flags, deadline: float | None = None):
     """The reviewer's report: a strong model reviews with the tools and ends with it; a small one (the guided
     harness's models) gives it in one grammar-constrained reply over the diff and the test runs."""
     usage = _Usage()
     if not uses_guided(limits.harness, limits.tool_protocol):
-        budgets = AgentBudgets(max_steps=limits.max_steps, max_seconds=limits.max_seconds,
+        seconds = limits.max_seconds if deadline is None else max(1, math.ceil(deadline - time.monotonic()))
+        budgets = AgentBudgets(max_steps=limits.max_steps, max_seconds=min(limits.max_seconds, seconds),
                                max_tokens=limits.max_tokens, context_window=limits.context_window)
         agent = Agent(model, env, budgets=budgets, protocol=limits.tool_protocol, job_id=spec.job_id,
                       cancel=control.cancelled, on_event=emit)
@@ -361,7 +423,7 @@ def _constrained_report(spec, model, messages, usage: _Usage) -> Report:
 
 
 def _run_proofs(spec, ws, sandbox, job_log, emit, reported: list[ReportedFinding], findings: list[Finding],
-                base: str, head: str, limits) -> list[Proof | None]:
+                base: str, head: str, limits, deadline: float | None = None) -> list[Proof | None]:
     """Every proof the reviewer offered, run by the product on the head and on the base."""
     proofs: list[Proof | None] = []
     for rf in reported:
@@ -398,10 +460,14 @@ def _run_proofs(spec, ws, sandbox, job_log, emit, reported: list[ReportedFinding
             break
         ws.checkout_commit(commit)
         for finding, proof in runnable:
+            timeout = _left(limits, deadline)
+            if timeout is None:
+                proof.reason = "the review's time ran out before its proof ran"
+                continue
             if proof.test_content:
                 ws.write_text(proof.test_path, proof.test_content)
             try:
-                result = sandbox.exec(proof.command, timeout_s=limits.command_timeout_s, env=AGENT_ENV)
+                result = sandbox.exec(proof.command, timeout_s=timeout, env=AGENT_ENV)
             finally:
                 if proof.test_content:
                     ws.remove_file(proof.test_path)
@@ -414,7 +480,10 @@ def _run_proofs(spec, ws, sandbox, job_log, emit, reported: list[ReportedFinding
             emit(Notice(f"review: proof of {finding.id} on the {side} → exit {result.exit_code} (chunk {chunk.id})"))
     ws.checkout_commit(head)
     for _f, proof in runnable:
-        if proof.head.timed_out or proof.base.timed_out:
+        if proof.head is None or proof.base is None:
+            proof.status = PROOF_NOT_RUN
+            proof.reason = proof.reason or "the review's time ran out before its proof ran"
+        elif proof.head.timed_out or proof.base.timed_out:
             proof.status, proof.reason = PROOF_NOT_RUN, "the proof timed out"
         else:
             proof.status = proof_status(proof.head, proof.base)

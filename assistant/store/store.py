@@ -33,7 +33,8 @@ class StaleRun(RuntimeError):
     """A write from a run of a job that no longer owns it (its fence was bumped when the job was retried)."""
 
 
-REVIEW_KINDS = ("review_request", "review")  # a review job's artifacts a card reads (jobs/review.py)
+# A review job's artifacts a card reads (jobs/review.py), and a coding job's self-review (jobs/self_review.py).
+REVIEW_KINDS = ("review_request", "review", "self_review")
 
 
 @dataclass

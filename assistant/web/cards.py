@@ -4,6 +4,7 @@ Being a function of stored data is what lets a reopened thread show a job as it 
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -12,6 +13,7 @@ from urllib.parse import quote
 from ..agent.citations import CITATION_RE, render_markdown
 from ..agent.claims import mark_claims, markdown_mark, markdown_reason
 from ..agent.review import git_path
+from ..domain.review import SELF_REVIEW_ARTIFACT, SelfReview
 from ..llm.pricing import Cost, format_cost, format_tokens
 from ..jobs import states
 from ..jobs.asking import pending_question
@@ -408,6 +410,10 @@ def render_job_card(store: Store, job_id: str, tail: str | None = None, current:
                                  _review_describe(store, job)))
     elif job.state in states.TERMINAL:
         out += _result_sections(job, outcome)
+        self_reviewed = self_review_of(store, job)
+        if self_reviewed is not None:
+            out.append(render_self_review(job.id, self_reviewed, job_links(job.id),
+                                          lambda chunk_id: _chunk_text(store, job, chunk_id)))
     if job.summary and review is None:
         source = SUMMARY_SOURCES.get(outcome.get("summary_source", ""), "")
         marked = mark_claims(job.summary, outcome.get("claims") or [], markdown_mark)
@@ -447,6 +453,17 @@ def review_of(store: Store, job: Job):
         return None
     from ..jobs.review import load_review
     return load_review(store, job.id)
+
+
+def self_review_of(store: Store, job: Job):
+    """A coding job's self-review (jobs/self_review.py), done or not, or None when none ran."""
+    raw = store.get_artifact(job.id, SELF_REVIEW_ARTIFACT)
+    return SelfReview.from_dict(json.loads(raw)) if raw else None
+
+
+def render_self_review(*args, **kwargs) -> str:
+    from .review_card import render_self_review as render  # it builds on this module's helpers
+    return render(*args, **kwargs)
 
 
 def _review_describe(store: Store, job: Job) -> str:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..agent.citations import render_markdown
-from ..domain.review import (PROOF_FAILS_ON_BASE, PROOF_NOT_RUN, PROOF_PASSES, SEVERITIES, Finding, ProofRun,
-                             ReviewResult)
+from ..domain.review import (PROOF_FAILS_ON_BASE, PROOF_NOT_RUN, PROOF_PASSES, SELF_REVIEW_DONE, SEVERITIES, Finding,
+                             ProofRun, ReviewResult, SelfReview)
 from .cards import _fence, _inline_code as _code, language_of, plain as _plain, unlinked as _unlinked
 
 VERDICT_BADGES = {"approve": "✓ Approve", "changes_requested": "✗ Changes requested", "comment": "◇ Comment"}
@@ -108,7 +108,8 @@ def _excerpts(finding: Finding, links: Links) -> list[str]:
     return out  # an invalid one is struck through where the body cites it, said not to be checked
 
 
-def finding_section(job_id: str, finding: Finding, links: Links, chunk_text: ChunkText) -> str:
+def finding_section(job_id: str, finding: Finding, links: Links, chunk_text: ChunkText,
+                    downloads: bool = True) -> str:
     """One finding: its mark and title, then (a verified one) its explanation, or (an unverified one) the
     reviewer's claim said as such; its excerpts and its proof."""
     head = f"**{finding.id} · {_plain(finding.title)}** — {verified_mark(finding)}"
@@ -119,7 +120,7 @@ def finding_section(job_id: str, finding: Finding, links: Links, chunk_text: Chu
     else:
         text = "> *The reviewer's claim, not checked by the product:* " + " ".join(body.split())
     parts = [head, text, *_excerpts(finding, links), *_proof_lines(job_id, finding, links, chunk_text)]
-    if finding.proof is not None and finding.proof.patch:
+    if downloads and finding.proof is not None and finding.proof.patch:
         parts.append(f"[Download this proof test](/jobs/{job_id}/proofs?finding={finding.id})")
     return "\n\n".join(parts)
 
@@ -203,6 +204,29 @@ def render_review(job_id: str, result: ReviewResult, links: Links, chunk_text: C
     if _fixable(result):
         out.append("**Fix this** starts a follow-up job for one finding, **Fix all blockers** one job for every "
                    "blocker; each starts from the change and its proof tests, and shows its own card.")
+    return "\n\n".join(out)
+
+
+def render_self_review(job_id: str, review: SelfReview, links: Links, chunk_text: ChunkText) -> str:
+    """A coding job's self-review on its card: the verdict on the job's own change, the findings index (each
+    verified or not, with its severity) and each finding's section; or a note that the self-review did not complete
+    (then the result above is the job's own, unreviewed)."""
+    if review.status != SELF_REVIEW_DONE or review.result is None:
+        return ("#### Self-review: did not complete\n\n"
+                f"⚠ *{_plain(review.reason or 'no reason recorded')}* — the result above is the job's own, unreviewed.")
+    result = review.result
+    badge = VERDICT_BADGES.get(result.verdict, _plain(result.verdict))
+    verified = sum(1 for f in result.findings if f.verified)
+    out = [f"#### Self-review of this change: {badge}",
+           f"*{VERDICT_WORDS.get(result.verdict, '')}* · "
+           + (f"{len(result.findings)} finding{'s' if len(result.findings) != 1 else ''}, {verified} verified by a "
+              "proof the product ran on the change and on the start commit" if result.findings else "no findings")
+           + f" · {review.seconds:.0f} s"]
+    if result.findings:
+        out.append(findings_index(result))
+    out.append(tests_line(result, links))
+    for severity in SEVERITIES:
+        out += [finding_section(job_id, f, links, chunk_text, downloads=False) for f in result.by_severity()[severity]]
     return "\n\n".join(out)
 
 

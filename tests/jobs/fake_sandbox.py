@@ -144,3 +144,17 @@ class FakeSandbox:
     def _check_open(self) -> None:
         if self.closed:
             raise SandboxError("the sandbox is closed")
+
+
+def run_jobs_in_fake_sandboxes(monkeypatch) -> None:
+    """Jobs run by the job runner get a FakeSandbox, prepared by the real prepare (clone, setup, snapshot)."""
+    from assistant.jobs import runner
+    from assistant.sandbox import prepare as real_prepare
+
+    def start(**kw):
+        return FakeSandbox.start(**kw)
+    start.backend = "fake"
+
+    def prepare(request, config, *, engine=None, warm=None, **callbacks):
+        return real_prepare(request, config, start=start, **callbacks)
+    monkeypatch.setattr(runner, "prepare", prepare)

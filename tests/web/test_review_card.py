@@ -168,3 +168,28 @@ def test_a_reopened_thread_renders_the_review_card_from_its_one_load(store):
     view = ThreadJobsView(store, "t1")
     assert view.loaded.reviews[(job.id, REVIEW_ARTIFACT)] == store.get_artifact(job.id, REVIEW_ARTIFACT)
     assert render_job_card(view, job.id) == render_job_card(store, job.id)
+
+
+# ---------------------------------------------------------------------------------------------- self-review
+def test_a_self_review_on_a_coding_jobs_card_marks_each_finding_and_offers_no_review_downloads():
+    from assistant.domain.review import SelfReview
+    from assistant.web.review_card import render_self_review
+    md = render_self_review("J", SelfReview("done", seconds=41.6, result=result()), links, chunks)
+    assert md.startswith("#### Self-review of this change: ✗ Changes requested\n\n*a blocker or major finding is "
+                         "verified by a proof the product ran* · 4 findings, 1 verified by a proof the product ran "
+                         "on the change and on the start commit · 42 s")
+    assert "- ✔ **f1 · blocker · chunked drops the last item of an odd-length list — verified**" in md
+    assert "- ⚠ f2 · major · chunked is slow on huge lists — *unverified (no proof was given)*" in md
+    assert "**f1 · chunked drops the last item of an odd-length list** — ✔ **verified**" in md
+    # The proofs route serves review jobs only: a coding job's card links no proof download.
+    assert "/proofs" not in md and "Fix this" not in md
+    approve = render_self_review("J", SelfReview("done", result=result("approve")), links, chunks)
+    assert approve.startswith("#### Self-review of this change: ✓ Approve")
+
+
+def test_a_self_review_that_did_not_complete_says_so_and_that_the_result_is_unreviewed():
+    from assistant.domain.review import SelfReview
+    from assistant.web.review_card import render_self_review
+    md = render_self_review("J", SelfReview("incomplete", reason="its time (10 s) ran out: no report"), links, chunks)
+    assert md == ("#### Self-review: did not complete\n\n⚠ *its time (10 s) ran out: no report* — the result above "
+                  "is the job's own, unreviewed.")
