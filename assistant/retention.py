@@ -256,7 +256,7 @@ def setup_cache(settings: Settings) -> tuple[list[Item], str | None]:
 def _image_users(client) -> dict[str, str]:
     """Image id -> a container that runs from it (any state: a stopped one still pins it)."""
     users: dict[str, str] = {}
-    for container in client.containers.list(all=True):
+    for container in client.containers.list(ignore_removed=True, all=True):
         image_id = container.attrs.get("Image", "")
         users.setdefault(image_id, f"container {container.name} uses it")
     return users

@@ -127,7 +127,7 @@ def test_kill_9_of_a_run_leaves_no_container_and_the_job_reads_interrupted(tmp_p
         container = None
         owner = f"assistant.owner={boot_id()}:{runner.pid}"
         while time.monotonic() < deadline and container is None:
-            for candidate in client.containers.list(filters={"label": owner}):
+            for candidate in client.containers.list(ignore_removed=True, filters={"label": owner}):
                 try:
                     top = candidate.top(ps_args="-eo pid,args").get("Processes") or []
                 except docker.errors.APIError:
@@ -214,7 +214,7 @@ def test_a_cancel_from_another_process_stops_the_running_job(tmp_path, docker_en
     assert final.state == "cancelled" and time.monotonic() - started < 5
 
     def containers():
-        return docker_client().containers.list(all=True, filters={"label": f"{JOB_LABEL}={job.id}"})
+        return docker_client().containers.list(ignore_removed=True, all=True, filters={"label": f"{JOB_LABEL}={job.id}"})
     deadline = time.monotonic() + 10  # the worker removes the container as it winds down
     while containers() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -150,13 +150,13 @@ def job_containers(job_id: str, data_dir: Path) -> list:
         recorded = store.get_job(job_id).container
     finally:
         store.close()
-    return [c for c in docker_client().containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"})
+    return [c for c in docker_client().containers.list(ignore_removed=True, all=True, filters={"label": f"{MANAGED_LABEL}=1"})
             if c.labels.get(JOB_LABEL) == job_id or (recorded and c.id == recorded)]
 
 
 def server_containers(pid: int) -> list:
     from assistant.sandbox.engine import MANAGED_LABEL, OWNER_LABEL, docker_client
-    return [c for c in docker_client().containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"})
+    return [c for c in docker_client().containers.list(ignore_removed=True, all=True, filters={"label": f"{MANAGED_LABEL}=1"})
             if c.labels.get(OWNER_LABEL, "").endswith(f":{pid}")]
 
 

@@ -269,7 +269,7 @@ def sweep_orphan_egress() -> int:
     """Remove proxies and internal networks whose server process is gone; returns how many."""
     client = docker_client()
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": EGRESS_LABEL}):
+    for container in client.containers.list(ignore_removed=True, all=True, filters={"label": EGRESS_LABEL}):
         if not tag_alive(container.labels.get(OWNER_LABEL)):
             _remove_container(container)
             removed += 1

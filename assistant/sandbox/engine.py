@@ -204,7 +204,7 @@ def sweep_orphans() -> int:
         return 0
     client = docker_client()
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"}):
+    for container in client.containers.list(ignore_removed=True, all=True, filters={"label": f"{MANAGED_LABEL}=1"}):
         if tag_alive(container.labels.get(OWNER_LABEL)):
             continue
         try:

@@ -164,7 +164,7 @@ class EnginePool:
         removed = 0
         for engine in engines or self.engines:
             try:
-                containers = docker_client(engine, timeout=PING_TIMEOUT_S).containers.list(
+                containers = docker_client(engine, timeout=PING_TIMEOUT_S).containers.list(ignore_removed=True,
                     all=True, filters={"label": [f"{MANAGED_LABEL}=1", f"{DEPLOYMENT_LABEL}={deployment}"]})
             except Exception:
                 continue  # down: swept when it comes back

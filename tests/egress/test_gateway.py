@@ -152,7 +152,7 @@ def test_close_removes_proxy_and_network_and_keeps_the_records(web_server, job):
     handle.close()
     client = docker_client()
     assert not client.networks.list(names=[handle.network])
-    assert not client.containers.list(all=True, filters={"label": "assistant.job=" + handle.job_id})
+    assert not client.containers.list(ignore_removed=True, all=True, filters={"label": "assistant.job=" + handle.job_id})
     assert [r.method for r in handle.blocked_requests()] == ["DELETE"]
     container.reload()
     assert container.attrs["NetworkSettings"]["Networks"] == {}
@@ -175,7 +175,7 @@ def test_gateways_of_a_dead_process_are_swept(proxy_image):
     assert client.networks.list(names=[network])
     assert sweep_orphan_egress() >= 2
     assert not client.networks.list(names=[network])
-    assert not client.containers.list(all=True, filters={"label": "assistant.job=egress-test-orphan"})
+    assert not client.containers.list(ignore_removed=True, all=True, filters={"label": "assistant.job=egress-test-orphan"})
 
 
 def test_the_proxy_image_is_built_once_and_reused(proxy_image):

@@ -251,7 +251,7 @@ def test_an_engine_that_cannot_cap_is_named_and_the_policy_decides(uncapped_engi
     assert "cannot be enforced" in str(caught.value) and "ensure-docker.sh" in str(caught.value)
     assert "ASSISTANT_SANDBOX_DISK_MB=0" in str(caught.value)
     assert docker_backend._uncapped.get(docker_backend._key(uncapped_engine))  # learned once for this engine
-    listed = docker_client(uncapped_engine).containers.list(all=True, filters={"label": "assistant.job=nocap2"})
+    listed = docker_client(uncapped_engine).containers.list(ignore_removed=True, all=True, filters={"label": "assistant.job=nocap2"})
     assert listed == []
 
 

@@ -38,7 +38,7 @@ def test_sweep_removes_containers_whose_server_died_and_keeps_live_ones(docker_i
                                      labels={MANAGED_LABEL: "1", OWNER_LABEL: owner_tag()})
     try:
         assert sweep_orphans() >= 1
-        ids = {c.id for c in client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"})}
+        ids = {c.id for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"{MANAGED_LABEL}=1"})}
         assert orphan.id not in ids and alive.id in ids
     finally:
         for container in (orphan, alive):

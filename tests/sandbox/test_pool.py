@@ -118,7 +118,7 @@ def test_the_sweep_removes_what_no_current_run_owns(store, jobs, extra_engines):
     try:
         pool = EnginePool((scale_a,), store, IMAGE)
         assert pool.sweep(deployment, functools.partial(container_orphaned, store)) == 2
-        left = {c.id for c in client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"})}
+        left = {c.id for c in client.containers.list(ignore_removed=True, all=True, filters={"label": f"{MANAGED_LABEL}=1"})}
         assert {k for k, v in made.items() if v in left} == {"current", "other deployment"}
     finally:
         for container_id in made.values():

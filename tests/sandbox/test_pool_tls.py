@@ -97,6 +97,6 @@ def test_a_tls_engine_takes_a_job_and_refuses_a_stranger(tls_engine, store, tmp_
             assert prepared.agent_network.startswith("none")
         finally:
             prepared.sandbox.close()
-        assert not docker_client(engine).containers.list(all=True, filters={"label": f"assistant.job={job.id}"})
+        assert not docker_client(engine).containers.list(ignore_removed=True, all=True, filters={"label": f"assistant.job={job.id}"})
     finally:
         forget_client()

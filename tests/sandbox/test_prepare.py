@@ -94,7 +94,7 @@ def test_failing_setup_raises_with_the_log_and_leaves_no_sandbox(config_for, sma
     assert "no such thing" in caught.value.result.output
     assert "exited with code 7" in str(caught.value)
     if backend == "docker":
-        assert docker_client().containers.list(all=True, filters={"label": f"{JOB_LABEL}=broken-setup"}) == []
+        assert docker_client().containers.list(ignore_removed=True, all=True, filters={"label": f"{JOB_LABEL}=broken-setup"}) == []
 
 
 def test_allowed_setup_failure_goes_on_offline_and_reports_it(config_for, small_repo):

@@ -57,7 +57,7 @@ def ready(pool: WarmPool, count: int = 1, timeout: float = 60) -> None:
 
 def warm_containers(all_owners: bool = False) -> list:
     labels = [f"{OWNER_LABEL}={owner_tag()}"] if not all_owners else []
-    return [c for c in docker_client().containers.list(all=True, filters={"label": ["assistant.managed=1", *labels]})
+    return [c for c in docker_client().containers.list(ignore_removed=True, all=True, filters={"label": ["assistant.managed=1", *labels]})
             if c.name.startswith(f"assistant-{WARM_PREFIX}")]
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 
 
 def warm_containers(pid: int) -> list:
-    return [c for c in docker_client().containers.list(all=True, filters={"label": "assistant.managed=1"})
+    return [c for c in docker_client().containers.list(ignore_removed=True, all=True, filters={"label": "assistant.managed=1"})
             if c.name.startswith("assistant-warm-") and c.labels[OWNER_LABEL].endswith(f":{pid}")]
 
 
